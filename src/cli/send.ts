@@ -1,0 +1,152 @@
+/**
+ * `mqlog send`: appends to the local outbox and prints each new id once that message is fsync'd.
+ * With --lines, every stdin line is a message; ids are printed in input order as each becomes durable,
+ * while up to WINDOW sends are in flight so that they share fsyncs.
+ */
+import { readFile } from 'node:fs/promises';
+import { createInterface } from 'node:readline';
+import { MqlogError } from '../errors.js';
+import { openNode, type MqlogNode } from '../daemon/node.js';
+import type { SendOptions } from '../queue/outbox.js';
+import { boolFlag, dataDir, durationFlag, intFlag, stringFlag, stringList, usageError, writeLine, type Command, type ParsedArgs } from './args.js';
+
+const WINDOW = 256;
+
+export const sendCommand: Command = {
+  name: 'send',
+  summary: 'append a message to the local outbox and print its id once it is on disk',
+  usage: `--data DIR --to DEST [--to DEST…] [options] (BODY | --file PATH | --lines)
+  --to DEST          peer name from mqlog.json, or http(s)://HOST:PORT; several make one multicast message
+  --priority 0-9     higher is more urgent (default 4)
+  --channel NAME     default "common"
+  --ttl DUR          not delivered after this long (500ms, 10s, 5m, 2h)
+  --delay DUR        not delivered before this long
+  --receipt          ask for a "job done" receipt (see mqlog receipt)
+  --header K=V       a message header; repeatable
+  --file PATH        the body is the content of PATH
+  --lines            every line of stdin is one message (without its newline)`,
+  options: {
+    data: { type: 'string' },
+    to: { type: 'string', multiple: true },
+    priority: { type: 'string' },
+    channel: { type: 'string' },
+    ttl: { type: 'string' },
+    delay: { type: 'string' },
+    receipt: { type: 'boolean' },
+    header: { type: 'string', multiple: true },
+    file: { type: 'string' },
+    lines: { type: 'boolean' },
+  },
+  allowPositionals: true,
+  run,
+};
+
+async function run(args: ParsedArgs): Promise<number> {
+  const to = stringList(args, 'to');
+  if (to.length === 0) throw usageError('--to is required (a peer name or http://HOST:PORT)');
+  const file = stringFlag(args, 'file');
+  const lines = boolFlag(args, 'lines');
+  const sources = (args.positionals.length > 0 ? 1 : 0) + (file !== undefined ? 1 : 0) + (lines ? 1 : 0);
+  if (args.positionals.length > 1) throw usageError('give the body as one argument (quote it)');
+  if (sources !== 1) throw usageError('give exactly one of BODY, --file PATH or --lines');
+  const options = sendOptions(args);
+
+  const node = await openNode({ data: dataDir(args) });
+  try {
+    // Check destinations before reading any input, so a typo fails fast with nothing sent.
+    for (const dest of to) node.resolveDestination(dest);
+    if (lines) {
+      await sendLines(node, to, options);
+    } else {
+      const body = file !== undefined ? await readBodyFile(file) : Buffer.from(args.positionals[0] ?? '', 'utf8');
+      await writeLine(await node.send(to, body, options));
+    }
+  } finally {
+    await node.close();
+  }
+  return 0;
+}
+
+function sendOptions(args: ParsedArgs): SendOptions {
+  const headers: Record<string, string> = {};
+  for (const h of stringList(args, 'header')) {
+    const eq = h.indexOf('=');
+    if (eq <= 0) throw usageError(`--header must be K=V, got ${JSON.stringify(h)}`);
+    headers[h.slice(0, eq)] = h.slice(eq + 1);
+  }
+  const options: { -readonly [K in keyof SendOptions]: SendOptions[K] } = {};
+  const priority = intFlag(args, 'priority', 0, 9);
+  if (priority !== undefined) options.priority = priority;
+  const channel = stringFlag(args, 'channel');
+  if (channel !== undefined) {
+    if (channel.length === 0) throw usageError('--channel must not be empty');
+    options.channel = channel;
+  }
+  const ttl = durationFlag(args, 'ttl');
+  if (ttl !== undefined) options.ttlMs = ttl;
+  const delay = durationFlag(args, 'delay');
+  if (delay !== undefined) options.delayMs = delay;
+  if (boolFlag(args, 'receipt')) options.receipt = true;
+  if (Object.keys(headers).length > 0) options.headers = headers;
+  return options;
+}
+
+async function readBodyFile(path: string): Promise<Buffer> {
+  try {
+    return await readFile(path);
+  } catch (err) {
+    throw new MqlogError('ERR_INVALID_ARG', `cannot read --file ${path}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Sends every stdin line, keeping up to WINDOW in flight, printing ids in input order as they land. */
+async function sendLines(node: MqlogNode, to: string[], options: SendOptions): Promise<void> {
+  const inFlight: Sending[] = [];
+  const printReady = async (): Promise<void> => {
+    while (inFlight[0]?.settled === true) await writeLine(idOf(inFlight.shift() as Sending));
+  };
+  const input = createInterface({ input: process.stdin, crlfDelay: Number.POSITIVE_INFINITY });
+  try {
+    for await (const line of input) {
+      inFlight.push(track(node.send(to, line, options)));
+      await printReady();
+      if (inFlight.length >= WINDOW) {
+        await (inFlight[0] as Sending).done;
+        await printReady();
+      }
+    }
+    for (const sending of inFlight) await sending.done;
+    await printReady();
+  } finally {
+    input.close();
+  }
+}
+
+interface Sending {
+  settled: boolean;
+  id?: string;
+  error?: unknown;
+  readonly done: Promise<void>;
+}
+
+function track(promise: Promise<string>): Sending {
+  const sending: Sending = {
+    settled: false,
+    done: promise.then(
+      (id) => {
+        sending.id = id;
+        sending.settled = true;
+      },
+      (error: unknown) => {
+        sending.error = error;
+        sending.settled = true;
+      },
+    ),
+  };
+  return sending;
+}
+
+function idOf(sending: Sending): string {
+  if (sending.id === undefined) throw sending.error;
+  return sending.id;
+}

@@ -1,0 +1,145 @@
+/**
+ * Frames: the unit of the log on disk and on the wire (spec/log-format.md §2).
+ *
+ * A frame is self-delimiting, versioned and CRC-checked. It carries the offset it was assigned in its
+ * stream, so offsets survive compaction and travel with the frame. The log layer treats the payload as
+ * opaque bytes; `type` tells upper layers how to read it.
+ *
+ * Pure functions, no I/O, safe to call from anywhere.
+ */
+import { crc32 } from 'node:zlib';
+import { MqlogError } from '../errors.js';
+
+/** First byte of every frame. Never 0x00: a zero byte where a frame should start means "no more data". */
+export const FRAME_MAGIC = 0xa7;
+export const FRAME_VERSION = 1;
+export const FRAME_HEADER_BYTES = 20;
+/** Format limit on one payload; writers use smaller limits of their own. */
+export const MAX_FRAME_PAYLOAD_BYTES = 64 * 1024 * 1024;
+/** Offsets are stored as u64 but must stay exact in a JavaScript number. */
+export const MAX_OFFSET = Number.MAX_SAFE_INTEGER;
+
+/** Frame types (spec/log-format.md §2.2). The log layer stores any of them alike. */
+export const FrameType = {
+  MESSAGE: 1,
+  BODY_CHUNK: 2,
+  RECORD: 3,
+} as const;
+
+export interface Frame {
+  readonly type: number;
+  readonly offset: number;
+  readonly payload: Buffer;
+}
+
+/** Header fields, readable before the payload has arrived. */
+export interface FrameHeader {
+  readonly version: number;
+  readonly type: number;
+  readonly flags: number;
+  readonly payloadBytes: number;
+  readonly offset: number;
+  readonly crc: number;
+}
+
+/** Builds the 20-byte header for a payload; the CRC covers header bytes 0..15 and then the payload. */
+export function encodeFrameHeader(type: number, offset: number, payload: Uint8Array): Buffer {
+  if (!Number.isInteger(type) || type < 1 || type > 255) {
+    throw new MqlogError('ERR_INVALID_ARG', `frame type must be 1..255, got ${type}`);
+  }
+  if (!Number.isSafeInteger(offset) || offset < 0) {
+    throw new MqlogError('ERR_INVALID_ARG', `frame offset must be a safe non-negative integer, got ${offset}`);
+  }
+  if (payload.length > MAX_FRAME_PAYLOAD_BYTES) {
+    throw new MqlogError('ERR_FRAME_TOO_LARGE', `frame payload of ${payload.length} bytes exceeds ${MAX_FRAME_PAYLOAD_BYTES}`);
+  }
+  const header = Buffer.allocUnsafe(FRAME_HEADER_BYTES);
+  header[0] = FRAME_MAGIC;
+  header[1] = FRAME_VERSION;
+  header[2] = type;
+  header[3] = 0;
+  header.writeUInt32LE(payload.length, 4);
+  header.writeBigUInt64LE(BigInt(offset), 8);
+  header.writeUInt32LE(crc32(payload, crc32(header.subarray(0, 16))), 16);
+  return header;
+}
+
+/** One contiguous buffer holding header and payload. */
+export function encodeFrame(type: number, offset: number, payload: Uint8Array): Buffer {
+  return Buffer.concat([encodeFrameHeader(type, offset, payload), payload]);
+}
+
+export type HeaderCheck =
+  | { readonly ok: true; readonly header: FrameHeader }
+  | { readonly ok: false; readonly code: 'ERR_CORRUPT_FRAME' | 'ERR_UNSUPPORTED_VERSION' | 'ERR_FRAME_TOO_LARGE'; readonly reason: string };
+
+/**
+ * Parses and sanity-checks a header (magic, version, flags, length bound, offset range).
+ * `bytes` must hold at least FRAME_HEADER_BYTES from `at`.
+ */
+export function parseFrameHeader(bytes: Uint8Array, at = 0, maxPayloadBytes = MAX_FRAME_PAYLOAD_BYTES): HeaderCheck {
+  const view = Buffer.from(bytes.buffer, bytes.byteOffset + at, FRAME_HEADER_BYTES);
+  if (view[0] !== FRAME_MAGIC) {
+    return { ok: false, code: 'ERR_CORRUPT_FRAME', reason: `bad magic byte 0x${hex(view[0])}` };
+  }
+  const version = view[1] ?? 0;
+  if (version !== FRAME_VERSION) {
+    return { ok: false, code: 'ERR_UNSUPPORTED_VERSION', reason: `unsupported frame version ${version}` };
+  }
+  const type = view[2] ?? 0;
+  if (type === 0) return { ok: false, code: 'ERR_CORRUPT_FRAME', reason: 'frame type 0' };
+  const flags = view[3] ?? 0;
+  if (flags !== 0) return { ok: false, code: 'ERR_CORRUPT_FRAME', reason: `reserved flags set (0x${hex(flags)})` };
+  const payloadBytes = view.readUInt32LE(4);
+  if (payloadBytes > maxPayloadBytes) {
+    return { ok: false, code: 'ERR_FRAME_TOO_LARGE', reason: `declared payload of ${payloadBytes} bytes exceeds ${maxPayloadBytes}` };
+  }
+  const offset64 = view.readBigUInt64LE(8);
+  if (offset64 > BigInt(MAX_OFFSET)) {
+    return { ok: false, code: 'ERR_CORRUPT_FRAME', reason: `offset ${offset64} out of range` };
+  }
+  return {
+    ok: true,
+    header: { version, type, flags, payloadBytes, offset: Number(offset64), crc: view.readUInt32LE(16) },
+  };
+}
+
+/** True when the payload matches the CRC of its header. */
+export function frameCrcMatches(headerBytes: Uint8Array, payload: Uint8Array, expected: number): boolean {
+  return crc32(payload, crc32(headerBytes.subarray(0, 16))) === expected;
+}
+
+export type DecodeResult =
+  | { readonly ok: true; readonly frame: Frame; readonly bytes: number }
+  /** Not enough bytes for the whole frame; `needed` is the total the frame claims (or the header size). */
+  | { readonly ok: false; readonly incomplete: true; readonly needed: number }
+  | { readonly ok: false; readonly incomplete: false; readonly code: MqlogError['code']; readonly reason: string };
+
+/**
+ * Decodes one frame starting at `at`. Never throws on bad bytes: it says whether the frame is whole,
+ * incomplete (more bytes needed) or invalid, so that callers can tell a torn tail from corruption.
+ * The returned payload is a view into `bytes`, not a copy.
+ */
+export function decodeFrame(bytes: Buffer, at = 0, maxPayloadBytes = MAX_FRAME_PAYLOAD_BYTES): DecodeResult {
+  const available = bytes.length - at;
+  if (available < FRAME_HEADER_BYTES) {
+    if (available > 0 && bytes[at] !== FRAME_MAGIC) {
+      return { ok: false, incomplete: false, code: 'ERR_CORRUPT_FRAME', reason: `bad magic byte 0x${hex(bytes[at])}` };
+    }
+    return { ok: false, incomplete: true, needed: FRAME_HEADER_BYTES };
+  }
+  const check = parseFrameHeader(bytes, at, maxPayloadBytes);
+  if (!check.ok) return { ok: false, incomplete: false, code: check.code, reason: check.reason };
+  const total = FRAME_HEADER_BYTES + check.header.payloadBytes;
+  if (available < total) return { ok: false, incomplete: true, needed: total };
+  const headerBytes = bytes.subarray(at, at + FRAME_HEADER_BYTES);
+  const payload = bytes.subarray(at + FRAME_HEADER_BYTES, at + total);
+  if (!frameCrcMatches(headerBytes, payload, check.header.crc)) {
+    return { ok: false, incomplete: false, code: 'ERR_CORRUPT_FRAME', reason: 'CRC mismatch' };
+  }
+  return { ok: true, frame: { type: check.header.type, offset: check.header.offset, payload }, bytes: total };
+}
+
+function hex(byte: number | undefined): string {
+  return (byte ?? 0).toString(16).padStart(2, '0');
+}

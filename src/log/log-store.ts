@@ -1,0 +1,158 @@
+/**
+ * The storage interface the queue layer uses, and its file implementation (spec/log-format.md §1, §7).
+ *
+ * A store is a directory of streams. A stream is a single-writer log named `<key>.w<slot>`: the key is
+ * chosen by the caller (the queue layer uses one key per priority), the slot by the writer. Several
+ * processes append to one store at once without ever sharing a stream: each claims a writer slot (a
+ * lock, `w<slot>.lock`) and appends only to the streams of its slot. So no append takes a cross-process
+ * lock, and a crashed writer can only leave a torn tail in its own streams, cut off by whoever claims
+ * the slot next.
+ */
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { MqlogError, ioError } from '../errors.js';
+import { ensureDir, isNotFound } from '../util/fs.js';
+import { Lock } from './lock.js';
+import type { TruncatedTail } from './recovery.js';
+import { StreamReader, type StreamPosition } from './stream-reader.js';
+import { StreamWriter, type AppendResult, type StreamWriterOptions } from './stream-writer.js';
+
+export interface StreamId {
+  /** Directory name, `<key>.w<slot>`. */
+  readonly name: string;
+  readonly key: string;
+  readonly slot: number;
+}
+
+export interface StoreAppendResult extends AppendResult {
+  readonly stream: string;
+}
+
+/** A claimed writer slot: the only appender of its streams while it is open. */
+export interface LogWriter {
+  readonly slot: number;
+  /** Durable append: resolves after fdatasync. See StreamWriter.append for the errors. */
+  append(key: string, type: number, payload: Uint8Array): Promise<StoreAppendResult>;
+  close(): Promise<void>;
+}
+
+/** What the queue layer needs from storage; a second implementation only has to provide this. */
+export interface LogStore {
+  readonly dir: string;
+  streams(): Promise<StreamId[]>;
+  reader(stream: string, from?: StreamPosition): StreamReader;
+  claimWriter(options?: WriterOptions): Promise<LogWriter>;
+}
+
+export interface WriterOptions extends StreamWriterOptions {
+  /** Called when opening a stream cut off a torn tail left by a crashed writer. */
+  readonly onTruncated?: (stream: string, tail: TruncatedTail) => void;
+}
+
+const KEY = /^[a-z0-9]{1,16}$/;
+const STREAM = /^([a-z0-9]{1,16})\.w(\d{1,6})$/;
+const MAX_SLOTS = 100_000;
+
+export function streamName(key: string, slot: number): string {
+  return `${key}.w${slot}`;
+}
+
+export function parseStreamName(name: string): StreamId | undefined {
+  const match = STREAM.exec(name);
+  if (match === null) return undefined;
+  return { name, key: match[1] as string, slot: Number(match[2]) };
+}
+
+export class FileLogStore implements LogStore {
+  readonly dir: string;
+
+  constructor(dir: string) {
+    this.dir = dir;
+  }
+
+  async streams(): Promise<StreamId[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.dir);
+    } catch (err) {
+      if (isNotFound(err)) return [];
+      throw ioError(err, `cannot list ${this.dir}`, { path: this.dir });
+    }
+    const ids: StreamId[] = [];
+    for (const name of names) {
+      const id = parseStreamName(name);
+      if (id !== undefined) ids.push(id);
+    }
+    return ids.sort((a, b) => (a.key === b.key ? a.slot - b.slot : a.key < b.key ? -1 : 1));
+  }
+
+  reader(stream: string, from?: StreamPosition): StreamReader {
+    if (parseStreamName(stream) === undefined) throw new MqlogError('ERR_INVALID_ARG', `not a stream name: ${stream}`);
+    return new StreamReader(join(this.dir, stream), from);
+  }
+
+  /**
+   * Claims the lowest free writer slot.
+   * @throws ERR_LOCKED only if every slot up to a very large number is taken.
+   */
+  async claimWriter(options: WriterOptions = {}): Promise<LogWriter> {
+    await ensureDir(this.dir);
+    for (let slot = 0; slot < MAX_SLOTS; slot++) {
+      const lock = await Lock.tryAcquire(join(this.dir, `w${slot}.lock`));
+      if (lock !== undefined) return new SlotWriter(this.dir, slot, lock, options);
+    }
+    throw new MqlogError('ERR_LOCKED', `no free writer slot in ${this.dir}`);
+  }
+}
+
+class SlotWriter implements LogWriter {
+  readonly slot: number;
+  private readonly dir: string;
+  private readonly lock: Lock;
+  private readonly options: WriterOptions;
+  private readonly writers = new Map<string, Promise<StreamWriter>>();
+  private closing: Promise<void> | undefined;
+
+  constructor(dir: string, slot: number, lock: Lock, options: WriterOptions) {
+    this.dir = dir;
+    this.slot = slot;
+    this.lock = lock;
+    this.options = options;
+  }
+
+  async append(key: string, type: number, payload: Uint8Array): Promise<StoreAppendResult> {
+    if (this.closing !== undefined) throw new MqlogError('ERR_CLOSED', 'log writer is closed');
+    this.lock.assertHeld();
+    const writer = await this.writerFor(key);
+    const result = await writer.append(type, payload);
+    return { ...result, stream: streamName(key, this.slot) };
+  }
+
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      try {
+        const opened = await Promise.allSettled(this.writers.values());
+        for (const w of opened) if (w.status === 'fulfilled') await w.value.close();
+      } finally {
+        await this.lock.release();
+      }
+    })();
+    return this.closing;
+  }
+
+  private writerFor(key: string): Promise<StreamWriter> {
+    let writer = this.writers.get(key);
+    if (writer === undefined) {
+      if (!KEY.test(key)) return Promise.reject(new MqlogError('ERR_INVALID_ARG', `stream key must match ${KEY}, got ${key}`));
+      const name = streamName(key, this.slot);
+      writer = StreamWriter.open(join(this.dir, name), this.options).then((w) => {
+        if (w.recoveredTruncation !== undefined) this.options.onTruncated?.(name, w.recoveredTruncation);
+        return w;
+      });
+      // A failed open is not cached: the next append tries again.
+      writer.catch(() => this.writers.delete(key));
+      this.writers.set(key, writer);
+    }
+    return writer;
+  }
+}

@@ -1,0 +1,220 @@
+/**
+ * One segment file: naming, and a sequential frame reader (spec/log-format.md §3).
+ *
+ * A segment holds frames back to back from byte 0. The last segment of a stream may end in a zero-filled
+ * preallocated region; a zero byte where a frame should start means "no more data". The reader tells
+ * the three ways data can end apart: a clean end, a torn tail (the last frame is incomplete or invalid and
+ * nothing but zeros follows it), and corruption (an invalid frame with data after it), which it throws.
+ *
+ * A SegmentReader belongs to one caller at a time. It reads through the page cache and may run while a
+ * writer appends to the same file in another process.
+ */
+import { open, type FileHandle } from 'node:fs/promises';
+import { MqlogError, ioError } from '../errors.js';
+import { FRAME_HEADER_BYTES, MAX_FRAME_PAYLOAD_BYTES, decodeFrame, parseFrameHeader, type Frame } from './frame.js';
+
+export const SEGMENT_SUFFIX = '.seg';
+const SEGMENT_NAME = /^(\d{20})\.seg$/;
+
+/** `00000000000000000042.seg` for base offset 42. */
+export function segmentFileName(baseOffset: number): string {
+  return `${String(baseOffset).padStart(20, '0')}${SEGMENT_SUFFIX}`;
+}
+
+/** The base offset a segment file name encodes, or undefined for any other name. */
+export function parseSegmentFileName(name: string): number | undefined {
+  const match = SEGMENT_NAME.exec(name);
+  if (match === null) return undefined;
+  const base = Number(match[1]);
+  return Number.isSafeInteger(base) ? base : undefined;
+}
+
+/** A frame as read from a segment, with where it lies. */
+export interface StoredFrame extends Frame {
+  /** Byte position of the frame's first byte in its segment file. */
+  readonly position: number;
+  /** Header plus payload bytes. */
+  readonly bytes: number;
+}
+
+export type ReadStep =
+  | { readonly kind: 'frame'; readonly frame: StoredFrame }
+  /** No more frames: end of file, or the start of a zero-filled tail. */
+  | { readonly kind: 'end'; readonly position: number }
+  /** The last frame is incomplete or invalid and only zeros follow: a torn write, or one still in progress. */
+  | { readonly kind: 'torn'; readonly position: number; readonly reason: string; readonly tornBytes: number };
+
+export interface SegmentReaderOptions {
+  /** Where to start reading; must be a frame boundary. */
+  readonly position?: number;
+  readonly bufferBytes?: number;
+  readonly maxPayloadBytes?: number;
+}
+
+const DEFAULT_BUFFER_BYTES = 256 * 1024;
+const ZERO_SCAN_BYTES = 64 * 1024;
+
+export class SegmentReader {
+  readonly path: string;
+  private readonly handle: FileHandle;
+  private readonly maxPayloadBytes: number;
+  private buffer: Buffer;
+  /** File position of buffer[0]. */
+  private bufferStart: number;
+  private bufferLength = 0;
+  private position: number;
+  private closed = false;
+
+  private constructor(path: string, handle: FileHandle, options: SegmentReaderOptions) {
+    this.path = path;
+    this.handle = handle;
+    this.maxPayloadBytes = options.maxPayloadBytes ?? MAX_FRAME_PAYLOAD_BYTES;
+    this.buffer = Buffer.allocUnsafe(options.bufferBytes ?? DEFAULT_BUFFER_BYTES);
+    this.position = options.position ?? 0;
+    this.bufferStart = this.position;
+  }
+
+  /** Opens a segment for reading. Throws ERR_NOT_FOUND when the file is gone (compacted away). */
+  static async open(path: string, options: SegmentReaderOptions = {}): Promise<SegmentReader> {
+    try {
+      return new SegmentReader(path, await open(path, 'r'), options);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new MqlogError('ERR_NOT_FOUND', `segment ${path} does not exist`, { details: { path }, cause: err });
+      }
+      throw ioError(err, `cannot open segment ${path}`, { path });
+    }
+  }
+
+  /** Byte position of the next frame to read. */
+  get nextPosition(): number {
+    return this.position;
+  }
+
+  /**
+   * Reads the next frame. The returned payload is a copy the caller may keep.
+   * @throws ERR_CORRUPT_FRAME (details: path, position, reason) when an invalid frame has data after it.
+   */
+  async next(): Promise<ReadStep> {
+    if (this.closed) throw new MqlogError('ERR_CLOSED', 'segment reader is closed');
+    const at = this.position;
+    const available = await this.fill(FRAME_HEADER_BYTES);
+    if (available === 0) return this.atEnd({ kind: 'end', position: at });
+    const local = at - this.bufferStart;
+    if (this.buffer[local] === 0) {
+      await this.expectZerosFrom(at, 'non-zero data after the zero-filled end of data');
+      return this.atEnd({ kind: 'end', position: at });
+    }
+    let decoded = decodeFrame(this.buffer.subarray(0, this.bufferLength), local, this.maxPayloadBytes);
+    if (!decoded.ok && decoded.incomplete && decoded.needed > available) {
+      await this.fill(decoded.needed);
+      decoded = decodeFrame(this.buffer.subarray(0, this.bufferLength), at - this.bufferStart, this.maxPayloadBytes);
+    }
+    if (decoded.ok) {
+      this.position = at + decoded.bytes;
+      const { frame } = decoded;
+      return {
+        kind: 'frame',
+        frame: { type: frame.type, offset: frame.offset, payload: Buffer.from(frame.payload), position: at, bytes: decoded.bytes },
+      };
+    }
+    // Invalid or incomplete: a torn tail if nothing but zeros follows the frame's claimed extent.
+    const reason = decoded.incomplete ? 'incomplete frame at end of file' : decoded.reason;
+    const claimed = this.claimedFrameBytes(at);
+    const fileSize = (await this.stat()).size;
+    if (await this.zerosFrom(at + claimed, fileSize)) {
+      return this.atEnd({ kind: 'torn', position: at, reason, tornBytes: fileSize - at });
+    }
+    throw corrupt(this.path, at, reason, decoded.incomplete ? undefined : decoded.code);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.handle.close();
+  }
+
+  /** Forgets buffered bytes past the end of data: a writer may fill them in before the next call. */
+  private atEnd<T extends ReadStep>(step: T): T {
+    this.bufferLength = Math.max(0, this.position - this.bufferStart);
+    return step;
+  }
+
+  /** Bytes a frame at `at` claims: its declared length when the header is sane, else just a header. */
+  private claimedFrameBytes(at: number): number {
+    const local = at - this.bufferStart;
+    if (this.bufferLength - local < FRAME_HEADER_BYTES) return FRAME_HEADER_BYTES;
+    const check = parseFrameHeader(this.buffer, local, this.maxPayloadBytes);
+    return check.ok ? FRAME_HEADER_BYTES + check.header.payloadBytes : FRAME_HEADER_BYTES;
+  }
+
+  /** Makes at least `wanted` bytes from `position` available in the buffer if the file has them; returns how many are. */
+  private async fill(wanted: number): Promise<number> {
+    let local = this.position - this.bufferStart;
+    if (local < 0 || local > this.bufferLength) {
+      this.bufferStart = this.position;
+      this.bufferLength = 0;
+      local = 0;
+    }
+    if (this.bufferLength - local >= wanted) return this.bufferLength - local;
+    // Move the unread part to the front, growing the buffer for frames larger than it.
+    const unread = this.bufferLength - local;
+    const target = wanted > this.buffer.length ? Buffer.allocUnsafe(wanted) : this.buffer;
+    this.buffer.copy(target, 0, local, this.bufferLength);
+    this.buffer = target;
+    this.bufferStart = this.position;
+    this.bufferLength = unread;
+    while (this.bufferLength < wanted) {
+      const { bytesRead } = await this.readAt(this.buffer, this.bufferLength, this.buffer.length - this.bufferLength, this.bufferStart + this.bufferLength);
+      if (bytesRead === 0) break;
+      this.bufferLength += bytesRead;
+    }
+    if (this.buffer.length > DEFAULT_BUFFER_BYTES * 4 && wanted <= DEFAULT_BUFFER_BYTES) {
+      // Give back a buffer grown for one big frame.
+      const small = Buffer.allocUnsafe(DEFAULT_BUFFER_BYTES);
+      const keep = Math.min(this.bufferLength, small.length);
+      this.buffer.copy(small, 0, 0, keep);
+      this.buffer = small;
+      this.bufferLength = keep;
+    }
+    return this.bufferLength;
+  }
+
+  private async expectZerosFrom(at: number, reason: string): Promise<void> {
+    const fileSize = (await this.stat()).size;
+    if (!(await this.zerosFrom(at, fileSize))) throw corrupt(this.path, at, reason);
+  }
+
+  /** True when every byte in [from, to) is zero (or the range is empty). */
+  private async zerosFrom(from: number, to: number): Promise<boolean> {
+    const scratch = Buffer.allocUnsafe(Math.min(ZERO_SCAN_BYTES, Math.max(0, to - from)));
+    for (let at = from; at < to; ) {
+      const { bytesRead } = await this.readAt(scratch, 0, Math.min(scratch.length, to - at), at);
+      if (bytesRead === 0) return true;
+      for (let i = 0; i < bytesRead; i++) if (scratch[i] !== 0) return false;
+      at += bytesRead;
+    }
+    return true;
+  }
+
+  private async readAt(buffer: Buffer, offset: number, length: number, position: number): Promise<{ bytesRead: number }> {
+    try {
+      return await this.handle.read(buffer, offset, length, position);
+    } catch (err) {
+      throw ioError(err, `cannot read segment ${this.path}`, { path: this.path, position });
+    }
+  }
+
+  private async stat(): Promise<{ size: number }> {
+    try {
+      return await this.handle.stat();
+    } catch (err) {
+      throw ioError(err, `cannot stat segment ${this.path}`, { path: this.path });
+    }
+  }
+}
+
+export function corrupt(path: string, position: number, reason: string, code: MqlogError['code'] = 'ERR_CORRUPT_FRAME'): MqlogError {
+  const errorCode = code === 'ERR_UNSUPPORTED_VERSION' ? code : 'ERR_CORRUPT_FRAME';
+  return new MqlogError(errorCode, `${path} at byte ${position}: ${reason}`, { details: { path, position, reason } });
+}

@@ -1,0 +1,173 @@
+/**
+ * Sequential reading of one stream across its segments (spec/log-format.md §6).
+ *
+ * A StreamReader pulls what is on disk now and remembers where it stopped, so a follower calls read()
+ * again after a change notification. It keeps one segment open, buffers at most one read block plus
+ * one frame, and never loads a whole segment: memory stays flat for any stream size.
+ *
+ * Safe against a concurrent writer (in any process) and against compaction: a segment that disappears
+ * is re-found by offset, and a position hint is trusted only after the frame it names is re-read.
+ */
+import { MqlogError, isMqlogError } from '../errors.js';
+import { SegmentReader, corrupt, type StoredFrame } from './segment.js';
+import { SegmentSet, type SegmentInfo } from './segment-set.js';
+
+/** Where a reader of a stream stands: the next offset it wants, and a hint to get there fast. */
+export interface StreamPosition {
+  readonly offset: number;
+  /** The last frame consumed before `offset`: re-read and checked before its position is trusted. */
+  readonly hint?: { readonly segment: number; readonly position: number; readonly offset: number } | undefined;
+}
+
+export interface StreamFrame extends StoredFrame {
+  /** Base offset of the segment holding the frame. */
+  readonly segment: number;
+}
+
+export interface TornTail {
+  readonly path: string;
+  readonly position: number;
+  readonly bytes: number;
+  readonly reason: string;
+}
+
+export interface StreamRead {
+  readonly frames: StreamFrame[];
+  /** `more`: a limit stopped the read; `end`: all data read; `torn`: the data ends in a torn (or in-progress) frame. */
+  readonly state: 'more' | 'end' | 'torn';
+  readonly torn?: TornTail;
+}
+
+export interface ReadLimits {
+  readonly maxFrames?: number;
+  readonly maxBytes?: number;
+}
+
+export class StreamReader {
+  readonly set: SegmentSet;
+  private next: number;
+  private hint: StreamPosition['hint'];
+  private reader: SegmentReader | undefined;
+  private segment: number | undefined;
+  private closed = false;
+
+  constructor(dir: string, from: StreamPosition = { offset: 0 }) {
+    this.set = new SegmentSet(dir);
+    this.next = from.offset;
+    this.hint = from.hint;
+  }
+
+  /** The position after the last frame returned. */
+  get position(): StreamPosition {
+    return { offset: this.next, hint: this.hint };
+  }
+
+  /**
+   * Reads the frames available now, from the current position, up to the limits.
+   * @throws ERR_CORRUPT_FRAME with details { path, position, reason } at corrupt data; the position stays
+   *   before it, so the caller can report where reading stopped.
+   */
+  async read(limits: ReadLimits = {}): Promise<StreamRead> {
+    if (this.closed) throw new MqlogError('ERR_CLOSED', 'stream reader is closed');
+    const maxFrames = limits.maxFrames ?? Number.POSITIVE_INFINITY;
+    const maxBytes = limits.maxBytes ?? Number.POSITIVE_INFINITY;
+    const frames: StreamFrame[] = [];
+    let bytes = 0;
+    let recheckedEnd = false;
+    while (frames.length < maxFrames && bytes < maxBytes) {
+      const reader = this.reader ?? (await this.openReader());
+      if (reader === undefined) return { frames, state: 'end' };
+      let step;
+      try {
+        step = await reader.next();
+      } catch (err) {
+        if (isMqlogError(err, 'ERR_NOT_FOUND')) {
+          await this.drop();
+          continue;
+        }
+        throw err;
+      }
+      if (step.kind === 'frame') {
+        recheckedEnd = false;
+        if (step.frame.offset < this.next) continue;
+        const frame: StreamFrame = { ...step.frame, segment: this.segment ?? 0 };
+        frames.push(frame);
+        bytes += frame.bytes;
+        this.next = frame.offset + 1;
+        this.hint = { segment: frame.segment, position: frame.position, offset: frame.offset };
+        continue;
+      }
+      const successor = await this.successorOf(this.segment ?? 0);
+      if (successor === undefined) {
+        if (step.kind === 'torn') {
+          return { frames, state: 'torn', torn: { path: reader.path, position: step.position, bytes: step.tornBytes, reason: step.reason } };
+        }
+        return { frames, state: 'end' };
+      }
+      // A successor exists, so this segment was sealed before it was created: read its end once more
+      // to catch frames written between our last read and the seal.
+      if (!recheckedEnd) {
+        recheckedEnd = true;
+        continue;
+      }
+      if (step.kind === 'torn') throw corrupt(reader.path, step.position, `${step.reason} in a sealed segment`);
+      await this.drop();
+      this.next = Math.max(this.next, successor.baseOffset);
+    }
+    return { frames, state: 'more' };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.drop();
+  }
+
+  private async drop(): Promise<void> {
+    const reader = this.reader;
+    this.reader = undefined;
+    this.segment = undefined;
+    await reader?.close();
+  }
+
+  private async successorOf(base: number): Promise<SegmentInfo | undefined> {
+    return (await this.set.list()).find((s) => s.baseOffset > base);
+  }
+
+  /** Opens the segment that holds `next`, at the hinted position when the hint checks out. */
+  private async openReader(): Promise<SegmentReader | undefined> {
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const segments = await this.set.list();
+      if (segments.length === 0) return undefined;
+      let chosen = segments[0] as SegmentInfo;
+      for (const s of segments) if (s.baseOffset <= this.next) chosen = s;
+      try {
+        const reader = await this.openAt(chosen);
+        this.reader = reader;
+        this.segment = chosen.baseOffset;
+        return reader;
+      } catch (err) {
+        if (!isMqlogError(err, 'ERR_NOT_FOUND')) throw err;
+      }
+    }
+    throw new MqlogError('ERR_IO', `segments of ${this.set.dir} keep disappearing while opening`, { details: { path: this.set.dir } });
+  }
+
+  private async openAt(segment: SegmentInfo): Promise<SegmentReader> {
+    const hint = this.hint;
+    if (hint !== undefined && hint.segment === segment.baseOffset && hint.offset < this.next) {
+      const reader = await SegmentReader.open(segment.path, { position: hint.position });
+      try {
+        const step = await reader.next();
+        if (step.kind === 'frame' && step.frame.offset === hint.offset) return reader;
+      } catch (err) {
+        if (!isMqlogError(err, 'ERR_CORRUPT_FRAME') && !isMqlogError(err, 'ERR_UNSUPPORTED_VERSION')) {
+          await reader.close();
+          throw err;
+        }
+      }
+      // The segment was rewritten since the hint was taken: scan it from the start instead.
+      await reader.close();
+    }
+    return SegmentReader.open(segment.path);
+  }
+}

@@ -1,0 +1,287 @@
+/**
+ * The single writer of one stream: durable appends with group commit, segment roll and preallocation
+ * (spec/log-format.md §4).
+ *
+ * Concurrency contract: one StreamWriter per stream across all processes (the writer-slot lock in
+ * lock.ts guarantees it). Within the process, any number of callers may call append() at once; frames
+ * queued while a flush runs form the next batch, so one fdatasync covers every frame written since the
+ * previous one. append() resolves only after its frame is fdatasync'd, and after the directory entry of a
+ * new segment is fsync'd.
+ */
+import type { FileHandle } from 'node:fs/promises';
+import { MqlogError, ioError } from '../errors.js';
+import { FRAME_HEADER_BYTES, encodeFrameHeader } from './frame.js';
+import { recoverStream, type TruncatedTail } from './recovery.js';
+import { SegmentSet } from './segment-set.js';
+
+export const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
+/** Small batches write into a zero-filled region, so that fdatasync needs no metadata update. */
+const PREALLOCATE_BYTES = 1024 * 1024;
+const PREALLOCATE_BELOW_BATCH_BYTES = 256 * 1024;
+/** A flush writes at most this much before it fsyncs and lets callers go. */
+const MAX_BATCH_BYTES = 8 * 1024 * 1024;
+const ZEROS = Buffer.alloc(PREALLOCATE_BYTES);
+
+export interface StreamWriterOptions {
+  readonly segmentBytes?: number;
+  /** Called once per flush with its size and duration, for metrics. */
+  readonly onFlush?: (frames: number, bytes: number, durationMs: number) => void;
+}
+
+export interface AppendResult {
+  readonly offset: number;
+  readonly segment: number;
+  readonly position: number;
+  readonly bytes: number;
+}
+
+interface PendingAppend {
+  readonly type: number;
+  readonly payload: Uint8Array;
+  readonly resolve: (result: AppendResult) => void;
+  readonly reject: (err: unknown) => void;
+}
+
+export class StreamWriter {
+  readonly set: SegmentSet;
+  /** The torn tail recovery cut off when this writer opened the stream, if any. */
+  readonly recoveredTruncation: TruncatedTail | undefined;
+  private readonly segmentBytes: number;
+  private readonly onFlush: StreamWriterOptions['onFlush'];
+  private handle: FileHandle | undefined;
+  private segmentBase: number;
+  private dataEnd: number;
+  private allocatedEnd: number;
+  private offset: number;
+  private queue: PendingAppend[] = [];
+  private flushing: Promise<void> | undefined;
+  private closing: Promise<void> | undefined;
+
+  private constructor(set: SegmentSet, recovered: { base: number; dataEnd: number; nextOffset: number; handle: FileHandle | undefined; truncated: TruncatedTail | undefined }, options: StreamWriterOptions) {
+    this.set = set;
+    this.segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
+    this.onFlush = options.onFlush;
+    this.segmentBase = recovered.base;
+    this.dataEnd = recovered.dataEnd;
+    this.allocatedEnd = recovered.dataEnd;
+    this.offset = recovered.nextOffset;
+    this.handle = recovered.handle;
+    this.recoveredTruncation = recovered.truncated;
+  }
+
+  /**
+   * Recovers the stream in `dir` (creating it if needed) and returns its writer.
+   * @throws ERR_CORRUPT_FRAME if the last segment is corrupt; ERR_IO / ERR_DISK_FULL on I/O failure.
+   */
+  static async open(dir: string, options: StreamWriterOptions = {}): Promise<StreamWriter> {
+    const segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
+    if (!Number.isSafeInteger(segmentBytes) || segmentBytes < 1024) {
+      throw new MqlogError('ERR_INVALID_ARG', `segmentBytes must be an integer >= 1024, got ${segmentBytes}`);
+    }
+    const set = new SegmentSet(dir);
+    const recovered = await recoverStream(set);
+    if (recovered.lastBaseOffset === undefined) {
+      const handle = await set.create(0);
+      return new StreamWriter(set, { base: 0, dataEnd: 0, nextOffset: 0, handle, truncated: undefined }, options);
+    }
+    const handle = await set.openForWrite(recovered.lastBaseOffset);
+    return new StreamWriter(
+      set,
+      { base: recovered.lastBaseOffset, dataEnd: recovered.dataEnd, nextOffset: recovered.nextOffset, handle, truncated: recovered.truncated },
+      options,
+    );
+  }
+
+  /** Offset the next appended frame will get. */
+  get nextOffset(): number {
+    return this.offset + this.queue.length;
+  }
+
+  /**
+   * Appends one frame; resolves once it is on disk (fdatasync).
+   * @throws ERR_DISK_FULL when the device is full (the log stays readable and later appends may succeed),
+   *   ERR_IO on other write failures, ERR_CLOSED after close().
+   */
+  append(type: number, payload: Uint8Array): Promise<AppendResult> {
+    if (this.closing !== undefined) return Promise.reject(new MqlogError('ERR_CLOSED', 'stream writer is closed'));
+    return new Promise<AppendResult>((resolve, reject) => {
+      this.queue.push({ type, payload, resolve, reject });
+      this.flushing ??= this.flushLoop();
+    });
+  }
+
+  /** Waits for queued appends, trims preallocated zeros and closes the file. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      while (this.flushing !== undefined) await this.flushing;
+      const handle = this.handle;
+      this.handle = undefined;
+      if (handle === undefined) return;
+      try {
+        if (this.allocatedEnd > this.dataEnd) {
+          await handle.truncate(this.dataEnd);
+          await handle.datasync();
+        }
+      } finally {
+        await handle.close();
+      }
+    })();
+    return this.closing;
+  }
+
+  private async flushLoop(): Promise<void> {
+    // Let callers of the same tick join the first batch.
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    try {
+      while (this.queue.length > 0) {
+        let bytes = 0;
+        let count = 0;
+        while (count < this.queue.length && (count === 0 || bytes < MAX_BATCH_BYTES)) {
+          bytes += FRAME_HEADER_BYTES + (this.queue[count]?.payload.length ?? 0);
+          count++;
+        }
+        const batch = this.queue.splice(0, count);
+        await this.writeBatch(batch);
+      }
+    } finally {
+      this.flushing = undefined;
+    }
+  }
+
+  /** Writes a batch in runs, one run per segment, each fsync'd before its callers resolve. */
+  private async writeBatch(batch: PendingAppend[]): Promise<void> {
+    let index = 0;
+    while (index < batch.length) {
+      const started = performance.now();
+      let handle: FileHandle;
+      try {
+        handle = await this.handleFor(FRAME_HEADER_BYTES + (batch[index]?.payload.length ?? 0));
+      } catch (err) {
+        failAll(batch.slice(index), err);
+        return;
+      }
+      // Take frames while they fit in this segment (always at least one).
+      const run: { pending: PendingAppend; header: Buffer; result: AppendResult }[] = [];
+      let position = this.dataEnd;
+      let offset = this.offset;
+      while (index < batch.length) {
+        const pending = batch[index] as PendingAppend;
+        const bytes = FRAME_HEADER_BYTES + pending.payload.length;
+        if (run.length > 0 && position + bytes > this.segmentBytes) break;
+        let header: Buffer;
+        try {
+          header = encodeFrameHeader(pending.type, offset, pending.payload);
+        } catch (err) {
+          pending.reject(err);
+          index++;
+          continue;
+        }
+        run.push({ pending, header, result: { offset, segment: this.segmentBase, position, bytes } });
+        position += bytes;
+        offset++;
+        index++;
+      }
+      if (run.length === 0) continue;
+      const runBytes = position - this.dataEnd;
+      try {
+        await this.writeRun(handle, run.flatMap((r) => [r.header, r.pending.payload]), runBytes);
+      } catch (err) {
+        failAll(run.map((r) => r.pending), err);
+        failAll(batch.slice(index), err);
+        return;
+      }
+      this.dataEnd = position;
+      this.offset = offset;
+      this.onFlush?.(run.length, runBytes, performance.now() - started);
+      for (const r of run) r.pending.resolve(r.result);
+    }
+  }
+
+  /**
+   * Writes and fdatasyncs one run at dataEnd. On failure, cuts the file back to dataEnd so that no
+   * partial frame stays behind, and reports the failure to the run's callers.
+   */
+  private async writeRun(handle: FileHandle, buffers: Uint8Array[], runBytes: number): Promise<void> {
+    const start = this.dataEnd;
+    const end = start + runBytes;
+    // Zero-fill up to 1 MiB past the new end (never past the segment size) when the run outgrows the
+    // zero-filled region: later small runs then overwrite in place and fdatasync skips the size update.
+    const zeros = runBytes < PREALLOCATE_BELOW_BATCH_BYTES && end > this.allocatedEnd ? Math.max(0, Math.min(PREALLOCATE_BYTES, this.segmentBytes - end)) : 0;
+    try {
+      try {
+        await writeAll(handle, zeros > 0 ? [...buffers, ZEROS.subarray(0, zeros)] : buffers, start);
+        if (zeros > 0) this.allocatedEnd = end + zeros;
+      } catch (err) {
+        if (zeros === 0 || !isNoSpace(err)) throw err;
+        // No room for preallocation: try the frames alone.
+        await this.cutBack(handle, start);
+        await writeAll(handle, buffers, start);
+      }
+      this.allocatedEnd = Math.max(this.allocatedEnd, end);
+      await handle.datasync();
+    } catch (err) {
+      await this.cutBack(handle, start).catch(() => undefined);
+      throw ioError(err, `cannot append to ${this.set.pathOf(this.segmentBase)}`, { path: this.set.pathOf(this.segmentBase), position: start });
+    }
+  }
+
+  private async cutBack(handle: FileHandle, to: number): Promise<void> {
+    await handle.truncate(to);
+    this.allocatedEnd = to;
+    await handle.datasync();
+  }
+
+  /** The handle to append `bytes` to, rolling to a new segment first when the current one is full. */
+  private async handleFor(bytes: number): Promise<FileHandle> {
+    const handle = this.handle;
+    if (handle === undefined) throw new MqlogError('ERR_CLOSED', 'stream writer is closed');
+    if (this.dataEnd === 0 || this.dataEnd + bytes <= this.segmentBytes) return handle;
+    // Seal before creating the successor, so that every segment but the last ends exactly at its data.
+    try {
+      if (this.allocatedEnd > this.dataEnd) await handle.truncate(this.dataEnd);
+      await handle.datasync();
+    } catch (err) {
+      throw ioError(err, `cannot seal ${this.set.pathOf(this.segmentBase)}`);
+    }
+    const next = await this.set.create(this.offset);
+    this.handle = next;
+    this.segmentBase = this.offset;
+    this.dataEnd = 0;
+    this.allocatedEnd = 0;
+    await handle.close();
+    return next;
+  }
+}
+
+async function writeAll(handle: FileHandle, buffers: Uint8Array[], position: number): Promise<void> {
+  let pending = buffers;
+  let at = position;
+  while (pending.length > 0) {
+    const { bytesWritten } = await handle.writev(pending, at);
+    at += bytesWritten;
+    pending = dropBytes(pending, bytesWritten);
+  }
+}
+
+function dropBytes(buffers: Uint8Array[], bytes: number): Uint8Array[] {
+  let skip = bytes;
+  const rest: Uint8Array[] = [];
+  for (const buffer of buffers) {
+    if (skip >= buffer.length) {
+      skip -= buffer.length;
+      continue;
+    }
+    rest.push(skip > 0 ? buffer.subarray(skip) : buffer);
+    skip = 0;
+  }
+  return rest;
+}
+
+function isNoSpace(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
+}
+
+function failAll(pendings: PendingAppend[], err: unknown): void {
+  for (const pending of pendings) pending.reject(err);
+}

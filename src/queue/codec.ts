@@ -1,0 +1,245 @@
+/**
+ * What a MESSAGE frame's payload means (spec/log-format.md §8): a length-prefixed msgpack map of
+ * message fields, then the body bytes as they are.
+ *
+ *   u32 LE metaBytes | meta (msgpack map, metaBytes long) | body (the rest of the payload)
+ *
+ * The body is never msgpack-encoded, so it is neither copied nor inspected on the way through, and a
+ * reader that only needs the fields (a forwarder choosing frames for a peer) decodes the small map alone.
+ * Decoding validates every field: input from disk or from a peer is untrusted.
+ */
+import { Packr } from 'msgpackr';
+import { MqlogError } from '../errors.js';
+import { isId } from '../util/ids.js';
+
+export const MIN_PRIORITY = 0;
+export const MAX_PRIORITY = 9;
+export const DEFAULT_PRIORITY = 4;
+export const DEFAULT_CHANNEL = 'common';
+export const MAX_CHANNEL_BYTES = 255;
+export const MAX_DESTINATIONS = 64;
+export const MAX_DESTINATION_BYTES = 1024;
+export const MAX_HEADERS = 64;
+export const MAX_HEADER_KEY_BYTES = 255;
+export const MAX_HEADER_VALUE_BYTES = 4096;
+const MAX_META_BYTES = 256 * 1024;
+
+/** Where an inbox message came from: the sender's node id, its stream and offset there. */
+export interface Origin {
+  readonly node: string;
+  readonly stream: string;
+  readonly offset: number;
+}
+
+/** The fields of a message, without its body. */
+export interface MessageMeta {
+  readonly id: string;
+  /** Milliseconds since the epoch when it was sent. */
+  readonly ts: number;
+  readonly channel: string;
+  /** 0..9, higher is more urgent. */
+  readonly priority: number;
+  /** Destinations: peer names or URLs. */
+  readonly to: readonly string[];
+  /** Name of the sending node (in an inbox: the authenticated peer). */
+  readonly from: string;
+  /** Id of the sending node. */
+  readonly node?: string | undefined;
+  /** Not delivered after this time (ms since the epoch). */
+  readonly expiresAt?: number | undefined;
+  /** Not delivered before this time (ms since the epoch). */
+  readonly notBefore?: number | undefined;
+  readonly headers?: Readonly<Record<string, string>> | undefined;
+  /** The sender wants a "job done" receipt. */
+  readonly receipt?: boolean | undefined;
+  /** Address the receipt goes back to when the sender is not a configured peer. */
+  readonly replyTo?: string | undefined;
+  /** Set on inbox copies: where the message came from, for duplicate detection. */
+  readonly origin?: Origin | undefined;
+}
+
+export interface MessageRecord extends MessageMeta {
+  readonly body: Buffer;
+}
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', variableMapSize: true });
+
+/** Short keys on disk, documented in spec/log-format.md §8.1. */
+const KEYS = {
+  id: 'i',
+  ts: 't',
+  channel: 'c',
+  priority: 'p',
+  to: 'd',
+  from: 'f',
+  node: 'n',
+  expiresAt: 'x',
+  notBefore: 'b',
+  headers: 'h',
+  receipt: 'r',
+  replyTo: 'a',
+  origin: 'o',
+} as const;
+
+export function encodeMeta(meta: MessageMeta): Buffer {
+  const map: Record<string, unknown> = {
+    [KEYS.id]: meta.id,
+    [KEYS.ts]: meta.ts,
+    [KEYS.channel]: meta.channel,
+    [KEYS.priority]: meta.priority,
+    [KEYS.to]: meta.to,
+    [KEYS.from]: meta.from,
+  };
+  if (meta.node !== undefined) map[KEYS.node] = meta.node;
+  if (meta.expiresAt !== undefined) map[KEYS.expiresAt] = meta.expiresAt;
+  if (meta.notBefore !== undefined) map[KEYS.notBefore] = meta.notBefore;
+  if (meta.headers !== undefined && Object.keys(meta.headers).length > 0) map[KEYS.headers] = meta.headers;
+  if (meta.receipt === true) map[KEYS.receipt] = true;
+  if (meta.replyTo !== undefined) map[KEYS.replyTo] = meta.replyTo;
+  if (meta.origin !== undefined) map[KEYS.origin] = [meta.origin.node, meta.origin.stream, meta.origin.offset];
+  return packr.pack(map);
+}
+
+/** The payload of a MESSAGE frame. */
+export function encodeMessage(meta: MessageMeta, body: Uint8Array): Buffer[] {
+  const metaBytes = encodeMeta(meta);
+  const prefix = Buffer.allocUnsafe(4);
+  prefix.writeUInt32LE(metaBytes.length, 0);
+  return [prefix, metaBytes, Buffer.from(body.buffer, body.byteOffset, body.byteLength)];
+}
+
+export function encodeMessagePayload(meta: MessageMeta, body: Uint8Array): Buffer {
+  return Buffer.concat(encodeMessage(meta, body));
+}
+
+/**
+ * Decodes the fields of a MESSAGE payload without touching the body.
+ * @throws ERR_INVALID_MESSAGE naming the first field that is wrong.
+ */
+export function decodeMeta(payload: Buffer): { meta: MessageMeta; bodyStart: number } {
+  if (payload.length < 4) throw invalid('payload shorter than its length prefix');
+  const metaBytes = payload.readUInt32LE(0);
+  if (metaBytes > MAX_META_BYTES || 4 + metaBytes > payload.length) throw invalid(`meta length ${metaBytes} out of range`);
+  let raw: unknown;
+  try {
+    raw = packr.unpack(payload.subarray(4, 4 + metaBytes));
+  } catch (err) {
+    throw invalid('meta is not valid msgpack', err);
+  }
+  return { meta: validateMeta(raw), bodyStart: 4 + metaBytes };
+}
+
+export function decodeMessage(payload: Buffer): MessageRecord {
+  const { meta, bodyStart } = decodeMeta(payload);
+  return { ...meta, body: payload.subarray(bodyStart) };
+}
+
+function validateMeta(raw: unknown): MessageMeta {
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw invalid('meta is not a map');
+  const m = raw as Record<string, unknown>;
+  const id = m[KEYS.id];
+  if (!isId(id)) throw invalid('id is not a UUID');
+  const ts = m[KEYS.ts];
+  if (!isTime(ts)) throw invalid('ts is not a timestamp');
+  const channel = m[KEYS.channel];
+  checkChannel(channel);
+  const priority = m[KEYS.priority];
+  checkPriority(priority);
+  const to = m[KEYS.to];
+  checkDestinations(to);
+  const from = m[KEYS.from];
+  if (typeof from !== 'string' || Buffer.byteLength(from) > MAX_DESTINATION_BYTES) throw invalid('from is not a name');
+  const meta: { -readonly [K in keyof MessageMeta]: MessageMeta[K] } = { id, ts, channel, priority, to, from };
+  const node = m[KEYS.node];
+  if (node !== undefined) {
+    if (typeof node !== 'string' || node.length > 64) throw invalid('node is not a node id');
+    meta.node = node;
+  }
+  const expiresAt = m[KEYS.expiresAt];
+  if (expiresAt !== undefined) {
+    if (!isTime(expiresAt)) throw invalid('expiresAt is not a timestamp');
+    meta.expiresAt = expiresAt;
+  }
+  const notBefore = m[KEYS.notBefore];
+  if (notBefore !== undefined) {
+    if (!isTime(notBefore)) throw invalid('notBefore is not a timestamp');
+    meta.notBefore = notBefore;
+  }
+  const headers = m[KEYS.headers];
+  if (headers !== undefined) {
+    checkHeaders(headers);
+    meta.headers = headers;
+  }
+  const receipt = m[KEYS.receipt];
+  if (receipt !== undefined) {
+    if (typeof receipt !== 'boolean') throw invalid('receipt is not a boolean');
+    meta.receipt = receipt;
+  }
+  const replyTo = m[KEYS.replyTo];
+  if (replyTo !== undefined) {
+    if (typeof replyTo !== 'string' || Buffer.byteLength(replyTo) > MAX_DESTINATION_BYTES) throw invalid('replyTo is not an address');
+    meta.replyTo = replyTo;
+  }
+  const origin = m[KEYS.origin];
+  if (origin !== undefined) {
+    if (!Array.isArray(origin) || origin.length !== 3) throw invalid('origin is not [node, stream, offset]');
+    const [node2, stream, offset] = origin as unknown[];
+    if (typeof node2 !== 'string' || typeof stream !== 'string' || !Number.isSafeInteger(offset) || (offset as number) < 0) {
+      throw invalid('origin is not [node, stream, offset]');
+    }
+    meta.origin = { node: node2, stream, offset: offset as number };
+  }
+  return meta;
+}
+
+/** @throws ERR_INVALID_NAME unless `channel` is a non-empty string of at most 255 UTF-8 bytes. */
+export function checkChannel(channel: unknown): asserts channel is string {
+  if (typeof channel !== 'string' || channel.length === 0) {
+    throw new MqlogError('ERR_INVALID_NAME', 'channel must be a non-empty string');
+  }
+  if (Buffer.byteLength(channel, 'utf8') > MAX_CHANNEL_BYTES) {
+    throw new MqlogError('ERR_INVALID_NAME', `channel name longer than ${MAX_CHANNEL_BYTES} bytes`);
+  }
+  if (Buffer.from(channel, 'utf8').toString('utf8') !== channel) {
+    throw new MqlogError('ERR_INVALID_NAME', 'channel name is not valid Unicode (lone surrogate)');
+  }
+}
+
+/** @throws ERR_INVALID_ARG unless `priority` is an integer 0..9. */
+export function checkPriority(priority: unknown): asserts priority is number {
+  if (!Number.isInteger(priority) || (priority as number) < MIN_PRIORITY || (priority as number) > MAX_PRIORITY) {
+    throw new MqlogError('ERR_INVALID_ARG', `priority must be an integer ${MIN_PRIORITY}-${MAX_PRIORITY}, got ${String(priority)}`);
+  }
+}
+
+function checkDestinations(to: unknown): asserts to is string[] {
+  if (!Array.isArray(to) || to.length === 0 || to.length > MAX_DESTINATIONS) {
+    throw invalid(`to must list 1-${MAX_DESTINATIONS} destinations`);
+  }
+  for (const d of to) {
+    if (typeof d !== 'string' || d.length === 0 || Buffer.byteLength(d) > MAX_DESTINATION_BYTES) throw invalid('destination is not a name or URL');
+  }
+}
+
+/** @throws ERR_INVALID_ARG unless headers is a map of at most 64 string keys to string values within the size limits. */
+export function checkHeaders(headers: unknown): asserts headers is Record<string, string> {
+  if (headers === null || typeof headers !== 'object' || Array.isArray(headers)) throw invalid('headers is not a map');
+  const entries = Object.entries(headers);
+  if (entries.length > MAX_HEADERS) throw new MqlogError('ERR_INVALID_ARG', `more than ${MAX_HEADERS} headers`);
+  for (const [key, value] of entries) {
+    if (key.length === 0 || Buffer.byteLength(key) > MAX_HEADER_KEY_BYTES) {
+      throw new MqlogError('ERR_INVALID_ARG', `header key must be 1-${MAX_HEADER_KEY_BYTES} bytes`);
+    }
+    if (typeof value !== 'string' || Buffer.byteLength(value) > MAX_HEADER_VALUE_BYTES) {
+      throw new MqlogError('ERR_INVALID_ARG', `header ${key} must be a string of at most ${MAX_HEADER_VALUE_BYTES} bytes`);
+    }
+  }
+}
+
+function isTime(value: unknown): value is number {
+  return Number.isSafeInteger(value) && (value as number) >= 0;
+}
+
+function invalid(reason: string, cause?: unknown): MqlogError {
+  return new MqlogError('ERR_INVALID_MESSAGE', `invalid message: ${reason}`, cause === undefined ? undefined : { cause });
+}

@@ -1,0 +1,201 @@
+/**
+ * The outbox: where an application drops messages for other nodes (spec/log-format.md §9).
+ *
+ * send() validates, appends one MESSAGE frame to the stream of the message's priority (`p0`..`p9`) in
+ * this process's writer slot, and resolves with the id once the frame is fdatasync'd. It never touches
+ * the network. Any number of processes may send into one outbox at once (each has its own slot), and
+ * within a process concurrent sends share fsyncs (group commit).
+ *
+ * Every destination a message names is also recorded in `outbox/destinations/` before the message is
+ * appended, so the forwarder learns of destinations that are URLs rather than configured peers.
+ */
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { MqlogError } from '../errors.js';
+import { FrameType } from '../log/frame.js';
+import { FileLogStore, type LogStore, type LogWriter, type WriterOptions } from '../log/log-store.js';
+import { ensureDir, isNotFound, writeFileAtomic, readFileIfExists } from '../util/fs.js';
+import { newId } from '../util/ids.js';
+import { encodeName } from '../util/names.js';
+import {
+  DEFAULT_CHANNEL,
+  DEFAULT_PRIORITY,
+  checkChannel,
+  checkHeaders,
+  checkPriority,
+  encodeMessage,
+  MAX_DESTINATIONS,
+  type MessageMeta,
+} from './codec.js';
+import { ensureQueue, outboxInfo, type QueueInfo } from './layout.js';
+import { priorityKey } from './priority.js';
+
+/** Largest body carried inline in one frame. */
+export const MAX_INLINE_BODY_BYTES = 32 * 1024 * 1024;
+
+export interface OutboxOptions extends WriterOptions {
+  readonly dataDir: string;
+  /** This node's name, stored as `from` in every message. */
+  readonly nodeName: string;
+  readonly nodeId: string;
+  /** This node's own address, carried so that receipts can find their way back. */
+  readonly replyTo?: string | undefined;
+  /**
+   * Checks one destination and returns its canonical form: a configured peer name, or a URL.
+   * Throws ERR_UNKNOWN_PEER for anything else.
+   */
+  readonly resolveDestination: (to: string) => string;
+  readonly store?: LogStore;
+}
+
+export interface SendOptions {
+  /** Default `common`. */
+  readonly channel?: string;
+  /** 0..9, default 4; higher is more urgent. */
+  readonly priority?: number;
+  /** Not delivered to a consumer once this many ms have passed since sending. */
+  readonly ttlMs?: number;
+  /** Not delivered to a consumer before this many ms have passed since sending. */
+  readonly delayMs?: number;
+  readonly headers?: Readonly<Record<string, string>>;
+  /** Ask for a "job done" receipt. */
+  readonly receipt?: boolean;
+}
+
+export class Outbox {
+  readonly info: QueueInfo;
+  readonly store: LogStore;
+  private readonly options: OutboxOptions;
+  private writer: Promise<LogWriter> | undefined;
+  private readonly knownDestinations = new Set<string>();
+  private closing: Promise<void> | undefined;
+  private ordered: Promise<unknown> = Promise.resolve();
+
+  private constructor(options: OutboxOptions) {
+    this.options = options;
+    this.info = outboxInfo(options.dataDir);
+    this.store = options.store ?? new FileLogStore(this.info.dir);
+  }
+
+  static async open(options: OutboxOptions): Promise<Outbox> {
+    const outbox = new Outbox(options);
+    await ensureQueue(outbox.info);
+    return outbox;
+  }
+
+  /**
+   * Appends a message for one destination, or several (multicast: one id, each destination gets it once).
+   * Resolves with the message id once the message is durable on the local disk.
+   * @throws ERR_INVALID_ARG / ERR_INVALID_NAME for bad options, ERR_UNKNOWN_PEER for an unknown
+   *   destination, ERR_BODY_TOO_LARGE, ERR_DISK_FULL, ERR_IO, ERR_CLOSED.
+   */
+  async send(to: string | readonly string[], body: Uint8Array | string, options: SendOptions = {}): Promise<string> {
+    if (this.closing !== undefined) throw new MqlogError('ERR_CLOSED', 'outbox is closed');
+    const destinations = this.resolveDestinations(to);
+    const channel = options.channel ?? DEFAULT_CHANNEL;
+    checkChannel(channel);
+    const priority = options.priority ?? DEFAULT_PRIORITY;
+    checkPriority(priority);
+    if (options.headers !== undefined) checkHeaders(options.headers);
+    const bytes = typeof body === 'string' ? Buffer.from(body, 'utf8') : body;
+    if (bytes.byteLength > MAX_INLINE_BODY_BYTES) {
+      throw new MqlogError('ERR_BODY_TOO_LARGE', `body of ${bytes.byteLength} bytes exceeds ${MAX_INLINE_BODY_BYTES}`);
+    }
+    const ts = Date.now();
+    const meta: MessageMeta = {
+      id: newId(ts),
+      ts,
+      channel,
+      priority,
+      to: destinations,
+      from: this.options.nodeName,
+      node: this.options.nodeId,
+      expiresAt: options.ttlMs === undefined ? undefined : ts + checkDuration('ttlMs', options.ttlMs),
+      notBefore: options.delayMs === undefined ? undefined : ts + checkDuration('delayMs', options.delayMs),
+      headers: options.headers,
+      receipt: options.receipt === true ? true : undefined,
+      replyTo: options.receipt === true ? this.options.replyTo : undefined,
+    };
+    const payload = Buffer.concat(encodeMessage(meta, bytes));
+    // Preparation is chained so that appends happen in the order send() was called (FIFO per priority).
+    const ready = this.ordered.then(async () => {
+      await this.registerDestinations(destinations);
+      return this.claimWriter();
+    });
+    this.ordered = ready.catch(() => undefined);
+    const writer = await ready;
+    await writer.append(priorityKey(priority), FrameType.MESSAGE, payload);
+    return meta.id;
+  }
+
+  /** Destinations ever named by a message of this outbox (the forwarder's work list). */
+  async destinations(): Promise<string[]> {
+    return listDestinations(this.options.dataDir);
+  }
+
+  /** Waits for pending sends and releases the writer slot. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      const writer = this.writer;
+      this.writer = undefined;
+      if (writer !== undefined) await (await writer).close();
+    })();
+    return this.closing;
+  }
+
+  private resolveDestinations(to: string | readonly string[]): string[] {
+    const list = typeof to === 'string' ? [to] : [...to];
+    if (list.length === 0) throw new MqlogError('ERR_INVALID_ARG', 'a message needs at least one destination');
+    if (list.length > MAX_DESTINATIONS) throw new MqlogError('ERR_INVALID_ARG', `at most ${MAX_DESTINATIONS} destinations`);
+    return [...new Set(list.map((d) => this.options.resolveDestination(d)))];
+  }
+
+  private claimWriter(): Promise<LogWriter> {
+    if (this.writer === undefined) {
+      const claiming = this.store.claimWriter(this.options);
+      claiming.catch(() => {
+        if (this.writer === claiming) this.writer = undefined;
+      });
+      this.writer = claiming;
+    }
+    return this.writer;
+  }
+
+  private async registerDestinations(destinations: readonly string[]): Promise<void> {
+    for (const destination of destinations) {
+      if (this.knownDestinations.has(destination)) continue;
+      const dir = join(this.info.dir, DESTINATIONS_DIR);
+      const path = join(dir, encodeName(destination));
+      if ((await readFileIfExists(path)) === undefined) {
+        await ensureDir(dir);
+        await writeFileAtomic(path, destination);
+      }
+      this.knownDestinations.add(destination);
+    }
+  }
+}
+
+const DESTINATIONS_DIR = 'destinations';
+
+/** Destinations recorded in an outbox, in name order. */
+export async function listDestinations(dataDir: string): Promise<string[]> {
+  const dir = join(outboxInfo(dataDir).dir, DESTINATIONS_DIR);
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (err) {
+    if (isNotFound(err)) return [];
+    throw err;
+  }
+  const found: string[] = [];
+  for (const name of names.sort()) {
+    if (name.endsWith('.tmp')) continue;
+    found.push((await readFile(join(dir, name))).toString('utf8'));
+  }
+  return found;
+}
+
+function checkDuration(name: string, ms: number): number {
+  if (!Number.isSafeInteger(ms) || ms < 0) throw new MqlogError('ERR_INVALID_ARG', `${name} must be a non-negative integer, got ${ms}`);
+  return ms;
+}

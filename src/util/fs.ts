@@ -1,0 +1,79 @@
+/**
+ * Small durable-file helpers shared by every layer that writes to disk.
+ * Each helper states what is durable when its promise resolves.
+ */
+import { mkdir, open, rename, rm, readFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { ioError } from '../errors.js';
+
+/** Mode for every directory mqlog creates: the owner only. */
+export const DIR_MODE = 0o700;
+/** Mode for every file mqlog creates: the owner only. */
+export const FILE_MODE = 0o600;
+
+/**
+ * fsyncs a directory, so that entries created, renamed or removed in it are durable.
+ * A new file's name is not durable until its parent directory is fsync'd.
+ */
+export async function fsyncDir(path: string): Promise<void> {
+  const handle = await open(path, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Creates a directory (and parents) with mode 0700 and makes every newly created entry durable by
+ * fsyncing the parent of each directory it created.
+ */
+export async function ensureDir(path: string): Promise<void> {
+  const first = await mkdir(path, { recursive: true, mode: DIR_MODE });
+  if (first === undefined) return;
+  // fsync from the deepest new directory up to the parent of the first one created.
+  let dir = path;
+  for (;;) {
+    const parent = dirname(dir);
+    await fsyncDir(parent);
+    if (dir === first || parent === dir) break;
+    dir = parent;
+  }
+}
+
+/**
+ * Replaces `path` atomically: write `path.tmp`, fsync it, rename over `path`, fsync the directory.
+ * When the promise resolves, a crash leaves the new content; before, the old one (or none).
+ */
+export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
+  const tmp = `${path}.tmp`;
+  try {
+    const handle = await open(tmp, 'w', FILE_MODE);
+    try {
+      await handle.writeFile(data);
+      await handle.datasync();
+    } finally {
+      await handle.close();
+    }
+    await rename(tmp, path);
+    await fsyncDir(dirname(path));
+  } catch (err) {
+    await rm(tmp, { force: true }).catch(() => undefined);
+    throw ioError(err, `cannot write ${path}`, { path });
+  }
+}
+
+/** Reads a file, or returns undefined when it does not exist. */
+export async function readFileIfExists(path: string): Promise<Buffer | undefined> {
+  try {
+    return await readFile(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw ioError(err, `cannot read ${path}`, { path });
+  }
+}
+
+/** True for a Node.js "no such file or directory" error. */
+export function isNotFound(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
+}
