@@ -104,7 +104,7 @@ async function verifyStream(dir: string, totals: Totals, onlyFile?: string): Pro
             if (!isMqlogError(err) || (err.code !== 'ERR_CORRUPT_FRAME' && err.code !== 'ERR_UNSUPPORTED_VERSION')) throw err;
             const at = Number(err.details?.position ?? reader.nextPosition);
             const next = await nextValidFrame(segment.path, at + 1);
-            await problem(segment.path, at, `${String(err.details?.reason ?? err.message)}${next === undefined ? '; no valid frame after it' : `; ${next - at} bytes unreadable up to the next valid frame at ${next}`}`, totals);
+            await problem(segment.path, at, `${typeof err.details?.reason === 'string' ? err.details.reason : err.message}${next === undefined ? '; no valid frame after it' : `; ${next - at} bytes unreadable up to the next valid frame at ${next}`}`, totals);
             resumeAt = next;
             break;
           }

@@ -173,7 +173,7 @@ function checkPeers(value: unknown, key: string): Record<string, PeerConfig> {
     const url = checkUrl(p.url, `${at}.url`);
     if (url === undefined) throw bad(`${at}.url`, 'an http:// or https:// URL');
     if (p.key !== undefined && (typeof p.key !== 'string' || p.key.length < 16)) throw bad(`${at}.key`, 'a string of at least 16 characters');
-    peers[name] = { url, key: p.key as string | undefined };
+    peers[name] = { url, key: p.key };
   }
   return peers;
 }

@@ -1,0 +1,65 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { FrameType } from '../../src/log/frame.js';
+import { Lock } from '../../src/log/lock.js';
+import { FileLogStore } from '../../src/log/log-store.js';
+import { exited, tempDir } from '../helpers/index.js';
+
+test('each writer claims its own slot and writes only its own streams', async (t) => {
+  const dir = await tempDir(t);
+  const store = new FileLogStore(dir);
+  const a = await store.claimWriter();
+  const b = await store.claimWriter();
+  assert.deepEqual([a.slot, b.slot], [0, 1]);
+  assert.equal((await a.append('p4', FrameType.MESSAGE, Buffer.from('a'))).stream, 'p4.w0');
+  assert.equal((await b.append('p4', FrameType.MESSAGE, Buffer.from('b'))).stream, 'p4.w1');
+  await a.close();
+  const c = await store.claimWriter();
+  assert.equal(c.slot, 0, 'a released slot is reused');
+  await b.close();
+  await c.close();
+  assert.deepEqual((await store.streams()).map((s) => s.name), ['p4.w0', 'p4.w1']);
+});
+
+test('a stream key must be short lowercase alphanumerics', async (t) => {
+  const store = new FileLogStore(await tempDir(t));
+  const writer = await store.claimWriter();
+  t.after(() => writer.close());
+  await assert.rejects(writer.append('../x', FrameType.MESSAGE, Buffer.alloc(1)), { code: 'ERR_INVALID_ARG' });
+});
+
+test('a lock held by a live process is refused with ERR_LOCKED', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'x.lock');
+  const lock = await Lock.acquire(path);
+  await assert.rejects(Lock.acquire(path), { code: 'ERR_LOCKED' });
+  await lock.release();
+  const again = await Lock.acquire(path);
+  await again.release();
+});
+
+test('a lock left by a SIGKILLed process is taken over once stale', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'x.lock');
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', '-e', `import('${new URL('../../src/log/lock.ts', import.meta.url).href}').then(async ({ Lock }) => { await Lock.acquire(${JSON.stringify(path)}); console.log('locked'); setInterval(() => {}, 1000); })`],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  await new Promise<void>((resolve) => child.stdout.on('data', (b: Buffer) => b.toString().includes('locked') && resolve()));
+  child.kill('SIGKILL');
+  await exited(child);
+  await assert.rejects(Lock.acquire(path), { code: 'ERR_LOCKED' });
+  const lock = await Lock.acquire(path, { wait: true, signal: AbortSignal.timeout(30_000) });
+  await lock.release();
+});
+
+test('waiting for a lock can be aborted', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'x.lock');
+  const lock = await Lock.acquire(path);
+  t.after(() => lock.release());
+  await assert.rejects(Lock.acquire(path, { wait: true, signal: AbortSignal.timeout(100) }), { code: 'ERR_TIMEOUT' });
+});

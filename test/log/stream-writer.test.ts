@@ -1,0 +1,139 @@
+import assert from 'node:assert/strict';
+import { readdir, stat, truncate, appendFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { FrameType, encodeFrame } from '../../src/log/frame.js';
+import { StreamReader } from '../../src/log/stream-reader.js';
+import { StreamWriter } from '../../src/log/stream-writer.js';
+import { tempDir } from '../helpers/index.js';
+
+async function readAll(dir: string): Promise<{ offset: number; payload: string }[]> {
+  const reader = new StreamReader(dir);
+  try {
+    const read = await reader.read();
+    return read.frames.map((f) => ({ offset: f.offset, payload: f.payload.toString() }));
+  } finally {
+    await reader.close();
+  }
+}
+
+test('appends get consecutive offsets and are readable after close', async (t) => {
+  const dir = join(await tempDir(t), 's');
+  const writer = await StreamWriter.open(dir);
+  for (let i = 0; i < 5; i++) {
+    const result = await writer.append(FrameType.MESSAGE, Buffer.from(`m${i}`));
+    assert.equal(result.offset, i);
+  }
+  await writer.close();
+  assert.deepEqual(await readAll(dir), [0, 1, 2, 3, 4].map((i) => ({ offset: i, payload: `m${i}` })));
+});
+
+test('concurrent appends share fsyncs (group commit)', async (t) => {
+  const dir = join(await tempDir(t), 's');
+  let flushes = 0;
+  const writer = await StreamWriter.open(dir, { onFlush: () => flushes++ });
+  const results = await Promise.all(Array.from({ length: 200 }, (_, i) => writer.append(FrameType.MESSAGE, Buffer.from(`m${i}`))));
+  await writer.close();
+  assert.deepEqual(results.map((r) => r.offset), Array.from({ length: 200 }, (_, i) => i));
+  assert.ok(flushes < 20, `expected few flushes for 200 concurrent appends, got ${flushes}`);
+});
+
+test('the zero-filled preallocation is trimmed on close', async (t) => {
+  const dir = join(await tempDir(t), 's');
+  const writer = await StreamWriter.open(dir);
+  const { bytes } = await writer.append(FrameType.MESSAGE, Buffer.from('x'));
+  const segment = join(dir, '00000000000000000000.seg');
+  assert.ok((await stat(segment)).size > bytes, 'expected a preallocated tail while open');
+  await writer.close();
+  assert.equal((await stat(segment)).size, bytes);
+});
+
+test('a stream rolls to a new segment named by its base offset at segmentBytes', async (t) => {
+  const dir = join(await tempDir(t), 's');
+  const writer = await StreamWriter.open(dir, { segmentBytes: 1024 });
+  for (let i = 0; i < 20; i++) await writer.append(FrameType.MESSAGE, Buffer.alloc(200, i));
+  await writer.close();
+  const names = (await readdir(dir)).sort();
+  assert.ok(names.length >= 4, `expected several segments, got ${names.join(' ')}`);
+  assert.equal(names[0], '00000000000000000000.seg');
+  for (const name of names.slice(0, -1)) assert.ok((await stat(join(dir, name))).size <= 1024);
+  const frames = await readAll(dir);
+  assert.deepEqual(frames.map((f) => f.offset), Array.from({ length: 20 }, (_, i) => i));
+  // Each segment's name is the offset of its first frame.
+  let expectedBase = 0;
+  for (const name of names) {
+    assert.equal(Number(name.slice(0, 20)), expectedBase);
+    const reader = new StreamReader(dir, { offset: expectedBase });
+    const read = await reader.read({ maxFrames: 1 });
+    await reader.close();
+    assert.equal(read.frames[0]?.offset, expectedBase);
+    assert.equal(read.frames[0]?.segment, expectedBase);
+    expectedBase += (await stat(join(dir, name))).size / (20 + 200);
+  }
+});
+
+test('offsets continue after reopening', async (t) => {
+  const dir = join(await tempDir(t), 's');
+  let writer = await StreamWriter.open(dir, { segmentBytes: 1024 });
+  for (let i = 0; i < 7; i++) await writer.append(FrameType.MESSAGE, Buffer.alloc(300));
+  await writer.close();
+  writer = await StreamWriter.open(dir, { segmentBytes: 1024 });
+  assert.equal(writer.nextOffset, 7);
+  assert.equal((await writer.append(FrameType.MESSAGE, Buffer.from('next'))).offset, 7);
+  await writer.close();
+});
+
+test('reopening cuts a torn final frame and reports it', async (t) => {
+  const dir = join(await tempDir(t), 's');
+  let writer = await StreamWriter.open(dir);
+  for (let i = 0; i < 3; i++) await writer.append(FrameType.MESSAGE, Buffer.from(`m${i}`));
+  await writer.close();
+  const segment = join(dir, '00000000000000000000.seg');
+  const goodSize = (await stat(segment)).size;
+  await appendFile(segment, encodeFrame(FrameType.MESSAGE, 3, Buffer.alloc(100, 7)).subarray(0, 60));
+  writer = await StreamWriter.open(dir);
+  assert.deepEqual(writer.recoveredTruncation && { position: writer.recoveredTruncation.position, bytes: writer.recoveredTruncation.bytes }, {
+    position: goodSize,
+    bytes: 60,
+  });
+  assert.equal(writer.nextOffset, 3);
+  await writer.append(FrameType.MESSAGE, Buffer.from('m3'));
+  await writer.close();
+  assert.deepEqual((await readAll(dir)).map((f) => f.payload), ['m0', 'm1', 'm2', 'm3']);
+});
+
+test('a corrupt frame before the end stops recovery with ERR_CORRUPT_FRAME', async (t) => {
+  const dir = join(await tempDir(t), 's');
+  const writer = await StreamWriter.open(dir);
+  for (let i = 0; i < 3; i++) await writer.append(FrameType.MESSAGE, Buffer.from(`message ${i}`));
+  await writer.close();
+  const segment = join(dir, '00000000000000000000.seg');
+  const { open } = await import('node:fs/promises');
+  const handle = await open(segment, 'r+');
+  await handle.write(Buffer.from([0xff]), 0, 1, 25); // inside the first frame's payload
+  await handle.close();
+  await assert.rejects(StreamWriter.open(dir), (err: { code?: string; details?: { position?: number } }) => {
+    assert.equal(err.code, 'ERR_CORRUPT_FRAME');
+    assert.equal(err.details?.position, 0);
+    return true;
+  });
+});
+
+test('a truncated zero-length segment is recovered as empty', async (t) => {
+  const dir = join(await tempDir(t), 's');
+  let writer = await StreamWriter.open(dir);
+  await writer.append(FrameType.MESSAGE, Buffer.from('gone'));
+  await writer.close();
+  await truncate(join(dir, '00000000000000000000.seg'), 0);
+  writer = await StreamWriter.open(dir);
+  assert.equal(writer.nextOffset, 0);
+  await writer.close();
+});
+
+test('append after close is refused with ERR_CLOSED', async (t) => {
+  const dir = join(await tempDir(t), 's');
+  const writer = await StreamWriter.open(dir);
+  await writer.close();
+  await assert.rejects(writer.append(FrameType.MESSAGE, Buffer.from('x')), { code: 'ERR_CLOSED' });
+  await writer.close(); // idempotent
+});
