@@ -4,7 +4,7 @@
  * so on stderr; corruption makes the exit code 1.
  */
 import { isUtf8 } from 'node:buffer';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { segmentFileName } from '../log/segment.js';
 import type { MessageRecord } from '../queue/codec.js';
 import { scanQueue } from '../queue/scan.js';
@@ -28,7 +28,7 @@ async function run(args: ParsedArgs): Promise<number> {
   const json = boolFlag(args, 'json');
   let problems = 0;
   for (const target of await resolveTargets(args.positionals[0] as string)) {
-    const states = await openStateView(target.info);
+    const states = await openStateView(target.info, target.dataDir ?? (target.info.kind === 'outbox' ? dirname(target.info.dir) : undefined));
     const scan = scanQueue(target.info, {
       ...(target.stream === undefined ? {} : { stream: target.stream }),
       ...(target.segment === undefined ? {} : { segment: target.segment }),

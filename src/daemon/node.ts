@@ -6,6 +6,9 @@
  */
 import { resolve } from 'node:path';
 import { MqlogError } from '../errors.js';
+import { DEFAULT_CHANNEL } from '../queue/codec.js';
+import type { Delivery } from '../queue/consumer.js';
+import { Inbox, type ConsumeOptions } from '../queue/inbox.js';
 import { Outbox, type SendOptions } from '../queue/outbox.js';
 import { loadNodeId } from '../queue/node-identity.js';
 import { advertisedUrl, loadConfig, resolveDestination, type Config } from './config.js';
@@ -22,6 +25,7 @@ export class MqlogNode {
   readonly config: Config;
   readonly nodeId: string;
   readonly outbox: Outbox;
+  private readonly inboxes = new Map<string, Promise<Inbox>>();
   private closing: Promise<void> | undefined;
 
   private constructor(dataDir: string, config: Config, nodeId: string, outbox: Outbox) {
@@ -56,6 +60,35 @@ export class MqlogNode {
     return this.outbox.send(to, body, options);
   }
 
+  /** The inbox of a channel (opened once per node object). */
+  inbox(channel: string = DEFAULT_CHANNEL): Promise<Inbox> {
+    if (this.closing !== undefined) return Promise.reject(new MqlogError('ERR_CLOSED', 'node is closed'));
+    let inbox = this.inboxes.get(channel);
+    if (inbox === undefined) {
+      inbox = Inbox.open({
+        dataDir: this.dataDir,
+        channel,
+        segmentBytes: this.config.segmentBytes,
+        visibilityTimeoutMs: this.config.visibilityTimeoutMs,
+        maxDeliveries: this.config.maxDeliveries,
+      });
+      inbox.catch(() => this.inboxes.delete(channel));
+      this.inboxes.set(channel, inbox);
+    }
+    return inbox;
+  }
+
+  /**
+   * Tails a channel's inbox: ready messages, most urgent first, each leased to this consumer until it is
+   * acked (`await message.ack()`) or its visibility timeout passes. Leaving the loop releases what was
+   * leased but not yet handed out.
+   */
+  async *tail(options: ConsumeOptions & { channel?: string } = {}): AsyncGenerator<Delivery> {
+    const { channel, ...rest } = options;
+    const inbox = await this.inbox(channel ?? DEFAULT_CHANNEL);
+    yield* inbox.consume(rest);
+  }
+
   /** The canonical form of a destination; throws ERR_UNKNOWN_PEER for one that is neither a peer nor a URL. */
   resolveDestination(to: string): string {
     return resolveDestination(this.config, to);
@@ -63,7 +96,10 @@ export class MqlogNode {
 
   /** Waits for pending sends and releases files and locks. Idempotent. */
   close(): Promise<void> {
-    this.closing ??= this.outbox.close();
+    this.closing ??= (async () => {
+      await this.outbox.close();
+      for (const inbox of this.inboxes.values()) await (await inbox.catch(() => undefined))?.close();
+    })();
     return this.closing;
   }
 }

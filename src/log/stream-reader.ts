@@ -171,3 +171,32 @@ export class StreamReader {
     return SegmentReader.open(segment.path);
   }
 }
+
+/**
+ * Reads the one frame with `offset` from a stream, at the hinted place when the hint checks out,
+ * else by scanning its segment. Undefined when the stream no longer holds that offset.
+ */
+export async function readFrameAt(dir: string, offset: number, hint?: { readonly segment: number; readonly position: number }): Promise<StreamFrame | undefined> {
+  if (hint !== undefined) {
+    try {
+      const reader = await SegmentReader.open(new SegmentSet(dir).pathOf(hint.segment), { position: hint.position });
+      try {
+        const step = await reader.next();
+        if (step.kind === 'frame' && step.frame.offset === offset) return { ...step.frame, segment: hint.segment };
+      } finally {
+        await reader.close();
+      }
+    } catch (err) {
+      if (!isMqlogError(err)) throw err;
+      // Gone or rewritten: fall back to a scan.
+    }
+  }
+  const reader = new StreamReader(dir, { offset });
+  try {
+    const read = await reader.read({ maxFrames: 1 });
+    const frame = read.frames[0];
+    return frame?.offset === offset ? frame : undefined;
+  } finally {
+    await reader.close();
+  }
+}

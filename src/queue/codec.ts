@@ -23,12 +23,15 @@ export const MAX_HEADERS = 64;
 export const MAX_HEADER_KEY_BYTES = 255;
 export const MAX_HEADER_VALUE_BYTES = 4096;
 const MAX_META_BYTES = 256 * 1024;
+/** Header a dead letter carries with the reason it was given up on. */
+export const DEAD_REASON_HEADER = 'mqlog-dead-reason';
 
-/** Where an inbox message came from: the sender's node id, its stream and offset there. */
+/** Where an inbox message came from: the sender's node id, its stream and offset there, and the destination it was forwarded for. */
 export interface Origin {
   readonly node: string;
   readonly stream: string;
   readonly offset: number;
+  readonly destination?: string | undefined;
 }
 
 /** The fields of a message, without its body. */
@@ -96,7 +99,10 @@ export function encodeMeta(meta: MessageMeta): Buffer {
   if (meta.headers !== undefined && Object.keys(meta.headers).length > 0) map[KEYS.headers] = meta.headers;
   if (meta.receipt === true) map[KEYS.receipt] = true;
   if (meta.replyTo !== undefined) map[KEYS.replyTo] = meta.replyTo;
-  if (meta.origin !== undefined) map[KEYS.origin] = [meta.origin.node, meta.origin.stream, meta.origin.offset];
+  if (meta.origin !== undefined) {
+    const { node, stream, offset, destination } = meta.origin;
+    map[KEYS.origin] = destination === undefined ? [node, stream, offset] : [node, stream, offset, destination];
+  }
   return packr.pack(map);
 }
 
@@ -182,12 +188,12 @@ function validateMeta(raw: unknown): MessageMeta {
   }
   const origin = m[KEYS.origin];
   if (origin !== undefined) {
-    if (!Array.isArray(origin) || origin.length !== 3) throw invalid('origin is not [node, stream, offset]');
-    const [node2, stream, offset] = origin as unknown[];
-    if (typeof node2 !== 'string' || typeof stream !== 'string' || !Number.isSafeInteger(offset) || (offset as number) < 0) {
-      throw invalid('origin is not [node, stream, offset]');
+    if (!Array.isArray(origin) || origin.length < 3 || origin.length > 4) throw invalid('origin is not [node, stream, offset, destination?]');
+    const [node2, stream, offset, destination] = origin as unknown[];
+    if (typeof node2 !== 'string' || typeof stream !== 'string' || !Number.isSafeInteger(offset) || (offset as number) < 0 || (destination !== undefined && typeof destination !== 'string')) {
+      throw invalid('origin is not [node, stream, offset, destination?]');
     }
-    meta.origin = { node: node2, stream, offset: offset as number };
+    meta.origin = { node: node2, stream, offset: offset as number, ...(destination === undefined ? {} : { destination }) };
   }
   return meta;
 }

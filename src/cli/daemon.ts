@@ -1,0 +1,44 @@
+/**
+ * `mqlog daemon`: runs the node in the foreground (receiver, forwarders) until SIGTERM/SIGINT, then
+ * finishes in-flight work and exits 0. Prints `listening on http://HOST:PORT` once it accepts connections.
+ */
+import { Daemon } from '../daemon/daemon.js';
+import { checkListen } from '../daemon/config.js';
+import { MqlogError } from '../errors.js';
+import { dataDir, stringFlag, usageError, writeLine, type Command, type ParsedArgs } from './args.js';
+
+export const daemonCommand: Command = {
+  name: 'daemon',
+  summary: 'run the node (receiver and forwarders) in the foreground',
+  usage: `--data DIR [--listen HOST:PORT]
+  --listen HOST:PORT   where the receiver listens (default: listen of mqlog.json, else 127.0.0.1:7420)`,
+  options: { data: { type: 'string' }, listen: { type: 'string' } },
+  allowPositionals: false,
+  run,
+};
+
+async function run(args: ParsedArgs): Promise<number> {
+  const listen = stringFlag(args, 'listen');
+  if (listen !== undefined) {
+    try {
+      checkListen(listen, '--listen');
+    } catch (err) {
+      throw usageError((err as MqlogError).message);
+    }
+  }
+  const daemon = await Daemon.start({ data: dataDir(args), ...(listen === undefined ? {} : { listen }) });
+  await writeLine(`listening on ${daemon.url}`);
+  await new Promise<void>((resolve) => {
+    const stop = (signal: NodeJS.Signals): void => {
+      daemon.logger.info({ event: 'signal', signal }, 'stopping');
+      process.off('SIGTERM', stop);
+      process.off('SIGINT', stop);
+      resolve();
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+  await daemon.stop();
+  daemon.logger.flush();
+  return 0;
+}

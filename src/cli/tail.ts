@@ -1,0 +1,122 @@
+/**
+ * `mqlog tail`: prints inbox messages that are ready, most urgent first. Without --ack they stay pending
+ * (leased for the visibility timeout, then handed out again); with --ack each is acked only after it was
+ * printed and stdout flushed. --follow waits for more until --limit messages or --timeout without one.
+ */
+import { writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { loadConfig } from '../daemon/config.js';
+import { DEFAULT_CHANNEL } from '../queue/codec.js';
+import type { Delivery } from '../queue/consumer.js';
+import { Inbox } from '../queue/inbox.js';
+import { ensureDir } from '../util/fs.js';
+import { boolFlag, dataDir, durationFlag, flushStdout, intFlag, jsonLine, stringFlag, usageError, type Command, type ParsedArgs } from './args.js';
+import { bodyField } from './dump.js';
+
+const ACK_WINDOW = 256;
+
+export const tailCommand: Command = {
+  name: 'tail',
+  summary: 'print inbox messages that are ready, most urgent first (and ack them with --ack)',
+  usage: `--data DIR [--channel NAME] [--follow] [--ack] [--json] [--limit N] [--timeout DUR] [--body-to DIR2]
+  --channel NAME   the inbox to read (default "common")
+  --follow         wait for new messages
+  --ack            ack each message once printed and flushed (otherwise it comes back after the visibility timeout)
+  --json           one JSON object per message
+  --limit N        stop after N messages
+  --timeout DUR    with --follow: stop after DUR without a new message
+  --body-to DIR2   write each body to DIR2/<id> instead of printing it`,
+  options: {
+    data: { type: 'string' },
+    channel: { type: 'string' },
+    follow: { type: 'boolean' },
+    ack: { type: 'boolean' },
+    json: { type: 'boolean' },
+    limit: { type: 'string' },
+    timeout: { type: 'string' },
+    'body-to': { type: 'string' },
+  },
+  allowPositionals: false,
+  run,
+};
+
+async function run(args: ParsedArgs): Promise<number> {
+  const dir = dataDir(args);
+  const channel = stringFlag(args, 'channel') ?? DEFAULT_CHANNEL;
+  if (channel.length === 0) throw usageError('--channel must not be empty');
+  const limit = intFlag(args, 'limit', 0, Number.MAX_SAFE_INTEGER);
+  const timeout = durationFlag(args, 'timeout');
+  const json = boolFlag(args, 'json');
+  const ack = boolFlag(args, 'ack');
+  const bodyTo = stringFlag(args, 'body-to');
+  if (bodyTo !== undefined) await ensureDir(resolve(bodyTo));
+  const config = await loadConfig(dir);
+  const inbox = await Inbox.open({ dataDir: dir, channel, visibilityTimeoutMs: config.visibilityTimeoutMs, maxDeliveries: config.maxDeliveries, segmentBytes: config.segmentBytes });
+
+  const stop = new AbortController();
+  const onSignal = (): void => stop.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const acks: Promise<void>[] = [];
+  let problems = 0;
+  try {
+    const messages = inbox.consume({
+      follow: boolFlag(args, 'follow'),
+      ...(limit === undefined ? {} : { limit }),
+      ...(timeout === undefined ? {} : { idleTimeoutMs: timeout }),
+      prefetch: Math.min(limit ?? 64, 64),
+      signal: stop.signal,
+    });
+    try {
+      for await (const message of messages) {
+        await print(message, json, bodyTo);
+        if (ack) {
+          await flushStdout();
+          acks.push(
+            message.ack().catch((err: unknown) => {
+              problems++;
+              process.stderr.write(`mqlog: ${(err as { code?: string }).code ?? 'ERR_IO'}: ack of ${message.id} failed: ${(err as Error).message}\n`);
+            }),
+          );
+          if (acks.length >= ACK_WINDOW) await Promise.all(acks.splice(0));
+        }
+      }
+    } catch (err) {
+      if (!stop.signal.aborted) throw err;
+    }
+    await Promise.all(acks);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await inbox.close();
+  }
+  return problems === 0 ? 0 : 1;
+}
+
+async function print(message: Delivery, json: boolean, bodyTo: string | undefined): Promise<void> {
+  if (bodyTo !== undefined) await writeFile(join(resolve(bodyTo), message.id), message.body);
+  if (json) {
+    await jsonLine({
+      id: message.id,
+      from: message.from,
+      channel: message.channel,
+      priority: message.priority,
+      ts: message.ts,
+      headers: message.headers ?? {},
+      deliveries: message.deliveries,
+      ...(bodyTo === undefined ? bodyField(message.body) : {}),
+    });
+    return;
+  }
+  if (bodyTo !== undefined) {
+    await writeLineRaw(`${message.id} ${join(resolve(bodyTo), message.id)}`);
+    return;
+  }
+  await new Promise<void>((resolvePromise, reject) => {
+    process.stdout.write(Buffer.concat([message.body, Buffer.from('\n')]), (err) => (err ? reject(err) : resolvePromise()));
+  });
+}
+
+async function writeLineRaw(line: string): Promise<void> {
+  await new Promise<void>((resolvePromise, reject) => process.stdout.write(`${line}\n`, (err) => (err ? reject(err) : resolvePromise())));
+}

@@ -1,0 +1,199 @@
+/**
+ * The daemon: one per node directory (held by `DIR/daemon.lock`). It runs the HTTP receiver, one
+ * forwarder per destination, and the periodic work (dedup checkpoints). `stop()` stops taking requests,
+ * lets in-flight batches finish in both directions, saves state and releases the lock.
+ */
+import Fastify, { LogController, type FastifyInstance } from 'fastify';
+import { join, resolve } from 'node:path';
+import { MqlogError } from '../errors.js';
+import { Lock } from '../log/lock.js';
+import { FileLogStore } from '../log/log-store.js';
+import { ChangeWatcher } from '../log/watch.js';
+import { ensureQueue, outboxInfo } from '../queue/layout.js';
+import { loadNodeId } from '../queue/node-identity.js';
+import { listDestinations } from '../queue/outbox.js';
+import { OutboxDeadLetters } from '../queue/outbox-dead.js';
+import { MESSAGES_PATH, HttpSender } from '../transport/http-sender.js';
+import { registerHttpReceiver, sendError } from '../transport/http-receiver.js';
+import { ensureDir } from '../util/fs.js';
+import { checkListen, loadConfig, type Config } from './config.js';
+import { Forwarder } from './forwarder.js';
+import { createLogger, type Logger } from './logger.js';
+import { InboxSink } from './receiver.js';
+
+export const DAEMON_LOCK = 'daemon.lock';
+const DEDUP_CHECKPOINT_MS = 1000;
+const MAX_BODY_BYTES = 32 * 1024 * 1024;
+
+export interface DaemonOptions {
+  readonly data: string;
+  /** Overrides `listen` of mqlog.json. */
+  readonly listen?: string;
+  readonly logger?: Logger;
+}
+
+export class Daemon {
+  readonly dataDir: string;
+  readonly config: Config;
+  readonly nodeId: string;
+  readonly logger: Logger;
+  /** `http://HOST:PORT` the receiver listens on (the real port when 0 was asked for). */
+  url = '';
+  private readonly lock: Lock;
+  private app: FastifyInstance | undefined;
+  private sink: InboxSink | undefined;
+  private watcher: ChangeWatcher | undefined;
+  private deadLetters: OutboxDeadLetters | undefined;
+  private readonly forwarders = new Map<string, { forwarder: Forwarder; sender: HttpSender }>();
+  private syncing: Promise<void> | undefined;
+  private timers: NodeJS.Timeout[] = [];
+  private stopping: Promise<void> | undefined;
+
+  private constructor(dataDir: string, config: Config, nodeId: string, lock: Lock, logger: Logger) {
+    this.dataDir = dataDir;
+    this.config = config;
+    this.nodeId = nodeId;
+    this.lock = lock;
+    this.logger = logger;
+  }
+
+  /**
+   * Starts a daemon on `data`.
+   * @throws ERR_LOCKED when another daemon runs on the same directory, ERR_CONFIG, ERR_IO (port in use).
+   */
+  static async start(options: DaemonOptions): Promise<Daemon> {
+    const dataDir = resolve(options.data);
+    const config = await loadConfig(dataDir, options.listen === undefined ? {} : { listen: options.listen });
+    await ensureDir(dataDir);
+    let lock: Lock;
+    try {
+      lock = await Lock.acquire(join(dataDir, DAEMON_LOCK));
+    } catch (err) {
+      if (err instanceof MqlogError && err.code === 'ERR_LOCKED') {
+        throw new MqlogError('ERR_LOCKED', `another daemon is running on ${dataDir}`, { details: { path: dataDir }, cause: err });
+      }
+      throw err;
+    }
+    const logger = options.logger ?? createLogger({ name: config.name });
+    const daemon = new Daemon(dataDir, config, await loadNodeId(dataDir), lock, logger);
+    try {
+      await daemon.boot();
+    } catch (err) {
+      await daemon.stop().catch(() => undefined);
+      throw err;
+    }
+    return daemon;
+  }
+
+  private async boot(): Promise<void> {
+    const { config, dataDir, logger } = this;
+    this.sink = await InboxSink.open({
+      dataDir,
+      segmentBytes: config.segmentBytes,
+      maxBodyBytes: MAX_BODY_BYTES,
+      maxFrameBytes: MAX_BODY_BYTES + 512 * 1024,
+      visibilityTimeoutMs: config.visibilityTimeoutMs,
+      maxDeliveries: config.maxDeliveries,
+      onStored: (channel, count, from) => logger.debug({ event: 'received', channel, count, from }, 'received'),
+      onTruncated: (stream, position, bytes) => logger.warn({ event: 'torn_tail', stream, position, bytes }, 'cut a torn tail off an inbox stream'),
+    });
+    // Typed as the default instance: mqlog's routes do not depend on the pino-specific logger type.
+    const app = Fastify({ loggerInstance: logger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 64 * 1024 * 1024 }) as unknown as FastifyInstance;
+    this.app = app;
+    app.setErrorHandler(sendError);
+    app.setNotFoundHandler((_request, reply) => reply.code(404).send({ code: 'ERR_NOT_FOUND', message: 'no such endpoint' }));
+    registerHttpReceiver(app, { sink: this.sink, healthy: () => this.stopping === undefined });
+
+    const outbox = outboxInfo(dataDir);
+    await ensureQueue(outbox);
+    this.deadLetters = await OutboxDeadLetters.open(dataDir);
+    this.watcher = new ChangeWatcher(outbox.dir, { depth: 1, ignore: (path) => path.includes('/cursors') });
+    await this.watcher.whenReady();
+    await this.syncForwarders();
+    this.watcher.onChange(() => {
+      this.syncing ??= this.syncForwarders()
+        .catch((err: unknown) => logger.error({ event: 'forwarders', err }, 'cannot start forwarders'))
+        .finally(() => (this.syncing = undefined));
+    });
+
+    const [host, port] = splitListen(checkListen(config.listen, 'listen'));
+    try {
+      await app.listen({ host, port });
+    } catch (err) {
+      throw new MqlogError('ERR_IO', `cannot listen on ${config.listen}: ${(err as Error).message}`, { cause: err });
+    }
+    const address = app.server.address();
+    const actualPort = typeof address === 'object' && address !== null ? address.port : port;
+    this.url = `http://${host.includes(':') && !host.startsWith('[') ? `[${host}]` : host}:${actualPort}`;
+    this.timers.push(
+      setInterval(() => {
+        this.sink?.dedup.checkpoint().catch((err: unknown) => logger.error({ event: 'dedup_checkpoint', err }, 'cannot write the dedup checkpoint'));
+      }, DEDUP_CHECKPOINT_MS).unref(),
+    );
+    logger.info({ event: 'started', url: this.url, node: config.name, nodeId: this.nodeId, data: dataDir }, 'daemon started');
+  }
+
+  /** Forwarder statuses, for stat and the status page. */
+  forwarderStatus(): ReturnType<Forwarder['status']>[] {
+    return [...this.forwarders.values()].map(({ forwarder }) => forwarder.status());
+  }
+
+  /** Starts a forwarder for every destination that has none yet (configured peers and recorded URLs). */
+  private async syncForwarders(): Promise<void> {
+    if (this.stopping !== undefined || this.watcher === undefined || this.deadLetters === undefined) return;
+    const destinations = new Set([...Object.keys(this.config.peers), ...(await listDestinations(this.dataDir))]);
+    for (const destination of destinations) {
+      if (this.forwarders.has(destination)) continue;
+      const url = this.config.peers[destination]?.url ?? (/^https?:\/\//.test(destination) ? destination : undefined);
+      if (url === undefined) {
+        this.logger.warn({ event: 'unknown_destination', destination }, 'messages name a destination that is neither a peer nor a URL');
+        continue;
+      }
+      const sender = new HttpSender(url);
+      const forwarder = await Forwarder.create({
+        dataDir: this.dataDir,
+        destination,
+        url,
+        nodeId: this.nodeId,
+        nodeName: this.config.name,
+        store: new FileLogStore(outboxInfo(this.dataDir).dir),
+        watcher: this.watcher,
+        transport: sender,
+        deadLetters: this.deadLetters,
+        events: {
+          sent: (peer, frames, bytes, durationMs, duplicates) => this.logger.debug({ event: 'forwarded', peer, frames, bytes, durationMs, duplicates }, 'forwarded'),
+          failed: (peer, error, retryInMs) => this.logger.warn({ event: 'forward_failed', peer, code: error.code, error: error.message, retryInMs }, 'forwarding failed'),
+          deadLettered: (peer, meta, reason) => this.logger.error({ event: 'dead_lettered', peer, id: meta.id, reason }, 'peer refused a message for good'),
+          expired: (peer, meta) => this.logger.info({ event: 'expired', peer, id: meta.id }, 'message expired before it could be forwarded'),
+        },
+      });
+      this.forwarders.set(destination, { forwarder, sender });
+      forwarder.start();
+      this.logger.info({ event: 'forwarder_started', peer: destination, url, path: MESSAGES_PATH }, 'forwarding');
+    }
+  }
+
+  /** Graceful stop; idempotent. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      for (const timer of this.timers) clearInterval(timer);
+      await this.app?.close();
+      await this.syncing;
+      await Promise.all([...this.forwarders.values()].map(({ forwarder }) => forwarder.stop()));
+      await Promise.all([...this.forwarders.values()].map(({ sender }) => sender.close()));
+      await this.sink?.close();
+      await this.deadLetters?.close();
+      await this.watcher?.close();
+      this.logger.info({ event: 'stopped' }, 'daemon stopped');
+      await this.lock.release();
+    })();
+    return this.stopping;
+  }
+}
+
+function splitListen(listen: string): [string, number] {
+  const at = listen.lastIndexOf(':');
+  let host = listen.slice(0, at);
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  return [host, Number(listen.slice(at + 1))];
+}

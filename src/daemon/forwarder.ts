@@ -1,0 +1,309 @@
+/**
+ * The forwarder of one destination: streams the outbox to that peer, most urgent first, in batches, and
+ * moves the destination's cursor only after the peer's ok (spec/http-protocol.md §6).
+ *
+ * It wakes on outbox changes (the shared ChangeWatcher, not a polling loop) and catches up on start.
+ * Each destination has its own forwarder, cursor and backoff, so a peer that is down or slow never delays
+ * another. Frames a peer refuses for good go to `outbox-dead` with the peer's reason; everything else is
+ * retried with capped exponential backoff and full jitter.
+ */
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { MqlogError, isMqlogError } from '../errors.js';
+import { FrameType, encodeFrame } from '../log/frame.js';
+import type { FileLogStore } from '../log/log-store.js';
+import { SegmentSet } from '../log/segment-set.js';
+import type { StreamPosition } from '../log/stream-reader.js';
+import type { ChangeWatcher } from '../log/watch.js';
+import { decodeMessage, decodeMeta, type MessageMeta } from '../queue/codec.js';
+import { readCursor, writeCursor, type DestinationCursor } from '../queue/cursors.js';
+import { deadLetteredKeys, type OutboxDeadLetters } from '../queue/outbox-dead.js';
+import { PriorityReader, type QueuedFrame } from '../queue/priority.js';
+import type { Transport } from '../transport/transport.js';
+
+export interface ForwarderOptions {
+  readonly dataDir: string;
+  readonly destination: string;
+  readonly url: string;
+  readonly nodeId: string;
+  readonly nodeName: string;
+  readonly store: FileLogStore;
+  readonly watcher: ChangeWatcher;
+  readonly transport: Transport;
+  readonly deadLetters: OutboxDeadLetters;
+  readonly maxBatchFrames?: number;
+  readonly maxBatchBytes?: number;
+  readonly initialBackoffMs?: number;
+  readonly maxBackoffMs?: number;
+  readonly events?: ForwarderEvents;
+}
+
+export interface ForwarderEvents {
+  sent?(destination: string, frames: number, bytes: number, durationMs: number, duplicates: number): void;
+  failed?(destination: string, error: MqlogError, retryInMs: number): void;
+  deadLettered?(destination: string, meta: MessageMeta, reason: string): void;
+  expired?(destination: string, meta: MessageMeta): void;
+  /** A message reached the destination's inbox (receipt state `sent`). */
+  delivered?(destination: string, metas: readonly MessageMeta[]): void;
+}
+
+export interface ForwarderStatus {
+  readonly destination: string;
+  readonly url: string;
+  readonly lastError: string | null;
+  readonly lastErrorAt: number | null;
+  readonly lastSentAt: number | null;
+  readonly sentMessages: number;
+}
+
+const CURSOR_FLUSH_MS = 200;
+const STOP_GRACE_MS = 10_000;
+
+export class Forwarder {
+  readonly destination: string;
+  private readonly options: ForwarderOptions;
+  private cursor: DestinationCursor;
+  private positions: Record<string, StreamPosition>;
+  private reader: PriorityReader | undefined;
+  private deadKeys = new Set<string>();
+  private readonly stopController = new AbortController();
+  /** Aborts an in-flight send when a stop takes too long (the peer hangs). */
+  private readonly sendController = new AbortController();
+  private running: Promise<void> | undefined;
+  private cursorDirty = false;
+  private cursorWrittenAt = 0;
+  private maxBatchBytes: number;
+  private sentMessages = 0;
+
+  private constructor(options: ForwarderOptions, cursor: DestinationCursor) {
+    this.options = options;
+    this.destination = options.destination;
+    this.cursor = cursor;
+    this.positions = { ...cursor.streams };
+    this.maxBatchBytes = options.maxBatchBytes ?? 4 * 1024 * 1024;
+  }
+
+  static async create(options: ForwarderOptions): Promise<Forwarder> {
+    const forwarder = new Forwarder(options, await readCursor(options.dataDir, options.destination));
+    forwarder.deadKeys = await deadLetteredKeys(options.dataDir, options.destination);
+    return forwarder;
+  }
+
+  status(): ForwarderStatus {
+    return {
+      destination: this.destination,
+      url: this.options.url,
+      lastError: this.cursor.lastError,
+      lastErrorAt: this.cursor.lastErrorAt,
+      lastSentAt: this.cursor.lastSentAt,
+      sentMessages: this.sentMessages,
+    };
+  }
+
+  start(): void {
+    this.running ??= this.run().catch((err: unknown) => {
+      // run() only ends by stop(); anything else is a bug worth seeing in the log.
+      this.options.events?.failed?.(this.destination, asMqlogError(err), 0);
+    });
+  }
+
+  /** Lets an in-flight batch finish, saves the cursor, and stops. Idempotent. */
+  async stop(): Promise<void> {
+    this.stopController.abort(new MqlogError('ERR_CLOSED', 'forwarder stopped'));
+    const grace = setTimeout(() => this.sendController.abort(new MqlogError('ERR_CLOSED', 'forwarder stopped')), STOP_GRACE_MS);
+    try {
+      await this.running;
+    } finally {
+      clearTimeout(grace);
+    }
+    await this.reader?.close();
+    await this.flushCursor(true);
+  }
+
+  private get stopping(): boolean {
+    return this.stopController.signal.aborted;
+  }
+
+  private async run(): Promise<void> {
+    let failures = 0;
+    while (!this.stopping) {
+      const seen = this.options.watcher.generation;
+      let outcome: 'idle' | 'sent';
+      try {
+        outcome = await this.forwardOnce();
+      } catch (err) {
+        const error = asMqlogError(err);
+        if (this.stopping) break;
+        failures++;
+        const retryInMs = this.backoffMs(failures, error);
+        this.cursor = { ...this.cursor, lastError: error.message, lastErrorAt: Date.now() };
+        this.cursorDirty = true;
+        await this.flushCursor(true).catch(() => undefined);
+        this.options.events?.failed?.(this.destination, error, retryInMs);
+        await this.reader?.reset();
+        await sleep(retryInMs, this.stopController.signal);
+        continue;
+      }
+      if (outcome === 'sent') {
+        failures = 0;
+        continue;
+      }
+      await this.flushCursor(false);
+      try {
+        await this.options.watcher.changedSince(seen, this.stopController.signal);
+      } catch {
+        // stopping, or the watcher closed
+      }
+    }
+  }
+
+  /** Takes the next batch for this destination and sends it. */
+  private async forwardOnce(): Promise<'idle' | 'sent'> {
+    this.reader ??= new PriorityReader(this.options.store, (stream) => this.positions[stream] ?? { offset: 0 }, {
+      orderOf: (frame) => (frame.type === FrameType.MESSAGE ? safeId(frame.payload) : ''),
+    });
+    const taken = await this.reader.take(this.options.maxBatchFrames ?? 1000, this.maxBatchBytes);
+    if (taken.length === 0) return 'idle';
+    const now = Date.now();
+    let batch: { frame: QueuedFrame; meta: MessageMeta }[] = [];
+    for (const frame of taken) {
+      if (frame.type !== FrameType.MESSAGE) continue;
+      let meta: MessageMeta;
+      try {
+        meta = decodeMeta(frame.payload).meta;
+      } catch (err) {
+        // A frame whose CRC held but whose fields do not decode can never be delivered; keep a record.
+        this.options.events?.failed?.(this.destination, asMqlogError(err), 0);
+        continue;
+      }
+      if (!meta.to.includes(this.destination) || this.deadKeys.has(`${frame.stream}@${frame.offset}`)) continue;
+      if (meta.expiresAt !== undefined && meta.expiresAt <= now) {
+        this.options.events?.expired?.(this.destination, meta);
+        continue;
+      }
+      batch.push({ frame, meta });
+    }
+    while (batch.length > 0) {
+      await this.syncSegments(batch.map((b) => b.frame));
+      const started = performance.now();
+      try {
+        const result = await this.options.transport.send({
+          node: this.options.nodeId,
+          name: this.options.nodeName,
+          destination: this.destination,
+          frames: batch.map(({ frame }) => ({ stream: frame.stream, frame: encodeFrame(frame.type, frame.offset, frame.payload) })),
+        }, this.sendController.signal);
+        this.sentMessages += batch.length;
+        this.options.events?.sent?.(this.destination, batch.length, batch.reduce((n, b) => n + b.frame.bytes, 0), performance.now() - started, result.duplicates);
+        this.options.events?.delivered?.(this.destination, batch.map((b) => b.meta));
+        break;
+      } catch (err) {
+        const error = asMqlogError(err);
+        const index = error.details?.frame;
+        if (error.code === 'ERR_PEER_REJECTED' && typeof index === 'number' && batch[index] !== undefined) {
+          const { frame, meta } = batch[index];
+          await this.deadLetter(frame, `${this.destination} refused it: ${error.message}`);
+          this.options.events?.deadLettered?.(this.destination, meta, error.message);
+          batch = batch.filter((_, i) => i !== index);
+          continue;
+        }
+        if (error.details?.status === 413 && batch.length > 1) {
+          // The peer takes smaller requests: halve the batch and send the first half.
+          this.maxBatchBytes = Math.max(64 * 1024, Math.floor(this.maxBatchBytes / 2));
+          throw error;
+        }
+        if (error.details?.status === 413 && batch.length === 1 && batch[0] !== undefined) {
+          const { frame, meta } = batch[0];
+          await this.deadLetter(frame, `${this.destination} refused it as too large: ${error.message}`);
+          this.options.events?.deadLettered?.(this.destination, meta, error.message);
+          batch = [];
+          continue;
+        }
+        throw error;
+      }
+    }
+    // Everything taken (sent, skipped, expired or dead-lettered) is behind the cursor now.
+    for (const frame of taken) {
+      this.positions[frame.stream] = { offset: frame.offset + 1, hint: { segment: frame.segment, position: frame.position, offset: frame.offset } };
+    }
+    this.cursor = { ...this.cursor, streams: this.positions, lastSentAt: Date.now(), lastError: null, lastErrorAt: null };
+    this.cursorDirty = true;
+    await this.flushCursor(false);
+    return 'sent';
+  }
+
+  private async deadLetter(frame: QueuedFrame, reason: string): Promise<void> {
+    await this.options.deadLetters.append(decodeMessage(frame.payload), { stream: frame.stream, offset: frame.offset, destination: this.destination, node: this.options.nodeId }, reason);
+    this.deadKeys.add(`${frame.stream}@${frame.offset}`);
+  }
+
+  /**
+   * fdatasyncs the segments a batch was read from. Appenders fsync before they return, but a frame can be
+   * read between its write and that fsync; forwarding it before it is durable here could, after a power
+   * loss, let this node reuse its offset for another message that the peer would then take for a duplicate.
+   */
+  private async syncSegments(frames: readonly QueuedFrame[]): Promise<void> {
+    const segments = new Set(frames.map((f) => `${f.stream}/${f.segment}`));
+    for (const s of segments) {
+      const [stream, base] = s.split('/') as [string, string];
+      const path = new SegmentSet(join(this.options.store.dir, stream)).pathOf(Number(base));
+      try {
+        const handle = await open(path, 'r');
+        try {
+          await handle.datasync();
+        } finally {
+          await handle.close();
+        }
+      } catch (err) {
+        if (!isNotFoundError(err)) throw err;
+      }
+    }
+  }
+
+  private async flushCursor(force: boolean): Promise<void> {
+    if (!this.cursorDirty) return;
+    if (!force && Date.now() - this.cursorWrittenAt < CURSOR_FLUSH_MS) return;
+    this.cursorDirty = false;
+    this.cursorWrittenAt = Date.now();
+    await writeCursor(this.options.dataDir, this.cursor);
+  }
+
+  private backoffMs(failures: number, error: MqlogError): number {
+    const initial = this.options.initialBackoffMs ?? 100;
+    const max = this.options.maxBackoffMs ?? 30_000;
+    if (error.details?.status === 413) return 0;
+    const ceiling = Math.min(max, initial * 2 ** Math.min(failures - 1, 20));
+    // Equal jitter: peers that failed together do not retry together, and no retry comes too soon.
+    return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+  }
+}
+
+function asMqlogError(err: unknown): MqlogError {
+  if (err instanceof MqlogError) return err;
+  return new MqlogError('ERR_IO', err instanceof Error ? err.message : String(err), { cause: err });
+}
+
+function isNotFoundError(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT' || isMqlogError(err, 'ERR_NOT_FOUND');
+}
+
+function safeId(payload: Buffer): string {
+  try {
+    return decodeMeta(payload).meta.id;
+  } catch {
+    return '';
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}

@@ -1,0 +1,148 @@
+/**
+ * The node's BatchSink: checks every frame a peer sends, stores the new ones in the inbox of their
+ * channel, and answers only once they are fsync'd (spec/http-protocol.md §4, §5).
+ *
+ * Every frame is checked before anything is written — CRC, lengths, version, type, message fields,
+ * channel name, body size — so a bad request stores nothing. Frames stored before (a retry) are
+ * recognised by origin and acknowledged again without being stored twice. The sender name stored with
+ * a message is the authenticated peer when there is one, never only the claim in the request.
+ */
+import { MqlogError } from '../errors.js';
+import { FrameType, decodeFrame } from '../log/frame.js';
+import { parseStreamName } from '../log/log-store.js';
+import { decodeMessage, type MessageRecord } from '../queue/codec.js';
+import { Inbox } from '../queue/inbox.js';
+import type { BatchResult, BatchSink, IncomingBatch } from '../transport/transport.js';
+import { DedupTable, dedupKey } from './dedup.js';
+
+export interface InboxSinkOptions {
+  readonly dataDir: string;
+  readonly segmentBytes: number;
+  readonly maxBodyBytes: number;
+  readonly maxFrameBytes: number;
+  readonly visibilityTimeoutMs: number;
+  readonly maxDeliveries: number;
+  /** Called after messages were stored, per channel (metrics, waking consumers). */
+  readonly onStored?: (channel: string, count: number, from: string) => void;
+  readonly onTruncated?: (stream: string, position: number, bytes: number) => void;
+}
+
+interface Checked {
+  readonly key: string;
+  readonly stream: string;
+  readonly offset: number;
+  readonly message: MessageRecord;
+}
+
+export class InboxSink implements BatchSink {
+  readonly dedup: DedupTable;
+  private readonly options: InboxSinkOptions;
+  private readonly inboxes = new Map<string, Promise<Inbox>>();
+  /** Batches of one sender run one after the other: a retry may arrive while the original still runs. */
+  private readonly senders = new Map<string, Promise<unknown>>();
+  private closing: Promise<void> | undefined;
+
+  private constructor(options: InboxSinkOptions, dedup: DedupTable) {
+    this.options = options;
+    this.dedup = dedup;
+  }
+
+  static async open(options: InboxSinkOptions): Promise<InboxSink> {
+    return new InboxSink(options, await DedupTable.open(options.dataDir));
+  }
+
+  async accept(batch: IncomingBatch): Promise<BatchResult> {
+    if (this.closing !== undefined) throw new MqlogError('ERR_CLOSED', 'the node is shutting down');
+    const from = batch.peer ?? batch.name;
+    const checked = batch.frames.map((wire, index): Checked => {
+      try {
+        if (parseStreamName(wire.stream) === undefined) throw new MqlogError('ERR_BAD_REQUEST', `stream name ${JSON.stringify(wire.stream)} is not valid`);
+        const decoded = decodeFrame(wire.frame, 0, this.options.maxFrameBytes);
+        if (!decoded.ok) {
+          if (decoded.incomplete) throw new MqlogError('ERR_TRUNCATED_FRAME', `frame is cut short (needs ${decoded.needed} bytes, has ${wire.frame.length})`);
+          throw new MqlogError(decoded.code, `frame: ${decoded.reason}`);
+        }
+        if (decoded.bytes !== wire.frame.length) throw new MqlogError('ERR_BAD_REQUEST', `${wire.frame.length - decoded.bytes} bytes after the frame`);
+        if (decoded.frame.type !== FrameType.MESSAGE) throw new MqlogError('ERR_INVALID_MESSAGE', `frame type ${decoded.frame.type} is not a message`);
+        const message = decodeMessage(decoded.frame.payload);
+        if (message.body.length > this.options.maxBodyBytes) {
+          throw new MqlogError('ERR_BODY_TOO_LARGE', `body of ${message.body.length} bytes exceeds this node's limit of ${this.options.maxBodyBytes}`);
+        }
+        return { key: dedupKey(batch.node, batch.destination, wire.stream), stream: wire.stream, offset: decoded.frame.offset, message };
+      } catch (err) {
+        if (err instanceof MqlogError) {
+          throw new MqlogError(err.code, `frame ${index}: ${err.message}`, { details: { ...err.details, frame: index }, cause: err });
+        }
+        throw err;
+      }
+    });
+    return this.serialize(batch.node, () => this.dedup.batch(() => this.store(batch, from, checked)));
+  }
+
+  /** Waits for batches in flight, writes the dedup checkpoint, closes the inboxes. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      await Promise.allSettled(this.senders.values());
+      await this.dedup.checkpoint();
+      for (const inbox of this.inboxes.values()) await (await inbox).close();
+    })();
+    return this.closing;
+  }
+
+  private async store(batch: IncomingBatch, from: string, checked: Checked[]): Promise<BatchResult> {
+    const fresh = checked.filter((c) => !this.dedup.seen(c.key, c.offset));
+    const results = await Promise.allSettled(
+      fresh.map(async (c) => {
+        const inbox = await this.inbox(c.message.channel);
+        const { body, ...meta } = c.message;
+        const stored = await inbox.append(
+          { ...meta, from, origin: { node: batch.node, stream: c.stream, offset: c.offset, destination: batch.destination } },
+          body,
+        );
+        this.dedup.wrote(inbox.info.queue, stored.stream, stored.offset);
+        return c;
+      }),
+    );
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) {
+      // Remember exactly what did get stored, so the retry stores only the rest.
+      for (const r of results) if (r.status === 'fulfilled') this.dedup.stored(r.value.key, r.value.offset);
+      throw failed.reason;
+    }
+    const byKey = new Map<string, number[]>();
+    for (const c of checked) byKey.set(c.key, [...(byKey.get(c.key) ?? []), c.offset]);
+    for (const [key, offsets] of byKey) this.dedup.completed(key, offsets);
+    const perChannel = new Map<string, number>();
+    for (const c of fresh) perChannel.set(c.message.channel, (perChannel.get(c.message.channel) ?? 0) + 1);
+    for (const [channel, count] of perChannel) this.options.onStored?.(channel, count, from);
+    return { stored: fresh.length, duplicates: checked.length - fresh.length };
+  }
+
+  private serialize<T>(sender: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.senders.get(sender) ?? Promise.resolve();
+    const run = previous.then(fn, fn);
+    const tail = run.catch(() => undefined);
+    this.senders.set(sender, tail);
+    void tail.then(() => {
+      if (this.senders.get(sender) === tail) this.senders.delete(sender);
+    });
+    return run;
+  }
+
+  inbox(channel: string): Promise<Inbox> {
+    let inbox = this.inboxes.get(channel);
+    if (inbox === undefined) {
+      inbox = Inbox.open({
+        dataDir: this.options.dataDir,
+        channel,
+        segmentBytes: this.options.segmentBytes,
+        visibilityTimeoutMs: this.options.visibilityTimeoutMs,
+        maxDeliveries: this.options.maxDeliveries,
+        onTruncated: (stream, tail) => this.options.onTruncated?.(stream, tail.position, tail.bytes),
+      });
+      inbox.catch(() => this.inboxes.delete(channel));
+      this.inboxes.set(channel, inbox);
+    }
+    return inbox;
+  }
+}

@@ -1,0 +1,347 @@
+/**
+ * Consuming a queue with leases (spec/log-format.md §11): messages are handed out most urgent first,
+ * each to one consumer at a time across processes, for `visibilityTimeoutMs`. An ack makes a message done;
+ * a nack, a lapsed lease or a crashed consumer makes it ready again; after `maxDeliveries` hand-outs it
+ * goes to the dead letters. TTL (`expiresAt`) and delay (`notBefore`) are honoured at hand-out time.
+ *
+ * Each Consumer scans the queue forward from the first message not done ("frontier"), keeping in memory
+ * only what is in flight: leases and retries come from the shared journal, delayed messages from a
+ * bounded local list. Acks and nacks of one process are group-committed: one lock and one fsync for all
+ * that arrived meanwhile.
+ */
+import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import { MqlogError } from '../errors.js';
+import { FrameType } from '../log/frame.js';
+import { FileLogStore } from '../log/log-store.js';
+import { readFrameAt, type StreamFrame } from '../log/stream-reader.js';
+import type { ChangeWatcher } from '../log/watch.js';
+import type { ConsumerState, FrameHint, StateRecord } from './acks.js';
+import { decodeMessage, type MessageRecord } from './codec.js';
+import type { ConsumerJournal } from './consumer-journal.js';
+import type { QueueInfo } from './layout.js';
+import { PriorityReader } from './priority.js';
+
+export const DEFAULT_VISIBILITY_TIMEOUT_MS = 30_000;
+export const DEFAULT_MAX_DELIVERIES = 5;
+/** Delayed messages remembered per consumer; beyond it the scan pauses until some come due. */
+const MAX_DEFERRED = 10_000;
+
+/** A message handed to a consumer. Ack it when done; nack it to have it back later. */
+export interface Delivery extends MessageRecord {
+  readonly stream: string;
+  readonly offset: number;
+  /** How many times the message was handed out, this time included. */
+  readonly deliveries: number;
+  /** The lease lapses at this time (ms since epoch) unless acked or nacked before. */
+  readonly leaseUntil: number;
+  /**
+   * Marks the message done, durably (fsync'd) before resolving.
+   * @throws ERR_LEASE_EXPIRED if the lease lapsed and the message was handed to someone else;
+   *   ERR_ALREADY_ACKED if it was acked already.
+   */
+  ack(): Promise<void>;
+  /** Gives the message back: ready again after `delayMs` (default 0). `reason` is kept for the dead letters. */
+  nack(options?: { delayMs?: number; reason?: string }): Promise<void>;
+}
+
+export interface ConsumerOptions {
+  readonly visibilityTimeoutMs?: number;
+  readonly maxDeliveries?: number;
+  /**
+   * Stores a message in the dead letters; called under the state lock before the message is marked
+   * dead, so a crash in between can at worst store it twice, never lose it.
+   */
+  readonly deadLetter?: (message: MessageRecord, origin: { stream: string; offset: number }, reason: string) => Promise<void>;
+  readonly now?: () => number;
+}
+
+interface Candidate {
+  readonly stream: string;
+  readonly offset: number;
+  readonly priority: number;
+  readonly id: string;
+  readonly hint: FrameHint;
+  /** The frame when it was just read by the scan. */
+  readonly frame?: StreamFrame;
+  readonly notBefore?: number;
+}
+
+interface PendingSettle {
+  readonly delivery: { stream: string; offset: number; token: string };
+  readonly record: StateRecord;
+  readonly resolve: () => void;
+  readonly reject: (err: unknown) => void;
+}
+
+export class Consumer {
+  readonly info: QueueInfo;
+  private readonly journal: ConsumerJournal;
+  private readonly visibilityTimeoutMs: number;
+  private readonly maxDeliveries: number;
+  private readonly deadLetter: ConsumerOptions['deadLetter'];
+  private readonly now: () => number;
+  private readonly reader: PriorityReader;
+  /** Scanned but not yet handed out (checked again next time). */
+  private pushback: Candidate[] = [];
+  /** Scanned messages whose notBefore lies ahead. */
+  private deferred: Candidate[] = [];
+  private settles: PendingSettle[] = [];
+  private settling: Promise<void> | undefined;
+  private closed = false;
+
+  constructor(info: QueueInfo, journal: ConsumerJournal, options: ConsumerOptions = {}) {
+    this.info = info;
+    this.journal = journal;
+    this.visibilityTimeoutMs = options.visibilityTimeoutMs ?? DEFAULT_VISIBILITY_TIMEOUT_MS;
+    this.maxDeliveries = options.maxDeliveries ?? DEFAULT_MAX_DELIVERIES;
+    this.deadLetter = options.deadLetter;
+    this.now = options.now ?? Date.now;
+    this.reader = new PriorityReader(new FileLogStore(info.dir), (stream) => ({ offset: this.journal.state.firstNotDone(stream, 0) }), {
+      orderOf: (frame) => (frame.type === FrameType.MESSAGE ? safeId(frame) : ''),
+    });
+  }
+
+  /**
+   * Leases up to `max` ready messages, most urgent first, in one transaction.
+   * Returns an empty array when nothing is ready now.
+   */
+  async take(max: number, signal?: AbortSignal): Promise<Delivery[]> {
+    if (this.closed) throw new MqlogError('ERR_CLOSED', 'consumer is closed');
+    if (max <= 0) return [];
+    return this.journal.transact(async (state) => {
+      const now = this.now();
+      const records: StateRecord[] = [];
+      const chosen = await this.choose(state, max, now, records);
+      const deliveries: Delivery[] = [];
+      for (const { candidate, message } of chosen) {
+        const previous = state.retryOf(candidate.stream, candidate.offset);
+        const count = (previous?.deliveries ?? 0) + 1;
+        if (count > this.maxDeliveries) {
+          const reason = `handed out ${count - 1} times without an ack; last: ${previous?.reason ?? 'lease expired'}`;
+          await this.deadLetter?.(message, { stream: candidate.stream, offset: candidate.offset }, reason);
+          records.push({ k: 'D', s: candidate.stream, o: candidate.offset, r: reason });
+          continue;
+        }
+        const token = randomUUID();
+        const until = now + this.visibilityTimeoutMs;
+        records.push({ k: 'L', s: candidate.stream, o: candidate.offset, t: token, u: until, n: count, p: candidate.priority, i: candidate.id, h: [candidate.hint.segment, candidate.hint.position] });
+        deliveries.push(this.delivery(message, candidate, token, count, until));
+      }
+      return { records, result: deliveries };
+    }, signal);
+  }
+
+  /** Earliest time something not ready now may become ready (lease lapse, delay, retry), if known. */
+  nextDueAt(): number | undefined {
+    let due = this.journal.state.nextDue(this.now());
+    for (const d of this.deferred) if (d.notBefore !== undefined) due = Math.min(due ?? d.notBefore, d.notBefore);
+    return due;
+  }
+
+  /**
+   * Hands out messages one by one. With `follow`, waits for new ones (woken by `watcher`) until `limit`
+   * messages were handed out, `idleTimeoutMs` passed without one, or the signal fires. Leaving the loop
+   * early gives back messages leased but not yet handed out.
+   */
+  async *messages(options: { follow?: boolean; limit?: number; idleTimeoutMs?: number; prefetch?: number; signal?: AbortSignal; watcher?: ChangeWatcher } = {}): AsyncGenerator<Delivery> {
+    const limit = options.limit ?? Number.POSITIVE_INFINITY;
+    const prefetch = options.prefetch ?? 32;
+    let handed = 0;
+    let lastMessageAt = Date.now();
+    let buffered: Delivery[] = [];
+    try {
+      while (handed < limit) {
+        const seen = options.watcher?.generation ?? 0;
+        buffered = await this.take(Math.min(prefetch, limit - handed), options.signal);
+        if (buffered.length === 0) {
+          if (options.follow !== true) return;
+          if (options.idleTimeoutMs !== undefined && Date.now() - lastMessageAt >= options.idleTimeoutMs) return;
+          await this.waitForChange(seen, lastMessageAt, options);
+          continue;
+        }
+        while (buffered.length > 0 && handed < limit) {
+          const delivery = buffered.shift() as Delivery;
+          handed++;
+          lastMessageAt = Date.now();
+          yield delivery;
+        }
+      }
+    } finally {
+      if (buffered.length > 0) await this.release(buffered);
+    }
+  }
+
+  /** Waits for new data, a due retry or the idle deadline, whichever comes first. */
+  private async waitForChange(seen: number, lastMessageAt: number, options: { idleTimeoutMs?: number; signal?: AbortSignal; watcher?: ChangeWatcher }): Promise<void> {
+    const signals: AbortSignal[] = [];
+    if (options.signal !== undefined) signals.push(options.signal);
+    let waitMs = 1000;
+    if (options.idleTimeoutMs !== undefined) waitMs = Math.min(waitMs, Math.max(1, lastMessageAt + options.idleTimeoutMs - Date.now()));
+    const due = this.nextDueAt();
+    if (due !== undefined) waitMs = Math.min(waitMs, Math.max(1, due - this.now()));
+    signals.push(AbortSignal.timeout(waitMs));
+    const signal = AbortSignal.any(signals);
+    try {
+      if (options.watcher !== undefined) await options.watcher.changedSince(seen, signal);
+      else await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+    } catch (err) {
+      if (options.signal?.aborted === true) throw err;
+      // our own timeout: just look again
+    }
+  }
+
+  /** Gives back leased messages that were never handed to the caller. */
+  async release(deliveries: Delivery[]): Promise<void> {
+    const now = this.now();
+    await Promise.allSettled(
+      deliveries.map((d) => this.settle(d, { k: 'U', s: d.stream, o: d.offset, t: tokenOf(d), a: now })),
+    );
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    while (this.settling !== undefined) await this.settling;
+    await this.reader.close();
+  }
+
+  private delivery(message: MessageRecord, candidate: Candidate, token: string, count: number, until: number): Delivery {
+    const ref = { stream: candidate.stream, offset: candidate.offset, token };
+    const delivery: Delivery = {
+      ...message,
+      stream: candidate.stream,
+      offset: candidate.offset,
+      deliveries: count,
+      leaseUntil: until,
+      ack: () => this.settle(delivery, { k: 'A', s: ref.stream, o: ref.offset, t: token }),
+      nack: (opts = {}) => {
+        const delayMs = opts.delayMs ?? 0;
+        if (!Number.isSafeInteger(delayMs) || delayMs < 0) return Promise.reject(new MqlogError('ERR_INVALID_ARG', 'nack delayMs must be a non-negative integer'));
+        return this.settle(delivery, { k: 'N', s: ref.stream, o: ref.offset, t: token, a: this.now() + delayMs, ...(opts.reason === undefined ? {} : { r: opts.reason.slice(0, 1000) }) });
+      },
+    };
+    tokens.set(delivery, token);
+    return delivery;
+  }
+
+  /** Queues an ack/nack/unlease; one transaction settles everything queued meanwhile. */
+  private settle(delivery: Delivery, record: StateRecord): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.settles.push({ delivery: { stream: delivery.stream, offset: delivery.offset, token: tokenOf(delivery) }, record, resolve, reject });
+      this.settling ??= this.settleLoop();
+    });
+  }
+
+  private async settleLoop(): Promise<void> {
+    try {
+      while (this.settles.length > 0) {
+        const batch = this.settles.splice(0, this.settles.length);
+        let outcomes: unknown[];
+        try {
+          outcomes = await this.journal.transact((state) => {
+            const results: unknown[] = [];
+            const records: StateRecord[] = [];
+            for (const item of batch) {
+              try {
+                state.checkLease(item.delivery.stream, item.delivery.offset, item.delivery.token);
+                records.push(item.record);
+                results.push(undefined);
+              } catch (err) {
+                results.push(err);
+              }
+            }
+            return { records, result: results };
+          });
+        } catch (err) {
+          for (const item of batch) item.reject(err);
+          continue;
+        }
+        batch.forEach((item, i) => (outcomes[i] === undefined ? item.resolve() : item.reject(outcomes[i])));
+      }
+    } finally {
+      this.settling = undefined;
+    }
+  }
+
+  /** Picks up to `max` candidates, most urgent first, with their messages; records expiries as it goes. */
+  private async choose(state: ConsumerState, max: number, now: number, records: StateRecord[]): Promise<{ candidate: Candidate; message: MessageRecord }[]> {
+    const pool: Candidate[] = [];
+    for (const { stream, offset, retry } of state.readyRetries(now)) {
+      pool.push({ stream, offset, priority: retry.priority, id: retry.id, hint: retry.hint });
+    }
+    const stillDeferred: Candidate[] = [];
+    for (const d of this.deferred) ((d.notBefore ?? 0) <= now ? pool : stillDeferred).push(d);
+    this.deferred = stillDeferred;
+    pool.push(...this.pushback);
+    this.pushback = [];
+    // Scan forward for new messages until enough are ready (or the queue is exhausted).
+    while (pool.length < max * 2 && this.deferred.length < MAX_DEFERRED) {
+      const frames = await this.reader.take(Math.max(max, 64));
+      if (frames.length === 0) break;
+      for (const frame of frames) {
+        if (frame.type !== FrameType.MESSAGE) continue;
+        const id = safeId(frame);
+        pool.push({ stream: frame.stream, offset: frame.offset, priority: frame.priority, id, hint: { segment: frame.segment, position: frame.position }, frame });
+      }
+    }
+    pool.sort((a, b) => b.priority - a.priority || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const chosen: { candidate: Candidate; message: MessageRecord }[] = [];
+    const seen = new Set<string>();
+    for (const candidate of pool) {
+      const k = `${candidate.stream}@${candidate.offset}`;
+      if (seen.has(k)) continue;
+      seen.add(k);
+      if (state.isDone(candidate.stream, candidate.offset)) continue;
+      const lease = state.leaseOf(candidate.stream, candidate.offset);
+      if (lease !== undefined && lease.until > now) continue;
+      const retry = state.retryOf(candidate.stream, candidate.offset);
+      if (retry !== undefined && retry.availableAt > now) continue;
+      if (chosen.length >= max) {
+        if (candidate.frame !== undefined) this.pushback.push(candidate);
+        continue;
+      }
+      let message: MessageRecord | undefined;
+      try {
+        message = await this.messageOf(candidate);
+      } catch (err) {
+        if (!(err instanceof MqlogError) || err.code !== 'ERR_INVALID_MESSAGE') throw err;
+        // A frame that passed its CRC but holds no valid message cannot be delivered; say why and move on.
+        records.push({ k: 'D', s: candidate.stream, o: candidate.offset, r: `undeliverable: ${err.message}` });
+        continue;
+      }
+      if (message === undefined) continue;
+      if (message.expiresAt !== undefined && message.expiresAt <= now) {
+        records.push({ k: 'X', s: candidate.stream, o: candidate.offset });
+        continue;
+      }
+      if (message.notBefore !== undefined && message.notBefore > now) {
+        this.deferred.push({ ...candidate, frame: undefined, notBefore: message.notBefore });
+        continue;
+      }
+      chosen.push({ candidate, message });
+    }
+    return chosen;
+  }
+
+  private async messageOf(candidate: Candidate): Promise<MessageRecord | undefined> {
+    const frame = candidate.frame ?? (await readFrameAt(join(this.info.dir, candidate.stream), candidate.offset, candidate.hint));
+    if (frame === undefined) return undefined;
+    return decodeMessage(frame.payload);
+  }
+}
+
+const tokens = new WeakMap<Delivery, string>();
+
+function tokenOf(delivery: Delivery): string {
+  const token = tokens.get(delivery);
+  if (token === undefined) throw new MqlogError('ERR_INVALID_ARG', 'not a delivery of this consumer');
+  return token;
+}
+
+function safeId(frame: StreamFrame): string {
+  try {
+    return decodeMessage(frame.payload).id;
+  } catch {
+    return '';
+  }
+}

@@ -1,0 +1,85 @@
+/**
+ * The HTTP receiving side (fastify plugin): `POST /v1/messages` decodes the batch envelope, hands the
+ * frames to the BatchSink, and answers 200 only after the sink made them durable; `GET /healthz`
+ * (spec/http-protocol.md). Any request it cannot accept gets a 4xx with `{"code", "message"}` and
+ * nothing of it is stored; 5xx only for the node's own faults.
+ */
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { ERRORS, MqlogError, isErrorCode } from '../errors.js';
+import type { BatchSink } from './transport.js';
+import { CONTENT_TYPE, decodeBatch } from './wire.js';
+
+export const DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024;
+
+export interface HttpReceiverOptions {
+  readonly sink: BatchSink;
+  /** Largest request body accepted (413 above). */
+  readonly maxRequestBytes?: number;
+  readonly maxFramesPerRequest?: number;
+  readonly maxFrameBytes?: number;
+  /** Says whether the node can serve (healthz answers 503 otherwise). */
+  readonly healthy?: () => boolean;
+  /**
+   * Checks the request's proof of identity and returns the authenticated peer name, or undefined when
+   * the node runs without authentication. Throws an MqlogError (401/403) to refuse.
+   */
+  readonly authenticate?: (request: FastifyRequest, body: Buffer) => string | undefined;
+}
+
+/** Registers the receiver's routes on a fastify instance. */
+export function registerHttpReceiver(app: FastifyInstance, options: HttpReceiverOptions): void {
+  const maxRequestBytes = options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES;
+  app.addContentTypeParser(CONTENT_TYPE, { parseAs: 'buffer', bodyLimit: maxRequestBytes }, (_request, body, done) => {
+    done(null, body);
+  });
+
+  app.post('/v1/messages', { bodyLimit: maxRequestBytes }, async (request, reply) => {
+    const body = request.body;
+    if (!Buffer.isBuffer(body) || body.length === 0) throw new MqlogError('ERR_BAD_REQUEST', 'malformed batch: empty body');
+    const peer = options.authenticate?.(request, body);
+    const decoded = decodeBatch(body, {
+      ...(options.maxFramesPerRequest === undefined ? {} : { maxFrames: options.maxFramesPerRequest }),
+      ...(options.maxFrameBytes === undefined ? {} : { maxFrameBytes: options.maxFrameBytes }),
+    });
+    const result = await options.sink.accept({ ...decoded, peer, remoteAddress: request.ip });
+    return reply.code(200).send(result);
+  });
+
+  app.get('/healthz', async (_request, reply) => {
+    const ok = options.healthy?.() ?? true;
+    return reply.code(ok ? 200 : 503).send({ ok });
+  });
+}
+
+/** The error handler every mqlog HTTP server uses: stable codes, JSON bodies, no stack traces. */
+export function sendError(error: FastifyError | Error, request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  const { status, body } = errorResponse(error);
+  if (status >= 500) request.log.error({ err: error }, 'request failed');
+  return reply.code(status).type('application/json').send(body);
+}
+
+export function errorResponse(error: unknown): { status: number; body: { code: string; message: string; frame?: number } } {
+  if (error instanceof MqlogError) {
+    const frame = error.details?.frame;
+    return {
+      status: ERRORS[error.code].httpStatus,
+      body: { code: error.code, message: error.message, ...(typeof frame === 'number' ? { frame } : {}) },
+    };
+  }
+  const fastifyCode = (error as FastifyError).code;
+  const statusCode = (error as FastifyError).statusCode ?? 500;
+  const message = error instanceof Error ? error.message : String(error);
+  switch (fastifyCode) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return { status: 413, body: { code: 'ERR_REQUEST_TOO_LARGE', message: 'request body larger than the limit' } };
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return { status: 415, body: { code: 'ERR_UNSUPPORTED_MEDIA_TYPE', message: `content type must be ${CONTENT_TYPE}` } };
+    default:
+      break;
+  }
+  if (statusCode >= 400 && statusCode < 500) {
+    const code = isErrorCode(fastifyCode) ? fastifyCode : statusCode === 404 ? 'ERR_NOT_FOUND' : 'ERR_BAD_REQUEST';
+    return { status: statusCode, body: { code, message } };
+  }
+  return { status: 500, body: { code: 'ERR_IO', message: 'internal error' } };
+}

@@ -1,0 +1,112 @@
+/**
+ * The HTTP sending side (undici): one keep-alive connection pool per peer; `send` POSTs one batch to
+ * `/v1/messages` and resolves when the peer answered 200, i.e. when the batch is durable there
+ * (spec/http-protocol.md). Failures are classified for the forwarder:
+ *
+ * - no answer (refused, reset, timeout): ERR_PEER_UNREACHABLE, retry with backoff;
+ * - an answer refusing one frame (`frame` in the error body): ERR_PEER_REJECTED, that frame goes to the
+ *   dead letters;
+ * - any other refusal (401, 403, 413, 5xx, 507…): ERR_PEER_FAILED, retry with backoff, nothing dropped.
+ */
+import { Pool, errors as undiciErrors } from 'undici';
+import { MqlogError, abortError } from '../errors.js';
+import type { BatchResult, OutgoingBatch, Transport } from './transport.js';
+import { CONTENT_TYPE, encodeBatch } from './wire.js';
+
+export interface HttpSenderOptions {
+  readonly connections?: number;
+  readonly connectTimeoutMs?: number;
+  /** Time to wait for the peer's answer (it fsyncs before answering). */
+  readonly requestTimeoutMs?: number;
+  /** Extra headers for a request, e.g. an authentication proof over the body. */
+  readonly sign?: (method: string, path: string, body: Buffer) => Record<string, string>;
+  /** undici connect options (TLS: ca, cert, key, servername). */
+  readonly connect?: Record<string, unknown>;
+}
+
+export const MESSAGES_PATH = '/v1/messages';
+
+export class HttpSender implements Transport {
+  readonly url: string;
+  private readonly pool: Pool;
+  private readonly options: HttpSenderOptions;
+  private closing: Promise<void> | undefined;
+
+  constructor(url: string, options: HttpSenderOptions = {}) {
+    this.url = url;
+    this.options = options;
+    this.pool = new Pool(url, {
+      connections: options.connections ?? 2,
+      pipelining: 1,
+      keepAliveTimeout: 30_000,
+      connectTimeout: options.connectTimeoutMs ?? 5_000,
+      headersTimeout: options.requestTimeoutMs ?? 60_000,
+      bodyTimeout: options.requestTimeoutMs ?? 60_000,
+      ...(options.connect === undefined ? {} : { connect: options.connect }),
+    });
+  }
+
+  async send(batch: OutgoingBatch, signal?: AbortSignal): Promise<BatchResult> {
+    if (this.closing !== undefined) throw new MqlogError('ERR_CLOSED', 'sender is closed');
+    const body = Buffer.concat(encodeBatch(batch));
+    let statusCode: number;
+    let text: string;
+    try {
+      const response = await this.pool.request({
+        method: 'POST',
+        path: MESSAGES_PATH,
+        headers: { 'content-type': CONTENT_TYPE, 'content-length': String(body.length), ...this.options.sign?.('POST', MESSAGES_PATH, body) },
+        body,
+        ...(signal === undefined ? {} : { signal }),
+      });
+      statusCode = response.statusCode;
+      text = await response.body.text();
+    } catch (err) {
+      if (signal?.aborted === true) throw abortError(signal);
+      throw new MqlogError('ERR_PEER_UNREACHABLE', `${this.url}: ${describe(err)}`, { details: { url: this.url }, cause: err });
+    }
+    if (statusCode === 200) {
+      const result = parseJson(text) as Partial<BatchResult> | undefined;
+      if (typeof result?.stored !== 'number' || typeof result.duplicates !== 'number') {
+        throw new MqlogError('ERR_PEER_FAILED', `${this.url} answered 200 without a batch result`, { details: { url: this.url, status: statusCode } });
+      }
+      return { stored: result.stored, duplicates: result.duplicates };
+    }
+    const error = (parseJson(text) ?? {}) as { code?: unknown; message?: unknown; frame?: unknown };
+    const code = typeof error.code === 'string' ? error.code : `HTTP_${statusCode}`;
+    const message = typeof error.message === 'string' ? error.message : text.slice(0, 200);
+    const details = { url: this.url, status: statusCode, code, ...(typeof error.frame === 'number' ? { frame: error.frame } : {}) };
+    if (statusCode >= 400 && statusCode < 500 && typeof error.frame === 'number' && statusCode !== 429) {
+      throw new MqlogError('ERR_PEER_REJECTED', `${this.url} rejected frame ${error.frame}: ${code}: ${message}`, { details });
+    }
+    throw new MqlogError('ERR_PEER_FAILED', `${this.url} answered ${statusCode} ${code}: ${message}`, { details });
+  }
+
+  /** Closes the connections after in-flight requests. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= this.pool.close();
+    return this.closing;
+  }
+
+  /** Drops the connections now, failing in-flight requests. */
+  async destroy(): Promise<void> {
+    this.closing ??= Promise.resolve();
+    await this.pool.destroy();
+  }
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+function describe(err: unknown): string {
+  if (err instanceof undiciErrors.ConnectTimeoutError) return 'connect timeout';
+  if (err instanceof undiciErrors.HeadersTimeoutError || err instanceof undiciErrors.BodyTimeoutError) return 'no answer in time';
+  const code = (err as { code?: unknown }).code;
+  const message = err instanceof Error ? err.message : String(err);
+  return typeof code === 'string' ? `${code} ${message}` : message;
+}

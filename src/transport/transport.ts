@@ -1,0 +1,61 @@
+/**
+ * The transport interface: how batches of frames leave a node and arrive at another
+ * (spec/transports.md). HTTP is the default implementation; any other (a broker, a file drop) only has
+ * to provide these two sides. A transport never looks inside frames and never touches the disk: the
+ * sender hands it bytes read from the outbox, the receiving side hands bytes to a BatchSink that
+ * validates and stores them.
+ */
+
+/** One frame as it travels: the name of the sender's stream it comes from, and its bytes as on disk. */
+export interface WireFrame {
+  readonly stream: string;
+  readonly frame: Buffer;
+}
+
+export interface OutgoingBatch {
+  /** Permanent id of the sending node (for duplicate detection). */
+  readonly node: string;
+  /** Name of the sending node. */
+  readonly name: string;
+  /** The destination as the sender names it (a peer name or URL): part of the duplicate-detection key. */
+  readonly destination: string;
+  readonly frames: readonly WireFrame[];
+}
+
+export interface IncomingBatch extends OutgoingBatch {
+  /** The peer name the transport authenticated, if it authenticates; else undefined. */
+  readonly peer: string | undefined;
+  /** Network address of the sender, for logs and the loopback-only rule. */
+  readonly remoteAddress: string | undefined;
+}
+
+/** The answer to a batch: how many frames were stored now, how many had been stored before. */
+export interface BatchResult {
+  readonly stored: number;
+  readonly duplicates: number;
+}
+
+/**
+ * The sending side, one per peer. `send` resolves only once the peer answered that every frame of the
+ * batch is durable in its inbox (stored now or before).
+ *
+ * It rejects with an MqlogError:
+ * - ERR_PEER_UNREACHABLE (retryable): no answer (refused, reset, timeout);
+ * - ERR_PEER_FAILED (retryable): the peer answered with a retryable failure (5xx, 507, 503, 429);
+ * - ERR_PEER_REJECTED: the peer refused the batch for good; `details.frame` is the index of the
+ *   offending frame when the peer named one, `details.code` the peer's error code.
+ */
+export interface Transport {
+  send(batch: OutgoingBatch, signal?: AbortSignal): Promise<BatchResult>;
+  close(): Promise<void>;
+}
+
+/** The receiving side's storage: validates every frame, stores them durably, then answers. */
+export interface BatchSink {
+  /**
+   * Stores a batch. Resolves only after everything is fsync'd. Rejects with an MqlogError (whose
+   * httpStatus the transport answers with) and stores nothing when any frame is invalid;
+   * `details.frame` names the first invalid frame.
+   */
+  accept(batch: IncomingBatch): Promise<BatchResult>;
+}

@@ -1,0 +1,121 @@
+/**
+ * The body of `POST /v1/messages` (spec/http-protocol.md §3): an envelope naming the sender and its
+ * streams, then length-prefixed frames exactly as they are on disk.
+ *
+ *   "MQLB" | u8 version=1 | 3 zero bytes | u32 headerBytes | header (msgpack map) |
+ *   repeated: u16 streamIndex | u32 frameBytes | frameBytes bytes
+ *
+ * Frames are opaque here; the receiver's sink checks them. The decoder checks every length against the
+ * bytes present and against limits before it allocates or copies anything.
+ */
+import { Packr } from 'msgpackr';
+import { MqlogError } from '../errors.js';
+import type { OutgoingBatch, WireFrame } from './transport.js';
+
+export const WIRE_MAGIC = 'MQLB';
+export const WIRE_VERSION = 1;
+export const CONTENT_TYPE = 'application/x-mqlog-batch';
+const PREFIX_BYTES = 12;
+const RECORD_PREFIX_BYTES = 6;
+const MAX_HEADER_BYTES = 64 * 1024;
+const MAX_STREAMS = 1024;
+const MAX_NAME_BYTES = 255;
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+
+export interface WireLimits {
+  readonly maxFrames?: number;
+  readonly maxFrameBytes?: number;
+}
+
+/** Encodes a batch as a list of buffers (header, then per frame a prefix and the frame itself). */
+export function encodeBatch(batch: OutgoingBatch): Buffer[] {
+  const streams: string[] = [];
+  const index = new Map<string, number>();
+  for (const { stream } of batch.frames) {
+    if (!index.has(stream)) {
+      index.set(stream, streams.length);
+      streams.push(stream);
+    }
+  }
+  const header = packr.pack({ node: batch.node, name: batch.name, to: batch.destination, streams });
+  const prefix = Buffer.alloc(PREFIX_BYTES);
+  prefix.write(WIRE_MAGIC, 0, 'latin1');
+  prefix[4] = WIRE_VERSION;
+  prefix.writeUInt32LE(header.length, 8);
+  const out: Buffer[] = [prefix, header];
+  for (const { stream, frame } of batch.frames) {
+    const record = Buffer.allocUnsafe(RECORD_PREFIX_BYTES);
+    record.writeUInt16LE(index.get(stream) as number, 0);
+    record.writeUInt32LE(frame.length, 2);
+    out.push(record, frame);
+  }
+  return out;
+}
+
+export interface DecodedBatch {
+  readonly node: string;
+  readonly name: string;
+  readonly destination: string;
+  readonly frames: WireFrame[];
+}
+
+/**
+ * Decodes a request body. Frame buffers are views into `body`.
+ * @throws ERR_BAD_REQUEST (malformed envelope, details.frame for a bad record),
+ *   ERR_UNSUPPORTED_VERSION, ERR_FRAME_TOO_LARGE, ERR_TRUNCATED_FRAME.
+ */
+export function decodeBatch(body: Buffer, limits: WireLimits = {}): DecodedBatch {
+  const maxFrames = limits.maxFrames ?? 100_000;
+  const maxFrameBytes = limits.maxFrameBytes ?? 64 * 1024 * 1024 + 20;
+  if (body.length === 0) throw bad('empty body');
+  if (body.length < PREFIX_BYTES) throw bad(`body of ${body.length} bytes is shorter than the ${PREFIX_BYTES}-byte prefix`);
+  if (body.toString('latin1', 0, 4) !== WIRE_MAGIC) throw bad('body does not start with "MQLB"');
+  if (body[4] !== WIRE_VERSION) {
+    throw new MqlogError('ERR_UNSUPPORTED_VERSION', `batch version ${body[4]} is not supported (this node speaks ${WIRE_VERSION})`);
+  }
+  if (body[5] !== 0 || body[6] !== 0 || body[7] !== 0) throw bad('reserved prefix bytes are not zero');
+  const headerBytes = body.readUInt32LE(8);
+  if (headerBytes > MAX_HEADER_BYTES || PREFIX_BYTES + headerBytes > body.length) throw bad(`header length ${headerBytes} out of range`);
+  let header: unknown;
+  try {
+    header = packr.unpack(body.subarray(PREFIX_BYTES, PREFIX_BYTES + headerBytes));
+  } catch (err) {
+    throw new MqlogError('ERR_BAD_REQUEST', 'batch header is not valid msgpack', { cause: err });
+  }
+  const { node, name, to, streams } = (header ?? {}) as { node?: unknown; name?: unknown; to?: unknown; streams?: unknown };
+  if (typeof node !== 'string' || node.length === 0 || Buffer.byteLength(node) > MAX_NAME_BYTES) throw bad('header.node is not a node id');
+  if (typeof name !== 'string' || Buffer.byteLength(name) > MAX_NAME_BYTES) throw bad('header.name is not a name');
+  if (typeof to !== 'string' || Buffer.byteLength(to) > 1024) throw bad('header.to is not a destination');
+  if (!Array.isArray(streams) || streams.length > MAX_STREAMS || !streams.every((s) => typeof s === 'string' && s.length > 0 && Buffer.byteLength(s) <= MAX_NAME_BYTES)) {
+    throw bad('header.streams is not a list of stream names');
+  }
+  const frames: WireFrame[] = [];
+  let at = PREFIX_BYTES + headerBytes;
+  while (at < body.length) {
+    const i = frames.length;
+    if (i >= maxFrames) throw new MqlogError('ERR_REQUEST_TOO_LARGE', `more than ${maxFrames} frames in one request`, { details: { frame: i } });
+    if (body.length - at < RECORD_PREFIX_BYTES) throw truncated(i, 'record prefix');
+    const streamIndex = body.readUInt16LE(at);
+    const frameBytes = body.readUInt32LE(at + 2);
+    const stream = (streams as string[])[streamIndex];
+    if (stream === undefined) throw bad(`frame ${i} names stream #${streamIndex}, the header has ${streams.length}`, i);
+    if (frameBytes > maxFrameBytes) {
+      throw new MqlogError('ERR_FRAME_TOO_LARGE', `frame ${i} of ${frameBytes} bytes exceeds ${maxFrameBytes}`, { details: { frame: i } });
+    }
+    at += RECORD_PREFIX_BYTES;
+    if (body.length - at < frameBytes) throw truncated(i, `frame of ${frameBytes} bytes (${body.length - at} present)`);
+    frames.push({ stream, frame: body.subarray(at, at + frameBytes) });
+    at += frameBytes;
+  }
+  if (frames.length === 0) throw bad('batch holds no frames');
+  return { node, name, destination: to, frames };
+}
+
+function bad(reason: string, frame?: number): MqlogError {
+  return new MqlogError('ERR_BAD_REQUEST', `malformed batch: ${reason}`, frame === undefined ? undefined : { details: { frame } });
+}
+
+function truncated(frame: number, what: string): MqlogError {
+  return new MqlogError('ERR_TRUNCATED_FRAME', `batch ends inside frame ${frame}: ${what}`, { details: { frame } });
+}
