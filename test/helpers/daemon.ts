@@ -100,12 +100,12 @@ export function daemons(t: TestContext, nodes: NodeSpec[]): DaemonProcess[] {
 /** Messages currently in a node's inbox of `channel`, via `mqlog dump --json`. */
 export async function inboxDump(dir: string, channel = 'common'): Promise<Record<string, unknown>[]> {
   const result = await mqlog(['dump', dir, '--json']);
-  return jsonLines(result.stdout).filter((r) => r.queue !== 'outbox' && typeof r.queue === 'string' && (r.queue as string).startsWith('inbox/') && r.channel === channel);
+  return jsonLines(result.stdout).filter((r) => r.queue !== 'outbox' && typeof r.queue === 'string' && (r.queue).startsWith('inbox/') && r.channel === channel);
 }
 
 /** Every inbox message of a node, all channels. */
 export async function allInbox(dir: string): Promise<Record<string, unknown>[]> {
   const result = await mqlog(['dump', dir, '--json']);
   if (result.code !== 0) throw new Error(`dump failed: ${result.stderr}`);
-  return jsonLines(result.stdout).filter((r) => typeof r.queue === 'string' && (r.queue as string).startsWith('inbox/'));
+  return jsonLines(result.stdout).filter((r) => typeof r.queue === 'string' && (r.queue).startsWith('inbox/'));
 }
