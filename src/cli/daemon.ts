@@ -10,9 +10,11 @@ import { dataDir, stringFlag, usageError, writeLine, type Command, type ParsedAr
 export const daemonCommand: Command = {
   name: 'daemon',
   summary: 'run the node (receiver and forwarders) in the foreground',
-  usage: `--data DIR [--listen HOST:PORT]
-  --listen HOST:PORT   where the receiver listens (default: listen of mqlog.json, else 127.0.0.1:7420)`,
-  options: { data: { type: 'string' }, listen: { type: 'string' } },
+  usage: `--data DIR [--listen HOST:PORT] [--handler MODULE]
+  --listen HOST:PORT   where the receiver listens (default: listen of mqlog.json, else 127.0.0.1:7420)
+  --handler MODULE     ES module whose default (or handle) export, async (message) => boolean, processes
+                       every inbox message: true acks it, false or a throw retries it later`,
+  options: { data: { type: 'string' }, listen: { type: 'string' }, handler: { type: 'string' } },
   allowPositionals: false,
   run,
 };
@@ -26,7 +28,8 @@ async function run(args: ParsedArgs): Promise<number> {
       throw usageError((err as MqlogError).message);
     }
   }
-  const daemon = await Daemon.start({ data: dataDir(args), ...(listen === undefined ? {} : { listen }) });
+  const handler = stringFlag(args, 'handler');
+  const daemon = await Daemon.start({ data: dataDir(args), ...(listen === undefined ? {} : { listen }), ...(handler === undefined ? {} : { handler }) });
   await writeLine(`listening on ${daemon.url}`);
   await new Promise<void>((resolve) => {
     const stop = (signal: NodeJS.Signals): void => {

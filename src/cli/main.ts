@@ -8,12 +8,14 @@ import { MqlogError, isErrorCode } from '../errors.js';
 import { parse, type Command } from './args.js';
 import { daemonCommand } from './daemon.js';
 import { dumpCommand } from './dump.js';
+import { receiptCommand } from './receipt.js';
+import { redriveCommand } from './redrive.js';
 import { sendCommand } from './send.js';
 import { statCommand } from './stat.js';
 import { tailCommand } from './tail.js';
 import { verifyCommand } from './verify.js';
 
-const COMMANDS: readonly Command[] = [sendCommand, tailCommand, daemonCommand, dumpCommand, verifyCommand, statCommand];
+const COMMANDS: readonly Command[] = [sendCommand, tailCommand, receiptCommand, daemonCommand, dumpCommand, verifyCommand, statCommand, redriveCommand];
 
 /** Errors that mean the command line itself was wrong. */
 const USAGE_CODES = new Set(['ERR_USAGE', 'ERR_UNKNOWN_PEER', 'ERR_INVALID_NAME', 'ERR_INVALID_ARG']);

@@ -5,10 +5,9 @@
  */
 import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { loadConfig } from '../daemon/config.js';
+import { openNode } from '../daemon/node.js';
 import { DEFAULT_CHANNEL } from '../queue/codec.js';
 import type { Delivery } from '../queue/consumer.js';
-import { Inbox } from '../queue/inbox.js';
 import { ensureDir } from '../util/fs.js';
 import { boolFlag, dataDir, durationFlag, flushStdout, intFlag, jsonLine, stringFlag, usageError, type Command, type ParsedArgs } from './args.js';
 import { bodyField } from './dump.js';
@@ -50,8 +49,9 @@ async function run(args: ParsedArgs): Promise<number> {
   const ack = boolFlag(args, 'ack');
   const bodyTo = stringFlag(args, 'body-to');
   if (bodyTo !== undefined) await ensureDir(resolve(bodyTo));
-  const config = await loadConfig(dir);
-  const inbox = await Inbox.open({ dataDir: dir, channel, visibilityTimeoutMs: config.visibilityTimeoutMs, maxDeliveries: config.maxDeliveries, segmentBytes: config.segmentBytes });
+  // Through the node, so that acks of messages asking for a receipt report back to their sender.
+  const node = await openNode({ data: dir, onWarning: (message) => process.stderr.write(`mqlog: warning: ${message}\n`) });
+  const inbox = await node.inbox(channel);
 
   const stop = new AbortController();
   const onSignal = (): void => stop.abort();
@@ -88,7 +88,7 @@ async function run(args: ParsedArgs): Promise<number> {
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
-    await inbox.close();
+    await node.close();
   }
   return problems === 0 ? 0 : 1;
 }

@@ -33,6 +33,10 @@ export interface Config {
   readonly visibilityTimeoutMs: number;
   /** Hand-outs before a message goes to the dead letters. Default 5. */
   readonly maxDeliveries: number;
+  /** Handler calls running at once (`daemon --handler`). Default 4. */
+  readonly handlerConcurrency: number;
+  /** First retry delay after a handler failure; doubles per delivery, capped at 60 s. Default 1000. */
+  readonly handlerRetryDelayMs: number;
 }
 
 export const DEFAULT_LISTEN = '127.0.0.1:7420';
@@ -45,6 +49,8 @@ export const DEFAULTS: Omit<Config, 'name'> = {
   maxQueueBytes: null,
   visibilityTimeoutMs: 30_000,
   maxDeliveries: 5,
+  handlerConcurrency: 4,
+  handlerRetryDelayMs: 1000,
 };
 
 type Check = (value: unknown, key: string) => unknown;
@@ -58,6 +64,8 @@ const KEYS: Record<keyof Config, Check> = {
   maxQueueBytes: (v, k) => (v === null ? null : checkInt(v, k, 1024, Number.MAX_SAFE_INTEGER)),
   visibilityTimeoutMs: (v, k) => checkInt(v, k, 1, 2 ** 31),
   maxDeliveries: (v, k) => checkInt(v, k, 1, 1_000_000),
+  handlerConcurrency: (v, k) => checkInt(v, k, 1, 1024),
+  handlerRetryDelayMs: (v, k) => checkInt(v, k, 0, 3_600_000),
 };
 
 /**

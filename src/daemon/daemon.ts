@@ -10,7 +10,8 @@ import { Lock } from '../log/lock.js';
 import { FileLogStore } from '../log/log-store.js';
 import { ChangeWatcher } from '../log/watch.js';
 import { ensureQueue, outboxInfo } from '../queue/layout.js';
-import { loadNodeId } from '../queue/node-identity.js';
+import { listQueues } from '../queue/layout.js';
+import type { ReceiptState } from '../queue/receipts.js';
 import { listDestinations } from '../queue/outbox.js';
 import { OutboxDeadLetters } from '../queue/outbox-dead.js';
 import { MESSAGES_PATH, HttpSender } from '../transport/http-sender.js';
@@ -18,6 +19,8 @@ import { registerHttpReceiver, sendError } from '../transport/http-receiver.js';
 import { ensureDir } from '../util/fs.js';
 import { checkListen, loadConfig, type Config } from './config.js';
 import { Forwarder } from './forwarder.js';
+import { HandlerRunner, loadHandler } from './handler.js';
+import { MqlogNode } from './node.js';
 import { createLogger, type Logger } from './logger.js';
 import { InboxSink } from './receiver.js';
 
@@ -29,6 +32,8 @@ export interface DaemonOptions {
   readonly data: string;
   /** Overrides `listen` of mqlog.json. */
   readonly listen?: string;
+  /** Path of an ES module whose default (or `handle`) export processes inbox messages. */
+  readonly handler?: string;
   readonly logger?: Logger;
 }
 
@@ -39,7 +44,10 @@ export class Daemon {
   readonly logger: Logger;
   /** `http://HOST:PORT` the receiver listens on (the real port when 0 was asked for). */
   url = '';
+  readonly node: MqlogNode;
   private readonly lock: Lock;
+  private readonly handlerPath: string | undefined;
+  private handler: HandlerRunner | undefined;
   private app: FastifyInstance | undefined;
   private sink: InboxSink | undefined;
   private watcher: ChangeWatcher | undefined;
@@ -49,12 +57,14 @@ export class Daemon {
   private timers: NodeJS.Timeout[] = [];
   private stopping: Promise<void> | undefined;
 
-  private constructor(dataDir: string, config: Config, nodeId: string, lock: Lock, logger: Logger) {
-    this.dataDir = dataDir;
-    this.config = config;
-    this.nodeId = nodeId;
+  private constructor(node: MqlogNode, lock: Lock, logger: Logger, handlerPath: string | undefined) {
+    this.node = node;
+    this.dataDir = node.dataDir;
+    this.config = node.config;
+    this.nodeId = node.nodeId;
     this.lock = lock;
     this.logger = logger;
+    this.handlerPath = handlerPath;
   }
 
   /**
@@ -75,7 +85,18 @@ export class Daemon {
       throw err;
     }
     const logger = options.logger ?? createLogger({ name: config.name });
-    const daemon = new Daemon(dataDir, config, await loadNodeId(dataDir), lock, logger);
+    let node: MqlogNode;
+    try {
+      node = await MqlogNode.open({
+        data: dataDir,
+        config: options.listen === undefined ? {} : { listen: options.listen },
+        onWarning: (message) => logger.warn({ event: 'warning' }, message),
+      });
+    } catch (err) {
+      await lock.release();
+      throw err;
+    }
+    const daemon = new Daemon(node, lock, logger, options.handler);
     try {
       await daemon.boot();
     } catch (err) {
@@ -86,15 +107,39 @@ export class Daemon {
   }
 
   private async boot(): Promise<void> {
-    const { config, dataDir, logger } = this;
+    const { config, dataDir, logger, node } = this;
+    const receipts = node.outbox.receipts;
+    if (this.handlerPath !== undefined) {
+      this.handler = new HandlerRunner({
+        handler: await loadHandler(this.handlerPath),
+        concurrency: config.handlerConcurrency,
+        visibilityTimeoutMs: config.visibilityTimeoutMs,
+        retryDelayMs: config.handlerRetryDelayMs,
+        logger,
+      });
+      for (const info of await listQueues(dataDir)) {
+        if (info.kind === 'inbox' && info.channel !== null) this.handler.consume(await node.inbox(info.channel));
+      }
+    }
     this.sink = await InboxSink.open({
+      inboxFor: (channel) => node.inbox(channel),
+      onReceipt: async (report, from) => {
+        const changed = await receipts.update(report.id, report.destination, report.state, report.at, report.reason);
+        logger.info({ event: 'receipt', id: report.id, peer: report.destination, from, state: report.state, changed }, 'receipt');
+      },
       dataDir,
       segmentBytes: config.segmentBytes,
       maxBodyBytes: MAX_BODY_BYTES,
       maxFrameBytes: MAX_BODY_BYTES + 512 * 1024,
       visibilityTimeoutMs: config.visibilityTimeoutMs,
       maxDeliveries: config.maxDeliveries,
-      onStored: (channel, count, from) => logger.debug({ event: 'received', channel, count, from }, 'received'),
+      onStored: (channel, count, from) => {
+        logger.debug({ event: 'received', channel, count, from }, 'received');
+        if (this.handler !== undefined) {
+          const handler = this.handler;
+          node.inbox(channel).then((inbox) => handler.consume(inbox), (err: unknown) => logger.error({ event: 'handler', channel, err }, 'cannot open inbox'));
+        }
+      },
       onTruncated: (stream, position, bytes) => logger.warn({ event: 'torn_tail', stream, position, bytes }, 'cut a torn tail off an inbox stream'),
     });
     // Typed as the default instance: mqlog's routes do not depend on the pino-specific logger type.
@@ -163,8 +208,17 @@ export class Daemon {
         events: {
           sent: (peer, frames, bytes, durationMs, duplicates) => this.logger.debug({ event: 'forwarded', peer, frames, bytes, durationMs, duplicates }, 'forwarded'),
           failed: (peer, error, retryInMs) => this.logger.warn({ event: 'forward_failed', peer, code: error.code, error: error.message, retryInMs }, 'forwarding failed'),
-          deadLettered: (peer, meta, reason) => this.logger.error({ event: 'dead_lettered', peer, id: meta.id, reason }, 'peer refused a message for good'),
-          expired: (peer, meta) => this.logger.info({ event: 'expired', peer, id: meta.id }, 'message expired before it could be forwarded'),
+          deadLettered: (peer, meta, reason) => {
+            this.logger.error({ event: 'dead_lettered', peer, id: meta.id, reason }, 'peer refused a message for good');
+            if (meta.receipt === true) this.receipt(meta.id, peer, 'dead', reason);
+          },
+          expired: (peer, meta) => {
+            this.logger.info({ event: 'expired', peer, id: meta.id }, 'message expired before it could be forwarded');
+            if (meta.receipt === true) this.receipt(meta.id, peer, 'expired', 'time to live passed before it was forwarded');
+          },
+          delivered: (peer, metas) => {
+            for (const meta of metas) if (meta.receipt === true) this.receipt(meta.id, peer, 'sent');
+          },
         },
       });
       this.forwarders.set(destination, { forwarder, sender });
@@ -173,17 +227,24 @@ export class Daemon {
     }
   }
 
+  /** Records a receipt state change of a message this node sent; failures are logged, not thrown. */
+  private receipt(id: string, peer: string, state: ReceiptState, reason?: string): void {
+    this.node.outbox.receipts.update(id, peer, state, Date.now(), reason).catch((err: unknown) => this.logger.error({ event: 'receipt', id, peer, err }, 'cannot record a receipt state'));
+  }
+
   /** Graceful stop; idempotent. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       for (const timer of this.timers) clearInterval(timer);
       await this.app?.close();
+      await this.handler?.close();
       await this.syncing;
       await Promise.all([...this.forwarders.values()].map(({ forwarder }) => forwarder.stop()));
       await Promise.all([...this.forwarders.values()].map(({ sender }) => sender.close()));
       await this.sink?.close();
       await this.deadLetters?.close();
       await this.watcher?.close();
+      await this.node.close();
       this.logger.info({ event: 'stopped' }, 'daemon stopped');
       await this.lock.release();
     })();

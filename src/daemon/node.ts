@@ -6,7 +6,8 @@
  */
 import { resolve } from 'node:path';
 import { MqlogError } from '../errors.js';
-import { DEFAULT_CHANNEL } from '../queue/codec.js';
+import { DEFAULT_CHANNEL, type MessageMeta } from '../queue/codec.js';
+import type { ReceiptState, ReceiptStatus } from '../queue/receipts.js';
 import type { Delivery } from '../queue/consumer.js';
 import { Inbox, type ConsumeOptions } from '../queue/inbox.js';
 import { Outbox, type SendOptions } from '../queue/outbox.js';
@@ -18,6 +19,8 @@ export interface NodeOptions {
   readonly data: string;
   /** Values that override `DIR/mqlog.json`. */
   readonly config?: Partial<Record<keyof Config, unknown>>;
+  /** Told about problems that do not fail the call (a receipt that cannot be addressed). Default: process warnings. */
+  readonly onWarning?: (message: string) => void;
 }
 
 export class MqlogNode {
@@ -26,13 +29,15 @@ export class MqlogNode {
   readonly nodeId: string;
   readonly outbox: Outbox;
   private readonly inboxes = new Map<string, Promise<Inbox>>();
+  private readonly onWarning: (message: string) => void;
   private closing: Promise<void> | undefined;
 
-  private constructor(dataDir: string, config: Config, nodeId: string, outbox: Outbox) {
+  private constructor(dataDir: string, config: Config, nodeId: string, outbox: Outbox, onWarning?: (message: string) => void) {
     this.dataDir = dataDir;
     this.config = config;
     this.nodeId = nodeId;
     this.outbox = outbox;
+    this.onWarning = onWarning ?? ((message) => process.emitWarning(message, 'MqlogWarning'));
   }
 
   /** @throws ERR_CONFIG for a bad mqlog.json, ERR_IO when the directory cannot be used. */
@@ -48,7 +53,7 @@ export class MqlogNode {
       segmentBytes: config.segmentBytes,
       resolveDestination: (to) => resolveDestination(config, to),
     });
-    return new MqlogNode(dataDir, config, nodeId, outbox);
+    return new MqlogNode(dataDir, config, nodeId, outbox, options.onWarning);
   }
 
   /**
@@ -71,6 +76,7 @@ export class MqlogNode {
         segmentBytes: this.config.segmentBytes,
         visibilityTimeoutMs: this.config.visibilityTimeoutMs,
         maxDeliveries: this.config.maxDeliveries,
+        onSettled: (meta, outcome, reason) => this.reportReceipt(meta, outcome, reason),
       });
       inbox.catch(() => this.inboxes.delete(channel));
       this.inboxes.set(channel, inbox);
@@ -87,6 +93,50 @@ export class MqlogNode {
     const { channel, ...rest } = options;
     const inbox = await this.inbox(channel ?? DEFAULT_CHANNEL);
     yield* inbox.consume(rest);
+  }
+
+  /**
+   * The "job done" state of a message this node sent with `receipt: true`: `queued`, `sent`, `processed`,
+   * `dead` or `expired` (for a multicast, the aggregate; `peers` has each destination's state).
+   * Undefined when this node holds no receipt for the id.
+   */
+  status(id: string): Promise<ReceiptStatus | undefined> {
+    return this.outbox.receipts.status(id);
+  }
+
+  /**
+   * Resolves once the message reached `state`, or a settled state that makes it unreachable (check
+   * `.state`). Use `AbortSignal.timeout(ms)` to bound the wait (rejects with ERR_TIMEOUT).
+   * @throws ERR_NOT_FOUND for an id without receipt here.
+   */
+  waitFor(id: string, state: ReceiptState, options: { signal?: AbortSignal } = {}): Promise<ReceiptStatus> {
+    return this.outbox.receipts.waitFor(id, state, options);
+  }
+
+  /**
+   * Sends the outcome of a message that asked for a receipt back to its sender: to the configured peer
+   * of that name, else to the address the message carried.
+   */
+  private async reportReceipt(meta: MessageMeta, outcome: 'processed' | 'dead' | 'expired', reason?: string): Promise<void> {
+    const to = Object.hasOwn(this.config.peers, meta.from) ? meta.from : meta.replyTo;
+    if (to === undefined) {
+      this.onWarning(`cannot send the receipt of ${meta.id}: ${meta.from} is not a peer and the message carries no reply address`);
+      return;
+    }
+    let destination: string;
+    try {
+      destination = resolveDestination(this.config, to);
+    } catch {
+      this.onWarning(`cannot send the receipt of ${meta.id}: ${to} is neither a peer nor a URL`);
+      return;
+    }
+    await this.outbox.sendReceipt(destination, {
+      id: meta.id,
+      destination: meta.origin?.destination ?? this.config.name,
+      state: outcome,
+      at: Date.now(),
+      ...(reason === undefined ? {} : { reason }),
+    });
   }
 
   /** The canonical form of a destination; throws ERR_UNKNOWN_PEER for one that is neither a peer nor a URL. */

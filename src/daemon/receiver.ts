@@ -12,6 +12,7 @@ import { FrameType, decodeFrame } from '../log/frame.js';
 import { parseStreamName } from '../log/log-store.js';
 import { decodeMessage, type MessageRecord } from '../queue/codec.js';
 import { Inbox } from '../queue/inbox.js';
+import { decodeReceiptReport, type ReceiptReport } from '../queue/receipts.js';
 import type { BatchResult, BatchSink, IncomingBatch } from '../transport/transport.js';
 import { DedupTable, dedupKey } from './dedup.js';
 
@@ -22,6 +23,10 @@ export interface InboxSinkOptions {
   readonly maxFrameBytes: number;
   readonly visibilityTimeoutMs: number;
   readonly maxDeliveries: number;
+  /** The inbox of a channel; shared with the node's consumers when given. */
+  readonly inboxFor?: (channel: string) => Promise<Inbox>;
+  /** Applies a receipt a peer reported back (durably, before the batch is acknowledged). */
+  readonly onReceipt?: (report: ReceiptReport, from: string) => Promise<void>;
   /** Called after messages were stored, per channel (metrics, waking consumers). */
   readonly onStored?: (channel: string, count: number, from: string) => void;
   readonly onTruncated?: (stream: string, position: number, bytes: number) => void;
@@ -32,6 +37,7 @@ interface Checked {
   readonly stream: string;
   readonly offset: number;
   readonly message: MessageRecord;
+  readonly receipt?: ReceiptReport;
 }
 
 export class InboxSink implements BatchSink {
@@ -68,7 +74,8 @@ export class InboxSink implements BatchSink {
         if (message.body.length > this.options.maxBodyBytes) {
           throw new MqlogError('ERR_BODY_TOO_LARGE', `body of ${message.body.length} bytes exceeds this node's limit of ${this.options.maxBodyBytes}`);
         }
-        return { key: dedupKey(batch.node, batch.destination, wire.stream), stream: wire.stream, offset: decoded.frame.offset, message };
+        const receipt = message.kind === 'receipt' ? decodeReceiptReport(message.body) : undefined;
+        return { key: dedupKey(batch.node, batch.destination, wire.stream), stream: wire.stream, offset: decoded.frame.offset, message, ...(receipt === undefined ? {} : { receipt }) };
       } catch (err) {
         if (err instanceof MqlogError) {
           throw new MqlogError(err.code, `frame ${index}: ${err.message}`, { details: { ...err.details, frame: index }, cause: err });
@@ -93,6 +100,10 @@ export class InboxSink implements BatchSink {
     const fresh = checked.filter((c) => !this.dedup.seen(c.key, c.offset));
     const results = await Promise.allSettled(
       fresh.map(async (c) => {
+        if (c.receipt !== undefined) {
+          await this.options.onReceipt?.(c.receipt, from);
+          return c;
+        }
         const inbox = await this.inbox(c.message.channel);
         const { body, ...meta } = c.message;
         const stored = await inbox.append(
@@ -113,7 +124,7 @@ export class InboxSink implements BatchSink {
     for (const c of checked) byKey.set(c.key, [...(byKey.get(c.key) ?? []), c.offset]);
     for (const [key, offsets] of byKey) this.dedup.completed(key, offsets);
     const perChannel = new Map<string, number>();
-    for (const c of fresh) perChannel.set(c.message.channel, (perChannel.get(c.message.channel) ?? 0) + 1);
+    for (const c of fresh) if (c.receipt === undefined) perChannel.set(c.message.channel, (perChannel.get(c.message.channel) ?? 0) + 1);
     for (const [channel, count] of perChannel) this.options.onStored?.(channel, count, from);
     return { stored: fresh.length, duplicates: checked.length - fresh.length };
   }
@@ -130,6 +141,7 @@ export class InboxSink implements BatchSink {
   }
 
   inbox(channel: string): Promise<Inbox> {
+    if (this.options.inboxFor !== undefined) return this.options.inboxFor(channel);
     let inbox = this.inboxes.get(channel);
     if (inbox === undefined) {
       inbox = Inbox.open({

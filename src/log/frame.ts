@@ -42,25 +42,41 @@ export interface FrameHeader {
   readonly crc: number;
 }
 
+/** Payload bytes, whole or in parts (written back to back, CRC'd as one). */
+export type Payload = Uint8Array | readonly Uint8Array[];
+
+export function payloadLength(payload: Payload): number {
+  if (payload instanceof Uint8Array) return payload.length;
+  let n = 0;
+  for (const part of payload) n += part.length;
+  return n;
+}
+
 /** Builds the 20-byte header for a payload; the CRC covers header bytes 0..15 and then the payload. */
-export function encodeFrameHeader(type: number, offset: number, payload: Uint8Array): Buffer {
+export function encodeFrameHeader(type: number, offset: number, payload: Payload): Buffer {
   if (!Number.isInteger(type) || type < 1 || type > 255) {
     throw new MqlogError('ERR_INVALID_ARG', `frame type must be 1..255, got ${type}`);
   }
   if (!Number.isSafeInteger(offset) || offset < 0) {
     throw new MqlogError('ERR_INVALID_ARG', `frame offset must be a safe non-negative integer, got ${offset}`);
   }
-  if (payload.length > MAX_FRAME_PAYLOAD_BYTES) {
-    throw new MqlogError('ERR_FRAME_TOO_LARGE', `frame payload of ${payload.length} bytes exceeds ${MAX_FRAME_PAYLOAD_BYTES}`);
+  const length = payloadLength(payload);
+  if (length > MAX_FRAME_PAYLOAD_BYTES) {
+    throw new MqlogError('ERR_FRAME_TOO_LARGE', `frame payload of ${length} bytes exceeds ${MAX_FRAME_PAYLOAD_BYTES}`);
   }
   const header = Buffer.allocUnsafe(FRAME_HEADER_BYTES);
   header[0] = FRAME_MAGIC;
   header[1] = FRAME_VERSION;
   header[2] = type;
   header[3] = 0;
-  header.writeUInt32LE(payload.length, 4);
-  header.writeBigUInt64LE(BigInt(offset), 8);
-  header.writeUInt32LE(crc32(payload, crc32(header.subarray(0, 16))), 16);
+  header.writeUInt32LE(length, 4);
+  // u64 offset as two u32 halves (no BigInt on the hot path).
+  header.writeUInt32LE(offset % 0x1_0000_0000, 8);
+  header.writeUInt32LE(Math.floor(offset / 0x1_0000_0000), 12);
+  let crc = crc32(header.subarray(0, 16));
+  if (payload instanceof Uint8Array) crc = crc32(payload, crc);
+  else for (const part of payload) crc = crc32(part, crc);
+  header.writeUInt32LE(crc, 16);
   return header;
 }
 
@@ -94,13 +110,14 @@ export function parseFrameHeader(bytes: Uint8Array, at = 0, maxPayloadBytes = MA
   if (payloadBytes > maxPayloadBytes) {
     return { ok: false, code: 'ERR_FRAME_TOO_LARGE', reason: `declared payload of ${payloadBytes} bytes exceeds ${maxPayloadBytes}` };
   }
-  const offset64 = view.readBigUInt64LE(8);
-  if (offset64 > BigInt(MAX_OFFSET)) {
-    return { ok: false, code: 'ERR_CORRUPT_FRAME', reason: `offset ${offset64} out of range` };
+  const high = view.readUInt32LE(12);
+  if (high > 0x1f_ffff) {
+    return { ok: false, code: 'ERR_CORRUPT_FRAME', reason: `offset ${view.readBigUInt64LE(8)} out of range` };
   }
+  const offset = high * 0x1_0000_0000 + view.readUInt32LE(8);
   return {
     ok: true,
-    header: { version, type, flags, payloadBytes, offset: Number(offset64), crc: view.readUInt32LE(16) },
+    header: { version, type, flags, payloadBytes, offset, crc: view.readUInt32LE(16) },
   };
 }
 

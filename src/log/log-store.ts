@@ -16,6 +16,7 @@ import { Lock } from './lock.js';
 import type { TruncatedTail } from './recovery.js';
 import { StreamReader, type StreamPosition } from './stream-reader.js';
 import { StreamWriter, type AppendResult, type StreamWriterOptions } from './stream-writer.js';
+import type { Payload } from './frame.js';
 
 export interface StreamId {
   /** Directory name, `<key>.w<slot>`. */
@@ -24,15 +25,13 @@ export interface StreamId {
   readonly slot: number;
 }
 
-export interface StoreAppendResult extends AppendResult {
-  readonly stream: string;
-}
+export type StoreAppendResult = AppendResult;
 
 /** A claimed writer slot: the only appender of its streams while it is open. */
 export interface LogWriter {
   readonly slot: number;
   /** Durable append: resolves after fdatasync. See StreamWriter.append for the errors. */
-  append(key: string, type: number, payload: Uint8Array): Promise<StoreAppendResult>;
+  append(key: string, type: number, payload: Payload): Promise<StoreAppendResult>;
   close(): Promise<void>;
 }
 
@@ -111,6 +110,9 @@ class SlotWriter implements LogWriter {
   private readonly lock: Lock;
   private readonly options: WriterOptions;
   private readonly writers = new Map<string, Promise<StreamWriter>>();
+  /** Writers already open, used synchronously so that appends keep the order of the calls. */
+  private readonly open = new Map<string, StreamWriter>();
+  private readonly waiting = new Map<string, number>();
   private closing: Promise<void> | undefined;
 
   constructor(dir: string, slot: number, lock: Lock, options: WriterOptions) {
@@ -120,12 +122,26 @@ class SlotWriter implements LogWriter {
     this.options = options;
   }
 
-  async append(key: string, type: number, payload: Uint8Array): Promise<StoreAppendResult> {
-    if (this.closing !== undefined) throw new MqlogError('ERR_CLOSED', 'log writer is closed');
-    this.lock.assertHeld();
-    const writer = await this.writerFor(key);
-    const result = await writer.append(type, payload);
-    return { ...result, stream: streamName(key, this.slot) };
+  append(key: string, type: number, payload: Payload): Promise<StoreAppendResult> {
+    if (this.closing !== undefined) return Promise.reject(new MqlogError('ERR_CLOSED', 'log writer is closed'));
+    if (this.lock.compromised) {
+      return Promise.reject(new MqlogError('ERR_LOCKED', `lost the lock of writer slot ${this.slot}: another process may have taken it over`));
+    }
+    const open = this.open.get(key);
+    if (open !== undefined && (this.waiting.get(key) ?? 0) === 0) return open.append(type, payload);
+    // Until every append queued behind the stream's opening has gone through, new ones queue behind too.
+    this.waiting.set(key, (this.waiting.get(key) ?? 0) + 1);
+    const done = (): void => void this.waiting.set(key, (this.waiting.get(key) ?? 1) - 1);
+    return this.writerFor(key).then(
+      (writer) => {
+        done();
+        return writer.append(type, payload);
+      },
+      (err: unknown) => {
+        done();
+        throw err;
+      },
+    );
   }
 
   close(): Promise<void> {
@@ -147,10 +163,11 @@ class SlotWriter implements LogWriter {
       const name = streamName(key, this.slot);
       writer = StreamWriter.open(join(this.dir, name), this.options).then((w) => {
         if (w.recoveredTruncation !== undefined) this.options.onTruncated?.(name, w.recoveredTruncation);
+        this.open.set(key, w);
         return w;
       });
       // A failed open is not cached: the next append tries again.
-      writer.catch(() => this.writers.delete(key));
+      writer.catch(() => this.writers.delete(key)); // a failed open is retried by the next append
       this.writers.set(key, writer);
     }
     return writer;

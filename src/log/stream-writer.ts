@@ -10,7 +10,8 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import { MqlogError, ioError } from '../errors.js';
-import { FRAME_HEADER_BYTES, encodeFrameHeader } from './frame.js';
+import { basename } from 'node:path';
+import { FRAME_HEADER_BYTES, encodeFrameHeader, payloadLength, type Payload } from './frame.js';
 import { recoverStream, type TruncatedTail } from './recovery.js';
 import { SegmentSet } from './segment-set.js';
 
@@ -29,6 +30,8 @@ export interface StreamWriterOptions {
 }
 
 export interface AppendResult {
+  /** Name of the stream (its directory's name). */
+  readonly stream: string;
   readonly offset: number;
   readonly segment: number;
   readonly position: number;
@@ -37,13 +40,15 @@ export interface AppendResult {
 
 interface PendingAppend {
   readonly type: number;
-  readonly payload: Uint8Array;
+  readonly payload: Payload;
+  readonly bytes: number;
   readonly resolve: (result: AppendResult) => void;
   readonly reject: (err: unknown) => void;
 }
 
 export class StreamWriter {
   readonly set: SegmentSet;
+  readonly name: string;
   /** The torn tail recovery cut off when this writer opened the stream, if any. */
   readonly recoveredTruncation: TruncatedTail | undefined;
   private readonly segmentBytes: number;
@@ -59,6 +64,7 @@ export class StreamWriter {
 
   private constructor(set: SegmentSet, recovered: { base: number; dataEnd: number; nextOffset: number; handle: FileHandle | undefined; truncated: TruncatedTail | undefined }, options: StreamWriterOptions) {
     this.set = set;
+    this.name = basename(set.dir);
     this.segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
     this.onFlush = options.onFlush;
     this.segmentBase = recovered.base;
@@ -102,10 +108,10 @@ export class StreamWriter {
    * @throws ERR_DISK_FULL when the device is full (the log stays readable and later appends may succeed),
    *   ERR_IO on other write failures, ERR_CLOSED after close().
    */
-  append(type: number, payload: Uint8Array): Promise<AppendResult> {
+  append(type: number, payload: Payload): Promise<AppendResult> {
     if (this.closing !== undefined) return Promise.reject(new MqlogError('ERR_CLOSED', 'stream writer is closed'));
     return new Promise<AppendResult>((resolve, reject) => {
-      this.queue.push({ type, payload, resolve, reject });
+      this.queue.push({ type, payload, bytes: FRAME_HEADER_BYTES + payloadLength(payload), resolve, reject });
       this.flushing ??= this.flushLoop();
     });
   }
@@ -130,14 +136,14 @@ export class StreamWriter {
   }
 
   private async flushLoop(): Promise<void> {
-    // Let callers of the same tick join the first batch.
-    await new Promise<void>((resolve) => setImmediate(resolve));
     try {
       while (this.queue.length > 0) {
+        // Let callers that were woken by the previous batch (through several promise hops) join this one.
+        await new Promise<void>((resolve) => setImmediate(resolve));
         let bytes = 0;
         let count = 0;
         while (count < this.queue.length && (count === 0 || bytes < MAX_BATCH_BYTES)) {
-          bytes += FRAME_HEADER_BYTES + (this.queue[count]?.payload.length ?? 0);
+          bytes += this.queue[count]?.bytes ?? 0;
           count++;
         }
         const batch = this.queue.splice(0, count);
@@ -155,7 +161,7 @@ export class StreamWriter {
       const started = performance.now();
       let handle: FileHandle;
       try {
-        handle = await this.handleFor(FRAME_HEADER_BYTES + (batch[index]?.payload.length ?? 0));
+        handle = await this.handleFor(batch[index]?.bytes ?? 0);
       } catch (err) {
         failAll(batch.slice(index), err);
         return;
@@ -166,7 +172,7 @@ export class StreamWriter {
       let offset = this.offset;
       while (index < batch.length) {
         const pending = batch[index] as PendingAppend;
-        const bytes = FRAME_HEADER_BYTES + pending.payload.length;
+        const bytes = pending.bytes;
         if (run.length > 0 && position + bytes > this.segmentBytes) break;
         let header: Buffer;
         try {
@@ -176,7 +182,7 @@ export class StreamWriter {
           index++;
           continue;
         }
-        run.push({ pending, header, result: { offset, segment: this.segmentBase, position, bytes } });
+        run.push({ pending, header, result: { stream: this.name, offset, segment: this.segmentBase, position, bytes } });
         position += bytes;
         offset++;
         index++;
@@ -184,7 +190,13 @@ export class StreamWriter {
       if (run.length === 0) continue;
       const runBytes = position - this.dataEnd;
       try {
-        await this.writeRun(handle, run.flatMap((r) => [r.header, r.pending.payload]), runBytes);
+        const buffers: Uint8Array[] = [];
+        for (const r of run) {
+          buffers.push(r.header);
+          if (r.pending.payload instanceof Uint8Array) buffers.push(r.pending.payload);
+          else buffers.push(...r.pending.payload);
+        }
+        await this.writeRun(handle, buffers, runBytes);
       } catch (err) {
         failAll(run.map((r) => r.pending), err);
         failAll(batch.slice(index), err);

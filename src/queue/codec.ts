@@ -59,6 +59,8 @@ export interface MessageMeta {
   readonly replyTo?: string | undefined;
   /** Set on inbox copies: where the message came from, for duplicate detection. */
   readonly origin?: Origin | undefined;
+  /** What the message is for mqlog itself: absent for application messages, `receipt` for a receipt. */
+  readonly kind?: 'receipt' | undefined;
 }
 
 export interface MessageRecord extends MessageMeta {
@@ -82,6 +84,7 @@ const KEYS = {
   receipt: 'r',
   replyTo: 'a',
   origin: 'o',
+  kind: 'k',
 } as const;
 
 export function encodeMeta(meta: MessageMeta): Buffer {
@@ -103,6 +106,7 @@ export function encodeMeta(meta: MessageMeta): Buffer {
     const { node, stream, offset, destination } = meta.origin;
     map[KEYS.origin] = destination === undefined ? [node, stream, offset] : [node, stream, offset, destination];
   }
+  if (meta.kind !== undefined) map[KEYS.kind] = meta.kind;
   return packr.pack(map);
 }
 
@@ -194,6 +198,11 @@ function validateMeta(raw: unknown): MessageMeta {
       throw invalid('origin is not [node, stream, offset, destination?]');
     }
     meta.origin = { node: node2, stream, offset: offset as number, ...(destination === undefined ? {} : { destination }) };
+  }
+  const kind = m[KEYS.kind];
+  if (kind !== undefined) {
+    if (kind !== 'receipt') throw invalid(`unknown message kind ${JSON.stringify(kind)}`);
+    meta.kind = kind;
   }
   return meta;
 }

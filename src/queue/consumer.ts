@@ -17,7 +17,7 @@ import { FileLogStore } from '../log/log-store.js';
 import { readFrameAt, type StreamFrame } from '../log/stream-reader.js';
 import type { ChangeWatcher } from '../log/watch.js';
 import type { ConsumerState, FrameHint, StateRecord } from './acks.js';
-import { decodeMessage, type MessageRecord } from './codec.js';
+import { decodeMessage, type MessageMeta, type MessageRecord } from './codec.js';
 import type { ConsumerJournal } from './consumer-journal.js';
 import type { QueueInfo } from './layout.js';
 import { PriorityReader } from './priority.js';
@@ -53,6 +53,11 @@ export interface ConsumerOptions {
    * dead, so a crash in between can at worst store it twice, never lose it.
    */
   readonly deadLetter?: (message: MessageRecord, origin: { stream: string; offset: number }, reason: string) => Promise<void>;
+  /**
+   * Called for a message that asked for a receipt when it ends (acked, dead-lettered, expired), under the
+   * state lock before that end is recorded: a crash in between repeats the report, never loses it.
+   */
+  readonly onSettled?: (meta: MessageMeta, outcome: 'processed' | 'dead' | 'expired', reason?: string) => Promise<void>;
   readonly now?: () => number;
 }
 
@@ -69,6 +74,8 @@ interface Candidate {
 
 interface PendingSettle {
   readonly delivery: { stream: string; offset: number; token: string };
+  /** Set for an ack of a message that asked for a receipt. */
+  readonly receiptOf?: MessageMeta;
   readonly record: StateRecord;
   readonly resolve: () => void;
   readonly reject: (err: unknown) => void;
@@ -80,6 +87,7 @@ export class Consumer {
   private readonly visibilityTimeoutMs: number;
   private readonly maxDeliveries: number;
   private readonly deadLetter: ConsumerOptions['deadLetter'];
+  private readonly onSettled: ConsumerOptions['onSettled'];
   private readonly now: () => number;
   private readonly reader: PriorityReader;
   /** Scanned but not yet handed out (checked again next time). */
@@ -96,6 +104,7 @@ export class Consumer {
     this.visibilityTimeoutMs = options.visibilityTimeoutMs ?? DEFAULT_VISIBILITY_TIMEOUT_MS;
     this.maxDeliveries = options.maxDeliveries ?? DEFAULT_MAX_DELIVERIES;
     this.deadLetter = options.deadLetter;
+    this.onSettled = options.onSettled;
     this.now = options.now ?? Date.now;
     this.reader = new PriorityReader(new FileLogStore(info.dir), (stream) => ({ offset: this.journal.state.firstNotDone(stream, 0) }), {
       orderOf: (frame) => (frame.type === FrameType.MESSAGE ? safeId(frame) : ''),
@@ -120,6 +129,7 @@ export class Consumer {
         if (count > this.maxDeliveries) {
           const reason = `handed out ${count - 1} times without an ack; last: ${previous?.reason ?? 'lease expired'}`;
           await this.deadLetter?.(message, { stream: candidate.stream, offset: candidate.offset }, reason);
+          if (message.receipt === true) await this.onSettled?.(message, 'dead', reason);
           records.push({ k: 'D', s: candidate.stream, o: candidate.offset, r: reason });
           continue;
         }
@@ -213,7 +223,7 @@ export class Consumer {
       offset: candidate.offset,
       deliveries: count,
       leaseUntil: until,
-      ack: () => this.settle(delivery, { k: 'A', s: ref.stream, o: ref.offset, t: token }),
+      ack: () => this.settle(delivery, { k: 'A', s: ref.stream, o: ref.offset, t: token }, message.receipt === true ? message : undefined),
       nack: (opts = {}) => {
         const delayMs = opts.delayMs ?? 0;
         if (!Number.isSafeInteger(delayMs) || delayMs < 0) return Promise.reject(new MqlogError('ERR_INVALID_ARG', 'nack delayMs must be a non-negative integer'));
@@ -225,9 +235,9 @@ export class Consumer {
   }
 
   /** Queues an ack/nack/unlease; one transaction settles everything queued meanwhile. */
-  private settle(delivery: Delivery, record: StateRecord): Promise<void> {
+  private settle(delivery: Delivery, record: StateRecord, receiptOf?: MessageMeta): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.settles.push({ delivery: { stream: delivery.stream, offset: delivery.offset, token: tokenOf(delivery) }, record, resolve, reject });
+      this.settles.push({ delivery: { stream: delivery.stream, offset: delivery.offset, token: tokenOf(delivery) }, record, resolve, reject, ...(receiptOf === undefined ? {} : { receiptOf }) });
       this.settling ??= this.settleLoop();
     });
   }
@@ -238,12 +248,13 @@ export class Consumer {
         const batch = this.settles.splice(0, this.settles.length);
         let outcomes: unknown[];
         try {
-          outcomes = await this.journal.transact((state) => {
+          outcomes = await this.journal.transact(async (state) => {
             const results: unknown[] = [];
             const records: StateRecord[] = [];
             for (const item of batch) {
               try {
                 state.checkLease(item.delivery.stream, item.delivery.offset, item.delivery.token);
+                if (item.receiptOf !== undefined) await this.onSettled?.(item.receiptOf, 'processed');
                 records.push(item.record);
                 results.push(undefined);
               } catch (err) {
@@ -311,6 +322,7 @@ export class Consumer {
       }
       if (message === undefined) continue;
       if (message.expiresAt !== undefined && message.expiresAt <= now) {
+        if (message.receipt === true) await this.onSettled?.(message, 'expired', 'time to live passed before delivery');
         records.push({ k: 'X', s: candidate.stream, o: candidate.offset });
         continue;
       }

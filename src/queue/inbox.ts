@@ -24,6 +24,8 @@ export interface InboxOptions extends WriterOptions {
   readonly maxDeliveries?: number;
   /** Which queue of the channel: its inbox (default) or its dead letters. */
   readonly kind?: 'inbox' | 'dead';
+  /** Reports the end of messages that asked for a receipt (see ConsumerOptions.onSettled). */
+  readonly onSettled?: ConsumerOptions['onSettled'];
 }
 
 export interface ConsumeOptions {
@@ -91,6 +93,7 @@ export class Inbox {
       const options: ConsumerOptions = {
         ...(this.options.visibilityTimeoutMs === undefined ? {} : { visibilityTimeoutMs: this.options.visibilityTimeoutMs }),
         ...(this.options.maxDeliveries === undefined ? {} : { maxDeliveries: this.options.maxDeliveries }),
+        ...(this.options.onSettled === undefined || this.options.kind === 'dead' ? {} : { onSettled: this.options.onSettled }),
         ...(this.options.kind === 'dead' ? {} : { deadLetter: (message: MessageRecord, origin: { stream: string; offset: number }, reason: string) => this.toDeadLetters(message, origin, reason) }),
       };
       return new Consumer(this.info, journal, options);

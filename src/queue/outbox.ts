@@ -29,6 +29,10 @@ import {
 } from './codec.js';
 import { ensureQueue, outboxInfo, type QueueInfo } from './layout.js';
 import { priorityKey } from './priority.js';
+import { ReceiptStore, encodeReceiptReport, type ReceiptReport } from './receipts.js';
+
+/** Channel label of receipt messages (they are told apart by their kind, not by this name). */
+export const RECEIPT_CHANNEL = '$receipts';
 
 /** Largest body carried inline in one frame. */
 export const MAX_INLINE_BODY_BYTES = 32 * 1024 * 1024;
@@ -65,16 +69,22 @@ export interface SendOptions {
 export class Outbox {
   readonly info: QueueInfo;
   readonly store: LogStore;
+  readonly receipts: ReceiptStore;
   private readonly options: OutboxOptions;
   private writer: Promise<LogWriter> | undefined;
   private readonly knownDestinations = new Set<string>();
   private closing: Promise<void> | undefined;
   private ordered: Promise<unknown> = Promise.resolve();
+  /** Sends waiting in the preparation chain. */
+  private preparing = 0;
+  /** The writer once claimed, for the synchronous fast path. */
+  private claimed: LogWriter | undefined;
 
   private constructor(options: OutboxOptions) {
     this.options = options;
     this.info = outboxInfo(options.dataDir);
     this.store = options.store ?? new FileLogStore(this.info.dir);
+    this.receipts = new ReceiptStore(options.dataDir);
   }
 
   static async open(options: OutboxOptions): Promise<Outbox> {
@@ -116,16 +126,52 @@ export class Outbox {
       receipt: options.receipt === true ? true : undefined,
       replyTo: options.receipt === true ? this.options.replyTo : undefined,
     };
-    const payload = Buffer.concat(encodeMessage(meta, bytes));
-    // Preparation is chained so that appends happen in the order send() was called (FIFO per priority).
+    if (meta.receipt === true) return this.appendMessage(meta, bytes, destinations, () => this.receipts.create(meta.id, destinations, ts));
+    return this.appendMessage(meta, bytes, destinations);
+  }
+
+  /**
+   * Reports the outcome of a message that asked for a receipt back to its sender, through this outbox
+   * (so the report survives either side being down). `to` is a peer name or URL.
+   */
+  async sendReceipt(to: string, report: ReceiptReport): Promise<string> {
+    if (this.closing !== undefined) throw new MqlogError('ERR_CLOSED', 'outbox is closed');
+    const destination = this.options.resolveDestination(to);
+    const ts = Date.now();
+    const meta: MessageMeta = { id: newId(ts), ts, channel: RECEIPT_CHANNEL, priority: 9, to: [destination], from: this.options.nodeName, node: this.options.nodeId, kind: 'receipt' };
+    return this.appendMessage(meta, encodeReceiptReport(report), [destination]);
+  }
+
+  /**
+   * Appends in the order of the calls (FIFO per priority). Once the writer slot is claimed and the
+   * destinations are known, and nothing is still being prepared, the append is queued synchronously;
+   * otherwise it waits its turn in the preparation chain.
+   */
+  private appendMessage(meta: MessageMeta, bytes: Uint8Array, destinations: readonly string[], prepare?: () => Promise<void>): Promise<string> {
+    const parts = encodeMessage(meta, bytes);
+    const key = priorityKey(meta.priority);
+    const writer = this.claimed;
+    if (prepare === undefined && this.preparing === 0 && writer !== undefined && destinations.every((d) => this.knownDestinations.has(d))) {
+      return writer.append(key, FrameType.MESSAGE, parts).then(() => meta.id);
+    }
+    this.preparing++;
     const ready = this.ordered.then(async () => {
+      await prepare?.();
       await this.registerDestinations(destinations);
       return this.claimWriter();
     });
     this.ordered = ready.catch(() => undefined);
-    const writer = await ready;
-    await writer.append(priorityKey(priority), FrameType.MESSAGE, payload);
-    return meta.id;
+    return ready.then(
+      (w) => {
+        const appended = w.append(key, FrameType.MESSAGE, parts);
+        this.preparing--;
+        return appended.then(() => meta.id);
+      },
+      (err: unknown) => {
+        this.preparing--;
+        throw err;
+      },
+    );
   }
 
   /** Destinations ever named by a message of this outbox (the forwarder's work list). */
@@ -138,6 +184,7 @@ export class Outbox {
     this.closing ??= (async () => {
       const writer = this.writer;
       this.writer = undefined;
+      this.claimed = undefined;
       if (writer !== undefined) await (await writer).close();
     })();
     return this.closing;
@@ -153,6 +200,7 @@ export class Outbox {
   private claimWriter(): Promise<LogWriter> {
     if (this.writer === undefined) {
       const claiming = this.store.claimWriter(this.options);
+      claiming.then((w) => (this.claimed = w), () => undefined);
       claiming.catch(() => {
         if (this.writer === claiming) this.writer = undefined;
       });

@@ -3,10 +3,24 @@
  * Within one process, ids are strictly increasing even within the same millisecond (the 12-bit
  * `rand_a` field is used as a counter seeded at random each millisecond).
  */
-import { randomBytes } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 
 let lastMs = 0;
 let counter = 0;
+
+/** Random bytes drawn 4 KiB at a time: one system call per 200 ids instead of two per id. */
+const pool = Buffer.allocUnsafe(4096);
+let poolAt = pool.length;
+
+function random(bytes: number): Buffer {
+  if (poolAt + bytes > pool.length) {
+    randomFillSync(pool);
+    poolAt = 0;
+  }
+  const out = pool.subarray(poolAt, poolAt + bytes);
+  poolAt += bytes;
+  return out;
+}
 
 /** A new UUIDv7 string, e.g. `01933b5e-8f3a-7c21-9d4e-5b6a7c8d9e0f`. */
 export function newId(now = Date.now()): string {
@@ -16,13 +30,13 @@ export function newId(now = Date.now()): string {
     counter++;
     if (counter > 0xfff) {
       ms = lastMs + 1;
-      counter = randomBytes(1)[0] as number;
+      counter = random(1)[0] as number;
     }
   } else {
-    counter = (randomBytes(1)[0] as number) & 0x7f;
+    counter = (random(1)[0] as number) & 0x7f;
   }
   lastMs = ms;
-  const bytes = randomBytes(16);
+  const bytes = Buffer.from(random(16));
   bytes.writeUIntBE(ms, 0, 6);
   bytes[6] = 0x70 | ((counter >> 8) & 0x0f);
   bytes[7] = counter & 0xff;
