@@ -7,15 +7,32 @@
 import { MqlogError, isErrorCode } from '../errors.js';
 import { parse, type Command } from './args.js';
 import { daemonCommand } from './daemon.js';
+import { demoCommand } from './demo.js';
 import { dumpCommand } from './dump.js';
 import { receiptCommand } from './receipt.js';
 import { redriveCommand } from './redrive.js';
 import { sendCommand } from './send.js';
 import { statCommand } from './stat.js';
+import { angelCommand, startCommand, statusCommand, stopCommand } from './start.js';
 import { tailCommand } from './tail.js';
 import { verifyCommand } from './verify.js';
 
-const COMMANDS: readonly Command[] = [sendCommand, tailCommand, receiptCommand, daemonCommand, dumpCommand, verifyCommand, statCommand, redriveCommand];
+const COMMANDS: readonly Command[] = [
+  sendCommand,
+  tailCommand,
+  receiptCommand,
+  daemonCommand,
+  startCommand,
+  stopCommand,
+  statusCommand,
+  dumpCommand,
+  verifyCommand,
+  statCommand,
+  redriveCommand,
+  demoCommand,
+];
+/** Commands not listed in the help. */
+const HIDDEN: readonly Command[] = [angelCommand];
 
 /** Errors that mean the command line itself was wrong. */
 const USAGE_CODES = new Set(['ERR_USAGE', 'ERR_UNKNOWN_PEER', 'ERR_INVALID_NAME', 'ERR_INVALID_ARG']);
@@ -45,7 +62,7 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${help()}\n`);
     return name === undefined ? 2 : 0;
   }
-  const command = COMMANDS.find((c) => c.name === name);
+  const command = [...COMMANDS, ...HIDDEN].find((c) => c.name === name);
   if (command === undefined) {
     return fail(new MqlogError('ERR_USAGE', `unknown command ${JSON.stringify(name)} (see mqlog --help)`));
   }

@@ -20,12 +20,16 @@ import { ensureDir } from '../util/fs.js';
 import { checkListen, loadConfig, type Config } from './config.js';
 import { Forwarder } from './forwarder.js';
 import { HandlerRunner, loadHandler } from './handler.js';
+import { Metrics } from './metrics.js';
 import { MqlogNode } from './node.js';
+import { InboxObserver, OutboxObserver } from './observer.js';
+import { STATUS_PAGE, type StatusSnapshot } from './status-page.js';
 import { createLogger, type Logger } from './logger.js';
 import { InboxSink } from './receiver.js';
 
 export const DAEMON_LOCK = 'daemon.lock';
 const DEDUP_CHECKPOINT_MS = 1000;
+const OBSERVE_MS = 2000;
 const MAX_BODY_BYTES = 32 * 1024 * 1024;
 
 export interface DaemonOptions {
@@ -45,7 +49,11 @@ export class Daemon {
   /** `http://HOST:PORT` the receiver listens on (the real port when 0 was asked for). */
   url = '';
   readonly node: MqlogNode;
+  readonly metrics: Metrics;
+  private readonly startedAt = Date.now();
   private readonly lock: Lock;
+  private outboxObserver: OutboxObserver | undefined;
+  private inboxObserver: InboxObserver | undefined;
   private readonly handlerPath: string | undefined;
   private handler: HandlerRunner | undefined;
   private app: FastifyInstance | undefined;
@@ -57,8 +65,9 @@ export class Daemon {
   private timers: NodeJS.Timeout[] = [];
   private stopping: Promise<void> | undefined;
 
-  private constructor(node: MqlogNode, lock: Lock, logger: Logger, handlerPath: string | undefined) {
+  private constructor(node: MqlogNode, lock: Lock, logger: Logger, handlerPath: string | undefined, metrics: Metrics) {
     this.node = node;
+    this.metrics = metrics;
     this.dataDir = node.dataDir;
     this.config = node.config;
     this.nodeId = node.nodeId;
@@ -77,7 +86,7 @@ export class Daemon {
     await ensureDir(dataDir);
     let lock: Lock;
     try {
-      lock = await Lock.acquire(join(dataDir, DAEMON_LOCK));
+      lock = await Lock.acquire(join(dataDir, DAEMON_LOCK), { waitForDeadHolder: true });
     } catch (err) {
       if (err instanceof MqlogError && err.code === 'ERR_LOCKED') {
         throw new MqlogError('ERR_LOCKED', `another daemon is running on ${dataDir}`, { details: { path: dataDir }, cause: err });
@@ -85,18 +94,24 @@ export class Daemon {
       throw err;
     }
     const logger = options.logger ?? createLogger({ name: config.name });
+    const metrics = new Metrics(Number(process.env.MQLOG_RESTARTS ?? 0) || 0);
     let node: MqlogNode;
     try {
       node = await MqlogNode.open({
         data: dataDir,
         config: options.listen === undefined ? {} : { listen: options.listen },
         onWarning: (message) => logger.warn({ event: 'warning' }, message),
+        onFlush: (_frames, _bytes, durationMs) => metrics.fsyncSeconds.observe(durationMs / 1000),
+        onTruncated: (stream, tail) => {
+          metrics.tornTails.inc();
+          logger.warn({ event: 'torn_tail', stream, path: tail.path, position: tail.position, bytes: tail.bytes, reason: tail.reason }, 'cut a torn tail left by a killed writer');
+        },
       });
     } catch (err) {
       await lock.release();
       throw err;
     }
-    const daemon = new Daemon(node, lock, logger, options.handler);
+    const daemon = new Daemon(node, lock, logger, options.handler, metrics);
     try {
       await daemon.boot();
     } catch (err) {
@@ -116,6 +131,7 @@ export class Daemon {
         visibilityTimeoutMs: config.visibilityTimeoutMs,
         retryDelayMs: config.handlerRetryDelayMs,
         logger,
+        events: { handled: (channel, ok) => this.metrics.handled.inc({ channel, outcome: ok ? 'done' : 'retry' }) },
       });
       for (const info of await listQueues(dataDir)) {
         if (info.kind === 'inbox' && info.channel !== null) this.handler.consume(await node.inbox(info.channel));
@@ -125,6 +141,7 @@ export class Daemon {
       inboxFor: (channel) => node.inbox(channel),
       onReceipt: async (report, from) => {
         const changed = await receipts.update(report.id, report.destination, report.state, report.at, report.reason);
+        this.metrics.receipts.inc({ state: report.state });
         logger.info({ event: 'receipt', id: report.id, peer: report.destination, from, state: report.state, changed }, 'receipt');
       },
       dataDir,
@@ -133,14 +150,15 @@ export class Daemon {
       maxFrameBytes: MAX_BODY_BYTES + 512 * 1024,
       visibilityTimeoutMs: config.visibilityTimeoutMs,
       maxDeliveries: config.maxDeliveries,
+      onBatch: (result) => this.metrics.duplicates.inc(result.duplicates),
       onStored: (channel, count, from) => {
         logger.debug({ event: 'received', channel, count, from }, 'received');
+        this.inboxObserver?.received(channel, count);
         if (this.handler !== undefined) {
           const handler = this.handler;
           node.inbox(channel).then((inbox) => handler.consume(inbox), (err: unknown) => logger.error({ event: 'handler', channel, err }, 'cannot open inbox'));
         }
       },
-      onTruncated: (stream, position, bytes) => logger.warn({ event: 'torn_tail', stream, position, bytes }, 'cut a torn tail off an inbox stream'),
     });
     // Typed as the default instance: mqlog's routes do not depend on the pino-specific logger type.
     const app = Fastify({ loggerInstance: logger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 64 * 1024 * 1024 }) as unknown as FastifyInstance;
@@ -148,14 +166,22 @@ export class Daemon {
     app.setErrorHandler(sendError);
     app.setNotFoundHandler((_request, reply) => reply.code(404).send({ code: 'ERR_NOT_FOUND', message: 'no such endpoint' }));
     registerHttpReceiver(app, { sink: this.sink, healthy: () => this.stopping === undefined });
+    app.get('/metrics', async (_request, reply) => reply.type(this.metrics.contentType).send(await this.metrics.text()));
+    app.get('/status.json', async (_request, reply) => reply.header('cache-control', 'no-store').send(this.statusSnapshot()));
+    app.get('/', async (_request, reply) => reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(STATUS_PAGE));
 
     const outbox = outboxInfo(dataDir);
     await ensureQueue(outbox);
     this.deadLetters = await OutboxDeadLetters.open(dataDir);
     this.watcher = new ChangeWatcher(outbox.dir, { depth: 1, ignore: (path) => path.includes('/cursors') });
     await this.watcher.whenReady();
+    this.outboxObserver = new OutboxObserver(dataDir, this.metrics);
+    await this.outboxObserver.start();
+    this.inboxObserver = new InboxObserver(dataDir, this.metrics);
+    await this.inboxObserver.refresh();
     await this.syncForwarders();
     this.watcher.onChange(() => {
+      this.outboxObserver?.poke();
       this.syncing ??= this.syncForwarders()
         .catch((err: unknown) => logger.error({ event: 'forwarders', err }, 'cannot start forwarders'))
         .finally(() => (this.syncing = undefined));
@@ -172,10 +198,38 @@ export class Daemon {
     this.url = `http://${host.includes(':') && !host.startsWith('[') ? `[${host}]` : host}:${actualPort}`;
     this.timers.push(
       setInterval(() => {
+        this.inboxObserver?.refresh().catch((err: unknown) => logger.error({ event: 'observer', err }, 'cannot read inbox state'));
+      }, OBSERVE_MS).unref(),
+    );
+    this.timers.push(
+      setInterval(() => {
         this.sink?.dedup.checkpoint().catch((err: unknown) => logger.error({ event: 'dedup_checkpoint', err }, 'cannot write the dedup checkpoint'));
       }, DEDUP_CHECKPOINT_MS).unref(),
     );
     logger.info({ event: 'started', url: this.url, node: config.name, nodeId: this.nodeId, data: dataDir }, 'daemon started');
+  }
+
+  /** What the status page shows (no message contents, no secrets). */
+  statusSnapshot(): StatusSnapshot {
+    const forwarders = new Map(this.forwarderStatus().map((f) => [f.destination, f]));
+    const peers = [...new Set([...Object.keys(this.config.peers), ...forwarders.keys()])].sort().map((peer) => {
+      const f = forwarders.get(peer);
+      return {
+        peer,
+        url: f?.url ?? this.config.peers[peer]?.url ?? peer,
+        backlog: this.outboxObserver?.backlogOf(peer) ?? 0,
+        forwarded: f?.sentMessages ?? 0,
+        lastError: f?.lastError ?? null,
+        lastErrorAt: f?.lastErrorAt ?? null,
+        lastSentAt: f?.lastSentAt ?? null,
+      };
+    });
+    return {
+      node: { name: this.config.name, id: this.nodeId, url: this.url, startedAt: this.startedAt, restarts: Number(process.env.MQLOG_RESTARTS ?? 0) || 0 },
+      now: Date.now(),
+      peers,
+      channels: this.inboxObserver?.status() ?? [],
+    };
   }
 
   /** Forwarder statuses, for stat and the status page. */
@@ -206,13 +260,26 @@ export class Daemon {
         transport: sender,
         deadLetters: this.deadLetters,
         events: {
-          sent: (peer, frames, bytes, durationMs, duplicates) => this.logger.debug({ event: 'forwarded', peer, frames, bytes, durationMs, duplicates }, 'forwarded'),
-          failed: (peer, error, retryInMs) => this.logger.warn({ event: 'forward_failed', peer, code: error.code, error: error.message, retryInMs }, 'forwarding failed'),
+          sent: (peer, frames, bytes, durationMs, duplicates) => {
+            this.metrics.forwarded.inc({ peer }, frames);
+            this.metrics.forwardedBytes.inc({ peer }, bytes);
+            this.metrics.batchSeconds.observe({ peer }, durationMs / 1000);
+            this.outboxObserver?.done(peer, frames);
+            this.logger.debug({ event: 'forwarded', peer, frames, bytes, durationMs, duplicates }, 'forwarded');
+          },
+          failed: (peer, error, retryInMs) => {
+            this.metrics.forwardErrors.inc({ peer, code: error.code });
+            this.logger.warn({ event: 'forward_failed', peer, code: error.code, error: error.message, retryInMs }, 'forwarding failed');
+          },
           deadLettered: (peer, meta, reason) => {
+            this.metrics.dead.inc({ peer, channel: '' });
+            this.outboxObserver?.done(peer, 1);
             this.logger.error({ event: 'dead_lettered', peer, id: meta.id, reason }, 'peer refused a message for good');
             if (meta.receipt === true) this.receipt(meta.id, peer, 'dead', reason);
           },
           expired: (peer, meta) => {
+            this.metrics.expired.inc({ peer, channel: '' });
+            this.outboxObserver?.done(peer, 1);
             this.logger.info({ event: 'expired', peer, id: meta.id }, 'message expired before it could be forwarded');
             if (meta.receipt === true) this.receipt(meta.id, peer, 'expired', 'time to live passed before it was forwarded');
           },
@@ -244,6 +311,8 @@ export class Daemon {
       await this.sink?.close();
       await this.deadLetters?.close();
       await this.watcher?.close();
+      await this.outboxObserver?.close();
+      await this.inboxObserver?.close();
       await this.node.close();
       this.logger.info({ event: 'stopped' }, 'daemon stopped');
       await this.lock.release();

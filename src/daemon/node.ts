@@ -6,6 +6,7 @@
  */
 import { resolve } from 'node:path';
 import { MqlogError } from '../errors.js';
+import type { TruncatedTail } from '../log/recovery.js';
 import { DEFAULT_CHANNEL, type MessageMeta } from '../queue/codec.js';
 import type { ReceiptState, ReceiptStatus } from '../queue/receipts.js';
 import type { Delivery } from '../queue/consumer.js';
@@ -21,6 +22,10 @@ export interface NodeOptions {
   readonly config?: Partial<Record<keyof Config, unknown>>;
   /** Told about problems that do not fail the call (a receipt that cannot be addressed). Default: process warnings. */
   readonly onWarning?: (message: string) => void;
+  /** Called after every group commit of this node's writers (metrics). */
+  readonly onFlush?: (frames: number, bytes: number, durationMs: number) => void;
+  /** Called when opening a stream cut off a torn tail left by a killed writer. */
+  readonly onTruncated?: (stream: string, tail: TruncatedTail) => void;
 }
 
 export class MqlogNode {
@@ -30,9 +35,12 @@ export class MqlogNode {
   readonly outbox: Outbox;
   private readonly inboxes = new Map<string, Promise<Inbox>>();
   private readonly onWarning: (message: string) => void;
+  private readonly writerHooks: Pick<NodeOptions, 'onFlush' | 'onTruncated'>;
   private closing: Promise<void> | undefined;
 
-  private constructor(dataDir: string, config: Config, nodeId: string, outbox: Outbox, onWarning?: (message: string) => void) {
+  private constructor(dataDir: string, config: Config, nodeId: string, outbox: Outbox, options: NodeOptions) {
+    const onWarning = options.onWarning;
+    this.writerHooks = { ...(options.onFlush === undefined ? {} : { onFlush: options.onFlush }), ...(options.onTruncated === undefined ? {} : { onTruncated: options.onTruncated }) };
     this.dataDir = dataDir;
     this.config = config;
     this.nodeId = nodeId;
@@ -52,8 +60,9 @@ export class MqlogNode {
       replyTo: advertisedUrl(config),
       segmentBytes: config.segmentBytes,
       resolveDestination: (to) => resolveDestination(config, to),
+      ...(options.onTruncated === undefined ? {} : { onTruncated: options.onTruncated }),
     });
-    return new MqlogNode(dataDir, config, nodeId, outbox, options.onWarning);
+    return new MqlogNode(dataDir, config, nodeId, outbox, options);
   }
 
   /**
@@ -77,6 +86,7 @@ export class MqlogNode {
         visibilityTimeoutMs: this.config.visibilityTimeoutMs,
         maxDeliveries: this.config.maxDeliveries,
         onSettled: (meta, outcome, reason) => this.reportReceipt(meta, outcome, reason),
+        ...this.writerHooks,
       });
       inbox.catch(() => this.inboxes.delete(channel));
       this.inboxes.set(channel, inbox);

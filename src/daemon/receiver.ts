@@ -27,6 +27,8 @@ export interface InboxSinkOptions {
   readonly inboxFor?: (channel: string) => Promise<Inbox>;
   /** Applies a receipt a peer reported back (durably, before the batch is acknowledged). */
   readonly onReceipt?: (report: ReceiptReport, from: string) => Promise<void>;
+  /** Called with the result of every accepted batch. */
+  readonly onBatch?: (result: BatchResult) => void;
   /** Called after messages were stored, per channel (metrics, waking consumers). */
   readonly onStored?: (channel: string, count: number, from: string) => void;
   readonly onTruncated?: (stream: string, position: number, bytes: number) => void;
@@ -126,7 +128,9 @@ export class InboxSink implements BatchSink {
     const perChannel = new Map<string, number>();
     for (const c of fresh) if (c.receipt === undefined) perChannel.set(c.message.channel, (perChannel.get(c.message.channel) ?? 0) + 1);
     for (const [channel, count] of perChannel) this.options.onStored?.(channel, count, from);
-    return { stored: fresh.length, duplicates: checked.length - fresh.length };
+    const result = { stored: fresh.length, duplicates: checked.length - fresh.length };
+    this.options.onBatch?.(result);
+    return result;
   }
 
   private serialize<T>(sender: string, fn: () => Promise<T>): Promise<T> {

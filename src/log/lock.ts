@@ -6,6 +6,8 @@
  * A lock whose freshness could not be kept (the event loop stalled past `staleMs`, the directory was
  * removed) is compromised: it reports so through `compromised`, and its holder must stop writing.
  */
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import lockfile from 'proper-lockfile';
 import { MqlogError, abortError, ioError } from '../errors.js';
 
@@ -15,6 +17,11 @@ const UPDATE_EVERY_MS = 1000;
 export interface LockOptions {
   /** Wait for the lock instead of failing with ERR_LOCKED at once. */
   readonly wait?: boolean;
+  /**
+   * When the holder recorded in `<path>.owner` is a process of this host that no longer exists, wait
+   * for its lock to go stale (at most `staleMs` plus a little) instead of failing with ERR_LOCKED.
+   */
+  readonly waitForDeadHolder?: boolean;
   readonly signal?: AbortSignal;
   readonly staleMs?: number;
 }
@@ -37,6 +44,7 @@ export class Lock {
     const lock = new Lock(path);
     const staleMs = options.staleMs ?? DEFAULT_LOCK_STALE_MS;
     let delayMs = 1;
+    let deadHolderDeadline: number | undefined;
     for (;;) {
       if (options.signal?.aborted === true) throw abortError(options.signal);
       try {
@@ -50,11 +58,20 @@ export class Lock {
             lock.compromisedBy = err;
           },
         });
+        await writeFile(`${path}.owner`, JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString() })).catch(() => undefined);
         return lock;
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'ELOCKED') throw ioError(err, `cannot take lock ${path}`, { path });
         if (options.wait !== true) {
-          throw new MqlogError('ERR_LOCKED', `${path} is locked by another process`, { details: { path }, cause: err });
+          if (options.waitForDeadHolder === true && (deadHolderDeadline ?? 0) >= Date.now()) {
+            // keep waiting for the dead holder's lock to go stale
+          } else if (options.waitForDeadHolder === true && deadHolderDeadline === undefined && (await holderIsDead(path))) {
+            deadHolderDeadline = Date.now() + staleMs + 3000;
+          } else {
+            const owner = await readOwner(path);
+            const by = owner === undefined ? 'another process' : `process ${owner.pid} on ${owner.host}`;
+            throw new MqlogError('ERR_LOCKED', `${path} is locked by ${by}`, { details: { path, ...(owner === undefined ? {} : { pid: owner.pid }) }, cause: err });
+          }
         }
       }
       await sleep(delayMs, options.signal);
@@ -70,6 +87,18 @@ export class Lock {
       if (err instanceof MqlogError && err.code === 'ERR_LOCKED') return undefined;
       throw err;
     }
+  }
+
+  /**
+   * Removes the lock at `path` if its recorded holder is `pid` of this host and that process is gone
+   * (a supervisor clearing the lock of the child it saw die, instead of waiting for it to go stale).
+   */
+  static async breakIfHolderDied(path: string, pid: number): Promise<boolean> {
+    const owner = await readOwner(path);
+    if (owner === undefined || owner.pid !== pid || owner.host !== hostname() || !(await holderIsDead(path))) return false;
+    await rm(path, { recursive: true, force: true });
+    await rm(`${path}.owner`, { force: true });
+    return true;
   }
 
   /** True once the lock could not be kept fresh: another process may have taken it over. */
@@ -90,6 +119,7 @@ export class Lock {
       const release = this.releaseFn;
       this.releaseFn = undefined;
       if (release === undefined || this.compromisedBy !== undefined) return;
+      await rm(`${this.path}.owner`, { force: true }).catch(() => undefined);
       try {
         await release();
       } catch (err) {
@@ -98,6 +128,32 @@ export class Lock {
       }
     })();
     return this.releasing;
+  }
+}
+
+interface Owner {
+  readonly pid: number;
+  readonly host: string;
+}
+
+async function readOwner(path: string): Promise<Owner | undefined> {
+  try {
+    const owner = JSON.parse(await readFile(`${path}.owner`, 'utf8')) as Partial<Owner>;
+    return typeof owner.pid === 'number' && typeof owner.host === 'string' ? { pid: owner.pid, host: owner.host } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** True when the recorded holder is a process of this host that is gone. */
+async function holderIsDead(path: string): Promise<boolean> {
+  const owner = await readOwner(path);
+  if (owner === undefined || owner.host !== hostname()) return false;
+  try {
+    process.kill(owner.pid, 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
   }
 }
 

@@ -38,7 +38,7 @@ export class ChangeWatcher {
       depth: options.depth ?? 1,
       persistent: true,
       // Lock directories are touched every second by their holders; they say nothing about data.
-      ignored: (path: string) => path.endsWith('.lock') || path.includes('.lock/') || path.endsWith('.tmp') || (options.ignore?.(path) ?? false),
+      ignored: (path: string) => path.endsWith('.lock') || path.includes('.lock/') || path.endsWith('.lock.owner') || path.endsWith('.tmp') || (options.ignore?.(path) ?? false),
     });
     this.watcher.on('all', () => this.bump());
     this.watcher.on('error', () => this.bump());

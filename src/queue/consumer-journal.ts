@@ -30,6 +30,8 @@ const CHECKPOINT_AFTER_BYTES = 4 * 1024 * 1024;
 export interface ConsumerJournalOptions {
   /** Called when a torn record left by a killed process was cut off. */
   readonly onTruncated?: (path: string, position: number, bytes: number) => void;
+  /** Called for every record applied from the journal, by any process (observers count acks with it). */
+  readonly onApplied?: (record: StateRecord) => void;
 }
 
 export class ConsumerJournal {
@@ -83,7 +85,10 @@ export class ConsumerJournal {
         if (records.length > 0) {
           lock.assertHeld();
           await this.append(records);
-          for (const record of records) this.current.apply(record);
+          for (const record of records) {
+            this.current.apply(record);
+            this.options.onApplied?.(record);
+          }
           if (this.journalPosition > CHECKPOINT_AFTER_BYTES) await this.checkpoint();
         }
         return result;
@@ -133,7 +138,11 @@ export class ConsumerJournal {
           throw err;
         }
         if (step.kind === 'frame') {
-          if (step.frame.type === FrameType.RECORD) this.current.apply(decodeRecord(step.frame.payload));
+          if (step.frame.type === FrameType.RECORD) {
+            const record = decodeRecord(step.frame.payload);
+            this.current.apply(record);
+            this.options.onApplied?.(record);
+          }
           this.journalPosition = step.frame.position + step.frame.bytes;
           this.nextSequence = step.frame.offset + 1;
           continue;

@@ -1,0 +1,71 @@
+/**
+ * The daemon's metrics (prom-client), served at GET /metrics in the Prometheus text format. One registry
+ * per daemon, so several daemons can share a process (the demo). Every name starts with `mqlog_`.
+ * Labels are channel and peer names only: never message contents or secrets.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly appended: Counter<'channel'>;
+  readonly received: Counter<'channel'>;
+  readonly duplicates: Counter;
+  readonly forwarded: Counter<'peer'>;
+  readonly forwardedBytes: Counter<'peer'>;
+  readonly forwardErrors: Counter<'peer' | 'code'>;
+  readonly acked: Counter<'channel'>;
+  readonly dead: Counter<'channel' | 'peer'>;
+  readonly expired: Counter<'channel' | 'peer'>;
+  readonly receipts: Counter<'state'>;
+  readonly tornTails: Counter;
+  readonly handled: Counter<'channel' | 'outcome'>;
+  readonly backlog: Gauge<'peer'>;
+  readonly pending: Gauge<'channel'>;
+  readonly deadLetters: Gauge<'channel'>;
+  readonly restarts: Gauge;
+  readonly fsyncSeconds: Histogram;
+  readonly batchSeconds: Histogram<'peer'>;
+
+  constructor(restarts = 0) {
+    const registers = [this.registry];
+    this.appended = new Counter({ name: 'mqlog_appended_messages_total', help: 'Messages appended to the outbox, per channel (seen by the daemon since it started).', labelNames: ['channel'], registers });
+    this.received = new Counter({ name: 'mqlog_received_messages_total', help: 'Messages stored in an inbox from peers, per channel.', labelNames: ['channel'], registers });
+    this.duplicates = new Counter({ name: 'mqlog_duplicate_messages_total', help: 'Frames peers sent again that were already stored (acknowledged, not stored twice).', registers });
+    this.forwarded = new Counter({ name: 'mqlog_forwarded_messages_total', help: 'Messages a peer acknowledged, per peer.', labelNames: ['peer'], registers });
+    this.forwardedBytes = new Counter({ name: 'mqlog_forwarded_bytes_total', help: 'Frame bytes a peer acknowledged, per peer.', labelNames: ['peer'], registers });
+    this.forwardErrors = new Counter({ name: 'mqlog_forward_errors_total', help: 'Failed forwarding attempts, per peer and error code.', labelNames: ['peer', 'code'], registers });
+    this.acked = new Counter({ name: 'mqlog_acked_messages_total', help: 'Inbox messages acknowledged by consumers or the handler, per channel.', labelNames: ['channel'], registers });
+    this.dead = new Counter({ name: 'mqlog_dead_messages_total', help: 'Messages moved to dead letters: per channel (inbox) or per peer (refused by the peer).', labelNames: ['channel', 'peer'], registers });
+    this.expired = new Counter({ name: 'mqlog_expired_messages_total', help: 'Messages whose time to live passed before delivery: per channel (inbox) or peer (outbox).', labelNames: ['channel', 'peer'], registers });
+    this.receipts = new Counter({ name: 'mqlog_receipts_total', help: 'Receipt reports received from peers, per state.', labelNames: ['state'], registers });
+    this.tornTails = new Counter({ name: 'mqlog_torn_tails_total', help: 'Torn final frames cut off by recovery.', registers });
+    this.handled = new Counter({ name: 'mqlog_handler_calls_total', help: 'Handler calls, per channel and outcome.', labelNames: ['channel', 'outcome'], registers });
+    this.backlog = new Gauge({ name: 'mqlog_backlog_messages', help: 'Outbox messages waiting for a peer.', labelNames: ['peer'], registers });
+    this.pending = new Gauge({ name: 'mqlog_inbox_pending_messages', help: 'Inbox messages not yet acked, dead-lettered or expired, per channel.', labelNames: ['channel'], registers });
+    this.deadLetters = new Gauge({ name: 'mqlog_dead_letter_messages', help: 'Messages in the dead letters of a channel, not redriven.', labelNames: ['channel'], registers });
+    this.restarts = new Gauge({ name: 'mqlog_restarts', help: 'Times the angel restarted this daemon.', registers });
+    this.fsyncSeconds = new Histogram({
+      name: 'mqlog_fsync_duration_seconds',
+      help: 'Write plus fdatasync of one group commit to an inbox.',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      registers,
+    });
+    this.batchSeconds = new Histogram({
+      name: 'mqlog_forward_batch_duration_seconds',
+      help: 'Time from sending a batch to the peer until its ok, per peer.',
+      labelNames: ['peer'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
+      registers,
+    });
+    this.restarts.set(restarts);
+    collectDefaultMetrics({ register: this.registry, prefix: 'mqlog_process_' });
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}

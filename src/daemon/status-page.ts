@@ -1,0 +1,139 @@
+/**
+ * The status page served at GET /: one self-contained HTML document (no build step, no external assets)
+ * that polls GET /status.json every two seconds and shows this node, its peers (backlog, last error,
+ * rate) and its channels (pending, dead letters, rates), with a banner that says at a glance whether
+ * messages are flowing. It never shows message bodies or secrets.
+ */
+
+export interface StatusSnapshot {
+  readonly node: { readonly name: string; readonly id: string; readonly url: string; readonly startedAt: number; readonly restarts: number };
+  readonly now: number;
+  readonly peers: readonly {
+    readonly peer: string;
+    readonly url: string;
+    readonly backlog: number;
+    readonly forwarded: number;
+    readonly lastError: string | null;
+    readonly lastErrorAt: number | null;
+    readonly lastSentAt: number | null;
+  }[];
+  readonly channels: readonly { readonly channel: string; readonly pending: number; readonly dead: number; readonly received: number; readonly acked: number }[];
+}
+
+export const STATUS_PAGE = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>mqlog node</title>
+<style>
+  :root { --ok: #1a7f37; --warn: #9a6700; --bad: #cf222e; --idle: #57606a; --line: #d0d7de; font-family: system-ui, -apple-system, "Segoe UI", sans-serif; }
+  body { margin: 0; background: #f6f8fa; color: #1f2328; }
+  header { padding: 16px 24px; background: #fff; border-bottom: 1px solid var(--line); display: flex; gap: 24px; align-items: baseline; flex-wrap: wrap; }
+  header h1 { margin: 0; font-size: 20px; }
+  header .meta { color: var(--idle); font-size: 13px; }
+  #banner { margin: 16px 24px; padding: 14px 18px; border-radius: 8px; color: #fff; font-size: 18px; font-weight: 600; background: var(--idle); }
+  #banner.flowing { background: var(--ok); } #banner.stuck { background: var(--bad); } #banner.waiting { background: var(--warn); }
+  section { margin: 16px 24px; background: #fff; border: 1px solid var(--line); border-radius: 8px; }
+  section h2 { margin: 0; padding: 10px 16px; font-size: 15px; border-bottom: 1px solid var(--line); }
+  table { width: 100%; border-collapse: collapse; font-size: 14px; }
+  th, td { text-align: left; padding: 8px 16px; border-bottom: 1px solid #eaeef2; }
+  th { color: var(--idle); font-weight: 500; }
+  td.num { font-variant-numeric: tabular-nums; text-align: right; } th.num { text-align: right; }
+  .err { color: var(--bad); } .okc { color: var(--ok); } .empty { color: var(--idle); padding: 12px 16px; }
+  footer { margin: 16px 24px; color: var(--idle); font-size: 12px; }
+</style>
+</head>
+<body>
+<header>
+  <h1>mqlog · <span id="node-name">…</span></h1>
+  <span class="meta">id <span id="node-id"></span></span>
+  <span class="meta">listening on <span id="node-url"></span></span>
+  <span class="meta">up <span id="uptime"></span></span>
+  <span class="meta">restarts <span id="restarts"></span></span>
+</header>
+<div id="banner">Loading…</div>
+<section>
+  <h2>Peers</h2>
+  <table>
+    <thead><tr><th>Peer</th><th>Address</th><th class="num">Backlog</th><th class="num">Sent/s</th><th class="num">Sent</th><th>Last sent</th><th>Last error</th></tr></thead>
+    <tbody id="peers"></tbody>
+  </table>
+</section>
+<section>
+  <h2>Channels</h2>
+  <table>
+    <thead><tr><th>Channel</th><th class="num">Pending</th><th class="num">Dead letters</th><th class="num">Received/s</th><th class="num">Acked/s</th><th class="num">Received</th><th class="num">Acked</th></tr></thead>
+    <tbody id="channels"></tbody>
+  </table>
+</section>
+<footer>Refreshes every 2 s · <a href="/metrics">/metrics</a> · <a href="/status.json">/status.json</a> · updated <span id="updated">never</span></footer>
+<script>
+(function () {
+  var previous = null;
+  function el(tag, text, cls) { var e = document.createElement(tag); if (text !== undefined) e.textContent = String(text); if (cls) e.className = cls; return e; }
+  function ago(ms, now) { if (ms === null) return 'never'; var s = Math.max(0, Math.round((now - ms) / 1000)); return s < 60 ? s + ' s ago' : s < 3600 ? Math.round(s / 60) + ' min ago' : Math.round(s / 3600) + ' h ago'; }
+  function rate(now, key, value) {
+    if (!previous || !(key in previous.values)) return 0;
+    var dt = (now - previous.now) / 1000; return dt > 0 ? Math.max(0, (value - previous.values[key]) / dt) : 0;
+  }
+  function fmt(n) { return n >= 100 ? String(Math.round(n)) : n >= 10 ? n.toFixed(1) : n.toFixed(2).replace(/\\.?0+$/, '') || '0'; }
+  function render(s) {
+    var values = {};
+    document.getElementById('node-name').textContent = s.node.name;
+    document.getElementById('node-id').textContent = s.node.id;
+    document.getElementById('node-url').textContent = s.node.url;
+    document.getElementById('restarts').textContent = String(s.node.restarts);
+    document.getElementById('uptime').textContent = ago(s.node.startedAt, s.now).replace(' ago', '');
+    var peers = document.getElementById('peers'); peers.textContent = '';
+    var out = 0, backlog = 0, failing = [];
+    s.peers.forEach(function (p) {
+      var r = rate(s.now, 'p:' + p.peer, p.forwarded); values['p:' + p.peer] = p.forwarded; out += r; backlog += p.backlog;
+      if (p.lastError && p.backlog > 0) failing.push(p.peer);
+      var tr = el('tr'); tr.setAttribute('data-peer', p.peer);
+      tr.appendChild(el('td', p.peer));
+      tr.appendChild(el('td', p.url));
+      var b = el('td', p.backlog, 'num'); b.setAttribute('data-field', 'backlog'); tr.appendChild(b);
+      tr.appendChild(el('td', fmt(r), 'num'));
+      var f = el('td', p.forwarded, 'num'); f.setAttribute('data-field', 'forwarded'); tr.appendChild(f);
+      tr.appendChild(el('td', ago(p.lastSentAt, s.now)));
+      var e = el('td', p.lastError ? p.lastError + ' (' + ago(p.lastErrorAt, s.now) + ')' : 'none', p.lastError ? 'err' : 'okc'); e.setAttribute('data-field', 'lastError'); tr.appendChild(e);
+      peers.appendChild(tr);
+    });
+    if (s.peers.length === 0) { var none = el('tr'); var td = el('td', 'No peers configured and no destinations used yet.', 'empty'); td.colSpan = 7; none.appendChild(td); peers.appendChild(none); }
+    var channels = document.getElementById('channels'); channels.textContent = '';
+    var inbound = 0, pending = 0;
+    s.channels.forEach(function (c) {
+      var rr = rate(s.now, 'r:' + c.channel, c.received), ra = rate(s.now, 'a:' + c.channel, c.acked);
+      values['r:' + c.channel] = c.received; values['a:' + c.channel] = c.acked; inbound += rr; pending += c.pending;
+      var tr = el('tr'); tr.setAttribute('data-channel', c.channel);
+      tr.appendChild(el('td', c.channel));
+      var p = el('td', c.pending, 'num'); p.setAttribute('data-field', 'pending'); tr.appendChild(p);
+      var d = el('td', c.dead, c.dead > 0 ? 'num err' : 'num'); d.setAttribute('data-field', 'dead'); tr.appendChild(d);
+      tr.appendChild(el('td', fmt(rr), 'num'));
+      tr.appendChild(el('td', fmt(ra), 'num'));
+      var rc = el('td', c.received, 'num'); rc.setAttribute('data-field', 'received'); tr.appendChild(rc);
+      var ac = el('td', c.acked, 'num'); ac.setAttribute('data-field', 'acked'); tr.appendChild(ac);
+      channels.appendChild(tr);
+    });
+    if (s.channels.length === 0) { var none2 = el('tr'); var td2 = el('td', 'No inbox yet.', 'empty'); td2.colSpan = 7; none2.appendChild(td2); channels.appendChild(none2); }
+    var banner = document.getElementById('banner');
+    if (failing.length > 0) { banner.className = 'stuck'; banner.textContent = 'Not flowing to ' + failing.join(', ') + ': ' + backlog + ' message(s) waiting'; }
+    else if (out + inbound > 0) { banner.className = 'flowing'; banner.textContent = 'Flowing: ' + fmt(out) + ' msg/s out, ' + fmt(inbound) + ' msg/s in'; }
+    else if (backlog > 0) { banner.className = 'waiting'; banner.textContent = backlog + ' message(s) waiting to be sent'; }
+    else { banner.className = 'idle'; banner.textContent = 'Idle: nothing waiting' + (pending > 0 ? ', ' + pending + ' message(s) pending in inboxes' : ''); }
+    banner.setAttribute('data-state', banner.className);
+    document.getElementById('updated').textContent = new Date(s.now).toLocaleTimeString();
+    previous = { now: s.now, values: values };
+  }
+  function tick() {
+    fetch('/status.json', { cache: 'no-store' }).then(function (r) { return r.json(); }).then(render).catch(function () {
+      var banner = document.getElementById('banner'); banner.className = 'stuck'; banner.textContent = 'This node does not answer'; banner.setAttribute('data-state', 'unreachable');
+    });
+  }
+  tick(); setInterval(tick, 2000);
+})();
+</script>
+</body>
+</html>
+`;
