@@ -51,7 +51,7 @@ async function run(args: ParsedArgs): Promise<number> {
   if (sources !== 1) throw usageError('give exactly one of BODY, --file PATH or --lines');
   const options = sendOptions(args);
 
-  const node = await openNode({ data: dataDir(args) });
+  const node = await openNode({ data: dataDir(args), onWarning: (message) => process.stderr.write(`mqlog: warning: ${message}\n`) });
   try {
     // Check destinations before reading any input, so a typo fails fast with nothing sent.
     for (const dest of to) node.resolveDestination(dest);
@@ -99,27 +99,43 @@ async function readBodyFile(path: string): Promise<Buffer> {
   }
 }
 
-/** Sends every stdin line, keeping up to WINDOW in flight, printing ids in input order as they land. */
+/**
+ * Sends every stdin line, keeping up to WINDOW in flight. Each id is printed as soon as its message and
+ * every earlier one are durable — driven by the sends completing, not by the next input line, so a
+ * producer that waits for each id before writing the next line is not left hanging.
+ */
 async function sendLines(node: MqlogNode, to: string[], options: SendOptions): Promise<void> {
   const inFlight: Sending[] = [];
-  const printReady = async (): Promise<void> => {
-    while (inFlight[0]?.settled === true) await writeLine(idOf(inFlight.shift() as Sending));
+  let printing: Promise<void> = Promise.resolve();
+  let failure: Error | undefined;
+  const printReady = (): void => {
+    printing = printing.then(async () => {
+      while (failure === undefined && inFlight[0]?.settled === true) {
+        const head = inFlight.shift() as Sending;
+        if (head.id === undefined) {
+          failure = head.error instanceof Error ? head.error : new Error(String(head.error));
+          return;
+        }
+        await writeLine(head.id);
+      }
+    });
   };
   const input = createInterface({ input: process.stdin, crlfDelay: Number.POSITIVE_INFINITY });
   try {
     for await (const line of input) {
-      inFlight.push(track(node.send(to, line, options)));
-      await printReady();
-      if (inFlight.length >= WINDOW) {
-        await (inFlight[0] as Sending).done;
-        await printReady();
-      }
+      if (failure !== undefined) break;
+      const sending = track(node.send(to, line, options));
+      inFlight.push(sending);
+      void sending.done.then(printReady);
+      while (inFlight.length >= WINDOW && failure === undefined) await (inFlight[0] as Sending).done.then(() => printing);
     }
-    for (const sending of inFlight) await sending.done;
-    await printReady();
+    await Promise.all(inFlight.map((s) => s.done));
+    printReady();
+    await printing;
   } finally {
     input.close();
   }
+  if (failure !== undefined) throw failure;
 }
 
 interface Sending {
@@ -144,9 +160,4 @@ function track(promise: Promise<string>): Sending {
     ),
   };
   return sending;
-}
-
-function idOf(sending: Sending): string {
-  if (sending.id === undefined) throw sending.error;
-  return sending.id;
 }

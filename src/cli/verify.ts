@@ -8,9 +8,9 @@
 import { open, readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { isMqlogError } from '../errors.js';
-import { FRAME_MAGIC, FrameType, decodeFrame } from '../log/frame.js';
+import { FrameType } from '../log/frame.js';
 import { parseStreamName } from '../log/log-store.js';
-import { SegmentReader } from '../log/segment.js';
+import { SegmentReader, findNextFrame } from '../log/segment.js';
 import { SegmentSet } from '../log/segment-set.js';
 import { decodeMessage } from '../queue/codec.js';
 import { usageError, writeLine, type Command, type ParsedArgs } from './args.js';
@@ -103,7 +103,7 @@ async function verifyStream(dir: string, totals: Totals, onlyFile?: string): Pro
           } catch (err) {
             if (!isMqlogError(err) || (err.code !== 'ERR_CORRUPT_FRAME' && err.code !== 'ERR_UNSUPPORTED_VERSION')) throw err;
             const at = Number(err.details?.position ?? reader.nextPosition);
-            const next = await nextValidFrame(segment.path, at + 1);
+            const next = await nextValidFrameIn(segment.path, at + 1);
             await problem(segment.path, at, `${typeof err.details?.reason === 'string' ? err.details.reason : err.message}${next === undefined ? '; no valid frame after it' : `; ${next - at} bytes unreadable up to the next valid frame at ${next}`}`, totals);
             resumeAt = next;
             break;
@@ -144,29 +144,10 @@ async function verifyStream(dir: string, totals: Totals, onlyFile?: string): Pro
   }
 }
 
-/** The position of the next decodable frame at or after `from`, searching by magic byte and CRC. */
-async function nextValidFrame(path: string, from: number): Promise<number | undefined> {
+async function nextValidFrameIn(path: string, from: number): Promise<number | undefined> {
   const handle = await open(path, 'r');
   try {
-    const size = (await handle.stat()).size;
-    const window = Buffer.allocUnsafe(1024 * 1024);
-    for (let start = from; start < size; ) {
-      const { bytesRead } = await handle.read(window, 0, window.length, start);
-      if (bytesRead === 0) return undefined;
-      const view = window.subarray(0, bytesRead);
-      for (let i = 0; i < bytesRead; i++) {
-        if (view[i] !== FRAME_MAGIC) continue;
-        let candidate = decodeFrame(view, i);
-        if (!candidate.ok && candidate.incomplete && start + i + candidate.needed <= size) {
-          const whole = Buffer.allocUnsafe(candidate.needed);
-          await handle.read(whole, 0, whole.length, start + i);
-          candidate = decodeFrame(whole, 0);
-        }
-        if (candidate.ok) return start + i;
-      }
-      start += Math.max(1, bytesRead - 20);
-    }
-    return undefined;
+    return await findNextFrame(handle, from, (await handle.stat()).size);
   } finally {
     await handle.close();
   }

@@ -9,7 +9,8 @@
  * have been stored in part). Every inbox frame carries its origin, so those are recovered by scanning
  * only the inbox frames written since the checkpoint — never the whole inbox.
  *
- *   DIR/receiver/dedup.json   {"version":1, "hwm": {key: offset}, "inbox": {"<queue>/<stream>": nextOffset}}
+ *   DIR/receiver/dedup.json   {"version":1, "hwm": {key: offset}, "extra": {key: [offsets]},
+ *                              "inbox": {"<queue>/<stream>": nextOffset}}
  *
  * Concurrency: batches run under a shared lock, the checkpoint under an exclusive one, so a checkpoint
  * never sees half a batch.
@@ -26,6 +27,8 @@ import { ensureDir, readFileIfExists, writeFileAtomic } from '../util/fs.js';
 interface DedupFile {
   readonly version: 1;
   readonly hwm: Record<string, number>;
+  /** Offsets stored beyond the high-water mark (batches stored in part), kept until a retry completes. */
+  readonly extra?: Record<string, number[]>;
   readonly inbox: Record<string, number>;
 }
 
@@ -63,6 +66,7 @@ export class DedupTable {
       }
       if (file.version !== 1) throw new MqlogError('ERR_CORRUPT_STATE', `${table.path} has an unknown version`, { details: { path: table.path } });
       for (const [k, v] of Object.entries(file.hwm)) table.hwm.set(k, v);
+      for (const [k, v] of Object.entries(file.extra ?? {})) table.extra.set(k, new Set(v));
       for (const [k, v] of Object.entries(file.inbox)) table.inboxEnds.set(k, v);
     }
     await table.recover();
@@ -123,7 +127,8 @@ export class DedupTable {
     this.writer = (async () => {
       while (this.readers > 0) await new Promise<void>((resolve) => this.waiting.push(resolve));
       if (!this.dirty && this.extra.size === 0 && (await readFileIfExists(this.path)) !== undefined) return;
-      const file: DedupFile = { version: 1, hwm: Object.fromEntries(this.hwm), inbox: Object.fromEntries(this.inboxEnds) };
+      const extra = Object.fromEntries([...this.extra].map(([k, offsets]) => [k, [...offsets].sort((a, b) => a - b)]));
+      const file: DedupFile = { version: 1, hwm: Object.fromEntries(this.hwm), extra, inbox: Object.fromEntries(this.inboxEnds) };
       await ensureDir(join(this.dataDir, 'receiver'));
       await writeFileAtomic(this.path, JSON.stringify(file));
       this.dirty = false;

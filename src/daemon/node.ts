@@ -52,6 +52,7 @@ export class MqlogNode {
   static async open(options: NodeOptions): Promise<MqlogNode> {
     const dataDir = resolve(options.data);
     const config = await loadConfig(dataDir, options.config);
+    const warn = options.onWarning ?? ((message: string) => process.emitWarning(message, 'MqlogWarning'));
     const nodeId = await loadNodeId(dataDir);
     const outbox = await Outbox.open({
       dataDir,
@@ -61,6 +62,7 @@ export class MqlogNode {
       segmentBytes: config.segmentBytes,
       resolveDestination: (to) => resolveDestination(config, to),
       ...(options.onTruncated === undefined ? {} : { onTruncated: options.onTruncated }),
+      onSlotBroken: (slot, reason) => warn(`outbox writer slot w${slot} is corrupt and was set aside (w${slot}.broken); sending goes on in another slot. ${reason} (see mqlog verify)`),
     });
     return new MqlogNode(dataDir, config, nodeId, outbox, options);
   }

@@ -10,8 +10,8 @@
  */
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { MqlogError, ioError } from '../errors.js';
-import { ensureDir, isNotFound } from '../util/fs.js';
+import { MqlogError, ioError, isMqlogError } from '../errors.js';
+import { ensureDir, isNotFound, readFileIfExists, writeFileAtomic } from '../util/fs.js';
 import { Lock } from './lock.js';
 import type { TruncatedTail } from './recovery.js';
 import { StreamReader, type StreamPosition } from './stream-reader.js';
@@ -46,6 +46,8 @@ export interface LogStore {
 export interface WriterOptions extends StreamWriterOptions {
   /** Called when opening a stream cut off a torn tail left by a crashed writer. */
   readonly onTruncated?: (stream: string, tail: TruncatedTail) => void;
+  /** Called when a slot was given up because one of its streams is corrupt at its end. */
+  readonly onSlotBroken?: (slot: number, reason: string) => void;
 }
 
 const KEY = /^[a-z0-9]{1,16}$/;
@@ -95,8 +97,14 @@ export class FileLogStore implements LogStore {
    * @throws ERR_LOCKED only if every slot up to a very large number is taken.
    */
   async claimWriter(options: WriterOptions = {}): Promise<LogWriter> {
+    return new FailoverWriter(this, options, await this.claimSlot(options));
+  }
+
+  /** Claims the lowest free slot that is not marked broken. */
+  async claimSlot(options: WriterOptions): Promise<SlotWriter> {
     await ensureDir(this.dir);
     for (let slot = 0; slot < MAX_SLOTS; slot++) {
+      if ((await readFileIfExists(join(this.dir, `w${slot}${BROKEN_SUFFIX}`))) !== undefined) continue;
       const lock = await Lock.tryAcquire(join(this.dir, `w${slot}.lock`));
       if (lock !== undefined) return new SlotWriter(this.dir, slot, lock, options);
     }
@@ -104,8 +112,56 @@ export class FileLogStore implements LogStore {
   }
 }
 
+/** Marker of a writer slot whose stream is corrupt where it must be appended to: later writers skip it. */
+export const BROKEN_SUFFIX = '.broken';
+
+/**
+ * A writer that moves to another slot when a stream of its slot turns out to be corrupt at its end
+ * (recovery cannot find where to append): the slot is marked broken — `mqlog verify` shows where — and
+ * appends go on in a fresh slot, so one damaged file never stops a node from sending.
+ */
+class FailoverWriter implements LogWriter {
+  private readonly store: FileLogStore;
+  private readonly options: WriterOptions;
+  private current: SlotWriter;
+  private replacing: Promise<void> | undefined;
+
+  constructor(store: FileLogStore, options: WriterOptions, first: SlotWriter) {
+    this.store = store;
+    this.options = options;
+    this.current = first;
+  }
+
+  get slot(): number {
+    return this.current.slot;
+  }
+
+  append(key: string, type: number, payload: Payload): Promise<StoreAppendResult> {
+    const writer = this.current;
+    return writer.append(key, type, payload).catch(async (err: unknown) => {
+      if (!isMqlogError(err, 'ERR_CORRUPT_FRAME') || !writer.brokenKeys.has(key)) throw err;
+      if (this.current === writer) {
+        this.replacing ??= (async () => {
+          await writeFileAtomic(join(this.store.dir, `w${writer.slot}${BROKEN_SUFFIX}`), JSON.stringify({ key, reason: err.message, at: new Date().toISOString() }));
+          await writer.close();
+          this.options.onSlotBroken?.(writer.slot, err.message);
+          this.current = await this.store.claimSlot(this.options);
+        })().finally(() => (this.replacing = undefined));
+      }
+      await this.replacing;
+      return this.current.append(key, type, payload);
+    });
+  }
+
+  close(): Promise<void> {
+    return this.current.close();
+  }
+}
+
 class SlotWriter implements LogWriter {
   readonly slot: number;
+  /** Keys whose stream could not be opened because it is corrupt at its end. */
+  readonly brokenKeys = new Set<string>();
   private readonly dir: string;
   private readonly lock: Lock;
   private readonly options: WriterOptions;
@@ -161,11 +217,17 @@ class SlotWriter implements LogWriter {
     if (writer === undefined) {
       if (!KEY.test(key)) return Promise.reject(new MqlogError('ERR_INVALID_ARG', `stream key must match ${KEY}, got ${key}`));
       const name = streamName(key, this.slot);
-      writer = StreamWriter.open(join(this.dir, name), this.options).then((w) => {
-        if (w.recoveredTruncation !== undefined) this.options.onTruncated?.(name, w.recoveredTruncation);
-        this.open.set(key, w);
-        return w;
-      });
+      writer = StreamWriter.open(join(this.dir, name), this.options).then(
+        (w) => {
+          if (w.recoveredTruncation !== undefined) this.options.onTruncated?.(name, w.recoveredTruncation);
+          this.open.set(key, w);
+          return w;
+        },
+        (err: unknown) => {
+          if (isMqlogError(err, 'ERR_CORRUPT_FRAME')) this.brokenKeys.add(key);
+          throw err;
+        },
+      );
       // A failed open is not cached: the next append tries again.
       writer.catch(() => this.writers.delete(key)); // a failed open is retried by the next append
       this.writers.set(key, writer);

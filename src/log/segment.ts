@@ -11,7 +11,7 @@
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { MqlogError, ioError } from '../errors.js';
-import { FRAME_HEADER_BYTES, MAX_FRAME_PAYLOAD_BYTES, decodeFrame, parseFrameHeader, type Frame } from './frame.js';
+import { FRAME_HEADER_BYTES, FRAME_MAGIC, MAX_FRAME_PAYLOAD_BYTES, decodeFrame, parseFrameHeader, type Frame } from './frame.js';
 
 export const SEGMENT_SUFFIX = '.seg';
 const SEGMENT_NAME = /^(\d{20})\.seg$/;
@@ -122,7 +122,9 @@ export class SegmentReader {
     const reason = decoded.incomplete ? 'incomplete frame at end of file' : decoded.reason;
     const claimed = this.claimedFrameBytes(at);
     const fileSize = (await this.stat()).size;
-    if (await this.zerosFrom(at + claimed, fileSize)) {
+    // Torn only if nothing but zeros follows the frame's claimed extent AND no whole frame lies anywhere
+    // after it: a damaged length field can claim past the end of the file, hiding good frames behind it.
+    if ((await this.zerosFrom(at + claimed, fileSize)) && (await findNextFrame(this.handle, at + 1, fileSize, this.maxPayloadBytes)) === undefined) {
       return this.atEnd({ kind: 'torn', position: at, reason, tornBytes: fileSize - at });
     }
     throw corrupt(this.path, at, reason, decoded.incomplete ? undefined : decoded.code);
@@ -212,6 +214,32 @@ export class SegmentReader {
       throw ioError(err, `cannot stat segment ${this.path}`, { path: this.path });
     }
   }
+}
+
+/**
+ * The position of the first whole, valid frame (magic, sane header, CRC) in [from, to) of a file, or
+ * undefined. Used to tell corruption from a torn tail, and to resynchronise after corruption.
+ */
+export async function findNextFrame(handle: FileHandle, from: number, to: number, maxPayloadBytes = MAX_FRAME_PAYLOAD_BYTES): Promise<number | undefined> {
+  const window = Buffer.allocUnsafe(Math.min(1024 * 1024, Math.max(FRAME_HEADER_BYTES, to - from)));
+  for (let start = from; start < to; ) {
+    const { bytesRead } = await handle.read(window, 0, Math.min(window.length, to - start), start);
+    if (bytesRead === 0) return undefined;
+    const view = window.subarray(0, bytesRead);
+    for (let i = 0; i < bytesRead; i++) {
+      if (view[i] !== FRAME_MAGIC) continue;
+      let candidate = decodeFrame(view, i, maxPayloadBytes);
+      if (!candidate.ok && candidate.incomplete && start + i + candidate.needed <= to && candidate.needed > bytesRead - i) {
+        const whole = Buffer.allocUnsafe(candidate.needed);
+        const { bytesRead: got } = await handle.read(whole, 0, whole.length, start + i);
+        candidate = decodeFrame(whole.subarray(0, got), 0, maxPayloadBytes);
+      }
+      if (candidate.ok) return start + i;
+    }
+    if (start + bytesRead >= to) return undefined;
+    start += Math.max(1, bytesRead - FRAME_HEADER_BYTES);
+  }
+  return undefined;
 }
 
 export function corrupt(path: string, position: number, reason: string, code: MqlogError['code'] = 'ERR_CORRUPT_FRAME'): MqlogError {

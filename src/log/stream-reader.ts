@@ -50,6 +50,8 @@ export class StreamReader {
   private reader: SegmentReader | undefined;
   private segment: number | undefined;
   private closed = false;
+  /** Corruption met after some frames were already collected: thrown by the next read(). */
+  private deferredError: Error | undefined;
 
   constructor(dir: string, from: StreamPosition = { offset: 0 }) {
     this.set = new SegmentSet(dir);
@@ -69,6 +71,11 @@ export class StreamReader {
    */
   async read(limits: ReadLimits = {}): Promise<StreamRead> {
     if (this.closed) throw new MqlogError('ERR_CLOSED', 'stream reader is closed');
+    if (this.deferredError !== undefined) {
+      const error = this.deferredError;
+      this.deferredError = undefined;
+      throw error;
+    }
     const maxFrames = limits.maxFrames ?? Number.POSITIVE_INFINITY;
     const maxBytes = limits.maxBytes ?? Number.POSITIVE_INFINITY;
     const frames: StreamFrame[] = [];
@@ -84,6 +91,11 @@ export class StreamReader {
         if (isMqlogError(err, 'ERR_NOT_FOUND')) {
           await this.drop();
           continue;
+        }
+        // Hand out what came before the bad frame first; the position stays right before it.
+        if (frames.length > 0 && err instanceof Error) {
+          this.deferredError = err;
+          return { frames, state: 'more' };
         }
         throw err;
       }

@@ -162,7 +162,7 @@ export class ReceiptStore {
 
   private async writeQuick(id: string, data: string): Promise<void> {
     const path = this.pathOf(id);
-    const tmp = `${path}.tmp`;
+    const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
     try {
       const handle = await open(tmp, 'w', FILE_MODE);
       try {

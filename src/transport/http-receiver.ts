@@ -33,7 +33,14 @@ export function registerHttpReceiver(app: FastifyInstance, options: HttpReceiver
     done(null, body);
   });
 
-  app.post('/v1/messages', { bodyLimit: maxRequestBytes }, async (request, reply) => {
+  app.post('/v1/messages', {
+    bodyLimit: maxRequestBytes,
+    // Before any body parser runs (fastify has its own for JSON and text): only the batch type is accepted.
+    onRequest: async (request) => {
+      const type = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
+      if (type !== CONTENT_TYPE) throw new MqlogError('ERR_UNSUPPORTED_MEDIA_TYPE', `content type must be ${CONTENT_TYPE}, got ${JSON.stringify(type ?? '')}`);
+    },
+  }, async (request, reply) => {
     const body = request.body;
     if (!Buffer.isBuffer(body) || body.length === 0) throw new MqlogError('ERR_BAD_REQUEST', 'malformed batch: empty body');
     const peer = options.authenticate?.(request, body);

@@ -3,6 +3,7 @@
  * Each helper states what is durable when its promise resolves.
  */
 import { mkdir, open, rename, rm, readFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import { dirname } from 'node:path';
 import { ioError } from '../errors.js';
 
@@ -42,11 +43,12 @@ export async function ensureDir(path: string): Promise<void> {
 }
 
 /**
- * Replaces `path` atomically: write `path.tmp`, fsync it, rename over `path`, fsync the directory.
+ * Replaces `path` atomically: write a temp file beside it (`path.<pid>.<random>.tmp`), fsync it, rename over `path`, fsync the directory.
  * When the promise resolves, a crash leaves the new content; before, the old one (or none).
  */
 export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
-  const tmp = `${path}.tmp`;
+  // A name of its own per call: two processes replacing the same file must not share a temp file.
+  const tmp = `${path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
   try {
     const handle = await open(tmp, 'w', FILE_MODE);
     try {

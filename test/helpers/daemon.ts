@@ -7,7 +7,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
-import { CLI, ROOT, exited, jsonLines, mqlog, waitFor } from './index.js';
+import { CLI, ROOT, defer, exited, jsonLines, mqlog, waitFor } from './index.js';
 
 /** A TCP port that was free a moment ago. */
 export function freePort(): Promise<number> {
@@ -91,7 +91,7 @@ export class DaemonProcess {
 /** Starts daemons for the given nodes, stopping them (SIGKILL) after the test. */
 export function daemons(t: TestContext, nodes: NodeSpec[]): DaemonProcess[] {
   const list = nodes.map((n) => new DaemonProcess(n));
-  t.after(async () => {
+  defer(t, async () => {
     for (const d of list) await d.kill();
   });
   return list;

@@ -13,10 +13,35 @@ export const ROOT = resolve(import.meta.dirname, '..', '..');
 export const CLI = join(ROOT, 'dist', 'cli', 'main.js');
 export const FIXTURES = join(ROOT, 'test', 'fixtures');
 
-/** A fresh temporary directory, removed after the test. */
+const cleanups = new WeakMap<TestContext, (() => Promise<void> | void)[]>();
+
+/**
+ * Runs `fn` after the test, in reverse order of registration (processes started after a directory was
+ * made are stopped before it is removed). Errors are reported but do not stop the other clean-ups.
+ */
+export function defer(t: TestContext, fn: () => Promise<void> | void): void {
+  let stack = cleanups.get(t);
+  if (stack === undefined) {
+    const fresh: (() => Promise<void> | void)[] = [];
+    stack = fresh;
+    cleanups.set(t, fresh);
+    t.after(async () => {
+      for (const cleanup of fresh.reverse()) {
+        try {
+          await cleanup();
+        } catch (err) {
+          process.stderr.write(`clean-up failed: ${err instanceof Error ? err.message : String(err)}\n`);
+        }
+      }
+    });
+  }
+  stack.push(fn);
+}
+
+/** A fresh temporary directory, removed after the test (after everything registered later is cleaned up). */
 export async function tempDir(t: TestContext, prefix = 'mqlog-test-'): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  defer(t, () => rm(dir, { recursive: true, force: true, maxRetries: 5 }));
   return dir;
 }
 
@@ -61,8 +86,11 @@ export function run(
 /** Spawns a long-running child and kills it (SIGKILL) after the test if still alive. */
 export function spawnChild(t: TestContext, command: string, args: string[], options: SpawnOptions = {}): ChildProcess {
   const child = spawn(command, args, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'], ...options });
-  t.after(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  defer(t, async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL');
+      await exited(child);
+    }
   });
   return child;
 }

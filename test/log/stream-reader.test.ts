@@ -107,7 +107,7 @@ test('an invalid frame with data after it is corruption, reported with file and 
   const a = encodeFrame(FrameType.MESSAGE, 0, Buffer.from('first'));
   const b = encodeFrame(FrameType.MESSAGE, 1, Buffer.from('second'));
   const c = encodeFrame(FrameType.MESSAGE, 2, Buffer.from('third'));
-  b[b.length - 1] ^= 0xff;
+  b[b.length - 1] = b[b.length - 1]! ^ 0xff;
   await writeFile(path, Buffer.concat([a, b, c]));
   const reader = await SegmentReader.open(path);
   assert.equal((await reader.next()).kind, 'frame');
