@@ -10,6 +10,7 @@ import type { MessageRecord } from '../queue/codec.js';
 import { scanQueue } from '../queue/scan.js';
 import { openStateView, type MessageState } from '../queue/state-view.js';
 import { boolFlag, jsonLine, usageError, writeLine, type Command, type ParsedArgs } from './args.js';
+import { progress } from './progress.js';
 import { resolveTargets } from './targets.js';
 
 export const dumpCommand: Command = {
@@ -27,6 +28,9 @@ async function run(args: ParsedArgs): Promise<number> {
   if (args.positionals.length !== 1) throw usageError('dump needs exactly one PATH');
   const json = boolFlag(args, 'json');
   let problems = 0;
+  // Progress only when the output goes elsewhere (a file, a pipe) and stderr is a terminal.
+  const line = process.stdout.isTTY === true ? progress({ isTTY: false } as NodeJS.WriteStream) : progress();
+  let shown = 0;
   for (const target of await resolveTargets(args.positionals[0] as string)) {
     const states = await openStateView(target.info, target.dataDir ?? (target.info.kind === 'outbox' ? dirname(target.info.dir) : undefined));
     const scan = scanQueue(target.info, {
@@ -38,6 +42,7 @@ async function run(args: ParsedArgs): Promise<number> {
         const { frame, message, stream } = event;
         const record = dumpRecord(target.info.queue, stream, frame.segment, frame.offset, message, states.stateOf(stream, frame.offset, message));
         await (json ? jsonLine(record) : writeLine(plainLine(record)));
+        if (++shown % 1000 === 0) line.update(`dumping ${target.info.queue}: ${shown} messages`);
       } else if (event.kind === 'torn') {
         process.stderr.write(
           `mqlog: note: ${event.torn.path} ends in a torn or unfinished frame at byte ${event.torn.position} ` +
@@ -49,6 +54,7 @@ async function run(args: ParsedArgs): Promise<number> {
       }
     }
   }
+  line.done();
   return problems === 0 ? 0 : 1;
 }
 

@@ -6,6 +6,7 @@
  */
 import { MqlogError, isErrorCode } from '../errors.js';
 import { parse, type Command } from './args.js';
+import { compactCommand } from './compact.js';
 import { daemonCommand } from './daemon.js';
 import { demoCommand } from './demo.js';
 import { dumpCommand } from './dump.js';
@@ -29,6 +30,7 @@ const COMMANDS: readonly Command[] = [
   verifyCommand,
   statCommand,
   redriveCommand,
+  compactCommand,
   demoCommand,
 ];
 /** Commands not listed in the help. */

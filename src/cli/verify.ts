@@ -14,6 +14,7 @@ import { SegmentReader, findNextFrame } from '../log/segment.js';
 import { SegmentSet } from '../log/segment-set.js';
 import { decodeMessage } from '../queue/codec.js';
 import { usageError, writeLine, type Command, type ParsedArgs } from './args.js';
+import { progress } from './progress.js';
 
 export const verifyCommand: Command = {
   name: 'verify',
@@ -43,11 +44,16 @@ async function run(args: ParsedArgs): Promise<number> {
   } catch {
     throw usageError(`${args.positionals[0] as string} does not exist`);
   }
+  const line = progress();
   if (info.isFile()) {
     await verifyStream(dirname(root), totals, basename(root));
   } else {
-    for (const dir of await streamDirs(root, 0)) await verifyStream(dir, totals);
+    for (const dir of await streamDirs(root, 0)) {
+      await verifyStream(dir, totals);
+      line.update(`verifying: ${totals.segments} segments, ${totals.frames} frames, ${totals.problems} problem(s)`);
+    }
   }
+  line.done();
   const summary = `verified ${totals.segments} segments, ${totals.frames} frames, ${totals.bytes} bytes under ${root}`;
   if (totals.problems > 0) {
     process.stderr.write(`mqlog: ERR_CORRUPT_FRAME: ${totals.problems} problem(s); ${summary}\n`);

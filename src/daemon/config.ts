@@ -37,6 +37,12 @@ export interface Config {
   readonly handlerConcurrency: number;
   /** First retry delay after a handler failure; doubles per delivery, capped at 60 s. Default 1000. */
   readonly handlerRetryDelayMs: number;
+  /** Done messages (sent, acked, dead-lettered, expired) are kept this long for dump before compaction removes them. Default 0. */
+  readonly retainDoneMs: number;
+  /** Settled receipts (processed, dead, expired) are kept this long for `mqlog receipt`. Default 7 days. */
+  readonly retainReceiptsMs: number;
+  /** How often the daemon compacts its queues; 0 turns background compaction off. Default 10 s. */
+  readonly compactIntervalMs: number;
 }
 
 export const DEFAULT_LISTEN = '127.0.0.1:7420';
@@ -51,6 +57,9 @@ export const DEFAULTS: Omit<Config, 'name'> = {
   maxDeliveries: 5,
   handlerConcurrency: 4,
   handlerRetryDelayMs: 1000,
+  retainDoneMs: 0,
+  retainReceiptsMs: 7 * 24 * 3_600_000,
+  compactIntervalMs: 10_000,
 };
 
 type Check = (value: unknown, key: string) => unknown;
@@ -66,6 +75,9 @@ const KEYS: Record<keyof Config, Check> = {
   maxDeliveries: (v, k) => checkInt(v, k, 1, 1_000_000),
   handlerConcurrency: (v, k) => checkInt(v, k, 1, 1024),
   handlerRetryDelayMs: (v, k) => checkInt(v, k, 0, 3_600_000),
+  retainDoneMs: (v, k) => checkInt(v, k, 0, Number.MAX_SAFE_INTEGER),
+  retainReceiptsMs: (v, k) => checkInt(v, k, 0, Number.MAX_SAFE_INTEGER),
+  compactIntervalMs: (v, k) => checkInt(v, k, 0, 86_400_000),
 };
 
 /**

@@ -10,6 +10,7 @@ import { Lock } from '../log/lock.js';
 import { FileLogStore } from '../log/log-store.js';
 import { ChangeWatcher } from '../log/watch.js';
 import { ensureQueue, outboxInfo } from '../queue/layout.js';
+import { compactNode } from '../queue/compaction.js';
 import { listQueues } from '../queue/layout.js';
 import type { ReceiptState } from '../queue/receipts.js';
 import { listDestinations } from '../queue/outbox.js';
@@ -63,6 +64,7 @@ export class Daemon {
   private readonly forwarders = new Map<string, { forwarder: Forwarder; sender: HttpSender }>();
   private syncing: Promise<void> | undefined;
   private timers: NodeJS.Timeout[] = [];
+  private compacting: Promise<void> | undefined;
   private stopping: Promise<void> | undefined;
 
   private constructor(node: MqlogNode, lock: Lock, logger: Logger, handlerPath: string | undefined, metrics: Metrics) {
@@ -196,6 +198,9 @@ export class Daemon {
     const address = app.server.address();
     const actualPort = typeof address === 'object' && address !== null ? address.port : port;
     this.url = `http://${host.includes(':') && !host.startsWith('[') ? `[${host}]` : host}:${actualPort}`;
+    if (config.compactIntervalMs > 0) {
+      this.timers.push(setInterval(() => this.compactInBackground(), config.compactIntervalMs).unref());
+    }
     this.timers.push(
       setInterval(() => {
         this.inboxObserver?.refresh().catch((err: unknown) => logger.error({ event: 'observer', err }, 'cannot read inbox state'));
@@ -294,6 +299,26 @@ export class Daemon {
     }
   }
 
+  /** One background compaction round at a time; appends and reads never wait for it. */
+  private compactInBackground(): void {
+    if (this.compacting !== undefined || this.stopping !== undefined) return;
+    this.compacting = compactNode({
+      dataDir: this.dataDir,
+      retainDoneMs: this.config.retainDoneMs,
+      retainReceiptsMs: this.config.retainReceiptsMs,
+      segmentBytes: this.config.segmentBytes,
+    })
+      .then((result) => {
+        this.metrics.compactedBytes.inc(result.bytesReclaimed);
+        this.metrics.compactionSeconds.observe(result.durationMs / 1000);
+        if (result.bytesReclaimed > 0 || result.receiptsPruned > 0) {
+          this.logger.info({ event: 'compacted', bytes: result.bytesReclaimed, receipts: result.receiptsPruned, durationMs: Math.round(result.durationMs) }, 'compacted');
+        }
+      })
+      .catch((err: unknown) => this.logger.error({ event: 'compaction', err }, 'compaction failed'))
+      .finally(() => (this.compacting = undefined));
+  }
+
   /** Records a receipt state change of a message this node sent; failures are logged, not thrown. */
   private receipt(id: string, peer: string, state: ReceiptState, reason?: string): void {
     this.node.outbox.receipts.update(id, peer, state, Date.now(), reason).catch((err: unknown) => this.logger.error({ event: 'receipt', id, peer, err }, 'cannot record a receipt state'));
@@ -304,6 +329,7 @@ export class Daemon {
     this.stopping ??= (async () => {
       for (const timer of this.timers) clearInterval(timer);
       await this.app?.close();
+      await this.compacting;
       await this.handler?.close();
       await this.syncing;
       await Promise.all([...this.forwarders.values()].map(({ forwarder }) => forwarder.stop()));

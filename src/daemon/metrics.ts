@@ -25,6 +25,8 @@ export class Metrics {
   readonly restarts: Gauge;
   readonly fsyncSeconds: Histogram;
   readonly batchSeconds: Histogram<'peer'>;
+  readonly compactedBytes: Counter;
+  readonly compactionSeconds: Histogram;
 
   constructor(restarts = 0) {
     const registers = [this.registry];
@@ -55,6 +57,13 @@ export class Metrics {
       help: 'Time from sending a batch to the peer until its ok, per peer.',
       labelNames: ['peer'],
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
+      registers,
+    });
+    this.compactedBytes = new Counter({ name: 'mqlog_compacted_bytes_total', help: 'Bytes of segments reclaimed by compaction.', registers });
+    this.compactionSeconds = new Histogram({
+      name: 'mqlog_compaction_duration_seconds',
+      help: 'Duration of one background compaction round over all queues.',
+      buckets: [0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
       registers,
     });
     this.restarts.set(restarts);

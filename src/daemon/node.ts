@@ -61,6 +61,7 @@ export class MqlogNode {
       replyTo: advertisedUrl(config),
       segmentBytes: config.segmentBytes,
       resolveDestination: (to) => resolveDestination(config, to),
+      maxBytes: config.maxQueueBytes,
       ...(options.onTruncated === undefined ? {} : { onTruncated: options.onTruncated }),
       onSlotBroken: (slot, reason) => warn(`outbox writer slot w${slot} is corrupt and was set aside (w${slot}.broken); sending goes on in another slot. ${reason} (see mqlog verify)`),
     });
@@ -88,6 +89,7 @@ export class MqlogNode {
         visibilityTimeoutMs: this.config.visibilityTimeoutMs,
         maxDeliveries: this.config.maxDeliveries,
         onSettled: (meta, outcome, reason) => this.reportReceipt(meta, outcome, reason),
+        maxBytes: this.config.maxQueueBytes,
         ...this.writerHooks,
       });
       inbox.catch(() => this.inboxes.delete(channel));

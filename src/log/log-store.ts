@@ -8,7 +8,7 @@
  * lock, and a crashed writer can only leave a torn tail in its own streams, cut off by whoever claims
  * the slot next.
  */
-import { readdir } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MqlogError, ioError, isMqlogError } from '../errors.js';
 import { ensureDir, isNotFound, readFileIfExists, writeFileAtomic } from '../util/fs.js';
@@ -16,7 +16,8 @@ import { Lock } from './lock.js';
 import type { TruncatedTail } from './recovery.js';
 import { StreamReader, type StreamPosition } from './stream-reader.js';
 import { StreamWriter, type AppendResult, type StreamWriterOptions } from './stream-writer.js';
-import type { Payload } from './frame.js';
+import { FRAME_HEADER_BYTES, payloadLength, type Payload } from './frame.js';
+import { SegmentSet } from './segment-set.js';
 
 export interface StreamId {
   /** Directory name, `<key>.w<slot>`. */
@@ -48,6 +49,11 @@ export interface WriterOptions extends StreamWriterOptions {
   readonly onTruncated?: (stream: string, tail: TruncatedTail) => void;
   /** Called when a slot was given up because one of its streams is corrupt at its end. */
   readonly onSlotBroken?: (slot: number, reason: string) => void;
+  /**
+   * Size limit of the whole store (all streams, all writers): an append that would pass it fails at once
+   * with ERR_QUEUE_FULL. Other processes' appends and removals are seen within a second.
+   */
+  readonly maxBytes?: number | null;
 }
 
 const KEY = /^[a-z0-9]{1,16}$/;
@@ -100,6 +106,17 @@ export class FileLogStore implements LogStore {
     return new FailoverWriter(this, options, await this.claimSlot(options));
   }
 
+  /** Bytes of every segment file of every stream. */
+  async sizeOnDisk(): Promise<number> {
+    let total = 0;
+    for (const stream of await this.streams()) {
+      for (const segment of await new SegmentSet(join(this.dir, stream.name)).list()) {
+        total += await stat(segment.path).then((s) => s.size, () => 0);
+      }
+    }
+    return total;
+  }
+
   /** Claims the lowest free slot that is not marked broken. */
   async claimSlot(options: WriterOptions): Promise<SlotWriter> {
     await ensureDir(this.dir);
@@ -125,6 +142,10 @@ class FailoverWriter implements LogWriter {
   private readonly options: WriterOptions;
   private current: SlotWriter;
   private replacing: Promise<void> | undefined;
+  /** Estimated size of the store: last measure plus this writer's appends since. */
+  private size: number | undefined;
+  private sizedAt = 0;
+  private measuring: Promise<void> | undefined;
 
   constructor(store: FileLogStore, options: WriterOptions, first: SlotWriter) {
     this.store = store;
@@ -137,6 +158,33 @@ class FailoverWriter implements LogWriter {
   }
 
   append(key: string, type: number, payload: Payload): Promise<StoreAppendResult> {
+    const maxBytes = this.options.maxBytes;
+    if (maxBytes !== undefined && maxBytes !== null) {
+      const bytes = FRAME_HEADER_BYTES + payloadLength(payload);
+      if (this.size === undefined || Date.now() - this.sizedAt > SIZE_REFRESH_MS || this.size + bytes > maxBytes) {
+        // Near the limit (or not measured lately): measure before deciding.
+        return this.measure().then(() => {
+          if ((this.size ?? 0) + bytes > maxBytes) return Promise.reject(queueFull(this.store.dir, maxBytes));
+          this.size = (this.size ?? 0) + bytes;
+          return this.appendNow(key, type, payload);
+        });
+      }
+      this.size += bytes;
+    }
+    return this.appendNow(key, type, payload);
+  }
+
+  /** The store's size on disk, not counting this writer's zero-filled preallocation. */
+  private async measure(): Promise<void> {
+    this.measuring ??= (async () => {
+      const total = await this.store.sizeOnDisk();
+      this.size = Math.max(0, total - this.current.preallocatedBytes());
+      this.sizedAt = Date.now();
+    })().finally(() => (this.measuring = undefined));
+    await this.measuring;
+  }
+
+  private appendNow(key: string, type: number, payload: Payload): Promise<StoreAppendResult> {
     const writer = this.current;
     return writer.append(key, type, payload).catch(async (err: unknown) => {
       if (!isMqlogError(err, 'ERR_CORRUPT_FRAME') || !writer.brokenKeys.has(key)) throw err;
@@ -157,6 +205,12 @@ class FailoverWriter implements LogWriter {
     return this.current.close();
   }
 }
+
+function queueFull(dir: string, maxBytes: number): MqlogError {
+  return new MqlogError('ERR_QUEUE_FULL', `${dir} reached its size limit of ${maxBytes} bytes (maxQueueBytes)`, { details: { path: dir, maxBytes } });
+}
+
+const SIZE_REFRESH_MS = 1000;
 
 class SlotWriter implements LogWriter {
   readonly slot: number;
@@ -198,6 +252,13 @@ class SlotWriter implements LogWriter {
         throw err;
       },
     );
+  }
+
+  /** Zero-filled bytes past the data of this slot's open segments. */
+  preallocatedBytes(): number {
+    let n = 0;
+    for (const writer of this.open.values()) n += writer.preallocatedBytes;
+    return n;
   }
 
   close(): Promise<void> {

@@ -98,6 +98,11 @@ export class StreamWriter {
     );
   }
 
+  /** Zero-filled bytes past the end of data of the open segment (counted in its file size, not data). */
+  get preallocatedBytes(): number {
+    return Math.max(0, this.allocatedEnd - this.dataEnd);
+  }
+
   /** Offset the next appended frame will get. */
   get nextOffset(): number {
     return this.offset + this.queue.length;

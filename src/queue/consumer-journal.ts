@@ -25,7 +25,9 @@ export const CONSUMER_DIR = 'consumer';
 const CHECKPOINT_FILE = 'checkpoint.json';
 const LOCK_DIR = 'state.lock';
 /** A journal longer than this is folded into a new checkpoint at the end of a transaction. */
-const CHECKPOINT_AFTER_BYTES = 4 * 1024 * 1024;
+const CHECKPOINT_AFTER_BYTES = 1024 * 1024;
+/** Zeros written ahead of the journal's end (see append). */
+const RESERVE_BYTES = 64 * 1024;
 
 export interface ConsumerJournalOptions {
   /** Called when a torn record left by a killed process was cut off. */
@@ -44,6 +46,7 @@ export class ConsumerJournal {
   private nextSequence = 0;
   private handle: FileHandle | undefined;
   private handleGeneration = -1;
+  private reservedEnd = 0;
   private queue: Promise<unknown> = Promise.resolve();
   private closing: Promise<void> | undefined;
 
@@ -151,9 +154,10 @@ export class ConsumerJournal {
           // Only a lock holder writes, so a torn record now is what a killed holder left: cut it off.
           await this.handle?.close();
           this.handle = undefined;
+          // Zero the torn bytes rather than truncating: the reserve after them stays usable.
           const handle = await open(path, 'r+');
           try {
-            await handle.truncate(step.position);
+            await handle.write(Buffer.alloc(step.tornBytes), 0, step.tornBytes, step.position);
             await handle.datasync();
           } finally {
             await handle.close();
@@ -202,24 +206,39 @@ export class ConsumerJournal {
     const path = this.journalPath(this.generation);
     if (this.handle === undefined || this.handleGeneration !== this.generation) {
       await this.handle?.close();
-      const created = await open(path, 'a', FILE_MODE).catch((err: unknown) => {
+      this.handle = undefined;
+      try {
+        await (await open(path, 'a', FILE_MODE)).close();
+        this.handle = await open(path, 'r+');
+      } catch (err) {
         throw ioError(err, `cannot open ${path}`);
-      });
-      this.handle = created;
+      }
       this.handleGeneration = this.generation;
+      this.reservedEnd = (await this.handle.stat()).size;
       if (this.journalPosition === 0) await fsyncDir(this.dir);
     }
     const frames = records.map((record, i) => encodeFrame(FrameType.RECORD, this.nextSequence + i, encodeRecord(record)));
     const bytes = frames.reduce((n, f) => n + f.length, 0);
+    const end = this.journalPosition + bytes;
     try {
-      // O_APPEND: the frames land at the current end, which the catch-up above found.
-      await this.handle.writev(frames);
+      // Records overwrite zeros reserved ahead, so that acks — which free space — still fit on a full disk.
+      const reserve = end > this.reservedEnd ? RESERVE_BYTES : 0;
+      try {
+        await this.handle.writev(reserve > 0 ? [...frames, Buffer.alloc(reserve)] : frames, this.journalPosition);
+        this.reservedEnd = Math.max(this.reservedEnd, end + reserve);
+      } catch (err) {
+        if (reserve === 0 || (err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
+        await this.handle.truncate(Math.max(this.journalPosition, this.reservedEnd));
+        await this.handle.writev(frames, this.journalPosition);
+        this.reservedEnd = Math.max(this.reservedEnd, end);
+      }
       await this.handle.datasync();
     } catch (err) {
-      await this.handle.truncate(this.journalPosition).catch(() => undefined);
+      // Zero what may have been written, so that no partial record stays behind.
+      await this.handle.write(Buffer.alloc(bytes), 0, bytes, this.journalPosition).catch(() => undefined);
       throw ioError(err, `cannot append to ${path}`, { path });
     }
-    this.journalPosition += bytes;
+    this.journalPosition = end;
     this.nextSequence += records.length;
   }
 
