@@ -53,6 +53,14 @@ export const ERRORS = {
   ERR_PEER_UNREACHABLE: { message: 'the peer could not be reached', httpStatus: 502, retryable: true },
   ERR_PEER_REJECTED: { message: 'the peer rejected the request', httpStatus: 502, retryable: false },
   ERR_PEER_FAILED: { message: 'the peer failed to store the request', httpStatus: 502, retryable: true },
+
+  // --- security and limits
+  ERR_UNAUTHORIZED: { message: 'missing or invalid proof of identity', httpStatus: 401, retryable: false },
+  ERR_FORBIDDEN: { message: 'not allowed', httpStatus: 403, retryable: false },
+  ERR_TOO_MANY_FRAMES: { message: 'more frames in one request than the limit', httpStatus: 413, retryable: false },
+  ERR_HEADERS_TOO_LARGE: { message: 'message headers beyond the limits', httpStatus: 400, retryable: false },
+  ERR_TOO_MANY_REQUESTS: { message: 'too many concurrent requests from this peer', httpStatus: 429, retryable: true },
+  ERR_REQUEST_TIMEOUT: { message: 'the request took too long', httpStatus: 408, retryable: true },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;

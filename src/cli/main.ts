@@ -98,5 +98,8 @@ process.stdout.on('error', (err: NodeJS.ErrnoException) => {
   if (err.code === 'EPIPE') process.exit(0);
 });
 
+// Everything a node writes is its owner's alone (files 0600, directories 0700), whatever the shell's umask.
+process.umask(0o077);
+
 const exitCode = await main(process.argv.slice(2));
 process.exitCode = exitCode;

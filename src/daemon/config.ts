@@ -17,6 +17,47 @@ export interface PeerConfig {
   readonly key?: string | undefined;
 }
 
+export interface TlsConfig {
+  /** PEM certificate chain of this node (file path), to listen with https. */
+  readonly cert?: string | undefined;
+  /** PEM private key of this node (file path). */
+  readonly key?: string | undefined;
+  /** PEM CA bundle (file path) trusted for peers' https certificates (and client certificates with mTLS). */
+  readonly ca?: string | undefined;
+  /** Require peers to present a client certificate signed by `ca` (mutual TLS). Default false. */
+  readonly requireClientCert?: boolean | undefined;
+}
+
+export interface Limits {
+  /** Largest request body (413 ERR_REQUEST_TOO_LARGE). Default 16 MiB. */
+  readonly maxRequestBytes: number;
+  /** Most frames in one request (413 ERR_TOO_MANY_FRAMES). Default 10 000. */
+  readonly maxFramesPerRequest: number;
+  /** Largest message body accepted from a peer (413 ERR_BODY_TOO_LARGE). Default 32 MiB. */
+  readonly maxBodyBytes: number;
+  /** Most headers on one message (400 ERR_HEADERS_TOO_LARGE). Default 64. */
+  readonly maxHeaders: number;
+  /** Most bytes of header keys and values on one message (400 ERR_HEADERS_TOO_LARGE). Default 16 KiB. */
+  readonly maxHeaderBytes: number;
+  /** Longest channel name in bytes (400 ERR_INVALID_NAME); at most 255. Default 255. */
+  readonly maxChannelBytes: number;
+  /** Idle time after which a connection is closed. Default 60 s. */
+  readonly connectionTimeoutMs: number;
+  /** Time to receive a whole request (408 ERR_REQUEST_TIMEOUT). Default 60 s. */
+  readonly requestTimeoutMs: number;
+  /** Requests one peer may have in flight (429 ERR_TOO_MANY_REQUESTS). Default 4. */
+  readonly maxConcurrentRequestsPerPeer: number;
+  /** Largest clock difference accepted on signed requests (401 beyond). Default 5 min. */
+  readonly maxClockSkewMs: number;
+}
+
+export interface AdminConfig {
+  /** Serve /metrics, /status.json and / on this `HOST:PORT` instead of the peer port. */
+  readonly listen?: string | undefined;
+  /** Require `Authorization: Bearer <token>` (or `?token=`) on /metrics, /status.json and /. */
+  readonly token?: string | undefined;
+}
+
 export interface Config {
   /** This node's name, as `from` of its messages. Default: the host name. */
   readonly name: string;
@@ -43,7 +84,25 @@ export interface Config {
   readonly retainReceiptsMs: number;
   /** How often the daemon compacts its queues; 0 turns background compaction off. Default 10 s. */
   readonly compactIntervalMs: number;
+  /** Accept unsigned requests from any address (only when no peer has a key). Default false: loopback only. */
+  readonly allowUnauthenticated: boolean;
+  readonly tls: TlsConfig;
+  readonly limits: Limits;
+  readonly admin: AdminConfig;
 }
+
+export const DEFAULT_LIMITS: Limits = {
+  maxRequestBytes: 16 * 1024 * 1024,
+  maxFramesPerRequest: 10_000,
+  maxBodyBytes: 32 * 1024 * 1024,
+  maxHeaders: 64,
+  maxHeaderBytes: 16 * 1024,
+  maxChannelBytes: 255,
+  connectionTimeoutMs: 60_000,
+  requestTimeoutMs: 60_000,
+  maxConcurrentRequestsPerPeer: 4,
+  maxClockSkewMs: 5 * 60_000,
+};
 
 export const DEFAULT_LISTEN = '127.0.0.1:7420';
 
@@ -60,6 +119,10 @@ export const DEFAULTS: Omit<Config, 'name'> = {
   retainDoneMs: 0,
   retainReceiptsMs: 7 * 24 * 3_600_000,
   compactIntervalMs: 10_000,
+  allowUnauthenticated: false,
+  tls: {},
+  limits: DEFAULT_LIMITS,
+  admin: {},
 };
 
 type Check = (value: unknown, key: string) => unknown;
@@ -78,7 +141,58 @@ const KEYS: Record<keyof Config, Check> = {
   retainDoneMs: (v, k) => checkInt(v, k, 0, Number.MAX_SAFE_INTEGER),
   retainReceiptsMs: (v, k) => checkInt(v, k, 0, Number.MAX_SAFE_INTEGER),
   compactIntervalMs: (v, k) => checkInt(v, k, 0, 86_400_000),
+  allowUnauthenticated: (v, k) => checkBool(v, k),
+  tls: (v, k) => checkObject<TlsConfig>(v, k, {
+    cert: (x, kk) => checkPath(x, kk),
+    key: (x, kk) => checkPath(x, kk),
+    ca: (x, kk) => checkPath(x, kk),
+    requireClientCert: (x, kk) => checkBool(x, kk),
+  }),
+  limits: (v, k) => ({
+    ...DEFAULT_LIMITS,
+    ...checkObject<Partial<Limits>>(v, k, {
+      maxRequestBytes: (x, kk) => checkInt(x, kk, 1024, 1024 * 1024 * 1024),
+      maxFramesPerRequest: (x, kk) => checkInt(x, kk, 1, 1_000_000),
+      maxBodyBytes: (x, kk) => checkInt(x, kk, 0, 64 * 1024 * 1024),
+      maxHeaders: (x, kk) => checkInt(x, kk, 0, 64),
+      maxHeaderBytes: (x, kk) => checkInt(x, kk, 0, 1024 * 1024),
+      maxChannelBytes: (x, kk) => checkInt(x, kk, 1, 255),
+      connectionTimeoutMs: (x, kk) => checkInt(x, kk, 100, 86_400_000),
+      requestTimeoutMs: (x, kk) => checkInt(x, kk, 100, 86_400_000),
+      maxConcurrentRequestsPerPeer: (x, kk) => checkInt(x, kk, 1, 1024),
+      maxClockSkewMs: (x, kk) => checkInt(x, kk, 1000, 86_400_000),
+    }),
+  }),
+  admin: (v, k) => checkObject<AdminConfig>(v, k, {
+    listen: (x, kk) => checkListen(x, kk),
+    token: (x, kk) => {
+      if (typeof x !== 'string' || x.length < 16) throw bad(kk, 'a string of at least 16 characters');
+      return x;
+    },
+  }),
 };
+
+function checkBool(value: unknown, key: string): boolean {
+  if (typeof value !== 'boolean') throw bad(key, 'true or false');
+  return value;
+}
+
+function checkPath(value: unknown, key: string): string {
+  if (typeof value !== 'string' || value.length === 0) throw bad(key, 'a file path');
+  return value;
+}
+
+/** Validates a nested object key by key; unknown keys are errors like at the top level. */
+function checkObject<T>(value: unknown, key: string, checks: Record<string, Check>): T {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw bad(key, 'an object');
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) {
+    const check = checks[k];
+    if (check === undefined) throw new MqlogError('ERR_CONFIG', `unknown key "${key}.${k}"`, { details: { key: `${key}.${k}` } });
+    out[k] = check(v, `${key}.${k}`);
+  }
+  return out as T;
+}
 
 /**
  * Reads and validates `DIR/mqlog.json`, then applies `overrides` (from flags), validated the same way.

@@ -3,7 +3,7 @@
  * forwarder per destination, and the periodic work (dedup checkpoints). `stop()` stops taking requests,
  * lets in-flight batches finish in both directions, saves state and releases the lock.
  */
-import Fastify, { LogController, type FastifyInstance } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import { join, resolve } from 'node:path';
 import { MqlogError } from '../errors.js';
 import { Lock } from '../log/lock.js';
@@ -16,11 +16,12 @@ import type { ReceiptState } from '../queue/receipts.js';
 import { listDestinations } from '../queue/outbox.js';
 import { OutboxDeadLetters } from '../queue/outbox-dead.js';
 import { MESSAGES_PATH, HttpSender } from '../transport/http-sender.js';
-import { registerHttpReceiver, sendError } from '../transport/http-receiver.js';
+import { signRequest } from '../transport/auth.js';
 import { ensureDir } from '../util/fs.js';
 import { checkListen, loadConfig, type Config } from './config.js';
 import { Forwarder } from './forwarder.js';
 import { HandlerRunner, loadHandler } from './handler.js';
+import { createServers, loadTls, scheme, type TlsMaterial } from './http-server.js';
 import { Metrics } from './metrics.js';
 import { MqlogNode } from './node.js';
 import { InboxObserver, OutboxObserver } from './observer.js';
@@ -31,7 +32,6 @@ import { InboxSink } from './receiver.js';
 export const DAEMON_LOCK = 'daemon.lock';
 const DEDUP_CHECKPOINT_MS = 1000;
 const OBSERVE_MS = 2000;
-const MAX_BODY_BYTES = 32 * 1024 * 1024;
 
 export interface DaemonOptions {
   readonly data: string;
@@ -58,6 +58,10 @@ export class Daemon {
   private readonly handlerPath: string | undefined;
   private handler: HandlerRunner | undefined;
   private app: FastifyInstance | undefined;
+  private adminApp: FastifyInstance | undefined;
+  private tls: TlsMaterial = {};
+  /** Where /metrics, /status.json and / are served when they have their own address. */
+  adminUrl: string | undefined;
   private sink: InboxSink | undefined;
   private watcher: ChangeWatcher | undefined;
   private deadLetters: OutboxDeadLetters | undefined;
@@ -148,8 +152,11 @@ export class Daemon {
       },
       dataDir,
       segmentBytes: config.segmentBytes,
-      maxBodyBytes: MAX_BODY_BYTES,
-      maxFrameBytes: MAX_BODY_BYTES + 512 * 1024,
+      maxBodyBytes: config.limits.maxBodyBytes,
+      maxFrameBytes: config.limits.maxBodyBytes + 512 * 1024,
+      maxHeaders: config.limits.maxHeaders,
+      maxHeaderBytes: config.limits.maxHeaderBytes,
+      maxChannelBytes: config.limits.maxChannelBytes,
       visibilityTimeoutMs: config.visibilityTimeoutMs,
       maxDeliveries: config.maxDeliveries,
       onBatch: (result) => this.metrics.duplicates.inc(result.duplicates),
@@ -162,15 +169,24 @@ export class Daemon {
         }
       },
     });
-    // Typed as the default instance: mqlog's routes do not depend on the pino-specific logger type.
-    const app = Fastify({ loggerInstance: logger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 64 * 1024 * 1024 }) as unknown as FastifyInstance;
-    this.app = app;
-    app.setErrorHandler(sendError);
-    app.setNotFoundHandler((_request, reply) => reply.code(404).send({ code: 'ERR_NOT_FOUND', message: 'no such endpoint' }));
-    registerHttpReceiver(app, { sink: this.sink, healthy: () => this.stopping === undefined });
-    app.get('/metrics', async (_request, reply) => reply.type(this.metrics.contentType).send(await this.metrics.text()));
-    app.get('/status.json', async (_request, reply) => reply.header('cache-control', 'no-store').send(this.statusSnapshot()));
-    app.get('/', async (_request, reply) => reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(STATUS_PAGE));
+    this.tls = await loadTls(config.tls);
+    const servers = createServers({
+      config,
+      logger,
+      tls: this.tls,
+      sink: this.sink,
+      healthy: () => this.stopping === undefined,
+      readOnly: {
+        metrics: async () => ({ contentType: this.metrics.contentType, text: await this.metrics.text() }),
+        status: () => this.statusSnapshot(),
+        page: STATUS_PAGE,
+      },
+    });
+    this.app = servers.peer;
+    this.adminApp = servers.admin;
+    if (servers.mode === 'loopback') logger.warn({ event: 'auth', mode: servers.mode }, 'no peer keys configured: accepting unauthenticated requests from loopback only');
+    else if (servers.mode === 'open') logger.warn({ event: 'auth', mode: servers.mode }, 'allowUnauthenticated: accepting unauthenticated requests from any address');
+    else logger.info({ event: 'auth', mode: servers.mode }, 'peers must sign their requests');
 
     const outbox = outboxInfo(dataDir);
     await ensureQueue(outbox);
@@ -189,15 +205,11 @@ export class Daemon {
         .finally(() => (this.syncing = undefined));
     });
 
-    const [host, port] = splitListen(checkListen(config.listen, 'listen'));
-    try {
-      await app.listen({ host, port });
-    } catch (err) {
-      throw new MqlogError('ERR_IO', `cannot listen on ${config.listen}: ${(err as Error).message}`, { cause: err });
+    this.url = await listen(servers.peer, config.listen, scheme(this.tls));
+    if (servers.admin !== undefined && config.admin.listen !== undefined) {
+      this.adminUrl = await listen(servers.admin, config.admin.listen, 'http');
+      logger.info({ event: 'admin', url: this.adminUrl }, 'read-only endpoints on their own address');
     }
-    const address = app.server.address();
-    const actualPort = typeof address === 'object' && address !== null ? address.port : port;
-    this.url = `http://${host.includes(':') && !host.startsWith('[') ? `[${host}]` : host}:${actualPort}`;
     if (config.compactIntervalMs > 0) {
       this.timers.push(setInterval(() => this.compactInBackground(), config.compactIntervalMs).unref());
     }
@@ -253,7 +265,12 @@ export class Daemon {
         this.logger.warn({ event: 'unknown_destination', destination }, 'messages name a destination that is neither a peer nor a URL');
         continue;
       }
-      const sender = new HttpSender(url);
+      const key = this.config.peers[destination]?.key;
+      const tls = this.tls;
+      const sender = new HttpSender(url, {
+        ...(key === undefined ? {} : { sign: (method: string, path: string, body: Buffer) => signRequest(this.config.name, key, method, path, body) }),
+        ...(url.startsWith('https:') ? { connect: { ...(tls.ca === undefined ? {} : { ca: tls.ca }), ...(tls.cert === undefined || tls.key === undefined ? {} : { cert: tls.cert, key: tls.key }) } } : {}),
+      });
       const forwarder = await Forwarder.create({
         dataDir: this.dataDir,
         destination,
@@ -329,6 +346,7 @@ export class Daemon {
     this.stopping ??= (async () => {
       for (const timer of this.timers) clearInterval(timer);
       await this.app?.close();
+      await this.adminApp?.close();
       await this.compacting;
       await this.handler?.close();
       await this.syncing;
@@ -345,6 +363,19 @@ export class Daemon {
     })();
     return this.stopping;
   }
+}
+
+/** Starts listening and returns the URL (with the real port when 0 was asked for). */
+async function listen(app: FastifyInstance, address: string, protocol: 'http' | 'https'): Promise<string> {
+  const [host, port] = splitListen(checkListen(address, 'listen'));
+  try {
+    await app.listen({ host, port });
+  } catch (err) {
+    throw new MqlogError('ERR_IO', `cannot listen on ${address}: ${(err as Error).message}`, { cause: err });
+  }
+  const bound = app.server.address();
+  const actualPort = typeof bound === 'object' && bound !== null ? bound.port : port;
+  return `${protocol}://${host.includes(':') && !host.startsWith('[') ? `[${host}]` : host}:${actualPort}`;
 }
 
 function splitListen(listen: string): [string, number] {

@@ -21,6 +21,9 @@ export interface InboxSinkOptions {
   readonly segmentBytes: number;
   readonly maxBodyBytes: number;
   readonly maxFrameBytes: number;
+  readonly maxHeaders?: number;
+  readonly maxHeaderBytes?: number;
+  readonly maxChannelBytes?: number;
   readonly visibilityTimeoutMs: number;
   readonly maxDeliveries: number;
   /** The inbox of a channel; shared with the node's consumers when given. */
@@ -76,6 +79,7 @@ export class InboxSink implements BatchSink {
         if (message.body.length > this.options.maxBodyBytes) {
           throw new MqlogError('ERR_BODY_TOO_LARGE', `body of ${message.body.length} bytes exceeds this node's limit of ${this.options.maxBodyBytes}`);
         }
+        this.checkLimits(message);
         const receipt = message.kind === 'receipt' ? decodeReceiptReport(message.body) : undefined;
         return { key: dedupKey(batch.node, batch.destination, wire.stream), stream: wire.stream, offset: decoded.frame.offset, message, ...(receipt === undefined ? {} : { receipt }) };
       } catch (err) {
@@ -86,6 +90,21 @@ export class InboxSink implements BatchSink {
       }
     });
     return this.serialize(batch.node, () => this.dedup.batch(() => this.store(batch, from, checked)));
+  }
+
+  private checkLimits(message: MessageRecord): void {
+    const channelBytes = Buffer.byteLength(message.channel);
+    if (this.options.maxChannelBytes !== undefined && channelBytes > this.options.maxChannelBytes) {
+      throw new MqlogError('ERR_INVALID_NAME', `channel name of ${channelBytes} bytes exceeds this node's limit of ${this.options.maxChannelBytes}`);
+    }
+    const headers = Object.entries(message.headers ?? {});
+    if (this.options.maxHeaders !== undefined && headers.length > this.options.maxHeaders) {
+      throw new MqlogError('ERR_HEADERS_TOO_LARGE', `${headers.length} headers exceed this node's limit of ${this.options.maxHeaders}`);
+    }
+    const headerBytes = headers.reduce((n, [k, v]) => n + Buffer.byteLength(k) + Buffer.byteLength(v), 0);
+    if (this.options.maxHeaderBytes !== undefined && headerBytes > this.options.maxHeaderBytes) {
+      throw new MqlogError('ERR_HEADERS_TOO_LARGE', `${headerBytes} bytes of headers exceed this node's limit of ${this.options.maxHeaderBytes}`);
+    }
   }
 
   /** Waits for batches in flight, writes the dedup checkpoint, closes the inboxes. Idempotent. */

@@ -6,7 +6,7 @@
  * A lock whose freshness could not be kept (the event loop stalled past `staleMs`, the directory was
  * removed) is compromised: it reports so through `compromised`, and its holder must stop writing.
  */
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, readFile, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import lockfile from 'proper-lockfile';
 import { MqlogError, abortError, ioError } from '../errors.js';
@@ -58,7 +58,8 @@ export class Lock {
             lock.compromisedBy = err;
           },
         });
-        await writeFile(`${path}.owner`, JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString() })).catch(() => undefined);
+        await chmod(path, 0o700).catch(() => undefined);
+        await writeFile(`${path}.owner`, JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString() }), { mode: 0o600 }).catch(() => undefined);
         return lock;
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'ELOCKED') throw ioError(err, `cannot take lock ${path}`, { path });

@@ -24,11 +24,14 @@ export interface HttpReceiverOptions {
    * the node runs without authentication. Throws an MqlogError (401/403) to refuse.
    */
   readonly authenticate?: (request: FastifyRequest, body: Buffer) => string | undefined;
+  /** Requests one peer (authenticated name, else address) may have in flight; more get 429. */
+  readonly maxConcurrentPerPeer?: number;
 }
 
 /** Registers the receiver's routes on a fastify instance. */
 export function registerHttpReceiver(app: FastifyInstance, options: HttpReceiverOptions): void {
   const maxRequestBytes = options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES;
+  const inFlight = new Map<string, number>();
   app.addContentTypeParser(CONTENT_TYPE, { parseAs: 'buffer', bodyLimit: maxRequestBytes }, (_request, body, done) => {
     done(null, body);
   });
@@ -44,12 +47,24 @@ export function registerHttpReceiver(app: FastifyInstance, options: HttpReceiver
     const body = request.body;
     if (!Buffer.isBuffer(body) || body.length === 0) throw new MqlogError('ERR_BAD_REQUEST', 'malformed batch: empty body');
     const peer = options.authenticate?.(request, body);
-    const decoded = decodeBatch(body, {
-      ...(options.maxFramesPerRequest === undefined ? {} : { maxFrames: options.maxFramesPerRequest }),
-      ...(options.maxFrameBytes === undefined ? {} : { maxFrameBytes: options.maxFrameBytes }),
-    });
-    const result = await options.sink.accept({ ...decoded, peer, remoteAddress: request.ip });
-    return reply.code(200).send(result);
+    const who = peer ?? request.ip;
+    const running = inFlight.get(who) ?? 0;
+    if (running >= (options.maxConcurrentPerPeer ?? Number.POSITIVE_INFINITY)) {
+      throw new MqlogError('ERR_TOO_MANY_REQUESTS', `${running} requests of this peer are in flight already (limit ${options.maxConcurrentPerPeer})`);
+    }
+    inFlight.set(who, running + 1);
+    try {
+      const decoded = decodeBatch(body, {
+        ...(options.maxFramesPerRequest === undefined ? {} : { maxFrames: options.maxFramesPerRequest }),
+        ...(options.maxFrameBytes === undefined ? {} : { maxFrameBytes: options.maxFrameBytes }),
+      });
+      const result = await options.sink.accept({ ...decoded, peer, remoteAddress: request.ip });
+      return await reply.code(200).send(result);
+    } finally {
+      const left = (inFlight.get(who) ?? 1) - 1;
+      if (left <= 0) inFlight.delete(who);
+      else inFlight.set(who, left);
+    }
   });
 
   app.get('/healthz', async (_request, reply) => {
@@ -77,6 +92,8 @@ export function errorResponse(error: unknown): { status: number; body: { code: s
   const statusCode = (error as FastifyError).statusCode ?? 500;
   const message = error instanceof Error ? error.message : String(error);
   switch (fastifyCode) {
+    case 'FST_ERR_REQUEST_TIMEOUT':
+      return { status: 408, body: { code: 'ERR_REQUEST_TIMEOUT', message: 'the request took too long' } };
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
       return { status: 413, body: { code: 'ERR_REQUEST_TOO_LARGE', message: 'request body larger than the limit' } };
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':

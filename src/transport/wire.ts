@@ -94,7 +94,7 @@ export function decodeBatch(body: Buffer, limits: WireLimits = {}): DecodedBatch
   let at = PREFIX_BYTES + headerBytes;
   while (at < body.length) {
     const i = frames.length;
-    if (i >= maxFrames) throw new MqlogError('ERR_REQUEST_TOO_LARGE', `more than ${maxFrames} frames in one request`, { details: { frame: i } });
+    if (i >= maxFrames) throw new MqlogError('ERR_TOO_MANY_FRAMES', `more than ${maxFrames} frames in one request`);
     if (body.length - at < RECORD_PREFIX_BYTES) throw truncated(i, 'record prefix');
     const streamIndex = body.readUInt16LE(at);
     const frameBytes = body.readUInt32LE(at + 2);

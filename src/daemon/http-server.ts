@@ -1,0 +1,153 @@
+/**
+ * The daemon's HTTP servers: the peer endpoint (POST /v1/messages, GET /healthz) with authentication,
+ * TLS and limits from the config, and the read-only endpoints (/metrics, /status.json, /) — on the same
+ * server, or on their own address (`admin.listen`), optionally behind a bearer token (`admin.token`).
+ * They never reveal message bodies or secrets.
+ */
+import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from 'fastify';
+import { readFile } from 'node:fs/promises';
+import { timingSafeEqual, createHash } from 'node:crypto';
+import { MqlogError } from '../errors.js';
+import { RequestVerifier } from '../transport/auth.js';
+import { registerHttpReceiver, sendError } from '../transport/http-receiver.js';
+import type { BatchSink } from '../transport/transport.js';
+import type { Config, TlsConfig } from './config.js';
+import type { Logger } from './logger.js';
+
+export interface TlsMaterial {
+  readonly cert?: Buffer;
+  readonly key?: Buffer;
+  readonly ca?: Buffer;
+}
+
+/** Reads the TLS files named in the config. @throws ERR_CONFIG naming the file that cannot be read. */
+export async function loadTls(tls: TlsConfig): Promise<TlsMaterial> {
+  const read = async (name: 'cert' | 'key' | 'ca'): Promise<Buffer | undefined> => {
+    const path = tls[name];
+    if (path === undefined) return undefined;
+    try {
+      return await readFile(path);
+    } catch (err) {
+      throw new MqlogError('ERR_CONFIG', `tls.${name}: cannot read ${path}: ${(err as Error).message}`, { details: { key: `tls.${name}` }, cause: err });
+    }
+  };
+  const material = { cert: await read('cert'), key: await read('key'), ca: await read('ca') };
+  if ((material.cert === undefined) !== (material.key === undefined)) throw new MqlogError('ERR_CONFIG', 'tls.cert and tls.key go together');
+  return Object.fromEntries(Object.entries(material).filter(([, v]) => v !== undefined));
+}
+
+/** How this node decides who may deliver messages (spec/http-protocol.md §8). */
+export type AuthMode = 'keys' | 'loopback' | 'open';
+
+export function authMode(config: Config): AuthMode {
+  if (Object.values(config.peers).some((p) => p.key !== undefined)) return 'keys';
+  return config.allowUnauthenticated ? 'open' : 'loopback';
+}
+
+function createApp(config: Config, logger: Logger, tls: TlsMaterial, https: boolean): FastifyInstance {
+  const limits = config.limits;
+  const httpsOptions = https && tls.cert !== undefined && tls.key !== undefined
+    ? {
+        https: {
+          cert: tls.cert,
+          key: tls.key,
+          ...(tls.ca === undefined ? {} : { ca: tls.ca }),
+          ...(config.tls.requireClientCert === true ? { requestCert: true, rejectUnauthorized: true } : {}),
+        },
+      }
+    : {};
+  // Typed as the default instance: mqlog's routes do not depend on the pino-specific logger type.
+  const app = Fastify({
+    loggerInstance: logger,
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: limits.maxRequestBytes,
+    connectionTimeout: limits.connectionTimeoutMs,
+    requestTimeout: limits.requestTimeoutMs,
+    keepAliveTimeout: Math.min(30_000, limits.connectionTimeoutMs),
+    ...httpsOptions,
+  }) as unknown as FastifyInstance;
+  app.setErrorHandler(sendError);
+  app.setNotFoundHandler((_request, reply) => reply.code(404).send({ code: 'ERR_NOT_FOUND', message: 'no such endpoint' }));
+  return app;
+}
+
+export interface ReadOnlyRoutes {
+  metrics(): Promise<{ contentType: string; text: string }>;
+  status(): unknown;
+  page: string;
+}
+
+export interface Servers {
+  readonly peer: FastifyInstance;
+  /** Set when the read-only endpoints have their own address. */
+  readonly admin: FastifyInstance | undefined;
+  readonly mode: AuthMode;
+}
+
+export function createServers(options: {
+  config: Config;
+  logger: Logger;
+  tls: TlsMaterial;
+  sink: BatchSink;
+  healthy: () => boolean;
+  readOnly: ReadOnlyRoutes;
+}): Servers {
+  const { config, logger, tls } = options;
+  const peer = createApp(config, logger, tls, true);
+  const mode = authMode(config);
+  const verifier = new RequestVerifier({
+    keys: new Map(Object.entries(config.peers).flatMap(([name, p]) => (p.key === undefined ? [] : [[name, p.key] as const]))),
+    maxSkewMs: config.limits.maxClockSkewMs,
+  });
+  registerHttpReceiver(peer, {
+    sink: options.sink,
+    healthy: options.healthy,
+    maxRequestBytes: config.limits.maxRequestBytes,
+    maxFramesPerRequest: config.limits.maxFramesPerRequest,
+    maxFrameBytes: config.limits.maxBodyBytes + 512 * 1024,
+    maxConcurrentPerPeer: config.limits.maxConcurrentRequestsPerPeer,
+    authenticate: (request, body) => {
+      if (mode === 'keys') return verifier.verify(request.method, request.url.split('?')[0] ?? '', request.headers, body);
+      if (mode === 'loopback' && !isLoopback(request.socket.remoteAddress)) {
+        throw new MqlogError('ERR_FORBIDDEN', 'this node has no peer keys configured and accepts only loopback requests (set peers.<name>.key, or allowUnauthenticated)');
+      }
+      return undefined;
+    },
+  });
+  const admin = config.admin.listen === undefined ? undefined : createApp(config, logger, tls, false);
+  registerReadOnly(admin ?? peer, options.readOnly, config.admin.token);
+  if (admin !== undefined) admin.get('/healthz', async (_request, reply) => reply.code(options.healthy() ? 200 : 503).send({ ok: options.healthy() }));
+  return { peer, admin, mode };
+}
+
+function registerReadOnly(app: FastifyInstance, routes: ReadOnlyRoutes, token: string | undefined): void {
+  const guard = async (request: FastifyRequest): Promise<void> => {
+    if (token === undefined) return;
+    const header = request.headers.authorization;
+    const query = (request.query as Record<string, unknown> | undefined)?.token;
+    const given = typeof header === 'string' && header.startsWith('Bearer ') ? header.slice(7) : typeof query === 'string' ? query : undefined;
+    if (given === undefined || !sameSecret(given, token)) throw new MqlogError('ERR_UNAUTHORIZED', 'this endpoint needs the admin token (Authorization: Bearer <token>, or ?token=)');
+  };
+  app.get('/metrics', { onRequest: guard }, async (_request, reply) => {
+    const { contentType, text } = await routes.metrics();
+    return reply.type(contentType).send(text);
+  });
+  app.get('/status.json', { onRequest: guard }, async (_request, reply) => reply.header('cache-control', 'no-store').send(routes.status()));
+  app.get('/', { onRequest: guard }, async (_request, reply) => reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(routes.page));
+}
+
+function sameSecret(a: string, b: string): boolean {
+  const ha = createHash('sha256').update(a).digest();
+  const hb = createHash('sha256').update(b).digest();
+  return timingSafeEqual(ha, hb);
+}
+
+export function isLoopback(address: string | undefined): boolean {
+  if (address === undefined) return false;
+  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
+}
+
+/** `http` or `https` for the peer server. */
+export function scheme(tls: TlsMaterial): 'http' | 'https' {
+  return tls.cert !== undefined && tls.key !== undefined ? 'https' : 'http';
+}
