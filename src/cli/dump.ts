@@ -4,22 +4,28 @@
  * so on stderr; corruption makes the exit code 1.
  */
 import { isUtf8 } from 'node:buffer';
-import { dirname, join } from 'node:path';
+import { createWriteStream } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { readStreamedBody } from '../queue/body.js';
+import { ensureDir } from '../util/fs.js';
 import { segmentFileName } from '../log/segment.js';
 import type { MessageRecord } from '../queue/codec.js';
 import { scanQueue } from '../queue/scan.js';
 import { openStateView, type MessageState } from '../queue/state-view.js';
-import { boolFlag, jsonLine, usageError, writeLine, type Command, type ParsedArgs } from './args.js';
+import { boolFlag, jsonLine, stringFlag, usageError, writeLine, type Command, type ParsedArgs } from './args.js';
 import { progress } from './progress.js';
 import { resolveTargets } from './targets.js';
 
 export const dumpCommand: Command = {
   name: 'dump',
   summary: 'print every stored message of a node, queue or segment, with its state',
-  usage: `PATH [--json]
-  PATH     a node directory, one queue's directory, a stream directory or one segment file
-  --json   one JSON object per line`,
-  options: { json: { type: 'boolean' } },
+  usage: `PATH [--json] [--body-to DIR2]
+  PATH            a node directory, one queue's directory, a stream directory or one segment file
+  --json          one JSON object per line
+  --body-to DIR2  also write each message's body to DIR2/<id> (streamed bodies are shown as size and sha256)`,
+  options: { json: { type: 'boolean' }, 'body-to': { type: 'string' } },
   allowPositionals: true,
   run,
 };
@@ -27,6 +33,8 @@ export const dumpCommand: Command = {
 async function run(args: ParsedArgs): Promise<number> {
   if (args.positionals.length !== 1) throw usageError('dump needs exactly one PATH');
   const json = boolFlag(args, 'json');
+  const bodyTo = stringFlag(args, 'body-to');
+  if (bodyTo !== undefined) await ensureDir(resolve(bodyTo));
   let problems = 0;
   // Progress only when the output goes elsewhere (a file, a pipe) and stderr is a terminal.
   const line = process.stdout.isTTY === true ? progress({ isTTY: false } as NodeJS.WriteStream) : progress();
@@ -41,6 +49,7 @@ async function run(args: ParsedArgs): Promise<number> {
       if (event.kind === 'message') {
         const { frame, message, stream } = event;
         const record = dumpRecord(target.info.queue, stream, frame.segment, frame.offset, message, states.stateOf(stream, frame.offset, message));
+        if (bodyTo !== undefined) await extractBody(target.info.dir, message, join(resolve(bodyTo), message.id));
         await (json ? jsonLine(record) : writeLine(plainLine(record)));
         if (++shown % 1000 === 0) line.update(`dumping ${target.info.queue}: ${shown} messages`);
       } else if (event.kind === 'torn') {
@@ -70,6 +79,8 @@ export interface DumpRecord {
   to: readonly string[];
   from: string;
   size: number;
+  /** SHA-256 of a streamed body (such bodies are not shown inline). */
+  sha256?: string;
   state: MessageState;
   headers?: Readonly<Record<string, string>>;
   expiresAt?: number;
@@ -91,14 +102,15 @@ export function dumpRecord(queue: string, stream: string, segment: number, offse
     priority: message.priority,
     to: message.to,
     from: message.from,
-    size: message.body.length,
+    size: message.streamed?.size ?? message.body.length,
     state,
   };
   if (message.headers !== undefined) record.headers = message.headers;
   if (message.expiresAt !== undefined) record.expiresAt = message.expiresAt;
   if (message.notBefore !== undefined) record.notBefore = message.notBefore;
   if (message.receipt === true) record.receipt = true;
-  Object.assign(record, bodyField(message.body));
+  if (message.streamed !== undefined) record.sha256 = message.streamed.sha256;
+  else Object.assign(record, bodyField(message.body));
   return record;
 }
 
@@ -107,7 +119,13 @@ export function bodyField(body: Buffer): { body: string } | { bodyBase64: string
   return isUtf8(body) ? { body: body.toString('utf8') } : { bodyBase64: body.toString('base64') };
 }
 
+/** Writes a message's body (streamed or inline) to `path`, chunk by chunk. */
+async function extractBody(queueDir: string, message: MessageRecord, path: string): Promise<void> {
+  const source = message.streamed === undefined ? [message.body] : readStreamedBody(queueDir, message.id, message.streamed);
+  await pipeline(Readable.from(source), createWriteStream(path, { mode: 0o600 }));
+}
+
 function plainLine(r: DumpRecord): string {
-  const body = r.body !== undefined ? JSON.stringify(r.body.length > 200 ? `${r.body.slice(0, 200)}…` : r.body) : `<${r.size} bytes binary>`;
+  const body = r.sha256 !== undefined ? `<${r.size} bytes streamed, sha256 ${r.sha256}>` : r.body !== undefined ? JSON.stringify(r.body.length > 200 ? `${r.body.slice(0, 200)}…` : r.body) : `<${r.size} bytes binary>`;
   return `${r.queue} ${r.stream}@${r.offset} ${r.id} ${new Date(r.ts).toISOString()} ${r.channel} p${r.priority} ${r.from}->${r.to.join(',')} ${r.state} ${r.size}B ${body}`;
 }

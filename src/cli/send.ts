@@ -3,7 +3,9 @@
  * With --lines, every stdin line is a message; ids are printed in input order as each becomes durable,
  * while up to WINDOW sends are in flight so that they share fsyncs.
  */
-import { readFile } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
+import { INLINE_BODY_LIMIT } from '../queue/body.js';
 import { createInterface } from 'node:readline';
 import { MqlogError } from '../errors.js';
 import { openNode, type MqlogNode } from '../daemon/node.js';
@@ -57,6 +59,9 @@ async function run(args: ParsedArgs): Promise<number> {
     for (const dest of to) node.resolveDestination(dest);
     if (lines) {
       await sendLines(node, to, options);
+    } else if (file !== undefined && (await fileSize(file)) > INLINE_BODY_LIMIT) {
+      // Large files are streamed in chunks: never read whole into memory.
+      await writeLine(await node.sendStream(to, createReadStream(file, { highWaterMark: 1024 * 1024 }), options));
     } else {
       const body = file !== undefined ? await readBodyFile(file) : Buffer.from(args.positionals[0] ?? '', 'utf8');
       await writeLine(await node.send(to, body, options));
@@ -89,6 +94,14 @@ function sendOptions(args: ParsedArgs): SendOptions {
   if (boolFlag(args, 'receipt')) options.receipt = true;
   if (Object.keys(headers).length > 0) options.headers = headers;
   return options;
+}
+
+async function fileSize(path: string): Promise<number> {
+  try {
+    return (await stat(path)).size;
+  } catch (err) {
+    throw new MqlogError('ERR_INVALID_ARG', `cannot read --file ${path}: ${(err as Error).message}`, { cause: err });
+  }
 }
 
 async function readBodyFile(path: string): Promise<Buffer> {

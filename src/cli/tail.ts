@@ -3,7 +3,10 @@
  * (leased for the visibility timeout, then handed out again); with --ack each is acked only after it was
  * printed and stdout flushed. --follow waits for more until --limit messages or --timeout without one.
  */
-import { writeFile } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { join, resolve } from 'node:path';
 import { openNode } from '../daemon/node.js';
 import { DEFAULT_CHANNEL } from '../queue/codec.js';
@@ -94,8 +97,15 @@ async function run(args: ParsedArgs): Promise<number> {
 }
 
 async function print(message: Delivery, json: boolean, bodyTo: string | undefined): Promise<void> {
-  if (bodyTo !== undefined) await writeFile(join(resolve(bodyTo), message.id), message.body);
+  if (bodyTo !== undefined) {
+    // Streamed to the file chunk by chunk, then fsync'd: a large body is never held whole.
+    const path = join(resolve(bodyTo), message.id);
+    await pipeline(Readable.from(message.bodyStream()), createWriteStream(path, { mode: 0o600 }));
+    const handle = await open(path, 'r');
+    await handle.datasync().finally(() => handle.close());
+  }
   if (json) {
+    const size = message.streamed?.size ?? message.body.length;
     await jsonLine({
       id: message.id,
       from: message.from,
@@ -104,7 +114,8 @@ async function print(message: Delivery, json: boolean, bodyTo: string | undefine
       ts: message.ts,
       headers: message.headers ?? {},
       deliveries: message.deliveries,
-      ...(bodyTo === undefined ? bodyField(message.body) : {}),
+      ...(message.streamed === undefined ? {} : { size, sha256: message.streamed.sha256 }),
+      ...(bodyTo === undefined && message.streamed === undefined ? bodyField(message.body) : {}),
     });
     return;
   }
@@ -112,9 +123,10 @@ async function print(message: Delivery, json: boolean, bodyTo: string | undefine
     await writeLineRaw(`${message.id} ${join(resolve(bodyTo), message.id)}`);
     return;
   }
-  await new Promise<void>((resolvePromise, reject) => {
-    process.stdout.write(Buffer.concat([message.body, Buffer.from('\n')]), (err) => (err ? reject(err) : resolvePromise()));
-  });
+  for await (const data of message.bodyStream()) {
+    await new Promise<void>((resolvePromise, reject) => process.stdout.write(data, (err) => (err ? reject(err) : resolvePromise())));
+  }
+  await writeLineRaw('');
 }
 
 async function writeLineRaw(line: string): Promise<void> {

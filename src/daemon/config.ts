@@ -35,6 +35,8 @@ export interface Limits {
   readonly maxFramesPerRequest: number;
   /** Largest message body accepted from a peer (413 ERR_BODY_TOO_LARGE). Default 32 MiB. */
   readonly maxBodyBytes: number;
+  /** Largest streamed (chunked) body accepted from a peer (413 ERR_BODY_TOO_LARGE). Default 64 GiB. */
+  readonly maxStreamedBodyBytes: number;
   /** Most headers on one message (400 ERR_HEADERS_TOO_LARGE). Default 64. */
   readonly maxHeaders: number;
   /** Most bytes of header keys and values on one message (400 ERR_HEADERS_TOO_LARGE). Default 16 KiB. */
@@ -95,6 +97,7 @@ export const DEFAULT_LIMITS: Limits = {
   maxRequestBytes: 16 * 1024 * 1024,
   maxFramesPerRequest: 10_000,
   maxBodyBytes: 32 * 1024 * 1024,
+  maxStreamedBodyBytes: 64 * 1024 * 1024 * 1024,
   maxHeaders: 64,
   maxHeaderBytes: 16 * 1024,
   maxChannelBytes: 255,
@@ -154,6 +157,7 @@ const KEYS: Record<keyof Config, Check> = {
       maxRequestBytes: (x, kk) => checkInt(x, kk, 1024, 1024 * 1024 * 1024),
       maxFramesPerRequest: (x, kk) => checkInt(x, kk, 1, 1_000_000),
       maxBodyBytes: (x, kk) => checkInt(x, kk, 0, 64 * 1024 * 1024),
+      maxStreamedBodyBytes: (x, kk) => checkInt(x, kk, 0, Number.MAX_SAFE_INTEGER),
       maxHeaders: (x, kk) => checkInt(x, kk, 0, 64),
       maxHeaderBytes: (x, kk) => checkInt(x, kk, 0, 1024 * 1024),
       maxChannelBytes: (x, kk) => checkInt(x, kk, 1, 255),

@@ -153,6 +153,7 @@ export class Daemon {
       dataDir,
       segmentBytes: config.segmentBytes,
       maxBodyBytes: config.limits.maxBodyBytes,
+      maxStreamedBodyBytes: config.limits.maxStreamedBodyBytes,
       maxFrameBytes: config.limits.maxBodyBytes + 512 * 1024,
       maxHeaders: config.limits.maxHeaders,
       maxHeaderBytes: config.limits.maxHeaderBytes,

@@ -20,13 +20,15 @@ import { MqlogError } from '../errors.js';
 import { FileLogStore } from '../log/log-store.js';
 import { StreamReader } from '../log/stream-reader.js';
 import { FrameType } from '../log/frame.js';
-import { decodeMeta } from '../queue/codec.js';
+import { decodeChunk, decodeMeta, type BodyPart, type Origin } from '../queue/codec.js';
 import { listQueues } from '../queue/layout.js';
 import { ensureDir, readFileIfExists, writeFileAtomic } from '../util/fs.js';
 
 interface DedupFile {
   readonly version: 1;
   readonly hwm: Record<string, number>;
+  /** Streamed bodies whose message has not arrived yet: where their chunks were stored. */
+  readonly transfers?: Record<string, BodyPart[]>;
   /** Offsets stored beyond the high-water mark (batches stored in part), kept until a retry completes. */
   readonly extra?: Record<string, number[]>;
   readonly inbox: Record<string, number>;
@@ -43,6 +45,7 @@ export class DedupTable {
   /** Offsets stored beyond the high-water mark (found by recovery, or stored by a batch that failed). */
   private readonly extra = new Map<string, Set<number>>();
   private readonly inboxEnds = new Map<string, number>();
+  private readonly transfers = new Map<string, BodyPart[]>();
   private dirty = false;
   private readers = 0;
   private writer: Promise<void> | undefined;
@@ -67,6 +70,7 @@ export class DedupTable {
       if (file.version !== 1) throw new MqlogError('ERR_CORRUPT_STATE', `${table.path} has an unknown version`, { details: { path: table.path } });
       for (const [k, v] of Object.entries(file.hwm)) table.hwm.set(k, v);
       for (const [k, v] of Object.entries(file.extra ?? {})) table.extra.set(k, new Set(v));
+      for (const [k, v] of Object.entries(file.transfers ?? {})) table.transfers.set(k, v);
       for (const [k, v] of Object.entries(file.inbox)) table.inboxEnds.set(k, v);
     }
     await table.recover();
@@ -109,6 +113,25 @@ export class DedupTable {
     if (offset + 1 > (this.inboxEnds.get(k) ?? 0)) this.inboxEnds.set(k, offset + 1);
   }
 
+  /** Records where a chunk of a streamed body in transit was stored. */
+  chunkStored(transfer: string, stream: string, offset: number): void {
+    const parts = this.transfers.get(transfer) ?? [];
+    const last = parts.at(-1);
+    if (last !== undefined && last.stream === stream && offset > last.last) parts[parts.length - 1] = { ...last, last: offset };
+    else parts.push({ stream, first: offset, last: offset });
+    this.transfers.set(transfer, parts);
+    this.dirty = true;
+  }
+
+  /** Where the chunks of a streamed body were stored so far (empty when none). */
+  transferParts(transfer: string): BodyPart[] {
+    return this.transfers.get(transfer) ?? [];
+  }
+
+  finishTransfer(transfer: string): void {
+    if (this.transfers.delete(transfer)) this.dirty = true;
+  }
+
   /** Runs a batch; batches run concurrently with each other but never with a checkpoint. */
   async batch<T>(fn: () => Promise<T>): Promise<T> {
     while (this.writer !== undefined) await this.writer.catch(() => undefined);
@@ -128,7 +151,7 @@ export class DedupTable {
       while (this.readers > 0) await new Promise<void>((resolve) => this.waiting.push(resolve));
       if (!this.dirty && this.extra.size === 0 && (await readFileIfExists(this.path)) !== undefined) return;
       const extra = Object.fromEntries([...this.extra].map(([k, offsets]) => [k, [...offsets].sort((a, b) => a - b)]));
-      const file: DedupFile = { version: 1, hwm: Object.fromEntries(this.hwm), extra, inbox: Object.fromEntries(this.inboxEnds) };
+      const file: DedupFile = { version: 1, hwm: Object.fromEntries(this.hwm), extra, transfers: Object.fromEntries(this.transfers), inbox: Object.fromEntries(this.inboxEnds) };
       await ensureDir(join(this.dataDir, 'receiver'));
       await writeFileAtomic(this.path, JSON.stringify(file));
       this.dirty = false;
@@ -152,10 +175,15 @@ export class DedupTable {
             const read = await reader.read({ maxFrames: 1024 });
             for (const frame of read.frames) {
               this.wrote(info.queue, stream.name, frame.offset);
-              if (frame.type !== FrameType.MESSAGE) continue;
-              let meta;
+              let meta: { origin?: Origin | undefined; id: string };
               try {
-                ({ meta } = decodeMeta(frame.payload));
+                if (frame.type === FrameType.BODY_CHUNK) {
+                  meta = decodeChunk(frame.payload).meta;
+                  if (meta.origin !== undefined) this.chunkStored(JSON.stringify([meta.origin.node, meta.origin.destination ?? '', meta.id]), stream.name, frame.offset);
+                } else if (frame.type === FrameType.MESSAGE) {
+                  meta = decodeMeta(frame.payload).meta;
+                  if (meta.origin !== undefined) this.finishTransfer(JSON.stringify([meta.origin.node, meta.origin.destination ?? '', meta.id]));
+                } else continue;
               } catch {
                 continue; // verify reports it; it cannot be a duplicate of anything
               }

@@ -15,7 +15,8 @@ import type { FileLogStore } from '../log/log-store.js';
 import { SegmentSet } from '../log/segment-set.js';
 import type { StreamPosition } from '../log/stream-reader.js';
 import type { ChangeWatcher } from '../log/watch.js';
-import { decodeMessage, decodeMeta, type MessageMeta } from '../queue/codec.js';
+import { decodeChunk, decodeMessage, decodeMeta, type ChunkMeta, type MessageMeta } from '../queue/codec.js';
+import { idTimestamp } from '../util/ids.js';
 import { readCursor, writeCursor, type DestinationCursor } from '../queue/cursors.js';
 import { deadLetteredKeys, type OutboxDeadLetters } from '../queue/outbox-dead.js';
 import { PriorityReader, type QueuedFrame } from '../queue/priority.js';
@@ -160,13 +161,21 @@ export class Forwarder {
   /** Takes the next batch for this destination and sends it. */
   private async forwardOnce(): Promise<'idle' | 'sent'> {
     this.reader ??= new PriorityReader(this.options.store, (stream) => this.positions[stream] ?? { offset: 0 }, {
-      orderOf: (frame) => (frame.type === FrameType.MESSAGE ? safeId(frame.payload) : ''),
+      orderOf: sendOrder,
     });
     const taken = await this.reader.take(this.options.maxBatchFrames ?? 1000, this.maxBatchBytes);
     if (taken.length === 0) return 'idle';
     const now = Date.now();
-    let batch: { frame: QueuedFrame; meta: MessageMeta }[] = [];
+    let batch: { frame: QueuedFrame; meta: MessageMeta | undefined }[] = [];
     for (const frame of taken) {
+      if (frame.type === FrameType.BODY_CHUNK) {
+        // A piece of a streamed body: goes where its message goes, unless that message already expired.
+        const chunk = safeChunk(frame.payload);
+        if (chunk === undefined || !chunk.to.includes(this.destination) || this.deadKeys.has(`${frame.stream}@${frame.offset}`)) continue;
+        if (chunk.expiresAt !== undefined && chunk.expiresAt <= now) continue;
+        batch.push({ frame, meta: undefined });
+        continue;
+      }
       if (frame.type !== FrameType.MESSAGE) continue;
       let meta: MessageMeta;
       try {
@@ -193,17 +202,23 @@ export class Forwarder {
           destination: this.destination,
           frames: batch.map(({ frame }) => ({ stream: frame.stream, frame: encodeFrame(frame.type, frame.offset, frame.payload) })),
         }, this.sendController.signal);
-        this.sentMessages += batch.length;
-        this.options.events?.sent?.(this.destination, batch.length, batch.reduce((n, b) => n + b.frame.bytes, 0), performance.now() - started, result.duplicates);
-        this.options.events?.delivered?.(this.destination, batch.map((b) => b.meta));
+        const metas = batch.flatMap((b) => (b.meta === undefined ? [] : [b.meta]));
+        this.sentMessages += metas.length;
+        this.options.events?.sent?.(this.destination, metas.length, batch.reduce((n, b) => n + b.frame.bytes, 0), performance.now() - started, result.duplicates);
+        this.options.events?.delivered?.(this.destination, metas);
         break;
       } catch (err) {
         const error = asMqlogError(err);
         const index = error.details?.frame;
         if (error.code === 'ERR_PEER_REJECTED' && typeof index === 'number' && batch[index] !== undefined) {
           const { frame, meta } = batch[index];
-          await this.deadLetter(frame, `${this.destination} refused it: ${error.message}`);
-          this.options.events?.deadLettered?.(this.destination, meta, error.message);
+          if (meta === undefined) {
+            // A refused chunk: its message will be refused as incomplete, and dead-lettered then.
+            this.deadKeys.add(`${frame.stream}@${frame.offset}`);
+          } else {
+            await this.deadLetter(frame, `${this.destination} refused it: ${error.message}`);
+            this.options.events?.deadLettered?.(this.destination, meta, error.message);
+          }
           batch = batch.filter((_, i) => i !== index);
           continue;
         }
@@ -214,8 +229,11 @@ export class Forwarder {
         }
         if (error.details?.status === 413 && batch.length === 1 && batch[0] !== undefined) {
           const { frame, meta } = batch[0];
-          await this.deadLetter(frame, `${this.destination} refused it as too large: ${error.message}`);
-          this.options.events?.deadLettered?.(this.destination, meta, error.message);
+          if (meta === undefined) this.deadKeys.add(`${frame.stream}@${frame.offset}`);
+          else {
+            await this.deadLetter(frame, `${this.destination} refused it as too large: ${error.message}`);
+            this.options.events?.deadLettered?.(this.destination, meta, error.message);
+          }
           batch = [];
           continue;
         }
@@ -287,11 +305,31 @@ function isNotFoundError(err: unknown): boolean {
   return (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT' || isMqlogError(err, 'ERR_NOT_FOUND');
 }
 
-function safeId(payload: Buffer): string {
+/**
+ * Order among frames of equal priority: by time written — a message by its id's time, a chunk by its
+ * own — so that a long streamed body does not hold back messages sent while it streams.
+ */
+function sendOrder(frame: { type: number; payload: Buffer }): string {
   try {
-    return decodeMeta(payload).meta.id;
+    if (frame.type === FrameType.MESSAGE) {
+      const { id } = decodeMeta(frame.payload).meta;
+      return `${idTimestamp(id).toString(16).padStart(12, '0')}:${id}`;
+    }
+    if (frame.type === FrameType.BODY_CHUNK) {
+      const { meta } = decodeChunk(frame.payload);
+      return `${meta.ts.toString(16).padStart(12, '0')}:${meta.id}:${String(meta.position).padStart(16, '0')}`;
+    }
   } catch {
-    return '';
+    // undecodable frames sort first and are then skipped
+  }
+  return '';
+}
+
+function safeChunk(payload: Buffer): ChunkMeta | undefined {
+  try {
+    return decodeChunk(payload).meta;
+  } catch {
+    return undefined;
   }
 }
 

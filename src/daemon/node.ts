@@ -77,6 +77,15 @@ export class MqlogNode {
     return this.outbox.send(to, body, options);
   }
 
+  /**
+   * Sends a body of any size read from a stream (a file, say), never holding it whole in memory; the
+   * receiver checks its SHA-256 before the message becomes visible. See Outbox.sendStream.
+   */
+  sendStream(to: string | readonly string[], source: AsyncIterable<Uint8Array>, options?: SendOptions): Promise<string> {
+    if (this.closing !== undefined) return Promise.reject(new MqlogError('ERR_CLOSED', 'node is closed'));
+    return this.outbox.sendStream(to, source, options);
+  }
+
   /** The inbox of a channel (opened once per node object). */
   inbox(channel: string = DEFAULT_CHANNEL): Promise<Inbox> {
     if (this.closing !== undefined) return Promise.reject(new MqlogError('ERR_CLOSED', 'node is closed'));

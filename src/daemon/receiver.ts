@@ -10,7 +10,8 @@
 import { MqlogError } from '../errors.js';
 import { FrameType, decodeFrame } from '../log/frame.js';
 import { parseStreamName } from '../log/log-store.js';
-import { decodeMessage, type MessageRecord } from '../queue/codec.js';
+import { digestStreamedBody } from '../queue/body.js';
+import { decodeChunk, decodeMessage, type ChunkMeta, type MessageMeta, type MessageRecord, type Origin } from '../queue/codec.js';
 import { Inbox } from '../queue/inbox.js';
 import { decodeReceiptReport, type ReceiptReport } from '../queue/receipts.js';
 import type { BatchResult, BatchSink, IncomingBatch } from '../transport/transport.js';
@@ -20,6 +21,8 @@ export interface InboxSinkOptions {
   readonly dataDir: string;
   readonly segmentBytes: number;
   readonly maxBodyBytes: number;
+  /** Largest streamed body (chunked) accepted. */
+  readonly maxStreamedBodyBytes: number;
   readonly maxFrameBytes: number;
   readonly maxHeaders?: number;
   readonly maxHeaderBytes?: number;
@@ -41,8 +44,12 @@ interface Checked {
   readonly key: string;
   readonly stream: string;
   readonly offset: number;
-  readonly message: MessageRecord;
+  /** Set for a MESSAGE frame. */
+  readonly message?: MessageRecord;
   readonly receipt?: ReceiptReport;
+  /** Set for a BODY_CHUNK frame. */
+  readonly chunk?: { readonly meta: ChunkMeta; readonly data: Buffer };
+  readonly index: number;
 }
 
 export class InboxSink implements BatchSink {
@@ -74,14 +81,23 @@ export class InboxSink implements BatchSink {
           throw new MqlogError(decoded.code, `frame: ${decoded.reason}`);
         }
         if (decoded.bytes !== wire.frame.length) throw new MqlogError('ERR_BAD_REQUEST', `${wire.frame.length - decoded.bytes} bytes after the frame`);
-        if (decoded.frame.type !== FrameType.MESSAGE) throw new MqlogError('ERR_INVALID_MESSAGE', `frame type ${decoded.frame.type} is not a message`);
+        const key = dedupKey(batch.node, batch.destination, wire.stream);
+        if (decoded.frame.type === FrameType.BODY_CHUNK) {
+          const chunk = decodeChunk(decoded.frame.payload);
+          this.checkChannel(chunk.meta.channel);
+          return { key, stream: wire.stream, offset: decoded.frame.offset, chunk, index };
+        }
+        if (decoded.frame.type !== FrameType.MESSAGE) throw new MqlogError('ERR_INVALID_MESSAGE', `frame type ${decoded.frame.type} is neither a message nor a body chunk`);
         const message = decodeMessage(decoded.frame.payload);
+        if (message.streamed !== undefined && message.streamed.size > this.options.maxStreamedBodyBytes) {
+          throw new MqlogError('ERR_BODY_TOO_LARGE', `streamed body of ${message.streamed.size} bytes exceeds this node's limit of ${this.options.maxStreamedBodyBytes}`);
+        }
         if (message.body.length > this.options.maxBodyBytes) {
           throw new MqlogError('ERR_BODY_TOO_LARGE', `body of ${message.body.length} bytes exceeds this node's limit of ${this.options.maxBodyBytes}`);
         }
         this.checkLimits(message);
         const receipt = message.kind === 'receipt' ? decodeReceiptReport(message.body) : undefined;
-        return { key: dedupKey(batch.node, batch.destination, wire.stream), stream: wire.stream, offset: decoded.frame.offset, message, ...(receipt === undefined ? {} : { receipt }) };
+        return { key, stream: wire.stream, offset: decoded.frame.offset, message, index, ...(receipt === undefined ? {} : { receipt }) };
       } catch (err) {
         if (err instanceof MqlogError) {
           throw new MqlogError(err.code, `frame ${index}: ${err.message}`, { details: { ...err.details, frame: index }, cause: err });
@@ -92,11 +108,15 @@ export class InboxSink implements BatchSink {
     return this.serialize(batch.node, () => this.dedup.batch(() => this.store(batch, from, checked)));
   }
 
-  private checkLimits(message: MessageRecord): void {
-    const channelBytes = Buffer.byteLength(message.channel);
+  private checkChannel(channel: string): void {
+    const channelBytes = Buffer.byteLength(channel);
     if (this.options.maxChannelBytes !== undefined && channelBytes > this.options.maxChannelBytes) {
       throw new MqlogError('ERR_INVALID_NAME', `channel name of ${channelBytes} bytes exceeds this node's limit of ${this.options.maxChannelBytes}`);
     }
+  }
+
+  private checkLimits(message: MessageRecord): void {
+    this.checkChannel(message.channel);
     const headers = Object.entries(message.headers ?? {});
     if (this.options.maxHeaders !== undefined && headers.length > this.options.maxHeaders) {
       throw new MqlogError('ERR_HEADERS_TOO_LARGE', `${headers.length} headers exceed this node's limit of ${this.options.maxHeaders}`);
@@ -117,39 +137,80 @@ export class InboxSink implements BatchSink {
     return this.closing;
   }
 
+  /**
+   * Stores the new frames of a batch: body chunks first, then messages (a streamed body is checked
+   * against its declared size and SHA-256 by reading its stored chunks back before its message is
+   * stored), then receipts are applied.
+   */
   private async store(batch: IncomingBatch, from: string, checked: Checked[]): Promise<BatchResult> {
     const fresh = checked.filter((c) => !this.dedup.seen(c.key, c.offset));
-    const results = await Promise.allSettled(
-      fresh.map(async (c) => {
-        if (c.receipt !== undefined) {
-          await this.options.onReceipt?.(c.receipt, from);
-          return c;
-        }
-        const inbox = await this.inbox(c.message.channel);
-        const { body, ...meta } = c.message;
-        const stored = await inbox.append(
-          { ...meta, from, origin: { node: batch.node, stream: c.stream, offset: c.offset, destination: batch.destination } },
-          body,
-        );
-        this.dedup.wrote(inbox.info.queue, stored.stream, stored.offset);
+    const origin = (c: Checked): Origin => ({ node: batch.node, stream: c.stream, offset: c.offset, destination: batch.destination });
+    const done: Checked[] = [];
+    const run = async (items: Checked[], store: (c: Checked) => Promise<void>): Promise<void> => {
+      const results = await Promise.allSettled(items.map(async (c) => {
+        await store(c);
         return c;
-      }),
-    );
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed !== undefined) {
+      }));
+      for (const r of results) if (r.status === 'fulfilled') done.push(r.value);
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed !== undefined) throw failed.reason;
+    };
+    try {
+      await run(fresh.filter((c) => c.chunk !== undefined), async (c) => {
+        const { meta, data } = c.chunk as NonNullable<Checked['chunk']>;
+        const inbox = await this.inbox(meta.channel);
+        const stored = await inbox.appendChunk({ ...meta, origin: origin(c) }, data);
+        this.dedup.wrote(inbox.info.queue, stored.stream, stored.offset);
+        this.dedup.chunkStored(transferKey(batch, meta.id), stored.stream, stored.offset);
+      });
+      const messages = fresh.filter((c) => c.message !== undefined && c.receipt === undefined);
+      const prepared = new Map<Checked, MessageMeta>();
+      for (const c of messages) prepared.set(c, await this.verifyStreamed(batch, c, from, origin(c)));
+      await run(messages, async (c) => {
+        const message = c.message as MessageRecord;
+        const inbox = await this.inbox(message.channel);
+        const stored = await inbox.append(prepared.get(c) as MessageMeta, message.streamed === undefined ? message.body : Buffer.alloc(0));
+        this.dedup.wrote(inbox.info.queue, stored.stream, stored.offset);
+        if (message.streamed !== undefined) this.dedup.finishTransfer(transferKey(batch, message.id));
+      });
+      await run(fresh.filter((c) => c.receipt !== undefined), async (c) => {
+        await this.options.onReceipt?.(c.receipt as ReceiptReport, from);
+      });
+    } catch (err) {
       // Remember exactly what did get stored, so the retry stores only the rest.
-      for (const r of results) if (r.status === 'fulfilled') this.dedup.stored(r.value.key, r.value.offset);
-      throw failed.reason;
+      for (const c of done) this.dedup.stored(c.key, c.offset);
+      throw err;
     }
     const byKey = new Map<string, number[]>();
     for (const c of checked) byKey.set(c.key, [...(byKey.get(c.key) ?? []), c.offset]);
     for (const [key, offsets] of byKey) this.dedup.completed(key, offsets);
     const perChannel = new Map<string, number>();
-    for (const c of fresh) if (c.receipt === undefined) perChannel.set(c.message.channel, (perChannel.get(c.message.channel) ?? 0) + 1);
+    for (const c of fresh) if (c.message !== undefined && c.receipt === undefined) perChannel.set(c.message.channel, (perChannel.get(c.message.channel) ?? 0) + 1);
     for (const [channel, count] of perChannel) this.options.onStored?.(channel, count, from);
     const result = { stored: fresh.length, duplicates: checked.length - fresh.length };
     this.options.onBatch?.(result);
     return result;
+  }
+
+  /**
+   * The inbox fields of a message: `from` is the sender, `origin` where it came from, and a streamed
+   * body's parts point at the chunks as stored here — after checking that they add up to the declared
+   * size and SHA-256.
+   * @throws ERR_BODY_DIGEST_MISMATCH (with the frame index) when they do not.
+   */
+  private async verifyStreamed(batch: IncomingBatch, c: Checked, from: string, origin: Origin): Promise<MessageMeta> {
+    const { body: _body, ...meta } = c.message as MessageRecord;
+    const fields: MessageMeta = { ...meta, from, origin };
+    if (meta.streamed === undefined) return fields;
+    const parts = this.dedup.transferParts(transferKey(batch, meta.id));
+    const inbox = await this.inbox(meta.channel);
+    const found = await digestStreamedBody(inbox.info.dir, meta.id, parts);
+    if (found.size !== meta.streamed.size || found.sha256 !== meta.streamed.sha256) {
+      throw new MqlogError('ERR_BODY_DIGEST_MISMATCH', `frame ${c.index}: body of ${meta.id} has ${found.size} bytes with SHA-256 ${found.sha256}, the message declares ${meta.streamed.size} bytes with ${meta.streamed.sha256}`, {
+        details: { frame: c.index, id: meta.id },
+      });
+    }
+    return { ...fields, streamed: { ...meta.streamed, parts } };
   }
 
   private serialize<T>(sender: string, fn: () => Promise<T>): Promise<T> {
@@ -180,4 +241,9 @@ export class InboxSink implements BatchSink {
     }
     return inbox;
   }
+}
+
+/** Identifies one streamed body in transit: sender node, destination as it named this node, message id. */
+function transferKey(batch: IncomingBatch, id: string): string {
+  return JSON.stringify([batch.node, batch.destination, id]);
 }

@@ -74,8 +74,8 @@ export function encodeFrameHeader(type: number, offset: number, payload: Payload
   header.writeUInt32LE(offset % 0x1_0000_0000, 8);
   header.writeUInt32LE(Math.floor(offset / 0x1_0000_0000), 12);
   let crc = crc32(header.subarray(0, 16));
-  if (payload instanceof Uint8Array) crc = crc32(payload, crc);
-  else for (const part of payload) crc = crc32(part, crc);
+  if (payload instanceof Uint8Array) crc = crcOn(payload, crc);
+  else for (const part of payload) crc = crcOn(part, crc);
   header.writeUInt32LE(crc, 16);
   return header;
 }
@@ -123,7 +123,15 @@ export function parseFrameHeader(bytes: Uint8Array, at = 0, maxPayloadBytes = MA
 
 /** True when the payload matches the CRC of its header. */
 export function frameCrcMatches(headerBytes: Uint8Array, payload: Uint8Array, expected: number): boolean {
-  return crc32(payload, crc32(headerBytes.subarray(0, 16))) === expected;
+  return crcOn(payload, crc32(headerBytes.subarray(0, 16))) === expected;
+}
+
+/**
+ * Continues a CRC over more bytes. Empty input leaves it unchanged — zlib.crc32 of Node.js returns 0 for
+ * an empty buffer without backing memory, whatever the running value.
+ */
+function crcOn(bytes: Uint8Array, running: number): number {
+  return bytes.length === 0 ? running : crc32(bytes, running);
 }
 
 export type DecodeResult =

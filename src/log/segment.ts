@@ -52,6 +52,8 @@ export interface SegmentReaderOptions {
 }
 
 const DEFAULT_BUFFER_BYTES = 256 * 1024;
+/** Pause before re-reading a spot that looked corrupt (a concurrent write finishes well within it). */
+const RECHECK_DELAY_MS = 20;
 const ZERO_SCAN_BYTES = 64 * 1024;
 
 export class SegmentReader {
@@ -97,6 +99,19 @@ export class SegmentReader {
    */
   async next(): Promise<ReadStep> {
     if (this.closed) throw new MqlogError('ERR_CLOSED', 'segment reader is closed');
+    try {
+      return await this.step();
+    } catch (err) {
+      if (!(err instanceof MqlogError) || err.details?.position !== this.position) throw err;
+      // A writer in another process may have been writing right here while we looked (we saw its zeros,
+      // or half its frame, and then the bytes after it). Look once more before calling it corruption.
+      await new Promise((resolve) => setTimeout(resolve, RECHECK_DELAY_MS));
+      this.atEnd(undefined);
+      return this.step();
+    }
+  }
+
+  private async step(): Promise<ReadStep> {
     const at = this.position;
     const available = await this.fill(FRAME_HEADER_BYTES);
     if (available === 0) return this.atEnd({ kind: 'end', position: at });
@@ -137,7 +152,7 @@ export class SegmentReader {
   }
 
   /** Forgets buffered bytes past the end of data: a writer may fill them in before the next call. */
-  private atEnd<T extends ReadStep>(step: T): T {
+  private atEnd<T extends ReadStep | undefined>(step: T): T {
     this.bufferLength = Math.max(0, this.position - this.bufferStart);
     return step;
   }

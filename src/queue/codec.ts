@@ -61,6 +61,39 @@ export interface MessageMeta {
   readonly origin?: Origin | undefined;
   /** What the message is for mqlog itself: absent for application messages, `receipt` for a receipt. */
   readonly kind?: 'receipt' | undefined;
+  /** Set when the body is not in this frame but in BODY_CHUNK frames before it (a streamed body). */
+  readonly streamed?: StreamedBody | undefined;
+}
+
+/** Where a streamed body's chunks are: ranges of offsets, each in a stream of the same queue. */
+export interface StreamedBody {
+  readonly size: number;
+  /** Lower-case hex SHA-256 of the whole body. */
+  readonly sha256: string;
+  readonly parts: readonly BodyPart[];
+}
+
+export interface BodyPart {
+  readonly stream: string;
+  /** Offset of the first chunk frame of the part. */
+  readonly first: number;
+  /** Offset of the last chunk frame of the part. */
+  readonly last: number;
+}
+
+/** The fields of a BODY_CHUNK frame: whose body it is, where its bytes go, and what the forwarder needs. */
+export interface ChunkMeta {
+  readonly id: string;
+  /** Byte position of this chunk's data in the body. */
+  readonly position: number;
+  /** When the chunk was written (ms since epoch): orders it among other messages of its priority. */
+  readonly ts: number;
+  readonly channel: string;
+  readonly priority: number;
+  readonly to: readonly string[];
+  readonly expiresAt?: number | undefined;
+  /** Set on inbox copies, as for messages. */
+  readonly origin?: Origin | undefined;
 }
 
 export interface MessageRecord extends MessageMeta {
@@ -85,6 +118,7 @@ const KEYS = {
   replyTo: 'a',
   origin: 'o',
   kind: 'k',
+  streamed: 'z',
 } as const;
 
 export function encodeMeta(meta: MessageMeta): Buffer {
@@ -102,11 +136,9 @@ export function encodeMeta(meta: MessageMeta): Buffer {
   if (meta.headers !== undefined && Object.keys(meta.headers).length > 0) map[KEYS.headers] = meta.headers;
   if (meta.receipt === true) map[KEYS.receipt] = true;
   if (meta.replyTo !== undefined) map[KEYS.replyTo] = meta.replyTo;
-  if (meta.origin !== undefined) {
-    const { node, stream, offset, destination } = meta.origin;
-    map[KEYS.origin] = destination === undefined ? [node, stream, offset] : [node, stream, offset, destination];
-  }
+  if (meta.origin !== undefined) map[KEYS.origin] = encodeOrigin(meta.origin);
   if (meta.kind !== undefined) map[KEYS.kind] = meta.kind;
+  if (meta.streamed !== undefined) map[KEYS.streamed] = [meta.streamed.size, meta.streamed.sha256, meta.streamed.parts.map((p) => [p.stream, p.first, p.last])];
   return packr.pack(map);
 }
 
@@ -191,20 +223,90 @@ function validateMeta(raw: unknown): MessageMeta {
     meta.replyTo = replyTo;
   }
   const origin = m[KEYS.origin];
-  if (origin !== undefined) {
-    if (!Array.isArray(origin) || origin.length < 3 || origin.length > 4) throw invalid('origin is not [node, stream, offset, destination?]');
-    const [node2, stream, offset, destination] = origin as unknown[];
-    if (typeof node2 !== 'string' || typeof stream !== 'string' || !Number.isSafeInteger(offset) || (offset as number) < 0 || (destination !== undefined && typeof destination !== 'string')) {
-      throw invalid('origin is not [node, stream, offset, destination?]');
-    }
-    meta.origin = { node: node2, stream, offset: offset as number, ...(destination === undefined ? {} : { destination }) };
-  }
+  if (origin !== undefined) meta.origin = decodeOrigin(origin);
+  const streamed = m[KEYS.streamed];
+  if (streamed !== undefined) meta.streamed = checkStreamedBody(streamed);
   const kind = m[KEYS.kind];
   if (kind !== undefined) {
     if (kind !== 'receipt') throw invalid(`unknown message kind ${JSON.stringify(kind)}`);
     meta.kind = kind;
   }
   return meta;
+}
+
+function encodeOrigin(origin: Origin): unknown[] {
+  const { node, stream, offset, destination } = origin;
+  return destination === undefined ? [node, stream, offset] : [node, stream, offset, destination];
+}
+
+function decodeOrigin(origin: unknown): Origin {
+  if (!Array.isArray(origin) || origin.length < 3 || origin.length > 4) throw invalid('origin is not [node, stream, offset, destination?]');
+  const [node, stream, offset, destination] = origin as unknown[];
+  if (typeof node !== 'string' || typeof stream !== 'string' || !Number.isSafeInteger(offset) || (offset as number) < 0 || (destination !== undefined && typeof destination !== 'string')) {
+    throw invalid('origin is not [node, stream, offset, destination?]');
+  }
+  return { node, stream, offset: offset as number, ...(destination === undefined ? {} : { destination }) };
+}
+
+function checkStreamedBody(value: unknown): StreamedBody {
+  if (!Array.isArray(value) || value.length !== 3) throw invalid('body is not [size, sha256, parts]');
+  const [size, sha256, parts] = value as unknown[];
+  if (!Number.isSafeInteger(size) || (size as number) < 0) throw invalid('body size is not a byte count');
+  if (typeof sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(sha256)) throw invalid('body sha256 is not 64 hex digits');
+  if (!Array.isArray(parts) || parts.length > 1024) throw invalid('body parts is not a list');
+  const checked: BodyPart[] = [];
+  for (const part of parts as unknown[]) {
+    if (!Array.isArray(part) || part.length !== 3) throw invalid('body part is not [stream, first, last]');
+    const [stream, first, last] = part as unknown[];
+    if (typeof stream !== 'string' || stream.length > 64 || !Number.isSafeInteger(first) || !Number.isSafeInteger(last) || (first as number) < 0 || (last as number) < (first as number)) {
+      throw invalid('body part is not [stream, first, last]');
+    }
+    checked.push({ stream, first: first as number, last: last as number });
+  }
+  return { size: size as number, sha256, parts: checked };
+}
+
+/** The payload of a BODY_CHUNK frame: u32 LE metaBytes | msgpack chunk fields | data. */
+export function encodeChunk(meta: ChunkMeta, data: Uint8Array): Buffer[] {
+  const map: Record<string, unknown> = { i: meta.id, p: meta.position, t: meta.ts, c: meta.channel, r: meta.priority, d: meta.to };
+  if (meta.expiresAt !== undefined) map.x = meta.expiresAt;
+  if (meta.origin !== undefined) map.o = encodeOrigin(meta.origin);
+  const packed = packr.pack(map);
+  const prefix = Buffer.allocUnsafe(4);
+  prefix.writeUInt32LE(packed.length, 0);
+  return [prefix, packed, Buffer.from(data.buffer, data.byteOffset, data.byteLength)];
+}
+
+/** @throws ERR_INVALID_MESSAGE for a chunk payload whose fields do not decode or validate. */
+export function decodeChunk(payload: Buffer): { meta: ChunkMeta; data: Buffer } {
+  if (payload.length < 4) throw invalid('chunk shorter than its length prefix');
+  const metaBytes = payload.readUInt32LE(0);
+  if (metaBytes > MAX_META_BYTES || 4 + metaBytes > payload.length) throw invalid(`chunk meta length ${metaBytes} out of range`);
+  let raw: unknown;
+  try {
+    raw = packr.unpack(payload.subarray(4, 4 + metaBytes));
+  } catch (err) {
+    throw invalid('chunk meta is not valid msgpack', err);
+  }
+  const m = (raw ?? {}) as Record<string, unknown>;
+  if (!isId(m.i)) throw invalid('chunk id is not a UUID');
+  if (!Number.isSafeInteger(m.p) || (m.p as number) < 0) throw invalid('chunk position is not a byte count');
+  if (!isTime(m.t)) throw invalid('chunk ts is not a timestamp');
+  checkChannel(m.c);
+  checkPriority(m.r);
+  checkDestinations(m.d);
+  if (m.x !== undefined && !isTime(m.x)) throw invalid('chunk expiresAt is not a timestamp');
+  const meta: ChunkMeta = {
+    id: m.i,
+    position: m.p as number,
+    ts: m.t,
+    channel: m.c,
+    priority: m.r,
+    to: m.d,
+    ...(m.x === undefined ? {} : { expiresAt: m.x }),
+    ...(m.o === undefined ? {} : { origin: decodeOrigin(m.o) }),
+  };
+  return { meta, data: payload.subarray(4 + metaBytes) };
 }
 
 /** @throws ERR_INVALID_NAME unless `channel` is a non-empty string of at most 255 UTF-8 bytes. */

@@ -25,7 +25,7 @@ import { SegmentReader } from '../log/segment.js';
 import { SegmentSet, type SegmentInfo } from '../log/segment-set.js';
 import { StreamWriter } from '../log/stream-writer.js';
 import { FILE_MODE, fsyncDir, isNotFound } from '../util/fs.js';
-import { decodeMeta, type MessageMeta } from './codec.js';
+import { decodeChunk, decodeMeta, type MessageMeta } from './codec.js';
 import { ConsumerJournal } from './consumer-journal.js';
 import { readAllCursors } from './cursors.js';
 import { listQueues, type QueueInfo } from './layout.js';
@@ -55,6 +55,43 @@ export interface CompactionResult {
 }
 
 type IsDone = (stream: string, offset: number, meta: MessageMeta | undefined) => Promise<boolean> | boolean;
+type ChunkRemovable = (id: string, ts: number) => Promise<boolean>;
+
+/** A chunk whose message never came (the sender died mid-body, or the body was refused) is removed after this. */
+export const ORPHAN_CHUNK_MS = 60 * 60_000;
+
+/** For every message with a streamed body in the queue: whether it is removable (its chunks with it). */
+async function streamedOwners(store: FileLogStore, removable: IsDone): Promise<Map<string, boolean>> {
+  const owners = new Map<string, boolean>();
+  for (const stream of await store.streams()) {
+    const reader = store.reader(stream.name);
+    try {
+      for (;;) {
+        let read;
+        try {
+          read = await reader.read({ maxFrames: 256, maxBytes: 8 * 1024 * 1024 });
+        } catch (err) {
+          if (isMqlogError(err)) break; // corrupt: verify reports it
+          throw err;
+        }
+        for (const frame of read.frames) {
+          if (frame.type !== FrameType.MESSAGE) continue;
+          let meta: MessageMeta;
+          try {
+            meta = decodeMeta(frame.payload).meta;
+          } catch {
+            continue;
+          }
+          if (meta.streamed !== undefined) owners.set(meta.id, await removable(stream.name, frame.offset, meta));
+        }
+        if (read.state !== 'more') break;
+      }
+    } finally {
+      await reader.close();
+    }
+  }
+  return owners;
+}
 
 /** Compacts one queue. Returns what it reclaimed; a queue another compactor holds is skipped. */
 export async function compactQueue(info: QueueInfo, options: CompactionOptions): Promise<CompactionResult> {
@@ -68,6 +105,13 @@ export async function compactQueue(info: QueueInfo, options: CompactionOptions):
     const retainDoneMs = options.retainDoneMs ?? 0;
     const removable: IsDone = async (stream, offset, meta) => (meta === undefined || meta.ts + retainDoneMs <= now) && (await isDone(stream, offset, meta));
     const store = new FileLogStore(info.dir);
+    // Chunks of streamed bodies go with their message; found once, on the first chunk met.
+    let owners: Promise<Map<string, boolean>> | undefined;
+    const chunkRemovable: ChunkRemovable = async (id, ts) => {
+      owners ??= streamedOwners(store, removable);
+      const owner = (await owners).get(id);
+      return owner ?? ts + ORPHAN_CHUNK_MS <= now;
+    };
     for (const stream of await store.streams()) {
       const set = new SegmentSet(join(info.dir, stream.name));
       await removeLeftovers(set.dir);
@@ -75,8 +119,8 @@ export async function compactQueue(info: QueueInfo, options: CompactionOptions):
       for (const [index, segment] of segments.entries()) {
         const sealed = index < segments.length - 1;
         const outcome = sealed
-          ? await compactSegment(set, segment, stream.name, removable, options.rewriteBelowShare ?? 0.5)
-          : await retireTail(info, set, segment, stream.name, stream.slot, removable, options);
+          ? await compactSegment(set, segment, stream.name, removable, chunkRemovable, options.rewriteBelowShare ?? 0.5)
+          : await retireTail(info, set, segment, stream.name, stream.slot, removable, chunkRemovable, options);
         result.segmentsDeleted += outcome.action === 'deleted' || outcome.action === 'retired' ? 1 : 0;
         result.segmentsRewritten += outcome.action === 'rewritten' ? 1 : 0;
         result.framesRemoved += outcome.framesRemoved;
@@ -119,8 +163,8 @@ interface Outcome {
 
 const KEPT: Outcome = { action: 'kept', framesRemoved: 0, bytesReclaimed: 0 };
 
-async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: string, removable: IsDone, rewriteBelowShare: number): Promise<Outcome> {
-  const survey = await surveySegment(segment.path, stream, removable);
+async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: string, removable: IsDone, chunkRemovable: ChunkRemovable, rewriteBelowShare: number): Promise<Outcome> {
+  const survey = await surveySegment(segment.path, stream, removable, chunkRemovable);
   if (survey === undefined || survey.removed === 0) return KEPT;
   if (survey.liveFrames === 0) {
     await rm(segment.path, { force: true });
@@ -138,7 +182,7 @@ async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: str
         const step = await reader.next();
         if (step.kind !== 'frame') break;
         const { frame } = step;
-        if (await isRemovable(frame.type, frame.offset, frame.payload, stream, removable)) continue;
+        if (await isRemovable(frame.type, frame.offset, frame.payload, stream, removable, chunkRemovable)) continue;
         const bytes = encodeFrame(frame.type, frame.offset, frame.payload);
         await handle.write(bytes, 0, bytes.length, written);
         written += bytes.length;
@@ -160,10 +204,10 @@ async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: str
 }
 
 /** Retires the last segment of a stream whose writer is gone, once every frame in it is done. */
-async function retireTail(info: QueueInfo, set: SegmentSet, segment: SegmentInfo, stream: string, slot: number, removable: IsDone, options: CompactionOptions): Promise<Outcome> {
+async function retireTail(info: QueueInfo, set: SegmentSet, segment: SegmentInfo, stream: string, slot: number, removable: IsDone, chunkRemovable: ChunkRemovable, options: CompactionOptions): Promise<Outcome> {
   const size = await stat(segment.path).then((s) => s.size, () => 0);
   if (size === 0) return KEPT;
-  const survey = await surveySegment(segment.path, stream, removable);
+  const survey = await surveySegment(segment.path, stream, removable, chunkRemovable);
   if (survey === undefined || survey.liveFrames > 0 || survey.removed === 0 || survey.torn) return KEPT;
   const lock = await Lock.tryAcquire(join(info.dir, `w${slot}.lock`));
   if (lock === undefined) return KEPT; // a writer is appending here
@@ -172,7 +216,7 @@ async function retireTail(info: QueueInfo, set: SegmentSet, segment: SegmentInfo
     const writer = await StreamWriter.open(set.dir, { segmentBytes: options.segmentBytes ?? 64 * 1024 * 1024 });
     const next = writer.nextOffset;
     await writer.close();
-    const again = await surveySegment(segment.path, stream, removable);
+    const again = await surveySegment(segment.path, stream, removable, chunkRemovable);
     if (again === undefined || again.liveFrames > 0) return KEPT;
     const handle = await set.create(next);
     await handle.close();
@@ -195,7 +239,7 @@ interface Survey {
   readonly torn: boolean;
 }
 
-async function surveySegment(path: string, stream: string, removable: IsDone): Promise<Survey | undefined> {
+async function surveySegment(path: string, stream: string, removable: IsDone, chunkRemovable: ChunkRemovable): Promise<Survey | undefined> {
   let reader: SegmentReader;
   try {
     reader = await SegmentReader.open(path);
@@ -222,7 +266,7 @@ async function surveySegment(path: string, stream: string, removable: IsDone): P
         break;
       }
       totalBytes += step.frame.bytes;
-      if (await isRemovable(step.frame.type, step.frame.offset, step.frame.payload, stream, removable)) removed++;
+      if (await isRemovable(step.frame.type, step.frame.offset, step.frame.payload, stream, removable, chunkRemovable)) removed++;
       else {
         liveFrames++;
         liveBytes += step.frame.bytes;
@@ -234,7 +278,15 @@ async function surveySegment(path: string, stream: string, removable: IsDone): P
   return { liveFrames, liveBytes, removed, totalBytes, torn };
 }
 
-async function isRemovable(type: number, offset: number, payload: Buffer, stream: string, removable: IsDone): Promise<boolean> {
+async function isRemovable(type: number, offset: number, payload: Buffer, stream: string, removable: IsDone, chunkRemovable: ChunkRemovable): Promise<boolean> {
+  if (type === FrameType.BODY_CHUNK) {
+    try {
+      const { meta } = decodeChunk(payload);
+      return await chunkRemovable(meta.id, meta.ts);
+    } catch {
+      return false;
+    }
+  }
   if (type !== FrameType.MESSAGE) return false;
   let meta: MessageMeta;
   try {

@@ -17,7 +17,8 @@ import { FileLogStore } from '../log/log-store.js';
 import { readFrameAt, type StreamFrame } from '../log/stream-reader.js';
 import type { ChangeWatcher } from '../log/watch.js';
 import type { ConsumerState, FrameHint, StateRecord } from './acks.js';
-import { decodeMessage, type MessageMeta, type MessageRecord } from './codec.js';
+import { readStreamedBody } from './body.js';
+import { decodeMessage, decodeMeta, type MessageMeta, type MessageRecord } from './codec.js';
 import type { ConsumerJournal } from './consumer-journal.js';
 import type { QueueInfo } from './layout.js';
 import { PriorityReader } from './priority.js';
@@ -26,6 +27,8 @@ export const DEFAULT_VISIBILITY_TIMEOUT_MS = 30_000;
 export const DEFAULT_MAX_DELIVERIES = 5;
 /** Delayed messages remembered per consumer; beyond it the scan pauses until some come due. */
 const MAX_DEFERRED = 10_000;
+/** Frames one take() may scan past without finding enough ready messages (bounds its time). */
+const SCAN_BUDGET_FRAMES = 50_000;
 
 /** A message handed to a consumer. Ack it when done; nack it to have it back later. */
 export interface Delivery extends MessageRecord {
@@ -43,6 +46,11 @@ export interface Delivery extends MessageRecord {
   ack(): Promise<void>;
   /** Gives the message back: ready again after `delayMs` (default 0). `reason` is kept for the dead letters. */
   nack(options?: { delayMs?: number; reason?: string }): Promise<void>;
+  /**
+   * The body as a stream of buffers. For a streamed (large) body — `streamed` is set and `body` is
+   * empty — this is the only way to read it; memory stays flat whatever its size.
+   */
+  bodyStream(): AsyncIterable<Buffer>;
 }
 
 export interface ConsumerOptions {
@@ -223,6 +231,7 @@ export class Consumer {
       offset: candidate.offset,
       deliveries: count,
       leaseUntil: until,
+      bodyStream: () => (message.streamed === undefined ? once(message.body) : readStreamedBody(this.info.dir, message.id, message.streamed)),
       ack: () => this.settle(delivery, { k: 'A', s: ref.stream, o: ref.offset, t: token }, message.receipt === true ? message : undefined),
       nack: (opts = {}) => {
         const delayMs = opts.delayMs ?? 0;
@@ -285,14 +294,42 @@ export class Consumer {
     this.deferred = stillDeferred;
     pool.push(...this.pushback);
     this.pushback = [];
-    // Scan forward for new messages until enough are ready (or the queue is exhausted).
-    while (pool.length < max * 2 && this.deferred.length < MAX_DEFERRED) {
+    // Scan forward until `max` new messages are ready, the queue is exhausted, or the budget is spent.
+    // What cannot go out now is not counted: done or leased messages (the state remembers them),
+    // expired ones (recorded as such) and delayed ones (kept aside until due).
+    let ready = 0;
+    let scanned = 0;
+    while (ready < max && scanned < SCAN_BUDGET_FRAMES && this.deferred.length < MAX_DEFERRED) {
       const frames = await this.reader.take(Math.max(max, 64));
       if (frames.length === 0) break;
       for (const frame of frames) {
+        scanned++;
         if (frame.type !== FrameType.MESSAGE) continue;
-        const id = safeId(frame);
-        pool.push({ stream: frame.stream, offset: frame.offset, priority: frame.priority, id, hint: { segment: frame.segment, position: frame.position }, frame });
+        if (state.isDone(frame.stream, frame.offset)) continue;
+        const lease = state.leaseOf(frame.stream, frame.offset);
+        const retry = state.retryOf(frame.stream, frame.offset);
+        // Leased or waiting to be retried: the state hands it out again when due.
+        if ((lease !== undefined && lease.until > now) || (retry !== undefined && lease === undefined && retry.availableAt > now)) continue;
+        let meta: MessageMeta;
+        try {
+          meta = decodeMeta(frame.payload).meta;
+        } catch (err) {
+          if (!(err instanceof MqlogError)) throw err;
+          records.push({ k: 'D', s: frame.stream, o: frame.offset, r: `undeliverable: ${err.message}` });
+          continue;
+        }
+        const candidate: Candidate = { stream: frame.stream, offset: frame.offset, priority: frame.priority, id: meta.id, hint: { segment: frame.segment, position: frame.position }, frame };
+        if (meta.expiresAt !== undefined && meta.expiresAt <= now) {
+          if (meta.receipt === true) await this.onSettled?.(meta, 'expired', 'time to live passed before delivery');
+          records.push({ k: 'X', s: frame.stream, o: frame.offset });
+          continue;
+        }
+        if (meta.notBefore !== undefined && meta.notBefore > now) {
+          this.deferred.push({ ...candidate, frame: undefined, notBefore: meta.notBefore });
+          continue;
+        }
+        pool.push(candidate);
+        ready++;
       }
     }
     pool.sort((a, b) => b.priority - a.priority || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
@@ -343,6 +380,10 @@ export class Consumer {
 }
 
 const tokens = new WeakMap<Delivery, string>();
+
+async function* once(body: Buffer): AsyncGenerator<Buffer> {
+  yield body;
+}
 
 function tokenOf(delivery: Delivery): string {
   const token = tokens.get(delivery);

@@ -10,7 +10,7 @@ import { MqlogError } from '../errors.js';
 import { FrameType } from '../log/frame.js';
 import { FileLogStore, type LogWriter, type StoreAppendResult, type WriterOptions } from '../log/log-store.js';
 import { ChangeWatcher } from '../log/watch.js';
-import { DEAD_REASON_HEADER, checkChannel, encodeMessage, type MessageMeta, type MessageRecord } from './codec.js';
+import { DEAD_REASON_HEADER, checkChannel, encodeChunk, encodeMessage, type ChunkMeta, type MessageMeta, type MessageRecord } from './codec.js';
 import { ConsumerJournal } from './consumer-journal.js';
 import { Consumer, type ConsumerOptions, type Delivery } from './consumer.js';
 import { deadInfo, ensureQueue, inboxInfo, type QueueInfo } from './layout.js';
@@ -78,6 +78,14 @@ export class Inbox {
     const result = await writer.append(priorityKey(meta.priority), FrameType.MESSAGE, Buffer.concat(encodeMessage(meta, body)));
     this.watcher?.bump();
     return result;
+  }
+
+  /** Appends one chunk of a streamed body (invisible to consumers until its message is appended). */
+  async appendChunk(meta: ChunkMeta, data: Uint8Array): Promise<StoreAppendResult> {
+    if (this.closing !== undefined) throw new MqlogError('ERR_CLOSED', 'inbox is closed');
+    this.writer ??= this.claim();
+    const writer = await this.writer;
+    return writer.append(priorityKey(meta.priority), FrameType.BODY_CHUNK, encodeChunk(meta, data));
   }
 
   /** The shared consumer state of this queue. */
@@ -152,6 +160,6 @@ export class Inbox {
   private async toDeadLetters(message: MessageRecord, origin: { stream: string; offset: number }, reason: string): Promise<void> {
     const dead = await this.deadLetters();
     const { body, ...meta } = message;
-    await dead.append({ ...meta, headers: { ...meta.headers, [DEAD_REASON_HEADER]: reason.slice(0, 4000) }, origin: { node: meta.origin?.node ?? '', stream: origin.stream, offset: origin.offset } }, body);
+    await dead.append({ ...meta, headers: { ...meta.headers, [DEAD_REASON_HEADER]: reason.slice(0, 4000) }, origin: { node: meta.origin?.node ?? '', stream: origin.stream, offset: origin.offset, ...(meta.origin?.destination === undefined ? {} : { destination: meta.origin.destination }) } }, body);
   }
 }

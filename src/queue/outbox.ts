@@ -17,7 +17,12 @@ import { FileLogStore, type LogStore, type LogWriter, type WriterOptions } from 
 import { ensureDir, isNotFound, writeFileAtomic, readFileIfExists } from '../util/fs.js';
 import { newId } from '../util/ids.js';
 import { encodeName } from '../util/names.js';
+import { createHash } from 'node:crypto';
+import { BODY_CHUNK_BYTES, INLINE_BODY_LIMIT } from './body.js';
 import {
+  encodeChunk,
+  type BodyPart,
+  type StreamedBody,
   DEFAULT_CHANNEL,
   DEFAULT_PRIORITY,
   checkChannel,
@@ -34,8 +39,8 @@ import { ReceiptStore, encodeReceiptReport, type ReceiptReport } from './receipt
 /** Channel label of receipt messages (they are told apart by their kind, not by this name). */
 export const RECEIPT_CHANNEL = '$receipts';
 
-/** Largest body carried inline in one frame. */
-export const MAX_INLINE_BODY_BYTES = 32 * 1024 * 1024;
+/** Largest streamed body. */
+export const MAX_STREAMED_BODY_BYTES = 1024 * 1024 * 1024 * 1024;
 
 export interface OutboxOptions extends WriterOptions {
   readonly dataDir: string;
@@ -100,6 +105,75 @@ export class Outbox {
    *   destination, ERR_BODY_TOO_LARGE, ERR_DISK_FULL, ERR_IO, ERR_CLOSED.
    */
   async send(to: string | readonly string[], body: Uint8Array | string, options: SendOptions = {}): Promise<string> {
+    const bytes = typeof body === 'string' ? Buffer.from(body, 'utf8') : body;
+    if (bytes.byteLength > INLINE_BODY_LIMIT) return this.sendStream(to, slices(bytes), options);
+    const meta = this.prepare(to, options);
+    const destinations = meta.to;
+    if (meta.receipt === true) return this.appendMessage(meta, bytes, destinations, () => this.receipts.create(meta.id, destinations, meta.ts));
+    return this.appendMessage(meta, bytes, destinations);
+  }
+
+  /**
+   * Sends a body of any size read from `source` (a file stream, say), never holding it whole in memory:
+   * it is appended as 1 MiB chunk frames, each durable, then the message frame that names them with the
+   * body's size and SHA-256. Resolves with the id once the message frame is durable. If `source` fails,
+   * nothing becomes visible (the chunks written are reclaimed by compaction).
+   */
+  async sendStream(to: string | readonly string[], source: AsyncIterable<Uint8Array>, options: SendOptions = {}): Promise<string> {
+    const meta = this.prepare(to, options);
+    if (meta.receipt === true) await this.receipts.create(meta.id, meta.to, meta.ts);
+    await this.registerDestinations(meta.to);
+    const writer = await this.claimWriter();
+    const key = priorityKey(meta.priority);
+    const hash = createHash('sha256');
+    const parts: BodyPart[] = [];
+    const inFlight: Promise<void>[] = [];
+    let size = 0;
+    let pending = Buffer.allocUnsafe(BODY_CHUNK_BYTES);
+    let filled = 0;
+    const flush = async (): Promise<void> => {
+      if (filled === 0) return;
+      const data = pending.subarray(0, filled);
+      hash.update(data);
+      const chunk = encodeChunk({ id: meta.id, position: size, ts: Date.now(), channel: meta.channel, priority: meta.priority, to: meta.to, expiresAt: meta.expiresAt }, data);
+      size += filled;
+      if (size > MAX_STREAMED_BODY_BYTES) throw new MqlogError('ERR_BODY_TOO_LARGE', `body larger than ${MAX_STREAMED_BODY_BYTES} bytes`);
+      pending = Buffer.allocUnsafe(BODY_CHUNK_BYTES);
+      filled = 0;
+      inFlight.push(
+        writer.append(key, FrameType.BODY_CHUNK, chunk).then((result) => {
+          const last = parts.at(-1);
+          if (last !== undefined && last.stream === result.stream) parts[parts.length - 1] = { ...last, last: result.offset };
+          else parts.push({ stream: result.stream, first: result.offset, last: result.offset });
+        }),
+      );
+      // A few chunks in flight share fsyncs; more would only hold memory.
+      if (inFlight.length >= 4) await inFlight.shift();
+    };
+    try {
+      for await (const piece of source) {
+        let at = 0;
+        while (at < piece.length) {
+          const take = Math.min(piece.length - at, BODY_CHUNK_BYTES - filled);
+          pending.set(piece.subarray(at, at + take), filled);
+          filled += take;
+          at += take;
+          if (filled === BODY_CHUNK_BYTES) await flush();
+        }
+      }
+      await flush();
+      await Promise.all(inFlight);
+    } catch (err) {
+      // Let the appends still in flight finish (or fail) before reporting, so none is left unobserved.
+      await Promise.allSettled(inFlight);
+      throw err;
+    }
+    const streamed: StreamedBody = { size, sha256: hash.digest('hex'), parts };
+    return this.appendMessage({ ...meta, streamed }, Buffer.alloc(0), meta.to);
+  }
+
+  /** Validates send options and builds the message fields (id, times, destinations). */
+  private prepare(to: string | readonly string[], options: SendOptions): MessageMeta {
     if (this.closing !== undefined) throw new MqlogError('ERR_CLOSED', 'outbox is closed');
     const destinations = this.resolveDestinations(to);
     const channel = options.channel ?? DEFAULT_CHANNEL;
@@ -107,12 +181,8 @@ export class Outbox {
     const priority = options.priority ?? DEFAULT_PRIORITY;
     checkPriority(priority);
     if (options.headers !== undefined) checkHeaders(options.headers);
-    const bytes = typeof body === 'string' ? Buffer.from(body, 'utf8') : body;
-    if (bytes.byteLength > MAX_INLINE_BODY_BYTES) {
-      throw new MqlogError('ERR_BODY_TOO_LARGE', `body of ${bytes.byteLength} bytes exceeds ${MAX_INLINE_BODY_BYTES}`);
-    }
     const ts = Date.now();
-    const meta: MessageMeta = {
+    return {
       id: newId(ts),
       ts,
       channel,
@@ -126,8 +196,6 @@ export class Outbox {
       receipt: options.receipt === true ? true : undefined,
       replyTo: options.receipt === true ? this.options.replyTo : undefined,
     };
-    if (meta.receipt === true) return this.appendMessage(meta, bytes, destinations, () => this.receipts.create(meta.id, destinations, ts));
-    return this.appendMessage(meta, bytes, destinations);
   }
 
   /**
@@ -246,4 +314,9 @@ export async function listDestinations(dataDir: string): Promise<string[]> {
 function checkDuration(name: string, ms: number): number {
   if (!Number.isSafeInteger(ms) || ms < 0) throw new MqlogError('ERR_INVALID_ARG', `${name} must be a non-negative integer, got ${ms}`);
   return ms;
+}
+
+/** A large buffer as a source of slices (no copies). */
+async function* slices(bytes: Uint8Array): AsyncGenerator<Uint8Array> {
+  for (let at = 0; at < bytes.length; at += BODY_CHUNK_BYTES) yield bytes.subarray(at, at + BODY_CHUNK_BYTES);
 }

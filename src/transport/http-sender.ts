@@ -26,6 +26,8 @@ export interface HttpSenderOptions {
 
 export const MESSAGES_PATH = '/v1/messages';
 
+const RETRYABLE_FRAME_CODES = new Set(['ERR_CORRUPT_FRAME', 'ERR_TRUNCATED_FRAME', 'ERR_BAD_REQUEST', 'ERR_UNSUPPORTED_VERSION', 'ERR_TOO_MANY_REQUESTS']);
+
 export class HttpSender implements Transport {
   readonly url: string;
   private readonly pool: Pool;
@@ -76,7 +78,9 @@ export class HttpSender implements Transport {
     const code = typeof error.code === 'string' ? error.code : `HTTP_${statusCode}`;
     const message = typeof error.message === 'string' ? error.message : text.slice(0, 200);
     const details = { url: this.url, status: statusCode, code, ...(typeof error.frame === 'number' ? { frame: error.frame } : {}) };
-    if (statusCode >= 400 && statusCode < 500 && typeof error.frame === 'number' && statusCode !== 429) {
+    // A frame refused for what it says (not for how it arrived: the copy on disk is CRC-checked, so a
+    // corrupt or truncated frame was damaged on the way and is worth sending again).
+    if (statusCode >= 400 && statusCode < 500 && typeof error.frame === 'number' && !RETRYABLE_FRAME_CODES.has(code)) {
       throw new MqlogError('ERR_PEER_REJECTED', `${this.url} rejected frame ${error.frame}: ${code}: ${message}`, { details });
     }
     throw new MqlogError('ERR_PEER_FAILED', `${this.url} answered ${statusCode} ${code}: ${message}`, { details });

@@ -60,10 +60,11 @@ export class DaemonProcess {
     this.output = '';
     child.stdout?.on('data', (b: Buffer) => (this.output += b.toString()));
     child.stderr?.on('data', (b: Buffer) => (this.output += b.toString()));
-    await waitFor(() => {
-      if (child.exitCode !== null) throw new Error(`daemon ${this.node.name} exited with ${child.exitCode}: ${this.output}`);
-      return this.output.includes('listening on http://');
-    }, { timeoutMs: 60_000, message: `daemon ${this.node.name} to listen` });
+    await waitFor(() => child.exitCode !== null || child.signalCode !== null || /listening on https?:\/\//.test(this.output), {
+      timeoutMs: 60_000,
+      message: `daemon ${this.node.name} to listen`,
+    });
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`daemon ${this.node.name} exited with ${child.exitCode ?? child.signalCode}: ${this.output}`);
   }
 
   get running(): boolean {

@@ -60,3 +60,14 @@ test('the encoder refuses bad types and offsets', () => {
   assert.throws(() => encodeFrameHeader(1, -1, Buffer.alloc(0)), { code: 'ERR_INVALID_ARG' });
   assert.throws(() => encodeFrameHeader(1, 2 ** 60, Buffer.alloc(0)), { code: 'ERR_INVALID_ARG' });
 });
+
+test('an empty payload part does not disturb the CRC (zlib.crc32 returns 0 for empty buffers without memory)', () => {
+  const empty = Buffer.alloc(0);
+  const parts = [Buffer.from('abcd'), Buffer.from('xyz'), Buffer.from(empty.buffer, empty.byteOffset, 0)];
+  const header = encodeFrameHeader(FrameType.MESSAGE, 1, parts);
+  const decoded = decodeFrame(Buffer.concat([header, ...parts]));
+  assert.ok(decoded.ok);
+  assert.deepEqual(decoded.frame.payload, Buffer.from('abcdxyz'));
+  const emptyFrame = decodeFrame(Buffer.concat([encodeFrameHeader(FrameType.MESSAGE, 2, empty), empty]));
+  assert.ok(emptyFrame.ok);
+});
