@@ -269,7 +269,7 @@ export class Daemon {
       const key = this.config.peers[destination]?.key;
       const tls = this.tls;
       const sender = new HttpSender(url, {
-        ...(key === undefined ? {} : { sign: (method: string, path: string, body: Buffer) => signRequest(this.config.name, key, method, path, body) }),
+        ...(key === undefined ? {} : { sign: (method: string, path: string, body: readonly Buffer[]) => signRequest(this.config.name, key, method, path, body) }),
         ...(url.startsWith('https:') ? { connect: { ...(tls.ca === undefined ? {} : { ca: tls.ca }), ...(tls.cert === undefined || tls.key === undefined ? {} : { cert: tls.cert, key: tls.key }) } } : {}),
       });
       const forwarder = await Forwarder.create({

@@ -10,7 +10,7 @@
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MqlogError, isMqlogError } from '../errors.js';
-import { FrameType, encodeFrame } from '../log/frame.js';
+import { FrameType, encodeFrameHeader } from '../log/frame.js';
 import type { FileLogStore } from '../log/log-store.js';
 import { SegmentSet } from '../log/segment-set.js';
 import type { StreamPosition } from '../log/stream-reader.js';
@@ -81,7 +81,7 @@ export class Forwarder {
     this.destination = options.destination;
     this.cursor = cursor;
     this.positions = { ...cursor.streams };
-    this.maxBatchBytes = options.maxBatchBytes ?? 4 * 1024 * 1024;
+    this.maxBatchBytes = options.maxBatchBytes ?? 8 * 1024 * 1024;
   }
 
   static async create(options: ForwarderOptions): Promise<Forwarder> {
@@ -200,7 +200,7 @@ export class Forwarder {
           node: this.options.nodeId,
           name: this.options.nodeName,
           destination: this.destination,
-          frames: batch.map(({ frame }) => ({ stream: frame.stream, frame: encodeFrame(frame.type, frame.offset, frame.payload) })),
+          frames: batch.map(({ frame }) => ({ stream: frame.stream, frame: [encodeFrameHeader(frame.type, frame.offset, frame.payload), frame.payload] })),
         }, this.sendController.signal);
         const metas = batch.flatMap((b) => (b.meta === undefined ? [] : [b.meta]));
         this.sentMessages += metas.length;

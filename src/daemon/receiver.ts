@@ -7,6 +7,7 @@
  * recognised by origin and acknowledged again without being stored twice. The sender name stored with
  * a message is the authenticated peer when there is one, never only the claim in the request.
  */
+import { createHash, type Hash } from 'node:crypto';
 import { MqlogError } from '../errors.js';
 import { FrameType, decodeFrame } from '../log/frame.js';
 import { parseStreamName } from '../log/log-store.js';
@@ -56,6 +57,8 @@ export class InboxSink implements BatchSink {
   readonly dedup: DedupTable;
   private readonly options: InboxSinkOptions;
   private readonly inboxes = new Map<string, Promise<Inbox>>();
+  /** Running digests of streamed bodies in transit, by transfer. */
+  private readonly hashing = new Map<string, { hash: Hash; size: number }>();
   /** Batches of one sender run one after the other: a retry may arrive while the original still runs. */
   private readonly senders = new Map<string, Promise<unknown>>();
   private closing: Promise<void> | undefined;
@@ -127,6 +130,22 @@ export class InboxSink implements BatchSink {
     }
   }
 
+  /** Keeps a running SHA-256 of a body whose chunks arrive in order; forgets it at the first gap. */
+  private hashAlong(key: string, position: number, data: Buffer): void {
+    let running = this.hashing.get(key);
+    if (running === undefined && position === 0) {
+      running = { hash: createHash('sha256'), size: 0 };
+      this.hashing.set(key, running);
+    }
+    if (running === undefined) return;
+    if (position !== running.size) {
+      this.hashing.delete(key);
+      return;
+    }
+    running.hash.update(data);
+    running.size += data.length;
+  }
+
   /** Waits for batches in flight, writes the dedup checkpoint, closes the inboxes. Idempotent. */
   close(): Promise<void> {
     this.closing ??= (async () => {
@@ -158,6 +177,7 @@ export class InboxSink implements BatchSink {
     try {
       await run(fresh.filter((c) => c.chunk !== undefined), async (c) => {
         const { meta, data } = c.chunk as NonNullable<Checked['chunk']>;
+        this.hashAlong(transferKey(batch, meta.id), meta.position, data);
         const inbox = await this.inbox(meta.channel);
         const stored = await inbox.appendChunk({ ...meta, origin: origin(c) }, data);
         this.dedup.wrote(inbox.info.queue, stored.stream, stored.offset);
@@ -179,6 +199,8 @@ export class InboxSink implements BatchSink {
     } catch (err) {
       // Remember exactly what did get stored, so the retry stores only the rest.
       for (const c of done) this.dedup.stored(c.key, c.offset);
+      // Running digests may now include chunks that were not stored: check those bodies by reading back.
+      for (const c of fresh) if (c.chunk !== undefined) this.hashing.delete(transferKey(batch, c.chunk.meta.id));
       throw err;
     }
     const byKey = new Map<string, number[]>();
@@ -202,9 +224,13 @@ export class InboxSink implements BatchSink {
     const { body: _body, ...meta } = c.message as MessageRecord;
     const fields: MessageMeta = { ...meta, from, origin };
     if (meta.streamed === undefined) return fields;
-    const parts = this.dedup.transferParts(transferKey(batch, meta.id));
+    const key = transferKey(batch, meta.id);
+    const parts = this.dedup.transferParts(key);
     const inbox = await this.inbox(meta.channel);
-    const found = await digestStreamedBody(inbox.info.dir, meta.id, parts);
+    const running = this.hashing.get(key);
+    this.hashing.delete(key);
+    // The digest kept while the chunks arrived in order, else (after a restart) read the chunks back.
+    const found = running !== undefined && running.size === meta.streamed.size ? { size: running.size, sha256: running.hash.digest('hex') } : await digestStreamedBody(inbox.info.dir, meta.id, parts);
     if (found.size !== meta.streamed.size || found.sha256 !== meta.streamed.sha256) {
       throw new MqlogError('ERR_BODY_DIGEST_MISMATCH', `frame ${c.index}: body of ${meta.id} has ${found.size} bytes with SHA-256 ${found.sha256}, the message declares ${meta.streamed.size} bytes with ${meta.streamed.sha256}`, {
         details: { frame: c.index, id: meta.id },

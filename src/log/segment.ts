@@ -61,6 +61,8 @@ export class SegmentReader {
   private readonly handle: FileHandle;
   private readonly maxPayloadBytes: number;
   private buffer: Buffer;
+  /** The reader's own read buffer; `buffer` is another one only while a large frame is read. */
+  private readonly shared: Buffer;
   /** File position of buffer[0]. */
   private bufferStart: number;
   private bufferLength = 0;
@@ -71,7 +73,8 @@ export class SegmentReader {
     this.path = path;
     this.handle = handle;
     this.maxPayloadBytes = options.maxPayloadBytes ?? MAX_FRAME_PAYLOAD_BYTES;
-    this.buffer = Buffer.allocUnsafe(options.bufferBytes ?? DEFAULT_BUFFER_BYTES);
+    this.shared = Buffer.allocUnsafe(options.bufferBytes ?? DEFAULT_BUFFER_BYTES);
+    this.buffer = this.shared;
     this.position = options.position ?? 0;
     this.bufferStart = this.position;
   }
@@ -128,10 +131,16 @@ export class SegmentReader {
     if (decoded.ok) {
       this.position = at + decoded.bytes;
       const { frame } = decoded;
-      return {
-        kind: 'frame',
-        frame: { type: frame.type, offset: frame.offset, payload: Buffer.from(frame.payload), position: at, bytes: decoded.bytes },
-      };
+      // A frame larger than the read buffer was read into a buffer of its own: hand that out as it is
+      // (no copy) and go back to the shared one. Smaller frames are copied out of the shared buffer.
+      const own = this.buffer !== this.shared;
+      const payload = own ? frame.payload : Buffer.from(frame.payload);
+      if (own) {
+        this.buffer = this.shared;
+        this.bufferStart = this.position;
+        this.bufferLength = 0;
+      }
+      return { kind: 'frame', frame: { type: frame.type, offset: frame.offset, payload, position: at, bytes: decoded.bytes } };
     }
     // Invalid or incomplete: a torn tail if nothing but zeros follows the frame's claimed extent.
     const reason = decoded.incomplete ? 'incomplete frame at end of file' : decoded.reason;
@@ -174,7 +183,7 @@ export class SegmentReader {
       local = 0;
     }
     if (this.bufferLength - local >= wanted) return this.bufferLength - local;
-    // Move the unread part to the front, growing the buffer for frames larger than it.
+    // Move the unread part to the front; a frame larger than the shared buffer gets a buffer of its own.
     const unread = this.bufferLength - local;
     const target = wanted > this.buffer.length ? Buffer.allocUnsafe(wanted) : this.buffer;
     this.buffer.copy(target, 0, local, this.bufferLength);
@@ -185,14 +194,6 @@ export class SegmentReader {
       const { bytesRead } = await this.readAt(this.buffer, this.bufferLength, this.buffer.length - this.bufferLength, this.bufferStart + this.bufferLength);
       if (bytesRead === 0) break;
       this.bufferLength += bytesRead;
-    }
-    if (this.buffer.length > DEFAULT_BUFFER_BYTES * 4 && wanted <= DEFAULT_BUFFER_BYTES) {
-      // Give back a buffer grown for one big frame.
-      const small = Buffer.allocUnsafe(DEFAULT_BUFFER_BYTES);
-      const keep = Math.min(this.bufferLength, small.length);
-      this.buffer.copy(small, 0, 0, keep);
-      this.buffer = small;
-      this.bufferLength = keep;
     }
     return this.bufferLength;
   }

@@ -19,13 +19,19 @@ export function stringToSign(method: string, path: string, timestamp: string, no
   return [AUTH_SCHEME, method.toUpperCase(), path, timestamp, nonce, bodySha256Hex, peer].join('\n');
 }
 
-export function sign(key: string, method: string, path: string, timestamp: string, nonce: string, body: Buffer, peer: string): string {
-  const digest = createHash('sha256').update(body).digest('hex');
+/** The request body, whole or as the parts it is sent in. */
+export type Body = Uint8Array | readonly Uint8Array[];
+
+export function sign(key: string, method: string, path: string, timestamp: string, nonce: string, body: Body, peer: string): string {
+  const hash = createHash('sha256');
+  if (body instanceof Uint8Array) hash.update(body);
+  else for (const part of body) hash.update(part);
+  const digest = hash.digest('hex');
   return createHmac('sha256', key).update(stringToSign(method, path, timestamp, nonce, digest, peer)).digest('hex');
 }
 
 /** Headers proving that `peer` (this node, as the receiver knows it) sends `body`. */
-export function signRequest(peer: string, key: string, method: string, path: string, body: Buffer, now = Date.now()): Record<string, string> {
+export function signRequest(peer: string, key: string, method: string, path: string, body: Body, now = Date.now()): Record<string, string> {
   const timestamp = String(now);
   const nonce = randomBytes(16).toString('hex');
   return {

@@ -8,6 +8,7 @@
  *   dead letters;
  * - any other refusal (401, 403, 413, 5xx, 507…): ERR_PEER_FAILED, retry with backoff, nothing dropped.
  */
+import { Readable } from 'node:stream';
 import { Pool, errors as undiciErrors } from 'undici';
 import { MqlogError, abortError } from '../errors.js';
 import type { BatchResult, OutgoingBatch, Transport } from './transport.js';
@@ -19,7 +20,7 @@ export interface HttpSenderOptions {
   /** Time to wait for the peer's answer (it fsyncs before answering). */
   readonly requestTimeoutMs?: number;
   /** Extra headers for a request, e.g. an authentication proof over the body. */
-  readonly sign?: (method: string, path: string, body: Buffer) => Record<string, string>;
+  readonly sign?: (method: string, path: string, body: readonly Buffer[]) => Record<string, string>;
   /** undici connect options (TLS: ca, cert, key, servername). */
   readonly connect?: Record<string, unknown>;
 }
@@ -50,15 +51,17 @@ export class HttpSender implements Transport {
 
   async send(batch: OutgoingBatch, signal?: AbortSignal): Promise<BatchResult> {
     if (this.closing !== undefined) throw new MqlogError('ERR_CLOSED', 'sender is closed');
-    const body = Buffer.concat(encodeBatch(batch));
+    // Sent as its parts, frames as they were read: no copy of the whole batch.
+    const parts = encodeBatch(batch);
+    const length = parts.reduce((n, p) => n + p.length, 0);
     let statusCode: number;
     let text: string;
     try {
       const response = await this.pool.request({
         method: 'POST',
         path: MESSAGES_PATH,
-        headers: { 'content-type': CONTENT_TYPE, 'content-length': String(body.length), ...this.options.sign?.('POST', MESSAGES_PATH, body) },
-        body,
+        headers: { 'content-type': CONTENT_TYPE, 'content-length': String(length), ...this.options.sign?.('POST', MESSAGES_PATH, parts) },
+        body: Readable.from(parts, { objectMode: false }),
         ...(signal === undefined ? {} : { signal }),
       });
       statusCode = response.statusCode;

@@ -6,9 +6,16 @@
  * validates and stores them.
  */
 
-/** One frame as it travels: the name of the sender's stream it comes from, and its bytes as on disk. */
+/**
+ * One frame as it travels: the name of the sender's stream it comes from, and its bytes as on disk —
+ * whole, or in parts (header, payload) to spare a copy. A received frame is always one Buffer.
+ */
 export interface WireFrame {
   readonly stream: string;
+  readonly frame: Buffer | readonly Buffer[];
+}
+
+export interface ReceivedFrame extends WireFrame {
   readonly frame: Buffer;
 }
 
@@ -23,6 +30,7 @@ export interface OutgoingBatch {
 }
 
 export interface IncomingBatch extends OutgoingBatch {
+  readonly frames: readonly ReceivedFrame[];
   /** The peer name the transport authenticated, if it authenticates; else undefined. */
   readonly peer: string | undefined;
   /** Network address of the sender, for logs and the loopback-only rule. */

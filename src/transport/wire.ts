@@ -10,7 +10,7 @@
  */
 import { Packr } from 'msgpackr';
 import { MqlogError } from '../errors.js';
-import type { OutgoingBatch, WireFrame } from './transport.js';
+import type { OutgoingBatch, ReceivedFrame } from './transport.js';
 
 export const WIRE_MAGIC = 'MQLB';
 export const WIRE_VERSION = 1;
@@ -45,10 +45,11 @@ export function encodeBatch(batch: OutgoingBatch): Buffer[] {
   prefix.writeUInt32LE(header.length, 8);
   const out: Buffer[] = [prefix, header];
   for (const { stream, frame } of batch.frames) {
+    const parts = Buffer.isBuffer(frame) ? [frame] : (frame as readonly Buffer[]);
     const record = Buffer.allocUnsafe(RECORD_PREFIX_BYTES);
     record.writeUInt16LE(index.get(stream) as number, 0);
-    record.writeUInt32LE(frame.length, 2);
-    out.push(record, frame);
+    record.writeUInt32LE(parts.reduce((n, p) => n + p.length, 0), 2);
+    out.push(record, ...parts);
   }
   return out;
 }
@@ -57,7 +58,7 @@ export interface DecodedBatch {
   readonly node: string;
   readonly name: string;
   readonly destination: string;
-  readonly frames: WireFrame[];
+  readonly frames: ReceivedFrame[];
 }
 
 /**
@@ -90,7 +91,7 @@ export function decodeBatch(body: Buffer, limits: WireLimits = {}): DecodedBatch
   if (!Array.isArray(streams) || streams.length > MAX_STREAMS || !streams.every((s) => typeof s === 'string' && s.length > 0 && Buffer.byteLength(s) <= MAX_NAME_BYTES)) {
     throw bad('header.streams is not a list of stream names');
   }
-  const frames: WireFrame[] = [];
+  const frames: ReceivedFrame[] = [];
   let at = PREFIX_BYTES + headerBytes;
   while (at < body.length) {
     const i = frames.length;
