@@ -29,6 +29,7 @@ interface BenchModule {
 /** Every benchmark module, in the order they run. Add new ones here. */
 const MODULES: readonly BenchModule[] = [
   { name: 'log', about: 'raw fsync limits of the disk, durable append through send(), RSS over 1 M appends', load: () => import('./log.bench.ts') },
+  { name: 'compaction', about: 'append throughput and p99 latency with background compaction running versus without', load: () => import('./compaction.bench.ts') },
   // Planned: e2e forwarding, consume, compaction, large payloads.
 ];
 

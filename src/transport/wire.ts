@@ -45,7 +45,7 @@ export function encodeBatch(batch: OutgoingBatch): Buffer[] {
   prefix.writeUInt32LE(header.length, 8);
   const out: Buffer[] = [prefix, header];
   for (const { stream, frame } of batch.frames) {
-    const parts = Buffer.isBuffer(frame) ? [frame] : (frame as readonly Buffer[]);
+    const parts = Buffer.isBuffer(frame) ? [frame] : (frame);
     const record = Buffer.allocUnsafe(RECORD_PREFIX_BYTES);
     record.writeUInt16LE(index.get(stream) as number, 0);
     record.writeUInt32LE(parts.reduce((n, p) => n + p.length, 0), 2);
