@@ -91,6 +91,8 @@ export interface Config {
   readonly tls: TlsConfig;
   readonly limits: Limits;
   readonly admin: AdminConfig;
+  /** JetStream streams this node takes messages from into its inbox. */
+  readonly sources: readonly SourceConfig[];
 }
 
 export const DEFAULT_LIMITS: Limits = {
@@ -126,6 +128,7 @@ export const DEFAULTS: Omit<Config, 'name'> = {
   tls: {},
   limits: DEFAULT_LIMITS,
   admin: {},
+  sources: [],
 };
 
 type Check = (value: unknown, key: string) => unknown;
@@ -145,6 +148,7 @@ const KEYS: Record<keyof Config, Check> = {
   retainReceiptsMs: (v, k) => checkInt(v, k, 0, Number.MAX_SAFE_INTEGER),
   compactIntervalMs: (v, k) => checkInt(v, k, 0, 86_400_000),
   allowUnauthenticated: (v, k) => checkBool(v, k),
+  sources: (v, k) => checkSources(v, k),
   tls: (v, k) => checkObject<TlsConfig>(v, k, {
     cert: (x, kk) => checkPath(x, kk),
     key: (x, kk) => checkPath(x, kk),
@@ -299,6 +303,53 @@ function checkUrl(value: unknown, key: string): string | undefined {
   return url.origin;
 }
 
+/** A peer address: an http(s) origin, or `nats://HOST:PORT/STREAM` for a JetStream stream. */
+function checkPeerUrl(value: unknown, key: string): string {
+  if (typeof value === 'string' && /^nats:\/\//i.test(value)) {
+    const match = /^nats:\/\/([A-Za-z0-9.-]+|\[[0-9a-fA-F:.]+\]):(\d{1,5})\/([A-Za-z0-9_-]{1,64})$/.exec(value);
+    if (match === null) throw bad(key, 'nats://HOST:PORT/STREAM');
+    return value;
+  }
+  const url = checkUrl(value, key);
+  if (url === undefined) throw bad(key, 'an http:// or https:// URL, or nats://HOST:PORT/STREAM');
+  return url;
+}
+
+export interface SourceConfig {
+  /** `nats://HOST:PORT/STREAM`: a JetStream stream to take messages from into this node's inbox. */
+  readonly url: string;
+  /** Name of the durable consumer JetStream keeps for this node. */
+  readonly durable: string;
+  /** Only messages on this subject (default: the whole stream). */
+  readonly subject?: string | undefined;
+  /** Inbox channel for messages that are not mqlog frames (default: from the subject). */
+  readonly channel?: string | undefined;
+}
+
+function checkSources(value: unknown, key: string): SourceConfig[] {
+  if (!Array.isArray(value)) throw bad(key, 'a list of { url, durable, subject?, channel? }');
+  return value.map((source, i) =>
+    checkObject<SourceConfig>(source, `${key}[${i}]`, {
+      url: (x, k) => {
+        if (typeof x !== 'string' || !/^nats:\/\//.test(x)) throw bad(k, 'nats://HOST:PORT/STREAM');
+        return checkPeerUrl(x, k);
+      },
+      durable: (x, k) => checkName(x, k),
+      subject: (x, k) => {
+        if (typeof x !== 'string' || !/^[A-Za-z0-9_.*>%-]{1,255}$/.test(x)) throw bad(k, 'a NATS subject');
+        return x;
+      },
+      channel: (x, k) => {
+        if (typeof x !== 'string' || x.length === 0 || Buffer.byteLength(x) > 255) throw bad(k, 'a channel name of 1-255 bytes');
+        return x;
+      },
+    }),
+  ).map((source, i) => {
+    if (source.durable === undefined || source.url === undefined) throw bad(`${key}[${i}]`, 'an object with url and durable');
+    return source;
+  });
+}
+
 function checkPeers(value: unknown, key: string): Record<string, PeerConfig> {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) throw bad(key, 'an object of peer name to { url, key }');
   const peers: Record<string, PeerConfig> = {};
@@ -308,8 +359,7 @@ function checkPeers(value: unknown, key: string): Record<string, PeerConfig> {
     if (peer === null || typeof peer !== 'object' || Array.isArray(peer)) throw bad(at, 'an object { url, key }');
     const p = peer as Record<string, unknown>;
     for (const k of Object.keys(p)) if (k !== 'url' && k !== 'key') throw new MqlogError('ERR_CONFIG', `unknown key "${at}.${k}"`, { details: { key: `${at}.${k}` } });
-    const url = checkUrl(p.url, `${at}.url`);
-    if (url === undefined) throw bad(`${at}.url`, 'an http:// or https:// URL');
+    const url = checkPeerUrl(p.url, `${at}.url`);
     if (p.key !== undefined && (typeof p.key !== 'string' || p.key.length < 16)) throw bad(`${at}.key`, 'a string of at least 16 characters');
     peers[name] = { url, key: p.key };
   }
@@ -323,6 +373,13 @@ function checkPeers(value: unknown, key: string): Record<string, PeerConfig> {
  */
 export function resolveDestination(config: Config, to: string): string {
   if (Object.hasOwn(config.peers, to)) return to;
+  if (/^nats:\/\//i.test(to)) {
+    try {
+      return checkPeerUrl(to, '--to');
+    } catch (err) {
+      throw new MqlogError('ERR_UNKNOWN_PEER', `destination ${JSON.stringify(to)} is not nats://HOST:PORT/STREAM`, { details: { to }, cause: err });
+    }
+  }
   if (/^https?:\/\//i.test(to)) {
     let url: URL;
     try {

@@ -15,8 +15,10 @@ import { listQueues } from '../queue/layout.js';
 import type { ReceiptState } from '../queue/receipts.js';
 import { listDestinations } from '../queue/outbox.js';
 import { OutboxDeadLetters } from '../queue/outbox-dead.js';
-import { MESSAGES_PATH, HttpSender } from '../transport/http-sender.js';
+import { HttpSender } from '../transport/http-sender.js';
 import { signRequest } from '../transport/auth.js';
+import { NatsSender, NatsSource, parseNatsUrl } from '../transport/nats.js';
+import type { Transport } from '../transport/transport.js';
 import { ensureDir } from '../util/fs.js';
 import { checkListen, loadConfig, type Config } from './config.js';
 import { Forwarder } from './forwarder.js';
@@ -24,6 +26,7 @@ import { HandlerRunner, loadHandler } from './handler.js';
 import { createServers, loadTls, scheme, type TlsMaterial } from './http-server.js';
 import { Metrics } from './metrics.js';
 import { MqlogNode } from './node.js';
+import { adoptNatsMessage } from './sources.js';
 import { InboxObserver, OutboxObserver } from './observer.js';
 import { STATUS_PAGE, type StatusSnapshot } from './status-page.js';
 import { createLogger, type Logger } from './logger.js';
@@ -65,7 +68,8 @@ export class Daemon {
   private sink: InboxSink | undefined;
   private watcher: ChangeWatcher | undefined;
   private deadLetters: OutboxDeadLetters | undefined;
-  private readonly forwarders = new Map<string, { forwarder: Forwarder; sender: HttpSender }>();
+  private readonly forwarders = new Map<string, { forwarder: Forwarder; sender: Transport }>();
+  private readonly sources: NatsSource[] = [];
   private syncing: Promise<void> | undefined;
   private timers: NodeJS.Timeout[] = [];
   private compacting: Promise<void> | undefined;
@@ -199,6 +203,7 @@ export class Daemon {
     this.inboxObserver = new InboxObserver(dataDir, this.metrics);
     await this.inboxObserver.refresh();
     await this.syncForwarders();
+    this.startSources();
     this.watcher.onChange(() => {
       this.outboxObserver?.poke();
       this.syncing ??= this.syncForwarders()
@@ -250,6 +255,37 @@ export class Daemon {
     };
   }
 
+  /** The transport to a destination: JetStream for `nats://` URLs, HTTP(S) otherwise. */
+  private transportFor(destination: string, url: string): Transport {
+    if (url.startsWith('nats:')) return new NatsSender(url);
+    const key = this.config.peers[destination]?.key;
+    const tls = this.tls;
+    return new HttpSender(url, {
+      ...(key === undefined ? {} : { sign: (method: string, path: string, body: readonly Buffer[]) => signRequest(this.config.name, key, method, path, body) }),
+      ...(url.startsWith('https:') ? { connect: { ...(tls.ca === undefined ? {} : { ca: tls.ca }), ...(tls.cert === undefined || tls.key === undefined ? {} : { cert: tls.cert, key: tls.key }) } } : {}),
+    });
+  }
+
+  /** Starts a JetStream consumer per configured source, feeding the inbox through the receiver's checks. */
+  private startSources(): void {
+    const sink = this.sink;
+    if (sink === undefined) return;
+    for (const source of this.config.sources) {
+      const stream = parseNatsUrl(source.url).stream;
+      const natsSource = new NatsSource({
+        url: source.url,
+        durable: source.durable,
+        ...(source.subject === undefined ? {} : { subject: source.subject }),
+        sink,
+        adopt: adoptNatsMessage(source, this.config.name, stream),
+        onError: (error) => this.logger.warn({ event: 'source_failed', source: source.url, durable: source.durable, code: error.code, error: error.message }, 'cannot take messages from the source'),
+      });
+      natsSource.start();
+      this.sources.push(natsSource);
+      this.logger.info({ event: 'source_started', source: source.url, durable: source.durable }, 'taking messages from a JetStream stream');
+    }
+  }
+
   /** Forwarder statuses, for stat and the status page. */
   forwarderStatus(): ReturnType<Forwarder['status']>[] {
     return [...this.forwarders.values()].map(({ forwarder }) => forwarder.status());
@@ -266,12 +302,7 @@ export class Daemon {
         this.logger.warn({ event: 'unknown_destination', destination }, 'messages name a destination that is neither a peer nor a URL');
         continue;
       }
-      const key = this.config.peers[destination]?.key;
-      const tls = this.tls;
-      const sender = new HttpSender(url, {
-        ...(key === undefined ? {} : { sign: (method: string, path: string, body: readonly Buffer[]) => signRequest(this.config.name, key, method, path, body) }),
-        ...(url.startsWith('https:') ? { connect: { ...(tls.ca === undefined ? {} : { ca: tls.ca }), ...(tls.cert === undefined || tls.key === undefined ? {} : { cert: tls.cert, key: tls.key }) } } : {}),
-      });
+      const sender = this.transportFor(destination, url);
       const forwarder = await Forwarder.create({
         dataDir: this.dataDir,
         destination,
@@ -313,7 +344,7 @@ export class Daemon {
       });
       this.forwarders.set(destination, { forwarder, sender });
       forwarder.start();
-      this.logger.info({ event: 'forwarder_started', peer: destination, url, path: MESSAGES_PATH }, 'forwarding');
+      this.logger.info({ event: 'forwarder_started', peer: destination, url }, 'forwarding');
     }
   }
 
@@ -350,6 +381,7 @@ export class Daemon {
       await this.adminApp?.close();
       await this.compacting;
       await this.handler?.close();
+      await Promise.all(this.sources.map((source) => source.close()));
       await this.syncing;
       await Promise.all([...this.forwarders.values()].map(({ forwarder }) => forwarder.stop()));
       await Promise.all([...this.forwarders.values()].map(({ sender }) => sender.close()));

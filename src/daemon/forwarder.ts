@@ -20,7 +20,7 @@ import { idTimestamp } from '../util/ids.js';
 import { readCursor, writeCursor, type DestinationCursor } from '../queue/cursors.js';
 import { deadLetteredKeys, type OutboxDeadLetters } from '../queue/outbox-dead.js';
 import { PriorityReader, type QueuedFrame } from '../queue/priority.js';
-import type { Transport } from '../transport/transport.js';
+import type { Transport, WireFrame } from '../transport/transport.js';
 
 export interface ForwarderOptions {
   readonly dataDir: string;
@@ -166,14 +166,14 @@ export class Forwarder {
     const taken = await this.reader.take(this.options.maxBatchFrames ?? 1000, this.maxBatchBytes);
     if (taken.length === 0) return 'idle';
     const now = Date.now();
-    let batch: { frame: QueuedFrame; meta: MessageMeta | undefined }[] = [];
+    let batch: { frame: QueuedFrame; meta: MessageMeta | undefined; about: NonNullable<WireFrame['about']> }[] = [];
     for (const frame of taken) {
       if (frame.type === FrameType.BODY_CHUNK) {
         // A piece of a streamed body: goes where its message goes, unless that message already expired.
         const chunk = safeChunk(frame.payload);
         if (chunk === undefined || !chunk.to.includes(this.destination) || this.deadKeys.has(`${frame.stream}@${frame.offset}`)) continue;
         if (chunk.expiresAt !== undefined && chunk.expiresAt <= now) continue;
-        batch.push({ frame, meta: undefined });
+        batch.push({ frame, meta: undefined, about: { id: chunk.id, channel: chunk.channel, priority: chunk.priority, position: chunk.position } });
         continue;
       }
       if (frame.type !== FrameType.MESSAGE) continue;
@@ -190,7 +190,7 @@ export class Forwarder {
         this.options.events?.expired?.(this.destination, meta);
         continue;
       }
-      batch.push({ frame, meta });
+      batch.push({ frame, meta, about: { id: meta.id, channel: meta.channel, priority: meta.priority } });
     }
     while (batch.length > 0) {
       await this.syncSegments(batch.map((b) => b.frame));
@@ -200,7 +200,7 @@ export class Forwarder {
           node: this.options.nodeId,
           name: this.options.nodeName,
           destination: this.destination,
-          frames: batch.map(({ frame }) => ({ stream: frame.stream, frame: [encodeFrameHeader(frame.type, frame.offset, frame.payload), frame.payload] })),
+          frames: batch.map(({ frame, about }) => ({ stream: frame.stream, frame: [encodeFrameHeader(frame.type, frame.offset, frame.payload), frame.payload], about })),
         }, this.sendController.signal);
         const metas = batch.flatMap((b) => (b.meta === undefined ? [] : [b.meta]));
         this.sentMessages += metas.length;

@@ -203,9 +203,15 @@ export class InboxSink implements BatchSink {
       for (const c of fresh) if (c.chunk !== undefined) this.hashing.delete(transferKey(batch, c.chunk.meta.id));
       throw err;
     }
-    const byKey = new Map<string, number[]>();
-    for (const c of checked) byKey.set(c.key, [...(byKey.get(c.key) ?? []), c.offset]);
-    for (const [key, offsets] of byKey) this.dedup.completed(key, offsets);
+    if (batch.unordered !== undefined) {
+      // No order to rely on: remember exactly what is stored, and what the source says is behind it.
+      for (const c of fresh) this.dedup.stored(c.key, c.offset);
+      for (const key of new Set(checked.map((c) => c.key))) this.dedup.completed(key, [batch.unordered.floor]);
+    } else {
+      const byKey = new Map<string, number[]>();
+      for (const c of checked) byKey.set(c.key, [...(byKey.get(c.key) ?? []), c.offset]);
+      for (const [key, offsets] of byKey) this.dedup.completed(key, offsets);
+    }
     const perChannel = new Map<string, number>();
     for (const c of fresh) if (c.message !== undefined && c.receipt === undefined) perChannel.set(c.message.channel, (perChannel.get(c.message.channel) ?? 0) + 1);
     for (const [channel, count] of perChannel) this.options.onStored?.(channel, count, from);

@@ -13,6 +13,11 @@
 export interface WireFrame {
   readonly stream: string;
   readonly frame: Buffer | readonly Buffer[];
+  /**
+   * What a transport that routes by message may need without decoding the frame (the sender fills it
+   * in): the message id — or id and byte position for a chunk of a streamed body — and its channel.
+   */
+  readonly about?: { readonly id: string; readonly channel: string; readonly priority: number; readonly position?: number };
 }
 
 export interface ReceivedFrame extends WireFrame {
@@ -31,6 +36,11 @@ export interface OutgoingBatch {
 
 export interface IncomingBatch extends OutgoingBatch {
   readonly frames: readonly ReceivedFrame[];
+  /**
+   * Set by sources that do not deliver each stream in order (a broker redelivering): duplicates are then
+   * recognised by exact offset, and `floor` says up to which offset everything was delivered before.
+   */
+  readonly unordered?: { readonly floor: number } | undefined;
   /** The peer name the transport authenticated, if it authenticates; else undefined. */
   readonly peer: string | undefined;
   /** Network address of the sender, for logs and the loopback-only rule. */

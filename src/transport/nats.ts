@@ -1,0 +1,254 @@
+/**
+ * NATS JetStream as a transport (spec/transports.md §3): a destination `nats://HOST:PORT/<STREAM>` is
+ * forwarded to by publishing every frame to the JetStream stream STREAM, subject `<STREAM>.<channel>`
+ * (the channel encoded as one subject token), with the message id as `Nats-Msg-Id` so that JetStream's
+ * duplicate window makes retries idempotent. A batch counts as delivered only when JetStream acked every
+ * publish. The published data is the frame as on disk (CRC-checked, decodable by any mqlog node); headers
+ * carry the channel, priority and id for consumers that are not mqlog.
+ *
+ * The other direction, a JetStream durable consumer feeding an inbox, is NatsSource.
+ */
+import { AckPolicy, DeliverPolicy, connect, headers as natsHeaders, type JetStreamClient, type JetStreamManager, type NatsConnection } from 'nats';
+import { MqlogError, abortError } from '../errors.js';
+import type { BatchResult, BatchSink, OutgoingBatch, ReceivedFrame, Transport } from './transport.js';
+
+export const HEADER_FRAME = 'Mqlog-Frame';
+export const HEADER_CHANNEL = 'Mqlog-Channel';
+export const HEADER_PRIORITY = 'Mqlog-Priority';
+
+export interface NatsAddress {
+  /** `host:port` of a NATS server. */
+  readonly server: string;
+  /** JetStream stream name. */
+  readonly stream: string;
+}
+
+/** Parses `nats://HOST:PORT/STREAM`. @throws ERR_INVALID_ARG for anything else. */
+export function parseNatsUrl(url: string): NatsAddress {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new MqlogError('ERR_INVALID_ARG', `${url} is not a nats:// URL`);
+  }
+  const stream = decodeURIComponent(parsed.pathname.replace(/^\//, ''));
+  if (parsed.protocol !== 'nats:' || parsed.host === '' || !/^[A-Za-z0-9_-]{1,64}$/.test(stream)) {
+    throw new MqlogError('ERR_INVALID_ARG', `${url} must be nats://HOST:PORT/STREAM (STREAM of letters, digits, _ and -)`);
+  }
+  return { server: parsed.host, stream };
+}
+
+/** A channel as one subject token: bytes outside [A-Za-z0-9_-] percent-encoded (so `.`, `*`, `>` are safe). */
+export function channelToken(channel: string): string {
+  let out = '';
+  for (const byte of Buffer.from(channel, 'utf8')) {
+    const ch = String.fromCharCode(byte);
+    out += /^[A-Za-z0-9_-]$/.test(ch) ? ch : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
+}
+
+/** A shared connection per server, reconnecting forever in the background. */
+class Connection {
+  private readonly server: string;
+  private connecting: Promise<NatsConnection> | undefined;
+
+  constructor(server: string) {
+    this.server = server;
+  }
+
+  async get(): Promise<NatsConnection> {
+    this.connecting ??= connect({ servers: this.server, reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 250, timeout: 2000, name: 'mqlog' }).catch((err: unknown) => {
+      this.connecting = undefined;
+      throw new MqlogError('ERR_PEER_UNREACHABLE', `nats://${this.server}: ${(err as Error).message}`, { details: { url: `nats://${this.server}` }, cause: err });
+    });
+    return this.connecting;
+  }
+
+  async close(): Promise<void> {
+    const connecting = this.connecting;
+    this.connecting = undefined;
+    const nc = await connecting?.catch(() => undefined);
+    await nc?.close();
+  }
+}
+
+/** Makes sure the stream exists, taking every subject under its name. */
+async function ensureStream(jsm: JetStreamManager, stream: string): Promise<void> {
+  try {
+    await jsm.streams.info(stream);
+  } catch {
+    await jsm.streams.add({ name: stream, subjects: [`${stream}.>`], duplicate_window: 2 * 60 * 1_000_000_000 });
+  }
+}
+
+export class NatsSender implements Transport {
+  readonly url: string;
+  private readonly address: NatsAddress;
+  private readonly connection: Connection;
+  private js: JetStreamClient | undefined;
+  private streamReady = false;
+  private readonly publishTimeoutMs: number;
+
+  constructor(url: string, options: { publishTimeoutMs?: number } = {}) {
+    this.url = url;
+    this.address = parseNatsUrl(url);
+    this.connection = new Connection(this.address.server);
+    this.publishTimeoutMs = options.publishTimeoutMs ?? 10_000;
+  }
+
+  async send(batch: OutgoingBatch, signal?: AbortSignal): Promise<BatchResult> {
+    const js = await this.client();
+    let stored = 0;
+    let duplicates = 0;
+    // Publishes go out together; the batch is delivered only when every one of them was acked.
+    const acks = batch.frames.map((frame, index) => {
+      const about = frame.about;
+      if (about === undefined) throw new MqlogError('ERR_INVALID_ARG', `frame ${index} carries no id/channel for NATS`);
+      const h = natsHeaders();
+      h.set(HEADER_FRAME, '1');
+      h.set(HEADER_CHANNEL, about.channel);
+      h.set(HEADER_PRIORITY, String(about.priority));
+      const data = Buffer.isBuffer(frame.frame) ? frame.frame : Buffer.concat(frame.frame);
+      const msgID = about.position === undefined ? about.id : `${about.id}:${about.position}`;
+      return js.publish(`${this.address.stream}.${channelToken(about.channel)}`, data, { msgID, headers: h, timeout: this.publishTimeoutMs });
+    });
+    const results = await Promise.allSettled(acks);
+    if (signal?.aborted === true) throw abortError(signal);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) {
+      throw new MqlogError('ERR_PEER_UNREACHABLE', `${this.url}: publish not acknowledged: ${(failed.reason as Error).message}`, { details: { url: this.url }, cause: failed.reason });
+    }
+    for (const r of results) {
+      if (r.status !== 'fulfilled') continue;
+      if (r.value.duplicate) duplicates++;
+      else stored++;
+    }
+    return { stored, duplicates };
+  }
+
+  async close(): Promise<void> {
+    await this.connection.close();
+  }
+
+  private async client(): Promise<JetStreamClient> {
+    const nc = await this.connection.get();
+    if (!this.streamReady) {
+      try {
+        await ensureStream(await nc.jetstreamManager(), this.address.stream);
+      } catch (err) {
+        throw new MqlogError('ERR_PEER_UNREACHABLE', `${this.url}: cannot reach stream ${this.address.stream}: ${(err as Error).message}`, { cause: err });
+      }
+      this.streamReady = true;
+    }
+    this.js ??= nc.jetstream();
+    return this.js;
+  }
+}
+
+export interface NatsSourceOptions {
+  /** `nats://HOST:PORT/STREAM` */
+  readonly url: string;
+  /** Name of the durable consumer (kept by JetStream across restarts). */
+  readonly durable: string;
+  /** Only messages on this subject (default: the whole stream). */
+  readonly subject?: string;
+  /** Channel for messages that are not mqlog frames (default: taken from the subject's last token). */
+  readonly channel?: string;
+  readonly sink: BatchSink;
+  /**
+   * Turns a JetStream message that is not an mqlog frame into one, given its stream sequence.
+   * Provided by the daemon, which knows the message format.
+   */
+  readonly adopt: (data: Uint8Array, subject: string, sequence: number, headers: ReadonlyMap<string, string>) => Buffer;
+  readonly onError?: (error: MqlogError) => void;
+  readonly batchSize?: number;
+}
+
+/**
+ * A JetStream durable consumer feeding this node's inbox: pulls messages, hands them to the sink as a
+ * batch (which stores them durably, recognising redeliveries by their stream sequence), and acks them
+ * in JetStream only after that. So an outage of either side loses nothing and duplicates nothing.
+ */
+export class NatsSource {
+  private readonly options: NatsSourceOptions;
+  private readonly address: NatsAddress;
+  private readonly connection: Connection;
+  private readonly stop = new AbortController();
+  private running: Promise<void> | undefined;
+
+  constructor(options: NatsSourceOptions) {
+    this.options = options;
+    this.address = parseNatsUrl(options.url);
+    this.connection = new Connection(this.address.server);
+  }
+
+  start(): void {
+    this.running ??= this.loop();
+  }
+
+  async close(): Promise<void> {
+    this.stop.abort();
+    await this.running;
+    await this.connection.close();
+  }
+
+  private async loop(): Promise<void> {
+    let delayMs = 100;
+    while (!this.stop.signal.aborted) {
+      try {
+        await this.pull();
+        delayMs = 100;
+      } catch (err) {
+        if (this.stop.signal.aborted) break;
+        const error = err instanceof MqlogError ? err : new MqlogError('ERR_PEER_UNREACHABLE', `${this.options.url}: ${(err as Error).message}`, { cause: err });
+        this.options.onError?.(error);
+        await new Promise((r) => setTimeout(r, delayMs));
+        delayMs = Math.min(10_000, delayMs * 2);
+      }
+    }
+  }
+
+  private async pull(): Promise<void> {
+    const nc = await this.connection.get();
+    const jsm = await nc.jetstreamManager();
+    await ensureStream(jsm, this.address.stream);
+    try {
+      await jsm.consumers.info(this.address.stream, this.options.durable);
+    } catch {
+      await jsm.consumers.add(this.address.stream, {
+        durable_name: this.options.durable,
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        ack_wait: 30 * 1_000_000_000,
+        ...(this.options.subject === undefined ? {} : { filter_subject: this.options.subject }),
+      });
+    }
+    const consumer = await nc.jetstream().consumers.get(this.address.stream, this.options.durable);
+    while (!this.stop.signal.aborted) {
+      const messages = await consumer.fetch({ max_messages: this.options.batchSize ?? 256, expires: 1000 });
+      const pending: { frame: ReceivedFrame; ack: () => Promise<boolean> }[] = [];
+      for await (const m of messages) {
+        const hdrs = new Map<string, string>();
+        for (const [k, v] of m.headers ?? []) hdrs.set(k, v[0] ?? '');
+        const sequence = m.info.streamSequence;
+        const frame = this.options.adopt(m.data, m.subject, sequence, hdrs);
+        pending.push({ frame: { stream: 'js.w0', frame }, ack: () => m.ackAck() });
+      }
+      if (pending.length === 0) continue;
+      // Everything up to the ack floor was stored before it was acked (below): safe to forget exactly.
+      const floor = (await consumer.info(true)).ack_floor.stream_seq;
+      // Stored (fsync'd) first, acked in JetStream after: a crash in between only brings a redelivery.
+      await this.options.sink.accept({
+        unordered: { floor },
+        node: `nats://${this.address.server}/${this.address.stream}`,
+        name: `nats:${this.address.stream}`,
+        destination: this.options.durable,
+        frames: pending.map((p) => p.frame),
+        peer: undefined,
+        remoteAddress: undefined,
+      });
+      await Promise.all(pending.map((p) => p.ack()));
+    }
+  }
+}
