@@ -127,3 +127,14 @@ export function flushStdout(): Promise<void> {
 export function jsonLine(record: unknown): Promise<void> {
   return writeLine(JSON.stringify(record));
 }
+
+/** `--listen HOST:PORT`, checked (a bad value is a usage error). */
+export function listenFlag(args: ParsedArgs, check: (value: string, key: string) => string): string | undefined {
+  const listen = stringFlag(args, 'listen');
+  if (listen === undefined) return undefined;
+  try {
+    return check(listen, '--listen');
+  } catch (err) {
+    throw usageError((err as Error).message);
+  }
+}

@@ -4,8 +4,7 @@
  */
 import { Daemon } from '../daemon/daemon.js';
 import { checkListen } from '../daemon/config.js';
-import { MqlogError } from '../errors.js';
-import { dataDir, stringFlag, usageError, writeLine, type Command, type ParsedArgs } from './args.js';
+import { dataDir, listenFlag, stringFlag, writeLine, type Command, type ParsedArgs } from './args.js';
 
 export const daemonCommand: Command = {
   name: 'daemon',
@@ -20,14 +19,7 @@ export const daemonCommand: Command = {
 };
 
 async function run(args: ParsedArgs): Promise<number> {
-  const listen = stringFlag(args, 'listen');
-  if (listen !== undefined) {
-    try {
-      checkListen(listen, '--listen');
-    } catch (err) {
-      throw usageError((err as MqlogError).message);
-    }
-  }
+  const listen = listenFlag(args, checkListen);
   const handler = stringFlag(args, 'handler');
   const daemon = await Daemon.start({ data: dataDir(args), ...(listen === undefined ? {} : { listen }), ...(handler === undefined ? {} : { handler }) });
   await writeLine(`listening on ${daemon.url}`);

@@ -12,7 +12,7 @@ import { DAEMON_LOCK } from '../daemon/daemon.js';
 import { Lock } from '../log/lock.js';
 import { MqlogError } from '../errors.js';
 import { ensureDir } from '../util/fs.js';
-import { boolFlag, dataDir, jsonLine, stringFlag, usageError, writeLine, type Command, type ParsedArgs } from './args.js';
+import { boolFlag, dataDir, jsonLine, listenFlag, stringFlag, writeLine, type Command, type ParsedArgs } from './args.js';
 
 const CLI = fileURLToPath(new URL('./main.js', import.meta.url));
 const START_TIMEOUT_MS = 60_000;
@@ -20,15 +20,8 @@ const STOP_TIMEOUT_MS = 60_000;
 
 function daemonArgs(args: ParsedArgs): string[] {
   const out: string[] = [];
-  const listen = stringFlag(args, 'listen');
-  if (listen !== undefined) {
-    try {
-      checkListen(listen, '--listen');
-    } catch (err) {
-      throw usageError((err as MqlogError).message);
-    }
-    out.push('--listen', listen);
-  }
+  const listen = listenFlag(args, checkListen);
+  if (listen !== undefined) out.push('--listen', listen);
   const handler = stringFlag(args, 'handler');
   if (handler !== undefined) out.push('--handler', handler);
   return out;

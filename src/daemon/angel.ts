@@ -156,7 +156,7 @@ class Supervisor {
     });
     this.child = child;
     this.lastDaemonPid = child.pid;
-    this.logger.info({ event: 'daemon_started', pid: child.pid, restarts: this.state.restarts }, 'daemon started');
+    this.logger.info({ event: 'daemon_started', daemonPid: child.pid, restarts: this.state.restarts }, 'daemon started');
     void this.publish({ daemonPid: child.pid ?? null });
     let pending = '';
     child.stdout.on('data', (chunk: Buffer) => {

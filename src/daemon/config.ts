@@ -195,7 +195,7 @@ function checkObject<T>(value: unknown, key: string, checks: Record<string, Chec
   if (value === null || typeof value !== 'object' || Array.isArray(value)) throw bad(key, 'an object');
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(value)) {
-    const check = checks[k];
+    const check = Object.hasOwn(checks, k) ? checks[k] : undefined;
     if (check === undefined) throw new MqlogError('ERR_CONFIG', `unknown key "${key}.${k}"`, { details: { key: `${key}.${k}` } });
     out[k] = check(v, `${key}.${k}`);
   }
@@ -229,7 +229,8 @@ export async function loadConfig(dataDir: string, overrides: Partial<Record<keyo
 export function parseConfig(input: Record<string, unknown>, source = CONFIG_FILE): Config {
   const out: Record<string, unknown> = { ...DEFAULTS, name: defaultName() };
   for (const [key, value] of Object.entries(input)) {
-    const check = (KEYS as Record<string, Check | undefined>)[key];
+    // Own keys only: `constructor`, `toString`, `__proto__`… are unknown keys like any other.
+    const check = Object.hasOwn(KEYS, key) ? (KEYS as Record<string, Check>)[key] : undefined;
     if (check === undefined) {
       throw new MqlogError('ERR_CONFIG', `${source}: unknown key "${key}"`, { details: { key } });
     }

@@ -149,7 +149,12 @@ export class Daemon {
     }
     this.sink = await InboxSink.open({
       inboxFor: (channel) => node.inbox(channel),
-      onReceipt: async (report, from) => {
+      onReceipt: async (report, from, authenticated) => {
+        // An authenticated peer reports only on messages sent to it, not on those of another peer.
+        if (authenticated && Object.hasOwn(config.peers, report.destination) && report.destination !== from) {
+          logger.warn({ event: 'receipt_refused', id: report.id, peer: report.destination, from }, 'a peer reported on a message sent to another peer');
+          return;
+        }
         const changed = await receipts.update(report.id, report.destination, report.state, report.at, report.reason);
         this.metrics.receipts.inc({ state: report.state });
         logger.info({ event: 'receipt', id: report.id, peer: report.destination, from, state: report.state, changed }, 'receipt');
@@ -222,6 +227,8 @@ export class Daemon {
     this.timers.push(
       setInterval(() => {
         this.inboxObserver?.refresh().catch((err: unknown) => logger.error({ event: 'observer', err }, 'cannot read inbox state'));
+        // The file watcher may fold changes close together into one event: look at the outbox anyway.
+        this.outboxObserver?.poke();
       }, OBSERVE_MS).unref(),
     );
     this.timers.push(
@@ -229,7 +236,7 @@ export class Daemon {
         this.sink?.dedup.checkpoint().catch((err: unknown) => logger.error({ event: 'dedup_checkpoint', err }, 'cannot write the dedup checkpoint'));
       }, DEDUP_CHECKPOINT_MS).unref(),
     );
-    logger.info({ event: 'started', url: this.url, node: config.name, nodeId: this.nodeId, data: dataDir }, 'daemon started');
+    logger.info({ event: 'started', url: this.url, nodeId: this.nodeId, data: dataDir }, 'daemon started');
   }
 
   /** What the status page shows (no message contents, no secrets). */

@@ -192,6 +192,7 @@ export class Forwarder {
       }
       batch.push({ frame, meta, about: { id: meta.id, channel: meta.channel, priority: meta.priority } });
     }
+    let sentSome = false;
     while (batch.length > 0) {
       await this.syncSegments(batch.map((b) => b.frame));
       const started = performance.now();
@@ -206,6 +207,7 @@ export class Forwarder {
         this.sentMessages += metas.length;
         this.options.events?.sent?.(this.destination, metas.length, batch.reduce((n, b) => n + b.frame.bytes, 0), performance.now() - started, result.duplicates);
         this.options.events?.delivered?.(this.destination, metas);
+        sentSome = true;
         break;
       } catch (err) {
         const error = asMqlogError(err);
@@ -240,11 +242,14 @@ export class Forwarder {
         throw error;
       }
     }
-    // Everything taken (sent, skipped, expired or dead-lettered) is behind the cursor now.
+    // Everything taken (sent, skipped, expired or dead-lettered) is behind the cursor now. Only a batch
+    // that reached the peer counts as a send (and clears the last error).
     for (const frame of taken) {
       this.positions[frame.stream] = { offset: frame.offset + 1, hint: { segment: frame.segment, position: frame.position, offset: frame.offset } };
     }
-    this.cursor = { ...this.cursor, streams: this.positions, lastSentAt: Date.now(), lastError: null, lastErrorAt: null };
+    this.cursor = sentSome
+      ? { ...this.cursor, streams: this.positions, lastSentAt: Date.now(), lastError: null, lastErrorAt: null }
+      : { ...this.cursor, streams: this.positions };
     this.cursorDirty = true;
     await this.flushCursor(false);
     return 'sent';

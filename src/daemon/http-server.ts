@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { timingSafeEqual, createHash } from 'node:crypto';
 import { MqlogError } from '../errors.js';
 import { RequestVerifier } from '../transport/auth.js';
-import { registerHttpReceiver, sendError } from '../transport/http-receiver.js';
+import { clientErrorHandler, registerHttpReceiver, sendError } from '../transport/http-receiver.js';
 import type { BatchSink } from '../transport/transport.js';
 import type { Config, TlsConfig } from './config.js';
 import type { Logger } from './logger.js';
@@ -46,16 +46,20 @@ export function authMode(config: Config): AuthMode {
 
 function createApp(config: Config, logger: Logger, tls: TlsMaterial, https: boolean): FastifyInstance {
   const limits = config.limits;
-  const httpsOptions = https && tls.cert !== undefined && tls.key !== undefined
+  // Given to Node.js when the server is created: set later (as fastify does), the request timeout is
+  // never checked.
+  const timeouts = { requestTimeout: limits.requestTimeoutMs, connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(limits.requestTimeoutMs / 4))) };
+  const serverOptions = https && tls.cert !== undefined && tls.key !== undefined
     ? {
         https: {
           cert: tls.cert,
           key: tls.key,
           ...(tls.ca === undefined ? {} : { ca: tls.ca }),
           ...(config.tls.requireClientCert === true ? { requestCert: true, rejectUnauthorized: true } : {}),
+          ...timeouts,
         },
       }
-    : {};
+    : { http: timeouts };
   // Typed as the default instance: mqlog's routes do not depend on the pino-specific logger type.
   const app = Fastify({
     loggerInstance: logger,
@@ -64,7 +68,8 @@ function createApp(config: Config, logger: Logger, tls: TlsMaterial, https: bool
     connectionTimeout: limits.connectionTimeoutMs,
     requestTimeout: limits.requestTimeoutMs,
     keepAliveTimeout: Math.min(30_000, limits.connectionTimeoutMs),
-    ...httpsOptions,
+    clientErrorHandler,
+    ...serverOptions,
   }) as unknown as FastifyInstance;
   app.setErrorHandler(sendError);
   app.setNotFoundHandler((_request, reply) => reply.code(404).send({ code: 'ERR_NOT_FOUND', message: 'no such endpoint' }));

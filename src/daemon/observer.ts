@@ -125,8 +125,9 @@ export class OutboxObserver {
         for (const frame of read.frames) {
           if (frame.type !== FrameType.MESSAGE) continue;
           const meta = safeMeta(frame.payload);
-          if (meta === undefined || meta.kind !== undefined) continue;
-          this.metrics.appended.inc({ channel: meta.channel });
+          if (meta === undefined) continue;
+          // Receipts count in the backlog (the forwarder sends them like any message), not as appends.
+          if (meta.kind === undefined) this.metrics.appended.inc({ channel: meta.channel });
           for (const to of meta.to) this.add(to, 1);
         }
         if (read.state !== 'more') break;

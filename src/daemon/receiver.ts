@@ -16,6 +16,7 @@ import { decodeChunk, decodeMessage, type ChunkMeta, type MessageMeta, type Mess
 import { Inbox } from '../queue/inbox.js';
 import { decodeReceiptReport, type ReceiptReport } from '../queue/receipts.js';
 import type { BatchResult, BatchSink, IncomingBatch } from '../transport/transport.js';
+import { KeyedSerial } from '../util/serial.js';
 import { DedupTable, dedupKey } from './dedup.js';
 
 export interface InboxSinkOptions {
@@ -33,7 +34,7 @@ export interface InboxSinkOptions {
   /** The inbox of a channel; shared with the node's consumers when given. */
   readonly inboxFor?: (channel: string) => Promise<Inbox>;
   /** Applies a receipt a peer reported back (durably, before the batch is acknowledged). */
-  readonly onReceipt?: (report: ReceiptReport, from: string) => Promise<void>;
+  readonly onReceipt?: (report: ReceiptReport, from: string, authenticated: boolean) => Promise<void>;
   /** Called with the result of every accepted batch. */
   readonly onBatch?: (result: BatchResult) => void;
   /** Called after messages were stored, per channel (metrics, waking consumers). */
@@ -60,7 +61,7 @@ export class InboxSink implements BatchSink {
   /** Running digests of streamed bodies in transit, by transfer. */
   private readonly hashing = new Map<string, { hash: Hash; size: number }>();
   /** Batches of one sender run one after the other: a retry may arrive while the original still runs. */
-  private readonly senders = new Map<string, Promise<unknown>>();
+  private readonly senders = new KeyedSerial();
   private closing: Promise<void> | undefined;
 
   private constructor(options: InboxSinkOptions, dedup: DedupTable) {
@@ -108,6 +109,7 @@ export class InboxSink implements BatchSink {
         throw err;
       }
     });
+    if (batch.unordered === undefined) checkOrder(checked);
     return this.serialize(batch.node, () => this.dedup.batch(() => this.store(batch, from, checked)));
   }
 
@@ -149,7 +151,7 @@ export class InboxSink implements BatchSink {
   /** Waits for batches in flight, writes the dedup checkpoint, closes the inboxes. Idempotent. */
   close(): Promise<void> {
     this.closing ??= (async () => {
-      await Promise.allSettled(this.senders.values());
+      await this.senders.idle();
       await this.dedup.checkpoint();
       for (const inbox of this.inboxes.values()) await (await inbox).close();
     })();
@@ -194,7 +196,7 @@ export class InboxSink implements BatchSink {
         if (message.streamed !== undefined) this.dedup.finishTransfer(transferKey(batch, message.id));
       });
       await run(fresh.filter((c) => c.receipt !== undefined), async (c) => {
-        await this.options.onReceipt?.(c.receipt as ReceiptReport, from);
+        await this.options.onReceipt?.(c.receipt as ReceiptReport, from, batch.peer !== undefined);
       });
     } catch (err) {
       // Remember exactly what did get stored, so the retry stores only the rest.
@@ -246,14 +248,7 @@ export class InboxSink implements BatchSink {
   }
 
   private serialize<T>(sender: string, fn: () => Promise<T>): Promise<T> {
-    const previous = this.senders.get(sender) ?? Promise.resolve();
-    const run = previous.then(fn, fn);
-    const tail = run.catch(() => undefined);
-    this.senders.set(sender, tail);
-    void tail.then(() => {
-      if (this.senders.get(sender) === tail) this.senders.delete(sender);
-    });
-    return run;
+    return this.senders.run(sender, fn);
   }
 
   inbox(channel: string): Promise<Inbox> {
@@ -272,6 +267,24 @@ export class InboxSink implements BatchSink {
       this.inboxes.set(channel, inbox);
     }
     return inbox;
+  }
+}
+
+/**
+ * A sender forwards each stream in offset order (duplicate detection relies on it): within a batch, the
+ * offsets of a stream must rise strictly.
+ * @throws ERR_BAD_REQUEST naming the first frame that breaks the order (a repeat included).
+ */
+function checkOrder(checked: readonly Checked[]): void {
+  const last = new Map<string, number>();
+  for (const c of checked) {
+    const previous = last.get(c.key);
+    if (previous !== undefined && c.offset <= previous) {
+      throw new MqlogError('ERR_BAD_REQUEST', `frame ${c.index}: offset ${c.offset} of stream ${c.stream} does not follow ${previous} (frames of a stream must come in rising order, once)`, {
+        details: { frame: c.index },
+      });
+    }
+    last.set(c.key, c.offset);
   }
 }
 

@@ -9,11 +9,10 @@
  * A cursor only moves after the peer acknowledged everything below it. Files are replaced atomically;
  * a cursor that lags behind after a crash only causes a resend, which the receiver recognises.
  */
-import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MqlogError } from '../errors.js';
 import type { StreamPosition } from '../log/stream-reader.js';
-import { ensureDir, isNotFound, readFileIfExists, writeFileAtomic } from '../util/fs.js';
+import { ensureDir, readFileIfExists, readdirIfExists, writeFileAtomic } from '../util/fs.js';
 import { encodeName } from '../util/names.js';
 import { outboxInfo } from './layout.js';
 
@@ -50,15 +49,8 @@ export async function writeCursor(dataDir: string, cursor: DestinationCursor): P
 /** Every destination cursor of an outbox. */
 export async function readAllCursors(dataDir: string): Promise<DestinationCursor[]> {
   const dir = cursorsDir(dataDir);
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch (err) {
-    if (isNotFound(err)) return [];
-    throw err;
-  }
   const out: DestinationCursor[] = [];
-  for (const name of names.sort()) {
+  for (const name of await readdirIfExists(dir)) {
     if (!name.endsWith('.json')) continue;
     const raw = await readFileIfExists(join(dir, name));
     if (raw !== undefined) out.push(parseCursor(raw, join(dir, name)));

@@ -8,10 +8,9 @@
  *   DIR/inbox/<channel>/      one inbox per channel (kind inbox)
  *   DIR/dead/<channel>/       dead letters of that inbox (kind dead)
  */
-import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { MqlogError, ioError } from '../errors.js';
-import { ensureDir, isNotFound, readFileIfExists, writeFileAtomic } from '../util/fs.js';
+import { MqlogError } from '../errors.js';
+import { ensureDir, readFileIfExists, readdirIfExists, writeFileAtomic } from '../util/fs.js';
 import { encodeName } from '../util/names.js';
 
 export type QueueKind = 'outbox' | 'inbox' | 'dead';
@@ -78,15 +77,7 @@ export async function listQueues(dataDir: string): Promise<QueueInfo[]> {
     if (info !== undefined) found.push(info);
   }
   for (const parent of ['inbox', 'dead']) {
-    let names: string[];
-    try {
-      names = await readdir(join(dataDir, parent));
-    } catch (err) {
-      if (isNotFound(err)) continue;
-      throw ioError(err, `cannot list ${join(dataDir, parent)}`);
-    }
-    names.sort();
-    for (const name of names) {
+    for (const name of await readdirIfExists(join(dataDir, parent))) {
       const info = await readQueueInfo(join(dataDir, parent, name), `${parent}/${name}`);
       if (info !== undefined) found.push(info);
     }

@@ -9,12 +9,12 @@
  * Every destination a message names is also recorded in `outbox/destinations/` before the message is
  * appended, so the forwarder learns of destinations that are URLs rather than configured peers.
  */
-import { readdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MqlogError } from '../errors.js';
 import { FrameType } from '../log/frame.js';
 import { FileLogStore, type LogStore, type LogWriter, type WriterOptions } from '../log/log-store.js';
-import { ensureDir, isNotFound, writeFileAtomic, readFileIfExists } from '../util/fs.js';
+import { ensureDir, readFileIfExists, readdirIfExists, writeFileAtomic } from '../util/fs.js';
 import { newId } from '../util/ids.js';
 import { encodeName } from '../util/names.js';
 import { createHash } from 'node:crypto';
@@ -296,15 +296,8 @@ const DESTINATIONS_DIR = 'destinations';
 /** Destinations recorded in an outbox, in name order. */
 export async function listDestinations(dataDir: string): Promise<string[]> {
   const dir = join(outboxInfo(dataDir).dir, DESTINATIONS_DIR);
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch (err) {
-    if (isNotFound(err)) return [];
-    throw err;
-  }
   const found: string[] = [];
-  for (const name of names.sort()) {
+  for (const name of await readdirIfExists(dir)) {
     if (name.endsWith('.tmp')) continue;
     found.push((await readFile(join(dir, name))).toString('utf8'));
   }

@@ -18,6 +18,7 @@ import { MqlogError, abortError, ioError } from '../errors.js';
 import { ChangeWatcher } from '../log/watch.js';
 import { FILE_MODE, ensureDir, isNotFound, readFileIfExists, writeFileAtomic } from '../util/fs.js';
 import { isId } from '../util/ids.js';
+import { KeyedSerial } from '../util/serial.js';
 
 export type ReceiptState = 'queued' | 'sent' | 'processed' | 'dead' | 'expired';
 export const RECEIPT_STATES: readonly ReceiptState[] = ['queued', 'sent', 'processed', 'dead', 'expired'];
@@ -62,7 +63,7 @@ export function isSettled(state: ReceiptState): boolean {
 
 export class ReceiptStore {
   readonly dir: string;
-  private readonly pending = new Map<string, Promise<unknown>>();
+  private readonly pending = new KeyedSerial();
 
   constructor(dataDir: string) {
     this.dir = join(dataDir, 'receipts');
@@ -177,14 +178,7 @@ export class ReceiptStore {
   }
 
   private serialized<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const previous = this.pending.get(id) ?? Promise.resolve();
-    const run = previous.then(fn, fn);
-    const tail = run.catch(() => undefined);
-    this.pending.set(id, tail);
-    void tail.then(() => {
-      if (this.pending.get(id) === tail) this.pending.delete(id);
-    });
-    return run;
+    return this.pending.run(id, fn);
   }
 }
 

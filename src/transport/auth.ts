@@ -80,11 +80,11 @@ export class RequestVerifier {
     if (peer === undefined || timestamp === undefined || nonce === undefined || signature === undefined) {
       throw new MqlogError('ERR_UNAUTHORIZED', `this node requires signed requests (${HEADER_PEER}, ${HEADER_TIMESTAMP}, ${HEADER_NONCE}, ${HEADER_SIGNATURE})`);
     }
-    const key = this.keys.get(peer);
-    if (key === undefined) throw new MqlogError('ERR_UNKNOWN_PEER', `peer ${JSON.stringify(peer.slice(0, 64))} is not known to this node`, { details: { peer: peer.slice(0, 64) } });
     if (!/^\d{1,16}$/.test(timestamp) || !/^[0-9a-f]{32}$/.test(nonce) || !/^[0-9a-f]{64}$/.test(signature)) {
       throw new MqlogError('ERR_UNAUTHORIZED', 'malformed authentication headers');
     }
+    const key = this.keys.get(peer);
+    if (key === undefined) throw new MqlogError('ERR_UNKNOWN_PEER', `peer ${JSON.stringify(peer.slice(0, 64))} is not known to this node`, { details: { peer: peer.slice(0, 64) } });
     const now = this.now();
     if (Math.abs(now - Number(timestamp)) > this.maxSkewMs) {
       throw new MqlogError('ERR_UNAUTHORIZED', `request timestamp is more than ${this.maxSkewMs / 1000} s away from this node's clock`);

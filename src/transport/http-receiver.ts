@@ -38,39 +38,54 @@ export function registerHttpReceiver(app: FastifyInstance, options: HttpReceiver
 
   app.post('/v1/messages', {
     bodyLimit: maxRequestBytes,
-    // Before any body parser runs (fastify has its own for JSON and text): only the batch type is accepted.
-    onRequest: async (request) => {
+    // Before any body is read (fastify has its own parsers for JSON and text): only the batch type is
+    // accepted, and a peer gets only so many requests in flight, uploads included.
+    onRequest: async (request, reply) => {
       const type = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
       if (type !== CONTENT_TYPE) throw new MqlogError('ERR_UNSUPPORTED_MEDIA_TYPE', `content type must be ${CONTENT_TYPE}, got ${JSON.stringify(type ?? '')}`);
+      const claimed = request.headers['x-mqlog-peer'];
+      const who = `${request.ip}|${typeof claimed === 'string' ? claimed.slice(0, 64) : ''}`;
+      const running = inFlight.get(who) ?? 0;
+      if (running >= (options.maxConcurrentPerPeer ?? Number.POSITIVE_INFINITY)) {
+        throw new MqlogError('ERR_TOO_MANY_REQUESTS', `${running} requests of this peer are in flight already (limit ${options.maxConcurrentPerPeer})`);
+      }
+      inFlight.set(who, running + 1);
+      reply.raw.once('close', () => {
+        const left = (inFlight.get(who) ?? 1) - 1;
+        if (left <= 0) inFlight.delete(who);
+        else inFlight.set(who, left);
+      });
     },
   }, async (request, reply) => {
     const body = request.body;
     if (!Buffer.isBuffer(body) || body.length === 0) throw new MqlogError('ERR_BAD_REQUEST', 'malformed batch: empty body');
     const peer = options.authenticate?.(request, body);
-    const who = peer ?? request.ip;
-    const running = inFlight.get(who) ?? 0;
-    if (running >= (options.maxConcurrentPerPeer ?? Number.POSITIVE_INFINITY)) {
-      throw new MqlogError('ERR_TOO_MANY_REQUESTS', `${running} requests of this peer are in flight already (limit ${options.maxConcurrentPerPeer})`);
-    }
-    inFlight.set(who, running + 1);
-    try {
-      const decoded = decodeBatch(body, {
-        ...(options.maxFramesPerRequest === undefined ? {} : { maxFrames: options.maxFramesPerRequest }),
-        ...(options.maxFrameBytes === undefined ? {} : { maxFrameBytes: options.maxFrameBytes }),
-      });
-      const result = await options.sink.accept({ ...decoded, peer, remoteAddress: request.ip });
-      return await reply.code(200).send(result);
-    } finally {
-      const left = (inFlight.get(who) ?? 1) - 1;
-      if (left <= 0) inFlight.delete(who);
-      else inFlight.set(who, left);
-    }
+    const decoded = decodeBatch(body, {
+      ...(options.maxFramesPerRequest === undefined ? {} : { maxFrames: options.maxFramesPerRequest }),
+      ...(options.maxFrameBytes === undefined ? {} : { maxFrameBytes: options.maxFrameBytes }),
+    });
+    const result = await options.sink.accept({ ...decoded, peer, remoteAddress: request.ip });
+    return reply.code(200).send(result);
   });
 
   app.get('/healthz', async (_request, reply) => {
     const ok = options.healthy?.() ?? true;
     return reply.code(ok ? 200 : 503).send({ ok });
   });
+}
+
+/**
+ * Answers errors Node.js raises before a request reaches a route: a request that took longer than the
+ * request timeout gets `408 ERR_REQUEST_TIMEOUT`, any other malformed HTTP `400 ERR_BAD_REQUEST`.
+ */
+export function clientErrorHandler(error: Error & { code?: string }, socket: import('node:net').Socket): void {
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const timeout = error.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+  const body = JSON.stringify(timeout ? { code: 'ERR_REQUEST_TIMEOUT', message: 'the request took too long' } : { code: 'ERR_BAD_REQUEST', message: 'malformed HTTP request' });
+  socket.end(`HTTP/1.1 ${timeout ? '408 Request Timeout' : '400 Bad Request'}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
 }
 
 /** The error handler every mqlog HTTP server uses: stable codes, JSON bodies, no stack traces. */

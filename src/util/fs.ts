@@ -2,7 +2,7 @@
  * Small durable-file helpers shared by every layer that writes to disk.
  * Each helper states what is durable when its promise resolves.
  */
-import { mkdir, open, rename, rm, readFile } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, readFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { dirname } from 'node:path';
 import { ioError } from '../errors.js';
@@ -72,6 +72,16 @@ export async function readFileIfExists(path: string): Promise<Buffer | undefined
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw ioError(err, `cannot read ${path}`, { path });
+  }
+}
+
+/** The names in a directory, sorted; empty when the directory does not exist. */
+export async function readdirIfExists(path: string): Promise<string[]> {
+  try {
+    return (await readdir(path)).sort();
+  } catch (err) {
+    if (isNotFound(err)) return [];
+    throw ioError(err, `cannot list ${path}`, { path });
   }
 }
 
