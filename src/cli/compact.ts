@@ -43,6 +43,7 @@ async function run(args: ParsedArgs): Promise<number> {
   if (boolFlag(args, 'json')) await jsonLine(totals);
   else {
     for (const q of result.queues) {
+      if (q.skipped === true) await writeLine(`${q.queue}: skipped, another compactor is working on it`);
       if (q.bytesReclaimed > 0) await writeLine(`${q.queue}: ${q.bytesReclaimed} bytes reclaimed (${q.segmentsDeleted} segment(s) deleted, ${q.segmentsRewritten} rewritten, ${q.framesRemoved} message(s) removed)`);
     }
     await writeLine(`reclaimed ${totals.bytesReclaimed} bytes${totals.receiptsPruned > 0 ? `, pruned ${totals.receiptsPruned} receipt(s)` : ''}`);

@@ -121,26 +121,32 @@ async function sendLines(node: MqlogNode, to: string[], options: SendOptions): P
   const inFlight: Sending[] = [];
   let printing: Promise<void> = Promise.resolve();
   let failure: Error | undefined;
+  let lineNumber = 0;
+  // Ids go out in input order as the sends complete. A failed line is reported on stderr with its
+  // number; no new line is sent after a failure, and every line that did become durable is printed.
   const printReady = (): void => {
     printing = printing.then(async () => {
-      while (failure === undefined && inFlight[0]?.settled === true) {
+      while (inFlight[0]?.settled === true) {
         const head = inFlight.shift() as Sending;
-        if (head.id === undefined) {
-          failure = head.error instanceof Error ? head.error : new Error(String(head.error));
-          return;
+        if (head.id !== undefined) {
+          await writeLine(head.id);
+          continue;
         }
-        await writeLine(head.id);
+        const error = head.error instanceof Error ? head.error : new Error(String(head.error));
+        failure ??= error;
+        const code = (head.error as { code?: unknown } | undefined)?.code;
+        process.stderr.write(`mqlog: ${typeof code === 'string' ? code : 'ERR_IO'}: line ${head.line} was not sent: ${error.message}\n`);
       }
     });
   };
   const input = createInterface({ input: process.stdin, crlfDelay: Number.POSITIVE_INFINITY });
   try {
     for await (const line of input) {
-      if (failure !== undefined) break;
-      const sending = track(node.send(to, line, options));
+      if (failure !== undefined || inFlight.some((s) => s.settled && s.id === undefined)) break;
+      const sending = track(node.send(to, line, options), ++lineNumber);
       inFlight.push(sending);
       void sending.done.then(printReady);
-      while (inFlight.length >= WINDOW && failure === undefined) await (inFlight[0] as Sending).done.then(() => printing);
+      while (inFlight.length >= WINDOW) await (inFlight[0] as Sending).done.then(() => printing);
     }
     await Promise.all(inFlight.map((s) => s.done));
     printReady();
@@ -152,14 +158,16 @@ async function sendLines(node: MqlogNode, to: string[], options: SendOptions): P
 }
 
 interface Sending {
+  readonly line: number;
   settled: boolean;
   id?: string;
   error?: unknown;
   readonly done: Promise<void>;
 }
 
-function track(promise: Promise<string>): Sending {
+function track(promise: Promise<string>, line: number): Sending {
   const sending: Sending = {
+    line,
     settled: false,
     done: promise.then(
       (id) => {

@@ -25,7 +25,7 @@ import { Forwarder } from './forwarder.js';
 import { HandlerRunner, loadHandler } from './handler.js';
 import { createServers, loadTls, scheme, type TlsMaterial } from './http-server.js';
 import { Metrics } from './metrics.js';
-import { MqlogNode } from './node.js';
+import { MqlogNode, effectiveSegmentBytes } from './node.js';
 import { adoptNatsMessage } from './sources.js';
 import { InboxObserver, OutboxObserver } from './observer.js';
 import { STATUS_PAGE, type StatusSnapshot } from './status-page.js';
@@ -160,7 +160,7 @@ export class Daemon {
         logger.info({ event: 'receipt', id: report.id, peer: report.destination, from, state: report.state, changed }, 'receipt');
       },
       dataDir,
-      segmentBytes: config.segmentBytes,
+      segmentBytes: effectiveSegmentBytes(config),
       maxBodyBytes: config.limits.maxBodyBytes,
       maxStreamedBodyBytes: config.limits.maxStreamedBodyBytes,
       maxFrameBytes: config.limits.maxBodyBytes + 512 * 1024,
@@ -362,7 +362,7 @@ export class Daemon {
       dataDir: this.dataDir,
       retainDoneMs: this.config.retainDoneMs,
       retainReceiptsMs: this.config.retainReceiptsMs,
-      segmentBytes: this.config.segmentBytes,
+      segmentBytes: effectiveSegmentBytes(this.config),
     })
       .then((result) => {
         this.metrics.compactedBytes.inc(result.bytesReclaimed);

@@ -59,7 +59,7 @@ export class MqlogNode {
       nodeName: config.name,
       nodeId,
       replyTo: advertisedUrl(config),
-      segmentBytes: config.segmentBytes,
+      segmentBytes: effectiveSegmentBytes(config),
       resolveDestination: (to) => resolveDestination(config, to),
       maxBytes: config.maxQueueBytes,
       ...(options.onTruncated === undefined ? {} : { onTruncated: options.onTruncated }),
@@ -94,7 +94,7 @@ export class MqlogNode {
       inbox = Inbox.open({
         dataDir: this.dataDir,
         channel,
-        segmentBytes: this.config.segmentBytes,
+        segmentBytes: effectiveSegmentBytes(this.config),
         visibilityTimeoutMs: this.config.visibilityTimeoutMs,
         maxDeliveries: this.config.maxDeliveries,
         onSettled: (meta, outcome, reason) => this.reportReceipt(meta, outcome, reason),
@@ -175,6 +175,15 @@ export class MqlogNode {
     })();
     return this.closing;
   }
+}
+
+/**
+ * The segment size writers use: `segmentBytes`, but at most a quarter of `maxQueueBytes`, so that a full
+ * queue always has sealed segments that compaction can reclaim (the open one never is).
+ */
+export function effectiveSegmentBytes(config: Config): number {
+  if (config.maxQueueBytes === null) return config.segmentBytes;
+  return Math.max(64 * 1024, Math.min(config.segmentBytes, Math.floor(config.maxQueueBytes / 4)));
 }
 
 export function openNode(options: NodeOptions): Promise<MqlogNode> {

@@ -144,6 +144,8 @@ class FailoverWriter implements LogWriter {
   private replacing: Promise<void> | undefined;
   /** Estimated size of the store: last measure plus this writer's appends since. */
   private size: number | undefined;
+  /** Bytes of appends admitted under the limit and not yet written. */
+  private admitted = 0;
   private sizedAt = 0;
   private measuring: Promise<void> | undefined;
 
@@ -159,25 +161,29 @@ class FailoverWriter implements LogWriter {
 
   append(key: string, type: number, payload: Payload): Promise<StoreAppendResult> {
     const maxBytes = this.options.maxBytes;
-    if (maxBytes !== undefined && maxBytes !== null) {
-      const bytes = FRAME_HEADER_BYTES + payloadLength(payload);
-      if (this.size === undefined || Date.now() - this.sizedAt > SIZE_REFRESH_MS || this.size + bytes > maxBytes) {
-        // Near the limit (or not measured lately): measure before deciding.
-        return this.measure().then(() => {
-          if ((this.size ?? 0) + bytes > maxBytes) return Promise.reject(queueFull(this.store.dir, maxBytes));
-          this.size = (this.size ?? 0) + bytes;
-          return this.appendNow(key, type, payload);
-        });
-      }
-      this.size += bytes;
+    if (maxBytes === undefined || maxBytes === null) return this.appendNow(key, type, payload);
+    const bytes = FRAME_HEADER_BYTES + payloadLength(payload);
+    const admit = (): Promise<StoreAppendResult> => {
+      // Measured size, plus this writer's appends since, plus those admitted but not yet written.
+      if ((this.size ?? 0) + this.admitted + bytes > maxBytes) return Promise.reject(queueFull(this.store.dir, maxBytes));
+      this.admitted += bytes;
+      return this.appendNow(key, type, payload).finally(() => {
+        this.admitted -= bytes;
+        this.size = (this.size ?? 0) + bytes;
+      });
+    };
+    if (this.size === undefined || Date.now() - this.sizedAt > SIZE_REFRESH_MS || this.size + this.admitted + bytes > maxBytes) {
+      // Near the limit (or not measured lately): measure before deciding.
+      return this.measure().then(admit);
     }
-    return this.appendNow(key, type, payload);
+    return admit();
   }
 
   /** The store's size on disk, not counting this writer's zero-filled preallocation. */
   private async measure(): Promise<void> {
     this.measuring ??= (async () => {
       const total = await this.store.sizeOnDisk();
+      // Appends in flight may or may not be in the files yet; they stay counted in `admitted` either way.
       this.size = Math.max(0, total - this.current.preallocatedBytes());
       this.sizedAt = Date.now();
     })().finally(() => (this.measuring = undefined));

@@ -48,6 +48,8 @@ export interface CompactionOptions {
 
 export interface CompactionResult {
   readonly queue: string;
+  /** Set when another live compactor was working on the queue. */
+  readonly skipped?: boolean;
   readonly segmentsDeleted: number;
   readonly segmentsRewritten: number;
   readonly framesRemoved: number;
@@ -96,10 +98,18 @@ async function streamedOwners(store: FileLogStore, removable: IsDone): Promise<M
 /** Compacts one queue. Returns what it reclaimed; a queue another compactor holds is skipped. */
 export async function compactQueue(info: QueueInfo, options: CompactionOptions): Promise<CompactionResult> {
   const result = { queue: info.queue, segmentsDeleted: 0, segmentsRewritten: 0, framesRemoved: 0, bytesReclaimed: 0 };
-  const lock = await Lock.tryAcquire(join(info.dir, COMPACT_LOCK));
-  if (lock === undefined) return result;
+  // A compactor killed mid-way leaves its lock behind: wait that out rather than skip the queue. A live
+  // compactor elsewhere means this round has nothing to add.
+  let lock: Lock;
+  try {
+    lock = await Lock.acquire(join(info.dir, COMPACT_LOCK), { waitForDeadHolder: true });
+  } catch (err) {
+    if (isMqlogError(err, 'ERR_LOCKED')) return { ...result, skipped: true };
+    throw err;
+  }
   try {
     const isDone = await donePredicate(info, options);
+    const untouched = await untouchedFrom(info, options);
     if (isDone === undefined) return result;
     const now = options.now ?? Date.now();
     const retainDoneMs = options.retainDoneMs ?? 0;
@@ -117,6 +127,8 @@ export async function compactQueue(info: QueueInfo, options: CompactionOptions):
       await removeLeftovers(set.dir);
       const segments = await set.list();
       for (const [index, segment] of segments.entries()) {
+        // Nothing at or past every destination's cursor can be done: no need to read it.
+        if (segment.baseOffset >= untouched(stream.name)) continue;
         const sealed = index < segments.length - 1;
         const outcome = sealed
           ? await compactSegment(set, segment, stream.name, removable, chunkRemovable, options.rewriteBelowShare ?? 0.5)
@@ -132,6 +144,16 @@ export async function compactQueue(info: QueueInfo, options: CompactionOptions):
   } finally {
     await lock.release();
   }
+}
+
+/**
+ * For the outbox, the offset per stream from which nothing can be done yet (the furthest destination
+ * cursor): a message there has not been sent to any of its destinations. Other queues: no such bound.
+ */
+async function untouchedFrom(info: QueueInfo, options: CompactionOptions): Promise<(stream: string) => number> {
+  if (info.kind !== 'outbox') return () => Number.POSITIVE_INFINITY;
+  const cursors = await readAllCursors(options.dataDir);
+  return (stream) => Math.max(0, ...cursors.map((c) => c.streams[stream]?.offset ?? 0));
 }
 
 /** Whether a message of this queue is done, from its state files; undefined for queues never compacted. */
