@@ -6,48 +6,40 @@
  */
 import { MqlogError, isErrorCode } from '../errors.js';
 import { parse, type Command } from './args.js';
-import { compactCommand } from './compact.js';
-import { daemonCommand } from './daemon.js';
-import { demoCommand } from './demo.js';
-import { dumpCommand } from './dump.js';
-import { receiptCommand } from './receipt.js';
-import { redriveCommand } from './redrive.js';
-import { sendCommand } from './send.js';
-import { statCommand } from './stat.js';
-import { angelCommand, startCommand, statusCommand, stopCommand } from './start.js';
-import { tailCommand } from './tail.js';
-import { verifyCommand } from './verify.js';
-
-const COMMANDS: readonly Command[] = [
-  sendCommand,
-  tailCommand,
-  receiptCommand,
-  daemonCommand,
-  startCommand,
-  stopCommand,
-  statusCommand,
-  dumpCommand,
-  verifyCommand,
-  statCommand,
-  redriveCommand,
-  compactCommand,
-  demoCommand,
+/**
+ * Commands in help order, each loaded only when used: `mqlog send` need not load the HTTP server, the
+ * metrics client or the NATS client, which keeps every short command quick to start.
+ */
+const COMMANDS: readonly { readonly name: string; readonly hidden?: boolean; load(): Promise<Command> }[] = [
+  { name: 'send', load: async () => (await import('./send.js')).sendCommand },
+  { name: 'tail', load: async () => (await import('./tail.js')).tailCommand },
+  { name: 'receipt', load: async () => (await import('./receipt.js')).receiptCommand },
+  { name: 'daemon', load: async () => (await import('./daemon.js')).daemonCommand },
+  { name: 'start', load: async () => (await import('./start.js')).startCommand },
+  { name: 'stop', load: async () => (await import('./start.js')).stopCommand },
+  { name: 'status', load: async () => (await import('./start.js')).statusCommand },
+  { name: 'dump', load: async () => (await import('./dump.js')).dumpCommand },
+  { name: 'verify', load: async () => (await import('./verify.js')).verifyCommand },
+  { name: 'stat', load: async () => (await import('./stat.js')).statCommand },
+  { name: 'redrive', load: async () => (await import('./redrive.js')).redriveCommand },
+  { name: 'compact', load: async () => (await import('./compact.js')).compactCommand },
+  { name: 'demo', load: async () => (await import('./demo.js')).demoCommand },
+  { name: '__angel', hidden: true, load: async () => (await import('./start.js')).angelCommand },
 ];
-/** Commands not listed in the help. */
-const HIDDEN: readonly Command[] = [angelCommand];
 
 /** Errors that mean the command line itself was wrong. */
 const USAGE_CODES = new Set(['ERR_USAGE', 'ERR_UNKNOWN_PEER', 'ERR_INVALID_NAME', 'ERR_INVALID_ARG']);
 
-function help(): string {
-  const width = Math.max(...COMMANDS.map((c) => c.name.length));
+async function help(): Promise<string> {
+  const visible = await Promise.all(COMMANDS.filter((c) => c.hidden !== true).map((c) => c.load()));
+  const width = Math.max(...visible.map((c) => c.name.length));
   return [
     'mqlog — durable store-and-forward message queue',
     '',
     'usage: mqlog <command> [options]',
     '',
     'commands:',
-    ...COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
+    ...visible.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
     '',
     'Every command that touches a node takes --data DIR (default $MQLOG_DATA, else ./var/node).',
     'Run mqlog <command> --help for its options.',
@@ -61,14 +53,15 @@ function commandHelp(command: Command): string {
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
-    process.stdout.write(`${help()}\n`);
+    process.stdout.write(`${await help()}\n`);
     return name === undefined ? 2 : 0;
   }
-  const command = [...COMMANDS, ...HIDDEN].find((c) => c.name === name);
-  if (command === undefined) {
+  const entry = COMMANDS.find((c) => c.name === name);
+  if (entry === undefined) {
     return fail(new MqlogError('ERR_USAGE', `unknown command ${JSON.stringify(name)} (see mqlog --help)`));
   }
   try {
+    const command = await entry.load();
     const args = parse(command, rest);
     if (args.values.help === true) {
       process.stdout.write(`${commandHelp(command)}\n`);
