@@ -30,7 +30,7 @@ interface BenchModule {
 const MODULES: readonly BenchModule[] = [
   { name: 'log', about: 'raw fsync limits of the disk, durable append through send(), RSS over 1 M appends', load: () => import('./log.bench.ts') },
   { name: 'compaction', about: 'append throughput and p99 latency with background compaction running versus without', load: () => import('./compaction.bench.ts') },
-  // Planned: e2e forwarding, consume, compaction, large payloads.
+  { name: 'nats', about: 'forwarding rate into JetStream versus over HTTP to a peer, same run; a stream as an inbox source', load: () => import('./nats.bench.ts') },
 ];
 
 const ROOT = resolve(import.meta.dirname, '..');

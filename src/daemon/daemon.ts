@@ -286,6 +286,7 @@ export class Daemon {
         sink,
         adopt: adoptNatsMessage(source, this.config.name, stream),
         onError: (error) => this.logger.warn({ event: 'source_failed', source: source.url, durable: source.durable, code: error.code, error: error.message }, 'cannot take messages from the source'),
+        onRefused: (sequence, error) => this.logger.error({ event: 'source_refused', source: source.url, sequence, code: error.code, error: error.message }, 'refused a message from the source for good; terminated it in JetStream'),
       });
       natsSource.start();
       this.sources.push(natsSource);

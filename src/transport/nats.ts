@@ -8,7 +8,7 @@
  *
  * The other direction, a JetStream durable consumer feeding an inbox, is NatsSource.
  */
-import { AckPolicy, DeliverPolicy, connect, headers as natsHeaders, type JetStreamClient, type JetStreamManager, type NatsConnection } from 'nats';
+import { AckPolicy, DeliverPolicy, Events, connect, headers as natsHeaders, type JetStreamClient, type JetStreamManager, type NatsConnection } from 'nats';
 import { MqlogError, abortError } from '../errors.js';
 import type { BatchResult, BatchSink, OutgoingBatch, ReceivedFrame, Transport } from './transport.js';
 
@@ -52,17 +52,43 @@ export function channelToken(channel: string): string {
 class Connection {
   private readonly server: string;
   private connecting: Promise<NatsConnection> | undefined;
+  /** Callers waiting to hear that the connection dropped (publishes in flight will get no ack). */
+  private readonly dropWaiters = new Set<() => void>();
 
   constructor(server: string) {
     this.server = server;
   }
 
   async get(): Promise<NatsConnection> {
-    this.connecting ??= connect({ servers: this.server, reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 250, timeout: 2000, name: 'mqlog' }).catch((err: unknown) => {
-      this.connecting = undefined;
-      throw new MqlogError('ERR_PEER_UNREACHABLE', `nats://${this.server}: ${(err as Error).message}`, { details: { url: `nats://${this.server}` }, cause: err });
-    });
+    this.connecting ??= connect({ servers: this.server, reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 250, timeout: 2000, name: 'mqlog' }).then(
+      (nc) => {
+        void this.watch(nc);
+        return nc;
+      },
+      (err: unknown) => {
+        this.connecting = undefined;
+        throw new MqlogError('ERR_PEER_UNREACHABLE', `nats://${this.server}: ${(err as Error).message}`, { details: { url: `nats://${this.server}` }, cause: err });
+      },
+    );
     return this.connecting;
+  }
+
+  /** Resolves when the connection drops next. */
+  dropped(): { promise: Promise<void>; cancel: () => void } {
+    let wake = (): void => undefined;
+    const promise = new Promise<void>((resolve) => {
+      wake = resolve;
+      this.dropWaiters.add(resolve);
+    });
+    return { promise, cancel: () => this.dropWaiters.delete(wake) };
+  }
+
+  private async watch(nc: NatsConnection): Promise<void> {
+    for await (const status of nc.status()) {
+      if (status.type !== Events.Disconnect) continue;
+      for (const wake of this.dropWaiters) wake();
+      this.dropWaiters.clear();
+    }
   }
 
   async close(): Promise<void> {
@@ -98,27 +124,48 @@ export class NatsSender implements Transport {
   }
 
   async send(batch: OutgoingBatch, signal?: AbortSignal): Promise<BatchResult> {
-    const js = await this.client();
-    let stored = 0;
-    let duplicates = 0;
-    // Publishes go out together; the batch is delivered only when every one of them was acked.
-    const acks = batch.frames.map((frame, index) => {
+    // Everything a publish needs is checked before any goes out.
+    const items = batch.frames.map((frame, index) => {
       const about = frame.about;
       if (about === undefined) throw new MqlogError('ERR_INVALID_ARG', `frame ${index} carries no id/channel for NATS`);
       const h = natsHeaders();
       h.set(HEADER_FRAME, '1');
       h.set(HEADER_CHANNEL, about.channel);
       h.set(HEADER_PRIORITY, String(about.priority));
-      const data = Buffer.isBuffer(frame.frame) ? frame.frame : Buffer.concat(frame.frame);
-      const msgID = about.position === undefined ? about.id : `${about.id}:${about.position}`;
-      return js.publish(`${this.address.stream}.${channelToken(about.channel)}`, data, { msgID, headers: h, timeout: this.publishTimeoutMs });
+      return {
+        subject: `${this.address.stream}.${channelToken(about.channel)}`,
+        data: Buffer.isBuffer(frame.frame) ? frame.frame : Buffer.concat(frame.frame),
+        options: { msgID: about.position === undefined ? about.id : `${about.id}:${about.position}`, headers: h, timeout: this.publishTimeoutMs },
+      };
     });
-    const results = await Promise.allSettled(acks);
-    if (signal?.aborted === true) throw abortError(signal);
+    const js = await this.client();
+    // Publishes go out together; the batch is delivered only when every one of them was acked. A dropped
+    // connection or an abort fails it at once: the publishes in flight will get no ack, and the retry is
+    // safe (JetStream recognises the message ids).
+    const dropped = this.connection.dropped();
+    let aborted: (() => void) | undefined;
+    const interrupted = new Promise<never>((_, reject) => {
+      void dropped.promise.then(() => reject(new MqlogError('ERR_PEER_UNREACHABLE', `${this.url}: the connection dropped with publishes in flight`, { details: { url: this.url } })));
+      if (signal !== undefined) {
+        aborted = () => reject(abortError(signal));
+        signal.addEventListener('abort', aborted, { once: true });
+      }
+    });
+    interrupted.catch(() => undefined);
+    const acks = Promise.allSettled(items.map((item) => js.publish(item.subject, item.data, item.options)));
+    let results: PromiseSettledResult<Awaited<ReturnType<JetStreamClient['publish']>>>[];
+    try {
+      results = await Promise.race([acks, interrupted]);
+    } finally {
+      dropped.cancel();
+      if (aborted !== undefined) signal?.removeEventListener('abort', aborted);
+    }
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed !== undefined) {
       throw new MqlogError('ERR_PEER_UNREACHABLE', `${this.url}: publish not acknowledged: ${(failed.reason as Error).message}`, { details: { url: this.url }, cause: failed.reason });
     }
+    let stored = 0;
+    let duplicates = 0;
     for (const r of results) {
       if (r.status !== 'fulfilled') continue;
       if (r.value.duplicate) duplicates++;
@@ -162,6 +209,8 @@ export interface NatsSourceOptions {
    */
   readonly adopt: (data: Uint8Array, subject: string, sequence: number, headers: ReadonlyMap<string, string>) => Buffer;
   readonly onError?: (error: MqlogError) => void;
+  /** A message the node refused for good (terminated in JetStream, not redelivered). */
+  readonly onRefused?: (sequence: number, error: MqlogError) => void;
   readonly batchSize?: number;
 }
 
@@ -227,27 +276,41 @@ export class NatsSource {
     const consumer = await nc.jetstream().consumers.get(this.address.stream, this.options.durable);
     while (!this.stop.signal.aborted) {
       const messages = await consumer.fetch({ max_messages: this.options.batchSize ?? 256, expires: 1000 });
-      const pending: { frame: ReceivedFrame; ack: () => Promise<boolean> }[] = [];
+      let pending: { frame: ReceivedFrame; ack: () => Promise<boolean>; term: () => void; sequence: number }[] = [];
       for await (const m of messages) {
         const hdrs = new Map<string, string>();
         for (const [k, v] of m.headers ?? []) hdrs.set(k, v[0] ?? '');
         const sequence = m.info.streamSequence;
         const frame = this.options.adopt(m.data, m.subject, sequence, hdrs);
-        pending.push({ frame: { stream: 'js.w0', frame }, ack: () => m.ackAck() });
+        pending.push({ frame: { stream: 'js.w0', frame }, ack: () => m.ackAck(), term: () => m.term(), sequence });
       }
       if (pending.length === 0) continue;
       // Everything up to the ack floor was stored before it was acked (below): safe to forget exactly.
       const floor = (await consumer.info(true)).ack_floor.stream_seq;
       // Stored (fsync'd) first, acked in JetStream after: a crash in between only brings a redelivery.
-      await this.options.sink.accept({
-        unordered: { floor },
-        node: `nats://${this.address.server}/${this.address.stream}`,
-        name: `nats:${this.address.stream}`,
-        destination: this.options.durable,
-        frames: pending.map((p) => p.frame),
-        peer: undefined,
-        remoteAddress: undefined,
-      });
+      // A message this node refuses for good is terminated in JetStream (and logged), so that it does
+      // not hold up the ones behind it; the rest of the batch is offered again.
+      while (pending.length > 0) {
+        try {
+          await this.options.sink.accept({
+            unordered: { floor },
+            node: `nats://${this.address.server}/${this.address.stream}`,
+            name: `nats:${this.address.stream}`,
+            destination: this.options.durable,
+            frames: pending.map((p) => p.frame),
+            peer: undefined,
+            remoteAddress: undefined,
+          });
+          break;
+        } catch (err) {
+          const index = err instanceof MqlogError ? err.details?.frame : undefined;
+          if (!(err instanceof MqlogError) || err.retryable || typeof index !== 'number' || pending[index] === undefined) throw err;
+          const refused = pending[index];
+          refused.term();
+          this.options.onRefused?.(refused.sequence, err);
+          pending = pending.filter((_, i) => i !== index);
+        }
+      }
       await Promise.all(pending.map((p) => p.ack()));
     }
   }
