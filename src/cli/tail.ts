@@ -67,7 +67,7 @@ async function run(args: ParsedArgs): Promise<number> {
       follow: boolFlag(args, 'follow'),
       ...(limit === undefined ? {} : { limit }),
       ...(timeout === undefined ? {} : { idleTimeoutMs: timeout }),
-      prefetch: Math.min(limit ?? 64, 64),
+      prefetch: Math.min(limit ?? 256, 256),
       signal: stop.signal,
     });
     try {

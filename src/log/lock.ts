@@ -22,6 +22,8 @@ export interface LockOptions {
    * for its lock to go stale (at most `staleMs` plus a little) instead of failing with ERR_LOCKED.
    */
   readonly waitForDeadHolder?: boolean;
+  /** Write `<path>.owner` (pid, host) after taking the lock. Default true; short-held locks skip it. */
+  readonly recordOwner?: boolean;
   readonly signal?: AbortSignal;
   readonly staleMs?: number;
 }
@@ -31,6 +33,7 @@ export class Lock {
   private releaseFn: (() => Promise<void>) | undefined;
   private releasing: Promise<void> | undefined;
   private compromisedBy: Error | undefined;
+  private ownerRecorded = false;
 
   private constructor(path: string) {
     this.path = path;
@@ -58,8 +61,11 @@ export class Lock {
             lock.compromisedBy = err;
           },
         });
-        await chmod(path, 0o700).catch(() => undefined);
-        await writeFile(`${path}.owner`, JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString() }), { mode: 0o600 }).catch(() => undefined);
+        if (options.recordOwner !== false) {
+          lock.ownerRecorded = true;
+          await chmod(path, 0o700).catch(() => undefined);
+          await writeFile(`${path}.owner`, JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString() }), { mode: 0o600 }).catch(() => undefined);
+        }
         return lock;
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'ELOCKED') throw ioError(err, `cannot take lock ${path}`, { path });
@@ -120,7 +126,7 @@ export class Lock {
       const release = this.releaseFn;
       this.releaseFn = undefined;
       if (release === undefined || this.compromisedBy !== undefined) return;
-      await rm(`${this.path}.owner`, { force: true }).catch(() => undefined);
+      if (this.ownerRecorded) await rm(`${this.path}.owner`, { force: true }).catch(() => undefined);
       try {
         await release();
       } catch (err) {

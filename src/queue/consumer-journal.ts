@@ -47,6 +47,8 @@ export class ConsumerJournal {
   private handle: FileHandle | undefined;
   private handleGeneration = -1;
   private reservedEnd = 0;
+  private journalStamp = '';
+  private dirReady: Promise<void> | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private closing: Promise<void> | undefined;
 
@@ -80,14 +82,21 @@ export class ConsumerJournal {
   transact<T>(decide: (state: ConsumerState) => Promise<{ records: StateRecord[]; result: T }> | { records: StateRecord[]; result: T }, signal?: AbortSignal): Promise<T> {
     return this.serialized(async () => {
       if (this.closing !== undefined) throw new MqlogError('ERR_CLOSED', 'consumer state is closed');
-      await ensureDir(this.dir);
-      const lock = await Lock.acquire(join(this.dir, LOCK_DIR), { wait: true, ...(signal === undefined ? {} : { signal }) });
+      this.dirReady ??= ensureDir(this.dir).catch((err: unknown) => {
+        this.dirReady = undefined;
+        throw err;
+      });
+      await this.dirReady;
+      // Held for milliseconds: no owner record (that is for long-held locks).
+      const lock = await Lock.acquire(join(this.dir, LOCK_DIR), { wait: true, recordOwner: false, ...(signal === undefined ? {} : { signal }) });
       try {
         await this.catchUp(true);
         const { records, result } = await decide(this.current);
         if (records.length > 0) {
           lock.assertHeld();
-          await this.append(records);
+          // Leases alone need no fsync: lost in a power cut, they only make a message go out again
+          // sooner (deliveries are at least once anyway). Acks, nacks and ends are made durable.
+          await this.append(records, records.some((r) => r.k !== 'L'));
           for (const record of records) {
             this.current.apply(record);
             this.options.onApplied?.(record);
@@ -122,6 +131,10 @@ export class ConsumerJournal {
   private async catchUp(locked: boolean): Promise<void> {
     await this.loadCheckpointIfChanged();
     const path = this.journalPath(this.generation);
+    // Unchanged since we last read or wrote it: nothing to catch up on.
+    const stamp = await stat(path).then((s) => `${this.generation}:${s.ino}:${s.mtimeMs}:${s.size}`, () => 'none');
+    if (stamp === this.journalStamp) return;
+    this.journalStamp = stamp;
     let reader: SegmentReader;
     try {
       reader = await SegmentReader.open(path, { position: this.journalPosition });
@@ -202,7 +215,7 @@ export class ConsumerJournal {
     this.nextSequence = 0;
   }
 
-  private async append(records: StateRecord[]): Promise<void> {
+  private async append(records: StateRecord[], durable = true): Promise<void> {
     const path = this.journalPath(this.generation);
     if (this.handle === undefined || this.handleGeneration !== this.generation) {
       await this.handle?.close();
@@ -232,7 +245,7 @@ export class ConsumerJournal {
         await this.handle.writev(frames, this.journalPosition);
         this.reservedEnd = Math.max(this.reservedEnd, end);
       }
-      await this.handle.datasync();
+      if (durable) await this.handle.datasync();
     } catch (err) {
       // Zero what may have been written, so that no partial record stays behind.
       await this.handle.write(Buffer.alloc(bytes), 0, bytes, this.journalPosition).catch(() => undefined);
@@ -240,6 +253,8 @@ export class ConsumerJournal {
     }
     this.journalPosition = end;
     this.nextSequence += records.length;
+    // Our own write is no news to our next catch-up.
+    this.journalStamp = await stat(path).then((st) => `${this.generation}:${st.ino}:${st.mtimeMs}:${st.size}`, () => '');
   }
 
   /** Folds the journal into a new checkpoint generation and removes the old journal. */

@@ -164,7 +164,7 @@ export class Consumer {
    */
   async *messages(options: { follow?: boolean; limit?: number; idleTimeoutMs?: number; prefetch?: number; signal?: AbortSignal; watcher?: ChangeWatcher } = {}): AsyncGenerator<Delivery> {
     const limit = options.limit ?? Number.POSITIVE_INFINITY;
-    const prefetch = options.prefetch ?? 32;
+    const prefetch = options.prefetch ?? 128;
     let handed = 0;
     let lastMessageAt = Date.now();
     let buffered: Delivery[] = [];

@@ -35,7 +35,7 @@ export interface ConsumeOptions {
   readonly limit?: number;
   /** With follow: stop after this long without a new message. */
   readonly idleTimeoutMs?: number;
-  /** Messages leased ahead of the caller (default 32). */
+  /** Messages leased ahead of the caller (default 128). */
   readonly prefetch?: number;
   readonly signal?: AbortSignal;
 }
