@@ -31,6 +31,9 @@ const MODULES: readonly BenchModule[] = [
   { name: 'log', about: 'raw fsync limits of the disk, durable append through send(), RSS over 1 M appends', load: () => import('./log.bench.ts') },
   { name: 'compaction', about: 'append throughput and p99 latency with background compaction running versus without', load: () => import('./compaction.bench.ts') },
   { name: 'nats', about: 'forwarding rate into JetStream versus over HTTP to a peer, same run; a stream as an inbox source', load: () => import('./nats.bench.ts') },
+  { name: 'e2e', about: 'store and forward A → B on loopback (child-process daemons): msgs/s versus local durable append, lone-message latency', load: () => import('./e2e.bench.ts') },
+  { name: 'consume', about: 'consume + ack rate from a full inbox (1 and 8 consumer processes) versus end-to-end forwarding, receipt round trip', load: () => import('./consume.bench.ts') },
+  { name: 'large', about: 'a 1 GiB streamed body A → B: MiB/s versus raw fsync\'d disk bandwidth, peak RSS of every process', load: () => import('./large.bench.ts') },
 ];
 
 const ROOT = resolve(import.meta.dirname, '..');

@@ -23,6 +23,8 @@ import { deadLetteredKeys } from '../queue/outbox-dead.js';
 import type { Metrics } from './metrics.js';
 
 const READ = { maxFrames: 1024, maxBytes: 8 * 1024 * 1024 };
+const CHUNKS: ReadonlySet<number> = new Set([FrameType.BODY_CHUNK]);
+const ALL_TYPES: ReadonlySet<number> = new Set(Array.from({ length: 255 }, (_, i) => i + 1));
 
 export interface ChannelStatus {
   readonly channel: string;
@@ -58,7 +60,7 @@ export class OutboxObserver {
     for (const { name } of await this.store.streams()) {
       const positions = cursors.map((c) => c.streams[name]?.offset ?? 0);
       const from = positions.length === 0 ? 0 : Math.min(...positions);
-      const reader = this.store.reader(name, { offset: from });
+      const reader = this.store.reader(name, { offset: from }, { skipTypes: CHUNKS });
       this.streams.set(name, { reader });
       for (;;) {
         const read = await reader.read(READ);
@@ -117,7 +119,7 @@ export class OutboxObserver {
     for (const { name } of await this.store.streams()) {
       let followed = this.streams.get(name);
       if (followed === undefined) {
-        followed = { reader: this.store.reader(name, { offset: 0 }) };
+        followed = { reader: this.store.reader(name, { offset: 0 }, { skipTypes: CHUNKS }) };
         this.streams.set(name, followed);
       }
       for (;;) {
@@ -247,7 +249,8 @@ async function followEnds(dir: string, ends: Map<string, StreamReader>): Promise
   for (const { name } of await store.streams()) {
     let reader = ends.get(name);
     if (reader === undefined) {
-      reader = new StreamReader(join(dir, name));
+      // Only the end offset matters: every frame is passed over by its header.
+      reader = new StreamReader(join(dir, name), { offset: 0 }, { skipTypes: ALL_TYPES });
       ends.set(name, reader);
     }
     for (;;) {

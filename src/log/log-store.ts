@@ -40,7 +40,8 @@ export interface LogWriter {
 export interface LogStore {
   readonly dir: string;
   streams(): Promise<StreamId[]>;
-  reader(stream: string, from?: StreamPosition): StreamReader;
+  /** `skipTypes`: frame types passed over without reading their payload. */
+  reader(stream: string, from?: StreamPosition, options?: { skipTypes?: ReadonlySet<number> }): StreamReader;
   claimWriter(options?: WriterOptions): Promise<LogWriter>;
 }
 
@@ -93,9 +94,9 @@ export class FileLogStore implements LogStore {
     return ids.sort((a, b) => (a.key === b.key ? a.slot - b.slot : a.key < b.key ? -1 : 1));
   }
 
-  reader(stream: string, from?: StreamPosition): StreamReader {
+  reader(stream: string, from?: StreamPosition, options: { skipTypes?: ReadonlySet<number> } = {}): StreamReader {
     if (parseStreamName(stream) === undefined) throw new MqlogError('ERR_INVALID_ARG', `not a stream name: ${stream}`);
-    return new StreamReader(join(this.dir, stream), from);
+    return new StreamReader(join(this.dir, stream), from, options);
   }
 
   /**

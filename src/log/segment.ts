@@ -42,9 +42,13 @@ export type ReadStep =
   /** No more frames: end of file, or the start of a zero-filled tail. */
   | { readonly kind: 'end'; readonly position: number }
   /** The last frame is incomplete or invalid and only zeros follow: a torn write, or one still in progress. */
-  | { readonly kind: 'torn'; readonly position: number; readonly reason: string; readonly tornBytes: number };
+  | { readonly kind: 'torn'; readonly position: number; readonly reason: string; readonly tornBytes: number }
+  /** A frame of a type the caller asked to skip: passed over by its header, its payload neither read nor checked. */
+  | { readonly kind: 'skipped'; readonly offset: number; readonly position: number; readonly bytes: number };
 
 export interface SegmentReaderOptions {
+  /** Frame types to pass over without reading their payload (their CRC is then not checked). */
+  readonly skipTypes?: ReadonlySet<number>;
   /** Where to start reading; must be a frame boundary. */
   readonly position?: number;
   readonly bufferBytes?: number;
@@ -60,6 +64,7 @@ export class SegmentReader {
   readonly path: string;
   private readonly handle: FileHandle;
   private readonly maxPayloadBytes: number;
+  private readonly skipTypes: ReadonlySet<number> | undefined;
   private buffer: Buffer;
   /** The reader's own read buffer; `buffer` is another one only while a large frame is read. */
   private readonly shared: Buffer;
@@ -73,6 +78,7 @@ export class SegmentReader {
     this.path = path;
     this.handle = handle;
     this.maxPayloadBytes = options.maxPayloadBytes ?? MAX_FRAME_PAYLOAD_BYTES;
+    this.skipTypes = options.skipTypes;
     this.shared = Buffer.allocUnsafe(options.bufferBytes ?? DEFAULT_BUFFER_BYTES);
     this.buffer = this.shared;
     this.position = options.position ?? 0;
@@ -123,6 +129,10 @@ export class SegmentReader {
       await this.expectZerosFrom(at, 'non-zero data after the zero-filled end of data');
       return this.atEnd({ kind: 'end', position: at });
     }
+    if (this.skipTypes !== undefined && available >= FRAME_HEADER_BYTES) {
+      const skipped = await this.skip(at, local);
+      if (skipped !== undefined) return skipped;
+    }
     let decoded = decodeFrame(this.buffer.subarray(0, this.bufferLength), local, this.maxPayloadBytes);
     if (!decoded.ok && decoded.incomplete && decoded.needed > available) {
       await this.fill(decoded.needed);
@@ -158,6 +168,25 @@ export class SegmentReader {
     if (this.closed) return;
     this.closed = true;
     await this.handle.close();
+  }
+
+  /**
+   * Passes over a frame of a skipped type by its header alone, when the whole frame is in the file.
+   * Anything doubtful (a bad header, a frame not yet complete) is left to the normal path.
+   */
+  private async skip(at: number, local: number): Promise<ReadStep | undefined> {
+    const check = parseFrameHeader(this.buffer, local, this.maxPayloadBytes);
+    if (!check.ok || this.skipTypes?.has(check.header.type) !== true) return undefined;
+    const bytes = FRAME_HEADER_BYTES + check.header.payloadBytes;
+    const end = at + bytes;
+    if (end > this.bufferStart + this.bufferLength && end > (await this.stat()).size) return undefined;
+    this.position = end;
+    if (end > this.bufferStart + this.bufferLength) {
+      this.buffer = this.shared;
+      this.bufferStart = end;
+      this.bufferLength = 0;
+    }
+    return { kind: 'skipped', offset: check.header.offset, position: at, bytes };
   }
 
   /** Forgets buffered bytes past the end of data: a writer may fill them in before the next call. */

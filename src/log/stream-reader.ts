@@ -53,10 +53,14 @@ export class StreamReader {
   /** Corruption met after some frames were already collected: thrown by the next read(). */
   private deferredError: Error | undefined;
 
-  constructor(dir: string, from: StreamPosition = { offset: 0 }) {
+  private readonly skipTypes: ReadonlySet<number> | undefined;
+
+  /** `skipTypes`: frame types passed over by their header alone (never returned, payload not read). */
+  constructor(dir: string, from: StreamPosition = { offset: 0 }, options: { skipTypes?: ReadonlySet<number> } = {}) {
     this.set = new SegmentSet(dir);
     this.next = from.offset;
     this.hint = from.hint;
+    this.skipTypes = options.skipTypes;
   }
 
   /** The position after the last frame returned. */
@@ -98,6 +102,11 @@ export class StreamReader {
           return { frames, state: 'more' };
         }
         throw err;
+      }
+      if (step.kind === 'skipped') {
+        recheckedEnd = false;
+        if (step.offset >= this.next) this.next = step.offset + 1;
+        continue;
       }
       if (step.kind === 'frame') {
         recheckedEnd = false;
@@ -167,10 +176,10 @@ export class StreamReader {
   private async openAt(segment: SegmentInfo): Promise<SegmentReader> {
     const hint = this.hint;
     if (hint !== undefined && hint.segment === segment.baseOffset && hint.offset < this.next) {
-      const reader = await SegmentReader.open(segment.path, { position: hint.position });
+      const reader = await SegmentReader.open(segment.path, { position: hint.position, ...(this.skipTypes === undefined ? {} : { skipTypes: this.skipTypes }) });
       try {
         const step = await reader.next();
-        if (step.kind === 'frame' && step.frame.offset === hint.offset) return reader;
+        if ((step.kind === 'frame' && step.frame.offset === hint.offset) || (step.kind === 'skipped' && step.offset === hint.offset)) return reader;
       } catch (err) {
         if (!isMqlogError(err, 'ERR_CORRUPT_FRAME') && !isMqlogError(err, 'ERR_UNSUPPORTED_VERSION')) {
           await reader.close();
@@ -180,7 +189,7 @@ export class StreamReader {
       // The segment was rewritten since the hint was taken: scan it from the start instead.
       await reader.close();
     }
-    return SegmentReader.open(segment.path);
+    return SegmentReader.open(segment.path, this.skipTypes === undefined ? {} : { skipTypes: this.skipTypes });
   }
 }
 

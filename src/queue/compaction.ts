@@ -66,7 +66,7 @@ export const ORPHAN_CHUNK_MS = 60 * 60_000;
 async function streamedOwners(store: FileLogStore, removable: IsDone): Promise<Map<string, boolean>> {
   const owners = new Map<string, boolean>();
   for (const stream of await store.streams()) {
-    const reader = store.reader(stream.name);
+    const reader = store.reader(stream.name, { offset: 0 }, { skipTypes: new Set([FrameType.BODY_CHUNK]) });
     try {
       for (;;) {
         let read;

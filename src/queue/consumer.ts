@@ -116,6 +116,9 @@ export class Consumer {
     this.now = options.now ?? Date.now;
     this.reader = new PriorityReader(new FileLogStore(info.dir), (stream) => ({ offset: this.journal.state.firstNotDone(stream, 0) }), {
       orderOf: (frame) => (frame.type === FrameType.MESSAGE ? safeId(frame) : ''),
+      // Chunks of streamed bodies are read only when a body is (Delivery.bodyStream): passing over them
+      // by their headers keeps a consumer's memory flat beside multi-GiB bodies.
+      skipTypes: new Set([FrameType.BODY_CHUNK]),
     });
   }
 

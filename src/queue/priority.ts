@@ -39,6 +39,8 @@ export interface PriorityReaderOptions {
   readonly orderOf?: (frame: StreamFrame) => string;
   /** Called when a stream's data ends in a torn or unfinished frame. */
   readonly onTorn?: (stream: string, torn: TornTail) => void;
+  /** Frame types never handed out, passed over without reading them (consumers skip body chunks). */
+  readonly skipTypes?: ReadonlySet<number>;
 }
 
 interface Lane {
@@ -101,7 +103,8 @@ export class PriorityReader {
       if (this.lanes.has(id.name)) continue;
       const priority = priorityOfKey(id.key);
       if (priority === undefined) continue;
-      this.lanes.set(id.name, { id, priority, reader: this.store.reader(id.name, this.start(id.name)), ahead: [], drained: false });
+      const reader = this.store.reader(id.name, this.start(id.name), this.options.skipTypes === undefined ? {} : { skipTypes: this.options.skipTypes });
+      this.lanes.set(id.name, { id, priority, reader, ahead: [], drained: false });
     }
   }
 

@@ -111,7 +111,8 @@ export class ReceiptStore {
    * @throws ERR_NOT_FOUND for an unknown id, ERR_ABORTED / ERR_TIMEOUT when the signal fires.
    */
   async waitFor(id: string, state: ReceiptState, options: { signal?: AbortSignal } = {}): Promise<ReceiptStatus> {
-    const watcher = new ChangeWatcher(join(this.dir, id.slice(0, 8)), { depth: 0, fallbackMs: 250 });
+    // The watcher may fold a quick second rewrite of the file into the first event: look often anyway.
+    const watcher = new ChangeWatcher(join(this.dir, id.slice(0, 8)), { depth: 0, fallbackMs: 50 });
     try {
       await watcher.whenReady();
       for (;;) {

@@ -92,6 +92,11 @@ export function clientErrorHandler(error: Error & { code?: string }, socket: imp
 export function sendError(error: FastifyError | Error, request: FastifyRequest, reply: FastifyReply): FastifyReply {
   const { status, body } = errorResponse(error);
   if (status >= 500) request.log.error({ err: error }, 'request failed');
+  else if (request.method === 'POST') {
+    // A refused delivery is worth a line: the peer retries it or dead-letters a message because of it.
+    const claimed = request.headers['x-mqlog-peer'];
+    request.log.warn({ event: 'refused', status, code: body.code, frame: body.frame, address: request.ip, peer: typeof claimed === 'string' ? claimed.slice(0, 64) : undefined, error: body.message.slice(0, 300) }, 'refused a request');
+  }
   return reply.code(status).type('application/json').send(body);
 }
 

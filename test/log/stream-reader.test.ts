@@ -149,3 +149,18 @@ test('frames larger than the read buffer are read whole', async (t) => {
   assert.deepEqual(read.frames.map((f) => f.payload.length), [5, big.length, 5]);
   assert.ok(read.frames[1]!.payload.equals(big));
 });
+
+test('frames of skipped types are passed over by their headers, and the position moves past them', async (t) => {
+  const dir = join(await tempDir(t), 's');
+  const writer = await StreamWriter.open(dir);
+  await writer.append(FrameType.MESSAGE, Buffer.from('a'));
+  await writer.append(FrameType.BODY_CHUNK, Buffer.alloc(2 * 1024 * 1024, 1));
+  await writer.append(FrameType.BODY_CHUNK, Buffer.alloc(10, 2));
+  await writer.append(FrameType.MESSAGE, Buffer.from('b'));
+  await writer.close();
+  const reader = new StreamReader(dir, { offset: 0 }, { skipTypes: new Set([FrameType.BODY_CHUNK]) });
+  const read = await reader.read();
+  await reader.close();
+  assert.deepEqual(read.frames.map((f) => [f.offset, f.payload.toString()]), [[0, 'a'], [3, 'b']]);
+  assert.equal(reader.position.offset, 4);
+});

@@ -1,0 +1,209 @@
+/**
+ * The consume benchmark: how fast applications drain an inbox, compared with how fast forwarding fills
+ * it, and how long a "job done" receipt takes to come back.
+ *
+ * Two daemons run as child processes (`node dist/cli/main.js daemon`). This process fills two channels
+ * of B's inbox by sending N × 1 KiB messages each from A (library, 64 concurrent callers); each fill is
+ * timed from the first append to the moment B stored the last message (B's counter
+ * `mqlog_received_messages_total`), which gives the end-to-end forwarding rate of this run.
+ *
+ * Then each channel is drained by consumer processes that use the library as an application would
+ * (`openNode({ data: B }).tail({ channel })`, ack each message after it was handled, up to 256 acks in
+ * flight so that they share fsyncs, as `mqlog tail --ack` does): one process for the first channel,
+ * eight in parallel for the second. The consumers start, open the node, and wait for a go; the rate is
+ * timed from the go to the last consumer done (all acks durable). Targets: ≥ 2× the forwarding rate.
+ *
+ * Finally the receipt round trip: A sends with `receipt: true`, a consumer on B (in this process) acks,
+ * B reports back through its outbox, A's `waitFor(id, 'processed')` resolves; repeated, p50 and p99.
+ *
+ * The library is imported from dist/ (`npm run bench` builds first). This file is also the consumer
+ * processes' entry point (see the end of the file).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { openNode, type MqlogNode } from '../dist/daemon/node.js';
+import { KiB, median, type BenchContext } from './harness.ts';
+import { endToEnd, percentile, startPair } from './pair.ts';
+
+const BODY_BYTES = KiB;
+const RATIO_TARGET = 2;
+const ACK_WINDOW = 256;
+const PREFETCH = 64;
+
+interface Plan {
+  readonly messages: number;
+  readonly warmupMessages: number;
+  readonly receiptSamples: number;
+}
+
+const FULL: Plan = { messages: 50_000, warmupMessages: 2_000, receiptSamples: 50 };
+const QUICK: Plan = { messages: 5_000, warmupMessages: 200, receiptSamples: 10 };
+
+export async function bench(ctx: BenchContext): Promise<void> {
+  const plan = ctx.quick ? QUICK : FULL;
+  const body = randomBytes(BODY_BYTES);
+  const pair = await startPair(ctx, join(ctx.dir, 'pair'));
+  let nodeA: MqlogNode | undefined;
+  let nodeB: MqlogNode | undefined;
+  try {
+    nodeA = await openNode({ data: pair.a.node.dir });
+    ctx.progress(`warm-up: ${plan.warmupMessages} messages A → B, then consumed`);
+    await endToEnd(ctx, nodeA, pair.b, plan.warmupMessages, body, { channel: 'warmup' });
+    await consume(ctx, pair.b.node.dir, 'warmup', 1, plan.warmupMessages);
+
+    const fills: number[] = [];
+    for (const channel of ['one', 'eight']) {
+      ctx.progress(`filling channel ${channel}: ${plan.messages} messages A → B`);
+      fills.push((await endToEnd(ctx, nodeA, pair.b, plan.messages, body, { channel })).rate);
+    }
+    ctx.progress('draining channel one with 1 consumer process');
+    const one = await consume(ctx, pair.b.node.dir, 'one', 1, plan.messages);
+    ctx.progress('draining channel eight with 8 consumer processes');
+    const eight = await consume(ctx, pair.b.node.dir, 'eight', 8, plan.messages);
+
+    ctx.progress(`receipt round trips: ${plan.receiptSamples}`);
+    nodeB = await openNode({ data: pair.b.node.dir });
+    const roundTrips = await receiptRoundTrips(ctx, nodeA, nodeB, plan.receiptSamples, body);
+
+    const forwarding = median(fills);
+    ctx.section(`forwarding into the inbox (reference): ${plan.messages.toLocaleString('en-US')} × 1 KiB, 64 callers on A, first append to last inbox fsync`);
+    ctx.figure({ id: 'forward.rate', label: 'end-to-end forwarding A → B', value: forwarding, unit: 'msgs/s', runs: fills });
+
+    ctx.section(`consume + ack from a full inbox: ${plan.messages.toLocaleString('en-US')} × 1 KiB, library tail, ≤ ${ACK_WINDOW} acks in flight per process`);
+    ctx.figure({ id: 'consume.c1.rate', label: '1 consumer process', value: one.rate, unit: 'msgs/s', detail: `(${one.consumed.toLocaleString('en-US')} handed out)` });
+    ctx.figure({ id: 'consume.c1.ratio', label: '1 consumer ÷ forwarding', value: one.rate / forwarding, unit: '×', target: { op: '>=', value: RATIO_TARGET } });
+    ctx.figure({ id: 'consume.c8.rate', label: '8 consumer processes', value: eight.rate, unit: 'msgs/s', detail: `(${eight.consumed.toLocaleString('en-US')} handed out)` });
+    ctx.figure({ id: 'consume.c8.ratio', label: '8 consumers ÷ forwarding', value: eight.rate / forwarding, unit: '×', target: { op: '>=', value: RATIO_TARGET } });
+
+    ctx.section(`receipt round trip on loopback: send(receipt) on A → consume + ack on B → waitFor(processed) on A; ${roundTrips.length} samples`);
+    ctx.figure({ id: 'receipt.p50', label: 'receipt round trip, p50', value: percentile(roundTrips, 50), unit: 'ms' });
+    ctx.figure({ id: 'receipt.p99', label: 'receipt round trip, p99', value: percentile(roundTrips, 99), unit: 'ms' });
+  } finally {
+    await nodeB?.close();
+    await nodeA?.close();
+    await pair.stop();
+  }
+}
+
+interface ConsumerResult {
+  readonly consumed: number;
+  readonly ms: number;
+}
+
+/**
+ * Drains `channel` with `processes` consumer processes; resolves with the messages handed out and the
+ * rate from the go to the last process done. Fails unless at least `expected` were handed out.
+ */
+async function consume(ctx: BenchContext, dir: string, channel: string, processes: number, expected: number): Promise<{ rate: number; consumed: number }> {
+  const children = Array.from({ length: processes }, () => startConsumer(ctx, { dir, channel }));
+  // One abort listener for all of them (a signal per spawn would pass the listener limit).
+  const onAbort = (): void => {
+    for (const c of children) c.child.kill('SIGKILL');
+  };
+  ctx.signal.addEventListener('abort', onAbort, { once: true });
+  try {
+    await Promise.all(children.map((c) => c.ready));
+    const startedMs = performance.now();
+    for (const c of children) c.child.stdin?.write('go\n');
+    const results = await Promise.all(children.map((c) => c.result));
+    const ms = performance.now() - startedMs;
+    const consumed = results.reduce((n, r) => n + r.consumed, 0);
+    if (consumed < expected) throw new Error(`${processes} consumer(s) of ${channel} handed out ${consumed} messages, ${expected} were sent`);
+    return { rate: expected / (ms / 1000), consumed };
+  } finally {
+    ctx.signal.removeEventListener('abort', onAbort);
+    for (const c of children) if (c.child.exitCode === null && c.child.signalCode === null) c.child.kill('SIGKILL');
+  }
+}
+
+interface ConsumerArgs {
+  readonly dir: string;
+  readonly channel: string;
+}
+
+const CONSUMER_FLAG = '--consumer-child';
+const SELF = fileURLToPath(import.meta.url);
+
+function startConsumer(ctx: BenchContext, args: ConsumerArgs): { child: ChildProcess; ready: Promise<void>; result: Promise<ConsumerResult> } {
+  const child = spawn(process.execPath, ['--import', 'tsx', SELF, CONSUMER_FLAG, JSON.stringify(args)], {
+    cwd: ctx.root,
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  child.on('error', () => undefined);
+  const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
+  let onReady: () => void = () => undefined;
+  const ready = new Promise<void>((resolve) => (onReady = resolve));
+  const result = new Promise<ConsumerResult>((resolve, reject) => {
+    lines.on('line', (line) => {
+      if (line === 'ready') onReady();
+      else if (line.startsWith('{')) resolve(JSON.parse(line) as ConsumerResult);
+    });
+    child.on('exit', (code, signal) => reject(new Error(`consumer exited with ${code ?? signal} before its result`)));
+  });
+  // A consumer that dies before it is ready fails the wait for readiness too.
+  return { child, ready: Promise.race([ready, result.then(() => undefined)]), result };
+}
+
+/** The consumer process: open the node, say ready, wait for go, drain the channel, print the result. */
+async function consumerChild(args: ConsumerArgs): Promise<ConsumerResult> {
+  const node = await openNode({ data: args.dir });
+  try {
+    await node.inbox(args.channel);
+    const go = createInterface({ input: process.stdin });
+    const started = new Promise<void>((resolve) => go.once('line', () => resolve()));
+    process.stdout.write('ready\n');
+    await started;
+    go.close();
+    const startedMs = performance.now();
+    let consumed = 0;
+    const acks: Promise<void>[] = [];
+    for await (const message of node.tail({ channel: args.channel, prefetch: PREFETCH })) {
+      consumed++;
+      // "Handling" the message: touch its body.
+      if (message.body.length !== BODY_BYTES) throw new Error(`body of ${message.body.length} bytes`);
+      acks.push(message.ack());
+      if (acks.length >= ACK_WINDOW) await Promise.all(acks.splice(0));
+    }
+    await Promise.all(acks);
+    return { consumed, ms: performance.now() - startedMs };
+  } finally {
+    await node.close();
+  }
+}
+
+/** Round trips of messages asking for a receipt: send on A, ack on B (this process), processed on A. */
+async function receiptRoundTrips(ctx: BenchContext, nodeA: MqlogNode, nodeB: MqlogNode, samples: number, body: Buffer): Promise<number[]> {
+  const stop = new AbortController();
+  const consumer = (async () => {
+    try {
+      for await (const message of nodeB.tail({ channel: 'receipts', follow: true, signal: stop.signal })) await message.ack();
+    } catch (err) {
+      if (!stop.signal.aborted) throw err;
+    }
+  })();
+  const times: number[] = [];
+  try {
+    for (let i = 0; i < samples; i++) {
+      ctx.signal.throwIfAborted();
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      const startedMs = performance.now();
+      const id = await nodeA.send('b', body, { channel: 'receipts', receipt: true });
+      const status = await nodeA.waitFor(id, 'processed', { signal: AbortSignal.timeout(60_000) });
+      if (status.state !== 'processed') throw new Error(`receipt of ${id} ended as ${status.state}`);
+      times.push(performance.now() - startedMs);
+    }
+  } finally {
+    stop.abort();
+    await consumer;
+  }
+  return times;
+}
+
+// Entry point of a consumer process: `node --import tsx bench/consume.bench.ts --consumer-child '<json>'`.
+if (process.argv[2] === CONSUMER_FLAG && process.argv[1] !== undefined && pathToFileURL(process.argv[1]).href === import.meta.url) {
+  const result = await consumerChild(JSON.parse(process.argv[3] ?? '') as ConsumerArgs);
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+}
