@@ -57,6 +57,18 @@ export interface ForwarderStatus {
   readonly sentMessages: number;
 }
 
+interface BatchItem {
+  readonly frame: QueuedFrame;
+  /** The message's fields; undefined for a chunk of a streamed body. */
+  readonly meta: MessageMeta | undefined;
+  readonly about: NonNullable<WireFrame['about']>;
+}
+
+interface Prepared {
+  readonly taken: readonly QueuedFrame[];
+  readonly batch: readonly BatchItem[];
+}
+
 const CURSOR_FLUSH_MS = 200;
 const STOP_GRACE_MS = 10_000;
 
@@ -127,12 +139,25 @@ export class Forwarder {
 
   private async run(): Promise<void> {
     let failures = 0;
+    // The next batch, read from disk while the current one is on its way to the peer.
+    let prefetched: Promise<Prepared | undefined> | undefined;
     while (!this.stopping) {
       const seen = this.options.watcher.generation;
       let outcome: 'idle' | 'sent';
       try {
-        outcome = await this.forwardOnce();
+        const prepared = await (prefetched ?? this.prepare());
+        prefetched = undefined;
+        if (prepared === undefined) {
+          outcome = 'idle';
+        } else {
+          prefetched = this.prepare();
+          prefetched.catch(() => undefined);
+          await this.deliver(prepared);
+          outcome = 'sent';
+        }
       } catch (err) {
+        await prefetched?.catch(() => undefined);
+        prefetched = undefined;
         const error = asMqlogError(err);
         if (this.stopping) break;
         failures++;
@@ -141,6 +166,7 @@ export class Forwarder {
         this.cursorDirty = true;
         await this.flushCursor(true).catch(() => undefined);
         this.options.events?.failed?.(this.destination, error, retryInMs);
+        // Back to the cursor: what was read ahead (and more urgent messages since) is read again.
         await this.reader?.reset();
         await sleep(retryInMs, this.stopController.signal);
         continue;
@@ -156,17 +182,21 @@ export class Forwarder {
         // stopping, or the watcher closed
       }
     }
+    await prefetched?.catch(() => undefined);
   }
 
-  /** Takes the next batch for this destination and sends it. */
-  private async forwardOnce(): Promise<'idle' | 'sent'> {
+  /**
+   * Reads the next batch for this destination: the frames taken (all move the cursor), those to send,
+   * and the segments they came from fdatasync'd. Undefined when nothing is waiting.
+   */
+  private async prepare(): Promise<Prepared | undefined> {
     this.reader ??= new PriorityReader(this.options.store, (stream) => this.positions[stream] ?? { offset: 0 }, {
       orderOf: sendOrder,
     });
     const taken = await this.reader.take(this.options.maxBatchFrames ?? 1000, this.maxBatchBytes);
-    if (taken.length === 0) return 'idle';
+    if (taken.length === 0) return undefined;
     const now = Date.now();
-    let batch: { frame: QueuedFrame; meta: MessageMeta | undefined; about: NonNullable<WireFrame['about']> }[] = [];
+    const batch: BatchItem[] = [];
     for (const frame of taken) {
       if (frame.type === FrameType.BODY_CHUNK) {
         // A piece of a streamed body: goes where its message goes, unless that message already expired.
@@ -192,9 +222,16 @@ export class Forwarder {
       }
       batch.push({ frame, meta, about: { id: meta.id, channel: meta.channel, priority: meta.priority } });
     }
+    await this.syncSegments(batch.map((b) => b.frame));
+    return { taken, batch };
+  }
+
+  /** Sends a prepared batch (dead-lettering frames the peer refuses for good), then moves the cursor. */
+  private async deliver(prepared: Prepared): Promise<void> {
+    const { taken } = prepared;
+    let batch = prepared.batch;
     let sentSome = false;
     while (batch.length > 0) {
-      await this.syncSegments(batch.map((b) => b.frame));
       const started = performance.now();
       try {
         const result = await this.options.transport.send({
@@ -252,7 +289,6 @@ export class Forwarder {
       : { ...this.cursor, streams: this.positions };
     this.cursorDirty = true;
     await this.flushCursor(false);
-    return 'sent';
   }
 
   private async deadLetter(frame: QueuedFrame, reason: string): Promise<void> {

@@ -23,6 +23,8 @@ export const MAX_HEADERS = 64;
 export const MAX_HEADER_KEY_BYTES = 255;
 export const MAX_HEADER_VALUE_BYTES = 4096;
 const MAX_META_BYTES = 256 * 1024;
+/** A UTF-16 surrogate without its pair: such a string has no UTF-8 form. */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 /** Header a dead letter carries with the reason it was given up on. */
 export const DEAD_REASON_HEADER = 'mqlog-dead-reason';
 
@@ -317,7 +319,7 @@ export function checkChannel(channel: unknown): asserts channel is string {
   if (Buffer.byteLength(channel, 'utf8') > MAX_CHANNEL_BYTES) {
     throw new MqlogError('ERR_INVALID_NAME', `channel name longer than ${MAX_CHANNEL_BYTES} bytes`);
   }
-  if (Buffer.from(channel, 'utf8').toString('utf8') !== channel) {
+  if (LONE_SURROGATE.test(channel)) {
     throw new MqlogError('ERR_INVALID_NAME', 'channel name is not valid Unicode (lone surrogate)');
   }
 }
