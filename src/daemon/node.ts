@@ -24,7 +24,7 @@ export interface NodeOptions {
   readonly onWarning?: (message: string) => void;
   /** Called after every group commit of this node's writers (metrics). */
   readonly onFlush?: (frames: number, bytes: number, durationMs: number) => void;
-  /** Called when opening a stream cut off a torn tail left by a killed writer. */
+  /** Called when opening a stream cut off a torn tail left by a killed writer. Default: a warning. */
   readonly onTruncated?: (stream: string, tail: TruncatedTail) => void;
 }
 
@@ -40,7 +40,7 @@ export class MqlogNode {
 
   private constructor(dataDir: string, config: Config, nodeId: string, outbox: Outbox, options: NodeOptions) {
     const onWarning = options.onWarning;
-    this.writerHooks = { ...(options.onFlush === undefined ? {} : { onFlush: options.onFlush }), ...(options.onTruncated === undefined ? {} : { onTruncated: options.onTruncated }) };
+    this.writerHooks = { ...(options.onFlush === undefined ? {} : { onFlush: options.onFlush }), onTruncated: options.onTruncated ?? ((stream, tail) => this.onWarning(truncationNote(stream, tail))) };
     this.dataDir = dataDir;
     this.config = config;
     this.nodeId = nodeId;
@@ -62,7 +62,7 @@ export class MqlogNode {
       segmentBytes: effectiveSegmentBytes(config),
       resolveDestination: (to) => resolveDestination(config, to),
       maxBytes: config.maxQueueBytes,
-      ...(options.onTruncated === undefined ? {} : { onTruncated: options.onTruncated }),
+      onTruncated: options.onTruncated ?? ((stream, tail) => warn(truncationNote(stream, tail))),
       onSlotBroken: (slot, reason) => warn(`outbox writer slot w${slot} is corrupt and was set aside (w${slot}.broken); sending goes on in another slot. ${reason} (see mqlog verify)`),
     });
     return new MqlogNode(dataDir, config, nodeId, outbox, options);
@@ -175,6 +175,11 @@ export class MqlogNode {
     })();
     return this.closing;
   }
+}
+
+/** What a cut-off torn tail is reported as: never silently. */
+function truncationNote(stream: string, tail: TruncatedTail): string {
+  return `cut off a torn final frame of ${stream} left by a killed writer: ${tail.bytes} bytes at byte ${tail.position} of ${tail.path} (${tail.reason})`;
 }
 
 /**

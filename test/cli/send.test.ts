@@ -124,3 +124,13 @@ test('stat counts messages and the backlog per destination', async (t) => {
   assert.deepEqual(peerB, { peer: 'b', url: 'http://127.0.0.1:7999', backlog: 3, lastError: null, lastSentAt: null });
   assert.equal(rows.find((r) => r.peer === TO)?.backlog, 1);
 });
+
+test('a send that cuts off a torn tail left by a killed writer says so on stderr', async (t) => {
+  const dir = await tempDir(t);
+  assert.equal((await mqlog(['send', '--data', dir, '--to', TO, 'first'])).code, 0);
+  const { appendFile } = await import('node:fs/promises');
+  await appendFile(join(dir, 'outbox', 'p4.w0', '00000000000000000000.seg'), Buffer.from([0xa7, 1, 1, 0, 50, 0, 0, 0]));
+  const second = await mqlog(['send', '--data', dir, '--to', TO, 'second']);
+  assert.equal(second.code, 0, second.stderr);
+  assert.match(second.stderr, /cut off a torn final frame of p4\.w0 .*8 bytes/);
+});
