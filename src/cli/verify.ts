@@ -2,14 +2,16 @@
  * `mqlog verify PATH`: checks every frame of every segment under PATH — CRC, header, offsets rising
  * within and across segments, message fields — and prints one `CORRUPT <file> <byte offset> <reason>`
  * line per problem (exit 1), or a summary (exit 0). After a corrupt frame it searches for the next valid
- * one, so one bad byte does not hide the rest of the file. A torn tail at the very end of a stream (what
- * a killed writer leaves, cut off by the next writer) is reported as a note, not as corruption.
+ * one, so one bad byte does not hide the rest of the file. A torn tail at the very end of a stream (the
+ * unsynced last write of a killed writer or a power cut, cut off by the next writer) is reported as a
+ * `TORN` note, not as corruption; so is every tail recovery already cut off and kept in a `.torn` file.
  */
 import { open, readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { isMqlogError } from '../errors.js';
 import { FrameType } from '../log/frame.js';
 import { parseStreamName } from '../log/log-store.js';
+import { parseTornFileName } from '../log/recovery.js';
 import { SegmentReader, findNextFrame } from '../log/segment.js';
 import { SegmentSet } from '../log/segment-set.js';
 import { decodeMessage } from '../queue/codec.js';
@@ -78,6 +80,23 @@ async function streamDirs(dir: string, depth: number): Promise<string[]> {
     if (e.isDirectory() && !e.name.endsWith('.lock')) out.push(...(await streamDirs(join(dir, e.name), depth + 1)));
   }
   return out;
+}
+
+/** Notes every tail that recovery cut off in `dir` and kept in a `.torn` file beside its segment. */
+async function noteRecoveredTails(dir: string, totals: Totals, onlyFile?: string): Promise<void> {
+  let names: string[];
+  try {
+    names = (await readdir(dir)).sort();
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const torn = parseTornFileName(name);
+    if (torn === undefined || (onlyFile !== undefined && torn.file !== onlyFile)) continue;
+    const bytes = await stat(join(dir, name)).then((s) => s.size, () => 0);
+    totals.torn++;
+    await writeLine(`TORN ${join(dir, torn.file)} ${torn.position} recovered: ${bytes} bytes of a write that never completed its fsync were cut off and kept in ${join(dir, name)}`);
+  }
 }
 
 async function problem(file: string, position: number, reason: string, totals: Totals): Promise<void> {
@@ -156,6 +175,7 @@ async function verifyStream(dir: string, totals: Totals, onlyFile?: string): Pro
       position = resumeAt;
     }
   }
+  await noteRecoveredTails(dir, totals, onlyFile);
 }
 
 async function nextValidFrameIn(path: string, from: number): Promise<number | undefined> {

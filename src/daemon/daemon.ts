@@ -114,7 +114,7 @@ export class Daemon {
         onFlush: (_frames, _bytes, durationMs) => metrics.fsyncSeconds.observe(durationMs / 1000),
         onTruncated: (stream, tail) => {
           metrics.tornTails.inc();
-          logger.warn({ event: 'torn_tail', stream, path: tail.path, position: tail.position, bytes: tail.bytes, reason: tail.reason }, 'cut a torn tail left by a killed writer');
+          logger.warn({ event: 'torn_tail', stream, path: tail.path, position: tail.position, bytes: tail.bytes, reason: tail.reason, savedAs: tail.savedAs ?? null }, 'cut off a torn tail (a write that never completed its fsync)');
         },
       });
     } catch (err) {

@@ -7,12 +7,9 @@
  * another. Frames a peer refuses for good go to `outbox-dead` with the peer's reason; everything else is
  * retried with capped exponential backoff and full jitter.
  */
-import { open } from 'node:fs/promises';
-import { join } from 'node:path';
-import { MqlogError, isMqlogError } from '../errors.js';
+import { MqlogError } from '../errors.js';
 import { FrameType, encodeFrameHeader } from '../log/frame.js';
 import type { FileLogStore } from '../log/log-store.js';
-import { SegmentSet } from '../log/segment-set.js';
 import type { StreamPosition } from '../log/stream-reader.js';
 import type { ChangeWatcher } from '../log/watch.js';
 import { decodeChunk, decodeMessage, decodeMeta, type ChunkMeta, type MessageMeta } from '../queue/codec.js';
@@ -192,6 +189,9 @@ export class Forwarder {
   private async prepare(): Promise<Prepared | undefined> {
     this.reader ??= new PriorityReader(this.options.store, (stream) => this.positions[stream] ?? { offset: 0 }, {
       orderOf: sendOrder,
+      // Forwarded only once durable here: a frame lost in a power cut after the peer stored it would
+      // let this node reuse its offset for another message, which the peer would take for a duplicate.
+      durable: true,
     });
     const taken = await this.reader.take(this.options.maxBatchFrames ?? 1000, this.maxBatchBytes);
     if (taken.length === 0) return undefined;
@@ -222,7 +222,6 @@ export class Forwarder {
       }
       batch.push({ frame, meta, about: { id: meta.id, channel: meta.channel, priority: meta.priority } });
     }
-    await this.syncSegments(batch.map((b) => b.frame));
     return { taken, batch };
   }
 
@@ -296,29 +295,6 @@ export class Forwarder {
     this.deadKeys.add(`${frame.stream}@${frame.offset}`);
   }
 
-  /**
-   * fdatasyncs the segments a batch was read from. Appenders fsync before they return, but a frame can be
-   * read between its write and that fsync; forwarding it before it is durable here could, after a power
-   * loss, let this node reuse its offset for another message that the peer would then take for a duplicate.
-   */
-  private async syncSegments(frames: readonly QueuedFrame[]): Promise<void> {
-    const segments = new Set(frames.map((f) => `${f.stream}/${f.segment}`));
-    for (const s of segments) {
-      const [stream, base] = s.split('/') as [string, string];
-      const path = new SegmentSet(join(this.options.store.dir, stream)).pathOf(Number(base));
-      try {
-        const handle = await open(path, 'r');
-        try {
-          await handle.datasync();
-        } finally {
-          await handle.close();
-        }
-      } catch (err) {
-        if (!isNotFoundError(err)) throw err;
-      }
-    }
-  }
-
   private async flushCursor(force: boolean): Promise<void> {
     if (!this.cursorDirty) return;
     if (!force && Date.now() - this.cursorWrittenAt < CURSOR_FLUSH_MS) return;
@@ -340,10 +316,6 @@ export class Forwarder {
 function asMqlogError(err: unknown): MqlogError {
   if (err instanceof MqlogError) return err;
   return new MqlogError('ERR_IO', err instanceof Error ? err.message : String(err), { cause: err });
-}
-
-function isNotFoundError(err: unknown): boolean {
-  return (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT' || isMqlogError(err, 'ERR_NOT_FOUND');
 }
 
 /**

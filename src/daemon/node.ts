@@ -179,7 +179,8 @@ export class MqlogNode {
 
 /** What a cut-off torn tail is reported as: never silently. */
 function truncationNote(stream: string, tail: TruncatedTail): string {
-  return `cut off a torn final frame of ${stream} left by a killed writer: ${tail.bytes} bytes at byte ${tail.position} of ${tail.path} (${tail.reason})`;
+  const kept = tail.savedAs === undefined ? 'all zeros' : `kept in ${tail.savedAs}`;
+  return `cut off a torn tail of ${stream} (a write that never completed its fsync: a killed writer or a power cut): ${tail.bytes} bytes at byte ${tail.position} of ${tail.path}, ${kept} (${tail.reason})`;
 }
 
 /**

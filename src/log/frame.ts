@@ -19,12 +19,19 @@ export const MAX_FRAME_PAYLOAD_BYTES = 64 * 1024 * 1024;
 /** Offsets are stored as u64 but must stay exact in a JavaScript number. */
 export const MAX_OFFSET = Number.MAX_SAFE_INTEGER;
 
-/** Frame types (spec/log-format.md §2.2). The log layer stores any of them alike. */
+/**
+ * Frame types (spec/log-format.md §2.2). The log layer stores any of them alike, except SYNC: its own
+ * durability marks (§3.3), written by the log's writers and never handed to callers.
+ */
 export const FrameType = {
   MESSAGE: 1,
   BODY_CHUNK: 2,
   RECORD: 3,
+  SYNC: 4,
 } as const;
+
+/** Payload bytes of a SYNC frame: u64 LE, the length of the file's prefix known to be fsync'd. */
+export const SYNC_PAYLOAD_BYTES = 8;
 
 export interface Frame {
   readonly type: number;
@@ -83,6 +90,26 @@ export function encodeFrameHeader(type: number, offset: number, payload: Payload
 /** One contiguous buffer holding header and payload. */
 export function encodeFrame(type: number, offset: number, payload: Uint8Array): Buffer {
   return Buffer.concat([encodeFrameHeader(type, offset, payload), payload]);
+}
+
+/**
+ * A SYNC frame (spec/log-format.md §3.3): states that bytes [0, syncedBytes) of its file were fsync'd
+ * before it was written. It carries the offset the next frame will get and does not consume it.
+ */
+export function encodeSyncFrame(offset: number, syncedBytes: number): Buffer {
+  const payload = Buffer.allocUnsafe(SYNC_PAYLOAD_BYTES);
+  payload.writeUInt32LE(syncedBytes % 0x1_0000_0000, 0);
+  payload.writeUInt32LE(Math.floor(syncedBytes / 0x1_0000_0000), 4);
+  return encodeFrame(FrameType.SYNC, offset, payload);
+}
+
+/** The synced length a SYNC frame's payload states, or undefined for a payload that is not one. */
+export function decodeSyncPayload(payload: Uint8Array): number | undefined {
+  if (payload.length !== SYNC_PAYLOAD_BYTES) return undefined;
+  const view = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+  const high = view.readUInt32LE(4);
+  if (high > 0x1f_ffff) return undefined;
+  return high * 0x1_0000_0000 + view.readUInt32LE(0);
 }
 
 export type HeaderCheck =

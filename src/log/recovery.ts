@@ -1,14 +1,17 @@
 /**
- * Recovery of a stream before appending to it (spec/log-format.md §5).
+ * Recovery of a stream before appending to it (spec/log-format.md §5), and setting torn bytes aside.
  *
  * Only the last segment is scanned: every earlier one was sealed (truncated to its last frame and
- * fsync'd) before its successor was created. A torn final frame is cut off and reported; an invalid
- * frame with data after it is corruption and stops recovery with ERR_CORRUPT_FRAME.
+ * fsync'd) before its successor was created. A torn tail — the bytes of a write that never completed
+ * its fsync (§3.2) — is moved to a `.torn` file beside the segment, cut off and reported; damage that a
+ * SYNC frame shows to lie in fsync'd data is corruption and stops recovery with ERR_CORRUPT_FRAME.
  *
  * The caller must be the stream's only writer (it holds the writer-slot lock).
  */
-import { stat, truncate } from 'node:fs/promises';
+import { open, rename, rm, stat, truncate } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { MqlogError, ioError } from '../errors.js';
+import { FILE_MODE, fsyncDir } from '../util/fs.js';
 import { SegmentReader, corrupt } from './segment.js';
 import type { SegmentSet } from './segment-set.js';
 
@@ -18,6 +21,74 @@ export interface TruncatedTail {
   readonly position: number;
   readonly bytes: number;
   readonly reason: string;
+  /** The `.torn` file that keeps the cut bytes; undefined when they were all zeros. */
+  readonly savedAs: string | undefined;
+}
+
+/** Suffix of the files that keep torn bytes cut off by recovery: `<file>.<byte position>.torn`. */
+export const TORN_SUFFIX = '.torn';
+
+/** `00000000000000000000.seg.1234.torn` for a tail cut at byte 1234 of that segment. */
+export function tornFileName(file: string, position: number): string {
+  return `${basename(file)}.${position}${TORN_SUFFIX}`;
+}
+
+/** The file and position a `.torn` file name speaks of, or undefined for any other name. */
+export function parseTornFileName(name: string): { file: string; position: number } | undefined {
+  const match = /^(.+)\.(\d+)\.torn$/.exec(name);
+  if (match === null) return undefined;
+  return { file: match[1] as string, position: Number(match[2]) };
+}
+
+const COPY_BYTES = 1024 * 1024;
+
+/**
+ * Copies the bytes of `path` from `position` up to its last non-zero byte into `<path>.<position>.torn`,
+ * durably (temp file, fsync, rename, dir fsync), before the caller cuts them off. Returns the new file's
+ * path, or undefined when there is nothing but zeros to keep. Copying the same cut twice (a crash
+ * between copy and cut) writes the same file again.
+ */
+export async function setAsideTorn(path: string, position: number): Promise<string | undefined> {
+  const source = await open(path, 'r');
+  try {
+    const end = await lastNonZeroEnd(source, position, (await source.stat()).size);
+    if (end <= position) return undefined;
+    const target = join(dirname(path), tornFileName(path, position));
+    const tmp = `${target}.${process.pid}.tmp`;
+    const out = await open(tmp, 'w', FILE_MODE);
+    try {
+      const buffer = Buffer.allocUnsafe(Math.min(COPY_BYTES, end - position));
+      for (let at = position; at < end; ) {
+        const { bytesRead } = await source.read(buffer, 0, Math.min(buffer.length, end - at), at);
+        if (bytesRead === 0) break;
+        await out.write(buffer, 0, bytesRead, at - position);
+        at += bytesRead;
+      }
+      await out.datasync();
+    } catch (err) {
+      await out.close();
+      await rm(tmp, { force: true });
+      throw ioError(err, `cannot keep the torn tail of ${path} in ${target}`, { path });
+    }
+    await out.close();
+    await rename(tmp, target);
+    await fsyncDir(dirname(path));
+    return target;
+  } finally {
+    await source.close();
+  }
+}
+
+/** The end of the last non-zero byte in [from, to) of a file, or `from` when all are zero. */
+async function lastNonZeroEnd(handle: import('node:fs/promises').FileHandle, from: number, to: number): Promise<number> {
+  const buffer = Buffer.allocUnsafe(Math.min(COPY_BYTES, Math.max(1, to - from)));
+  for (let end = to; end > from; ) {
+    const start = Math.max(from, end - buffer.length);
+    const { bytesRead } = await handle.read(buffer, 0, end - start, start);
+    for (let i = bytesRead - 1; i >= 0; i--) if (buffer[i] !== 0) return start + i + 1;
+    end = start;
+  }
+  return from;
 }
 
 export interface RecoveredStream {
@@ -31,8 +102,8 @@ export interface RecoveredStream {
 }
 
 /**
- * Finds the end of data of a stream and truncates a torn tail.
- * @throws ERR_CORRUPT_FRAME when the last segment holds an invalid frame followed by more data.
+ * Finds the end of data of a stream and cuts a torn tail off (kept in a `.torn` file).
+ * @throws ERR_CORRUPT_FRAME when the last segment is damaged inside data a SYNC frame shows was fsync'd.
  */
 export async function recoverStream(set: SegmentSet): Promise<RecoveredStream> {
   const segments = await set.list();
@@ -55,7 +126,8 @@ export async function recoverStream(set: SegmentSet): Promise<RecoveredStream> {
       }
       dataEnd = step.position;
       if (step.kind === 'torn') {
-        truncated = { path: last.path, position: step.position, bytes: step.tornBytes, reason: step.reason };
+        const savedAs = await setAsideTorn(last.path, step.position);
+        truncated = { path: last.path, position: step.position, bytes: step.tornBytes, reason: step.reason, savedAs };
       }
       break;
     }

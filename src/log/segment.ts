@@ -2,16 +2,21 @@
  * One segment file: naming, and a sequential frame reader (spec/log-format.md §3).
  *
  * A segment holds frames back to back from byte 0. The last segment of a stream may end in a zero-filled
- * preallocated region; a zero byte where a frame should start means "no more data". The reader tells
- * the three ways data can end apart: a clean end, a torn tail (the last frame is incomplete or invalid and
- * nothing but zeros follows it), and corruption (an invalid frame with data after it), which it throws.
+ * preallocated region; a zero byte where a frame should start means "no more data". Writers begin every
+ * write with a SYNC frame stating how much of the file was fsync'd before it (§3.3), which draws the
+ * durability boundary the reader needs: where data stops being readable (a zero byte followed by data,
+ * an incomplete or invalid frame), it is a torn tail — bytes of a write that never completed its fsync,
+ * which cannot hold anything acknowledged — unless a later SYNC frame states that the damaged bytes were
+ * fsync'd, which makes it corruption of synced data (thrown).
+ *
+ * SYNC frames are the log's own bookkeeping: the reader consumes them and never returns them.
  *
  * A SegmentReader belongs to one caller at a time. It reads through the page cache and may run while a
  * writer appends to the same file in another process.
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { MqlogError, ioError } from '../errors.js';
-import { FRAME_HEADER_BYTES, FRAME_MAGIC, MAX_FRAME_PAYLOAD_BYTES, decodeFrame, parseFrameHeader, type Frame } from './frame.js';
+import { FRAME_HEADER_BYTES, FRAME_MAGIC, FrameType, MAX_FRAME_PAYLOAD_BYTES, SYNC_PAYLOAD_BYTES, decodeFrame, decodeSyncPayload, parseFrameHeader, type Frame } from './frame.js';
 
 export const SEGMENT_SUFFIX = '.seg';
 const SEGMENT_NAME = /^(\d{20})\.seg$/;
@@ -41,7 +46,10 @@ export type ReadStep =
   | { readonly kind: 'frame'; readonly frame: StoredFrame }
   /** No more frames: end of file, or the start of a zero-filled tail. */
   | { readonly kind: 'end'; readonly position: number }
-  /** The last frame is incomplete or invalid and only zeros follow: a torn write, or one still in progress. */
+  /**
+   * Data stops being readable here and no later SYNC frame covers it: the bytes from here to the end of
+   * the file are a write that never completed its fsync (a crash), or one still in progress.
+   */
   | { readonly kind: 'torn'; readonly position: number; readonly reason: string; readonly tornBytes: number }
   /** A frame of a type the caller asked to skip: passed over by its header, its payload neither read nor checked. */
   | { readonly kind: 'skipped'; readonly offset: number; readonly position: number; readonly bytes: number };
@@ -59,6 +67,9 @@ const DEFAULT_BUFFER_BYTES = 256 * 1024;
 /** Pause before re-reading a spot that looked corrupt (a concurrent write finishes well within it). */
 const RECHECK_DELAY_MS = 20;
 const ZERO_SCAN_BYTES = 64 * 1024;
+const ZEROS = Buffer.alloc(ZERO_SCAN_BYTES);
+/** A SYNC frame that was read (internal: next() reads on). */
+const SYNC_STEP = { kind: 'sync' } as const;
 
 export class SegmentReader {
   readonly path: string;
@@ -72,6 +83,8 @@ export class SegmentReader {
   private bufferStart: number;
   private bufferLength = 0;
   private position: number;
+  /** The largest synced length a SYNC frame read so far stated. */
+  private synced = 0;
   private closed = false;
 
   private constructor(path: string, handle: FileHandle, options: SegmentReaderOptions) {
@@ -102,32 +115,42 @@ export class SegmentReader {
     return this.position;
   }
 
+  /** The largest length of the file that a SYNC frame read so far states was fsync'd. */
+  get syncedBytes(): number {
+    return this.synced;
+  }
+
   /**
    * Reads the next frame. The returned payload is a copy the caller may keep.
    * @throws ERR_CORRUPT_FRAME (details: path, position, reason) when an invalid frame has data after it.
    */
   async next(): Promise<ReadStep> {
     if (this.closed) throw new MqlogError('ERR_CLOSED', 'segment reader is closed');
-    try {
-      return await this.step();
-    } catch (err) {
-      if (!(err instanceof MqlogError) || err.details?.position !== this.position) throw err;
-      // A writer in another process may have been writing right here while we looked (we saw its zeros,
-      // or half its frame, and then the bytes after it). Look once more before calling it corruption.
-      await new Promise((resolve) => setTimeout(resolve, RECHECK_DELAY_MS));
-      this.atEnd(undefined);
-      return this.step();
+    for (;;) {
+      let step: ReadStep | typeof SYNC_STEP;
+      try {
+        step = await this.step();
+      } catch (err) {
+        if (!(err instanceof MqlogError) || err.details?.position !== this.position) throw err;
+        // A writer in another process may have been writing right here while we looked (we saw its zeros,
+        // or half its frame, and then its next write). Look once more before calling it corruption.
+        await new Promise((resolve) => setTimeout(resolve, RECHECK_DELAY_MS));
+        this.atEnd(undefined);
+        step = await this.step();
+      }
+      if (step.kind !== 'sync') return step;
     }
   }
 
-  private async step(): Promise<ReadStep> {
+  private async step(): Promise<ReadStep | typeof SYNC_STEP> {
     const at = this.position;
     const available = await this.fill(FRAME_HEADER_BYTES);
     if (available === 0) return this.atEnd({ kind: 'end', position: at });
     const local = at - this.bufferStart;
     if (this.buffer[local] === 0) {
-      await this.expectZerosFrom(at, 'non-zero data after the zero-filled end of data');
-      return this.atEnd({ kind: 'end', position: at });
+      const fileSize = (await this.stat()).size;
+      if (await this.zerosFrom(at, fileSize)) return this.atEnd({ kind: 'end', position: at });
+      return this.damaged(at, 'non-zero data after a zero byte where a frame should start', 'ERR_CORRUPT_FRAME', fileSize);
     }
     if (this.skipTypes !== undefined && available >= FRAME_HEADER_BYTES) {
       const skipped = await this.skip(at, local);
@@ -141,27 +164,50 @@ export class SegmentReader {
     if (decoded.ok) {
       this.position = at + decoded.bytes;
       const { frame } = decoded;
+      if (frame.type === FrameType.SYNC) {
+        const stated = decodeSyncPayload(frame.payload);
+        // A mark can only speak of bytes before it; anything else is not a mark this reader trusts.
+        if (stated !== undefined && stated <= at) this.synced = Math.max(this.synced, stated);
+        this.releaseOwnBuffer();
+        return SYNC_STEP;
+      }
       // A frame larger than the read buffer was read into a buffer of its own: hand that out as it is
       // (no copy) and go back to the shared one. Smaller frames are copied out of the shared buffer.
       const own = this.buffer !== this.shared;
       const payload = own ? frame.payload : Buffer.from(frame.payload);
-      if (own) {
-        this.buffer = this.shared;
-        this.bufferStart = this.position;
-        this.bufferLength = 0;
-      }
+      this.releaseOwnBuffer();
       return { kind: 'frame', frame: { type: frame.type, offset: frame.offset, payload, position: at, bytes: decoded.bytes } };
     }
-    // Invalid or incomplete: a torn tail if nothing but zeros follows the frame's claimed extent.
     const reason = decoded.incomplete ? 'incomplete frame at end of file' : decoded.reason;
-    const claimed = this.claimedFrameBytes(at);
-    const fileSize = (await this.stat()).size;
-    // Torn only if nothing but zeros follows the frame's claimed extent AND no whole frame lies anywhere
-    // after it: a damaged length field can claim past the end of the file, hiding good frames behind it.
-    if ((await this.zerosFrom(at + claimed, fileSize)) && (await findNextFrame(this.handle, at + 1, fileSize, this.maxPayloadBytes)) === undefined) {
-      return this.atEnd({ kind: 'torn', position: at, reason, tornBytes: fileSize - at });
+    return this.damaged(at, reason, decoded.incomplete ? 'ERR_CORRUPT_FRAME' : decoded.code, (await this.stat()).size);
+  }
+
+  /**
+   * Data stops being readable at `at` (spec/log-format.md §3.2): corruption of synced data if a SYNC
+   * frame stated that bytes past `at` were fsync'd, else a torn tail from `at` to the end of the file.
+   */
+  private async damaged(at: number, reason: string, code: MqlogError['code'], fileSize: number): Promise<ReadStep> {
+    if (this.synced > at) throw corrupt(this.path, at, `${reason} (inside data a sync mark says was fsync'd)`, code);
+    const mark = await findSyncMark(this.handle, at + 1, fileSize, at);
+    if (mark !== undefined) throw corrupt(this.path, at, `${reason} (the sync mark at byte ${mark} says the data here was fsync'd)`, code);
+    return this.atEnd({ kind: 'torn', position: at, reason, tornBytes: fileSize - at });
+  }
+
+  /** After a frame larger than the read buffer was handed out in a buffer of its own: back to the shared one. */
+  private releaseOwnBuffer(): void {
+    if (this.buffer === this.shared) return;
+    this.buffer = this.shared;
+    this.bufferStart = this.position;
+    this.bufferLength = 0;
+  }
+
+  /** fdatasyncs the segment: every frame read from it so far is durable when this resolves. */
+  async sync(): Promise<void> {
+    try {
+      await this.handle.datasync();
+    } catch (err) {
+      throw ioError(err, `cannot fsync segment ${this.path}`, { path: this.path });
     }
-    throw corrupt(this.path, at, reason, decoded.incomplete ? undefined : decoded.code);
   }
 
   async close(): Promise<void> {
@@ -176,7 +222,8 @@ export class SegmentReader {
    */
   private async skip(at: number, local: number): Promise<ReadStep | undefined> {
     const check = parseFrameHeader(this.buffer, local, this.maxPayloadBytes);
-    if (!check.ok || this.skipTypes?.has(check.header.type) !== true) return undefined;
+    // SYNC frames are never passed over: the reader needs what they state.
+    if (!check.ok || check.header.type === FrameType.SYNC || this.skipTypes?.has(check.header.type) !== true) return undefined;
     const bytes = FRAME_HEADER_BYTES + check.header.payloadBytes;
     const end = at + bytes;
     if (end > this.bufferStart + this.bufferLength && end > (await this.stat()).size) return undefined;
@@ -193,14 +240,6 @@ export class SegmentReader {
   private atEnd<T extends ReadStep | undefined>(step: T): T {
     this.bufferLength = Math.max(0, this.position - this.bufferStart);
     return step;
-  }
-
-  /** Bytes a frame at `at` claims: its declared length when the header is sane, else just a header. */
-  private claimedFrameBytes(at: number): number {
-    const local = at - this.bufferStart;
-    if (this.bufferLength - local < FRAME_HEADER_BYTES) return FRAME_HEADER_BYTES;
-    const check = parseFrameHeader(this.buffer, local, this.maxPayloadBytes);
-    return check.ok ? FRAME_HEADER_BYTES + check.header.payloadBytes : FRAME_HEADER_BYTES;
   }
 
   /** Makes at least `wanted` bytes from `position` available in the buffer if the file has them; returns how many are. */
@@ -227,18 +266,13 @@ export class SegmentReader {
     return this.bufferLength;
   }
 
-  private async expectZerosFrom(at: number, reason: string): Promise<void> {
-    const fileSize = (await this.stat()).size;
-    if (!(await this.zerosFrom(at, fileSize))) throw corrupt(this.path, at, reason);
-  }
-
   /** True when every byte in [from, to) is zero (or the range is empty). */
   private async zerosFrom(from: number, to: number): Promise<boolean> {
     const scratch = Buffer.allocUnsafe(Math.min(ZERO_SCAN_BYTES, Math.max(0, to - from)));
     for (let at = from; at < to; ) {
       const { bytesRead } = await this.readAt(scratch, 0, Math.min(scratch.length, to - at), at);
       if (bytesRead === 0) return true;
-      for (let i = 0; i < bytesRead; i++) if (scratch[i] !== 0) return false;
+      if (!scratch.subarray(0, bytesRead).equals(ZEROS.subarray(0, bytesRead))) return false;
       at += bytesRead;
     }
     return true;
@@ -283,6 +317,30 @@ export async function findNextFrame(handle: FileHandle, from: number, to: number
     }
     if (start + bytesRead >= to) return undefined;
     start += Math.max(1, bytesRead - FRAME_HEADER_BYTES);
+  }
+  return undefined;
+}
+
+/**
+ * The position of the first valid SYNC frame in [from, to) of a file that states a synced length above
+ * `above`, or undefined. Its existence proves that the bytes up to that length were fsync'd.
+ */
+export async function findSyncMark(handle: FileHandle, from: number, to: number, above: number): Promise<number | undefined> {
+  const frameBytes = FRAME_HEADER_BYTES + SYNC_PAYLOAD_BYTES;
+  const window = Buffer.allocUnsafe(Math.min(1024 * 1024, Math.max(frameBytes, to - from)));
+  for (let start = from; start < to; ) {
+    const { bytesRead } = await handle.read(window, 0, Math.min(window.length, to - start), start);
+    if (bytesRead === 0) return undefined;
+    const view = window.subarray(0, bytesRead);
+    for (let i = view.indexOf(FRAME_MAGIC); i !== -1 && i + frameBytes <= bytesRead; i = view.indexOf(FRAME_MAGIC, i + 1)) {
+      if (view[i + 2] !== FrameType.SYNC || view.readUInt32LE(i + 4) !== SYNC_PAYLOAD_BYTES) continue;
+      const decoded = decodeFrame(view, i, SYNC_PAYLOAD_BYTES);
+      if (!decoded.ok || decoded.frame.type !== FrameType.SYNC) continue;
+      const stated = decodeSyncPayload(decoded.frame.payload);
+      if (stated !== undefined && stated > above && stated <= start + i) return start + i;
+    }
+    if (start + bytesRead >= to) return undefined;
+    start += Math.max(1, bytesRead - frameBytes + 1);
   }
   return undefined;
 }

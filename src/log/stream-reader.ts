@@ -41,6 +41,12 @@ export interface StreamRead {
 export interface ReadLimits {
   readonly maxFrames?: number;
   readonly maxBytes?: number;
+  /**
+   * Return only frames that are durable: fdatasync the segment they were read from first. A reader can
+   * see a frame between its write and the writer's fsync; acting on it then (forwarding it, acking it)
+   * and losing it in a power cut would let its offset be reused by another frame.
+   */
+  readonly durable?: boolean;
 }
 
 export class StreamReader {
@@ -74,6 +80,13 @@ export class StreamReader {
    *   before it, so the caller can report where reading stopped.
    */
   async read(limits: ReadLimits = {}): Promise<StreamRead> {
+    const read = await this.readAvailable(limits);
+    // Frames of earlier segments in this read were sealed, so fsync'd: only the open segment may not be.
+    if (limits.durable === true && read.frames.length > 0) await this.reader?.sync();
+    return read;
+  }
+
+  private async readAvailable(limits: ReadLimits): Promise<StreamRead> {
     if (this.closed) throw new MqlogError('ERR_CLOSED', 'stream reader is closed');
     if (this.deferredError !== undefined) {
       const error = this.deferredError;

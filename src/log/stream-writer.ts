@@ -1,6 +1,8 @@
 /**
  * The single writer of one stream: durable appends with group commit, segment roll and preallocation
- * (spec/log-format.md §4).
+ * (spec/log-format.md §4). Every write begins with a SYNC frame stating the length fsync'd before it,
+ * and a clean close ends the segment with one stating its whole length (§3.3): the boundary that lets a
+ * reader tell a torn last write from damage to acknowledged data.
  *
  * Concurrency contract: one StreamWriter per stream across all processes (the writer-slot lock in
  * lock.ts guarantees it). Within the process, any number of callers may call append() at once; frames
@@ -11,7 +13,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { MqlogError, ioError } from '../errors.js';
 import { basename } from 'node:path';
-import { FRAME_HEADER_BYTES, encodeFrameHeader, payloadLength, type Payload } from './frame.js';
+import { FRAME_HEADER_BYTES, SYNC_PAYLOAD_BYTES, encodeFrameHeader, encodeSyncFrame, payloadLength, type Payload } from './frame.js';
 import { recoverStream, type TruncatedTail } from './recovery.js';
 import { SegmentSet } from './segment-set.js';
 
@@ -22,6 +24,7 @@ const PREALLOCATE_BELOW_BATCH_BYTES = 256 * 1024;
 /** A flush writes at most this much before it fsyncs and lets callers go. */
 const MAX_BATCH_BYTES = 8 * 1024 * 1024;
 const ZEROS = Buffer.alloc(PREALLOCATE_BYTES);
+const SYNC_FRAME_BYTES = FRAME_HEADER_BYTES + SYNC_PAYLOAD_BYTES;
 
 export interface StreamWriterOptions {
   readonly segmentBytes?: number;
@@ -58,6 +61,8 @@ export class StreamWriter {
   private dataEnd: number;
   private allocatedEnd: number;
   private offset: number;
+  /** Frames were written since the last SYNC frame that states the whole segment. */
+  private unmarked = false;
   private queue: PendingAppend[] = [];
   private flushing: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
@@ -91,6 +96,14 @@ export class StreamWriter {
       return new StreamWriter(set, { base: 0, dataEnd: 0, nextOffset: 0, handle, truncated: undefined }, options);
     }
     const handle = await set.openForWrite(recovered.lastBaseOffset);
+    try {
+      // What recovery kept may be a killed writer's last write, still only in the page cache: make it
+      // durable before a SYNC frame of ours states it.
+      await handle.datasync();
+    } catch (err) {
+      await handle.close();
+      throw ioError(err, `cannot fsync ${set.pathOf(recovered.lastBaseOffset)}`);
+    }
     return new StreamWriter(
       set,
       { base: recovered.lastBaseOffset, dataEnd: recovered.dataEnd, nextOffset: recovered.nextOffset, handle, truncated: recovered.truncated },
@@ -129,10 +142,21 @@ export class StreamWriter {
       this.handle = undefined;
       if (handle === undefined) return;
       try {
-        if (this.allocatedEnd > this.dataEnd) {
-          await handle.truncate(this.dataEnd);
-          await handle.datasync();
+        let changed = this.allocatedEnd > this.dataEnd;
+        if (this.unmarked && this.dataEnd + SYNC_FRAME_BYTES <= this.segmentBytes) {
+          // Everything before this mark is fsync'd: a later reader can tell damage here from a torn write.
+          // Best effort: without room for it (a full disk), the segment is as valid without it.
+          try {
+            await writeAll(handle, [encodeSyncFrame(this.offset, this.dataEnd)], this.dataEnd);
+            this.dataEnd += SYNC_FRAME_BYTES;
+            this.allocatedEnd = Math.max(this.allocatedEnd, this.dataEnd);
+          } catch {
+            this.allocatedEnd = Math.max(this.allocatedEnd, this.dataEnd + SYNC_FRAME_BYTES);
+          }
+          changed = true;
         }
+        if (this.allocatedEnd > this.dataEnd) await handle.truncate(this.dataEnd);
+        if (changed) await handle.datasync();
       } finally {
         await handle.close();
       }
@@ -171,14 +195,16 @@ export class StreamWriter {
         failAll(batch.slice(index), err);
         return;
       }
-      // Take frames while they fit in this segment (always at least one).
+      // The run opens with a SYNC frame stating that everything before it is fsync'd (at the start of a
+      // segment there is nothing to state). Then frames while they fit in this segment (always at least one).
+      const sync = this.dataEnd > 0 ? encodeSyncFrame(this.offset, this.dataEnd) : undefined;
       const run: { pending: PendingAppend; header: Buffer; result: AppendResult }[] = [];
-      let position = this.dataEnd;
+      let position = this.dataEnd + (sync?.length ?? 0);
       let offset = this.offset;
       while (index < batch.length) {
         const pending = batch[index] as PendingAppend;
         const bytes = pending.bytes;
-        if (run.length > 0 && position + bytes > this.segmentBytes) break;
+        if (run.length > 0 && position + bytes + SYNC_FRAME_BYTES > this.segmentBytes) break;
         let header: Buffer;
         try {
           header = encodeFrameHeader(pending.type, offset, pending.payload);
@@ -195,7 +221,7 @@ export class StreamWriter {
       if (run.length === 0) continue;
       const runBytes = position - this.dataEnd;
       try {
-        const buffers: Uint8Array[] = [];
+        const buffers: Uint8Array[] = sync === undefined ? [] : [sync];
         for (const r of run) {
           buffers.push(r.header);
           if (r.pending.payload instanceof Uint8Array) buffers.push(r.pending.payload);
@@ -209,6 +235,7 @@ export class StreamWriter {
       }
       this.dataEnd = position;
       this.offset = offset;
+      this.unmarked = true;
       this.onFlush?.(run.length, runBytes, performance.now() - started);
       for (const r of run) r.pending.resolve(r.result);
     }
@@ -248,11 +275,14 @@ export class StreamWriter {
     await handle.datasync();
   }
 
-  /** The handle to append `bytes` to, rolling to a new segment first when the current one is full. */
+  /**
+   * The handle to append a frame of `bytes` to, rolling to a new segment first when the current one is
+   * full: a segment keeps room for the write's opening sync mark and for a closing one.
+   */
   private async handleFor(bytes: number): Promise<FileHandle> {
     const handle = this.handle;
     if (handle === undefined) throw new MqlogError('ERR_CLOSED', 'stream writer is closed');
-    if (this.dataEnd === 0 || this.dataEnd + bytes <= this.segmentBytes) return handle;
+    if (this.dataEnd === 0 || this.dataEnd + 2 * SYNC_FRAME_BYTES + bytes <= this.segmentBytes) return handle;
     // Seal before creating the successor, so that every segment but the last ends exactly at its data.
     try {
       if (this.allocatedEnd > this.dataEnd) await handle.truncate(this.dataEnd);
@@ -265,6 +295,8 @@ export class StreamWriter {
     this.segmentBase = this.offset;
     this.dataEnd = 0;
     this.allocatedEnd = 0;
+    // A sealed segment is fsync'd whole and needs no closing mark.
+    this.unmarked = false;
     await handle.close();
     return next;
   }

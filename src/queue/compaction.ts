@@ -188,10 +188,12 @@ const KEPT: Outcome = { action: 'kept', framesRemoved: 0, bytesReclaimed: 0 };
 async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: string, removable: IsDone, chunkRemovable: ChunkRemovable, rewriteBelowShare: number): Promise<Outcome> {
   const survey = await surveySegment(segment.path, stream, removable, chunkRemovable);
   if (survey === undefined || survey.removed === 0) return KEPT;
+  // The file's own size: it also holds the log's sync marks, which are no frames of a message.
+  const fileBytes = await stat(segment.path).then((s) => s.size, () => survey.totalBytes);
   if (survey.liveFrames === 0) {
     await rm(segment.path, { force: true });
     await fsyncDir(set.dir);
-    return { action: 'deleted', framesRemoved: survey.removed, bytesReclaimed: survey.totalBytes };
+    return { action: 'deleted', framesRemoved: survey.removed, bytesReclaimed: fileBytes };
   }
   if (survey.liveBytes >= survey.totalBytes * rewriteBelowShare) return KEPT;
   const tmp = `${segment.path}.${process.pid}.compact.tmp`;
@@ -222,7 +224,7 @@ async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: str
   // The rename is the switch: before it the old segment is in force, after it the new one.
   await rename(tmp, segment.path);
   await fsyncDir(set.dir);
-  return { action: 'rewritten', framesRemoved: survey.removed, bytesReclaimed: survey.totalBytes - written };
+  return { action: 'rewritten', framesRemoved: survey.removed, bytesReclaimed: fileBytes - written };
 }
 
 /** Retires the last segment of a stream whose writer is gone, once every frame in it is done. */

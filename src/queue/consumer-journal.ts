@@ -11,12 +11,17 @@
  * them, and releases the lock. Readers that only look (dump, stat) catch up without the lock and stop
  * before a record that is still being written. Recovery reads the checkpoint and one small journal; it
  * never reads the queue's segments.
+ *
+ * The journal follows the log's torn-tail rule (spec/log-format.md §3.2, §3.3): every write begins with a
+ * SYNC frame stating how much of the file is known to be fsync'd, and whatever a crash or power cut left
+ * unreadable past that is a torn tail, which the next lock holder sets aside in a `.torn` file and clears.
  */
 import { open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MqlogError, ioError, isMqlogError } from '../errors.js';
-import { FrameType, encodeFrame } from '../log/frame.js';
+import { FrameType, encodeFrame, encodeSyncFrame } from '../log/frame.js';
 import { Lock } from '../log/lock.js';
+import { setAsideTorn, type TruncatedTail } from '../log/recovery.js';
 import { SegmentReader } from '../log/segment.js';
 import { FILE_MODE, ensureDir, fsyncDir, isNotFound, readFileIfExists, writeFileAtomic } from '../util/fs.js';
 import { ConsumerState, decodeRecord, encodeRecord, type Checkpoint, type StateRecord } from './acks.js';
@@ -30,8 +35,8 @@ const CHECKPOINT_AFTER_BYTES = 1024 * 1024;
 const RESERVE_BYTES = 64 * 1024;
 
 export interface ConsumerJournalOptions {
-  /** Called when a torn record left by a killed process was cut off. */
-  readonly onTruncated?: (path: string, position: number, bytes: number) => void;
+  /** Called when a torn record left by a killed process (or a power cut) was cut off. */
+  readonly onTruncated?: (tail: TruncatedTail) => void;
   /** Called for every record applied from the journal, by any process (observers count acks with it). */
   readonly onApplied?: (record: StateRecord) => void;
 }
@@ -43,6 +48,8 @@ export class ConsumerJournal {
   private generation = -1;
   private checkpointStamp = '';
   private journalPosition = 0;
+  /** Length of the current journal known to be fsync'd (by this process, or stated by a SYNC frame). */
+  private syncedEnd = 0;
   private nextSequence = 0;
   private handle: FileHandle | undefined;
   private handleGeneration = -1;
@@ -147,6 +154,7 @@ export class ConsumerJournal {
         let step;
         try {
           step = await reader.next();
+          this.syncedEnd = Math.max(this.syncedEnd, reader.syncedBytes);
         } catch (err) {
           if (isMqlogError(err)) {
             throw new MqlogError('ERR_CORRUPT_STATE', `consumer journal ${path} is corrupt: ${err.message}`, { details: { path }, cause: err });
@@ -167,6 +175,7 @@ export class ConsumerJournal {
           // Only a lock holder writes, so a torn record now is what a killed holder left: cut it off.
           await this.handle?.close();
           this.handle = undefined;
+          const savedAs = await setAsideTorn(path, step.position);
           // Zero the torn bytes rather than truncating: the reserve after them stays usable.
           const handle = await open(path, 'r+');
           try {
@@ -175,7 +184,8 @@ export class ConsumerJournal {
           } finally {
             await handle.close();
           }
-          this.options.onTruncated?.(path, step.position, step.tornBytes);
+          this.syncedEnd = step.position;
+          this.options.onTruncated?.({ path, position: step.position, bytes: step.tornBytes, reason: step.reason, savedAs });
         }
         return;
       }
@@ -212,6 +222,7 @@ export class ConsumerJournal {
     this.current = checkpoint === undefined ? new ConsumerState() : ConsumerState.fromCheckpoint(checkpoint);
     this.generation = generation;
     this.journalPosition = 0;
+    this.syncedEnd = 0;
     this.nextSequence = 0;
   }
 
@@ -231,6 +242,8 @@ export class ConsumerJournal {
       if (this.journalPosition === 0) await fsyncDir(this.dir);
     }
     const frames = records.map((record, i) => encodeFrame(FrameType.RECORD, this.nextSequence + i, encodeRecord(record)));
+    // The write opens with what is known to be fsync'd before it (nothing to state at the very start).
+    if (this.journalPosition > 0) frames.unshift(encodeSyncFrame(this.nextSequence, Math.min(this.syncedEnd, this.journalPosition)));
     const bytes = frames.reduce((n, f) => n + f.length, 0);
     const end = this.journalPosition + bytes;
     try {
@@ -245,7 +258,10 @@ export class ConsumerJournal {
         await this.handle.writev(frames, this.journalPosition);
         this.reservedEnd = Math.max(this.reservedEnd, end);
       }
-      if (durable) await this.handle.datasync();
+      if (durable) {
+        await this.handle.datasync();
+        this.syncedEnd = end;
+      }
     } catch (err) {
       // Zero what may have been written, so that no partial record stays behind.
       await this.handle.write(Buffer.alloc(bytes), 0, bytes, this.journalPosition).catch(() => undefined);
@@ -266,6 +282,7 @@ export class ConsumerJournal {
     this.handle = undefined;
     this.generation = next;
     this.journalPosition = 0;
+    this.syncedEnd = 0;
     this.nextSequence = 0;
     const s = await stat(join(this.dir, CHECKPOINT_FILE));
     this.checkpointStamp = `${s.ino}:${s.mtimeMs}:${s.size}`;

@@ -119,6 +119,8 @@ export class Consumer {
       // Chunks of streamed bodies are read only when a body is (Delivery.bodyStream): passing over them
       // by their headers keeps a consumer's memory flat beside multi-GiB bodies.
       skipTypes: new Set([FrameType.BODY_CHUNK]),
+      // A message is handed out only once its frame is durable: an ack must never outlive its message.
+      durable: true,
     });
   }
 

@@ -90,7 +90,8 @@ export class Inbox {
 
   /** The shared consumer state of this queue. */
   state(): Promise<ConsumerJournal> {
-    this.journal ??= ConsumerJournal.open(this.info.dir);
+    const onTruncated = this.options.onTruncated;
+    this.journal ??= ConsumerJournal.open(this.info.dir, onTruncated === undefined ? {} : { onTruncated: (tail) => onTruncated('consumer journal', tail) });
     return this.journal;
   }
 

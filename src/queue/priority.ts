@@ -41,6 +41,8 @@ export interface PriorityReaderOptions {
   readonly onTorn?: (stream: string, torn: TornTail) => void;
   /** Frame types never handed out, passed over without reading them (consumers skip body chunks). */
   readonly skipTypes?: ReadonlySet<number>;
+  /** Hand out only frames that are durable (see ReadLimits.durable). */
+  readonly durable?: boolean;
 }
 
 interface Lane {
@@ -128,6 +130,7 @@ export class PriorityReader {
     const read = await lane.reader.read({
       maxFrames: this.options.readAheadFrames ?? 256,
       maxBytes: this.options.readAheadBytes ?? 1024 * 1024,
+      durable: this.options.durable === true,
     });
     const orderOf = this.options.orderOf;
     for (const frame of read.frames) {

@@ -6,17 +6,16 @@
  *   DIR/receipts/<first 8 hex digits of the id>/<id>.json
  *
  * One small file per message: a lookup by id is one read, whatever the number of receipts, and old
- * receipts are pruned by whole directories (ids are time-ordered). A file is created durably before its
- * message is appended; terminal states are written durably (temp, fsync, rename, dir fsync); `sent` is
- * written by rename without fsync (losing it in a power cut only shows `queued` until the next state).
- * Within a process, updates to one id are serialized; only the daemon updates after creation.
+ * receipts are pruned by whole directories (ids are time-ordered). Every write is durable (temp, fsync,
+ * rename, dir fsync): a rename of a file whose data was never fsync'd can survive a power cut as an empty
+ * file. Within a process, updates to one id are serialized; only the daemon updates after creation.
  */
-import { open, readdir, rename, rm } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import { Packr } from 'msgpackr';
 import { join } from 'node:path';
-import { MqlogError, abortError, ioError } from '../errors.js';
+import { MqlogError, abortError } from '../errors.js';
 import { ChangeWatcher } from '../log/watch.js';
-import { FILE_MODE, ensureDir, isNotFound, readFileIfExists, writeFileAtomic } from '../util/fs.js';
+import { ensureDir, isNotFound, readFileIfExists, writeFileAtomic } from '../util/fs.js';
 import { isId } from '../util/ids.js';
 import { KeyedSerial } from '../util/serial.js';
 
@@ -92,8 +91,7 @@ export class ReceiptStore {
       if (current !== undefined && RANK[state] <= RANK[current.state]) return false;
       if (current === undefined && !Object.hasOwn(file.peers, destination)) return false;
       const next: ReceiptFile = { ...file, peers: { ...file.peers, [destination]: { state, at, ...(reason === undefined ? {} : { reason: reason.slice(0, 1000) }) } } };
-      if (isSettled(state)) await writeFileAtomic(this.pathOf(id), JSON.stringify(next));
-      else await this.writeQuick(id, JSON.stringify(next));
+      await writeFileAtomic(this.pathOf(id), JSON.stringify(next));
       return true;
     });
   }
@@ -159,22 +157,6 @@ export class ReceiptStore {
       return JSON.parse(raw.toString('utf8')) as ReceiptFile;
     } catch (err) {
       throw new MqlogError('ERR_CORRUPT_STATE', `${this.pathOf(id)} is not valid JSON`, { details: { path: this.pathOf(id) }, cause: err });
-    }
-  }
-
-  private async writeQuick(id: string, data: string): Promise<void> {
-    const path = this.pathOf(id);
-    const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
-    try {
-      const handle = await open(tmp, 'w', FILE_MODE);
-      try {
-        await handle.writeFile(data);
-      } finally {
-        await handle.close();
-      }
-      await rename(tmp, path);
-    } catch (err) {
-      throw ioError(err, `cannot write ${path}`, { path });
     }
   }
 

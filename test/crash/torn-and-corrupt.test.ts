@@ -18,6 +18,8 @@ import { assertLogIntact, dump, flipByte, framesOf, FRAME_HEADER_BYTES, NOWHERE,
 import { mqlog, tempDir } from '../helpers/index.ts';
 
 const FIRST_SEGMENT = '00000000000000000000.seg';
+/** A sync mark: 20-byte header and an 8-byte synced length (spec/log-format.md §3.3). */
+const SYNC_FRAME_BYTES = 28;
 
 interface Logged {
   readonly dir: string;
@@ -69,6 +71,7 @@ test('a torn final frame is a note for verify and dump, and the next send cuts i
   const { dir, ids, bodies, seg, frames } = await logWith(t, 10);
   const last = frameAt(frames, 9);
   await truncate(seg, last.position + last.bytes - 7);
+  const tornBytes = (await readFile(seg)).subarray(last.position);
 
   const verified = await verify(dir);
   assert.equal(verified.code, 0, verified.stdout + verified.stderr);
@@ -84,11 +87,17 @@ test('a torn final frame is a note for verify and dump, and the next send cuts i
   const { torn } = await assertLogIntact(dir, { acked: new Map(ids.slice(0, 9).map((id, i) => [id, bodies[i] as string])), sent: new Set(bodies) }, 'torn tail');
   assert.deepEqual(torn, [seg]);
 
-  // Slot w0 is free, so the next writer takes it, cuts the torn frame off and appends in its place.
-  const id = await sendOne(dir, 'after the tear');
+  // Slot w0 is free, so the next writer takes it, cuts the torn frame off and appends in its place. The
+  // cut bytes are kept beside the segment, and verify notes the recovered tail without failing.
+  const sent = await mqlog(['send', '--data', dir, '--to', NOWHERE, 'after the tear']);
+  assert.equal(sent.code, 0, sent.stderr);
+  const id = sent.stdout.trim();
+  assert.match(sent.stderr, new RegExp(`cut off a torn tail of p4\\.w0 .* ${last.bytes - 7} bytes at byte ${last.position} of ${seg}, kept in ${seg}\\.${last.position}\\.torn`));
+  assert.deepEqual(await readFile(`${seg}.${last.position}.torn`), tornBytes, 'the .torn file holds exactly the bytes cut off');
   const healed = await verify(dir);
   assert.equal(healed.code, 0, healed.stdout + healed.stderr);
-  assert.doesNotMatch(healed.stdout, /^TORN /m);
+  assert.match(healed.stdout, new RegExp(`^TORN ${seg} ${last.position} recovered: ${last.bytes - 7} bytes .* kept in ${seg}\\.${last.position}\\.torn$`, 'm'));
+  assert.equal([...healed.stdout.matchAll(/^TORN /gm)].length, 1);
   assert.match(healed.stdout, /^ok: verified 1 segments, 10 frames/m);
   const after = await dump(dir);
   assert.equal(after.code, 0, after.stderr);
@@ -119,7 +128,9 @@ test('a torn frame followed by preallocated zeros is a torn tail, not corruption
   await sendOne(dir, 'after the tear');
   const healed = await verify(dir);
   assert.equal(healed.code, 0, healed.stdout + healed.stderr);
-  assert.doesNotMatch(healed.stdout, /^TORN /m);
+  // Only the half frame is kept, not the zeros after it.
+  assert.match(healed.stdout, new RegExp(`^TORN ${seg} ${last.position} recovered: ${Math.floor(last.bytes / 2)} bytes `, 'm'));
+  assert.deepEqual([...healed.stdout.matchAll(/^TORN \S+ \d+ (\S+)/gm)].map((m) => m[1]), ['recovered:'], 'no tail is left to cut');
   const { frames: now, end, size } = await framesOf(seg);
   assert.equal(end, size, 'the zero fill is gone once the writer closed');
   assert.equal(now.length, 10);
@@ -151,12 +162,14 @@ test('opening a writer on a stream with a torn tail cuts it off and reports it t
   assert.equal(report?.tail.position, last.position, 'the cut starts where the torn frame starts');
   assert.equal(report?.tail.bytes, last.bytes - 7, 'the cut covers the torn frame to the end of the file');
   assert.ok((report?.tail.reason.length ?? 0) > 0, 'the report says why');
-  // The torn frame was never acknowledged, so its offset and place are taken by the next frame.
+  assert.equal(report?.tail.savedAs, `${seg}.${last.position}.torn`, 'the report says where the cut bytes are kept');
+  // The torn frame was never acknowledged, so its offset and place are taken by the next write: its
+  // 28-byte sync mark (spec/log-format.md §3.3), then the frame.
   assert.deepEqual({ stream: appended.stream, offset: appended.offset, segment: appended.segment, position: appended.position }, {
     stream: 'p4.w0',
     offset: 4,
     segment: 0,
-    position: last.position,
+    position: last.position + SYNC_FRAME_BYTES,
   });
 
   // A second append to the recovered stream reports nothing new.
@@ -172,7 +185,7 @@ test('opening a writer on a stream with a torn tail cuts it off and reports it t
 
   const verified = await verify(dir);
   assert.equal(verified.code, 0, verified.stdout + verified.stderr);
-  assert.doesNotMatch(verified.stdout, /^TORN /m);
+  assert.deepEqual([...verified.stdout.matchAll(/^TORN (\S+) (\d+) (\S+)/gm)].map((m) => [m[1], Number(m[2]), m[3]]), [[seg, last.position, 'recovered:']]);
   const dumped = await dump(dir);
   assert.deepEqual(dumped.records.map((r) => [r.offset, r.body?.slice(0, 6)]), [
     [0, 'm-0-xx'],

@@ -82,10 +82,12 @@ test('a message the handler keeps refusing goes to the dead letters after maxDel
   const [id] = await append(b!.dir, 'jobs', ['doomed']);
 
   const refusing = await startWith(daemons.b!, 'handler-false.mjs');
+  // The dead letter is stored before the inbox records the message as dead (a crash in between can
+  // duplicate a dead letter, never lose one): wait for both.
   const records = await waitFor(async () => {
     const all = await dump(b!.dir);
-    return all.some((r) => r.queue === 'dead/jobs') ? all : undefined;
-  }, { message: 'the message to reach dead/jobs' });
+    return all.some((r) => r.queue === 'dead/jobs') && inboxStates(all, id!).includes('dead') ? all : undefined;
+  }, { message: 'the message to reach dead/jobs and be marked dead in its inbox' });
 
   // Handed out exactly maxDeliveries times, each retry after the growing delay.
   const tries = calls(refusing, id);

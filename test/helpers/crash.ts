@@ -213,9 +213,12 @@ export interface Expected {
   readonly sent: ReadonlySet<string>;
 }
 
-/** Segment files named in TORN notes of verify, and in torn-tail notes of dump. */
+/**
+ * Segment files named in TORN notes of verify about tails not yet cut off, and in torn-tail notes of
+ * dump (tails recovery already cut off are in `.torn` files: verify notes them, dump has nothing to say).
+ */
 function tornFiles(verifyStdout: string, dumpStderr: string): { byVerify: string[]; byDump: string[] } {
-  const byVerify = [...verifyStdout.matchAll(/^TORN (\S+) \d+ /gm)].map((m) => m[1] as string).sort();
+  const byVerify = [...verifyStdout.matchAll(/^TORN (\S+) \d+ (?!recovered:)/gm)].map((m) => m[1] as string).sort();
   const byDump = [...dumpStderr.matchAll(/^mqlog: note: (\S+) ends in a torn or unfinished frame/gm)].map((m) => m[1] as string).sort();
   return { byVerify, byDump };
 }
@@ -290,34 +293,40 @@ export function assertPrefix(records: readonly DumpRecord[], indexOf: (body: str
 
 export const FRAME_MAGIC = 0xa7;
 export const FRAME_HEADER_BYTES = 20;
+/** Type of the log's own durability marks (spec/log-format.md §3.3): not data, and they take no offset. */
+export const SYNC_FRAME_TYPE = 4;
 
 /** One frame as found in a segment file: magic, version, type, flags, u32 length, u64 offset, u32 CRC. */
 export interface RawFrame {
   readonly position: number;
   readonly bytes: number;
+  readonly type: number;
   readonly offset: number;
   readonly payloadBytes: number;
 }
 
 /**
- * The whole frames at the start of a segment image, up to the first byte that is not the start of a
- * complete frame (end of file, zero fill, torn or damaged data). No CRC check: the images handed in
+ * The whole data frames at the start of a segment image, up to the first byte that is not the start
+ * of a complete frame (end of file, zero fill, torn or damaged data); `marks` are the SYNC frames met
+ * on the way, `end` where the last whole frame of either kind ends. No CRC check: the images handed in
  * are ones the tests wrote themselves or that src/ already accepted.
  */
-export function parseFrames(image: Buffer): { frames: RawFrame[]; end: number } {
+export function parseFrames(image: Buffer): { frames: RawFrame[]; marks: RawFrame[]; end: number } {
   const frames: RawFrame[] = [];
+  const marks: RawFrame[] = [];
   let at = 0;
   while (at + FRAME_HEADER_BYTES <= image.length && image[at] === FRAME_MAGIC) {
     const payloadBytes = image.readUInt32LE(at + 4);
     const bytes = FRAME_HEADER_BYTES + payloadBytes;
     if (at + bytes > image.length) break;
-    frames.push({ position: at, bytes, offset: Number(image.readBigUInt64LE(at + 8)), payloadBytes });
+    const frame = { position: at, bytes, type: image[at + 2] as number, offset: Number(image.readBigUInt64LE(at + 8)), payloadBytes };
+    (frame.type === SYNC_FRAME_TYPE ? marks : frames).push(frame);
     at += bytes;
   }
-  return { frames, end: at };
+  return { frames, marks, end: at };
 }
 
-export async function framesOf(path: string): Promise<{ frames: RawFrame[]; end: number; size: number }> {
+export async function framesOf(path: string): Promise<{ frames: RawFrame[]; marks: RawFrame[]; end: number; size: number }> {
   const image = await readFile(path);
   return { ...parseFrames(image), size: image.length };
 }

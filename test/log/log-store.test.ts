@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { readFile, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { FrameType } from '../../src/log/frame.js';
@@ -40,7 +41,7 @@ test('a lock held by a live process is refused with ERR_LOCKED', async (t) => {
   await again.release();
 });
 
-test('a lock left by a SIGKILLed process is taken over once stale', async (t) => {
+test('a lock left by a SIGKILLed process is taken over at once, without waiting for it to go stale', async (t) => {
   const dir = await tempDir(t);
   const path = join(dir, 'x.lock');
   const child = spawn(
@@ -51,9 +52,30 @@ test('a lock left by a SIGKILLed process is taken over once stale', async (t) =>
   await new Promise<void>((resolve) => child.stdout.on('data', (b: Buffer) => b.toString().includes('locked') && resolve()));
   child.kill('SIGKILL');
   await exited(child);
-  await assert.rejects(Lock.acquire(path), { code: 'ERR_LOCKED' });
-  const lock = await Lock.acquire(path, { wait: true, signal: AbortSignal.timeout(30_000) });
+  // Freshly refreshed as far as its mtime says: only the dead holder on record lets us in.
+  const future = new Date(Date.now() + 60_000);
+  await utimes(path, future, future);
+  const lock = await Lock.acquire(path);
   await lock.release();
+});
+
+test('a fresh lock beside a dead holder\'s leftover owner file is not taken over', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'x.lock');
+  // A dead holder's owner file (its process is gone) ...
+  const child = spawn(process.execPath, ['-e', ''], { stdio: 'ignore' });
+  await exited(child);
+  const lock = await Lock.acquire(path);
+  t.after(() => lock.release());
+  const recorded = JSON.parse(await readFile(`${path}.owner`, 'utf8')) as Record<string, unknown>;
+  // ... left beside a lock directory that is not the one it speaks of (a new holder took the stale lock
+  // and has not yet written its own owner file).
+  await writeFile(`${path}.owner`, JSON.stringify({ ...recorded, pid: child.pid, start: 'gone', lock: { ino: 1, birth: 1 } }));
+  await assert.rejects(Lock.acquire(path), { code: 'ERR_LOCKED' });
+  // An owner file with no holder in it (never written whole) is the dead holder's only once the lock
+  // has gone unrefreshed.
+  await writeFile(`${path}.owner`, '');
+  await assert.rejects(Lock.acquire(path), { code: 'ERR_LOCKED' });
 });
 
 test('waiting for a lock can be aborted', async (t) => {

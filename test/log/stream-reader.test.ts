@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
-import { open, rename, writeFile } from 'node:fs/promises';
+import { open, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { FrameType, encodeFrame } from '../../src/log/frame.js';
+import { FrameType, encodeFrame, encodeSyncFrame } from '../../src/log/frame.js';
 import { SegmentReader } from '../../src/log/segment.js';
 import { StreamReader } from '../../src/log/stream-reader.js';
 import { StreamWriter } from '../../src/log/stream-writer.js';
@@ -71,9 +71,11 @@ test('a stale position hint (segment rewritten) falls back to scanning by offset
 test('a torn final frame is reported as torn with its position and size', async (t) => {
   const dir = join(await tempDir(t), 's');
   const writer = await StreamWriter.open(dir);
-  const first = await writer.append(FrameType.MESSAGE, Buffer.from('whole'));
+  await writer.append(FrameType.MESSAGE, Buffer.from('whole'));
   await writer.close();
-  const handle = await open(join(dir, '00000000000000000000.seg'), 'a');
+  const segment = join(dir, '00000000000000000000.seg');
+  const end = (await stat(segment)).size;
+  const handle = await open(segment, 'a');
   await handle.write(encodeFrame(FrameType.MESSAGE, 1, Buffer.alloc(64, 1)).subarray(0, 30));
   await handle.close();
   const reader = new StreamReader(dir);
@@ -81,7 +83,7 @@ test('a torn final frame is reported as torn with its position and size', async 
   await reader.close();
   assert.equal(read.state, 'torn');
   assert.equal(read.frames.length, 1);
-  assert.equal(read.torn?.position, first.bytes);
+  assert.equal(read.torn?.position, end);
   assert.equal(read.torn?.bytes, 30);
 });
 
@@ -99,7 +101,7 @@ test('a partial header followed by zeros is a torn tail', async (t) => {
   assert.equal(step.kind, 'torn');
 });
 
-test('an invalid frame with data after it is corruption, reported with file and byte offset', async (t) => {
+test('an invalid frame before a sync mark that covers it is corruption, reported with file and byte offset', async (t) => {
   const dir = join(await tempDir(t), 's');
   const path = join(dir, 'x.seg');
   const { mkdir } = await import('node:fs/promises');
@@ -108,7 +110,8 @@ test('an invalid frame with data after it is corruption, reported with file and 
   const b = encodeFrame(FrameType.MESSAGE, 1, Buffer.from('second'));
   const c = encodeFrame(FrameType.MESSAGE, 2, Buffer.from('third'));
   b[b.length - 1] = b[b.length - 1]! ^ 0xff;
-  await writeFile(path, Buffer.concat([a, b, c]));
+  // The mark states that a, b and c were fsync'd: the damage to b is damage to acknowledged data.
+  await writeFile(path, Buffer.concat([a, b, c, encodeSyncFrame(3, a.length + b.length + c.length)]));
   const reader = await SegmentReader.open(path);
   assert.equal((await reader.next()).kind, 'frame');
   await assert.rejects(reader.next(), (err: { code?: string; details?: { path?: string; position?: number } }) => {
@@ -120,7 +123,7 @@ test('an invalid frame with data after it is corruption, reported with file and 
   await reader.close();
 });
 
-test('non-zero bytes after a zero where a frame should start are corruption', async (t) => {
+test('non-zero bytes after a zero where a frame should start are corruption when a later sync mark covers them', async (t) => {
   const dir = join(await tempDir(t), 's');
   const path = join(dir, 'x.seg');
   const { mkdir } = await import('node:fs/promises');
@@ -128,12 +131,54 @@ test('non-zero bytes after a zero where a frame should start are corruption', as
   const a = encodeFrame(FrameType.MESSAGE, 0, Buffer.from('first'));
   const b = encodeFrame(FrameType.MESSAGE, 1, Buffer.from('second'));
   b[0] = 0;
-  await writeFile(path, Buffer.concat([a, b]));
+  await writeFile(path, Buffer.concat([a, b, encodeSyncFrame(2, a.length + b.length)]));
   const reader = await SegmentReader.open(path);
   await reader.next();
   await assert.rejects(reader.next(), { code: 'ERR_CORRUPT_FRAME' });
   await reader.close();
 });
+
+/**
+ * What a power cut can leave of a write that never completed its fsync: each of these tails follows a
+ * sync mark that states only the bytes before the write, so each is a torn tail, never corruption.
+ */
+const UNSYNCED_TAILS: readonly { name: string; tail: (write: Buffer) => Buffer }[] = [
+  { name: 'a prefix of the write', tail: (w) => w.subarray(0, Math.floor(w.length / 3)) },
+  { name: 'a suffix only (its first part still zeros)', tail: (w) => Buffer.concat([Buffer.alloc(Math.floor(w.length / 2)), w.subarray(Math.floor(w.length / 2))]) },
+  { name: 'a hole, then the rest of the write', tail: (w) => Buffer.concat([w.subarray(0, 30), Buffer.alloc(100), w.subarray(130)]) },
+  { name: 'a hole, then a whole valid frame', tail: (w) => Buffer.concat([Buffer.alloc(w.length - 60), w.subarray(w.length - 60)]) },
+  { name: 'a multi-page write with its middle page missing', tail: (w) => Buffer.concat([w.subarray(0, 4096), Buffer.alloc(4096), w.subarray(8192)]) },
+  { name: 'garbage', tail: (w) => Buffer.alloc(w.length, 0x5c) },
+];
+
+for (const { name, tail } of UNSYNCED_TAILS) {
+  test(`an unsynced write that left ${name} is a torn tail, not corruption`, async (t) => {
+    const dir = join(await tempDir(t), 's');
+    const path = join(dir, 'x.seg');
+    const { mkdir } = await import('node:fs/promises');
+    await mkdir(dir);
+    const synced = Buffer.concat([encodeFrame(FrameType.MESSAGE, 0, Buffer.from('acked 0')), encodeFrame(FrameType.MESSAGE, 1, Buffer.from('acked 1'))]);
+    // The last write, as a writer makes it: a sync mark for what came before, then its frames (three
+    // pages, the last frame 60 bytes), then the zero-filled preallocation it overwrote.
+    const frames = [encodeSyncFrame(2, synced.length)];
+    for (let i = 0; i < 3; i++) frames.push(encodeFrame(FrameType.MESSAGE, 2 + i, Buffer.alloc(4096 - 20, 0x41 + i)));
+    frames.push(encodeFrame(FrameType.MESSAGE, 5, Buffer.alloc(40, 0x45)));
+    const write = Buffer.concat(frames);
+    await writeFile(path, Buffer.concat([synced, tail(write), Buffer.alloc(64 * 1024)]));
+    const reader = await SegmentReader.open(path);
+    const seen: string[] = [];
+    let step;
+    for (;;) {
+      step = await reader.next();
+      if (step.kind !== 'frame') break;
+      seen.push(step.frame.payload.toString().slice(0, 7));
+    }
+    await reader.close();
+    assert.equal(step.kind, 'torn', `expected a torn tail, got ${step.kind}`);
+    assert.deepEqual(seen.slice(0, 2), ['acked 0', 'acked 1'], 'every acknowledged frame is read');
+    assert.ok(step.kind === 'torn' && step.position >= synced.length, 'the torn tail starts after the synced data');
+  });
+}
 
 test('frames larger than the read buffer are read whole', async (t) => {
   const dir = join(await tempDir(t), 's');
