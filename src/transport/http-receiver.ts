@@ -41,6 +41,13 @@ export function registerHttpReceiver(app: FastifyInstance, options: HttpReceiver
     // Before any body is read (fastify has its own parsers for JSON and text): only the batch type is
     // accepted, and a peer gets only so many requests in flight, uploads included.
     onRequest: async (request, reply) => {
+      const declared = Number(request.headers['content-length'] ?? Number.NaN);
+      if (declared > maxRequestBytes) {
+        // Answer at once, but read the body to its end before the connection may close: a sender still
+        // writing would otherwise see a broken pipe instead of this answer.
+        request.raw.resume();
+        throw new MqlogError('ERR_REQUEST_TOO_LARGE', `request body of ${declared} bytes is larger than the limit of ${maxRequestBytes}`);
+      }
       const type = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
       if (type !== CONTENT_TYPE) throw new MqlogError('ERR_UNSUPPORTED_MEDIA_TYPE', `content type must be ${CONTENT_TYPE}, got ${JSON.stringify(type ?? '')}`);
       const claimed = request.headers['x-mqlog-peer'];
