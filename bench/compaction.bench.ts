@@ -26,8 +26,9 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { openNode, type MqlogNode } from '../dist/daemon/node.js';
+import { FileLogStore } from '../dist/log/index.js';
 import { compactNode } from '../dist/queue/compaction.js';
-import { emptyCursor, writeCursor } from '../dist/queue/cursors.js';
+import { OutboxState } from '../dist/queue/outbox-state.js';
 import { GiB, KiB, MiB, formatBytes, freeBytes, median, type BenchContext } from './harness.ts';
 
 /** Destinations: send() never touches the network, and nothing listens on these ports. */
@@ -254,14 +255,19 @@ async function compactionChild(args: ChildArgs): Promise<CompactionWork> {
   let bytesReclaimed = 0;
   let segmentsDeleted = 0;
   let segmentsRewritten = 0;
+  const store = new FileLogStore(args.dir, { segmentBytes: BACKLOG_SEGMENT_BYTES });
+  const state = await OutboxState.load(join(args.dir, 'outbox'));
   process.stdout.write('ready\n');
   const started = performance.now();
   for (;;) {
     const f = Math.min(1, (performance.now() - started) / args.durationMs);
     const at = (range: { from: number; to: number }): number => Math.round(range.from + f * (range.to - range.from));
-    await writeCursor(args.dir, { ...emptyCursor(DEST_X), streams: { [BACKLOG_STREAM]: { offset: at(args.x) } } });
-    await writeCursor(args.dir, { ...emptyCursor(DEST_Y), streams: { [BACKLOG_STREAM]: { offset: at(args.y) } } });
-    const result = await compactNode({ dataDir: args.dir, segmentBytes: BACKLOG_SEGMENT_BYTES });
+    // What the forwarders of X and Y would do: move their cursors forward, and write them.
+    state.cursor(DEST_X).advance(BACKLOG_STREAM, { offset: at(args.x) });
+    state.cursor(DEST_Y).advance(BACKLOG_STREAM, { offset: at(args.y) });
+    await state.flush(DEST_X);
+    await state.flush(DEST_Y);
+    const result = await compactNode({ store, dataDir: args.dir });
     roundMs.push(result.durationMs);
     bytesReclaimed += result.bytesReclaimed;
     for (const q of result.queues) {

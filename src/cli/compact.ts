@@ -3,7 +3,7 @@
  * expired) and prints what it reclaimed. `--older-than DUR` keeps done messages younger than DUR (like the
  * original `wipe`: remove what was sent or processed more than DUR ago). Safe while a daemon runs.
  */
-import { loadConfig } from '../daemon/config.js';
+import { MqlogNode } from '../daemon/node.js';
 import { compactNode } from '../queue/compaction.js';
 import { boolFlag, dataDir, durationFlag, jsonLine, writeLine, type Command, type ParsedArgs } from './args.js';
 import { progress } from './progress.js';
@@ -21,17 +21,22 @@ export const compactCommand: Command = {
 
 async function run(args: ParsedArgs): Promise<number> {
   const dir = dataDir(args);
-  const config = await loadConfig(dir);
+  const node = await MqlogNode.inspect(dir);
   const olderThan = durationFlag(args, 'older-than');
   const line = progress();
   let segments = 0;
-  const result = await compactNode({
-    dataDir: dir,
-    retainDoneMs: olderThan ?? config.retainDoneMs,
-    retainReceiptsMs: olderThan ?? config.retainReceiptsMs,
-    segmentBytes: config.segmentBytes,
-    onSegment: (queue) => line.update(`compacting ${queue}: ${++segments} segment(s) looked at`),
-  });
+  let result;
+  try {
+    result = await compactNode({
+      store: node.store,
+      dataDir: node.dataDir,
+      retainDoneMs: olderThan ?? node.config.retainDoneMs,
+      retainReceiptsMs: olderThan ?? node.config.retainReceiptsMs,
+      onSegment: (queue) => line.update(`compacting ${queue}: ${++segments} segment(s) looked at`),
+    });
+  } finally {
+    await node.close();
+  }
   line.done();
   const totals = {
     bytesReclaimed: result.bytesReclaimed,

@@ -5,15 +5,14 @@
  */
 import { isUtf8 } from 'node:buffer';
 import { createWriteStream } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { readStreamedBody } from '../queue/body.js';
+import { inspectQueue } from '../daemon/node.js';
+import { segmentFileName } from '../log/index.js';
 import { ensureDir } from '../util/fs.js';
-import { segmentFileName } from '../log/segment.js';
 import type { MessageRecord } from '../queue/codec.js';
-import { scanQueue } from '../queue/scan.js';
-import { openStateView, type MessageState } from '../queue/state-view.js';
+import type { MessageState } from '../queue/outbox-state.js';
 import { boolFlag, jsonLine, stringFlag, usageError, writeLine, type Command, type ParsedArgs } from './args.js';
 import { progress } from './progress.js';
 import { resolveTargets } from './targets.js';
@@ -40,18 +39,18 @@ async function run(args: ParsedArgs): Promise<number> {
   const line = process.stdout.isTTY === true ? progress({ isTTY: false } as NodeJS.WriteStream) : progress();
   let shown = 0;
   for (const target of await resolveTargets(args.positionals[0] as string)) {
-    const states = await openStateView(target.info, target.dataDir ?? (target.info.kind === 'outbox' ? dirname(target.info.dir) : undefined));
-    const scan = scanQueue(target.info, {
+    const queue = await inspectQueue(target.info);
+    const scan = queue.messages({
       ...(target.stream === undefined ? {} : { stream: target.stream }),
       ...(target.segment === undefined ? {} : { segment: target.segment }),
     });
     for await (const event of scan) {
       if (event.kind === 'message') {
-        const { frame, message, stream } = event;
-        const record = dumpRecord(target.info.queue, stream, frame.segment, frame.offset, message, states.stateOf(stream, frame.offset, message));
-        if (bodyTo !== undefined) await extractBody(target.info.dir, message, join(resolve(bodyTo), message.id));
+        const { frame, message, state } = event;
+        const record = dumpRecord(target.label, frame.stream, frame.segment, frame.offset, message, state);
+        if (bodyTo !== undefined) await pipeline(Readable.from(queue.body(message)), createWriteStream(join(resolve(bodyTo), message.id), { mode: 0o600 }));
         await (json ? jsonLine(record) : writeLine(plainLine(record)));
-        if (++shown % 1000 === 0) line.update(`dumping ${target.info.queue}: ${shown} messages`);
+        if (++shown % 1000 === 0) line.update(`dumping ${target.label}: ${shown} messages`);
       } else if (event.kind === 'torn') {
         process.stderr.write(
           `mqlog: note: ${event.torn.path} ends in a torn or unfinished frame at byte ${event.torn.position} ` +
@@ -59,7 +58,7 @@ async function run(args: ParsedArgs): Promise<number> {
         );
       } else if (event.kind === 'corrupt') {
         problems++;
-        process.stderr.write(`mqlog: ${event.error.code}: ${event.error.message}; dump of ${join(target.info.queue, event.stream)} stopped there\n`);
+        process.stderr.write(`mqlog: ${event.error.code}: ${event.error.message}; dump of ${join(target.label, event.stream)} stopped there\n`);
       }
     }
   }
@@ -117,12 +116,6 @@ export function dumpRecord(queue: string, stream: string, segment: number, offse
 /** `{ body }` for UTF-8 text, `{ bodyBase64 }` otherwise (CLI contract). */
 export function bodyField(body: Buffer): { body: string } | { bodyBase64: string } {
   return isUtf8(body) ? { body: body.toString('utf8') } : { bodyBase64: body.toString('base64') };
-}
-
-/** Writes a message's body (streamed or inline) to `path`, chunk by chunk. */
-async function extractBody(queueDir: string, message: MessageRecord, path: string): Promise<void> {
-  const source = message.streamed === undefined ? [message.body] : readStreamedBody(queueDir, message.id, message.streamed);
-  await pipeline(Readable.from(source), createWriteStream(path, { mode: 0o600 }));
 }
 
 function plainLine(r: DumpRecord): string {

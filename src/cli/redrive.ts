@@ -5,8 +5,6 @@
  */
 import { openNode } from '../daemon/node.js';
 import { DEAD_REASON_HEADER } from '../queue/codec.js';
-import { Inbox } from '../queue/inbox.js';
-import { listQueues } from '../queue/layout.js';
 import { dataDir, stringFlag, usageError, writeLine, type Command, type ParsedArgs } from './args.js';
 
 export const redriveCommand: Command = {
@@ -26,10 +24,10 @@ async function run(args: ParsedArgs): Promise<number> {
   const node = await openNode({ data: dir });
   let total = 0;
   try {
-    const channels = only !== undefined ? [only] : (await listQueues(dir)).filter((q) => q.kind === 'dead' && q.channel !== null).map((q) => q.channel as string);
+    const channels = only !== undefined ? [only] : (await node.queues()).filter((q) => q.kind === 'dead' && q.channel !== null).map((q) => q.channel as string);
     for (const channel of channels) {
       const inbox = await node.inbox(channel);
-      const dead = await Inbox.open({ dataDir: dir, channel, kind: 'dead', segmentBytes: node.config.segmentBytes });
+      const dead = await inbox.deadLetters();
       let count = 0;
       try {
         for await (const letter of dead.consume({ prefetch: 64 })) {

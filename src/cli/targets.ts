@@ -5,15 +5,15 @@
 import { readdir, stat } from 'node:fs/promises';
 import { basename, join, relative, resolve } from 'node:path';
 import { MqlogError } from '../errors.js';
-import { parseStreamName } from '../log/log-store.js';
-import { parseSegmentFileName } from '../log/segment.js';
+import { FileLogStore } from '../log/index.js';
+import { CONFIG_FILE } from '../daemon/config.js';
 import { listQueues, readQueueInfo, type QueueInfo } from '../queue/layout.js';
-import { locateSegment } from '../queue/scan.js';
+import { NODE_FILE } from '../queue/node-identity.js';
 
 export interface Target {
   readonly info: QueueInfo;
-  /** The node directory the queue belongs to, when known. */
-  readonly dataDir: string | undefined;
+  /** The queue as dump and verify show it: its name, under the node directory's name when PATH holds several. */
+  readonly label: string;
   readonly stream?: string;
   readonly segment?: number;
 }
@@ -29,25 +29,17 @@ export async function resolveTargets(path: string): Promise<Target[]> {
   } catch (err) {
     throw new MqlogError('ERR_NOT_FOUND', `${path} does not exist`, { details: { path }, cause: err });
   }
-  if (isFile) {
-    const base = parseSegmentFileName(basename(full));
-    const place = locateSegment(full);
-    if (base === undefined || place === undefined) {
-      throw new MqlogError('ERR_NOT_FOUND', `${path} is not a segment file inside a stream directory`, { details: { path } });
-    }
+  const place = FileLogStore.locate(full);
+  if (place !== undefined && (place.segment !== undefined || !isFile)) {
     const info = (await readQueueInfo(place.queueDir, basename(place.queueDir))) ?? looseQueue(place.queueDir);
-    return [{ info, dataDir: undefined, stream: place.stream, segment: base }];
+    return [{ info, label: info.queue, stream: place.stream, ...(place.segment === undefined ? {} : { segment: place.segment }) }];
   }
-  const stream = parseStreamName(basename(full));
-  if (stream !== undefined) {
-    const queueDir = resolve(full, '..');
-    const info = (await readQueueInfo(queueDir, basename(queueDir))) ?? looseQueue(queueDir);
-    return [{ info, dataDir: undefined, stream: stream.name }];
-  }
+  if (isFile) throw new MqlogError('ERR_NOT_FOUND', `${path} is not a segment file inside a stream directory`, { details: { path } });
   const single = await readQueueInfo(full, basename(full));
-  if (single !== undefined) return [{ info: single, dataDir: undefined }];
+  if (single !== undefined) return [{ info: single, label: single.queue }];
   const found = await findNodes(full, full, 0);
-  if (found.length === 0) throw new MqlogError('ERR_NOT_FOUND', `${path} holds no mqlog queues`, { details: { path } });
+  // A node directory whose queues were never written holds no message: nothing to show, nothing wrong.
+  if (found.length === 0 && !(await isNodeDir(full))) throw new MqlogError('ERR_NOT_FOUND', `${path} holds no mqlog queues`, { details: { path } });
   return found;
 }
 
@@ -55,10 +47,7 @@ async function findNodes(root: string, dir: string, depth: number): Promise<Targ
   const queues = await listQueues(dir);
   if (queues.length > 0) {
     const prefix = relative(root, dir);
-    return queues.map((info) => ({
-      info: prefix === '' ? info : { ...info, queue: `${prefix.split('\\').join('/')}/${info.queue}` },
-      dataDir: dir,
-    }));
+    return queues.map((info) => ({ info, label: prefix === '' ? info.queue : `${prefix.split('\\').join('/')}/${info.queue}` }));
   }
   if (depth >= MAX_DEPTH) return [];
   let entries;
@@ -72,6 +61,11 @@ async function findNodes(root: string, dir: string, depth: number): Promise<Targ
     if (entry.isDirectory() && !entry.name.startsWith('.')) out.push(...(await findNodes(root, join(dir, entry.name), depth + 1)));
   }
   return out;
+}
+
+async function isNodeDir(dir: string): Promise<boolean> {
+  for (const name of [NODE_FILE, CONFIG_FILE]) if (await stat(join(dir, name)).then(() => true, () => false)) return true;
+  return false;
 }
 
 function looseQueue(dir: string): QueueInfo {

@@ -6,15 +6,14 @@
 import type { FastifyInstance } from 'fastify';
 import { join, resolve } from 'node:path';
 import { MqlogError } from '../errors.js';
-import { Lock } from '../log/lock.js';
-import { FileLogStore } from '../log/log-store.js';
-import { ChangeWatcher } from '../log/watch.js';
-import { ensureQueue, outboxInfo } from '../queue/layout.js';
+import { Lock, type ChangeFeed, type LogStore } from '../log/index.js';
+import { ChannelCounts } from '../queue/channel-counts.js';
+import { decodeMessage } from '../queue/codec.js';
 import { compactNode } from '../queue/compaction.js';
-import { listQueues } from '../queue/layout.js';
+import type { Intake } from '../queue/intake.js';
+import { deadInfo, inboxInfo } from '../queue/layout.js';
+import { OutboxBacklog } from '../queue/outbox-backlog.js';
 import type { ReceiptState } from '../queue/receipts.js';
-import { listDestinations } from '../queue/outbox.js';
-import { OutboxDeadLetters } from '../queue/outbox-dead.js';
 import { HttpSender } from '../transport/http-sender.js';
 import { signRequest } from '../transport/auth.js';
 import { NatsSender, NatsSource, parseNatsUrl } from '../transport/nats.js';
@@ -25,12 +24,11 @@ import { Forwarder } from './forwarder.js';
 import { HandlerRunner, loadHandler } from './handler.js';
 import { createServers, loadTls, scheme, type TlsMaterial } from './http-server.js';
 import { Metrics } from './metrics.js';
-import { MqlogNode, effectiveSegmentBytes } from './node.js';
+import { MqlogNode } from './node.js';
+import { IntakeSink } from './receiver.js';
 import { adoptNatsMessage } from './sources.js';
-import { InboxObserver, OutboxObserver } from './observer.js';
 import { STATUS_PAGE, type StatusSnapshot } from './status-page.js';
 import { createLogger, type Logger } from './logger.js';
-import { InboxSink } from './receiver.js';
 
 export const DAEMON_LOCK = 'daemon.lock';
 const DEDUP_CHECKPOINT_MS = 1000;
@@ -38,6 +36,8 @@ const OBSERVE_MS = 2000;
 
 export interface DaemonOptions {
   readonly data: string;
+  /** Where the node's queues keep their logs (default: segment files under `data`). */
+  readonly store?: LogStore;
   /** Overrides `listen` of mqlog.json. */
   readonly listen?: string;
   /** Path of an ES module whose default (or `handle`) export processes inbox messages. */
@@ -56,8 +56,13 @@ export class Daemon {
   readonly metrics: Metrics;
   private readonly startedAt = Date.now();
   private readonly lock: Lock;
-  private outboxObserver: OutboxObserver | undefined;
-  private inboxObserver: InboxObserver | undefined;
+  private backlog: OutboxBacklog | undefined;
+  private readonly channels = new Map<string, ChannelCounts>();
+  private readonly received = new Map<string, number>();
+  private countedOnce = false;
+  /** The first backlog count is done: forwarders may start. */
+  private backlogCounted = false;
+  private counting: Promise<void> | undefined;
   private readonly handlerPath: string | undefined;
   private handler: HandlerRunner | undefined;
   private app: FastifyInstance | undefined;
@@ -65,9 +70,9 @@ export class Daemon {
   private tls: TlsMaterial = {};
   /** Where /metrics, /status.json and / are served when they have their own address. */
   adminUrl: string | undefined;
-  private sink: InboxSink | undefined;
-  private watcher: ChangeWatcher | undefined;
-  private deadLetters: OutboxDeadLetters | undefined;
+  private intake: Intake | undefined;
+  private feed: ChangeFeed | undefined;
+  private readonly compactStop = new AbortController();
   private readonly forwarders = new Map<string, { forwarder: Forwarder; sender: Transport }>();
   private readonly sources: NatsSource[] = [];
   private syncing: Promise<void> | undefined;
@@ -109,6 +114,7 @@ export class Daemon {
     try {
       node = await MqlogNode.open({
         data: dataDir,
+        ...(options.store === undefined ? {} : { store: options.store }),
         config: options.listen === undefined ? {} : { listen: options.listen },
         onWarning: (message) => logger.warn({ event: 'warning' }, message),
         onFlush: (_frames, _bytes, durationMs) => metrics.fsyncSeconds.observe(durationMs / 1000),
@@ -143,52 +149,59 @@ export class Daemon {
         logger,
         events: { handled: (channel, ok) => this.metrics.handled.inc({ channel, outcome: ok ? 'done' : 'retry' }) },
       });
-      for (const info of await listQueues(dataDir)) {
+      for (const info of await node.queues()) {
         if (info.kind === 'inbox' && info.channel !== null) this.handler.consume(await node.inbox(info.channel));
       }
     }
-    this.sink = await InboxSink.open({
-      inboxFor: (channel) => node.inbox(channel),
-      onReceipt: async (report, from, authenticated) => {
-        // An authenticated peer reports only on messages sent to it, not on those of another peer.
-        if (authenticated && Object.hasOwn(config.peers, report.destination) && report.destination !== from) {
-          logger.warn({ event: 'receipt_refused', id: report.id, peer: report.destination, from }, 'a peer reported on a message sent to another peer');
-          return;
-        }
-        const changed = await receipts.update(report.id, report.destination, report.state, report.at, report.reason);
-        this.metrics.receipts.inc({ state: report.state });
-        logger.info({ event: 'receipt', id: report.id, peer: report.destination, from, state: report.state, changed }, 'receipt');
+    this.intake = await node.openIntake(
+      {
+        maxBodyBytes: config.limits.maxBodyBytes,
+        maxStreamedBodyBytes: config.limits.maxStreamedBodyBytes,
+        maxFrameBytes: config.limits.maxBodyBytes + 512 * 1024,
+        maxHeaders: config.limits.maxHeaders,
+        maxHeaderBytes: config.limits.maxHeaderBytes,
+        maxChannelBytes: config.limits.maxChannelBytes,
       },
-      dataDir,
-      segmentBytes: effectiveSegmentBytes(config),
-      maxBodyBytes: config.limits.maxBodyBytes,
-      maxStreamedBodyBytes: config.limits.maxStreamedBodyBytes,
-      maxFrameBytes: config.limits.maxBodyBytes + 512 * 1024,
-      maxHeaders: config.limits.maxHeaders,
-      maxHeaderBytes: config.limits.maxHeaderBytes,
-      maxChannelBytes: config.limits.maxChannelBytes,
-      visibilityTimeoutMs: config.visibilityTimeoutMs,
-      maxDeliveries: config.maxDeliveries,
-      onBatch: (result) => this.metrics.duplicates.inc(result.duplicates),
-      onStored: (channel, count, from) => {
-        logger.debug({ event: 'received', channel, count, from }, 'received');
-        this.inboxObserver?.received(channel, count);
-        if (this.handler !== undefined) {
-          const handler = this.handler;
-          node.inbox(channel).then((inbox) => handler.consume(inbox), (err: unknown) => logger.error({ event: 'handler', channel, err }, 'cannot open inbox'));
-        }
+      {
+        onReceipt: async (report, from, authenticated) => {
+          // An authenticated peer reports only on messages sent to it, not on those of another peer.
+          if (authenticated && Object.hasOwn(config.peers, report.destination) && report.destination !== from) {
+            logger.warn({ event: 'receipt_refused', id: report.id, peer: report.destination, from }, 'a peer reported on a message sent to another peer');
+            return;
+          }
+          const changed = await receipts.update(report.id, report.destination, report.state, report.at, report.reason);
+          this.metrics.receipts.inc({ state: report.state });
+          logger.info({ event: 'receipt', id: report.id, peer: report.destination, from, state: report.state, changed }, 'receipt');
+        },
+        onBatch: (result) => this.metrics.duplicates.inc(result.duplicates),
+        onStored: (channel, count, from) => {
+          logger.debug({ event: 'received', channel, count, from }, 'received');
+          this.metrics.received.inc({ channel }, count);
+          this.received.set(channel, (this.received.get(channel) ?? 0) + count);
+          if (this.handler !== undefined) {
+            const handler = this.handler;
+            node.inbox(channel).then((inbox) => handler.consume(inbox), (err: unknown) => logger.error({ event: 'handler', channel, err }, 'cannot open inbox'));
+          }
+        },
       },
-    });
+    );
     this.tls = await loadTls(config.tls);
     const servers = createServers({
       config,
       logger,
       tls: this.tls,
-      sink: this.sink,
+      sink: new IntakeSink(this.intake),
       healthy: () => this.stopping === undefined,
       readOnly: {
-        metrics: async () => ({ contentType: this.metrics.contentType, text: await this.metrics.text() }),
-        status: () => this.statusSnapshot(),
+        // Counted up to the request: what was appended before it shows.
+        metrics: async () => {
+          await this.backlog?.caughtUp();
+          return { contentType: this.metrics.contentType, text: await this.metrics.text() };
+        },
+        status: async () => {
+          await this.backlog?.caughtUp();
+          return this.statusSnapshot();
+        },
         page: STATUS_PAGE,
       },
     });
@@ -198,23 +211,29 @@ export class Daemon {
     else if (servers.mode === 'open') logger.warn({ event: 'auth', mode: servers.mode }, 'allowUnauthenticated: accepting unauthenticated requests from any address');
     else logger.info({ event: 'auth', mode: servers.mode }, 'peers must sign their requests');
 
-    const outbox = outboxInfo(dataDir);
-    await ensureQueue(outbox);
-    this.deadLetters = await OutboxDeadLetters.open(dataDir);
-    this.watcher = new ChangeWatcher(outbox.dir, { depth: 1, ignore: (path) => path.includes('/cursors') });
-    await this.watcher.whenReady();
-    this.outboxObserver = new OutboxObserver(dataDir, this.metrics);
-    await this.outboxObserver.start();
-    this.inboxObserver = new InboxObserver(dataDir, this.metrics);
-    await this.inboxObserver.refresh();
-    await this.syncForwarders();
-    this.startSources();
-    this.watcher.onChange(() => {
-      this.outboxObserver?.poke();
-      this.syncing ??= this.syncForwarders()
-        .catch((err: unknown) => logger.error({ event: 'forwarders', err }, 'cannot start forwarders'))
-        .finally(() => (this.syncing = undefined));
+    this.feed = node.outbox.changes();
+    await this.feed.whenReady();
+    const recorded = await node.outbox.destinations();
+    this.backlog = new OutboxBacklog(node.store, node.outbox.info.queue, await node.outbox.state(), () => [...Object.keys(config.peers), ...recorded], {
+      appended: (meta) => this.metrics.appended.inc({ channel: meta.channel }),
+      changed: (peer, backlog) => this.metrics.backlog.set({ peer }, backlog),
     });
+    // Forwarders start once the backlog is counted (they report what they send against that count);
+    // the count runs in the background, so a large backlog does not delay listening.
+    const counted = this.backlog.start();
+    this.countInBackground();
+    this.startSources();
+    this.feed.onChange(() => {
+      this.backlog?.poke();
+      this.syncForwardersSoon();
+    });
+    counted.then(
+      () => {
+        this.backlogCounted = true;
+        this.syncForwardersSoon();
+      },
+      (err: unknown) => logger.error({ event: 'backlog', err }, 'cannot count the backlog'),
+    );
 
     this.url = await listen(servers.peer, config.listen, scheme(this.tls));
     if (servers.admin !== undefined && config.admin.listen !== undefined) {
@@ -226,14 +245,14 @@ export class Daemon {
     }
     this.timers.push(
       setInterval(() => {
-        this.inboxObserver?.refresh().catch((err: unknown) => logger.error({ event: 'observer', err }, 'cannot read inbox state'));
+        this.countInBackground();
         // The file watcher may fold changes close together into one event: look at the outbox anyway.
-        this.outboxObserver?.poke();
+        this.backlog?.poke();
       }, OBSERVE_MS).unref(),
     );
     this.timers.push(
       setInterval(() => {
-        this.sink?.dedup.checkpoint().catch((err: unknown) => logger.error({ event: 'dedup_checkpoint', err }, 'cannot write the dedup checkpoint'));
+        this.intake?.dedup.checkpoint().catch((err: unknown) => logger.error({ event: 'dedup_checkpoint', err }, 'cannot write the dedup checkpoint'));
       }, DEDUP_CHECKPOINT_MS).unref(),
     );
     logger.info({ event: 'started', url: this.url, nodeId: this.nodeId, data: dataDir }, 'daemon started');
@@ -247,7 +266,7 @@ export class Daemon {
       return {
         peer,
         url: f?.url ?? this.config.peers[peer]?.url ?? peer,
-        backlog: this.outboxObserver?.backlogOf(peer) ?? 0,
+        backlog: this.backlog?.of(peer) ?? 0,
         forwarded: f?.sentMessages ?? 0,
         lastError: f?.lastError ?? null,
         lastErrorAt: f?.lastErrorAt ?? null,
@@ -258,8 +277,38 @@ export class Daemon {
       node: { name: this.config.name, id: this.nodeId, url: this.url, startedAt: this.startedAt, restarts: Number(process.env.MQLOG_RESTARTS ?? 0) || 0 },
       now: Date.now(),
       peers,
-      channels: this.inboxObserver?.status() ?? [],
+      channels: [...this.channels.values()].map((c) => ({ ...c.status(), received: this.received.get(c.channel) ?? 0 })),
     };
+  }
+
+  /**
+   * Follows every channel's counts for the metrics and the status page: new channels as they appear,
+   * each channel's new messages and consumer records. One round at a time, in the background.
+   */
+  private countInBackground(): void {
+    if (this.counting !== undefined || this.stopping !== undefined) return;
+    this.counting = (async () => {
+      for (const info of await this.node.queues()) {
+        if (info.kind !== 'inbox' || info.channel === null || this.channels.has(info.channel)) continue;
+        const channel = info.channel;
+        this.channels.set(channel, new ChannelCounts(this.node.store, inboxInfo(this.dataDir, channel), deadInfo(this.dataDir, channel), (record) => {
+          if (record.k === 'A') this.metrics.acked.inc({ channel });
+          else if (record.k === 'D') this.metrics.dead.inc({ channel, peer: '' });
+          else if (record.k === 'X') this.metrics.expired.inc({ channel, peer: '' });
+        }));
+      }
+      // Records already in the journal of a channel that existed when the daemon started happened before it.
+      const counting = this.countedOnce;
+      for (const counts of this.channels.values()) {
+        await counts.refresh(counting);
+        const status = counts.status();
+        this.metrics.pending.set({ channel: counts.channel }, status.pending);
+        this.metrics.deadLetters.set({ channel: counts.channel }, status.dead);
+      }
+      this.countedOnce = true;
+    })()
+      .catch((err: unknown) => this.logger.error({ event: 'counts', err }, 'cannot read the inboxes\' counts'))
+      .finally(() => (this.counting = undefined));
   }
 
   /** The transport to a destination: JetStream for `nats://` URLs, HTTP(S) otherwise. */
@@ -275,8 +324,9 @@ export class Daemon {
 
   /** Starts a JetStream consumer per configured source, feeding the inbox through the receiver's checks. */
   private startSources(): void {
-    const sink = this.sink;
-    if (sink === undefined) return;
+    const intake = this.intake;
+    if (intake === undefined) return;
+    const sink = new IntakeSink(intake);
     for (const source of this.config.sources) {
       const stream = parseNatsUrl(source.url).stream;
       const natsSource = new NatsSource({
@@ -299,10 +349,19 @@ export class Daemon {
     return [...this.forwarders.values()].map(({ forwarder }) => forwarder.status());
   }
 
+  /** Starts the forwarders that are missing, once the backlog is counted (one sync at a time). */
+  private syncForwardersSoon(): void {
+    if (!this.backlogCounted) return;
+    this.syncing ??= this.syncForwarders()
+      .catch((err: unknown) => this.logger.error({ event: 'forwarders', err }, 'cannot start forwarders'))
+      .finally(() => (this.syncing = undefined));
+  }
+
   /** Starts a forwarder for every destination that has none yet (configured peers and recorded URLs). */
   private async syncForwarders(): Promise<void> {
-    if (this.stopping !== undefined || this.watcher === undefined || this.deadLetters === undefined) return;
-    const destinations = new Set([...Object.keys(this.config.peers), ...(await listDestinations(this.dataDir))]);
+    if (this.stopping !== undefined || this.feed === undefined) return;
+    const outbox = this.node.outbox;
+    const destinations = new Set([...Object.keys(this.config.peers), ...(await outbox.destinations())]);
     for (const destination of destinations) {
       if (this.forwarders.has(destination)) continue;
       const url = this.config.peers[destination]?.url ?? (/^https?:\/\//.test(destination) ? destination : undefined);
@@ -311,42 +370,44 @@ export class Daemon {
         continue;
       }
       const sender = this.transportFor(destination, url);
-      const forwarder = await Forwarder.create({
-        dataDir: this.dataDir,
+      const queue = await outbox.destinationQueue(destination, (stream, offset, reason) =>
+        this.logger.error({ event: 'undecodable', peer: destination, stream, offset, reason }, 'an outbox frame holds no valid message: it can never be forwarded'),
+      );
+      const forwarder = new Forwarder({
         destination,
         url,
         nodeId: this.nodeId,
         nodeName: this.config.name,
-        store: new FileLogStore(outboxInfo(this.dataDir).dir),
-        watcher: this.watcher,
+        queue,
+        feed: this.feed,
         transport: sender,
-        deadLetters: this.deadLetters,
+        deadLetter: (item, reason) => outbox.deadLetters.append(decodeMessage(item.frame.payload), { stream: item.frame.stream, offset: item.frame.offset, destination, node: this.nodeId }, reason),
         events: {
-          sent: (peer, frames, bytes, durationMs, duplicates) => {
-            this.metrics.forwarded.inc({ peer }, frames);
+          sent: (peer, messages, bytes, durationMs, duplicates) => {
+            this.metrics.forwarded.inc({ peer }, messages.length);
             this.metrics.forwardedBytes.inc({ peer }, bytes);
             this.metrics.batchSeconds.observe({ peer }, durationMs / 1000);
-            this.outboxObserver?.done(peer, frames);
-            this.logger.debug({ event: 'forwarded', peer, frames, bytes, durationMs, duplicates }, 'forwarded');
+            for (const { frame, meta } of messages) {
+              this.backlog?.done(peer, frame.stream, frame.offset);
+              if (meta?.receipt === true) this.receipt(meta.id, peer, 'sent');
+            }
+            this.logger.debug({ event: 'forwarded', peer, frames: messages.length, bytes, durationMs, duplicates }, 'forwarded');
           },
           failed: (peer, error, retryInMs) => {
             this.metrics.forwardErrors.inc({ peer, code: error.code });
             this.logger.warn({ event: 'forward_failed', peer, code: error.code, error: error.message, retryInMs }, 'forwarding failed');
           },
-          deadLettered: (peer, meta, reason) => {
+          deadLettered: (peer, { frame, meta }, reason) => {
             this.metrics.dead.inc({ peer, channel: '' });
-            this.outboxObserver?.done(peer, 1);
+            this.backlog?.done(peer, frame.stream, frame.offset);
             this.logger.error({ event: 'dead_lettered', peer, id: meta.id, reason }, 'peer refused a message for good');
             if (meta.receipt === true) this.receipt(meta.id, peer, 'dead', reason);
           },
-          expired: (peer, meta) => {
+          expired: (peer, { meta, stream, offset }) => {
             this.metrics.expired.inc({ peer, channel: '' });
-            this.outboxObserver?.done(peer, 1);
+            this.backlog?.done(peer, stream, offset, true);
             this.logger.info({ event: 'expired', peer, id: meta.id }, 'message expired before it could be forwarded');
             if (meta.receipt === true) this.receipt(meta.id, peer, 'expired', 'time to live passed before it was forwarded');
-          },
-          delivered: (peer, metas) => {
-            for (const meta of metas) if (meta.receipt === true) this.receipt(meta.id, peer, 'sent');
           },
         },
       });
@@ -360,10 +421,11 @@ export class Daemon {
   private compactInBackground(): void {
     if (this.compacting !== undefined || this.stopping !== undefined) return;
     this.compacting = compactNode({
+      store: this.node.store,
+      signal: this.compactStop.signal,
       dataDir: this.dataDir,
       retainDoneMs: this.config.retainDoneMs,
       retainReceiptsMs: this.config.retainReceiptsMs,
-      segmentBytes: effectiveSegmentBytes(this.config),
     })
       .then((result) => {
         this.metrics.compactedBytes.inc(result.bytesReclaimed);
@@ -385,6 +447,8 @@ export class Daemon {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       for (const timer of this.timers) clearInterval(timer);
+      // A compaction round stops between segments: a shutdown does not wait for a whole round.
+      this.compactStop.abort();
       await this.app?.close();
       await this.adminApp?.close();
       await this.compacting;
@@ -393,11 +457,11 @@ export class Daemon {
       await this.syncing;
       await Promise.all([...this.forwarders.values()].map(({ forwarder }) => forwarder.stop()));
       await Promise.all([...this.forwarders.values()].map(({ sender }) => sender.close()));
-      await this.sink?.close();
-      await this.deadLetters?.close();
-      await this.watcher?.close();
-      await this.outboxObserver?.close();
-      await this.inboxObserver?.close();
+      await this.intake?.close();
+      await this.counting;
+      for (const counts of this.channels.values()) await counts.close();
+      await this.backlog?.close();
+      await this.feed?.close();
       await this.node.close();
       this.logger.info({ event: 'stopped' }, 'daemon stopped');
       await this.lock.release();

@@ -78,7 +78,7 @@ function createApp(config: Config, logger: Logger, tls: TlsMaterial, https: bool
 
 export interface ReadOnlyRoutes {
   metrics(): Promise<{ contentType: string; text: string }>;
-  status(): unknown;
+  status(): Promise<unknown>;
   page: string;
 }
 
@@ -137,7 +137,7 @@ function registerReadOnly(app: FastifyInstance, routes: ReadOnlyRoutes, token: s
     const { contentType, text } = await routes.metrics();
     return reply.type(contentType).send(text);
   });
-  app.get('/status.json', { onRequest: guard }, async (_request, reply) => reply.header('cache-control', 'no-store').send(routes.status()));
+  app.get('/status.json', { onRequest: guard }, async (_request, reply) => reply.header('cache-control', 'no-store').send(await routes.status()));
   app.get('/', { onRequest: guard }, async (_request, reply) => reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(routes.page));
 }
 

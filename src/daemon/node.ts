@@ -1,23 +1,32 @@
 /**
- * The library's entry point for one node directory: configuration, identity and the node's queues,
- * opened together. Applications use it to send and to consume; the daemon uses it too.
+ * The library's entry point for one node directory: configuration, identity, storage and the node's
+ * queues, opened together. Applications use it to send and to consume; the daemon uses it too. This is
+ * the composition root of storage: the one place that constructs a FileLogStore (unless the caller
+ * hands in another LogStore, such as a MemoryLogStore); every queue object gets its log from here.
  *
  * Opening a node never starts network activity and never needs the daemon.
  */
 import { resolve } from 'node:path';
 import { MqlogError } from '../errors.js';
-import type { TruncatedTail } from '../log/recovery.js';
+import { FileLogStore, type LogStore, type TruncatedTail } from '../log/index.js';
 import { DEFAULT_CHANNEL, type MessageMeta } from '../queue/codec.js';
 import type { ReceiptState, ReceiptStatus } from '../queue/receipts.js';
 import type { Delivery } from '../queue/consumer.js';
 import { Inbox, type ConsumeOptions } from '../queue/inbox.js';
+import { Intake, type IntakeLimits, type IntakeOptions } from '../queue/intake.js';
+import { listQueues, type QueueInfo } from '../queue/layout.js';
 import { Outbox, type SendOptions } from '../queue/outbox.js';
-import { loadNodeId } from '../queue/node-identity.js';
+import { loadNodeId, readNodeId } from '../queue/node-identity.js';
 import { advertisedUrl, loadConfig, resolveDestination, type Config } from './config.js';
 
 export interface NodeOptions {
   /** The node directory (created on first use). */
   readonly data: string;
+  /**
+   * Where the node's queues keep their logs. Default: segment files under `data` (FileLogStore). A
+   * MemoryLogStore keeps them in this process's memory (the node's small state files stay on disk).
+   */
+  readonly store?: LogStore;
   /** Values that override `DIR/mqlog.json`. */
   readonly config?: Partial<Record<keyof Config, unknown>>;
   /** Told about problems that do not fail the call (a receipt that cannot be addressed). Default: process warnings. */
@@ -32,18 +41,23 @@ export class MqlogNode {
   readonly dataDir: string;
   readonly config: Config;
   readonly nodeId: string;
+  readonly store: LogStore;
   readonly outbox: Outbox;
+  /** The store was made here (and is closed with the node), not handed in. */
+  private readonly ownsStore: boolean;
   private readonly inboxes = new Map<string, Promise<Inbox>>();
   private readonly onWarning: (message: string) => void;
   private readonly writerHooks: Pick<NodeOptions, 'onFlush' | 'onTruncated'>;
   private closing: Promise<void> | undefined;
 
-  private constructor(dataDir: string, config: Config, nodeId: string, outbox: Outbox, options: NodeOptions) {
+  private constructor(dataDir: string, config: Config, nodeId: string, store: LogStore, outbox: Outbox, options: NodeOptions) {
     const onWarning = options.onWarning;
     this.writerHooks = { ...(options.onFlush === undefined ? {} : { onFlush: options.onFlush }), onTruncated: options.onTruncated ?? ((stream, tail) => this.onWarning(truncationNote(stream, tail))) };
     this.dataDir = dataDir;
     this.config = config;
     this.nodeId = nodeId;
+    this.store = store;
+    this.ownsStore = options.store === undefined;
     this.outbox = outbox;
     this.onWarning = onWarning ?? ((message) => process.emitWarning(message, 'MqlogWarning'));
   }
@@ -54,7 +68,9 @@ export class MqlogNode {
     const config = await loadConfig(dataDir, options.config);
     const warn = options.onWarning ?? ((message: string) => process.emitWarning(message, 'MqlogWarning'));
     const nodeId = await loadNodeId(dataDir);
+    const store = options.store ?? new FileLogStore(dataDir);
     const outbox = await Outbox.open({
+      store,
       dataDir,
       nodeName: config.name,
       nodeId,
@@ -65,7 +81,34 @@ export class MqlogNode {
       onTruncated: options.onTruncated ?? ((stream, tail) => warn(truncationNote(stream, tail))),
       onSlotBroken: (slot, reason) => warn(`outbox writer slot w${slot} is corrupt and was set aside (w${slot}.broken); sending goes on in another slot. ${reason} (see mqlog verify)`),
     });
-    return new MqlogNode(dataDir, config, nodeId, outbox, options);
+    return new MqlogNode(dataDir, config, nodeId, store, outbox, options);
+  }
+
+  /**
+   * Opens a node directory to look at, never to change: no identity or directory is created, and
+   * nothing is sent. For `stat` and `dump`.
+   * @throws ERR_CONFIG for a bad mqlog.json.
+   */
+  static async inspect(data: string): Promise<MqlogNode> {
+    const dataDir = resolve(data);
+    const config = await loadConfig(dataDir);
+    const store = new FileLogStore(dataDir);
+    const nodeId = (await readNodeId(dataDir)) ?? '';
+    const outbox = await Outbox.open({ store, dataDir, nodeName: config.name, nodeId, resolveDestination: (to) => resolveDestination(config, to) });
+    return new MqlogNode(dataDir, config, nodeId, store, outbox, { data: dataDir });
+  }
+
+  /** The queues this node holds (outbox, inboxes, dead letters), as found on disk. */
+  queues(): Promise<QueueInfo[]> {
+    return listQueues(this.dataDir);
+  }
+
+  /**
+   * What arrives from peers: checks, duplicate detection and storage into this node's inboxes. Opened
+   * once per daemon (it recovers its duplicate table from the inboxes).
+   */
+  openIntake(limits: IntakeLimits, hooks: Pick<IntakeOptions, 'onReceipt' | 'onBatch' | 'onStored'> = {}): Promise<Intake> {
+    return Intake.open({ ...limits, ...hooks, dataDir: this.dataDir, store: this.store, inboxFor: (channel) => this.inbox(channel) });
   }
 
   /**
@@ -92,6 +135,7 @@ export class MqlogNode {
     let inbox = this.inboxes.get(channel);
     if (inbox === undefined) {
       inbox = Inbox.open({
+        store: this.store,
         dataDir: this.dataDir,
         channel,
         segmentBytes: effectiveSegmentBytes(this.config),
@@ -172,6 +216,7 @@ export class MqlogNode {
     this.closing ??= (async () => {
       await this.outbox.close();
       for (const inbox of this.inboxes.values()) await (await inbox.catch(() => undefined))?.close();
+      if (this.ownsStore) await this.store.close();
     })();
     return this.closing;
   }
@@ -194,4 +239,23 @@ export function effectiveSegmentBytes(config: Config): number {
 
 export function openNode(options: NodeOptions): Promise<MqlogNode> {
   return MqlogNode.open(options);
+}
+
+/**
+ * A queue directory found by a path (dump and verify take any path), opened to look at: the queue
+ * object that owns it, over a file store rooted where the queue's name begins.
+ */
+export async function inspectQueue(info: QueueInfo): Promise<Outbox | Inbox> {
+  const root = queueRoot(info);
+  const store = new FileLogStore(root);
+  if (info.kind === 'outbox') return Outbox.open({ store, dataDir: root, info, nodeName: '', nodeId: '', resolveDestination: (to) => to });
+  return Inbox.open({ store, dataDir: root, info, channel: info.channel ?? DEFAULT_CHANNEL, kind: info.kind === 'dead' ? 'dead' : 'inbox' });
+}
+
+/** The directory a queue's name is relative to (`DIR` for `DIR/inbox/jobs` named `inbox/jobs`). */
+function queueRoot(info: QueueInfo): string {
+  const dir = resolve(info.dir);
+  const suffix = `/${info.queue}`;
+  if (!dir.endsWith(suffix)) throw new MqlogError('ERR_INVALID_ARG', `queue ${info.queue} is not at the end of ${dir}`);
+  return dir.slice(0, dir.length - suffix.length) || '/';
 }

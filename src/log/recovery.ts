@@ -12,18 +12,10 @@ import { open, rename, rm, stat, truncate } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { MqlogError, ioError } from '../errors.js';
 import { FILE_MODE, fsyncDir } from '../util/fs.js';
+import type { TruncatedTail } from './log-store.js';
 import { SegmentReader, corrupt } from './segment.js';
 import type { SegmentSet } from './segment-set.js';
 
-/** What recovery cut off; always reported to the caller, never silent. */
-export interface TruncatedTail {
-  readonly path: string;
-  readonly position: number;
-  readonly bytes: number;
-  readonly reason: string;
-  /** The `.torn` file that keeps the cut bytes; undefined when they were all zeros. */
-  readonly savedAs: string | undefined;
-}
 
 /** Suffix of the files that keep torn bytes cut off by recovery: `<file>.<byte position>.torn`. */
 export const TORN_SUFFIX = '.torn';

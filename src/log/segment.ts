@@ -35,15 +35,17 @@ export function parseSegmentFileName(name: string): number | undefined {
 }
 
 /** A frame as read from a segment, with where it lies. */
-export interface StoredFrame extends Frame {
+export interface SegmentFrame extends Frame {
   /** Byte position of the frame's first byte in its segment file. */
   readonly position: number;
   /** Header plus payload bytes. */
   readonly bytes: number;
+  /** Header and payload as stored; `payload` is a view into it. */
+  readonly raw: Buffer;
 }
 
 export type ReadStep =
-  | { readonly kind: 'frame'; readonly frame: StoredFrame }
+  | { readonly kind: 'frame'; readonly frame: SegmentFrame }
   /** No more frames: end of file, or the start of a zero-filled tail. */
   | { readonly kind: 'end'; readonly position: number }
   /**
@@ -171,12 +173,13 @@ export class SegmentReader {
         this.releaseOwnBuffer();
         return SYNC_STEP;
       }
-      // A frame larger than the read buffer was read into a buffer of its own: hand that out as it is
-      // (no copy) and go back to the shared one. Smaller frames are copied out of the shared buffer.
-      const own = this.buffer !== this.shared;
-      const payload = own ? frame.payload : Buffer.from(frame.payload);
+      // A frame larger than the read buffer was read into a buffer of its own: handed out as it is (no
+      // copy). Smaller frames are copied out of the shared buffer, header and payload together.
+      const from = at - this.bufferStart;
+      const stored = this.buffer.subarray(from, from + decoded.bytes);
+      const raw = this.buffer !== this.shared ? stored : Buffer.from(stored);
       this.releaseOwnBuffer();
-      return { kind: 'frame', frame: { type: frame.type, offset: frame.offset, payload, position: at, bytes: decoded.bytes } };
+      return { kind: 'frame', frame: { type: frame.type, offset: frame.offset, payload: raw.subarray(FRAME_HEADER_BYTES), raw, position: at, bytes: decoded.bytes } };
     }
     const reason = decoded.incomplete ? 'incomplete frame at end of file' : decoded.reason;
     return this.damaged(at, reason, decoded.incomplete ? 'ERR_CORRUPT_FRAME' : decoded.code, (await this.stat()).size);

@@ -8,48 +8,14 @@
  * Safe against a concurrent writer (in any process) and against compaction: a segment that disappears
  * is re-found by offset, and a position hint is trusted only after the frame it names is re-read.
  */
+import { basename } from 'node:path';
 import { MqlogError, isMqlogError } from '../errors.js';
-import { SegmentReader, corrupt, type StoredFrame } from './segment.js';
+import type { FrameHint, LogReader, ReadLimits, ReaderOptions, StoredFrame, StreamPosition, StreamRead } from './log-store.js';
+import { SegmentReader, corrupt, type SegmentFrame } from './segment.js';
 import { SegmentSet, type SegmentInfo } from './segment-set.js';
 
-/** Where a reader of a stream stands: the next offset it wants, and a hint to get there fast. */
-export interface StreamPosition {
-  readonly offset: number;
-  /** The last frame consumed before `offset`: re-read and checked before its position is trusted. */
-  readonly hint?: { readonly segment: number; readonly position: number; readonly offset: number } | undefined;
-}
-
-export interface StreamFrame extends StoredFrame {
-  /** Base offset of the segment holding the frame. */
-  readonly segment: number;
-}
-
-export interface TornTail {
-  readonly path: string;
-  readonly position: number;
-  readonly bytes: number;
-  readonly reason: string;
-}
-
-export interface StreamRead {
-  readonly frames: StreamFrame[];
-  /** `more`: a limit stopped the read; `end`: all data read; `torn`: the data ends in a torn (or in-progress) frame. */
-  readonly state: 'more' | 'end' | 'torn';
-  readonly torn?: TornTail;
-}
-
-export interface ReadLimits {
-  readonly maxFrames?: number;
-  readonly maxBytes?: number;
-  /**
-   * Return only frames that are durable: fdatasync the segment they were read from first. A reader can
-   * see a frame between its write and the writer's fsync; acting on it then (forwarding it, acking it)
-   * and losing it in a power cut would let its offset be reused by another frame.
-   */
-  readonly durable?: boolean;
-}
-
-export class StreamReader {
+export class StreamReader implements LogReader {
+  readonly stream: string;
   readonly set: SegmentSet;
   private next: number;
   private hint: StreamPosition['hint'];
@@ -58,15 +24,17 @@ export class StreamReader {
   private closed = false;
   /** Corruption met after some frames were already collected: thrown by the next read(). */
   private deferredError: Error | undefined;
-
   private readonly skipTypes: ReadonlySet<number> | undefined;
+  private readonly durable: boolean;
 
-  /** `skipTypes`: frame types passed over by their header alone (never returned, payload not read). */
-  constructor(dir: string, from: StreamPosition = { offset: 0 }, options: { skipTypes?: ReadonlySet<number> } = {}) {
+  /** Reads the stream in directory `dir` from `from`. */
+  constructor(dir: string, from: StreamPosition = { offset: 0 }, options: ReaderOptions = {}) {
     this.set = new SegmentSet(dir);
+    this.stream = basename(dir);
     this.next = from.offset;
     this.hint = from.hint;
     this.skipTypes = options.skipTypes;
+    this.durable = options.durable === true;
   }
 
   /** The position after the last frame returned. */
@@ -81,9 +49,13 @@ export class StreamReader {
    */
   async read(limits: ReadLimits = {}): Promise<StreamRead> {
     const read = await this.readAvailable(limits);
-    // Frames of earlier segments in this read were sealed, so fsync'd: only the open segment may not be.
-    if (limits.durable === true && read.frames.length > 0) await this.reader?.sync();
+    if (this.durable && read.frames.length > 0) await this.sync();
     return read;
+  }
+
+  async sync(): Promise<void> {
+    // Frames of earlier segments were sealed, so fsync'd: only the open segment may not be.
+    await this.reader?.sync();
   }
 
   private async readAvailable(limits: ReadLimits): Promise<StreamRead> {
@@ -95,7 +67,7 @@ export class StreamReader {
     }
     const maxFrames = limits.maxFrames ?? Number.POSITIVE_INFINITY;
     const maxBytes = limits.maxBytes ?? Number.POSITIVE_INFINITY;
-    const frames: StreamFrame[] = [];
+    const frames: StoredFrame[] = [];
     let bytes = 0;
     let recheckedEnd = false;
     while (frames.length < maxFrames && bytes < maxBytes) {
@@ -124,7 +96,7 @@ export class StreamReader {
       if (step.kind === 'frame') {
         recheckedEnd = false;
         if (step.frame.offset < this.next) continue;
-        const frame: StreamFrame = { ...step.frame, segment: this.segment ?? 0 };
+        const frame = storedFrame(this.stream, step.frame, this.segment ?? 0);
         frames.push(frame);
         bytes += frame.bytes;
         this.next = frame.offset + 1;
@@ -206,17 +178,23 @@ export class StreamReader {
   }
 }
 
+/** A segment's frame as a stream's frame. */
+function storedFrame(stream: string, frame: SegmentFrame, segment: number): StoredFrame {
+  return { stream, type: frame.type, offset: frame.offset, payload: frame.payload, raw: frame.raw, bytes: frame.bytes, segment, position: frame.position };
+}
+
 /**
  * Reads the one frame with `offset` from a stream, at the hinted place when the hint checks out,
  * else by scanning its segment. Undefined when the stream no longer holds that offset.
  */
-export async function readFrameAt(dir: string, offset: number, hint?: { readonly segment: number; readonly position: number }): Promise<StreamFrame | undefined> {
+export async function readFrameAt(dir: string, offset: number, hint?: FrameHint): Promise<StoredFrame | undefined> {
+  const stream = basename(dir);
   if (hint !== undefined) {
     try {
       const reader = await SegmentReader.open(new SegmentSet(dir).pathOf(hint.segment), { position: hint.position });
       try {
         const step = await reader.next();
-        if (step.kind === 'frame' && step.frame.offset === offset) return { ...step.frame, segment: hint.segment };
+        if (step.kind === 'frame' && step.frame.offset === offset) return storedFrame(stream, step.frame, hint.segment);
       } finally {
         await reader.close();
       }

@@ -14,7 +14,8 @@ import type { FileHandle } from 'node:fs/promises';
 import { MqlogError, ioError } from '../errors.js';
 import { basename } from 'node:path';
 import { FRAME_HEADER_BYTES, SYNC_PAYLOAD_BYTES, encodeFrameHeader, encodeSyncFrame, payloadLength, type Payload } from './frame.js';
-import { recoverStream, type TruncatedTail } from './recovery.js';
+import type { AppendResult, TruncatedTail } from './log-store.js';
+import { recoverStream } from './recovery.js';
 import { SegmentSet } from './segment-set.js';
 
 export const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
@@ -32,20 +33,19 @@ export interface StreamWriterOptions {
   readonly onFlush?: (frames: number, bytes: number, durationMs: number) => void;
 }
 
-export interface AppendResult {
-  /** Name of the stream (its directory's name). */
-  readonly stream: string;
-  readonly offset: number;
-  readonly segment: number;
-  readonly position: number;
-  readonly bytes: number;
-}
 
 interface PendingAppend {
   readonly type: number;
   readonly payload: Payload;
   readonly bytes: number;
   readonly resolve: (result: AppendResult) => void;
+  readonly reject: (err: unknown) => void;
+}
+
+/** A request to end the open segment, queued in order with the appends. */
+interface PendingRoll {
+  readonly roll: true;
+  readonly resolve: () => void;
   readonly reject: (err: unknown) => void;
 }
 
@@ -63,7 +63,7 @@ export class StreamWriter {
   private offset: number;
   /** Frames were written since the last SYNC frame that states the whole segment. */
   private unmarked = false;
-  private queue: PendingAppend[] = [];
+  private queue: (PendingAppend | PendingRoll)[] = [];
   private flushing: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
 
@@ -134,6 +134,18 @@ export class StreamWriter {
     });
   }
 
+  /**
+   * Seals the open segment (after every append queued before this call) and starts the next one, when
+   * the open segment holds any frame: an idle segment can then be reclaimed without waiting to fill up.
+   */
+  roll(): Promise<void> {
+    if (this.closing !== undefined) return Promise.reject(new MqlogError('ERR_CLOSED', 'stream writer is closed'));
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ roll: true, resolve, reject });
+      this.flushing ??= this.flushLoop();
+    });
+  }
+
   /** Waits for queued appends, trims preallocated zeros and closes the file. Idempotent. */
   close(): Promise<void> {
     this.closing ??= (async () => {
@@ -167,15 +179,22 @@ export class StreamWriter {
   private async flushLoop(): Promise<void> {
     try {
       while (this.queue.length > 0) {
+        const head = this.queue[0];
+        if (head !== undefined && 'roll' in head) {
+          this.queue.shift();
+          await this.sealAndStartNext(false).then(head.resolve, head.reject);
+          continue;
+        }
         // Let callers that were woken by the previous batch (through several promise hops) join this one.
         await new Promise<void>((resolve) => setImmediate(resolve));
         let bytes = 0;
         let count = 0;
-        while (count < this.queue.length && (count === 0 || bytes < MAX_BATCH_BYTES)) {
-          bytes += this.queue[count]?.bytes ?? 0;
+        for (const pending of this.queue) {
+          if ('roll' in pending || (count > 0 && bytes >= MAX_BATCH_BYTES)) break;
+          bytes += pending.bytes;
           count++;
         }
-        const batch = this.queue.splice(0, count);
+        const batch = this.queue.splice(0, count) as PendingAppend[];
         await this.writeBatch(batch);
       }
     } finally {
@@ -283,12 +302,21 @@ export class StreamWriter {
     const handle = this.handle;
     if (handle === undefined) throw new MqlogError('ERR_CLOSED', 'stream writer is closed');
     if (this.dataEnd === 0 || this.dataEnd + 2 * SYNC_FRAME_BYTES + bytes <= this.segmentBytes) return handle;
+    return this.sealAndStartNext(true);
+  }
+
+  /** Seals the open segment and creates its successor, named by the next offset; returns the new handle. */
+  private async sealAndStartNext(full: boolean): Promise<FileHandle> {
+    const handle = this.handle;
+    if (handle === undefined) throw new MqlogError('ERR_CLOSED', 'stream writer is closed');
+    // Nothing but sync marks (or nothing) in it: no frame to seal, and the next name would be its own.
+    if (this.dataEnd === 0 || this.segmentBase === this.offset) return handle;
     // Seal before creating the successor, so that every segment but the last ends exactly at its data.
     try {
       if (this.allocatedEnd > this.dataEnd) await handle.truncate(this.dataEnd);
       await handle.datasync();
     } catch (err) {
-      throw ioError(err, `cannot seal ${this.set.pathOf(this.segmentBase)}`);
+      throw ioError(err, `cannot seal ${this.set.pathOf(this.segmentBase)}${full ? '' : ' (roll)'}`);
     }
     const next = await this.set.create(this.offset);
     this.handle = next;

@@ -1,15 +1,14 @@
 /**
- * Change notification for followers of a directory of streams (chokidar, i.e. inotify on Linux), with a
- * fallback timer so that a missed event costs latency, never progress.
- *
- * Followers use a generation counter to close the race between "read found nothing" and "wait":
- *
- *   const seen = watcher.generation;
- *   const read = await reader.read();           // finds nothing new
- *   if (nothing) await watcher.changedSince(seen, signal);   // returns at once if a change came meanwhile
+ * The file store's ChangeFeed (log-store.ts): change notification for followers of a directory of streams
+ * (chokidar, i.e. inotify on Linux), with a fallback timer so that a missed event costs latency, never
+ * progress. Appends of the same process bump it directly (FileLogStore does), so an in-process follower
+ * wakes within the append's own tick instead of waiting for the file watch.
  */
+import { existsSync } from 'node:fs';
+import { dirname, join, relative, sep } from 'node:path';
 import { watch, type FSWatcher } from 'chokidar';
 import { MqlogError, abortError } from '../errors.js';
+import type { ChangeFeed } from './log-store.js';
 
 export interface WatcherOptions {
   /** Directory levels below `dir` to watch (segments of a stream are at depth 1 of a queue). */
@@ -18,9 +17,11 @@ export interface WatcherOptions {
   readonly fallbackMs?: number;
   /** Paths whose changes say nothing to followers (state files of their own). */
   readonly ignore?: (path: string) => boolean;
+  /** Called once when the watcher closes. */
+  readonly onClose?: () => void;
 }
 
-export class ChangeWatcher {
+export class ChangeWatcher implements ChangeFeed {
   readonly dir: string;
   private readonly fallbackMs: number;
   private readonly watcher: FSWatcher;
@@ -28,17 +29,29 @@ export class ChangeWatcher {
   private changes = 0;
   private waiters = new Set<() => void>();
   private readonly listeners = new Set<() => void>();
+  private readonly onClose: (() => void) | undefined;
   private closing: Promise<void> | undefined;
 
   constructor(dir: string, options: WatcherOptions = {}) {
     this.dir = dir;
     this.fallbackMs = options.fallbackMs ?? 1000;
-    this.watcher = watch(dir, {
-      ignoreInitial: true,
-      depth: options.depth ?? 1,
-      persistent: true,
-      // Lock directories are touched every second by their holders; they say nothing about data.
-      ignored: (path: string) => path.endsWith('.lock') || path.includes('.lock/') || path.endsWith('.lock.owner') || path.endsWith('.tmp') || (options.ignore?.(path) ?? false),
+    this.onClose = options.onClose;
+    // Lock directories are touched every second by their holders; they say nothing about data.
+    const depth = options.depth ?? 1;
+    // A directory that does not exist yet (a channel with no message so far) is watched from its nearest
+    // existing ancestor, looking only along the way down to it, so its creation and what follows are seen.
+    const root = nearestExisting(dir);
+    const levels = root === dir ? 0 : relative(root, dir).split(sep).length;
+    const offRoute = (path: string): boolean => levels > 0 && !(path === dir || path.startsWith(dir + sep) || dir.startsWith(path + sep) || path === root);
+    const ignored = (path: string): boolean =>
+      offRoute(path) || path.endsWith('.lock') || path.includes('.lock/') || path.includes('.lock.') || path.endsWith('.tmp') || (options.ignore?.(path) ?? false);
+    this.watcher = watch(root, { ignoreInitial: true, depth: depth + levels, persistent: true, ignored });
+    // Raw events come straight from the platform's watch, one per write: chokidar's own `change`
+    // events are throttled per file (a second write within 5 ms would only be seen at the fallback).
+    this.watcher.on('raw', (_event: unknown, path: string | null, details: unknown) => {
+      const watched = (details as { watchedPath?: unknown } | undefined)?.watchedPath;
+      const full = typeof watched === 'string' ? join(watched, path ?? '') : (path ?? '');
+      if (!ignored(full)) this.bump();
     });
     this.watcher.on('all', () => this.bump());
     this.watcher.on('error', () => this.bump());
@@ -82,6 +95,7 @@ export class ChangeWatcher {
       const timer = setTimeout(done, this.fallbackMs);
       const onAbort = (): void => {
         cleanup();
+        waiters.delete(done);
         reject(abortError(signal as AbortSignal));
       };
       function cleanup(): void {
@@ -102,9 +116,21 @@ export class ChangeWatcher {
   /** Stops watching and wakes every waiter. Idempotent. */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      this.onClose?.();
       this.bump();
       await this.watcher.close();
     })();
     return this.closing;
   }
+}
+
+/** `dir`, or its closest ancestor that exists. */
+function nearestExisting(dir: string): string {
+  let path = dir;
+  while (!existsSync(path)) {
+    const parent = dirname(path);
+    if (parent === path) break;
+    path = parent;
+  }
+  return path;
 }

@@ -5,10 +5,10 @@
  * whole body. Reading a body streams the chunks in order, one at a time: memory stays flat for any size.
  */
 import { createHash } from 'node:crypto';
-import { join } from 'node:path';
 import { MqlogError } from '../errors.js';
 import { FrameType } from '../log/frame.js';
-import { StreamReader } from '../log/stream-reader.js';
+import type { LogStore } from '../log/log-store.js';
+import { readFrames } from '../log/stream-scan.js';
 import { decodeChunk, type StreamedBody } from './codec.js';
 
 /** Data per chunk frame. */
@@ -17,12 +17,12 @@ export const BODY_CHUNK_BYTES = 1024 * 1024;
 export const INLINE_BODY_LIMIT = 8 * 1024 * 1024;
 
 /**
- * Yields the body's bytes in order from the chunk frames of `queueDir`.
+ * Yields the body's bytes in order from the chunk frames of `queue`.
  * @throws ERR_INVALID_MESSAGE when a chunk is missing or out of place (the body is incomplete).
  */
-export async function* readStreamedBody(queueDir: string, id: string, streamed: StreamedBody): AsyncGenerator<Buffer> {
+export async function* readStreamedBody(store: LogStore, queue: string, id: string, streamed: StreamedBody): AsyncGenerator<Buffer> {
   let size = 0;
-  for await (const data of chunksOf(queueDir, id, streamed.parts)) {
+  for await (const data of chunksOf(store, queue, id, streamed.parts)) {
     size += data.length;
     if (size > streamed.size) break;
     yield data;
@@ -33,41 +33,28 @@ export async function* readStreamedBody(queueDir: string, id: string, streamed: 
 }
 
 /** Chunk data of message `id` in the given parts, in order, checking that positions follow each other. */
-async function* chunksOf(queueDir: string, id: string, parts: StreamedBody['parts']): AsyncGenerator<Buffer> {
+async function* chunksOf(store: LogStore, queue: string, id: string, parts: StreamedBody['parts']): AsyncGenerator<Buffer> {
   let expected = 0;
   for (const part of parts) {
-    const reader = new StreamReader(join(queueDir, part.stream), { offset: part.first });
-    try {
-      let done = false;
-      while (!done) {
-        const read = await reader.read({ maxFrames: 8, maxBytes: 4 * BODY_CHUNK_BYTES });
-        for (const frame of read.frames) {
-          if (frame.offset > part.last) {
-            done = true;
-            break;
-          }
-          if (frame.type !== FrameType.BODY_CHUNK) continue;
-          const { meta, data } = decodeChunk(frame.payload);
-          if (meta.id !== id) continue;
-          if (meta.position !== expected) {
-            throw new MqlogError('ERR_INVALID_MESSAGE', `body of ${id}: chunk at byte ${meta.position} where ${expected} was expected`, { details: { id, position: meta.position } });
-          }
-          expected += data.length;
-          yield data;
-        }
-        if (read.state !== 'more') done = true;
+    for await (const frame of readFrames(store, queue, part.stream, { from: { offset: part.first }, maxFrames: 8, maxBytes: 4 * BODY_CHUNK_BYTES })) {
+      if (frame.offset > part.last) break;
+      if (frame.type !== FrameType.BODY_CHUNK) continue;
+      const { meta, data } = decodeChunk(frame.payload);
+      if (meta.id !== id) continue;
+      if (meta.position !== expected) {
+        throw new MqlogError('ERR_INVALID_MESSAGE', `body of ${id}: chunk at byte ${meta.position} where ${expected} was expected`, { details: { id, position: meta.position } });
       }
-    } finally {
-      await reader.close();
+      expected += data.length;
+      yield data;
     }
   }
 }
 
 /** Size and SHA-256 of a streamed body as stored (reads it through once). */
-export async function digestStreamedBody(queueDir: string, id: string, parts: StreamedBody['parts']): Promise<{ size: number; sha256: string }> {
+export async function digestStreamedBody(store: LogStore, queue: string, id: string, parts: StreamedBody['parts']): Promise<{ size: number; sha256: string }> {
   const hash = createHash('sha256');
   let size = 0;
-  for await (const data of chunksOf(queueDir, id, parts)) {
+  for await (const data of chunksOf(store, queue, id, parts)) {
     hash.update(data);
     size += data.length;
   }

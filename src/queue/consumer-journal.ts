@@ -16,14 +16,11 @@
  * SYNC frame stating how much of the file is known to be fsync'd, and whatever a crash or power cut left
  * unreadable past that is a torn tail, which the next lock holder sets aside in a `.torn` file and clears.
  */
-import { open, rm, stat, type FileHandle } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MqlogError, ioError, isMqlogError } from '../errors.js';
-import { FrameType, encodeFrame, encodeSyncFrame } from '../log/frame.js';
-import { Lock } from '../log/lock.js';
-import { setAsideTorn, type TruncatedTail } from '../log/recovery.js';
-import { SegmentReader } from '../log/segment.js';
-import { FILE_MODE, ensureDir, fsyncDir, isNotFound, readFileIfExists, writeFileAtomic } from '../util/fs.js';
+import { Lock, RecordLog, type TruncatedTail } from '../log/index.js';
+import { ensureDir, fsyncDir, isNotFound, readFileIfExists, writeFileAtomic } from '../util/fs.js';
 import { ConsumerState, decodeRecord, encodeRecord, type Checkpoint, type StateRecord } from './acks.js';
 
 export const CONSUMER_DIR = 'consumer';
@@ -31,8 +28,6 @@ const CHECKPOINT_FILE = 'checkpoint.json';
 const LOCK_DIR = 'state.lock';
 /** A journal longer than this is folded into a new checkpoint at the end of a transaction. */
 const CHECKPOINT_AFTER_BYTES = 1024 * 1024;
-/** Zeros written ahead of the journal's end (see append). */
-const RESERVE_BYTES = 64 * 1024;
 
 export interface ConsumerJournalOptions {
   /** Called when a torn record left by a killed process (or a power cut) was cut off. */
@@ -47,14 +42,8 @@ export class ConsumerJournal {
   private current = new ConsumerState();
   private generation = -1;
   private checkpointStamp = '';
-  private journalPosition = 0;
-  /** Length of the current journal known to be fsync'd (by this process, or stated by a SYNC frame). */
-  private syncedEnd = 0;
-  private nextSequence = 0;
-  private handle: FileHandle | undefined;
-  private handleGeneration = -1;
-  private reservedEnd = 0;
-  private journalStamp = '';
+  /** The journal of the current generation. */
+  private log: RecordLog | undefined;
   private dirReady: Promise<void> | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private closing: Promise<void> | undefined;
@@ -103,12 +92,12 @@ export class ConsumerJournal {
           lock.assertHeld();
           // Leases alone need no fsync: lost in a power cut, they only make a message go out again
           // sooner (deliveries are at least once anyway). Acks, nacks and ends are made durable.
-          await this.append(records, records.some((r) => r.k !== 'L'));
+          await this.journal().append(records.map(encodeRecord), records.some((r) => r.k !== 'L'));
           for (const record of records) {
             this.current.apply(record);
             this.options.onApplied?.(record);
           }
-          if (this.journalPosition > CHECKPOINT_AFTER_BYTES) await this.checkpoint();
+          if (this.journal().bytes > CHECKPOINT_AFTER_BYTES) await this.checkpoint();
         }
         return result;
       } finally {
@@ -119,8 +108,7 @@ export class ConsumerJournal {
 
   close(): Promise<void> {
     this.closing ??= this.serialized(async () => {
-      await this.handle?.close();
-      this.handle = undefined;
+      await this.log?.close();
     });
     return this.closing;
   }
@@ -135,63 +123,30 @@ export class ConsumerJournal {
     return join(this.dir, `journal-${generation}.log`);
   }
 
+  /** The journal of the current generation. */
+  private journal(): RecordLog {
+    this.log ??= new RecordLog(this.journalPath(this.generation));
+    return this.log;
+  }
+
   private async catchUp(locked: boolean): Promise<void> {
     await this.loadCheckpointIfChanged();
-    const path = this.journalPath(this.generation);
-    // Unchanged since we last read or wrote it: nothing to catch up on.
-    const stamp = await stat(path).then((s) => `${this.generation}:${s.ino}:${s.mtimeMs}:${s.size}`, () => 'none');
-    if (stamp === this.journalStamp) return;
-    this.journalStamp = stamp;
-    let reader: SegmentReader;
+    const log = this.journal();
+    let cut;
     try {
-      reader = await SegmentReader.open(path, { position: this.journalPosition });
+      cut = await log.catchUp((payload) => {
+        const record = decodeRecord(payload);
+        this.current.apply(record);
+        this.options.onApplied?.(record);
+      }, locked);
     } catch (err) {
-      if (isMqlogError(err, 'ERR_NOT_FOUND')) return;
+      if (isMqlogError(err) && err.code !== 'ERR_CORRUPT_STATE') {
+        throw new MqlogError('ERR_CORRUPT_STATE', `consumer journal ${log.path} is corrupt: ${err.message}`, { details: { path: log.path }, cause: err });
+      }
       throw err;
     }
-    try {
-      for (;;) {
-        let step;
-        try {
-          step = await reader.next();
-          this.syncedEnd = Math.max(this.syncedEnd, reader.syncedBytes);
-        } catch (err) {
-          if (isMqlogError(err)) {
-            throw new MqlogError('ERR_CORRUPT_STATE', `consumer journal ${path} is corrupt: ${err.message}`, { details: { path }, cause: err });
-          }
-          throw err;
-        }
-        if (step.kind === 'frame') {
-          if (step.frame.type === FrameType.RECORD) {
-            const record = decodeRecord(step.frame.payload);
-            this.current.apply(record);
-            this.options.onApplied?.(record);
-          }
-          this.journalPosition = step.frame.position + step.frame.bytes;
-          this.nextSequence = step.frame.offset + 1;
-          continue;
-        }
-        if (step.kind === 'torn' && locked) {
-          // Only a lock holder writes, so a torn record now is what a killed holder left: cut it off.
-          await this.handle?.close();
-          this.handle = undefined;
-          const savedAs = await setAsideTorn(path, step.position);
-          // Zero the torn bytes rather than truncating: the reserve after them stays usable.
-          const handle = await open(path, 'r+');
-          try {
-            await handle.write(Buffer.alloc(step.tornBytes), 0, step.tornBytes, step.position);
-            await handle.datasync();
-          } finally {
-            await handle.close();
-          }
-          this.syncedEnd = step.position;
-          this.options.onTruncated?.({ path, position: step.position, bytes: step.tornBytes, reason: step.reason, savedAs });
-        }
-        return;
-      }
-    } finally {
-      await reader.close();
-    }
+    // Only a lock holder writes, so a torn record now is what a killed holder (or a power cut) left.
+    if (cut !== undefined) this.options.onTruncated?.(cut);
   }
 
   private async loadCheckpointIfChanged(): Promise<void> {
@@ -221,56 +176,8 @@ export class ConsumerJournal {
     if (generation === this.generation) return;
     this.current = checkpoint === undefined ? new ConsumerState() : ConsumerState.fromCheckpoint(checkpoint);
     this.generation = generation;
-    this.journalPosition = 0;
-    this.syncedEnd = 0;
-    this.nextSequence = 0;
-  }
-
-  private async append(records: StateRecord[], durable = true): Promise<void> {
-    const path = this.journalPath(this.generation);
-    if (this.handle === undefined || this.handleGeneration !== this.generation) {
-      await this.handle?.close();
-      this.handle = undefined;
-      try {
-        await (await open(path, 'a', FILE_MODE)).close();
-        this.handle = await open(path, 'r+');
-      } catch (err) {
-        throw ioError(err, `cannot open ${path}`);
-      }
-      this.handleGeneration = this.generation;
-      this.reservedEnd = (await this.handle.stat()).size;
-      if (this.journalPosition === 0) await fsyncDir(this.dir);
-    }
-    const frames = records.map((record, i) => encodeFrame(FrameType.RECORD, this.nextSequence + i, encodeRecord(record)));
-    // The write opens with what is known to be fsync'd before it (nothing to state at the very start).
-    if (this.journalPosition > 0) frames.unshift(encodeSyncFrame(this.nextSequence, Math.min(this.syncedEnd, this.journalPosition)));
-    const bytes = frames.reduce((n, f) => n + f.length, 0);
-    const end = this.journalPosition + bytes;
-    try {
-      // Records overwrite zeros reserved ahead, so that acks — which free space — still fit on a full disk.
-      const reserve = end > this.reservedEnd ? RESERVE_BYTES : 0;
-      try {
-        await this.handle.writev(reserve > 0 ? [...frames, Buffer.alloc(reserve)] : frames, this.journalPosition);
-        this.reservedEnd = Math.max(this.reservedEnd, end + reserve);
-      } catch (err) {
-        if (reserve === 0 || (err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
-        await this.handle.truncate(Math.max(this.journalPosition, this.reservedEnd));
-        await this.handle.writev(frames, this.journalPosition);
-        this.reservedEnd = Math.max(this.reservedEnd, end);
-      }
-      if (durable) {
-        await this.handle.datasync();
-        this.syncedEnd = end;
-      }
-    } catch (err) {
-      // Zero what may have been written, so that no partial record stays behind.
-      await this.handle.write(Buffer.alloc(bytes), 0, bytes, this.journalPosition).catch(() => undefined);
-      throw ioError(err, `cannot append to ${path}`, { path });
-    }
-    this.journalPosition = end;
-    this.nextSequence += records.length;
-    // Our own write is no news to our next catch-up.
-    this.journalStamp = await stat(path).then((st) => `${this.generation}:${st.ino}:${st.mtimeMs}:${st.size}`, () => '');
+    await this.log?.close();
+    this.log = undefined;
   }
 
   /** Folds the journal into a new checkpoint generation and removes the old journal. */
@@ -278,12 +185,9 @@ export class ConsumerJournal {
     const next = this.generation + 1;
     await writeFileAtomic(join(this.dir, CHECKPOINT_FILE), JSON.stringify(this.current.toCheckpoint(next)));
     const old = this.journalPath(this.generation);
-    await this.handle?.close();
-    this.handle = undefined;
+    await this.log?.close();
+    this.log = undefined;
     this.generation = next;
-    this.journalPosition = 0;
-    this.syncedEnd = 0;
-    this.nextSequence = 0;
     const s = await stat(join(this.dir, CHECKPOINT_FILE));
     this.checkpointStamp = `${s.ino}:${s.mtimeMs}:${s.size}`;
     await rm(old, { force: true });

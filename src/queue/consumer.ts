@@ -10,18 +10,18 @@
  * that arrived meanwhile.
  */
 import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
 import { MqlogError } from '../errors.js';
 import { FrameType } from '../log/frame.js';
-import { FileLogStore } from '../log/log-store.js';
-import { readFrameAt, type StreamFrame } from '../log/stream-reader.js';
-import type { ChangeWatcher } from '../log/watch.js';
+import type { ChangeFeed, LogStore, StoredFrame } from '../log/log-store.js';
 import type { ConsumerState, FrameHint, StateRecord } from './acks.js';
 import { readStreamedBody } from './body.js';
 import { decodeMessage, decodeMeta, type MessageMeta, type MessageRecord } from './codec.js';
 import type { ConsumerJournal } from './consumer-journal.js';
 import type { QueueInfo } from './layout.js';
 import { PriorityReader } from './priority.js';
+
+/** What the scan decoded of a frame: its fields and where its body starts, or why it cannot be read. */
+type Decoded = { readonly meta: MessageMeta; readonly bodyStart: number } | { readonly error: MqlogError } | undefined;
 
 export const DEFAULT_VISIBILITY_TIMEOUT_MS = 30_000;
 export const DEFAULT_MAX_DELIVERIES = 5;
@@ -75,8 +75,9 @@ interface Candidate {
   readonly priority: number;
   readonly id: string;
   readonly hint: FrameHint;
-  /** The frame when it was just read by the scan. */
-  readonly frame?: StreamFrame;
+  /** The frame, with its decoded fields, when it was just read by the scan. */
+  readonly frame?: StoredFrame;
+  readonly decoded?: { readonly meta: MessageMeta; readonly bodyStart: number };
   readonly notBefore?: number;
 }
 
@@ -91,13 +92,14 @@ interface PendingSettle {
 
 export class Consumer {
   readonly info: QueueInfo;
+  private readonly store: LogStore;
   private readonly journal: ConsumerJournal;
   private readonly visibilityTimeoutMs: number;
   private readonly maxDeliveries: number;
   private readonly deadLetter: ConsumerOptions['deadLetter'];
   private readonly onSettled: ConsumerOptions['onSettled'];
   private readonly now: () => number;
-  private readonly reader: PriorityReader;
+  private readonly reader: PriorityReader<Decoded>;
   /** Scanned but not yet handed out (checked again next time). */
   private pushback: Candidate[] = [];
   /** Scanned messages whose notBefore lies ahead. */
@@ -106,7 +108,8 @@ export class Consumer {
   private settling: Promise<void> | undefined;
   private closed = false;
 
-  constructor(info: QueueInfo, journal: ConsumerJournal, options: ConsumerOptions = {}) {
+  constructor(store: LogStore, info: QueueInfo, journal: ConsumerJournal, options: ConsumerOptions = {}) {
+    this.store = store;
     this.info = info;
     this.journal = journal;
     this.visibilityTimeoutMs = options.visibilityTimeoutMs ?? DEFAULT_VISIBILITY_TIMEOUT_MS;
@@ -114,8 +117,12 @@ export class Consumer {
     this.deadLetter = options.deadLetter;
     this.onSettled = options.onSettled;
     this.now = options.now ?? Date.now;
-    this.reader = new PriorityReader(new FileLogStore(info.dir), (stream) => ({ offset: this.journal.state.firstNotDone(stream, 0) }), {
-      orderOf: (frame) => (frame.type === FrameType.MESSAGE ? safeId(frame) : ''),
+    this.reader = new PriorityReader<Decoded>(store, info.queue, (stream) => ({ offset: this.journal.state.firstNotDone(stream, 0) }), {
+      // Each frame's fields are decoded once, here; the hand-out uses them as they are.
+      describe: (frame) => {
+        const decoded = decodeFrameMeta(frame);
+        return { order: decoded !== undefined && 'meta' in decoded ? decoded.meta.id : '', info: decoded };
+      },
       // Chunks of streamed bodies are read only when a body is (Delivery.bodyStream): passing over them
       // by their headers keeps a consumer's memory flat beside multi-GiB bodies.
       skipTypes: new Set([FrameType.BODY_CHUNK]),
@@ -167,7 +174,7 @@ export class Consumer {
    * messages were handed out, `idleTimeoutMs` passed without one, or the signal fires. Leaving the loop
    * early gives back messages leased but not yet handed out.
    */
-  async *messages(options: { follow?: boolean; limit?: number; idleTimeoutMs?: number; prefetch?: number; signal?: AbortSignal; watcher?: ChangeWatcher } = {}): AsyncGenerator<Delivery> {
+  async *messages(options: { follow?: boolean; limit?: number; idleTimeoutMs?: number; prefetch?: number; signal?: AbortSignal; feed?: ChangeFeed } = {}): AsyncGenerator<Delivery> {
     const limit = options.limit ?? Number.POSITIVE_INFINITY;
     const prefetch = options.prefetch ?? 128;
     let handed = 0;
@@ -175,7 +182,7 @@ export class Consumer {
     let buffered: Delivery[] = [];
     try {
       while (handed < limit) {
-        const seen = options.watcher?.generation ?? 0;
+        const seen = options.feed?.generation ?? 0;
         buffered = await this.take(Math.min(prefetch, limit - handed), options.signal);
         if (buffered.length === 0) {
           if (options.follow !== true) return;
@@ -196,7 +203,7 @@ export class Consumer {
   }
 
   /** Waits for new data, a due retry or the idle deadline, whichever comes first. */
-  private async waitForChange(seen: number, lastMessageAt: number, options: { idleTimeoutMs?: number; signal?: AbortSignal; watcher?: ChangeWatcher }): Promise<void> {
+  private async waitForChange(seen: number, lastMessageAt: number, options: { idleTimeoutMs?: number; signal?: AbortSignal; feed?: ChangeFeed }): Promise<void> {
     const signals: AbortSignal[] = [];
     if (options.signal !== undefined) signals.push(options.signal);
     let waitMs = 1000;
@@ -206,7 +213,7 @@ export class Consumer {
     signals.push(AbortSignal.timeout(waitMs));
     const signal = AbortSignal.any(signals);
     try {
-      if (options.watcher !== undefined) await options.watcher.changedSince(seen, signal);
+      if (options.feed !== undefined) await options.feed.changedSince(seen, signal);
       else await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
     } catch (err) {
       if (options.signal?.aborted === true) throw err;
@@ -236,7 +243,7 @@ export class Consumer {
       offset: candidate.offset,
       deliveries: count,
       leaseUntil: until,
-      bodyStream: () => (message.streamed === undefined ? once(message.body) : readStreamedBody(this.info.dir, message.id, message.streamed)),
+      bodyStream: () => (message.streamed === undefined ? once(message.body) : readStreamedBody(this.store, this.info.queue, message.id, message.streamed)),
       ack: () => this.settle(delivery, { k: 'A', s: ref.stream, o: ref.offset, t: token }, message.receipt === true ? message : undefined),
       nack: (opts = {}) => {
         const delayMs = opts.delayMs ?? 0;
@@ -305,32 +312,29 @@ export class Consumer {
     let ready = 0;
     let scanned = 0;
     while (ready < max && scanned < SCAN_BUDGET_FRAMES && this.deferred.length < MAX_DEFERRED) {
-      const frames = await this.reader.take(Math.max(max, 64));
-      if (frames.length === 0) break;
-      for (const frame of frames) {
+      const queued = await this.reader.take(Math.max(max, 64));
+      if (queued.length === 0) break;
+      for (const { frame, priority, info: decoded } of queued) {
         scanned++;
-        if (frame.type !== FrameType.MESSAGE) continue;
+        if (frame.type !== FrameType.MESSAGE || decoded === undefined) continue;
         if (state.isDone(frame.stream, frame.offset)) continue;
         const lease = state.leaseOf(frame.stream, frame.offset);
         const retry = state.retryOf(frame.stream, frame.offset);
         // Leased or waiting to be retried: the state hands it out again when due.
         if ((lease !== undefined && lease.until > now) || (retry !== undefined && lease === undefined && retry.availableAt > now)) continue;
-        let meta: MessageMeta;
-        try {
-          meta = decodeMeta(frame.payload).meta;
-        } catch (err) {
-          if (!(err instanceof MqlogError)) throw err;
-          records.push({ k: 'D', s: frame.stream, o: frame.offset, r: `undeliverable: ${err.message}` });
+        if ('error' in decoded) {
+          records.push({ k: 'D', s: frame.stream, o: frame.offset, r: `undeliverable: ${decoded.error.message}` });
           continue;
         }
-        const candidate: Candidate = { stream: frame.stream, offset: frame.offset, priority: frame.priority, id: meta.id, hint: { segment: frame.segment, position: frame.position }, frame };
+        const { meta } = decoded;
+        const candidate: Candidate = { stream: frame.stream, offset: frame.offset, priority, id: meta.id, hint: { segment: frame.segment, position: frame.position }, frame, decoded };
         if (meta.expiresAt !== undefined && meta.expiresAt <= now) {
           if (meta.receipt === true) await this.onSettled?.(meta, 'expired', 'time to live passed before delivery');
           records.push({ k: 'X', s: frame.stream, o: frame.offset });
           continue;
         }
         if (meta.notBefore !== undefined && meta.notBefore > now) {
-          this.deferred.push({ ...candidate, frame: undefined, notBefore: meta.notBefore });
+          this.deferred.push({ stream: candidate.stream, offset: candidate.offset, priority: candidate.priority, id: candidate.id, hint: candidate.hint, notBefore: meta.notBefore });
           continue;
         }
         pool.push(candidate);
@@ -369,7 +373,7 @@ export class Consumer {
         continue;
       }
       if (message.notBefore !== undefined && message.notBefore > now) {
-        this.deferred.push({ ...candidate, frame: undefined, notBefore: message.notBefore });
+        this.deferred.push({ stream: candidate.stream, offset: candidate.offset, priority: candidate.priority, id: candidate.id, hint: candidate.hint, notBefore: message.notBefore });
         continue;
       }
       chosen.push({ candidate, message });
@@ -378,7 +382,8 @@ export class Consumer {
   }
 
   private async messageOf(candidate: Candidate): Promise<MessageRecord | undefined> {
-    const frame = candidate.frame ?? (await readFrameAt(join(this.info.dir, candidate.stream), candidate.offset, candidate.hint));
+    if (candidate.frame !== undefined && candidate.decoded !== undefined) return { ...candidate.decoded.meta, body: candidate.frame.payload.subarray(candidate.decoded.bodyStart) };
+    const frame = await this.store.frameAt(this.info.queue, candidate.stream, candidate.offset, { ...candidate.hint, offset: candidate.offset });
     if (frame === undefined) return undefined;
     return decodeMessage(frame.payload);
   }
@@ -396,10 +401,13 @@ function tokenOf(delivery: Delivery): string {
   return token;
 }
 
-function safeId(frame: StreamFrame): string {
+/** The fields of a MESSAGE frame (undefined for other frames), or why they cannot be read. */
+function decodeFrameMeta(frame: StoredFrame): Decoded {
+  if (frame.type !== FrameType.MESSAGE) return undefined;
   try {
-    return decodeMessage(frame.payload).id;
-  } catch {
-    return '';
+    return decodeMeta(frame.payload);
+  } catch (err) {
+    if (err instanceof MqlogError) return { error: err };
+    throw err;
   }
 }

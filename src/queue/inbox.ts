@@ -1,24 +1,31 @@
 /**
- * The inbox of one channel: the receiver appends what peers deliver, applications consume it with
- * leases and acks (consumer.ts), and messages that keep failing move to the channel's dead letters
- * (spec/log-format.md §11).
+ * The inbox of one channel, and the one owner of everything about it: its log (through the LogStore),
+ * its consumer state (leases, acks: consumer-journal.ts) and its dead letters. The intake appends what
+ * peers deliver, applications consume it with leases and acks (consumer.ts), and messages that keep
+ * failing move to the channel's dead letters (spec/log-format.md §11).
  *
  * Appends are durable when they resolve (fdatasync, group commit). Consumers may run in any number of
- * processes; the consumer state files coordinate them.
+ * processes; the consumer state files coordinate them. Opening an inbox writes nothing: its directory is
+ * made by the first append.
  */
 import { MqlogError } from '../errors.js';
 import { FrameType } from '../log/frame.js';
-import { FileLogStore, type LogWriter, type StoreAppendResult, type WriterOptions } from '../log/log-store.js';
-import { ChangeWatcher } from '../log/watch.js';
+import type { AppendResult, ChangeFeed, LogStore, LogWriter, WriterOptions } from '../log/log-store.js';
 import { DEAD_REASON_HEADER, checkChannel, encodeChunk, encodeMessage, type ChunkMeta, type MessageMeta, type MessageRecord } from './codec.js';
+import { readStreamedBody } from './body.js';
 import { ConsumerJournal } from './consumer-journal.js';
 import { Consumer, type ConsumerOptions, type Delivery } from './consumer.js';
 import { deadInfo, ensureQueue, inboxInfo, type QueueInfo } from './layout.js';
+import type { MessageState } from './outbox-state.js';
 import { priorityKey } from './priority.js';
-
+import { scanQueue, statQueue, type QueueEvent, type QueueStat, type ScanQueueOptions } from './queue-scan.js';
 
 export interface InboxOptions extends WriterOptions {
+  /** Where the node's logs are. */
+  readonly store: LogStore;
   readonly dataDir: string;
+  /** The queue (default: the channel's inbox or dead letters under `dataDir`). */
+  readonly info?: QueueInfo;
   readonly channel: string;
   readonly visibilityTimeoutMs?: number;
   readonly maxDeliveries?: number;
@@ -43,12 +50,12 @@ export interface ConsumeOptions {
 export class Inbox {
   readonly info: QueueInfo;
   readonly channel: string;
+  readonly store: LogStore;
   private readonly options: InboxOptions;
-  private readonly store: FileLogStore;
   private writer: Promise<LogWriter> | undefined;
   private journal: Promise<ConsumerJournal> | undefined;
   private consumerInstance: Promise<Consumer> | undefined;
-  private watcher: ChangeWatcher | undefined;
+  private feed: ChangeFeed | undefined;
   private dead: Promise<Inbox> | undefined;
   private closing: Promise<void> | undefined;
 
@@ -56,32 +63,29 @@ export class Inbox {
     checkChannel(options.channel);
     this.options = options;
     this.channel = options.channel;
-    this.info = options.kind === 'dead' ? deadInfo(options.dataDir, options.channel) : inboxInfo(options.dataDir, options.channel);
-    this.store = new FileLogStore(this.info.dir);
+    this.info = options.info ?? (options.kind === 'dead' ? deadInfo(options.dataDir, options.channel) : inboxInfo(options.dataDir, options.channel));
+    this.store = options.store;
   }
 
   static async open(options: InboxOptions): Promise<Inbox> {
-    const inbox = new Inbox(options);
-    await ensureQueue(inbox.info);
-    return inbox;
+    return new Inbox(options);
   }
 
   /**
    * Appends a message; resolves once it is fsync'd. The message's priority picks its stream.
    * @throws ERR_DISK_FULL, ERR_IO, ERR_CLOSED.
    */
-  async append(meta: MessageMeta, body: Uint8Array): Promise<StoreAppendResult> {
+  async append(meta: MessageMeta, body: Uint8Array): Promise<AppendResult> {
     if (this.closing !== undefined) throw new MqlogError('ERR_CLOSED', 'inbox is closed');
     if (meta.channel !== this.channel) throw new MqlogError('ERR_INVALID_ARG', `message of channel ${meta.channel} appended to inbox ${this.channel}`);
     this.writer ??= this.claim();
     const writer = await this.writer;
-    const result = await writer.append(priorityKey(meta.priority), FrameType.MESSAGE, Buffer.concat(encodeMessage(meta, body)));
-    this.watcher?.bump();
-    return result;
+    // Meta, then the body as it came: written as parts, never copied into one buffer.
+    return writer.append(priorityKey(meta.priority), FrameType.MESSAGE, encodeMessage(meta, body));
   }
 
   /** Appends one chunk of a streamed body (invisible to consumers until its message is appended). */
-  async appendChunk(meta: ChunkMeta, data: Uint8Array): Promise<StoreAppendResult> {
+  async appendChunk(meta: ChunkMeta, data: Uint8Array): Promise<AppendResult> {
     if (this.closing !== undefined) throw new MqlogError('ERR_CLOSED', 'inbox is closed');
     this.writer ??= this.claim();
     const writer = await this.writer;
@@ -105,7 +109,7 @@ export class Inbox {
         ...(this.options.onSettled === undefined || this.options.kind === 'dead' ? {} : { onSettled: this.options.onSettled }),
         ...(this.options.kind === 'dead' ? {} : { deadLetter: (message: MessageRecord, origin: { stream: string; offset: number }, reason: string) => this.toDeadLetters(message, origin, reason) }),
       };
-      return new Consumer(this.info, journal, options);
+      return new Consumer(this.store, this.info, journal, options);
     })();
     return this.consumerInstance;
   }
@@ -116,13 +120,47 @@ export class Inbox {
    */
   async *consume(options: ConsumeOptions = {}): AsyncGenerator<Delivery> {
     const consumer = await this.consumer();
-    const watcher = options.follow === true ? await this.changeWatcher() : undefined;
-    yield* consumer.messages({ ...options, ...(watcher === undefined ? {} : { watcher }) });
+    const feed = options.follow === true ? await this.changes() : undefined;
+    yield* consumer.messages({ ...options, ...(feed === undefined ? {} : { feed }) });
+  }
+
+  /** This queue's state of a message: done (`acked`, `dead`, `expired`) or `pending`; dead letters: `dead` until redriven. */
+  async stateView(): Promise<(stream: string, offset: number) => MessageState> {
+    const journal = await ConsumerJournal.open(this.info.dir);
+    const state = journal.state;
+    await journal.close();
+    if (this.info.kind === 'dead') return (stream, offset) => (state.doneKind(stream, offset) === undefined ? 'dead' : 'acked');
+    return (stream, offset) => state.doneKind(stream, offset) ?? 'pending';
+  }
+
+  /** Every stored message with its state (read from the state files now). */
+  async *messages(options: ScanQueueOptions = {}): AsyncGenerator<QueueEvent> {
+    yield* scanQueue(this.store, this.info.queue, await this.stateView(), options);
+  }
+
+  /** The queue's counts. */
+  async stat(): Promise<QueueStat> {
+    return statQueue(this.store, this.info, await this.stateView());
+  }
+
+  /** A stored message's body as a stream of buffers (a streamed body chunk by chunk, with flat memory). */
+  body(message: MessageRecord): AsyncIterable<Buffer> | Iterable<Buffer> {
+    return message.streamed === undefined ? [message.body] : readStreamedBody(this.store, this.info.queue, message.id, message.streamed);
+  }
+
+  /** Changes of this queue's log (appends in this process wake it at once). One feed per inbox object. */
+  async changes(): Promise<ChangeFeed> {
+    if (this.feed === undefined) {
+      this.feed = this.store.changes(this.info.queue);
+      await this.feed.whenReady();
+    }
+    return this.feed;
   }
 
   /** The channel's dead-letter queue. */
   deadLetters(): Promise<Inbox> {
-    this.dead ??= Inbox.open({ ...this.options, kind: 'dead' });
+    const { info: _info, ...options } = this.options;
+    this.dead ??= Inbox.open({ ...options, kind: 'dead' });
     return this.dead;
   }
 
@@ -137,21 +175,13 @@ export class Inbox {
       await settle(this.journal, (j) => j.close());
       await settle(this.writer, (w) => w.close());
       await settle(this.dead, (d) => d.close());
-      await this.watcher?.close();
+      await this.feed?.close();
     })();
     return this.closing;
   }
 
-  private async changeWatcher(): Promise<ChangeWatcher> {
-    if (this.watcher === undefined) {
-      this.watcher = new ChangeWatcher(this.info.dir, { depth: 1 });
-      await this.watcher.whenReady();
-    }
-    return this.watcher;
-  }
-
   private claim(): Promise<LogWriter> {
-    const claiming = this.store.claimWriter(this.options);
+    const claiming = ensureQueue(this.info).then(() => this.store.claimWriter(this.info.queue, this.options));
     claiming.catch(() => {
       if (this.writer === claiming) this.writer = undefined;
     });

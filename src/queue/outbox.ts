@@ -1,24 +1,27 @@
 /**
- * The outbox: where an application drops messages for other nodes (spec/log-format.md §9).
+ * The outbox: where an application drops messages for other nodes (spec/log-format.md §9), and the one
+ * owner of everything about them: its log (through the LogStore), the destinations it ever named, the
+ * outbox state (cursors, refusals, expiries: outbox-state.ts), its dead letters and its receipts.
  *
  * send() validates, appends one MESSAGE frame to the stream of the message's priority (`p0`..`p9`) in
- * this process's writer slot, and resolves with the id once the frame is fdatasync'd. It never touches
- * the network. Any number of processes may send into one outbox at once (each has its own slot), and
- * within a process concurrent sends share fsyncs (group commit).
+ * this process's writer slot, and resolves with the id once the frame is durable. It never touches the
+ * network. Any number of processes may send into one outbox at once (each has its own slot), and within
+ * a process concurrent sends share fsyncs (group commit).
  *
  * Every destination a message names is also recorded in `outbox/destinations/` before the message is
  * appended, so the forwarder learns of destinations that are URLs rather than configured peers.
+ * Opening an outbox writes nothing: its directory is made by the first send.
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MqlogError } from '../errors.js';
 import { FrameType } from '../log/frame.js';
-import { FileLogStore, type LogStore, type LogWriter, type WriterOptions } from '../log/log-store.js';
+import type { ChangeFeed, LogStore, LogWriter, WriterOptions } from '../log/log-store.js';
 import { ensureDir, readFileIfExists, readdirIfExists, writeFileAtomic } from '../util/fs.js';
 import { newId } from '../util/ids.js';
 import { encodeName } from '../util/names.js';
 import { createHash } from 'node:crypto';
-import { BODY_CHUNK_BYTES, INLINE_BODY_LIMIT } from './body.js';
+import { BODY_CHUNK_BYTES, INLINE_BODY_LIMIT, readStreamedBody } from './body.js';
 import {
   encodeChunk,
   type BodyPart,
@@ -31,9 +34,14 @@ import {
   encodeMessage,
   MAX_DESTINATIONS,
   type MessageMeta,
+  type MessageRecord,
 } from './codec.js';
-import { ensureQueue, outboxInfo, type QueueInfo } from './layout.js';
+import { DestinationQueue } from './destination-queue.js';
+import { ensureQueue, outboxDeadInfo, outboxInfo, type QueueInfo } from './layout.js';
+import { OutboxDeadLetters } from './outbox-dead.js';
+import { OutboxState } from './outbox-state.js';
 import { priorityKey } from './priority.js';
+import { scanQueue, statQueue, type QueueEvent, type QueueStat, type ScanQueueOptions } from './queue-scan.js';
 import { ReceiptStore, encodeReceiptReport, type ReceiptReport } from './receipts.js';
 
 /** Channel label of receipt messages (they are told apart by their kind, not by this name). */
@@ -43,7 +51,11 @@ export const RECEIPT_CHANNEL = '$receipts';
 export const MAX_STREAMED_BODY_BYTES = 1024 * 1024 * 1024 * 1024;
 
 export interface OutboxOptions extends WriterOptions {
+  /** Where the node's logs are. */
+  readonly store: LogStore;
   readonly dataDir: string;
+  /** The queue (default: `DIR/outbox`). */
+  readonly info?: QueueInfo;
   /** This node's name, stored as `from` in every message. */
   readonly nodeName: string;
   readonly nodeId: string;
@@ -54,7 +66,6 @@ export interface OutboxOptions extends WriterOptions {
    * Throws ERR_UNKNOWN_PEER for anything else.
    */
   readonly resolveDestination: (to: string) => string;
-  readonly store?: LogStore;
 }
 
 export interface SendOptions {
@@ -75,7 +86,9 @@ export class Outbox {
   readonly info: QueueInfo;
   readonly store: LogStore;
   readonly receipts: ReceiptStore;
+  readonly deadLetters: OutboxDeadLetters;
   private readonly options: OutboxOptions;
+  private loadedState: Promise<OutboxState> | undefined;
   private writer: Promise<LogWriter> | undefined;
   private readonly knownDestinations = new Set<string>();
   private closing: Promise<void> | undefined;
@@ -87,15 +100,55 @@ export class Outbox {
 
   private constructor(options: OutboxOptions) {
     this.options = options;
-    this.info = outboxInfo(options.dataDir);
-    this.store = options.store ?? new FileLogStore(this.info.dir);
+    this.info = options.info ?? outboxInfo(options.dataDir);
+    this.store = options.store;
     this.receipts = new ReceiptStore(options.dataDir);
+    this.deadLetters = new OutboxDeadLetters(options.store, outboxDeadInfo(options.dataDir));
   }
 
   static async open(options: OutboxOptions): Promise<Outbox> {
-    const outbox = new Outbox(options);
-    await ensureQueue(outbox.info);
-    return outbox;
+    return new Outbox(options);
+  }
+
+  /**
+   * The outbox state as this object holds it (loaded once; the daemon's forwarders keep it current).
+   * @throws ERR_CORRUPT_STATE for a damaged cursor file.
+   */
+  state(): Promise<OutboxState> {
+    this.loadedState ??= OutboxState.load(this.info.dir);
+    this.loadedState.catch(() => (this.loadedState = undefined));
+    return this.loadedState;
+  }
+
+  /** One destination's view of the outbox, for its forwarder. */
+  async destinationQueue(destination: string, onUndecodable?: (stream: string, offset: number, reason: string) => void): Promise<DestinationQueue> {
+    return new DestinationQueue({ store: this.store, queue: this.info.queue, state: await this.state(), destination, ...(onUndecodable === undefined ? {} : { onUndecodable }) });
+  }
+
+  /** Every stored message with its state (read from the state files now, not from this object's copy). */
+  async *messages(options: ScanQueueOptions = {}, now = Date.now()): AsyncGenerator<QueueEvent> {
+    const state = await OutboxState.load(this.info.dir);
+    yield* scanQueue(this.store, this.info.queue, (stream, offset, meta) => state.stateOf(stream, offset, meta, now), options);
+  }
+
+  /** The queue's counts, and per destination how many messages wait for it (a streamed body counts once). */
+  async stat(now = Date.now()): Promise<{ queue: QueueStat; backlog: Map<string, number>; state: OutboxState }> {
+    const state = await OutboxState.load(this.info.dir);
+    const backlog = new Map<string, number>();
+    const queue = await statQueue(this.store, this.info, (stream, offset, meta) => state.stateOf(stream, offset, meta, now), (stream, offset, meta) => {
+      for (const to of meta.to) if (state.stateFor(to, stream, offset, meta, now) === 'pending') backlog.set(to, (backlog.get(to) ?? 0) + 1);
+    });
+    return { queue, backlog, state };
+  }
+
+  /** A stored message's body as a stream of buffers (a streamed body chunk by chunk, with flat memory). */
+  body(message: MessageRecord): AsyncIterable<Buffer> | Iterable<Buffer> {
+    return message.streamed === undefined ? [message.body] : readStreamedBody(this.store, this.info.queue, message.id, message.streamed);
+  }
+
+  /** Changes of the outbox's log (appends in this process wake it at once). */
+  changes(): ChangeFeed {
+    return this.store.changes(this.info.queue);
   }
 
   /**
@@ -253,7 +306,8 @@ export class Outbox {
       const writer = this.writer;
       this.writer = undefined;
       this.claimed = undefined;
-      if (writer !== undefined) await (await writer).close();
+      if (writer !== undefined) await (await writer.catch(() => undefined))?.close();
+      await this.deadLetters.close();
     })();
     return this.closing;
   }
@@ -267,7 +321,7 @@ export class Outbox {
 
   private claimWriter(): Promise<LogWriter> {
     if (this.writer === undefined) {
-      const claiming = this.store.claimWriter(this.options);
+      const claiming = ensureQueue(this.info).then(() => this.store.claimWriter(this.info.queue, this.options));
       claiming.then((w) => (this.claimed = w), () => undefined);
       claiming.catch(() => {
         if (this.writer === claiming) this.writer = undefined;

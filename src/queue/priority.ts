@@ -3,13 +3,13 @@
  * first without scanning it (spec/log-format.md §9.2).
  *
  * The PriorityReader keeps a small read-ahead per stream and always hands out the head with the highest
- * priority; among streams of equal priority (several writer slots), the oldest message id first. Its
- * memory is bounded by the read-ahead limits times the number of streams, whatever the queue size.
- * One caller at a time.
+ * priority; among streams of equal priority (several writer slots), the lowest order key first. What the
+ * caller's `describe` made of a frame (its order key and decoded fields) travels with it, so no frame's
+ * fields are decoded twice. Memory is bounded by the read-ahead limits times the number of streams,
+ * whatever the queue size. One caller at a time.
  */
 import { MqlogError } from '../errors.js';
-import type { LogStore, StreamId } from '../log/log-store.js';
-import type { StreamFrame, StreamPosition, StreamReader, TornTail } from '../log/stream-reader.js';
+import type { LogReader, LogStore, StoredFrame, StreamId, StreamPosition, TornTail } from '../log/log-store.js';
 import { MAX_PRIORITY, MIN_PRIORITY } from './codec.js';
 
 export function priorityKey(priority: number): string {
@@ -24,66 +24,76 @@ export function priorityOfKey(key: string): number | undefined {
   return priority >= MIN_PRIORITY && priority <= MAX_PRIORITY ? priority : undefined;
 }
 
-export interface QueuedFrame extends StreamFrame {
-  readonly stream: string;
+export interface QueuedFrame<T> {
+  readonly frame: StoredFrame;
   readonly priority: number;
-  /** Sort key among equal priorities; for messages, their id. */
+  /** Sort key among equal priorities. */
   readonly order: string;
+  /** What `describe` decoded. */
+  readonly info: T;
 }
 
-export interface PriorityReaderOptions {
+export interface PriorityReaderOptions<T> {
   /** Read-ahead per stream. */
   readonly readAheadFrames?: number;
   readonly readAheadBytes?: number;
-  /** Sort key of a frame among equal priorities (default: stream order). */
-  readonly orderOf?: (frame: StreamFrame) => string;
-  /** Called when a stream's data ends in a torn or unfinished frame. */
+  /** Order key and decoded fields of a frame. */
+  readonly describe: (frame: StoredFrame) => { readonly order: string; readonly info: T };
+  /** Called when a stream's data ends in a torn or unfinished write. */
   readonly onTorn?: (stream: string, torn: TornTail) => void;
   /** Frame types never handed out, passed over without reading them (consumers skip body chunks). */
   readonly skipTypes?: ReadonlySet<number>;
-  /** Hand out only frames that are durable (see ReadLimits.durable). */
+  /** Hand out only durable frames (see ReaderOptions.durable): one sync per stream per take. */
   readonly durable?: boolean;
+  /**
+   * Each take holds frames of one priority: a batch carrying an urgent message is not also filled with
+   * less urgent frames (whose storing at the receiver would delay it).
+   */
+  readonly onePriorityPerTake?: boolean;
 }
 
-interface Lane {
+interface Lane<T> {
   readonly id: StreamId;
   readonly priority: number;
-  readonly reader: StreamReader;
-  ahead: QueuedFrame[];
-  /** Nothing more on disk at the last read. */
+  readonly reader: LogReader;
+  ahead: QueuedFrame<T>[];
+  /** Nothing more stored at the last read. */
   drained: boolean;
 }
 
-export class PriorityReader {
+/** New streams (another writer slot, a first message of a priority) are looked for at most this often while busy. */
+const DISCOVER_EVERY_MS = 100;
+
+export class PriorityReader<T> {
   private readonly store: LogStore;
+  private readonly queue: string;
   private readonly start: (stream: string) => StreamPosition;
-  private readonly options: PriorityReaderOptions;
-  private readonly lanes = new Map<string, Lane>();
+  private readonly options: PriorityReaderOptions<T>;
+  private readonly lanes = new Map<string, Lane<T>>();
+  private discoveredAt = Number.NEGATIVE_INFINITY;
   private closed = false;
 
   /** `start` gives the position each stream is read from when the reader first meets it. */
-  constructor(store: LogStore, start: (stream: string) => StreamPosition, options: PriorityReaderOptions = {}) {
+  constructor(store: LogStore, queue: string, start: (stream: string) => StreamPosition, options: PriorityReaderOptions<T>) {
     this.store = store;
+    this.queue = queue;
     this.start = start;
     this.options = options;
   }
 
   /**
-   * Takes up to `maxFrames` frames (and roughly `maxBytes`), most urgent first, among what is on disk now.
+   * Takes up to `maxFrames` frames (and roughly `maxBytes`), most urgent first, among what is stored now.
    * An empty result means nothing is ready.
    */
-  async take(maxFrames: number, maxBytes = Number.POSITIVE_INFINITY): Promise<QueuedFrame[]> {
+  async take(maxFrames: number, maxBytes = Number.POSITIVE_INFINITY): Promise<QueuedFrame<T>[]> {
     if (this.closed) throw new MqlogError('ERR_CLOSED', 'priority reader is closed');
-    await this.discover();
-    for (const lane of this.lanes.values()) lane.drained = false;
-    const out: QueuedFrame[] = [];
-    let bytes = 0;
-    while (out.length < maxFrames && bytes < maxBytes) {
-      const lane = await this.mostUrgent();
-      if (lane === undefined) break;
-      const frame = lane.ahead.shift() as QueuedFrame;
-      out.push(frame);
-      bytes += frame.bytes;
+    const stale = performance.now() - this.discoveredAt >= DISCOVER_EVERY_MS;
+    if (stale) await this.discover();
+    let out = await this.collect(maxFrames, maxBytes);
+    // Nothing in the streams known: a new one may have just appeared.
+    if (out.length === 0 && !stale) {
+      await this.discover();
+      out = await this.collect(maxFrames, maxBytes);
     }
     return out;
   }
@@ -92,6 +102,7 @@ export class PriorityReader {
   async reset(): Promise<void> {
     const lanes = [...this.lanes.values()];
     this.lanes.clear();
+    this.discoveredAt = Number.NEGATIVE_INFINITY;
     for (const lane of lanes) await lane.reader.close();
   }
 
@@ -100,41 +111,60 @@ export class PriorityReader {
     await this.reset();
   }
 
+  private async collect(maxFrames: number, maxBytes: number): Promise<QueuedFrame<T>[]> {
+    for (const lane of this.lanes.values()) lane.drained = false;
+    const out: QueuedFrame<T>[] = [];
+    const used = new Set<Lane<T>>();
+    let bytes = 0;
+    while (out.length < maxFrames && bytes < maxBytes) {
+      const lane = await this.mostUrgent();
+      if (lane === undefined) break;
+      if (this.options.onePriorityPerTake === true && out.length > 0 && lane.priority !== (out[0] as QueuedFrame<T>).priority) break;
+      const queued = lane.ahead.shift() as QueuedFrame<T>;
+      out.push(queued);
+      used.add(lane);
+      bytes += queued.frame.bytes;
+    }
+    // Durable before they are handed out: one sync per stream that gave frames (read-ahead included).
+    if (this.options.durable === true) for (const lane of used) await lane.reader.sync();
+    return out;
+  }
+
   private async discover(): Promise<void> {
-    for (const id of await this.store.streams()) {
+    this.discoveredAt = performance.now();
+    for (const id of await this.store.streams(this.queue)) {
       if (this.lanes.has(id.name)) continue;
       const priority = priorityOfKey(id.key);
       if (priority === undefined) continue;
-      const reader = this.store.reader(id.name, this.start(id.name), this.options.skipTypes === undefined ? {} : { skipTypes: this.options.skipTypes });
+      const reader = this.store.reader(this.queue, id.name, this.start(id.name), this.options.skipTypes === undefined ? {} : { skipTypes: this.options.skipTypes });
       this.lanes.set(id.name, { id, priority, reader, ahead: [], drained: false });
     }
   }
 
   /** The lane whose head should go next, refilling read-ahead as needed. */
-  private async mostUrgent(): Promise<Lane | undefined> {
+  private async mostUrgent(): Promise<Lane<T> | undefined> {
     for (let priority = MAX_PRIORITY; priority >= MIN_PRIORITY; priority--) {
-      let best: Lane | undefined;
+      let best: Lane<T> | undefined;
       for (const lane of this.lanes.values()) {
         if (lane.priority !== priority) continue;
         if (lane.ahead.length === 0 && !lane.drained) await this.refill(lane);
         const head = lane.ahead[0];
         if (head === undefined) continue;
-        if (best === undefined || head.order < (best.ahead[0] as QueuedFrame).order) best = lane;
+        if (best === undefined || head.order < (best.ahead[0] as QueuedFrame<T>).order) best = lane;
       }
       if (best !== undefined) return best;
     }
     return undefined;
   }
 
-  private async refill(lane: Lane): Promise<void> {
+  private async refill(lane: Lane<T>): Promise<void> {
     const read = await lane.reader.read({
       maxFrames: this.options.readAheadFrames ?? 256,
       maxBytes: this.options.readAheadBytes ?? 1024 * 1024,
-      durable: this.options.durable === true,
     });
-    const orderOf = this.options.orderOf;
     for (const frame of read.frames) {
-      lane.ahead.push({ ...frame, stream: lane.id.name, priority: lane.priority, order: orderOf === undefined ? '' : orderOf(frame) });
+      const { order, info } = this.options.describe(frame);
+      lane.ahead.push({ frame, priority: lane.priority, order, info });
     }
     if (read.state !== 'more') lane.drained = true;
     if (read.state === 'torn' && read.torn !== undefined) this.options.onTorn?.(lane.id.name, read.torn);

@@ -27,6 +27,9 @@ export interface HttpSenderOptions {
 
 export const MESSAGES_PATH = '/v1/messages';
 
+/** Small parts (prefixes, headers, small frames) are joined into writes of about this size; large ones go as they are. */
+const WRITE_BYTES = 64 * 1024;
+
 const RETRYABLE_FRAME_CODES = new Set(['ERR_CORRUPT_FRAME', 'ERR_TRUNCATED_FRAME', 'ERR_BAD_REQUEST', 'ERR_UNSUPPORTED_VERSION', 'ERR_TOO_MANY_REQUESTS']);
 
 export class HttpSender implements Transport {
@@ -61,7 +64,7 @@ export class HttpSender implements Transport {
         method: 'POST',
         path: MESSAGES_PATH,
         headers: { 'content-type': CONTENT_TYPE, 'content-length': String(length), ...this.options.sign?.('POST', MESSAGES_PATH, parts) },
-        body: Readable.from(parts, { objectMode: false }),
+        body: Readable.from(coalesce(parts, WRITE_BYTES), { objectMode: false }),
         ...(signal === undefined ? {} : { signal }),
       });
       statusCode = response.statusCode;
@@ -116,4 +119,30 @@ function describe(err: unknown): string {
   const code = (err as { code?: unknown }).code;
   const message = err instanceof Error ? err.message : String(err);
   return typeof code === 'string' ? `${code} ${message}` : message;
+}
+
+/**
+ * The body's parts in fewer, larger writes: runs of small parts are copied into one buffer of up to
+ * `size` bytes; a part of that size or more is passed on as it is (no copy of large frames).
+ */
+export function* coalesce(parts: readonly Buffer[], size: number): Generator<Buffer> {
+  let run: Buffer[] = [];
+  let bytes = 0;
+  for (const part of parts) {
+    if (part.length >= size) {
+      if (run.length > 0) yield run.length === 1 ? (run[0] as Buffer) : Buffer.concat(run, bytes);
+      run = [];
+      bytes = 0;
+      yield part;
+      continue;
+    }
+    if (bytes + part.length > size && run.length > 0) {
+      yield run.length === 1 ? (run[0] as Buffer) : Buffer.concat(run, bytes);
+      run = [];
+      bytes = 0;
+    }
+    run.push(part);
+    bytes += part.length;
+  }
+  if (run.length > 0) yield run.length === 1 ? (run[0] as Buffer) : Buffer.concat(run, bytes);
 }

@@ -11,6 +11,7 @@
 import { AckPolicy, DeliverPolicy, Events, connect, headers as natsHeaders, type JetStreamClient, type JetStreamManager, type NatsConnection } from 'nats';
 import { MqlogError, abortError } from '../errors.js';
 import type { BatchResult, BatchSink, OutgoingBatch, ReceivedFrame, Transport } from './transport.js';
+import { backoffMs, sleep } from '../util/backoff.js';
 
 export const HEADER_FRAME = 'Mqlog-Frame';
 export const HEADER_CHANNEL = 'Mqlog-Channel';
@@ -243,17 +244,16 @@ export class NatsSource {
   }
 
   private async loop(): Promise<void> {
-    let delayMs = 100;
+    let failures = 0;
     while (!this.stop.signal.aborted) {
       try {
         await this.pull();
-        delayMs = 100;
+        failures = 0;
       } catch (err) {
         if (this.stop.signal.aborted) break;
         const error = err instanceof MqlogError ? err : new MqlogError('ERR_PEER_UNREACHABLE', `${this.options.url}: ${(err as Error).message}`, { cause: err });
         this.options.onError?.(error);
-        await new Promise((r) => setTimeout(r, delayMs));
-        delayMs = Math.min(10_000, delayMs * 2);
+        await sleep(backoffMs(++failures, 100, 10_000), this.stop.signal);
       }
     }
   }

@@ -32,6 +32,12 @@ export interface OutgoingBatch {
   /** The destination as the sender names it (a peer name or URL): part of the duplicate-detection key. */
   readonly destination: string;
   readonly frames: readonly WireFrame[];
+  /**
+   * Per sender stream, the offsets `[from, to)` the batch covers: every frame of the stream for this
+   * destination in that range is in the batch (spec/http-protocol.md §5). Optional: without it, a batch
+   * covers everything up to its last frame of each stream.
+   */
+  readonly covers?: Readonly<Record<string, readonly [number, number]>> | undefined;
 }
 
 export interface IncomingBatch extends OutgoingBatch {

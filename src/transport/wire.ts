@@ -38,7 +38,8 @@ export function encodeBatch(batch: OutgoingBatch): Buffer[] {
       streams.push(stream);
     }
   }
-  const header = packr.pack({ node: batch.node, name: batch.name, to: batch.destination, streams });
+  const covers = batch.covers === undefined ? undefined : Object.entries(batch.covers).flatMap(([stream, [from, to]]) => (index.has(stream) ? [[index.get(stream), from, to]] : []));
+  const header = packr.pack({ node: batch.node, name: batch.name, to: batch.destination, streams, ...(covers === undefined ? {} : { covers }) });
   const prefix = Buffer.alloc(PREFIX_BYTES);
   prefix.write(WIRE_MAGIC, 0, 'latin1');
   prefix[4] = WIRE_VERSION;
@@ -59,6 +60,7 @@ export interface DecodedBatch {
   readonly name: string;
   readonly destination: string;
   readonly frames: ReceivedFrame[];
+  readonly covers?: Record<string, readonly [number, number]>;
 }
 
 /**
@@ -84,13 +86,14 @@ export function decodeBatch(body: Buffer, limits: WireLimits = {}): DecodedBatch
   } catch (err) {
     throw new MqlogError('ERR_BAD_REQUEST', 'batch header is not valid msgpack', { cause: err });
   }
-  const { node, name, to, streams } = (header ?? {}) as { node?: unknown; name?: unknown; to?: unknown; streams?: unknown };
+  const { node, name, to, streams, covers } = (header ?? {}) as { node?: unknown; name?: unknown; to?: unknown; streams?: unknown; covers?: unknown };
   if (typeof node !== 'string' || node.length === 0 || Buffer.byteLength(node) > MAX_NAME_BYTES) throw bad('header.node is not a node id');
   if (typeof name !== 'string' || Buffer.byteLength(name) > MAX_NAME_BYTES) throw bad('header.name is not a name');
   if (typeof to !== 'string' || Buffer.byteLength(to) > 1024) throw bad('header.to is not a destination');
   if (!Array.isArray(streams) || streams.length > MAX_STREAMS || !streams.every((s) => typeof s === 'string' && s.length > 0 && Buffer.byteLength(s) <= MAX_NAME_BYTES)) {
     throw bad('header.streams is not a list of stream names');
   }
+  const covered = decodeCovers(covers, streams as string[]);
   const frames: ReceivedFrame[] = [];
   let at = PREFIX_BYTES + headerBytes;
   while (at < body.length) {
@@ -110,7 +113,23 @@ export function decodeBatch(body: Buffer, limits: WireLimits = {}): DecodedBatch
     at += frameBytes;
   }
   if (frames.length === 0) throw bad('batch holds no frames');
-  return { node, name, destination: to, frames };
+  return { node, name, destination: to, frames, ...(covered === undefined ? {} : { covers: covered }) };
+}
+
+/** `covers`: a list of `[streamIndex, from, to]` with `0 <= from <= to < 2^53`, at most one per stream. */
+function decodeCovers(covers: unknown, streams: readonly string[]): Record<string, readonly [number, number]> | undefined {
+  if (covers === undefined) return undefined;
+  if (!Array.isArray(covers) || covers.length > streams.length) throw bad('header.covers is not a list of [stream, from, to]');
+  const out: Record<string, readonly [number, number]> = {};
+  for (const entry of covers as unknown[]) {
+    if (!Array.isArray(entry) || entry.length !== 3) throw bad('header.covers is not a list of [stream, from, to]');
+    const [index, from, to] = entry as unknown[];
+    const stream = Number.isSafeInteger(index) ? streams[index as number] : undefined;
+    if (stream === undefined || Object.hasOwn(out, stream)) throw bad('header.covers names a stream the header does not list, or one twice');
+    if (!Number.isSafeInteger(from) || !Number.isSafeInteger(to) || (from as number) < 0 || (to as number) < (from as number)) throw bad(`header.covers range of ${stream} is not [from, to) of offsets`);
+    out[stream] = [from as number, to as number];
+  }
+  return out;
 }
 
 function bad(reason: string, frame?: number): MqlogError {

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { mkdir, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { Inbox } from '../../src/queue/inbox.ts';
+import { openNode } from '../../src/daemon/node.ts';
 import { newId } from '../../src/util/ids.ts';
 import { assertId, assertLogIntact, feedLines, LineCollector, logUniformInt, NOWHERE, seededRandom, sendOne } from '../helpers/crash.ts';
 import { DaemonProcess, makeNodes } from '../helpers/daemon.ts';
@@ -77,13 +77,14 @@ test('a power cut while consuming never bricks the inbox, and no acknowledged me
     await mkdir(dir);
     // Messages the killed consumer had leased come back after one visibility timeout.
     await writeFile(join(dir, 'mqlog.json'), JSON.stringify({ visibilityTimeoutMs: 1000 }));
-    const inbox = await Inbox.open({ dataDir: dir, channel: 'jobs' });
+    const opened = await openNode({ data: dir });
+    const inbox = await opened.inbox('jobs');
     const total = 400;
     for (let i = 0; i < total; i++) {
       const ts = Date.now();
       await inbox.append({ id: newId(ts), ts, channel: 'jobs', priority: i % 10, to: ['me'], from: 'test' }, Buffer.from(`job-${i}`));
     }
-    await inbox.close();
+    await opened.close();
 
     // A consumer that leases ahead (lease records are written without fsync) and prints each ack once
     // it resolved, killed mid-way; then the cut tears what its journal had not fsync'd.

@@ -10,8 +10,8 @@ import { readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { FrameType } from '../../src/log/frame.ts';
-import { FileLogStore } from '../../src/log/log-store.ts';
-import type { TruncatedTail } from '../../src/log/recovery.ts';
+import { FileLogStore } from '../../src/log/file-log-store.ts';
+import type { TruncatedTail } from '../../src/log/log-store.ts';
 import { encodeMessagePayload } from '../../src/queue/codec.ts';
 import { newId } from '../../src/util/ids.ts';
 import { assertLogIntact, dump, flipByte, framesOf, FRAME_HEADER_BYTES, NOWHERE, segmentFiles, sendOne, verify, type RawFrame } from '../helpers/crash.ts';
@@ -141,12 +141,12 @@ test('opening a writer on a stream with a torn tail cuts it off and reports it t
   const last = frameAt(frames, 4);
   await truncate(seg, last.position + last.bytes - 7);
 
-  const store = new FileLogStore(join(dir, 'outbox'));
+  const store = new FileLogStore(dir);
   const reports: { stream: string; tail: TruncatedTail }[] = [];
   const onTruncated = (stream: string, tail: TruncatedTail): void => {
     reports.push({ stream, tail });
   };
-  const writer = await store.claimWriter({ onTruncated });
+  const writer = await store.claimWriter('outbox', { onTruncated });
   t.after(() => writer.close());
   assert.equal(writer.slot, 0, 'the slot of the torn stream is free');
 
@@ -178,7 +178,7 @@ test('opening a writer on a stream with a torn tail cuts it off and reports it t
   assert.equal(reports.length, 1);
 
   // A clean stream opened again reports nothing.
-  const again = await store.claimWriter({ onTruncated });
+  const again = await store.claimWriter('outbox', { onTruncated });
   await again.append('p4', FrameType.MESSAGE, encodeMessagePayload({ id: newId(), ts, channel: 'common', priority: 4, to: [NOWHERE], from: 'test' }, Buffer.from('clean')));
   await again.close();
   assert.equal(reports.length, 1);

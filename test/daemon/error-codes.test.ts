@@ -57,7 +57,7 @@ test('ERR_FORBIDDEN: a node without peer keys refuses requests from other addres
     tls: {},
     sink,
     healthy: () => true,
-    readOnly: { metrics: async () => ({ contentType: 'text/plain', text: '' }), status: () => ({}), page: '' },
+    readOnly: { metrics: async () => ({ contentType: 'text/plain', text: '' }), status: async () => ({}), page: '' },
   });
   defer(t, () => servers.peer.close());
   assert.equal(servers.mode, 'loopback');

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { test, type TestContext } from 'node:test';
-import { Inbox } from '../../src/queue/inbox.js';
+import { openNode } from '../../src/daemon/node.js';
 import { jsonLines, mqlog, tempDir, waitFor, type RunResult } from '../helpers/index.js';
 import { DaemonProcess, allInbox, daemons, makeNodes, type NodeSpec } from '../helpers/daemon.js';
 import { envelope, frame, messagePayload, postBatch, uuidV7, type RawFrame } from '../helpers/wire.js';
@@ -188,14 +188,15 @@ async function partiallyStoredBatch(t: TestContext): Promise<PartialBatch> {
   assert.deepEqual([first.status, first.json], [200, { stored: 4, duplicates: 0 }]);
   assert.equal(await db!.stop(), 0);
   // Frames 4..7 were sent next; B stored 4 and 5 and died before answering.
-  const inbox = await Inbox.open({ dataDir: b!.dir, channel: 'common' });
+  const opened = await openNode({ data: b!.dir });
+  const inbox = await opened.inbox('common');
   for (const offset of [4, 5]) {
     await inbox.append(
       { id: ids[offset]!, ts: Date.now(), channel: 'common', priority: 4, to: ['b'], from: 'a', origin: { node, stream: 'p4.w0', offset, destination: 'b' } },
       Buffer.from(`message ${offset}`),
     );
   }
-  await inbox.close();
+  await opened.close();
   return { b: b!, db: db!, ids, retry: envelope(frames.slice(4), { node, name: 'a', to: 'b' }) };
 }
 

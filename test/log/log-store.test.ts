@@ -5,28 +5,28 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { FrameType } from '../../src/log/frame.js';
 import { Lock } from '../../src/log/lock.js';
-import { FileLogStore } from '../../src/log/log-store.js';
+import { FileLogStore } from '../../src/log/file-log-store.js';
 import { exited, tempDir } from '../helpers/index.js';
 
 test('each writer claims its own slot and writes only its own streams', async (t) => {
   const dir = await tempDir(t);
   const store = new FileLogStore(dir);
-  const a = await store.claimWriter();
-  const b = await store.claimWriter();
+  const a = await store.claimWriter('q');
+  const b = await store.claimWriter('q');
   assert.deepEqual([a.slot, b.slot], [0, 1]);
   assert.equal((await a.append('p4', FrameType.MESSAGE, Buffer.from('a'))).stream, 'p4.w0');
   assert.equal((await b.append('p4', FrameType.MESSAGE, Buffer.from('b'))).stream, 'p4.w1');
   await a.close();
-  const c = await store.claimWriter();
+  const c = await store.claimWriter('q');
   assert.equal(c.slot, 0, 'a released slot is reused');
   await b.close();
   await c.close();
-  assert.deepEqual((await store.streams()).map((s) => s.name), ['p4.w0', 'p4.w1']);
+  assert.deepEqual((await store.streams('q')).map((s) => s.name), ['p4.w0', 'p4.w1']);
 });
 
 test('a stream key must be short lowercase alphanumerics', async (t) => {
   const store = new FileLogStore(await tempDir(t));
-  const writer = await store.claimWriter();
+  const writer = await store.claimWriter('q');
   t.after(() => writer.close());
   await assert.rejects(writer.append('../x', FrameType.MESSAGE, Buffer.alloc(1)), { code: 'ERR_INVALID_ARG' });
 });

@@ -1,0 +1,107 @@
+/**
+ * The LogWriter of one queue directory (spec/log-format.md §7, §14): appends through a claimed slot,
+ * moves to another slot when a stream of its slot turns out to be corrupt at its end (recovery cannot
+ * find where to append) — the slot is marked broken, `mqlog verify` shows where, and appends go on in a
+ * fresh slot, so one damaged file never stops a node from sending — and enforces the queue's size limit.
+ */
+import { join } from 'node:path';
+import { MqlogError, isMqlogError } from '../errors.js';
+import { writeFileAtomic } from '../util/fs.js';
+import { FRAME_HEADER_BYTES, payloadLength, type Payload } from './frame.js';
+import type { AppendResult, LogWriter, WriterOptions } from './log-store.js';
+import type { SlotWriter } from './slot-writer.js';
+
+/** Marker of a writer slot whose stream is corrupt where it must be appended to: later writers skip it. */
+export const BROKEN_SUFFIX = '.broken';
+const SIZE_REFRESH_MS = 1000;
+
+export interface FailoverDeps {
+  readonly dir: string;
+  /** Claims the lowest free slot not marked broken. */
+  readonly claimSlot: () => Promise<SlotWriter>;
+  /** Bytes of every segment of the queue. */
+  readonly sizeOnDisk: () => Promise<number>;
+}
+
+export class FailoverWriter implements LogWriter {
+  private readonly deps: FailoverDeps;
+  private readonly options: WriterOptions;
+  private current: SlotWriter;
+  private replacing: Promise<void> | undefined;
+  /** Estimated size of the queue: last measure plus this writer's appends since. */
+  private size: number | undefined;
+  /** Bytes of appends admitted under the limit and not yet written. */
+  private admitted = 0;
+  private sizedAt = 0;
+  private measuring: Promise<void> | undefined;
+
+  constructor(deps: FailoverDeps, options: WriterOptions, first: SlotWriter) {
+    this.deps = deps;
+    this.options = options;
+    this.current = first;
+  }
+
+  get slot(): number {
+    return this.current.slot;
+  }
+
+  append(key: string, type: number, payload: Payload): Promise<AppendResult> {
+    const maxBytes = this.options.maxBytes;
+    if (maxBytes === undefined || maxBytes === null) return this.appendNow(key, type, payload);
+    const bytes = FRAME_HEADER_BYTES + payloadLength(payload);
+    const admit = (): Promise<AppendResult> => {
+      // Measured size, plus this writer's appends since, plus those admitted but not yet written.
+      if ((this.size ?? 0) + this.admitted + bytes > maxBytes) return Promise.reject(queueFull(this.deps.dir, maxBytes));
+      this.admitted += bytes;
+      return this.appendNow(key, type, payload).finally(() => {
+        this.admitted -= bytes;
+        this.size = (this.size ?? 0) + bytes;
+      });
+    };
+    if (this.size === undefined || Date.now() - this.sizedAt > SIZE_REFRESH_MS || this.size + this.admitted + bytes > maxBytes) {
+      // Near the limit (or not measured lately): measure before deciding.
+      return this.measure().then(admit);
+    }
+    return admit();
+  }
+
+  roll(key: string): Promise<void> {
+    return this.current.roll(key);
+  }
+
+  close(): Promise<void> {
+    return this.current.close();
+  }
+
+  /** The queue's size on disk, not counting this writer's zero-filled preallocation. */
+  private async measure(): Promise<void> {
+    this.measuring ??= (async () => {
+      const total = await this.deps.sizeOnDisk();
+      // Appends in flight may or may not be in the files yet; they stay counted in `admitted` either way.
+      this.size = Math.max(0, total - this.current.preallocatedBytes());
+      this.sizedAt = Date.now();
+    })().finally(() => (this.measuring = undefined));
+    await this.measuring;
+  }
+
+  private appendNow(key: string, type: number, payload: Payload): Promise<AppendResult> {
+    const writer = this.current;
+    return writer.append(key, type, payload).catch(async (err: unknown) => {
+      if (!isMqlogError(err, 'ERR_CORRUPT_FRAME') || !writer.brokenKeys.has(key)) throw err;
+      if (this.current === writer) {
+        this.replacing ??= (async () => {
+          await writeFileAtomic(join(this.deps.dir, `w${writer.slot}${BROKEN_SUFFIX}`), JSON.stringify({ key, reason: err.message, at: new Date().toISOString() }));
+          await writer.close();
+          this.options.onSlotBroken?.(writer.slot, err.message);
+          this.current = await this.deps.claimSlot();
+        })().finally(() => (this.replacing = undefined));
+      }
+      await this.replacing;
+      return this.current.append(key, type, payload);
+    });
+  }
+}
+
+function queueFull(dir: string, maxBytes: number): MqlogError {
+  return new MqlogError('ERR_QUEUE_FULL', `${dir} reached its size limit of ${maxBytes} bytes (maxQueueBytes)`, { details: { path: dir, maxBytes } });
+}

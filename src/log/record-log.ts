@@ -1,0 +1,156 @@
+/**
+ * A record log: one append-only file of RECORD frames (spec/log-format.md §2, §11), for state journals
+ * that several processes append to in turn under a lock of their own (the consumer journal).
+ *
+ * It follows the log's torn-tail rule (§3.2, §3.3): every write after the first begins with a SYNC frame
+ * stating how much of the file is known to be fsync'd, and whatever a crash or a power cut left unreadable
+ * past that is a torn tail, which a caller holding the writers' lock sets aside in a `.torn` file and
+ * clears. Appends overwrite zeros reserved ahead of the data, so that small records — acks, which free
+ * space — still fit on a full disk.
+ *
+ * Concurrency contract: `append` and a catch-up that cuts a torn tail only under the caller's lock; plain
+ * catch-ups (readers that only look) at any time. One caller at a time per object.
+ */
+import { open, stat, type FileHandle } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { ioError, isMqlogError } from '../errors.js';
+import { FILE_MODE, fsyncDir } from '../util/fs.js';
+import { FrameType, encodeFrame, encodeSyncFrame } from './frame.js';
+import type { TruncatedTail } from './log-store.js';
+import { setAsideTorn } from './recovery.js';
+import { SegmentReader } from './segment.js';
+
+/** Zeros written ahead of the data (see append). */
+const RESERVE_BYTES = 64 * 1024;
+
+export class RecordLog {
+  readonly path: string;
+  /** End of the records read or written so far. */
+  private end = 0;
+  /** Sequence number (frame offset) of the next record. */
+  private sequence = 0;
+  /** Length of the file known to be fsync'd (by this process, or stated by a SYNC frame). */
+  private syncedEnd = 0;
+  private handle: FileHandle | undefined;
+  private reservedEnd = 0;
+  /** The file as this object last saw it (inode, mtime, size): unchanged means nothing to catch up on. */
+  private stamp = '';
+
+  constructor(path: string) {
+    this.path = path;
+  }
+
+  /** Bytes of records so far (the journal's length, for deciding when to fold it into a checkpoint). */
+  get bytes(): number {
+    return this.end;
+  }
+
+  /**
+   * Reads the records others appended since the last look, handing each payload to `apply` in order.
+   * Stops before a torn tail; with `cutTorn` (the caller holds the lock: only a killed holder can have
+   * left it), sets the tail aside, zeros it and returns what was cut.
+   * @throws ERR_CORRUPT_FRAME when the file is damaged inside data a SYNC frame shows was fsync'd.
+   */
+  async catchUp(apply: (payload: Buffer) => void, cutTorn: boolean): Promise<TruncatedTail | undefined> {
+    const stamp = await this.currentStamp();
+    if (stamp === this.stamp) return undefined;
+    this.stamp = stamp;
+    let reader: SegmentReader;
+    try {
+      reader = await SegmentReader.open(this.path, { position: this.end });
+    } catch (err) {
+      if (isMqlogError(err, 'ERR_NOT_FOUND')) return undefined;
+      throw err;
+    }
+    try {
+      for (;;) {
+        const step = await reader.next();
+        this.syncedEnd = Math.max(this.syncedEnd, reader.syncedBytes);
+        if (step.kind === 'frame') {
+          if (step.frame.type === FrameType.RECORD) apply(step.frame.payload);
+          this.end = step.frame.position + step.frame.bytes;
+          this.sequence = step.frame.offset + 1;
+          continue;
+        }
+        if (step.kind !== 'torn' || !cutTorn) return undefined;
+        await this.handle?.close();
+        this.handle = undefined;
+        const savedAs = await setAsideTorn(this.path, step.position);
+        // Zero the torn bytes rather than truncating: the reserve after them stays usable.
+        const handle = await open(this.path, 'r+');
+        try {
+          await handle.write(Buffer.alloc(step.tornBytes), 0, step.tornBytes, step.position);
+          await handle.datasync();
+        } finally {
+          await handle.close();
+        }
+        this.syncedEnd = step.position;
+        this.stamp = await this.currentStamp();
+        return { path: this.path, position: step.position, bytes: step.tornBytes, reason: step.reason, savedAs };
+      }
+    } finally {
+      await reader.close();
+    }
+  }
+
+  /**
+   * Appends records with one write, after catching up. With `durable`, fdatasyncs before resolving.
+   * @throws ERR_DISK_FULL, ERR_IO (nothing of the failed write stays behind).
+   */
+  async append(payloads: readonly Buffer[], durable: boolean): Promise<void> {
+    const handle = await this.openForAppend();
+    const frames = payloads.map((payload, i) => encodeFrame(FrameType.RECORD, this.sequence + i, payload));
+    // The write opens with what is known to be fsync'd before it (nothing to state at the very start).
+    if (this.end > 0) frames.unshift(encodeSyncFrame(this.sequence, Math.min(this.syncedEnd, this.end)));
+    const bytes = frames.reduce((n, f) => n + f.length, 0);
+    const end = this.end + bytes;
+    try {
+      const reserve = end > this.reservedEnd ? RESERVE_BYTES : 0;
+      try {
+        await handle.writev(reserve > 0 ? [...frames, Buffer.alloc(reserve)] : frames, this.end);
+        this.reservedEnd = Math.max(this.reservedEnd, end + reserve);
+      } catch (err) {
+        if (reserve === 0 || (err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
+        await handle.truncate(Math.max(this.end, this.reservedEnd));
+        await handle.writev(frames, this.end);
+        this.reservedEnd = Math.max(this.reservedEnd, end);
+      }
+      if (durable) {
+        await handle.datasync();
+        this.syncedEnd = end;
+      }
+    } catch (err) {
+      // Zero what may have been written, so that no partial record stays behind.
+      await handle.write(Buffer.alloc(bytes), 0, bytes, this.end).catch(() => undefined);
+      throw ioError(err, `cannot append to ${this.path}`, { path: this.path });
+    }
+    this.end = end;
+    this.sequence += payloads.length;
+    // Our own write is no news to our next catch-up.
+    this.stamp = await this.currentStamp();
+  }
+
+  async close(): Promise<void> {
+    const handle = this.handle;
+    this.handle = undefined;
+    await handle?.close();
+  }
+
+  private async openForAppend(): Promise<FileHandle> {
+    if (this.handle !== undefined) return this.handle;
+    try {
+      await (await open(this.path, 'a', FILE_MODE)).close();
+      this.handle = await open(this.path, 'r+');
+    } catch (err) {
+      throw ioError(err, `cannot open ${this.path}`, { path: this.path });
+    }
+    this.reservedEnd = (await this.handle.stat()).size;
+    // fsync the dir: a new file's name is not durable until its parent is.
+    if (this.end === 0) await fsyncDir(dirname(this.path));
+    return this.handle;
+  }
+
+  private currentStamp(): Promise<string> {
+    return stat(this.path).then((s) => `${s.ino}:${s.mtimeMs}:${s.size}`, () => 'none');
+  }
+}

@@ -1,0 +1,189 @@
+/**
+ * Compaction of one stream's segment files (spec/log-format.md §13): the caller says which frames to
+ * keep; this module reclaims the space of the others, in whole segments.
+ *
+ * Only sealed segments are touched while a writer may append (never the one it appends to): a segment
+ * with no kept frame is deleted; one whose kept frames are less than `rewriteBelowShare` of its bytes is
+ * rewritten — kept frames copied as they are into a temp file, fsync'd, renamed over the segment, the
+ * directory fsync'd — so that either the old or the new file is in force after a crash, never both or
+ * neither. The last segment of a stream whose writer is gone is retired the same way once nothing in it
+ * is kept: the slot is claimed, the stream recovered as a writer would, an empty successor created, and
+ * the old segment deleted.
+ *
+ * Offsets never change, so cursors, acks and position hints stay valid (hints are re-checked by offset).
+ * Compactors of one queue take turns (the caller holds `compact.lock`); writers and readers never wait.
+ */
+import { open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ioError, isMqlogError } from '../errors.js';
+import { FILE_MODE, fsyncDir, isNotFound } from '../util/fs.js';
+import { Lock } from './lock.js';
+import type { CompactOptions, KeepFrame, StoredFrame, StreamCompaction } from './log-store.js';
+import { SegmentReader, type SegmentFrame } from './segment.js';
+import { SegmentSet, type SegmentInfo } from './segment-set.js';
+import { StreamWriter } from './stream-writer.js';
+
+type Action = 'kept' | 'deleted' | 'rewritten' | 'retired';
+
+interface Outcome {
+  readonly action: Action;
+  readonly framesRemoved: number;
+  readonly bytesReclaimed: number;
+}
+
+const KEPT: Outcome = { action: 'kept', framesRemoved: 0, bytesReclaimed: 0 };
+
+/**
+ * Compacts the stream in `dir`, whose writer slot lock is `slotLock`. `segmentBytes` is what a writer
+ * of the stream would use (a retired tail's stream is recovered with it).
+ */
+export async function compactStream(dir: string, stream: string, slotLock: string, keep: KeepFrame, options: CompactOptions & { readonly segmentBytes?: number } = {}): Promise<StreamCompaction> {
+  const set = new SegmentSet(dir);
+  const result = { segmentsDeleted: 0, segmentsRewritten: 0, framesRemoved: 0, bytesReclaimed: 0 };
+  await removeLeftovers(dir);
+  const segments = await set.list();
+  for (const [index, segment] of segments.entries()) {
+    if (options.signal?.aborted === true) break;
+    // Nothing at or past `keepFrom` can go: no need to read it.
+    if (options.keepFrom !== undefined && segment.baseOffset >= options.keepFrom) continue;
+    const sealed = index < segments.length - 1;
+    const outcome = sealed ? await compactSegment(set, segment, stream, keep, options.rewriteBelowShare ?? 0.5) : await retireTail(set, segment, stream, slotLock, keep, options.segmentBytes);
+    result.segmentsDeleted += outcome.action === 'deleted' || outcome.action === 'retired' ? 1 : 0;
+    result.segmentsRewritten += outcome.action === 'rewritten' ? 1 : 0;
+    result.framesRemoved += outcome.framesRemoved;
+    result.bytesReclaimed += outcome.bytesReclaimed;
+    options.onSegment?.(segment.path, outcome.action);
+  }
+  return result;
+}
+
+async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: string, keep: KeepFrame, rewriteBelowShare: number): Promise<Outcome> {
+  const survey = await surveySegment(segment, stream, keep);
+  if (survey === undefined || survey.removed === 0) return KEPT;
+  // The file's own size: it also holds the log's sync marks, which no caller keeps or drops.
+  const fileBytes = await stat(segment.path).then((s) => s.size, () => survey.totalBytes);
+  if (survey.keptFrames === 0) {
+    await rm(segment.path, { force: true });
+    await fsyncDir(set.dir);
+    return { action: 'deleted', framesRemoved: survey.removed, bytesReclaimed: fileBytes };
+  }
+  if (survey.keptBytes >= survey.totalBytes * rewriteBelowShare) return KEPT;
+  const tmp = `${segment.path}.${process.pid}.compact.tmp`;
+  const handle = await open(tmp, 'w', FILE_MODE);
+  let written = 0;
+  try {
+    const reader = await SegmentReader.open(segment.path);
+    try {
+      for (;;) {
+        const step = await reader.next();
+        if (step.kind !== 'frame') break;
+        if (!(await keep(asStored(stream, segment, step.frame)))) continue;
+        // Copied as stored: the same bytes, the same CRC, the same offset.
+        await handle.write(step.frame.raw, 0, step.frame.raw.length, written);
+        written += step.frame.raw.length;
+      }
+    } finally {
+      await reader.close();
+    }
+    await handle.datasync();
+  } catch (err) {
+    await handle.close();
+    await rm(tmp, { force: true });
+    throw ioError(err, `cannot rewrite ${segment.path}`, { path: segment.path });
+  }
+  await handle.close();
+  // The rename is the switch: before it the old segment is in force, after it the new one.
+  await rename(tmp, segment.path);
+  await fsyncDir(set.dir);
+  return { action: 'rewritten', framesRemoved: survey.removed, bytesReclaimed: fileBytes - written };
+}
+
+/** Retires the last segment of a stream whose writer is gone, once no frame in it is kept. */
+async function retireTail(set: SegmentSet, segment: SegmentInfo, stream: string, slotLock: string, keep: KeepFrame, segmentBytes: number | undefined): Promise<Outcome> {
+  const size = await stat(segment.path).then((s) => s.size, () => 0);
+  if (size === 0) return KEPT;
+  const survey = await surveySegment(segment, stream, keep);
+  if (survey === undefined || survey.keptFrames > 0 || survey.removed === 0 || survey.torn) return KEPT;
+  const lock = await Lock.tryAcquire(slotLock);
+  if (lock === undefined) return KEPT; // a writer is appending here
+  try {
+    // Recover as the slot's writer would (cuts a torn tail), then start an empty successor.
+    const writer = await StreamWriter.open(set.dir, segmentBytes === undefined ? {} : { segmentBytes });
+    const next = writer.nextOffset;
+    await writer.close();
+    const again = await surveySegment(segment, stream, keep);
+    if (again === undefined || again.keptFrames > 0) return KEPT;
+    const handle = await set.create(next);
+    await handle.close();
+    await rm(segment.path, { force: true });
+    await fsyncDir(set.dir);
+    return { action: 'retired', framesRemoved: again.removed, bytesReclaimed: size };
+  } catch (err) {
+    if (isMqlogError(err)) return KEPT; // corrupt or busy: leave it for verify and the next round
+    throw err;
+  } finally {
+    await lock.release();
+  }
+}
+
+interface Survey {
+  readonly keptFrames: number;
+  readonly keptBytes: number;
+  readonly removed: number;
+  readonly totalBytes: number;
+  readonly torn: boolean;
+}
+
+async function surveySegment(segment: SegmentInfo, stream: string, keep: KeepFrame): Promise<Survey | undefined> {
+  let reader: SegmentReader;
+  try {
+    reader = await SegmentReader.open(segment.path);
+  } catch (err) {
+    if (isMqlogError(err, 'ERR_NOT_FOUND')) return undefined;
+    throw err;
+  }
+  let keptFrames = 0;
+  let keptBytes = 0;
+  let removed = 0;
+  let totalBytes = 0;
+  let torn: boolean;
+  try {
+    for (;;) {
+      let step;
+      try {
+        step = await reader.next();
+      } catch (err) {
+        if (isMqlogError(err)) return undefined; // corrupt: verify reports it; compaction keeps it
+        throw err;
+      }
+      if (step.kind !== 'frame') {
+        torn = step.kind === 'torn';
+        break;
+      }
+      totalBytes += step.frame.bytes;
+      if (await keep(asStored(stream, segment, step.frame))) {
+        keptFrames++;
+        keptBytes += step.frame.bytes;
+      } else removed++;
+    }
+  } finally {
+    await reader.close();
+  }
+  return { keptFrames, keptBytes, removed, totalBytes, torn };
+}
+
+function asStored(stream: string, segment: SegmentInfo, frame: SegmentFrame): StoredFrame {
+  return { stream, type: frame.type, offset: frame.offset, payload: frame.payload, raw: frame.raw, bytes: frame.bytes, segment: segment.baseOffset, position: frame.position };
+}
+
+/** Removes temp files a killed compactor left (`*.compact.tmp`). */
+async function removeLeftovers(dir: string): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (err) {
+    if (isNotFound(err)) return;
+    throw err;
+  }
+  for (const name of names) if (name.endsWith('.compact.tmp')) await rm(join(dir, name), { force: true });
+}

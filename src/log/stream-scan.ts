@@ -1,0 +1,60 @@
+/**
+ * Reading a stream front to back through any LogStore: the one loop every whole-stream reader uses
+ * (dump, stat, body chunks, duplicate-detection recovery, compaction surveys). Streams with bounded
+ * memory, and releases its reader in `finally`, also when the caller leaves the loop early.
+ */
+import { isMqlogError, type MqlogError } from '../errors.js';
+import type { LogStore, StoredFrame, StreamPosition, TornTail } from './log-store.js';
+
+export type ScanEvent =
+  | { readonly kind: 'frame'; readonly frame: StoredFrame }
+  /** The stream's data ends in a torn (or unfinished) write: reading stopped there. */
+  | { readonly kind: 'torn'; readonly torn: TornTail }
+  /** Damaged data: reading of the stream stopped there. */
+  | { readonly kind: 'corrupt'; readonly error: MqlogError };
+
+export interface ScanOptions {
+  readonly from?: StreamPosition;
+  readonly skipTypes?: ReadonlySet<number>;
+  /** Frames per read (memory: about this many frames, or `maxBytes`, at a time). */
+  readonly maxFrames?: number;
+  readonly maxBytes?: number;
+}
+
+const BATCH = { maxFrames: 512, maxBytes: 4 * 1024 * 1024 };
+
+/** Every frame of a stream from `from` to the end of its data, and where and why reading stopped early. */
+export async function* scanStream(store: LogStore, queue: string, stream: string, options: ScanOptions = {}): AsyncGenerator<ScanEvent> {
+  const reader = store.reader(queue, stream, options.from, options.skipTypes === undefined ? {} : { skipTypes: options.skipTypes });
+  const limits = { maxFrames: options.maxFrames ?? BATCH.maxFrames, maxBytes: options.maxBytes ?? BATCH.maxBytes };
+  try {
+    for (;;) {
+      let read;
+      try {
+        read = await reader.read(limits);
+      } catch (err) {
+        if (isMqlogError(err) && (err.code === 'ERR_CORRUPT_FRAME' || err.code === 'ERR_UNSUPPORTED_VERSION')) {
+          yield { kind: 'corrupt', error: err };
+          return;
+        }
+        throw err;
+      }
+      for (const frame of read.frames) yield { kind: 'frame', frame };
+      if (read.state === 'torn' && read.torn !== undefined) yield { kind: 'torn', torn: read.torn };
+      if (read.state !== 'more') return;
+    }
+  } finally {
+    await reader.close();
+  }
+}
+
+/**
+ * The frames of a stream from `from` to the end of its data (stopping quietly at a torn tail).
+ * @throws ERR_CORRUPT_FRAME at damaged data.
+ */
+export async function* readFrames(store: LogStore, queue: string, stream: string, options: ScanOptions = {}): AsyncGenerator<StoredFrame> {
+  for await (const event of scanStream(store, queue, stream, options)) {
+    if (event.kind === 'frame') yield event.frame;
+    else if (event.kind === 'corrupt') throw event.error;
+  }
+}

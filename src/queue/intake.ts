@@ -1,0 +1,367 @@
+/**
+ * What arrives from peers (spec/http-protocol.md §4, §5): the one owner of incoming batches. It checks
+ * every frame, recognises what was stored before (the dedup table), stores the new frames in the inbox
+ * of their channel and answers only once they are durable; receipt reports go to the outbox's receipts.
+ *
+ * Every frame is checked before anything is written — CRC (once), lengths, version, type, message
+ * fields, channel name, body size — so a bad request stores nothing. The sender name stored with a
+ * message is the authenticated peer when there is one, never only the claim in the request.
+ *
+ * Concurrency contract: batches of one sender may be stored concurrently (a sender keeps several in
+ * flight) as long as the ranges they cover differ; a batch that overlaps one still being stored (a retry
+ * of it) waits for it, then sees what it stored. Batches with chunks of streamed bodies are stored one
+ * after the other per sender stream.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { MqlogError } from '../errors.js';
+import { FrameType, decodeFrame } from '../log/frame.js';
+import type { LogStore } from '../log/log-store.js';
+import { parseStreamName } from '../log/stream-id.js';
+import { digestStreamedBody } from './body.js';
+import { decodeChunk, decodeMessage, type ChunkMeta, type MessageMeta, type MessageRecord, type Origin } from './codec.js';
+import { DedupTable, dedupKey, transferKey } from './dedup-table.js';
+import type { Inbox } from './inbox.js';
+import { listQueues } from './layout.js';
+import { decodeReceiptReport, type ReceiptReport } from './receipts.js';
+
+/** A batch as a transport delivered it. */
+export interface IncomingFrames {
+  /** Permanent id of the sending node. */
+  readonly node: string;
+  /** The name the sender claims. */
+  readonly name: string;
+  /** This node as the sender names it. */
+  readonly destination: string;
+  /** The peer the transport authenticated, if it authenticates. */
+  readonly peer: string | undefined;
+  readonly frames: readonly { readonly stream: string; readonly frame: Buffer }[];
+  /** Per sender stream, the range of offsets `[from, to)` the batch covers (see dedup-table.ts). */
+  readonly covers?: ReadonlyMap<string, { readonly from: number; readonly to: number }> | undefined;
+  /** Set by sources that do not deliver in order: duplicates are recognised by exact offset, everything up to `floor` was delivered before. */
+  readonly unordered?: { readonly floor: number } | undefined;
+}
+
+export interface IntakeResult {
+  readonly stored: number;
+  readonly duplicates: number;
+}
+
+export interface IntakeLimits {
+  readonly maxBodyBytes: number;
+  /** Largest streamed body (chunked) accepted. */
+  readonly maxStreamedBodyBytes: number;
+  readonly maxFrameBytes: number;
+  readonly maxHeaders?: number;
+  readonly maxHeaderBytes?: number;
+  readonly maxChannelBytes?: number;
+}
+
+export interface IntakeOptions extends IntakeLimits {
+  readonly dataDir: string;
+  readonly store: LogStore;
+  /** The inbox of a channel (the node's, shared with its consumers). */
+  readonly inboxFor: (channel: string) => Promise<Inbox>;
+  /** Applies a receipt a peer reported back (durably, before the batch is acknowledged). */
+  readonly onReceipt?: (report: ReceiptReport, from: string, authenticated: boolean) => Promise<void>;
+  /** Called with the result of every accepted batch. */
+  readonly onBatch?: (result: IntakeResult) => void;
+  /** Called after messages were stored, per channel. */
+  readonly onStored?: (channel: string, count: number, from: string) => void;
+}
+
+interface Checked {
+  readonly key: string;
+  readonly stream: string;
+  readonly offset: number;
+  /** Set for a MESSAGE frame. */
+  readonly message?: MessageRecord;
+  readonly receipt?: ReceiptReport;
+  /** Set for a BODY_CHUNK frame. */
+  readonly chunk?: { readonly meta: ChunkMeta; readonly data: Buffer };
+  readonly index: number;
+}
+
+interface Claim {
+  readonly from: number;
+  readonly to: number;
+  readonly done: Promise<void>;
+}
+
+export class Intake {
+  readonly dedup: DedupTable;
+  private readonly options: IntakeOptions;
+  /** Running digests of streamed bodies in transit, by transfer. */
+  private readonly hashing = new Map<string, { hash: Hash; size: number }>();
+  /** Ranges of sender streams being stored now, by key. */
+  private readonly claims = new Map<string, Claim[]>();
+  private readonly running = new Set<Promise<unknown>>();
+  private closing: Promise<void> | undefined;
+
+  private constructor(options: IntakeOptions, dedup: DedupTable) {
+    this.options = options;
+    this.dedup = dedup;
+  }
+
+  /** Opens the dedup table, recovering what the inboxes got since its last checkpoint. */
+  static async open(options: IntakeOptions): Promise<Intake> {
+    const inboxes = (await listQueues(options.dataDir)).filter((q) => q.kind === 'inbox');
+    return new Intake(options, await DedupTable.open(options.dataDir, options.store, inboxes));
+  }
+
+  /**
+   * Stores a batch; resolves once everything new in it is durable.
+   * @throws MqlogError (the request's answer) naming the first bad frame in `details.frame`; nothing is stored then.
+   */
+  accept(batch: IncomingFrames): Promise<IntakeResult> {
+    if (this.closing !== undefined) return Promise.reject(new MqlogError('ERR_CLOSED', 'the node is shutting down'));
+    let checked: Checked[];
+    try {
+      checked = batch.frames.map((wire, index) => this.check(batch, wire, index));
+      if (batch.unordered === undefined) checkOrder(checked);
+    } catch (err) {
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
+    const run = this.claimed(batch, checked, () => this.store(batch, checked));
+    this.running.add(run);
+    void run.then(() => this.running.delete(run), () => this.running.delete(run));
+    return run;
+  }
+
+  /** Waits for batches in flight, writes the dedup checkpoint. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      await Promise.allSettled(this.running);
+      await this.dedup.checkpoint();
+    })();
+    return this.closing;
+  }
+
+  private check(batch: IncomingFrames, wire: { stream: string; frame: Buffer }, index: number): Checked {
+    try {
+      if (parseStreamName(wire.stream) === undefined) throw new MqlogError('ERR_BAD_REQUEST', `stream name ${JSON.stringify(wire.stream)} is not valid`);
+      const decoded = decodeFrame(wire.frame, 0, this.options.maxFrameBytes);
+      if (!decoded.ok) {
+        if (decoded.incomplete) throw new MqlogError('ERR_TRUNCATED_FRAME', `frame is cut short (needs ${decoded.needed} bytes, has ${wire.frame.length})`);
+        throw new MqlogError(decoded.code, `frame: ${decoded.reason}`);
+      }
+      if (decoded.bytes !== wire.frame.length) throw new MqlogError('ERR_BAD_REQUEST', `${wire.frame.length - decoded.bytes} bytes after the frame`);
+      const key = dedupKey(batch.node, batch.destination, wire.stream);
+      const cover = batch.covers?.get(wire.stream);
+      if (cover !== undefined && (decoded.frame.offset < cover.from || decoded.frame.offset >= cover.to)) {
+        throw new MqlogError('ERR_BAD_REQUEST', `frame offset ${decoded.frame.offset} lies outside the range [${cover.from}, ${cover.to}) the batch covers`);
+      }
+      if (decoded.frame.type === FrameType.BODY_CHUNK) {
+        const chunk = decodeChunk(decoded.frame.payload);
+        this.checkChannel(chunk.meta.channel);
+        return { key, stream: wire.stream, offset: decoded.frame.offset, chunk, index };
+      }
+      if (decoded.frame.type !== FrameType.MESSAGE) throw new MqlogError('ERR_INVALID_MESSAGE', `frame type ${decoded.frame.type} is neither a message nor a body chunk`);
+      const message = decodeMessage(decoded.frame.payload);
+      if (message.streamed !== undefined && message.streamed.size > this.options.maxStreamedBodyBytes) {
+        throw new MqlogError('ERR_BODY_TOO_LARGE', `streamed body of ${message.streamed.size} bytes exceeds this node's limit of ${this.options.maxStreamedBodyBytes}`);
+      }
+      if (message.body.length > this.options.maxBodyBytes) {
+        throw new MqlogError('ERR_BODY_TOO_LARGE', `body of ${message.body.length} bytes exceeds this node's limit of ${this.options.maxBodyBytes}`);
+      }
+      this.checkLimits(message);
+      const receipt = message.kind === 'receipt' ? decodeReceiptReport(message.body) : undefined;
+      return { key, stream: wire.stream, offset: decoded.frame.offset, message, index, ...(receipt === undefined ? {} : { receipt }) };
+    } catch (err) {
+      if (err instanceof MqlogError) throw new MqlogError(err.code, `frame ${index}: ${err.message}`, { details: { ...err.details, frame: index }, cause: err });
+      throw err;
+    }
+  }
+
+  private checkChannel(channel: string): void {
+    const channelBytes = Buffer.byteLength(channel);
+    if (this.options.maxChannelBytes !== undefined && channelBytes > this.options.maxChannelBytes) {
+      throw new MqlogError('ERR_INVALID_NAME', `channel name of ${channelBytes} bytes exceeds this node's limit of ${this.options.maxChannelBytes}`);
+    }
+  }
+
+  private checkLimits(message: MessageRecord): void {
+    this.checkChannel(message.channel);
+    const headers = Object.entries(message.headers ?? {});
+    if (this.options.maxHeaders !== undefined && headers.length > this.options.maxHeaders) {
+      throw new MqlogError('ERR_HEADERS_TOO_LARGE', `${headers.length} headers exceed this node's limit of ${this.options.maxHeaders}`);
+    }
+    const headerBytes = headers.reduce((n, [k, v]) => n + Buffer.byteLength(k) + Buffer.byteLength(v), 0);
+    if (this.options.maxHeaderBytes !== undefined && headerBytes > this.options.maxHeaderBytes) {
+      throw new MqlogError('ERR_HEADERS_TOO_LARGE', `${headerBytes} bytes of headers exceed this node's limit of ${this.options.maxHeaderBytes}`);
+    }
+  }
+
+  /**
+   * Runs `fn` once no batch storing an overlapping range of the same sender streams is in flight, and
+   * holds those ranges while it runs.
+   */
+  private async claimed<T>(batch: IncomingFrames, checked: readonly Checked[], fn: () => Promise<T>): Promise<T> {
+    const ranges = new Map<string, { from: number; to: number }>();
+    // Chunks of a streamed body are stored one batch after the other per sender stream, so that each
+    // batch's chunks land one after the other (its body's parts stay few).
+    const whole = checked.some((c) => c.chunk !== undefined);
+    for (const c of checked) {
+      if (whole) {
+        ranges.set(c.key, { from: 0, to: Number.MAX_SAFE_INTEGER });
+        continue;
+      }
+      const cover = batch.unordered === undefined ? batch.covers?.get(c.stream) : undefined;
+      const range = ranges.get(c.key) ?? { from: cover?.from ?? (batch.unordered === undefined && cover === undefined ? 0 : c.offset), to: cover?.to ?? c.offset + 1 };
+      ranges.set(c.key, { from: Math.min(range.from, c.offset), to: Math.max(range.to, c.offset + 1) });
+    }
+    for (;;) {
+      const blocking = [...ranges].flatMap(([key, r]) => (this.claims.get(key) ?? []).filter((claim) => claim.from < r.to && r.from < claim.to));
+      if (blocking.length === 0) break;
+      await Promise.allSettled(blocking.map((claim) => claim.done));
+    }
+    let release!: () => void;
+    const done = new Promise<void>((resolve) => (release = resolve));
+    const mine = [...ranges].map(([key, r]) => {
+      const claim = { ...r, done };
+      const list = this.claims.get(key) ?? [];
+      list.push(claim);
+      this.claims.set(key, list);
+      return [key, claim] as const;
+    });
+    try {
+      return await fn();
+    } finally {
+      for (const [key, claim] of mine) {
+        const left = (this.claims.get(key) ?? []).filter((c) => c !== claim);
+        if (left.length === 0) this.claims.delete(key);
+        else this.claims.set(key, left);
+      }
+      release();
+    }
+  }
+
+  /** Keeps a running SHA-256 of a body whose chunks arrive in order; forgets it at the first gap. */
+  private hashAlong(key: string, position: number, data: Buffer): void {
+    let running = this.hashing.get(key);
+    if (running === undefined && position === 0) {
+      running = { hash: createHash('sha256'), size: 0 };
+      this.hashing.set(key, running);
+    }
+    if (running === undefined) return;
+    if (position !== running.size) {
+      this.hashing.delete(key);
+      return;
+    }
+    running.hash.update(data);
+    running.size += data.length;
+  }
+
+  /**
+   * Stores the new frames of a batch: body chunks first, then messages (a streamed body is checked
+   * against its declared size and SHA-256 before its message is stored), then receipts are applied.
+   */
+  private async store(batch: IncomingFrames, checked: Checked[]): Promise<IntakeResult> {
+    const from = batch.peer ?? batch.name;
+    const fresh = checked.filter((c) => !this.dedup.seen(c.key, c.offset));
+    const origin = (c: Checked): Origin => ({ node: batch.node, stream: c.stream, offset: c.offset, destination: batch.destination });
+    const done: Checked[] = [];
+    const run = async (items: Checked[], store: (c: Checked) => Promise<void>): Promise<void> => {
+      const results = await Promise.allSettled(
+        items.map(async (c) => {
+          await store(c);
+          return c;
+        }),
+      );
+      for (const r of results) if (r.status === 'fulfilled') done.push(r.value);
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed !== undefined) throw failed.reason;
+    };
+    try {
+      await run(fresh.filter((c) => c.chunk !== undefined), async (c) => {
+        const { meta, data } = c.chunk as NonNullable<Checked['chunk']>;
+        const transfer = transferKey(batch.node, batch.destination, meta.id);
+        this.hashAlong(transfer, meta.position, data);
+        const inbox = await this.options.inboxFor(meta.channel);
+        const stored = await inbox.appendChunk({ ...meta, origin: origin(c) }, data);
+        this.dedup.wrote(inbox.info.queue, stored.stream, stored.offset, c);
+        this.dedup.chunkStored(transfer, meta.position, stored.stream, stored.offset);
+      });
+      const messages = fresh.filter((c) => c.message !== undefined && c.receipt === undefined);
+      const prepared = new Map<Checked, MessageMeta>();
+      for (const c of messages) prepared.set(c, await this.verifyStreamed(batch, c, from, origin(c)));
+      await run(messages, async (c) => {
+        const message = c.message as MessageRecord;
+        const inbox = await this.options.inboxFor(message.channel);
+        const stored = await inbox.append(prepared.get(c) as MessageMeta, message.streamed === undefined ? message.body : Buffer.alloc(0));
+        this.dedup.wrote(inbox.info.queue, stored.stream, stored.offset, c);
+        if (message.streamed !== undefined) this.dedup.finishTransfer(transferKey(batch.node, batch.destination, message.id));
+      });
+      await run(fresh.filter((c) => c.receipt !== undefined), async (c) => {
+        await this.options.onReceipt?.(c.receipt as ReceiptReport, from, batch.peer !== undefined);
+      });
+    } catch (err) {
+      // Remember exactly what did get stored, so the retry stores only the rest.
+      for (const c of done) this.dedup.stored(c.key, c.offset);
+      // Running digests may now include chunks that were not stored: check those bodies by reading back.
+      for (const c of fresh) if (c.chunk !== undefined) this.hashing.delete(transferKey(batch.node, batch.destination, c.chunk.meta.id));
+      throw err;
+    }
+    if (batch.unordered !== undefined) {
+      // No order to rely on: remember exactly what is stored, and what the source says is behind it.
+      for (const c of fresh) this.dedup.stored(c.key, c.offset);
+      for (const key of new Set(checked.map((c) => c.key))) this.dedup.cover(key, 0, batch.unordered.floor + 1);
+    } else {
+      const highest = new Map<string, { stream: string; max: number }>();
+      for (const c of checked) highest.set(c.key, { stream: c.stream, max: Math.max(highest.get(c.key)?.max ?? -1, c.offset) });
+      for (const [key, { stream, max }] of highest) {
+        const cover = batch.covers?.get(stream);
+        // Without a stated range, the sender had one batch in flight: everything up to its last frame is in.
+        this.dedup.cover(key, cover?.from ?? 0, Math.max(cover?.to ?? 0, max + 1));
+      }
+    }
+    const perChannel = new Map<string, number>();
+    for (const c of fresh) if (c.message !== undefined && c.receipt === undefined) perChannel.set(c.message.channel, (perChannel.get(c.message.channel) ?? 0) + 1);
+    for (const [channel, count] of perChannel) this.options.onStored?.(channel, count, from);
+    const result = { stored: fresh.length, duplicates: checked.length - fresh.length };
+    this.options.onBatch?.(result);
+    return result;
+  }
+
+  /**
+   * The inbox fields of a message: `from` is the sender, `origin` where it came from, and a streamed
+   * body's parts point at the chunks as stored here — after checking that they add up to the declared
+   * size and SHA-256.
+   * @throws ERR_BODY_DIGEST_MISMATCH (with the frame index) when they do not.
+   */
+  private async verifyStreamed(batch: IncomingFrames, c: Checked, from: string, origin: Origin): Promise<MessageMeta> {
+    const { body: _body, ...meta } = c.message as MessageRecord;
+    const fields: MessageMeta = { ...meta, from, origin };
+    if (meta.streamed === undefined) return fields;
+    const key = transferKey(batch.node, batch.destination, meta.id);
+    const parts = this.dedup.transferParts(key);
+    const inbox = await this.options.inboxFor(meta.channel);
+    const running = this.hashing.get(key);
+    this.hashing.delete(key);
+    // The digest kept while the chunks arrived in order, else (after a restart) read the chunks back.
+    const found = running !== undefined && running.size === meta.streamed.size ? { size: running.size, sha256: running.hash.digest('hex') } : await digestStreamedBody(this.options.store, inbox.info.queue, meta.id, parts);
+    if (found.size !== meta.streamed.size || found.sha256 !== meta.streamed.sha256) {
+      throw new MqlogError('ERR_BODY_DIGEST_MISMATCH', `frame ${c.index}: body of ${meta.id} has ${found.size} bytes with SHA-256 ${found.sha256}, the message declares ${meta.streamed.size} bytes with ${meta.streamed.sha256}`, {
+        details: { frame: c.index, id: meta.id },
+      });
+    }
+    return { ...fields, streamed: { ...meta.streamed, parts } };
+  }
+}
+
+/**
+ * A sender forwards each stream in offset order (duplicate detection relies on it): within a batch, the
+ * offsets of a stream must rise strictly.
+ * @throws ERR_BAD_REQUEST naming the first frame that breaks the order (a repeat included).
+ */
+function checkOrder(checked: readonly Checked[]): void {
+  const last = new Map<string, number>();
+  for (const c of checked) {
+    const previous = last.get(c.key);
+    if (previous !== undefined && c.offset <= previous) {
+      throw new MqlogError('ERR_BAD_REQUEST', `frame ${c.index}: offset ${c.offset} of stream ${c.stream} does not follow ${previous} (frames of a stream must come in rising order, once)`, {
+        details: { frame: c.index },
+      });
+    }
+    last.set(c.key, c.offset);
+  }
+}
