@@ -7,7 +7,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
-import { CLI, ROOT, defer, exited, jsonLines, mqlog, waitFor } from './index.js';
+import { CLI, ROOT, defer, exited, jsonLines, mqlog, track, waitFor } from './index.js';
 
 /** A TCP port that was free a moment ago. */
 export function freePort(): Promise<number> {
@@ -55,7 +55,7 @@ export class DaemonProcess {
 
   /** Starts the daemon and waits until it prints `listening on`. */
   async start(extraArgs: string[] = []): Promise<void> {
-    const child = spawn(process.execPath, [CLI, 'daemon', '--data', this.node.dir, ...extraArgs], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = track(spawn(process.execPath, [CLI, 'daemon', '--data', this.node.dir, ...extraArgs], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] }));
     this.child = child;
     this.output = '';
     child.stdout?.on('data', (b: Buffer) => (this.output += b.toString()));

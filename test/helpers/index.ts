@@ -52,6 +52,27 @@ export interface RunResult {
   readonly stderr: string;
 }
 
+/** Children still running; killed when this test process exits, however it ends (a timed-out test runs no cleanup). */
+const running = new Set<ChildProcess>();
+function killRunning(): void {
+  for (const child of running) child.kill('SIGKILL');
+}
+process.on('exit', killRunning);
+// The test runner ends a file that ran past its timeout with a signal.
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  process.once(signal, () => {
+    killRunning();
+    process.kill(process.pid, signal);
+  });
+}
+
+/** Makes sure a spawned child cannot outlive this test process. */
+export function track<T extends ChildProcess>(child: T): T {
+  running.add(child);
+  child.once('exit', () => running.delete(child));
+  return child;
+}
+
 /** Runs `mqlog <args>` (the built CLI) to completion. `input` is written to stdin, which is then closed. */
 export function mqlog(args: string[], options: { input?: string | Buffer; env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {}): Promise<RunResult> {
   return run(process.execPath, [CLI, ...args], options);
@@ -63,11 +84,13 @@ export function run(
   options: { input?: string | Buffer; env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {},
 ): Promise<RunResult> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(command, args, {
-      cwd: options.cwd ?? ROOT,
-      env: { ...process.env, ...options.env },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
+    const child = track(
+      spawn(command, args, {
+        cwd: options.cwd ?? ROOT,
+        env: { ...process.env, ...options.env },
+        stdio: ['pipe', 'pipe', 'pipe'],
+      }),
+    );
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];
     child.stdout.on('data', (b: Buffer) => stdout.push(b));
@@ -85,7 +108,7 @@ export function run(
 
 /** Spawns a long-running child and kills it (SIGKILL) after the test if still alive. */
 export function spawnChild(t: TestContext, command: string, args: string[], options: SpawnOptions = {}): ChildProcess {
-  const child = spawn(command, args, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'], ...options });
+  const child = track(spawn(command, args, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'], ...options }));
   defer(t, async () => {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill('SIGKILL');

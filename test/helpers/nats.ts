@@ -12,7 +12,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import type { TestContext } from 'node:test';
 import { connect, type ConsumerInfo, type JsMsg, type NatsConnection } from 'nats';
-import { defer, exited, tempDir, waitFor } from './index.js';
+import { defer, exited, tempDir, track, waitFor } from './index.js';
 import { freePort } from './daemon.js';
 
 export const NATS_SERVER_BIN = process.env.NATS_SERVER ?? '/usr/sbin/nats-server';
@@ -71,7 +71,7 @@ export class NatsServer {
   /** Starts the server (same port, same store) and waits until it accepts connections and JetStream answers. */
   async start(): Promise<void> {
     if (this.running) return;
-    const child = spawn(NATS_SERVER_BIN, ['-js', '-sd', this.storeDir, '-a', '127.0.0.1', '-p', String(this.port)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = track(spawn(NATS_SERVER_BIN, ['-js', '-sd', this.storeDir, '-a', '127.0.0.1', '-p', String(this.port)], { stdio: ['ignore', 'pipe', 'pipe'] }));
     this.child = child;
     this.output = '';
     child.stdout?.on('data', (b: Buffer) => (this.output += b.toString()));

@@ -11,7 +11,7 @@ import type { TestContext } from 'node:test';
 import { Packr } from 'msgpackr';
 import { request, type Dispatcher } from 'undici';
 import { signRequest } from '../../src/transport/auth.js';
-import { CLI, ROOT, defer, run, waitFor } from './index.js';
+import { CLI, ROOT, defer, run, track, waitFor } from './index.js';
 import { DaemonProcess, freePort, type NodeSpec } from './daemon.js';
 import { BATCH_CONTENT_TYPE, uuidV7 } from './wire.js';
 
@@ -34,7 +34,7 @@ export async function writeConfig(node: NodeSpec, config: Record<string, unknown
 export class AnyDaemon extends DaemonProcess {
   /** Starts the daemon and waits until it prints `listening on http://` or `listening on https://`. */
   override async start(extraArgs: string[] = []): Promise<void> {
-    const child = spawn(process.execPath, [CLI, 'daemon', '--data', this.node.dir, ...extraArgs], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = track(spawn(process.execPath, [CLI, 'daemon', '--data', this.node.dir, ...extraArgs], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] }));
     this.child = child;
     this.output = '';
     child.stdout.on('data', (b: Buffer) => (this.output += b.toString()));
