@@ -18,8 +18,8 @@ import { join } from 'node:path';
 import { ioError, isMqlogError } from '../errors.js';
 import { FILE_MODE, fsyncDir, isNotFound } from '../util/fs.js';
 import { Lock } from './lock.js';
-import type { CompactOptions, KeepFrame, StoredFrame, StreamCompaction } from './log-store.js';
-import { SegmentReader, type SegmentFrame } from './segment.js';
+import type { CompactOptions, KeepFrame, StreamCompaction } from './log-store.js';
+import { SegmentReader, storedFrame } from './segment.js';
 import { SegmentSet, type SegmentInfo } from './segment-set.js';
 import { StreamWriter } from './stream-writer.js';
 
@@ -77,7 +77,7 @@ async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: str
       for (;;) {
         const step = await reader.next();
         if (step.kind !== 'frame') break;
-        if (!(await keep(asStored(stream, segment, step.frame)))) continue;
+        if (!(await keep(storedFrame(stream, segment.baseOffset, step.frame)))) continue;
         // Copied as stored: the same bytes, the same CRC, the same offset.
         await handle.write(step.frame.raw, 0, step.frame.raw.length, written);
         written += step.frame.raw.length;
@@ -161,7 +161,7 @@ async function surveySegment(segment: SegmentInfo, stream: string, keep: KeepFra
         break;
       }
       totalBytes += step.frame.bytes;
-      if (await keep(asStored(stream, segment, step.frame))) {
+      if (await keep(storedFrame(stream, segment.baseOffset, step.frame))) {
         keptFrames++;
         keptBytes += step.frame.bytes;
       } else removed++;
@@ -170,10 +170,6 @@ async function surveySegment(segment: SegmentInfo, stream: string, keep: KeepFra
     await reader.close();
   }
   return { keptFrames, keptBytes, removed, totalBytes, torn };
-}
-
-function asStored(stream: string, segment: SegmentInfo, frame: SegmentFrame): StoredFrame {
-  return { stream, type: frame.type, offset: frame.offset, payload: frame.payload, raw: frame.raw, bytes: frame.bytes, segment: segment.baseOffset, position: frame.position };
 }
 
 /** Removes temp files a killed compactor left (`*.compact.tmp`). */

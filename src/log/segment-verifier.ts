@@ -12,7 +12,7 @@ import { basename, join } from 'node:path';
 import { isMqlogError } from '../errors.js';
 import type { VerifyEvent } from './log-store.js';
 import { parseTornFileName } from './recovery.js';
-import { SegmentReader, findNextFrame } from './segment.js';
+import { SegmentReader, findNextFrame, storedFrame } from './segment.js';
 import { SegmentSet } from './segment-set.js';
 
 /** Checks the segments of the stream in `dir` (or only the one with base offset `onlySegment`). */
@@ -70,7 +70,7 @@ export async function* verifyStream(dir: string, onlySegment?: number): AsyncGen
             yield { kind: 'corrupt', path: segment.path, position: frame.position, reason: `offset ${frame.offset} not above the previous frame's ${previous}` };
           }
           previous = Math.max(previous, frame.offset);
-          yield { kind: 'frame', path: segment.path, frame: { stream, type: frame.type, offset: frame.offset, payload: frame.payload, raw: frame.raw, bytes: frame.bytes, segment: segment.baseOffset, position: frame.position } };
+          yield { kind: 'frame', path: segment.path, frame: storedFrame(stream, segment.baseOffset, frame) };
         }
       } finally {
         await reader.close();

@@ -16,6 +16,7 @@
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { MqlogError, ioError } from '../errors.js';
+import type { StoredFrame } from './log-store.js';
 import { FRAME_HEADER_BYTES, FRAME_MAGIC, FrameType, MAX_FRAME_PAYLOAD_BYTES, SYNC_PAYLOAD_BYTES, decodeFrame, decodeSyncPayload, parseFrameHeader, type Frame } from './frame.js';
 
 export const SEGMENT_SUFFIX = '.seg';
@@ -42,6 +43,11 @@ export interface SegmentFrame extends Frame {
   readonly bytes: number;
   /** Header and payload as stored; `payload` is a view into it. */
   readonly raw: Buffer;
+}
+
+/** A segment's frame as a frame of `stream`, found in the segment with base offset `segment`. */
+export function storedFrame(stream: string, segment: number, frame: SegmentFrame): StoredFrame {
+  return { stream, type: frame.type, offset: frame.offset, payload: frame.payload, raw: frame.raw, bytes: frame.bytes, segment, position: frame.position };
 }
 
 export type ReadStep =

@@ -11,7 +11,7 @@
 import { basename } from 'node:path';
 import { MqlogError, isMqlogError } from '../errors.js';
 import type { FrameHint, LogReader, ReadLimits, ReaderOptions, StoredFrame, StreamPosition, StreamRead } from './log-store.js';
-import { SegmentReader, corrupt, type SegmentFrame } from './segment.js';
+import { SegmentReader, corrupt, storedFrame } from './segment.js';
 import { SegmentSet, type SegmentInfo } from './segment-set.js';
 
 export class StreamReader implements LogReader {
@@ -96,7 +96,7 @@ export class StreamReader implements LogReader {
       if (step.kind === 'frame') {
         recheckedEnd = false;
         if (step.frame.offset < this.next) continue;
-        const frame = storedFrame(this.stream, step.frame, this.segment ?? 0);
+        const frame = storedFrame(this.stream, this.segment ?? 0, step.frame);
         frames.push(frame);
         bytes += frame.bytes;
         this.next = frame.offset + 1;
@@ -178,11 +178,6 @@ export class StreamReader implements LogReader {
   }
 }
 
-/** A segment's frame as a stream's frame. */
-function storedFrame(stream: string, frame: SegmentFrame, segment: number): StoredFrame {
-  return { stream, type: frame.type, offset: frame.offset, payload: frame.payload, raw: frame.raw, bytes: frame.bytes, segment, position: frame.position };
-}
-
 /**
  * Reads the one frame with `offset` from a stream, at the hinted place when the hint checks out,
  * else by scanning its segment. Undefined when the stream no longer holds that offset.
@@ -194,7 +189,7 @@ export async function readFrameAt(dir: string, offset: number, hint?: FrameHint)
       const reader = await SegmentReader.open(new SegmentSet(dir).pathOf(hint.segment), { position: hint.position });
       try {
         const step = await reader.next();
-        if (step.kind === 'frame' && step.frame.offset === offset) return storedFrame(stream, step.frame, hint.segment);
+        if (step.kind === 'frame' && step.frame.offset === offset) return storedFrame(stream, hint.segment, step.frame);
       } finally {
         await reader.close();
       }
