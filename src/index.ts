@@ -8,7 +8,7 @@ export { openNode, MqlogNode, type NodeOptions } from './daemon/node.js';
 export { loadConfig, type Config, type PeerConfig } from './daemon/config.js';
 export { Outbox, type OutboxOptions, type SendOptions } from './queue/outbox.js';
 export { Inbox, type InboxOptions, type ConsumeOptions } from './queue/inbox.js';
-export type { Delivery } from './queue/consumer.js';
+export type { Delivery, PeekedMessage } from './queue/consumer.js';
 export type { MessageMeta, MessageRecord, Origin, StreamedBody, BodyPart } from './queue/codec.js';
 export type { MessageState, DeliveryState } from './queue/outbox-state.js';
 export type { ReceiptState, ReceiptStatus, PeerReceipt } from './queue/receipts.js';

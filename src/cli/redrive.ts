@@ -51,9 +51,9 @@ async function run(args: ParsedArgs): Promise<number> {
 }
 
 /** The message fields of a delivery, without the delivery's own ones. */
-function stripDelivery<T extends { stream: string; offset: number; deliveries: number; leaseUntil: number; ack: unknown; nack: unknown }>(
+function stripDelivery<T extends { stream: string; offset: number; deliveries: number; leaseUntil: number; ack: unknown; nack: unknown; extend: unknown }>(
   delivery: T,
-): Omit<T, 'stream' | 'offset' | 'deliveries' | 'leaseUntil' | 'ack' | 'nack'> {
-  const { stream: _s, offset: _o, deliveries: _d, leaseUntil: _l, ack: _a, nack: _n, ...meta } = delivery;
+): Omit<T, 'stream' | 'offset' | 'deliveries' | 'leaseUntil' | 'ack' | 'nack' | 'extend'> {
+  const { stream: _s, offset: _o, deliveries: _d, leaseUntil: _l, ack: _a, nack: _n, extend: _e, ...meta } = delivery;
   return meta;
 }

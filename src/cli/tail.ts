@@ -2,6 +2,7 @@
  * `mqlog tail`: prints inbox messages that are ready, most urgent first. Without --ack they stay pending
  * (leased for the visibility timeout, then handed out again); with --ack each is acked only after it was
  * printed and stdout flushed. --follow waits for more until --limit messages or --timeout without one.
+ * --peek only looks: nothing is leased and no delivery is counted.
  */
 import { createWriteStream } from 'node:fs';
 import { open } from 'node:fs/promises';
@@ -10,7 +11,7 @@ import { pipeline } from 'node:stream/promises';
 import { join, resolve } from 'node:path';
 import { openNode } from '../daemon/node.js';
 import { DEFAULT_CHANNEL } from '../queue/codec.js';
-import type { Delivery } from '../queue/consumer.js';
+import type { Delivery, PeekedMessage } from '../queue/consumer.js';
 import { ensureDir } from '../util/fs.js';
 import { boolFlag, dataDir, durationFlag, flushStdout, intFlag, jsonLine, stringFlag, usageError, type Command, type ParsedArgs } from './args.js';
 import { bodyField } from './dump.js';
@@ -20,8 +21,9 @@ const ACK_WINDOW = 256;
 export const tailCommand: Command = {
   name: 'tail',
   summary: 'print inbox messages that are ready, most urgent first (and ack them with --ack)',
-  usage: `--data DIR [--channel NAME] [--follow] [--ack] [--json] [--limit N] [--timeout DUR] [--body-to DIR2]
+  usage: `--data DIR [--channel NAME] [--follow] [--ack] [--peek] [--json] [--limit N] [--timeout DUR] [--body-to DIR2]
   --channel NAME   the inbox to read (default "common")
+  --peek           list the ready messages without leasing them or counting a delivery (not with --ack, --follow)
   --follow         wait for new messages
   --ack            ack each message once printed and flushed (otherwise it comes back after the visibility timeout)
   --json           one JSON object per message
@@ -33,6 +35,7 @@ export const tailCommand: Command = {
     channel: { type: 'string' },
     follow: { type: 'boolean' },
     ack: { type: 'boolean' },
+    peek: { type: 'boolean' },
     json: { type: 'boolean' },
     limit: { type: 'string' },
     timeout: { type: 'string' },
@@ -50,6 +53,8 @@ async function run(args: ParsedArgs): Promise<number> {
   const timeout = durationFlag(args, 'timeout');
   const json = boolFlag(args, 'json');
   const ack = boolFlag(args, 'ack');
+  const peek = boolFlag(args, 'peek');
+  if (peek && (ack || boolFlag(args, 'follow'))) throw usageError('--peek only looks: it cannot be combined with --ack or --follow');
   const bodyTo = stringFlag(args, 'body-to');
   if (bodyTo !== undefined) await ensureDir(resolve(bodyTo));
   // Through the node, so that acks of messages asking for a receipt report back to their sender.
@@ -63,11 +68,14 @@ async function run(args: ParsedArgs): Promise<number> {
   const acks: Promise<void>[] = [];
   let problems = 0;
   try {
+    if (peek) {
+      for await (const message of inbox.peek(limit === undefined ? {} : { limit })) await print(message, json, bodyTo);
+      return 0;
+    }
     const messages = inbox.consume({
       follow: boolFlag(args, 'follow'),
       ...(limit === undefined ? {} : { limit }),
       ...(timeout === undefined ? {} : { idleTimeoutMs: timeout }),
-      prefetch: Math.min(limit ?? 256, 256),
       signal: stop.signal,
     });
     try {
@@ -96,7 +104,7 @@ async function run(args: ParsedArgs): Promise<number> {
   return problems === 0 ? 0 : 1;
 }
 
-async function print(message: Delivery, json: boolean, bodyTo: string | undefined): Promise<void> {
+async function print(message: Delivery | PeekedMessage, json: boolean, bodyTo: string | undefined): Promise<void> {
   if (bodyTo !== undefined) {
     // Streamed to the file chunk by chunk, then fsync'd: a large body is never held whole.
     const path = join(resolve(bodyTo), message.id);

@@ -70,14 +70,23 @@ export interface Config {
   readonly peers: Readonly<Record<string, PeerConfig>>;
   /** Size at which a new segment starts. Default 64 MiB. */
   readonly segmentBytes: number;
+  /** An open segment idle this long is sealed, so that compaction can reclaim a drained queue; 0: never. Default 60 s. */
+  readonly segmentRollIdleMs: number;
   /** Size limit of one queue on disk; null for none. */
   readonly maxQueueBytes: number | null;
   /** How long a consumer holds a message before it comes back. Default 30 s. */
   readonly visibilityTimeoutMs: number;
+  /**
+   * Consumers renew the lease of every message they handed out until it is acked or nacked. Default true;
+   * false: a message held past the visibility timeout goes out again.
+   */
+  readonly renewLeases: boolean;
   /** Hand-outs before a message goes to the dead letters. Default 5. */
   readonly maxDeliveries: number;
   /** Handler calls running at once (`daemon --handler`). Default 4. */
   readonly handlerConcurrency: number;
+  /** A handler call running longer than this is aborted (its signal fires) and counts as a failure. Default 30 s. */
+  readonly handlerTimeoutMs: number;
   /** First retry delay after a handler failure; doubles per delivery, capped at 60 s. Default 1000. */
   readonly handlerRetryDelayMs: number;
   /** Done messages (sent, acked, dead-lettered, expired) are kept this long for dump before compaction removes them. Default 0. */
@@ -116,10 +125,13 @@ export const DEFAULTS: Omit<Config, 'name'> = {
   advertise: undefined,
   peers: {},
   segmentBytes: 64 * 1024 * 1024,
+  segmentRollIdleMs: 60_000,
   maxQueueBytes: null,
   visibilityTimeoutMs: 30_000,
+  renewLeases: true,
   maxDeliveries: 5,
   handlerConcurrency: 4,
+  handlerTimeoutMs: 30_000,
   handlerRetryDelayMs: 1000,
   retainDoneMs: 0,
   retainReceiptsMs: 7 * 24 * 3_600_000,
@@ -139,10 +151,13 @@ const KEYS: Record<keyof Config, Check> = {
   advertise: (v, k) => checkUrl(v, k),
   peers: (v, k) => checkPeers(v, k),
   segmentBytes: (v, k) => checkInt(v, k, 1024, 2 ** 40),
+  segmentRollIdleMs: (v, k) => checkInt(v, k, 0, 2 ** 31),
   maxQueueBytes: (v, k) => (v === null ? null : checkInt(v, k, 1024, Number.MAX_SAFE_INTEGER)),
   visibilityTimeoutMs: (v, k) => checkInt(v, k, 1, 2 ** 31),
+  renewLeases: (v, k) => checkBool(v, k),
   maxDeliveries: (v, k) => checkInt(v, k, 1, 1_000_000),
   handlerConcurrency: (v, k) => checkInt(v, k, 1, 1024),
+  handlerTimeoutMs: (v, k) => checkInt(v, k, 1, 2 ** 31),
   handlerRetryDelayMs: (v, k) => checkInt(v, k, 0, 3_600_000),
   retainDoneMs: (v, k) => checkInt(v, k, 0, Number.MAX_SAFE_INTEGER),
   retainReceiptsMs: (v, k) => checkInt(v, k, 0, Number.MAX_SAFE_INTEGER),

@@ -144,7 +144,7 @@ export class Daemon {
       this.handler = new HandlerRunner({
         handler: await loadHandler(this.handlerPath),
         concurrency: config.handlerConcurrency,
-        visibilityTimeoutMs: config.visibilityTimeoutMs,
+        timeoutMs: config.handlerTimeoutMs,
         retryDelayMs: config.handlerRetryDelayMs,
         logger,
         events: { handled: (channel, ok) => this.metrics.handled.inc({ channel, outcome: ok ? 'done' : 'retry' }) },

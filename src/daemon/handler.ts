@@ -1,10 +1,12 @@
 /**
  * Direct invocation (`mqlog daemon --handler MODULE`): the daemon calls an application function for every
  * inbox message. `true` acks it; `false` or a throw puts it back with a growing delay, counting
- * deliveries, until it goes to the dead letters after `maxDeliveries`. A call that never returns is
- * abandoned when the message's lease lapses (the visibility timeout), and the message goes out again.
+ * deliveries, until it goes to the dead letters after `maxDeliveries`. The message's lease is renewed while
+ * the call runs; a call that runs past `handlerTimeoutMs` is aborted (the signal it was given fires), counts
+ * as a failure, and whatever it returns later is ignored.
  *
- * Concurrency: at most `concurrency` calls run at once across all channels.
+ * Concurrency: at most `concurrency` calls run at once across all channels; a message is taken from the
+ * inbox only when a slot is free, so none waits leased behind busy calls.
  */
 import { pathToFileURL } from 'node:url';
 import { resolve } from 'node:path';
@@ -25,7 +27,12 @@ export interface HandlerMessage {
   readonly body: Buffer;
 }
 
-export type Handler = (message: HandlerMessage) => boolean | Promise<boolean>;
+/** What else a handler call gets: `signal` fires when the call runs past `handlerTimeoutMs`. */
+export interface HandlerContext {
+  readonly signal: AbortSignal;
+}
+
+export type Handler = (message: HandlerMessage, context: HandlerContext) => boolean | Promise<boolean>;
 
 /**
  * Loads a handler module: its default export, or its `handle` export, must be a function.
@@ -46,7 +53,8 @@ export async function loadHandler(modulePath: string): Promise<Handler> {
 export interface HandlerRunnerOptions {
   readonly handler: Handler;
   readonly concurrency: number;
-  readonly visibilityTimeoutMs: number;
+  /** A call running longer is aborted and counts as a failure. */
+  readonly timeoutMs: number;
   /** First retry delay after a failure; doubles per delivery, capped at 60 s. */
   readonly retryDelayMs: number;
   readonly logger: Logger;
@@ -89,9 +97,18 @@ export class HandlerRunner {
   private async loop(inbox: Inbox): Promise<void> {
     const messages = inbox.consume({ follow: true, prefetch: Math.max(1, this.options.concurrency), signal: this.stop.signal });
     try {
-      for await (const delivery of messages) {
+      for (;;) {
+        // A slot first, then the message: it is handed out (its lease full) only when a call can start.
         await this.acquire();
-        const run = this.run(inbox.channel, delivery).finally(() => {
+        const next = await messages.next().catch((err: unknown) => {
+          this.release();
+          throw err;
+        });
+        if (next.done === true) {
+          this.release();
+          return;
+        }
+        const run = this.run(inbox.channel, next.value).finally(() => {
           this.running.delete(run);
           this.release();
         });
@@ -99,6 +116,8 @@ export class HandlerRunner {
       }
     } catch (err) {
       if (!this.stop.signal.aborted) throw err;
+    } finally {
+      await messages.return(undefined);
     }
   }
 
@@ -106,7 +125,9 @@ export class HandlerRunner {
     const started = performance.now();
     let ok = false;
     let reason = 'handler returned false';
-    let timer: NodeJS.Timeout | undefined;
+    const timeoutMs = this.options.timeoutMs;
+    const call = new AbortController();
+    const timer = setTimeout(() => call.abort(new MqlogError('ERR_TIMEOUT', `handler did not return within handlerTimeoutMs (${timeoutMs} ms)`)), timeoutMs);
     try {
       const message: HandlerMessage = Object.freeze({
         id: delivery.id,
@@ -118,12 +139,12 @@ export class HandlerRunner {
         deliveries: delivery.deliveries,
         body: delivery.body,
       });
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new MqlogError('ERR_TIMEOUT', `handler did not return within the visibility timeout (${this.options.visibilityTimeoutMs} ms)`)), Math.max(1, delivery.leaseUntil - Date.now()));
-      });
-      ok = (await Promise.race([Promise.resolve(this.options.handler(message)), timeout])) === true;
+      // The call's result counts only if it comes before the signal fires; a late one is ignored.
+      const aborted = new Promise<never>((_, reject) => call.signal.addEventListener('abort', () => reject(call.signal.reason as Error), { once: true }));
+      aborted.catch(() => undefined);
+      ok = (await Promise.race([Promise.resolve().then(() => this.options.handler(message, { signal: call.signal })), aborted])) === true;
     } catch (err) {
-      reason = `handler threw: ${err instanceof Error ? err.message : String(err)}`;
+      reason = call.signal.aborted ? (call.signal.reason as Error).message : `handler threw: ${err instanceof Error ? err.message : String(err)}`;
     } finally {
       clearTimeout(timer);
     }

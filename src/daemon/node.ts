@@ -11,7 +11,7 @@ import { MqlogError } from '../errors.js';
 import { FileLogStore, type LogStore, type TruncatedTail } from '../log/index.js';
 import { DEFAULT_CHANNEL, type MessageMeta } from '../queue/codec.js';
 import type { ReceiptState, ReceiptStatus } from '../queue/receipts.js';
-import type { Delivery } from '../queue/consumer.js';
+import type { Delivery, PeekedMessage } from '../queue/consumer.js';
 import { Inbox, type ConsumeOptions } from '../queue/inbox.js';
 import { Intake, type IntakeLimits, type IntakeOptions } from '../queue/intake.js';
 import { listQueues, type QueueInfo } from '../queue/layout.js';
@@ -68,7 +68,7 @@ export class MqlogNode {
     const config = await loadConfig(dataDir, options.config);
     const warn = options.onWarning ?? ((message: string) => process.emitWarning(message, 'MqlogWarning'));
     const nodeId = await loadNodeId(dataDir);
-    const store = options.store ?? new FileLogStore(dataDir);
+    const store = options.store ?? new FileLogStore(dataDir, { rollIdleMs: config.segmentRollIdleMs });
     const outbox = await Outbox.open({
       store,
       dataDir,
@@ -140,6 +140,7 @@ export class MqlogNode {
         channel,
         segmentBytes: effectiveSegmentBytes(this.config),
         visibilityTimeoutMs: this.config.visibilityTimeoutMs,
+        renewLeases: this.config.renewLeases,
         maxDeliveries: this.config.maxDeliveries,
         onSettled: (meta, outcome, reason) => this.reportReceipt(meta, outcome, reason),
         maxBytes: this.config.maxQueueBytes,
@@ -156,10 +157,14 @@ export class MqlogNode {
    * acked (`await message.ack()`) or its visibility timeout passes. Leaving the loop releases what was
    * leased but not yet handed out.
    */
-  async *tail(options: ConsumeOptions & { channel?: string } = {}): AsyncGenerator<Delivery> {
-    const { channel, ...rest } = options;
+  tail(options: ConsumeOptions & { channel?: string; peek: true }): AsyncGenerator<PeekedMessage>;
+  tail(options?: ConsumeOptions & { channel?: string; peek?: false }): AsyncGenerator<Delivery>;
+  /** With `peek: true`: lists the ready messages without leasing them or counting a delivery (see Inbox.peek). */
+  async *tail(options: ConsumeOptions & { channel?: string; peek?: boolean } = {}): AsyncGenerator<Delivery | PeekedMessage> {
+    const { channel, peek, ...rest } = options;
     const inbox = await this.inbox(channel ?? DEFAULT_CHANNEL);
-    yield* inbox.consume(rest);
+    if (peek === true) yield* inbox.peek(rest.limit === undefined ? {} : { limit: rest.limit });
+    else yield* inbox.consume(rest);
   }
 
   /**

@@ -46,6 +46,8 @@ const QUEUE_COMPONENT = /^[A-Za-z0-9_%~.-]{1,255}$/;
 export interface FileLogStoreOptions {
   /** Segment size of the writers this store hands out, unless a writer asks otherwise. */
   readonly segmentBytes?: number;
+  /** Idle time after which a writer seals its open segment (WriterOptions.rollIdleMs). */
+  readonly rollIdleMs?: number;
 }
 
 export class FileLogStore implements LogStore {
@@ -115,7 +117,7 @@ export class FileLogStore implements LogStore {
    */
   async claimWriter(queue: string, options: WriterOptions = {}): Promise<LogWriter> {
     const dir = this.dirOf(queue);
-    const merged: WriterOptions = { ...(this.options.segmentBytes === undefined ? {} : { segmentBytes: this.options.segmentBytes }), ...options };
+    const merged: WriterOptions = { ...this.options, ...options };
     const claimSlot = (): Promise<SlotWriter> => this.claimSlot(queue, dir, merged);
     return new FailoverWriter({ dir, claimSlot, sizeOnDisk: async () => (await this.usage(queue)).bytes }, merged, await claimSlot());
   }

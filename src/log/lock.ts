@@ -15,7 +15,9 @@
  * A lock whose freshness could not be kept (the event loop stalled past `staleMs`, the directory was
  * removed) is compromised: it reports so through `compromised`, and its holder must stop writing.
  */
+import { watch, type FSWatcher } from 'node:fs';
 import { chmod, mkdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { hostname } from 'node:os';
 import lockfile from 'proper-lockfile';
 import { MqlogError, abortError, ioError } from '../errors.js';
@@ -41,6 +43,17 @@ export interface LockOptions {
   readonly recordOwner?: boolean;
   readonly signal?: AbortSignal;
   readonly staleMs?: number;
+  /**
+   * With `wait`: the longest pause between two attempts (default 50 ms). A lock held for milliseconds
+   * by turns wants a short one, or a waiter keeps missing the moments it is free.
+   */
+  readonly maxRetryDelayMs?: number;
+  /**
+   * With `wait`: while waiting, watch the lock's directory and try again as soon as anything in it
+   * changes (the holder's release), instead of only at the next retry time: waiters of a lock held by
+   * turns get their turn rather than the holder taking it again and again.
+   */
+  readonly wakeOnChange?: boolean;
 }
 
 export class Lock {
@@ -59,6 +72,15 @@ export class Lock {
    * @throws ERR_LOCKED when another live process holds it (and `wait` is false); ERR_ABORTED on abort.
    */
   static async acquire(path: string, options: LockOptions = {}): Promise<Lock> {
+    const changes = options.wakeOnChange === true && options.wait === true ? new DirChanges(dirname(path)) : undefined;
+    try {
+      return await Lock.take(path, options, changes);
+    } finally {
+      changes?.close();
+    }
+  }
+
+  private static async take(path: string, options: LockOptions, changes: DirChanges | undefined): Promise<Lock> {
     const lock = new Lock(path);
     const staleMs = options.staleMs ?? DEFAULT_LOCK_STALE_MS;
     const recordOwner = options.recordOwner !== false;
@@ -90,8 +112,8 @@ export class Lock {
             throw new MqlogError('ERR_LOCKED', `${path} is locked by ${by}`, { details: { path, ...(owner.kind === 'owner' ? { pid: owner.owner.pid } : {}) }, cause: err });
           }
         }
-        await sleep(delayMs, options.signal);
-        delayMs = Math.min(delayMs * 2, 50);
+        await sleep(delayMs, options.signal, changes);
+        delayMs = Math.min(delayMs * 2, options.maxRetryDelayMs ?? 50);
         continue;
       }
       if (recordOwner) {
@@ -280,15 +302,59 @@ async function processStart(pid: number): Promise<string | undefined> {
   }
 }
 
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+/** Change events of one directory (a file watch started on first use), for waiters that sleep. */
+class DirChanges {
+  private readonly dir: string;
+  private watcher: FSWatcher | undefined;
+  private failed = false;
+  private wake: (() => void) | undefined;
+
+  constructor(dir: string) {
+    this.dir = dir;
+  }
+
+  /** Calls `wake` once at the next change (replacing an earlier one); returns how to cancel it. */
+  next(wake: () => void): () => void {
+    if (this.watcher === undefined && !this.failed) {
+      try {
+        this.watcher = watch(this.dir, () => this.fire());
+        this.watcher.on('error', () => this.fire());
+      } catch {
+        this.failed = true; // the timer alone then
+      }
+    }
+    this.wake = wake;
+    return () => {
+      if (this.wake === wake) this.wake = undefined;
+    };
+  }
+
+  close(): void {
+    this.wake = undefined;
+    this.watcher?.close();
+  }
+
+  private fire(): void {
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
+  }
+}
+
+/** Waits `ms`, or until `changes` reports a change. @throws ERR_ABORTED when the signal fires. */
+function sleep(ms: number, signal?: AbortSignal, changes?: DirChanges): Promise<void> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(done, ms);
+    const cancel = changes?.next(done);
     function done(): void {
+      clearTimeout(timer);
+      cancel?.();
       signal?.removeEventListener('abort', onAbort);
       resolve();
     }
     function onAbort(): void {
       clearTimeout(timer);
+      cancel?.();
       reject(abortError(signal as AbortSignal));
     }
     signal?.addEventListener('abort', onAbort, { once: true });

@@ -131,9 +131,14 @@ export interface LogWriter {
   close(): Promise<void>;
 }
 
+/** An open segment that got no append for this long is sealed, so compaction may reclaim it. */
+export const DEFAULT_ROLL_IDLE_MS = 60_000;
+
 export interface WriterOptions {
   /** Size at which a segment is sealed and the next one starts. */
   readonly segmentBytes?: number;
+  /** Seal an open segment that got no append for this long (0: never); see StreamWriterOptions. */
+  readonly rollIdleMs?: number;
   /** Called once per group commit with its size and duration, for metrics. */
   readonly onFlush?: (frames: number, bytes: number, durationMs: number) => void;
   /** Called when opening a stream cut off a torn tail (a killed writer, a power cut). */

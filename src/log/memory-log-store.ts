@@ -16,6 +16,7 @@
  */
 import { MqlogError, abortError } from '../errors.js';
 import { FRAME_HEADER_BYTES, encodeFrameHeader, payloadLength, type Payload } from './frame.js';
+import { DEFAULT_ROLL_IDLE_MS } from './log-store.js';
 import type { AppendResult, ChangeFeed, CompactOptions, FrameHint, KeepFrame, LogReader, LogStore, LogWriter, QueueUsage } from './log-store.js';
 import type { ReadLimits, ReaderOptions, StoredFrame, StreamCompaction, StreamId, StreamPosition, StreamRead, VerifyEvent, WriterOptions } from './log-store.js';
 import { STREAM_KEY, compareStreams, parseStreamName, streamName } from './stream-id.js';
@@ -224,6 +225,8 @@ class MemoryLogWriter implements LogWriter {
   private readonly queue: Queue;
   private readonly segmentBytes: number;
   private readonly options: WriterOptions;
+  /** Per key, the clock that rolls its open segment after rollIdleMs without an append. */
+  private readonly idleTimers = new Map<string, NodeJS.Timeout>();
   private closing: Promise<void> | undefined;
 
   constructor(queue: Queue, slot: number, segmentBytes: number, options: WriterOptions) {
@@ -262,7 +265,24 @@ class MemoryLogWriter implements LogWriter {
     q.bytes += bytes;
     this.options.onFlush?.(1, bytes, 0);
     bump(q);
+    this.armIdleRoll(key);
     return { stream: name, offset, segment: frame.segment, position: frame.position, bytes };
+  }
+
+  private armIdleRoll(key: string): void {
+    const idleMs = this.options.rollIdleMs ?? DEFAULT_ROLL_IDLE_MS;
+    if (idleMs === 0) return;
+    const timer = this.idleTimers.get(key);
+    if (timer !== undefined) {
+      timer.refresh();
+      return;
+    }
+    const next = setTimeout(() => {
+      this.idleTimers.delete(key);
+      if (this.closing === undefined) void this.roll(key);
+    }, idleMs);
+    next.unref();
+    this.idleTimers.set(key, next);
   }
 
   /** Seals the open segment of `key`'s stream if it holds a frame: the next append starts a new one. */
@@ -277,7 +297,10 @@ class MemoryLogWriter implements LogWriter {
 
   /** Releases the slot. Idempotent. */
   close(): Promise<void> {
-    this.closing ??= (async () => void this.queue.slots.delete(this.slot))();
+    this.closing ??= (async () => {
+      for (const timer of this.idleTimers.values()) clearTimeout(timer);
+      this.queue.slots.delete(this.slot);
+    })();
     return this.closing;
   }
 

@@ -14,7 +14,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { MqlogError, ioError } from '../errors.js';
 import { basename } from 'node:path';
 import { FRAME_HEADER_BYTES, SYNC_PAYLOAD_BYTES, encodeFrameHeader, encodeSyncFrame, payloadLength, type Payload } from './frame.js';
-import type { AppendResult, TruncatedTail } from './log-store.js';
+import { DEFAULT_ROLL_IDLE_MS, type AppendResult, type TruncatedTail } from './log-store.js';
 import { recoverStream } from './recovery.js';
 import { SegmentSet } from './segment-set.js';
 
@@ -29,6 +29,11 @@ const SYNC_FRAME_BYTES = FRAME_HEADER_BYTES + SYNC_PAYLOAD_BYTES;
 
 export interface StreamWriterOptions {
   readonly segmentBytes?: number;
+  /**
+   * Seal the open segment once it holds frames and got no append for this long (0: never), as Kafka's
+   * `segment.ms` does: an idle queue's data then sits in sealed segments, which compaction reclaims.
+   */
+  readonly rollIdleMs?: number;
   /** Called once per flush with its size and duration, for metrics. */
   readonly onFlush?: (frames: number, bytes: number, durationMs: number) => void;
 }
@@ -56,6 +61,8 @@ export class StreamWriter {
   readonly recoveredTruncation: TruncatedTail | undefined;
   private readonly segmentBytes: number;
   private readonly onFlush: StreamWriterOptions['onFlush'];
+  private readonly rollIdleMs: number;
+  private idleTimer: NodeJS.Timeout | undefined;
   private handle: FileHandle | undefined;
   private segmentBase: number;
   private dataEnd: number;
@@ -72,6 +79,7 @@ export class StreamWriter {
     this.name = basename(set.dir);
     this.segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
     this.onFlush = options.onFlush;
+    this.rollIdleMs = options.rollIdleMs ?? DEFAULT_ROLL_IDLE_MS;
     this.segmentBase = recovered.base;
     this.dataEnd = recovered.dataEnd;
     this.allocatedEnd = recovered.dataEnd;
@@ -88,6 +96,10 @@ export class StreamWriter {
     const segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
     if (!Number.isSafeInteger(segmentBytes) || segmentBytes < 1024) {
       throw new MqlogError('ERR_INVALID_ARG', `segmentBytes must be an integer >= 1024, got ${segmentBytes}`);
+    }
+    const rollIdleMs = options.rollIdleMs ?? DEFAULT_ROLL_IDLE_MS;
+    if (!Number.isSafeInteger(rollIdleMs) || rollIdleMs < 0) {
+      throw new MqlogError('ERR_INVALID_ARG', `rollIdleMs must be a non-negative integer, got ${rollIdleMs}`);
     }
     const set = new SegmentSet(dir);
     const recovered = await recoverStream(set);
@@ -149,6 +161,7 @@ export class StreamWriter {
   /** Waits for queued appends, trims preallocated zeros and closes the file. Idempotent. */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      clearTimeout(this.idleTimer);
       while (this.flushing !== undefined) await this.flushing;
       const handle = this.handle;
       this.handle = undefined;
@@ -258,6 +271,24 @@ export class StreamWriter {
       this.onFlush?.(run.length, runBytes, performance.now() - started);
       for (const r of run) r.pending.resolve(r.result);
     }
+    this.armIdleRoll();
+  }
+
+  /** (Re)starts the idle clock after a write: it rolls the segment when nothing follows in time. */
+  private armIdleRoll(): void {
+    if (this.rollIdleMs === 0 || this.closing !== undefined) return;
+    if (this.idleTimer !== undefined) {
+      this.idleTimer.refresh();
+      return;
+    }
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = undefined;
+      // Busy after all: the write in progress arms the clock again.
+      if (this.closing !== undefined || this.queue.length > 0 || this.flushing !== undefined) return;
+      // A failed roll leaves the segment open and the writer as it was; the next append reports the disk.
+      this.roll().catch(() => undefined);
+    }, this.rollIdleMs);
+    this.idleTimer.unref();
   }
 
   /**

@@ -39,6 +39,8 @@ export interface Retry {
 export type StateRecord =
   /** Lease: the message was handed to a consumer holding `token` until `until`. */
   | { readonly k: 'L'; readonly s: string; readonly o: number; readonly t: string; readonly u: number; readonly n: number; readonly p: number; readonly i: string; readonly h: [number, number] }
+  /** Renewal by the lease holder: the lease now lasts until `u`. */
+  | { readonly k: 'E'; readonly s: string; readonly o: number; readonly t: string; readonly u: number }
   /** Ack by the lease holder: done. */
   | { readonly k: 'A'; readonly s: string; readonly o: number; readonly t: string }
   /** Nack by the lease holder: ready again at `a`, with a reason. */
@@ -190,6 +192,14 @@ export class ConsumerState {
         });
         return;
       }
+      case 'E': {
+        const lease = this.leases.get(k);
+        if (lease?.token !== record.t) return;
+        this.leases.set(k, { ...lease, until: record.u });
+        const retry = this.retries.get(k);
+        if (retry !== undefined) this.retries.set(k, { ...retry, availableAt: record.u });
+        return;
+      }
       case 'A': {
         if (this.leases.get(k)?.token !== record.t) return;
         this.finish(record.s, record.o, 'acked');
@@ -277,6 +287,9 @@ export function decodeRecord(payload: Buffer): StateRecord {
       return r as unknown as StateRecord;
     case 'A':
       if (typeof r.t !== 'string') break;
+      return r as unknown as StateRecord;
+    case 'E':
+      if (typeof r.t !== 'string' || !Number.isSafeInteger(r.u)) break;
       return r as unknown as StateRecord;
     case 'N':
     case 'U':

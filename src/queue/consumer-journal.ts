@@ -84,15 +84,15 @@ export class ConsumerJournal {
       });
       await this.dirReady;
       // Held for milliseconds: no owner record (that is for long-held locks).
-      const lock = await Lock.acquire(join(this.dir, LOCK_DIR), { wait: true, recordOwner: false, ...(signal === undefined ? {} : { signal }) });
+      const lock = await Lock.acquire(join(this.dir, LOCK_DIR), { wait: true, recordOwner: false, maxRetryDelayMs: 4, wakeOnChange: true, ...(signal === undefined ? {} : { signal }) });
       try {
         await this.catchUp(true);
         const { records, result } = await decide(this.current);
         if (records.length > 0) {
           lock.assertHeld();
-          // Leases alone need no fsync: lost in a power cut, they only make a message go out again
-          // sooner (deliveries are at least once anyway). Acks, nacks and ends are made durable.
-          await this.journal().append(records.map(encodeRecord), records.some((r) => r.k !== 'L'));
+          // Leases and their renewals need no fsync: lost in a power cut, they only make a message go out
+          // again sooner (deliveries are at least once anyway). Acks, nacks and ends are made durable.
+          await this.journal().append(records.map(encodeRecord), records.some((r) => r.k !== 'L' && r.k !== 'E'));
           for (const record of records) {
             this.current.apply(record);
             this.options.onApplied?.(record);

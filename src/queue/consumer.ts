@@ -25,6 +25,11 @@ type Decoded = { readonly meta: MessageMeta; readonly bodyStart: number } | { re
 
 export const DEFAULT_VISIBILITY_TIMEOUT_MS = 30_000;
 export const DEFAULT_MAX_DELIVERIES = 5;
+/**
+ * Messages a consumer leases ahead by default: enough to amortise a transaction, few enough that
+ * consumers of one channel take turns at a backlog.
+ */
+export const DEFAULT_PREFETCH = 32;
 /** Delayed messages remembered per consumer; beyond it the scan pauses until some come due. */
 const MAX_DEFERRED = 10_000;
 /** Frames one take() may scan past without finding enough ready messages (bounds its time). */
@@ -36,7 +41,10 @@ export interface Delivery extends MessageRecord {
   readonly offset: number;
   /** How many times the message was handed out, this time included. */
   readonly deliveries: number;
-  /** The lease lapses at this time (ms since epoch) unless acked or nacked before. */
+  /**
+   * The lease lapses at this time (ms since epoch) unless acked, nacked or renewed before. The consumer
+   * renews the lease of every message it handed out until it is acked or nacked (see ConsumerOptions.renewLeases).
+   */
   readonly leaseUntil: number;
   /**
    * Marks the message done, durably (fsync'd) before resolving.
@@ -44,12 +52,26 @@ export interface Delivery extends MessageRecord {
    *   ERR_ALREADY_ACKED if it was acked already.
    */
   ack(): Promise<void>;
+  /**
+   * Renews the lease: it now lapses `ms` from now (default: the visibility timeout), durably.
+   * @throws ERR_LEASE_EXPIRED if the lease lapsed already and the message was handed out again.
+   */
+  extend(ms?: number): Promise<void>;
   /** Gives the message back: ready again after `delayMs` (default 0). `reason` is kept for the dead letters. */
   nack(options?: { delayMs?: number; reason?: string }): Promise<void>;
   /**
    * The body as a stream of buffers. For a streamed (large) body — `streamed` is set and `body` is
    * empty — this is the only way to read it; memory stays flat whatever its size.
    */
+  bodyStream(): AsyncIterable<Buffer>;
+}
+
+/** A ready message as peek() lists it: not leased, nothing to ack. */
+export interface PeekedMessage extends MessageRecord {
+  readonly stream: string;
+  readonly offset: number;
+  /** Hand-outs so far (0 for a message never handed out). */
+  readonly deliveries: number;
   bodyStream(): AsyncIterable<Buffer>;
 }
 
@@ -67,7 +89,42 @@ export interface ConsumerOptions {
    */
   readonly onSettled?: (meta: MessageMeta, outcome: 'processed' | 'dead' | 'expired', reason?: string) => Promise<void>;
   readonly now?: () => number;
+  /**
+   * Renew the lease of every message handed out and not yet acked or nacked, before it lapses (default
+   * true): work may take longer than the visibility timeout, and only a consumer that stops (or dies)
+   * lets its messages come back.
+   */
+  readonly renewLeases?: boolean;
 }
+
+/** Options of Consumer.messages(). */
+export interface MessagesOptions {
+  readonly follow?: boolean;
+  readonly limit?: number;
+  readonly idleTimeoutMs?: number;
+  /** At most this many messages leased ahead of the caller (default 32); fewer when the caller is slow. */
+  readonly prefetch?: number;
+  readonly signal?: AbortSignal;
+  readonly feed?: ChangeFeed;
+}
+
+/** A lease this consumer holds for a message it handed out. */
+interface Held {
+  readonly stream: string;
+  readonly offset: number;
+  readonly token: string;
+  until: number;
+}
+
+/** Messages leased ahead of a messages() caller: reserved for it, not yet handed out. */
+interface Reserve {
+  readonly items: Delivery[];
+  /** When the caller last took a message (or the reserve was filled). */
+  lastHandOut: number;
+}
+
+/** A reserve holds at most this much of the caller's work ahead (at its measured pace): others get the rest. */
+const RESERVE_WORK_MS = 1000;
 
 interface Candidate {
   readonly stream: string;
@@ -82,7 +139,10 @@ interface Candidate {
 }
 
 interface PendingSettle {
-  readonly delivery: { stream: string; offset: number; token: string };
+  readonly delivery: Delivery;
+  readonly ref: { stream: string; offset: number; token: string };
+  /** An ack, nack or release ends the lease; an extension moves it to `until`. */
+  readonly ends: boolean;
   /** Set for an ack of a message that asked for a receipt. */
   readonly receiptOf?: MessageMeta;
   readonly record: StateRecord;
@@ -106,6 +166,11 @@ export class Consumer {
   private deferred: Candidate[] = [];
   private settles: PendingSettle[] = [];
   private settling: Promise<void> | undefined;
+  /** Leases of handed-out messages, renewed until they are settled. */
+  private readonly held = new Map<Delivery, Held>();
+  private readonly reserves = new Set<Reserve>();
+  private readonly renewLeases: boolean;
+  private renewTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
   constructor(store: LogStore, info: QueueInfo, journal: ConsumerJournal, options: ConsumerOptions = {}) {
@@ -117,6 +182,7 @@ export class Consumer {
     this.deadLetter = options.deadLetter;
     this.onSettled = options.onSettled;
     this.now = options.now ?? Date.now;
+    this.renewLeases = options.renewLeases ?? true;
     this.reader = new PriorityReader<Decoded>(store, info.queue, (stream) => ({ offset: this.journal.state.firstNotDone(stream, 0) }), {
       // Each frame's fields are decoded once, here; the hand-out uses them as they are.
       describe: (frame) => {
@@ -136,8 +202,22 @@ export class Consumer {
    * Returns an empty array when nothing is ready now.
    */
   async take(max: number, signal?: AbortSignal): Promise<Delivery[]> {
+    for (;;) {
+      const { deliveries, ended } = await this.lease(max, signal);
+      if (deliveries.length === 0 && ended > 0) continue;
+      for (const d of deliveries) this.hold(d);
+      return deliveries;
+    }
+  }
+
+  /**
+   * Leases up to `max` ready messages (take() without holding them for renewal). `ended` counts the
+   * messages the transaction ended instead (expired, dead-lettered): fewer deliveries than asked for do
+   * not mean the queue is empty then.
+   */
+  private async lease(max: number, signal?: AbortSignal): Promise<{ deliveries: Delivery[]; ended: number }> {
     if (this.closed) throw new MqlogError('ERR_CLOSED', 'consumer is closed');
-    if (max <= 0) return [];
+    if (max <= 0) return { deliveries: [], ended: 0 };
     return this.journal.transact(async (state) => {
       const now = this.now();
       const records: StateRecord[] = [];
@@ -158,7 +238,7 @@ export class Consumer {
         records.push({ k: 'L', s: candidate.stream, o: candidate.offset, t: token, u: until, n: count, p: candidate.priority, i: candidate.id, h: [candidate.hint.segment, candidate.hint.position] });
         deliveries.push(this.delivery(message, candidate, token, count, until));
       }
-      return { records, result: deliveries };
+      return { records, result: { deliveries, ended: records.filter((r) => r.k === 'D' || r.k === 'X').length } };
     }, signal);
   }
 
@@ -170,40 +250,152 @@ export class Consumer {
   }
 
   /**
-   * Hands out messages one by one. With `follow`, waits for new ones (woken by `watcher`) until `limit`
-   * messages were handed out, `idleTimeoutMs` passed without one, or the signal fires. Leaving the loop
-   * early gives back messages leased but not yet handed out.
+   * Hands out messages one by one. With `follow`, waits for new ones (woken by `feed`) until `limit`
+   * messages were handed out, `idleTimeoutMs` passed without one, or the signal fires.
+   *
+   * Messages are leased a few at a time ahead of the caller: no more than it can take within one second
+   * and half a lease at the pace it has taken them so far, so that other consumers share a backlog. Each
+   * is handed out with (nearly) its full lease ahead: a reserved message whose lease has run down is
+   * renewed first, and a reserve the caller does not come back for within a third of the visibility timeout
+   * goes back to the queue, without counting a delivery. Leaving the loop early gives the reserve back too.
    */
-  async *messages(options: { follow?: boolean; limit?: number; idleTimeoutMs?: number; prefetch?: number; signal?: AbortSignal; feed?: ChangeFeed } = {}): AsyncGenerator<Delivery> {
+  async *messages(options: MessagesOptions = {}): AsyncGenerator<Delivery> {
     const limit = options.limit ?? Number.POSITIVE_INFINITY;
-    const prefetch = options.prefetch ?? 128;
+    const prefetch = Math.max(1, options.prefetch ?? DEFAULT_PREFETCH);
     let handed = 0;
     let lastMessageAt = Date.now();
-    let buffered: Delivery[] = [];
+    /** Mean time the caller spends per message (ms), once measured. */
+    let pace: number | undefined;
+    const reserve: Reserve = { items: [], lastHandOut: Date.now() };
+    this.reserves.add(reserve);
     try {
       while (handed < limit) {
-        const seen = options.feed?.generation ?? 0;
-        buffered = await this.take(Math.min(prefetch, limit - handed), options.signal);
-        if (buffered.length === 0) {
-          if (options.follow !== true) return;
-          if (options.idleTimeoutMs !== undefined && Date.now() - lastMessageAt >= options.idleTimeoutMs) return;
-          await this.waitForChange(seen, lastMessageAt, options);
-          continue;
+        if (reserve.items.length === 0) {
+          const seen = options.feed?.generation ?? 0;
+          const ahead = pace === undefined ? 1 : Math.floor(Math.min(RESERVE_WORK_MS, this.visibilityTimeoutMs / 2) / Math.max(pace, 0.001));
+          const { deliveries: taken, ended } = await this.lease(Math.max(1, Math.min(prefetch, limit - handed, ahead)), options.signal);
+          if (taken.length === 0 && ended > 0) continue;
+          if (taken.length === 0) {
+            if (options.follow !== true) return;
+            if (options.idleTimeoutMs !== undefined && Date.now() - lastMessageAt >= options.idleTimeoutMs) return;
+            await this.waitForChange(seen, lastMessageAt, options);
+            continue;
+          }
+          reserve.items.push(...taken);
+          reserve.lastHandOut = Date.now();
         }
-        while (buffered.length > 0 && handed < limit) {
-          const delivery = buffered.shift() as Delivery;
-          handed++;
-          lastMessageAt = Date.now();
-          yield delivery;
+        const delivery = await this.handOut(reserve);
+        if (delivery === undefined) continue;
+        handed++;
+        const yieldedAt = performance.now();
+        lastMessageAt = Date.now();
+        yield delivery;
+        const spent = performance.now() - yieldedAt;
+        pace = pace === undefined ? spent : 0.8 * pace + 0.2 * spent;
+        reserve.lastHandOut = Date.now();
+      }
+    } finally {
+      this.reserves.delete(reserve);
+      if (reserve.items.length > 0) await this.release(reserve.items.splice(0));
+    }
+  }
+
+  /**
+   * The next message of a reserve, with its full lease ahead: when the lease of the head has run down by
+   * a tenth, the whole reserve is renewed in one transaction. Undefined when the head's lease was lost.
+   */
+  private async handOut(reserve: Reserve): Promise<Delivery | undefined> {
+    const head = reserve.items[0] as Delivery;
+    if (head.leaseUntil - this.now() < 0.9 * this.visibilityTimeoutMs) {
+      const outcomes = await Promise.allSettled(reserve.items.map((d) => d.extend()));
+      const kept = reserve.items.filter((_, i) => outcomes[i]?.status === 'fulfilled');
+      reserve.items.splice(0, reserve.items.length, ...kept);
+      if (kept[0] !== head) return undefined;
+    }
+    reserve.items.shift();
+    this.hold(head);
+    return head;
+  }
+
+  /** Renews `delivery`'s lease until it is settled (with renewLeases). */
+  private hold(delivery: Delivery): void {
+    const token = tokenOf(delivery);
+    this.held.set(delivery, { stream: delivery.stream, offset: delivery.offset, token, until: delivery.leaseUntil });
+    if (this.renewLeases && this.renewTimer === undefined && !this.closed) {
+      this.renewTimer = setInterval(() => this.renewDue(), Math.max(10, Math.floor(this.visibilityTimeoutMs / 6)));
+      this.renewTimer.unref();
+    }
+  }
+
+  /**
+   * One renewal round: leases that ran down by a third are extended (one group commit for all), and
+   * reserves their caller has not come back to for a third of the timeout go back to the queue.
+   */
+  private renewDue(): void {
+    const now = this.now();
+    for (const [delivery, held] of this.held) {
+      if (held.until - now < (2 / 3) * this.visibilityTimeoutMs) delivery.extend().catch(() => undefined);
+    }
+    for (const reserve of this.reserves) {
+      if (reserve.items.length > 0 && Date.now() - reserve.lastHandOut > this.visibilityTimeoutMs / 3) {
+        this.release(reserve.items.splice(0)).catch(() => undefined);
+      }
+    }
+    if (this.held.size === 0 && this.reserves.size === 0) {
+      clearInterval(this.renewTimer);
+      this.renewTimer = undefined;
+    }
+  }
+
+  /**
+   * Lists the messages ready now, most urgent first, without leasing them or counting a delivery: what
+   * the next consumers would get. Reads the shared state as it is (no lock); up to `limit` messages.
+   */
+  async *peek(options: { limit?: number } = {}): AsyncGenerator<PeekedMessage> {
+    const limit = options.limit ?? Number.POSITIVE_INFINITY;
+    await this.journal.refresh();
+    const state = this.journal.state;
+    const now = this.now();
+    const reader = new PriorityReader<Decoded>(this.store, this.info.queue, (stream) => ({ offset: state.firstNotDone(stream, 0) }), {
+      describe: (frame) => {
+        const decoded = decodeFrameMeta(frame);
+        return { order: decoded !== undefined && 'meta' in decoded ? decoded.meta.id : '', info: decoded };
+      },
+      skipTypes: new Set([FrameType.BODY_CHUNK]),
+    });
+    let listed = 0;
+    try {
+      while (listed < limit) {
+        const queued = await reader.take(64);
+        if (queued.length === 0) return;
+        for (const { frame, info: decoded } of queued) {
+          if (listed >= limit) return;
+          if (frame.type !== FrameType.MESSAGE || decoded === undefined || 'error' in decoded) continue;
+          if (state.isDone(frame.stream, frame.offset)) continue;
+          const lease = state.leaseOf(frame.stream, frame.offset);
+          const retry = state.retryOf(frame.stream, frame.offset);
+          if ((lease !== undefined && lease.until > now) || (retry !== undefined && retry.availableAt > now)) continue;
+          const { meta, bodyStart } = decoded;
+          if ((meta.expiresAt !== undefined && meta.expiresAt <= now) || (meta.notBefore !== undefined && meta.notBefore > now)) continue;
+          const body = frame.payload.subarray(bodyStart);
+          listed++;
+          yield {
+            ...meta,
+            body,
+            stream: frame.stream,
+            offset: frame.offset,
+            deliveries: retry?.deliveries ?? 0,
+            bodyStream: () => (meta.streamed === undefined ? once(body) : readStreamedBody(this.store, this.info.queue, meta.id, meta.streamed)),
+          };
         }
       }
     } finally {
-      if (buffered.length > 0) await this.release(buffered);
+      await reader.close();
     }
   }
 
   /** Waits for new data, a due retry or the idle deadline, whichever comes first. */
-  private async waitForChange(seen: number, lastMessageAt: number, options: { idleTimeoutMs?: number; signal?: AbortSignal; feed?: ChangeFeed }): Promise<void> {
+  private async waitForChange(seen: number, lastMessageAt: number, options: MessagesOptions): Promise<void> {
     const signals: AbortSignal[] = [];
     if (options.signal !== undefined) signals.push(options.signal);
     let waitMs = 1000;
@@ -229,20 +421,37 @@ export class Consumer {
     );
   }
 
+  /**
+   * Stops renewing: messages handed out and not settled come back after their lease lapses, as from a
+   * consumer that died.
+   */
   async close(): Promise<void> {
     this.closed = true;
+    clearInterval(this.renewTimer);
+    this.renewTimer = undefined;
+    this.held.clear();
     while (this.settling !== undefined) await this.settling;
     await this.reader.close();
   }
 
   private delivery(message: MessageRecord, candidate: Candidate, token: string, count: number, until: number): Delivery {
     const ref = { stream: candidate.stream, offset: candidate.offset, token };
+    let leaseUntil = until;
     const delivery: Delivery = {
       ...message,
       stream: candidate.stream,
       offset: candidate.offset,
       deliveries: count,
-      leaseUntil: until,
+      get leaseUntil() {
+        return leaseUntil;
+      },
+      extend: (ms = this.visibilityTimeoutMs) => {
+        if (!Number.isSafeInteger(ms) || ms <= 0) return Promise.reject(new MqlogError('ERR_INVALID_ARG', 'extend ms must be a positive integer'));
+        const to = this.now() + ms;
+        return this.settle(delivery, { k: 'E', s: ref.stream, o: ref.offset, t: token, u: to }).then(() => {
+          leaseUntil = to;
+        });
+      },
       bodyStream: () => (message.streamed === undefined ? once(message.body) : readStreamedBody(this.store, this.info.queue, message.id, message.streamed)),
       ack: () => this.settle(delivery, { k: 'A', s: ref.stream, o: ref.offset, t: token }, message.receipt === true ? message : undefined),
       nack: (opts = {}) => {
@@ -258,7 +467,7 @@ export class Consumer {
   /** Queues an ack/nack/unlease; one transaction settles everything queued meanwhile. */
   private settle(delivery: Delivery, record: StateRecord, receiptOf?: MessageMeta): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.settles.push({ delivery: { stream: delivery.stream, offset: delivery.offset, token: tokenOf(delivery) }, record, resolve, reject, ...(receiptOf === undefined ? {} : { receiptOf }) });
+      this.settles.push({ delivery, ref: { stream: delivery.stream, offset: delivery.offset, token: tokenOf(delivery) }, ends: record.k !== 'E', record, resolve, reject, ...(receiptOf === undefined ? {} : { receiptOf }) });
       this.settling ??= this.settleLoop();
     });
   }
@@ -274,7 +483,7 @@ export class Consumer {
             const records: StateRecord[] = [];
             for (const item of batch) {
               try {
-                state.checkLease(item.delivery.stream, item.delivery.offset, item.delivery.token);
+                state.checkLease(item.ref.stream, item.ref.offset, item.ref.token);
                 if (item.receiptOf !== undefined) await this.onSettled?.(item.receiptOf, 'processed');
                 records.push(item.record);
                 results.push(undefined);
@@ -288,7 +497,16 @@ export class Consumer {
           for (const item of batch) item.reject(err);
           continue;
         }
-        batch.forEach((item, i) => (outcomes[i] === undefined ? item.resolve() : item.reject(outcomes[i])));
+        batch.forEach((item, i) => {
+          const failed = outcomes[i] !== undefined;
+          if (item.ends || failed) this.held.delete(item.delivery);
+          else {
+            const held = this.held.get(item.delivery);
+            if (held !== undefined && item.record.k === 'E') held.until = item.record.u;
+          }
+          if (failed) item.reject(outcomes[i]);
+          else item.resolve();
+        });
       }
     } finally {
       this.settling = undefined;

@@ -14,7 +14,7 @@ import type { AppendResult, ChangeFeed, LogStore, LogWriter, WriterOptions } fro
 import { DEAD_REASON_HEADER, checkChannel, encodeChunk, encodeMessage, type ChunkMeta, type MessageMeta, type MessageRecord } from './codec.js';
 import { readStreamedBody } from './body.js';
 import { ConsumerJournal } from './consumer-journal.js';
-import { Consumer, type ConsumerOptions, type Delivery } from './consumer.js';
+import { Consumer, type ConsumerOptions, type Delivery, type PeekedMessage } from './consumer.js';
 import { deadInfo, ensureQueue, inboxInfo, type QueueInfo } from './layout.js';
 import type { MessageState } from './outbox-state.js';
 import { priorityKey } from './priority.js';
@@ -28,6 +28,7 @@ export interface InboxOptions extends WriterOptions {
   readonly info?: QueueInfo;
   readonly channel: string;
   readonly visibilityTimeoutMs?: number;
+  readonly renewLeases?: boolean;
   readonly maxDeliveries?: number;
   /** Which queue of the channel: its inbox (default) or its dead letters. */
   readonly kind?: 'inbox' | 'dead';
@@ -42,7 +43,7 @@ export interface ConsumeOptions {
   readonly limit?: number;
   /** With follow: stop after this long without a new message. */
   readonly idleTimeoutMs?: number;
-  /** Messages leased ahead of the caller (default 128). */
+  /** At most this many messages leased ahead of the caller (default 32); fewer when the caller is slow (see Consumer.messages). */
   readonly prefetch?: number;
   readonly signal?: AbortSignal;
 }
@@ -92,6 +93,11 @@ export class Inbox {
     return writer.append(priorityKey(meta.priority), FrameType.BODY_CHUNK, encodeChunk(meta, data));
   }
 
+  /** The messages ready now, most urgent first, without leasing them or counting a delivery (see Consumer.peek). */
+  async *peek(options: { limit?: number } = {}): AsyncGenerator<PeekedMessage> {
+    yield* (await this.consumer()).peek(options);
+  }
+
   /** The shared consumer state of this queue. */
   state(): Promise<ConsumerJournal> {
     const onTruncated = this.options.onTruncated;
@@ -106,6 +112,7 @@ export class Inbox {
       const options: ConsumerOptions = {
         ...(this.options.visibilityTimeoutMs === undefined ? {} : { visibilityTimeoutMs: this.options.visibilityTimeoutMs }),
         ...(this.options.maxDeliveries === undefined ? {} : { maxDeliveries: this.options.maxDeliveries }),
+        ...(this.options.renewLeases === undefined ? {} : { renewLeases: this.options.renewLeases }),
         ...(this.options.onSettled === undefined || this.options.kind === 'dead' ? {} : { onSettled: this.options.onSettled }),
         ...(this.options.kind === 'dead' ? {} : { deadLetter: (message: MessageRecord, origin: { stream: string; offset: number }, reason: string) => this.toDeadLetters(message, origin, reason) }),
       };

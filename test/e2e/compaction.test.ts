@@ -5,6 +5,7 @@
  * done messages visible in `dump` until they are older than it.
  */
 import assert from 'node:assert/strict';
+import type { Dirent } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -32,10 +33,21 @@ interface PeerStat {
   readonly lastError: string | null;
 }
 
+/** Every entry under `dir`, listed again when a directory vanished mid-listing (a compactor's lock). */
+async function entries(dir: string): Promise<Dirent[]> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await readdir(dir, { recursive: true, withFileTypes: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= 20) throw err;
+    }
+  }
+}
+
 /** Bytes of every file under `dir` (fs.stat sizes): segments, consumer state, cursors, lock owners, all. */
 async function treeBytes(dir: string): Promise<number> {
   let total = 0;
-  for (const entry of await readdir(dir, { recursive: true, withFileTypes: true })) {
+  for (const entry of await entries(dir)) {
     if (!entry.isFile()) continue;
     total += await stat(join(entry.parentPath, entry.name)).then((s) => s.size, () => 0);
   }
@@ -45,8 +57,8 @@ async function treeBytes(dir: string): Promise<number> {
 /** Bytes of the segment files under `dir`. */
 async function segmentBytes(dir: string): Promise<number> {
   let total = 0;
-  for (const entry of await readdir(dir, { recursive: true, withFileTypes: true })) {
-    if (entry.isFile() && entry.name.endsWith('.seg')) total += (await stat(join(entry.parentPath, entry.name))).size;
+  for (const entry of await entries(dir)) {
+    if (entry.isFile() && entry.name.endsWith('.seg')) total += await stat(join(entry.parentPath, entry.name)).then((s) => s.size, () => 0);
   }
   return total;
 }
@@ -226,4 +238,41 @@ test('retainDoneMs keeps acked and sent messages in dump until they are older th
   for (const id of recent) assert.equal(dumped.get(id), 'acked', `recent acked message ${id} is still shown`);
   await verifyClean(b!.dir);
   await verifyClean(a!.dir);
+});
+
+test('a queue drained to the end leaves almost nothing on disk, whatever the segment size: idle open segments are sealed and reclaimed', async (t) => {
+  const root = await tempDir(t, 'mqlog-drain-');
+  // The default 64 MiB segments: without sealing idle ones, every open segment would keep its acked frames.
+  const { a, b } = await makeNodes(root, ['a', 'b'], { segmentRollIdleMs: 300, compactIntervalMs: 300 });
+  const [da, db] = daemons(t, [a!, b!]);
+  await Promise.all([da!.start(), db!.start()]);
+  const COUNT = 3000;
+  const node = await openNode({ data: a!.dir });
+  try {
+    // Three priorities and two channels: five open streams on each side.
+    await Promise.all(
+      Array.from({ length: COUNT }, (_, i) => node.send('b', `m-${i}`.padEnd(KiB, 'x'), { priority: [0, 4, 9][i % 3] as number, ...(i % 2 === 0 ? {} : { channel: 'jobs' }) })),
+    );
+  } finally {
+    await node.close();
+  }
+  for (const channel of ['common', 'jobs']) {
+    const tailed = await mqlog(['tail', '--data', b!.dir, '--channel', channel, '--ack', '--json', '--follow', '--limit', String(COUNT / 2), '--timeout', '60s'], { timeoutMs: 180_000 });
+    assert.equal(tailed.code, 0, `tail ${channel}: ${tailed.stderr}`);
+    assert.equal(jsonLines(tailed.stdout).length, COUNT / 2);
+  }
+  let sizes = { outbox: 0, inbox: 0 };
+  await waitFor(
+    async () => {
+      sizes = { outbox: await segmentBytes(join(a!.dir, 'outbox')), inbox: await segmentBytes(join(b!.dir, 'inbox')) };
+      return sizes.outbox === 0 && sizes.inbox === 0;
+    },
+    { timeoutMs: 90_000, intervalMs: 250, message: `every segment byte of A's outbox and B's inbox to be reclaimed (last: ${JSON.stringify(sizes)})` },
+  );
+  // What stays is state, bounded whatever went through: the consumer journals fold at 1 MiB.
+  const trees = { outbox: await treeBytes(join(a!.dir, 'outbox')), inbox: await treeBytes(join(b!.dir, 'inbox')) };
+  t.diagnostic(`after the drain: no segment bytes; whole trees: ${JSON.stringify(trees)}`);
+  assert.ok(trees.outbox < 64 * KiB && trees.inbox < 3 * MiB, `state files only: ${JSON.stringify(trees)}`);
+  await verifyClean(a!.dir);
+  await verifyClean(b!.dir);
 });

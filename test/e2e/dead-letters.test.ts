@@ -173,3 +173,21 @@ test('a handler that throws is retried until it succeeds, and one that always th
   assert.deepEqual(dead.map((r) => [r.id, r.body, r.state]), [[hopeless, 'always fails', 'dead']]);
   assert.match(dead[0]!.headers?.[DEAD_REASON_HEADER] ?? '', /handler threw: fixture failure on delivery 3/);
 });
+
+test('a handler that hangs past handlerTimeoutMs sees its signal fire, its late result is ignored, and the message is retried', async (t) => {
+  // The visibility timeout is far shorter than the call: the lease is renewed while the handler runs.
+  const nodes = await makeNodes(await tempDir(t), ['b'], { ...CONFIG, handlerTimeoutMs: 2500, visibilityTimeoutMs: 1000 });
+  const [b] = startable(t, [nodes.b!]);
+  const [id] = await append(nodes.b!.dir, 'common', ['slow']);
+  await startWith(b!, 'handler-hangs.mjs');
+  await waitFor(async () => inboxStates(await dump(nodes.b!.dir), id!).join() === 'acked', { message: 'the message to be acked on its retry' });
+  await waitFor(() => calls(b!, id).some((c) => (c as unknown as { event: string }).event === 'late-return'), { message: 'the hung call to return late' });
+  const events = calls(b!, id).map((c) => c as unknown as { event: string; deliveries: number; code?: string; at: number });
+  const called = events.filter((e) => e.event === 'called');
+  assert.deepEqual(called.map((e) => e.deliveries), [1, 2], 'called once on the first delivery (never handed to a second call while the first ran) and once on the retry');
+  const aborted = events.find((e) => e.event === 'aborted');
+  assert.equal(aborted?.code, 'ERR_TIMEOUT', "the first call's signal fired with ERR_TIMEOUT");
+  assert.ok(aborted.at - called[0]!.at >= 2400, `the signal fired at the handler timeout (${aborted.at - called[0]!.at} ms after the call), not at the visibility timeout`);
+  assert.match(b!.output, /handlerTimeoutMs \(2500 ms\)/, 'the daemon logged why the call failed');
+  assert.deepEqual((await dump(nodes.b!.dir)).filter((r) => r.queue.startsWith('dead/')), [], 'nothing went to the dead letters');
+});

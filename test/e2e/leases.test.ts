@@ -7,29 +7,18 @@
  * processes (test/fixtures/lease-consumer.ts), `mqlog tail`, or the library in this process.
  */
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { openNode, type MqlogNode } from '../../src/daemon/node.js';
 import type { Delivery } from '../../src/queue/consumer.js';
 import { newId } from '../../src/util/ids.js';
-import { FIXTURES, defer, exited, jsonLines, mqlog, spawnChild, tempDir, waitFor } from '../helpers/index.js';
+import { defer, exited, jsonLines, mqlog, tempDir, waitFor } from '../helpers/index.js';
 import { allInbox } from '../helpers/daemon.js';
+import { startConsumer } from '../helpers/consumer.js';
 
-const CONSUMER = join(FIXTURES, 'lease-consumer.ts');
 const VISIBILITY_MS = 1500;
 
-interface Printed {
-  readonly id?: string;
-  readonly body?: string;
-  readonly deliveries?: number;
-  readonly leaseUntil?: number;
-  readonly at?: number;
-  readonly error?: string;
-  readonly ready?: boolean;
-  readonly holding?: boolean;
-}
 
 /** A node directory whose mqlog.json sets the visibility timeout, and the node opened on it (closed after the test). */
 async function node(t: TestContext, config: Record<string, unknown> = {}): Promise<{ dir: string; node: MqlogNode }> {
@@ -67,21 +56,6 @@ async function takeAll(target: MqlogNode, channel = 'common'): Promise<Delivery[
   return out;
 }
 
-/** Starts the fixture consumer; its JSON lines are collected as they arrive. */
-function consumer(t: TestContext, dir: string, args: string[]): { child: ChildProcess; printed: Printed[]; stderr: () => string } {
-  const child = spawnChild(t, process.execPath, ['--import', 'tsx', CONSUMER, '--data', dir, ...args]);
-  const printed: Printed[] = [];
-  let partial = '';
-  let stderr = '';
-  child.stdout!.setEncoding('utf8');
-  child.stdout!.on('data', (chunk: string) => {
-    const parts = (partial + chunk).split('\n');
-    partial = parts.pop() ?? '';
-    for (const line of parts) if (line.trim().length > 0) printed.push(JSON.parse(line) as Printed);
-  });
-  child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
-  return { child, printed, stderr: () => stderr };
-}
 
 async function states(dir: string): Promise<Map<string, string[]>> {
   const byId = new Map<string, string[]>();
@@ -94,7 +68,7 @@ test('a message whose consumer was SIGKILLed before acking goes to another consu
   const ids = await append(b, ['first', 'second', 'third', 'fourth', 'fifth']);
 
   // A consumer process takes one message and holds it without acking.
-  const victim = consumer(t, dir, ['--limit', '1', '--hold']);
+  const victim = startConsumer(t, dir, ['--limit', '1', '--hold']);
   await waitFor(() => victim.printed.some((p) => p.holding === true), { message: `the consumer to take a message: ${victim.stderr()}` });
   const held = victim.printed[0]!;
   assert.equal(held.id, ids[0], 'oldest first within a priority');
@@ -121,7 +95,7 @@ test('a message whose consumer was SIGKILLed before acking goes to another consu
   } else {
     // Once the lease lapsed, another consumer process gets the killed one's message: second delivery.
     await waitFor(() => Date.now() > held.leaseUntil!, { message: 'the lease to lapse' });
-    const rescuer = consumer(t, dir, ['--limit', '1', '--ack']);
+    const rescuer = startConsumer(t, dir, ['--limit', '1', '--ack']);
     assert.equal((await exited(rescuer.child)).code, 0, rescuer.stderr());
     assert.deepEqual(rescuer.printed.map((p) => [p.id, p.body, p.deliveries]), [[held.id, 'first', 2]]);
     leases.push(rescuer.printed[0]!.leaseUntil!);
@@ -144,7 +118,7 @@ test('two consumer processes on one channel ack each of 5 000 messages exactly o
   const ids = await append(b, Array.from({ length: COUNT }, (_, i) => `job ${i}`), 'jobs');
   await b.close();
 
-  const consumers = [0, 1].map(() => consumer(t, dir, ['--channel', 'jobs', '--follow', '--idle-ms', '3000', '--ack', '--ack-window', '32', '--prefetch', '32', '--barrier']));
+  const consumers = [0, 1].map(() => startConsumer(t, dir, ['--channel', 'jobs', '--follow', '--idle-ms', '3000', '--ack', '--ack-window', '32', '--prefetch', '32', '--barrier']));
   await waitFor(() => consumers.every((c) => c.printed.some((p) => p.ready === true)), { message: 'both consumers to be ready' });
   for (const c of consumers) c.child.stdin!.write('go\n');
   const codes = await Promise.all(consumers.map((c) => exited(c.child)));
@@ -197,7 +171,8 @@ test('a nacked message comes back only after the nack delay, as a second deliver
 });
 
 test('an ack after the lease lapsed and the message went to another consumer is refused with ERR_LEASE_EXPIRED', async (t) => {
-  const { dir, node: b } = await node(t);
+  // Without renewal, as a consumer paused past its timeout (or a renewal that could not be written) is.
+  const { dir, node: b } = await node(t, { renewLeases: false });
   const [id] = await append(b, ['slow job']);
   const mine = await takeOne(b);
   assert.ok(mine, 'the message is ready');
@@ -223,7 +198,7 @@ test('an ack after the lease lapsed and the message went to another consumer is 
 });
 
 test('an ack after the lease lapsed is still accepted while nobody else took the message', async (t) => {
-  const { dir, node: b } = await node(t);
+  const { dir, node: b } = await node(t, { renewLeases: false });
   const [id] = await append(b, ['late but alone']);
   const mine = await takeOne(b);
   assert.ok(mine, 'the message is ready');
@@ -255,7 +230,7 @@ test('a consumer whose scan lags behind messages another consumer already acked 
 });
 
 test('a message whose leases keep lapsing goes to the dead letters after maxDeliveries hand-outs', async (t) => {
-  const { dir, node: b } = await node(t, { maxDeliveries: 2 });
+  const { dir, node: b } = await node(t, { maxDeliveries: 2, renewLeases: false });
   const [id] = await append(b, ['crashes every consumer']);
   for (const expected of [1, 2]) {
     const d = await waitFor(() => takeOne(b), { intervalMs: 50, message: `hand-out ${expected}` });
@@ -320,7 +295,7 @@ test('processes that only read the consumer state (stat, dump, a starting consum
   await b.close();
 
   // One message at a time, one ack at a time: a steady stream of small appends to the consumer journal.
-  const acking = consumer(t, dir, ['--follow', '--idle-ms', '2000', '--ack', '--prefetch', '1']);
+  const acking = startConsumer(t, dir, ['--follow', '--idle-ms', '2000', '--ack', '--prefetch', '1']);
   const done = exited(acking.child);
   let finished = false;
   void done.then(() => (finished = true));

@@ -20,7 +20,7 @@ import { MqlogError } from '../../src/errors.js';
 import { mqlog, tempDir } from '../helpers/index.js';
 import { fuzzRuns, fuzzSeed } from '../helpers/security.js';
 
-const TOP_KEYS = ['name', 'listen', 'advertise', 'peers', 'segmentBytes', 'maxQueueBytes', 'visibilityTimeoutMs', 'maxDeliveries', 'handlerConcurrency', 'handlerRetryDelayMs', 'retainDoneMs', 'retainReceiptsMs', 'compactIntervalMs', 'allowUnauthenticated', 'tls', 'limits', 'admin', 'sources'];
+const TOP_KEYS = ['name', 'listen', 'advertise', 'peers', 'segmentBytes', 'segmentRollIdleMs', 'maxQueueBytes', 'visibilityTimeoutMs', 'renewLeases', 'maxDeliveries', 'handlerConcurrency', 'handlerTimeoutMs', 'handlerRetryDelayMs', 'retainDoneMs', 'retainReceiptsMs', 'compactIntervalMs', 'allowUnauthenticated', 'tls', 'limits', 'admin', 'sources'];
 const LIMIT_KEYS = Object.keys(DEFAULT_LIMITS);
 const TLS_KEYS = ['cert', 'key', 'ca', 'requireClientCert'];
 const ADMIN_KEYS = ['listen', 'token'];
@@ -78,8 +78,11 @@ function checkConfig(config: Config, input: Record<string, unknown>): void {
   assert.equal(typeof config.name, 'string');
   assert.match(config.listen, /:\d{1,5}$/);
   assert.ok(inRange(config.segmentBytes, 1024, 2 ** 40));
+  assert.ok(inRange(config.segmentRollIdleMs, 0, 2 ** 31));
+  assert.ok(inRange(config.handlerTimeoutMs, 1, 2 ** 31));
   assert.ok(config.maxQueueBytes === null || inRange(config.maxQueueBytes, 1024, Number.MAX_SAFE_INTEGER));
   assert.equal(typeof config.allowUnauthenticated, 'boolean');
+  assert.equal(typeof config.renewLeases, 'boolean');
   for (const key of LIMIT_KEYS) assert.ok(Number.isSafeInteger(config.limits[key as keyof Config['limits']]), `limits.${key}`);
   assert.ok(Object.keys(config.limits).every((k) => LIMIT_KEYS.includes(k)));
   assert.ok(Object.keys(config.tls).every((k) => TLS_KEYS.includes(k)));

@@ -9,7 +9,7 @@ import { FileLogStore } from '../../src/log/file-log-store.ts';
 import { FrameType, encodeFrame } from '../../src/log/frame.ts';
 import type { AppendResult, LogStore, LogWriter, StoredFrame, VerifyEvent, WriterOptions } from '../../src/log/log-store.ts';
 import { MemoryLogStore } from '../../src/log/memory-log-store.ts';
-import { defer, tempDir } from '../helpers/index.ts';
+import { defer, tempDir, waitFor } from '../helpers/index.ts';
 
 interface StoreFactory {
   readonly name: string;
@@ -277,6 +277,38 @@ for (const { name, make } of STORES) {
     const compaction = await store.compact(Q, 'a.w0', () => false);
     assert.deepEqual([compaction.segmentsDeleted, compaction.framesRemoved], [1, 2]);
     assert.deepEqual(offsets(await readAll(store, 'a.w0')), [2]);
+  });
+
+  test(`${name}: an open segment that gets no append for rollIdleMs is sealed, so compaction can reclaim it`, async (t) => {
+    const store = await open(t, make);
+    const writer = await claim(t, store, { rollIdleMs: 50 });
+    await appendMany(writer, 'a', 0, 2);
+    await waitFor(async () => (await store.usage(Q)).segments === 2, { message: 'the idle segment to be sealed' });
+    const compaction = await store.compact(Q, 'a.w0', () => false);
+    assert.deepEqual([compaction.segmentsDeleted, compaction.framesRemoved], [1, 2]);
+    // Appends go on in the new segment, with the next offsets.
+    const next = await writer.append('a', FrameType.MESSAGE, body(2));
+    assert.deepEqual([next.offset, next.segment, next.position], [2, 2, 0]);
+    assert.deepEqual(offsets(await readAll(store, 'a.w0')), [2]);
+  });
+
+  test(`${name}: an open segment that keeps getting appends is not rolled for being idle`, async (t) => {
+    const store = await open(t, make);
+    const rollIdleMs = 1000;
+    const writer = await claim(t, store, { rollIdleMs });
+    const started = Date.now();
+    let last = started;
+    let longestGap = 0;
+    for (let n = 0; Date.now() - started < 2.5 * rollIdleMs; n++) {
+      await appendMany(writer, 'a', n, 1);
+      longestGap = Math.max(longestGap, Date.now() - last);
+      last = Date.now();
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const segments = (await store.usage(Q)).segments;
+    // A machine stalled for a whole idle period may rightly have rolled: then there is nothing to check.
+    if (longestGap >= rollIdleMs) t.skip(`appends were ${longestGap} ms apart once`);
+    else assert.equal(segments, 1);
   });
 
   test(`${name}: compaction deletes a sealed segment nothing is kept of and rewrites one mostly dropped`, async (t) => {

@@ -406,8 +406,8 @@ for (const kind of STORES) {
     assert.equal((await inbox.stat()).pending, 0);
   });
 
-  test(`${name}: an unacked message comes back after the visibility timeout`, async (t) => {
-    const { node } = await openTestNode(t, kind, { name: 'me', visibilityTimeoutMs: 200 });
+  test(`${name}: a message held without renewal comes back after the visibility timeout`, async (t) => {
+    const { node } = await openTestNode(t, kind, { name: 'me', visibilityTimeoutMs: 200, renewLeases: false });
     const inbox = await node.inbox('jobs');
     const meta = inboxMeta('jobs', 4);
     await inbox.append(meta, Buffer.from('work'));
@@ -428,7 +428,7 @@ for (const kind of STORES) {
   });
 
   test(`${name}: an ack after the lease was handed out again is ERR_LEASE_EXPIRED, a second ack ERR_ALREADY_ACKED`, async (t) => {
-    const { node } = await openTestNode(t, kind, { name: 'me', visibilityTimeoutMs: 200 });
+    const { node } = await openTestNode(t, kind, { name: 'me', visibilityTimeoutMs: 200, renewLeases: false });
     const inbox = await node.inbox('jobs');
     const meta = inboxMeta('jobs', 4);
     await inbox.append(meta, Buffer.from('work'));
@@ -439,6 +439,25 @@ for (const kind of STORES) {
     await second.ack();
     await assert.rejects(second.ack(), hasCode('ERR_ALREADY_ACKED'));
     await assert.rejects(first.ack(), hasCode('ERR_ALREADY_ACKED'));
+    assert.equal((await statesById(inbox.messages())).get(meta.id), 'acked');
+  });
+
+  test(`${name}: a held message's lease is renewed until it is acked, and extend(ms) sets it by hand`, async (t) => {
+    const { node } = await openTestNode(t, kind, { name: 'me', visibilityTimeoutMs: 300 });
+    const inbox = await node.inbox('jobs');
+    const meta = inboxMeta('jobs', 4);
+    await inbox.append(meta, Buffer.from('long work'));
+    const held = await tailOne(node, 'jobs');
+    assert.ok(held !== undefined);
+    const firstUntil = held.leaseUntil;
+    // Three timeouts later the lease still holds: renewed, and nobody else got the message.
+    await waitFor(() => Date.now() > firstUntil + 600, { message: 'three timeouts to pass' });
+    assert.ok(held.leaseUntil > Date.now(), `the lease was renewed (until ${held.leaseUntil}, now ${Date.now()})`);
+    assert.equal(await tailOne(node, 'jobs'), undefined, 'not handed out again while renewed');
+    await held.extend(60_000);
+    assert.ok(held.leaseUntil >= Date.now() + 59_000, 'extend(ms) moved the lease');
+    await assert.rejects(held.extend(0), hasCode('ERR_INVALID_ARG'));
+    await held.ack();
     assert.equal((await statesById(inbox.messages())).get(meta.id), 'acked');
   });
 
@@ -467,7 +486,7 @@ for (const kind of STORES) {
   });
 
   test(`${name}: after maxDeliveries hand-outs a message goes to the channel's dead letters with the reason`, async (t) => {
-    const { node } = await openTestNode(t, kind, { name: 'me', maxDeliveries: 2 });
+    const { node } = await openTestNode(t, kind, { name: 'me', maxDeliveries: 2, renewLeases: false });
     const inbox = await node.inbox('jobs');
     const meta = inboxMeta('jobs', 6, { headers: { job: '42' } });
     const survivor = inboxMeta('jobs', 4);
