@@ -22,6 +22,7 @@ const COMMANDS: readonly { readonly name: string; readonly hidden?: boolean; loa
   { name: 'verify', load: async () => (await import('./verify.js')).verifyCommand },
   { name: 'stat', load: async () => (await import('./stat.js')).statCommand },
   { name: 'redrive', load: async () => (await import('./redrive.js')).redriveCommand },
+  { name: 'purge', load: async () => (await import('./purge.js')).purgeCommand },
   { name: 'compact', load: async () => (await import('./compact.js')).compactCommand },
   { name: 'demo', load: async () => (await import('./demo.js')).demoCommand },
   { name: '__angel', hidden: true, load: async () => (await import('./start.js')).angelCommand },

@@ -47,6 +47,8 @@ export type StateRecord =
   | { readonly k: 'N'; readonly s: string; readonly o: number; readonly t: string; readonly a: number; readonly r?: string }
   /** Moved to the dead letters with a reason: done. */
   | { readonly k: 'D'; readonly s: string; readonly o: number; readonly r: string }
+  /** Purged by an operator: every offset in [o, e) (messages only) is done, as acked, whatever its lease. */
+  | { readonly k: 'P'; readonly s: string; readonly o: number; readonly e: number }
   /** TTL passed before delivery: done. */
   | { readonly k: 'X'; readonly s: string; readonly o: number }
   /** Un-lease by the holder before the message was seen (a consumer stopped early): as if never handed out. */
@@ -221,6 +223,16 @@ export class ConsumerState {
         this.retries.set(k, { ...retry, deliveries: Math.max(0, retry.deliveries - 1), availableAt: record.a });
         return;
       }
+      case 'P': {
+        for (const map of [this.leases, this.retries] as Map<string, unknown>[]) {
+          for (const k2 of map.keys()) {
+            const [stream, offset] = splitKey(k2);
+            if (stream === record.s && offset >= record.o && offset < record.e) map.delete(k2);
+          }
+        }
+        this.setsOf(record.s).acked.addRange(record.o, record.e);
+        return;
+      }
       case 'D':
         this.finish(record.s, record.o, 'dead');
         return;
@@ -245,12 +257,16 @@ export class ConsumerState {
     const k = key(stream, offset);
     this.leases.delete(k);
     this.retries.delete(k);
+    this.setsOf(stream)[kind].add(offset);
+  }
+
+  private setsOf(stream: string): StreamDone {
     let sets = this.done.get(stream);
     if (sets === undefined) {
       sets = { acked: new IntervalSet(), dead: new IntervalSet(), expired: new IntervalSet() };
       this.done.set(stream, sets);
     }
-    sets[kind].add(offset);
+    return sets;
   }
 }
 
@@ -299,6 +315,9 @@ export function decodeRecord(payload: Buffer): StateRecord {
       if (typeof r.r !== 'string') break;
       return r as unknown as StateRecord;
     case 'X':
+      return r as unknown as StateRecord;
+    case 'P':
+      if (!Number.isSafeInteger(r.e) || (r.e as number) <= (r.o as number)) break;
       return r as unknown as StateRecord;
     default:
       break;

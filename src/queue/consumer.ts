@@ -13,12 +13,13 @@ import { randomUUID } from 'node:crypto';
 import { MqlogError } from '../errors.js';
 import { FrameType } from '../log/frame.js';
 import type { ChangeFeed, LogStore, StoredFrame } from '../log/log-store.js';
+import { scanStream } from '../log/stream-scan.js';
 import type { ConsumerState, FrameHint, StateRecord } from './acks.js';
 import { readStreamedBody } from './body.js';
 import { decodeMessage, decodeMeta, type MessageMeta, type MessageRecord } from './codec.js';
 import type { ConsumerJournal } from './consumer-journal.js';
 import type { QueueInfo } from './layout.js';
-import { PriorityReader } from './priority.js';
+import { PriorityReader, priorityOfKey } from './priority.js';
 
 /** What the scan decoded of a frame: its fields and where its body starts, or why it cannot be read. */
 type Decoded = { readonly meta: MessageMeta; readonly bodyStart: number } | { readonly error: MqlogError } | undefined;
@@ -29,7 +30,7 @@ export const DEFAULT_MAX_DELIVERIES = 5;
  * Messages a consumer leases ahead by default: enough to amortise a transaction, few enough that
  * consumers of one channel take turns at a backlog.
  */
-export const DEFAULT_PREFETCH = 32;
+export const DEFAULT_PREFETCH = 128;
 /** Delayed messages remembered per consumer; beyond it the scan pauses until some come due. */
 const MAX_DEFERRED = 10_000;
 /** Frames one take() may scan past without finding enough ready messages (bounds its time). */
@@ -102,7 +103,7 @@ export interface MessagesOptions {
   readonly follow?: boolean;
   readonly limit?: number;
   readonly idleTimeoutMs?: number;
-  /** At most this many messages leased ahead of the caller (default 32); fewer when the caller is slow. */
+  /** At most this many messages leased ahead of the caller (default 128); fewer when the caller is slow. */
   readonly prefetch?: number;
   readonly signal?: AbortSignal;
   readonly feed?: ChangeFeed;
@@ -191,7 +192,7 @@ export class Consumer {
       },
       // Chunks of streamed bodies are read only when a body is (Delivery.bodyStream): passing over them
       // by their headers keeps a consumer's memory flat beside multi-GiB bodies.
-      skipTypes: new Set([FrameType.BODY_CHUNK]),
+      skipTypes: CHUNK_TYPES,
       // A message is handed out only once its frame is durable: an ack must never outlive its message.
       durable: true,
     });
@@ -218,28 +219,46 @@ export class Consumer {
   private async lease(max: number, signal?: AbortSignal): Promise<{ deliveries: Delivery[]; ended: number }> {
     if (this.closed) throw new MqlogError('ERR_CLOSED', 'consumer is closed');
     if (max <= 0) return { deliveries: [], ended: 0 };
-    return this.journal.transact(async (state) => {
-      const now = this.now();
-      const records: StateRecord[] = [];
-      const chosen = await this.choose(state, max, now, records);
-      const deliveries: Delivery[] = [];
-      for (const { candidate, message } of chosen) {
-        const previous = state.retryOf(candidate.stream, candidate.offset);
-        const count = (previous?.deliveries ?? 0) + 1;
-        if (count > this.maxDeliveries) {
-          const reason = `handed out ${count - 1} times without an ack; last: ${previous?.reason ?? 'lease expired'}`;
-          await this.deadLetter?.(message, { stream: candidate.stream, offset: candidate.offset }, reason);
-          if (message.receipt === true) await this.onSettled?.(message, 'dead', reason);
-          records.push({ k: 'D', s: candidate.stream, o: candidate.offset, r: reason });
-          continue;
-        }
-        const token = randomUUID();
-        const until = now + this.visibilityTimeoutMs;
-        records.push({ k: 'L', s: candidate.stream, o: candidate.offset, t: token, u: until, n: count, p: candidate.priority, i: candidate.id, h: [candidate.hint.segment, candidate.hint.position] });
-        deliveries.push(this.delivery(message, candidate, token, count, until));
+    // Acks and nacks queued meanwhile go in the same transaction (one lock, one fsync for both).
+    const settles = this.settles.splice(0, this.settles.length);
+    let outcome: { deliveries: Delivery[]; ended: number; settled: unknown[] };
+    try {
+      outcome = await this.journal.transact(async (state) => {
+        const records: StateRecord[] = [];
+        const settled = await this.checkSettles(state, settles, records);
+        const { deliveries, ended } = await this.leaseIn(state, max, records);
+        return { records, result: { deliveries, ended, settled } };
+      }, signal);
+    } catch (err) {
+      for (const item of settles) item.reject(err);
+      throw err;
+    }
+    this.finishSettles(settles, outcome.settled);
+    return outcome;
+  }
+
+  /** The leasing part of a transaction: chooses, dead-letters what used up its deliveries, adds the records. */
+  private async leaseIn(state: ConsumerState, max: number, records: StateRecord[]): Promise<{ deliveries: Delivery[]; ended: number }> {
+    const now = this.now();
+    const before = records.length;
+    const chosen = await this.choose(state, max, now, records);
+    const deliveries: Delivery[] = [];
+    for (const { candidate, message } of chosen) {
+      const previous = state.retryOf(candidate.stream, candidate.offset);
+      const count = (previous?.deliveries ?? 0) + 1;
+      if (count > this.maxDeliveries) {
+        const reason = `handed out ${count - 1} times without an ack; last: ${previous?.reason ?? 'lease expired'}`;
+        await this.deadLetter?.(message, { stream: candidate.stream, offset: candidate.offset }, reason);
+        if (message.receipt === true) await this.onSettled?.(message, 'dead', reason);
+        records.push({ k: 'D', s: candidate.stream, o: candidate.offset, r: reason });
+        continue;
       }
-      return { records, result: { deliveries, ended: records.filter((r) => r.k === 'D' || r.k === 'X').length } };
-    }, signal);
+      const token = randomUUID();
+      const until = now + this.visibilityTimeoutMs;
+      records.push({ k: 'L', s: candidate.stream, o: candidate.offset, t: token, u: until, n: count, p: candidate.priority, i: candidate.id, h: [candidate.hint.segment, candidate.hint.position] });
+      deliveries.push(this.delivery(message, candidate, token, count, until));
+    }
+    return { deliveries, ended: records.slice(before).filter((r) => r.k === 'D' || r.k === 'X').length };
   }
 
   /** Earliest time something not ready now may become ready (lease lapse, delay, retry), if known. */
@@ -361,7 +380,7 @@ export class Consumer {
         const decoded = decodeFrameMeta(frame);
         return { order: decoded !== undefined && 'meta' in decoded ? decoded.meta.id : '', info: decoded };
       },
-      skipTypes: new Set([FrameType.BODY_CHUNK]),
+      skipTypes: CHUNK_TYPES,
     });
     let listed = 0;
     try {
@@ -392,6 +411,43 @@ export class Consumer {
     } finally {
       await reader.close();
     }
+  }
+
+  /**
+   * Empties the queue: every message stored now that is not done — ready, leased, delayed or waiting for a
+   * retry — is done (as acked), in one durable transaction. Messages that asked for a receipt are
+   * reported `dead` ("purged"). Returns how many messages went. Messages appended meanwhile stay.
+   */
+  async purge(signal?: AbortSignal): Promise<number> {
+    if (this.closed) throw new MqlogError('ERR_CLOSED', 'consumer is closed');
+    return this.journal.transact(async (state) => {
+      const records: StateRecord[] = [];
+      let purged = 0;
+      for (const id of await this.store.streams(this.info.queue)) {
+        if (priorityOfKey(id.key) === undefined) continue;
+        // Runs of consecutive message offsets not done: a chunk or a done message ends a run.
+        let run: { from: number; to: number } | undefined;
+        const close = (): void => {
+          if (run !== undefined) records.push({ k: 'P', s: id.name, o: run.from, e: run.to });
+          run = undefined;
+        };
+        for await (const event of scanStream(this.store, this.info.queue, id.name, { from: { offset: state.firstNotDone(id.name, 0) }, skipTypes: CHUNK_TYPES })) {
+          if (event.kind !== 'frame') break;
+          const { frame } = event;
+          if (frame.type !== FrameType.MESSAGE || state.isDone(frame.stream, frame.offset)) {
+            close();
+            continue;
+          }
+          if (run !== undefined && run.to !== frame.offset) close();
+          run = run === undefined ? { from: frame.offset, to: frame.offset + 1 } : { from: run.from, to: frame.offset + 1 };
+          purged++;
+          const decoded = decodeFrameMeta(frame);
+          if (decoded !== undefined && 'meta' in decoded && decoded.meta.receipt === true) await this.onSettled?.(decoded.meta, 'dead', 'purged');
+        }
+        close();
+      }
+      return { records, result: purged };
+    }, signal);
   }
 
   /** Waits for new data, a due retry or the idle deadline, whichever comes first. */
@@ -479,38 +535,48 @@ export class Consumer {
         let outcomes: unknown[];
         try {
           outcomes = await this.journal.transact(async (state) => {
-            const results: unknown[] = [];
             const records: StateRecord[] = [];
-            for (const item of batch) {
-              try {
-                state.checkLease(item.ref.stream, item.ref.offset, item.ref.token);
-                if (item.receiptOf !== undefined) await this.onSettled?.(item.receiptOf, 'processed');
-                records.push(item.record);
-                results.push(undefined);
-              } catch (err) {
-                results.push(err);
-              }
-            }
-            return { records, result: results };
+            return { records, result: await this.checkSettles(state, batch, records) };
           });
         } catch (err) {
           for (const item of batch) item.reject(err);
           continue;
         }
-        batch.forEach((item, i) => {
-          const failed = outcomes[i] !== undefined;
-          if (item.ends || failed) this.held.delete(item.delivery);
-          else {
-            const held = this.held.get(item.delivery);
-            if (held !== undefined && item.record.k === 'E') held.until = item.record.u;
-          }
-          if (failed) item.reject(outcomes[i]);
-          else item.resolve();
-        });
+        this.finishSettles(batch, outcomes);
       }
     } finally {
       this.settling = undefined;
     }
+  }
+
+  /** Checks each queued ack/nack/renewal against the state and adds the records of those that hold; returns each one's error. */
+  private async checkSettles(state: ConsumerState, batch: readonly PendingSettle[], records: StateRecord[]): Promise<unknown[]> {
+    const results: unknown[] = [];
+    for (const item of batch) {
+      try {
+        state.checkLease(item.ref.stream, item.ref.offset, item.ref.token);
+        if (item.receiptOf !== undefined) await this.onSettled?.(item.receiptOf, 'processed');
+        records.push(item.record);
+        results.push(undefined);
+      } catch (err) {
+        results.push(err);
+      }
+    }
+    return results;
+  }
+
+  /** Resolves (or rejects) settles once their transaction is durable, and keeps `held` in step. */
+  private finishSettles(batch: readonly PendingSettle[], outcomes: readonly unknown[]): void {
+    batch.forEach((item, i) => {
+      const failed = outcomes[i] !== undefined;
+      if (item.ends || failed) this.held.delete(item.delivery);
+      else {
+        const held = this.held.get(item.delivery);
+        if (held !== undefined && item.record.k === 'E') held.until = item.record.u;
+      }
+      if (failed) item.reject(outcomes[i]);
+      else item.resolve();
+    });
   }
 
   /** Picks up to `max` candidates, most urgent first, with their messages; records expiries as it goes. */
@@ -522,15 +588,16 @@ export class Consumer {
     const stillDeferred: Candidate[] = [];
     for (const d of this.deferred) ((d.notBefore ?? 0) <= now ? pool : stillDeferred).push(d);
     this.deferred = stillDeferred;
+    // What an earlier scan read but did not hand out counts as ready: the scan goes on only for the rest.
     pool.push(...this.pushback);
+    let ready = this.pushback.length;
     this.pushback = [];
-    // Scan forward until `max` new messages are ready, the queue is exhausted, or the budget is spent.
+    // Scan forward until `max` messages are ready, the queue is exhausted, or the budget is spent.
     // What cannot go out now is not counted: done or leased messages (the state remembers them),
     // expired ones (recorded as such) and delayed ones (kept aside until due).
-    let ready = 0;
     let scanned = 0;
     while (ready < max && scanned < SCAN_BUDGET_FRAMES && this.deferred.length < MAX_DEFERRED) {
-      const queued = await this.reader.take(Math.max(max, 64));
+      const queued = await this.reader.take(max - ready);
       if (queued.length === 0) break;
       for (const { frame, priority, info: decoded } of queued) {
         scanned++;
@@ -608,6 +675,7 @@ export class Consumer {
 }
 
 const tokens = new WeakMap<Delivery, string>();
+const CHUNK_TYPES: ReadonlySet<number> = new Set([FrameType.BODY_CHUNK]);
 
 async function* once(body: Buffer): AsyncGenerator<Buffer> {
   yield body;

@@ -43,7 +43,7 @@ export interface ConsumeOptions {
   readonly limit?: number;
   /** With follow: stop after this long without a new message. */
   readonly idleTimeoutMs?: number;
-  /** At most this many messages leased ahead of the caller (default 32); fewer when the caller is slow (see Consumer.messages). */
+  /** At most this many messages leased ahead of the caller (default 128); fewer when the caller is slow (see Consumer.messages). */
   readonly prefetch?: number;
   readonly signal?: AbortSignal;
 }
@@ -96,6 +96,11 @@ export class Inbox {
   /** The messages ready now, most urgent first, without leasing them or counting a delivery (see Consumer.peek). */
   async *peek(options: { limit?: number } = {}): AsyncGenerator<PeekedMessage> {
     yield* (await this.consumer()).peek(options);
+  }
+
+  /** Ends every message stored now that is not done (see Consumer.purge); returns how many went. */
+  async purge(signal?: AbortSignal): Promise<number> {
+    return (await this.consumer()).purge(signal);
   }
 
   /** The shared consumer state of this queue. */

@@ -11,6 +11,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { openNode, type MqlogNode } from '../../src/daemon/node.js';
+import type { Delivery } from '../../src/queue/consumer.js';
 import { newId } from '../../src/util/ids.js';
 import { CLI, exited, jsonLines, mqlog, spawnChild, tempDir, waitFor } from '../helpers/index.js';
 import { allInbox } from '../helpers/daemon.js';
@@ -165,4 +166,48 @@ test('`tail --peek` six times lists the ready messages without leasing them: not
   assert.deepEqual(ids.map((id) => states.get(id)), ['acked', 'acked', 'acked']);
   // Peeking an empty (all acked) queue lists nothing.
   assert.equal((await mqlog(['tail', '--data', dir, '--peek'])).stdout, '');
+});
+
+test('`mqlog purge` empties a channel (ready, leased and delayed messages alike) or its dead letters, durably, and says how many went; stat then shows 0 pending', async (t) => {
+  const dir = await nodeDir(t, 30_000, { maxDeliveries: 1 });
+  await append(dir, ['r1', 'r2', 'r3', 'r4'], 'jobs');
+  const node = await openNode({ data: dir });
+  try {
+    const inbox = await node.inbox('jobs');
+    await inbox.append({ id: newId(), ts: Date.now(), channel: 'jobs', priority: 4, to: ['b'], from: 'a', notBefore: Date.now() + 3_600_000 }, Buffer.from('later'));
+    const take = async (): Promise<Delivery> => {
+      for await (const d of node.tail({ channel: 'jobs', limit: 1, prefetch: 1 })) return d;
+      throw new Error('nothing ready');
+    };
+    const leased = await take();
+    await (await take()).nack();
+    // Its one delivery used up, the nacked message goes to the dead letters; the next one is leased.
+    const alsoLeased = await take();
+    const pendingOf = async (queue: string): Promise<number | undefined> => {
+      const stat = await mqlog(['stat', '--data', dir, '--json']);
+      assert.equal(stat.code, 0, stat.stderr);
+      return jsonLines<{ queue?: string; pending?: number }>(stat.stdout).find((r) => r.queue === queue)?.pending;
+    };
+    assert.equal(await pendingOf('inbox/jobs'), 4, 'before: two leased, one ready, one delayed');
+    const deadLetters = async (): Promise<string[]> => jsonLines<{ queue: string; state: string }>((await mqlog(['dump', dir, '--json'])).stdout).filter((r) => r.queue === 'dead/jobs').map((r) => r.state);
+    assert.deepEqual(await deadLetters(), ['dead'], 'one dead letter');
+
+    const purged = await mqlog(['purge', '--data', dir, '--channel', 'jobs', '--json']);
+    assert.equal(purged.code, 0, purged.stderr);
+    assert.deepEqual(jsonLines(purged.stdout), [{ queue: 'inbox/jobs', purged: 4 }]);
+    assert.equal(await pendingOf('inbox/jobs'), 0);
+    assert.equal((await mqlog(['tail', '--data', dir, '--channel', 'jobs', '--peek'])).stdout, '', 'nothing left to hand out');
+    // A purged message's lease is over: its holder's ack is refused, and nothing comes back.
+    await assert.rejects(leased.ack(), { code: 'ERR_ALREADY_ACKED' });
+    await assert.rejects(alsoLeased.nack(), { code: 'ERR_ALREADY_ACKED' });
+    assert.equal((await mqlog(['purge', '--data', dir, '--channel', 'jobs'])).stdout.trim(), 'inbox/jobs: 0 message(s) purged');
+
+    const dead = await mqlog(['purge', '--data', dir, '--channel', 'jobs', '--dead']);
+    assert.equal(dead.code, 0, dead.stderr);
+    assert.equal(dead.stdout.trim(), 'dead/jobs: 1 message(s) purged');
+    assert.deepEqual(await deadLetters(), ['acked'], 'the dead letter is done (as if redriven) and will be compacted away');
+    assert.equal((await mqlog(['purge', '--data', dir])).code, 2, '--channel is required');
+  } finally {
+    await node.close();
+  }
 });
