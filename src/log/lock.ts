@@ -17,7 +17,7 @@
  */
 import { watch, type FSWatcher } from 'node:fs';
 import { chmod, mkdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { basename, dirname } from 'node:path';
 import { hostname } from 'node:os';
 import lockfile from 'proper-lockfile';
 import { MqlogError, abortError, ioError } from '../errors.js';
@@ -49,7 +49,7 @@ export interface LockOptions {
    */
   readonly maxRetryDelayMs?: number;
   /**
-   * With `wait`: while waiting, watch the lock's directory and try again as soon as anything in it
+   * With `wait`: while waiting, watch the lock's directory and try again as soon as the lock directory
    * changes (the holder's release), instead of only at the next retry time: waiters of a lock held by
    * turns get their turn rather than the holder taking it again and again.
    */
@@ -72,7 +72,7 @@ export class Lock {
    * @throws ERR_LOCKED when another live process holds it (and `wait` is false); ERR_ABORTED on abort.
    */
   static async acquire(path: string, options: LockOptions = {}): Promise<Lock> {
-    const changes = options.wakeOnChange === true && options.wait === true ? new DirChanges(dirname(path)) : undefined;
+    const changes = options.wakeOnChange === true && options.wait === true ? new DirChanges(dirname(path), basename(path)) : undefined;
     try {
       return await Lock.take(path, options, changes);
     } finally {
@@ -302,22 +302,27 @@ async function processStart(pid: number): Promise<string | undefined> {
   }
 }
 
-/** Change events of one directory (a file watch started on first use), for waiters that sleep. */
+/** Change events of one entry of a directory (a file watch started on first use), for waiters that sleep. */
 class DirChanges {
   private readonly dir: string;
+  private readonly name: string;
   private watcher: FSWatcher | undefined;
   private failed = false;
   private wake: (() => void) | undefined;
 
-  constructor(dir: string) {
+  constructor(dir: string, name: string) {
     this.dir = dir;
+    this.name = name;
   }
 
   /** Calls `wake` once at the next change (replacing an earlier one); returns how to cancel it. */
   next(wake: () => void): () => void {
     if (this.watcher === undefined && !this.failed) {
       try {
-        this.watcher = watch(this.dir, () => this.fire());
+        // Only the lock directory's own events (its removal): the holder's writes beside it wake no one.
+        this.watcher = watch(this.dir, (_event, file) => {
+          if (file === null || file === this.name) this.fire();
+        });
         this.watcher.on('error', () => this.fire());
       } catch {
         this.failed = true; // the timer alone then

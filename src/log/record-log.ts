@@ -11,7 +11,7 @@
  * Concurrency contract: `append` and a catch-up that cuts a torn tail only under the caller's lock; plain
  * catch-ups (readers that only look) at any time. One caller at a time per object.
  */
-import { open, stat, type FileHandle } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { ioError, isMqlogError } from '../errors.js';
 import { FILE_MODE, fsyncDir } from '../util/fs.js';
@@ -33,8 +33,6 @@ export class RecordLog {
   private syncedEnd = 0;
   private handle: FileHandle | undefined;
   private reservedEnd = 0;
-  /** The file as this object last saw it (inode, mtime, size): unchanged means nothing to catch up on. */
-  private stamp = '';
 
   constructor(path: string) {
     this.path = path;
@@ -52,9 +50,8 @@ export class RecordLog {
    * @throws ERR_CORRUPT_FRAME when the file is damaged inside data a SYNC frame shows was fsync'd.
    */
   async catchUp(apply: (payload: Buffer) => void, cutTorn: boolean): Promise<TruncatedTail | undefined> {
-    const stamp = await this.currentStamp();
-    if (stamp === this.stamp) return undefined;
-    this.stamp = stamp;
+    // Always read at the end: the file's size and mtime cannot tell (a write into the reserved zeros
+    // keeps the size, and mtime ticks coarsely), and a holder that missed a record would overwrite it.
     let reader: SegmentReader;
     try {
       reader = await SegmentReader.open(this.path, { position: this.end });
@@ -85,7 +82,6 @@ export class RecordLog {
           await handle.close();
         }
         this.syncedEnd = step.position;
-        this.stamp = await this.currentStamp();
         return { path: this.path, position: step.position, bytes: step.tornBytes, reason: step.reason, savedAs };
       }
     } finally {
@@ -126,8 +122,6 @@ export class RecordLog {
     }
     this.end = end;
     this.sequence += payloads.length;
-    // Our own write is no news to our next catch-up.
-    this.stamp = await this.currentStamp();
   }
 
   async close(): Promise<void> {
@@ -148,9 +142,5 @@ export class RecordLog {
     // fsync the dir: a new file's name is not durable until its parent is.
     if (this.end === 0) await fsyncDir(dirname(this.path));
     return this.handle;
-  }
-
-  private currentStamp(): Promise<string> {
-    return stat(this.path).then((s) => `${s.ino}:${s.mtimeMs}:${s.size}`, () => 'none');
   }
 }

@@ -19,7 +19,7 @@ import { readStreamedBody } from './body.js';
 import { decodeMessage, decodeMeta, type MessageMeta, type MessageRecord } from './codec.js';
 import type { ConsumerJournal } from './consumer-journal.js';
 import type { QueueInfo } from './layout.js';
-import { PriorityReader, priorityOfKey } from './priority.js';
+import { PriorityReader, priorityOfKey, type QueuedFrame } from './priority.js';
 
 /** What the scan decoded of a frame: its fields and where its body starts, or why it cannot be read. */
 type Decoded = { readonly meta: MessageMeta; readonly bodyStart: number } | { readonly error: MqlogError } | undefined;
@@ -163,6 +163,10 @@ export class Consumer {
   private readonly reader: PriorityReader<Decoded>;
   /** Scanned but not yet handed out (checked again next time). */
   private pushback: Candidate[] = [];
+  /** Frames read ahead outside the lock, not yet looked at against the state. */
+  private scanned: QueuedFrame<Decoded>[] = [];
+  /** lease() calls, one at a time (they share the reader and the read-ahead). */
+  private leasing: Promise<unknown> = Promise.resolve();
   /** Scanned messages whose notBefore lies ahead. */
   private deferred: Candidate[] = [];
   private settles: PendingSettle[] = [];
@@ -216,14 +220,28 @@ export class Consumer {
    * messages the transaction ended instead (expired, dead-lettered): fewer deliveries than asked for do
    * not mean the queue is empty then.
    */
-  private async lease(max: number, signal?: AbortSignal): Promise<{ deliveries: Delivery[]; ended: number }> {
+  private lease(max: number, signal?: AbortSignal): Promise<{ deliveries: Delivery[]; ended: number }> {
+    const run = this.leasing.then(() => this.leaseNow(max, signal));
+    this.leasing = run.catch(() => undefined);
+    return run;
+  }
+
+  private async leaseNow(max: number, signal?: AbortSignal): Promise<{ deliveries: Delivery[]; ended: number }> {
     if (this.closed) throw new MqlogError('ERR_CLOSED', 'consumer is closed');
     if (max <= 0) return { deliveries: [], ended: 0 };
-    // Acks and nacks queued meanwhile go in the same transaction (one lock, one fsync for both).
-    const settles = this.settles.splice(0, this.settles.length);
+    // Read (and fsync) ahead before taking the lock: other consumers wait only for the decisions.
+    // What is already done by the state as last seen is passed over here; the rest is checked under it.
+    const wanted = max - this.pushback.length - this.scanned.length;
+    if (wanted > 0) {
+      const state = this.journal.state;
+      for (const queued of await this.reader.take(wanted)) if (!state.isDone(queued.frame.stream, queued.frame.offset)) this.scanned.push(queued);
+    }
+    // Acks and nacks queued by the time the lock is ours go in the same transaction (one lock, one fsync).
+    let settles: PendingSettle[] = [];
     let outcome: { deliveries: Delivery[]; ended: number; settled: unknown[] };
     try {
       outcome = await this.journal.transact(async (state) => {
+        settles = this.settles.splice(0, this.settles.length);
         const records: StateRecord[] = [];
         const settled = await this.checkSettles(state, settles, records);
         const { deliveries, ended } = await this.leaseIn(state, max, records);
@@ -531,10 +549,12 @@ export class Consumer {
   private async settleLoop(): Promise<void> {
     try {
       while (this.settles.length > 0) {
-        const batch = this.settles.splice(0, this.settles.length);
+        // What is queued when the lock is ours goes in: acks that arrive while it is awaited join.
+        let batch: PendingSettle[] = [];
         let outcomes: unknown[];
         try {
           outcomes = await this.journal.transact(async (state) => {
+            batch = this.settles.splice(0, this.settles.length);
             const records: StateRecord[] = [];
             return { records, result: await this.checkSettles(state, batch, records) };
           });
@@ -597,7 +617,7 @@ export class Consumer {
     // expired ones (recorded as such) and delayed ones (kept aside until due).
     let scanned = 0;
     while (ready < max && scanned < SCAN_BUDGET_FRAMES && this.deferred.length < MAX_DEFERRED) {
-      const queued = await this.reader.take(max - ready);
+      const queued = this.scanned.length > 0 ? this.scanned.splice(0, this.scanned.length) : await this.reader.take(max - ready);
       if (queued.length === 0) break;
       for (const { frame, priority, info: decoded } of queued) {
         scanned++;

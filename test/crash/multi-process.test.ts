@@ -8,7 +8,8 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { assertId, assertLogIntact, assertPrefix, dump, LineCollector, NOWHERE, sendOne, verify, type DumpRecord } from '../helpers/crash.ts';
-import { CLI, exited, FIXTURES, spawnChild, tempDir, waitFor } from '../helpers/index.ts';
+import { CLI, exited, FIXTURES, jsonLines, run, spawnChild, tempDir, waitFor } from '../helpers/index.ts';
+import { ConsumerJournal } from '../../src/queue/consumer-journal.ts';
 
 const WRITERS = 4;
 const WRITER_LOCKS = ['w0.lock', 'w1.lock', 'w2.lock', 'w3.lock'];
@@ -195,4 +196,22 @@ test('processes that open a fresh node directory at the same instant all succeed
     assert.equal(records.length, WRITERS * LOOPS * PER_LOOP);
   }
   assert.deepEqual(failures, [], `concurrent first use of a node directory failed in ${new Set(failures.map((f) => f.split(',')[0])).size} of ${ROUNDS} rounds`);
+});
+
+test('two processes taking turns at the consumer journal as fast as the lock allows lose no record and cut no tail', async (t) => {
+  const dir = await tempDir(t);
+  const COUNT = 1500;
+  // Small records land in the zeros reserved ahead of the data within one timestamp tick: the file's
+  // size and mtime stay the same, so a holder must not trust them to know whether it missed a record.
+  const runs = await Promise.all(['a', 'b'].map((tag) => run(process.execPath, ['--import', 'tsx', join(FIXTURES, 'journal-appender.ts'), dir, tag, String(COUNT)], { timeoutMs: 300_000 })));
+  for (const r of runs) {
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(jsonLines(r.stdout), [{ done: COUNT }], 'no torn tail was cut');
+  }
+  const journal = await ConsumerJournal.open(dir);
+  try {
+    for (const tag of ['a', 'b']) assert.equal(journal.state.doneCount(`s-${tag}`, 0, COUNT), COUNT, `every record of ${tag} is in the journal`);
+  } finally {
+    await journal.close();
+  }
 });
