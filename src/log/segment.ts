@@ -52,8 +52,11 @@ export function storedFrame(stream: string, segment: number, frame: SegmentFrame
 
 export type ReadStep =
   | { readonly kind: 'frame'; readonly frame: SegmentFrame }
-  /** No more frames: end of file, or the start of a zero-filled tail. */
-  | { readonly kind: 'end'; readonly position: number }
+  /**
+   * No more frames: end of file, or the start of a zero-filled tail. `zeroTail`: zeros follow (reserved
+   * by the writer ahead of its data), so the segment is still open: sealing cuts them off first.
+   */
+  | { readonly kind: 'end'; readonly position: number; readonly zeroTail?: boolean }
   /**
    * Data stops being readable here and no later SYNC frame covers it: the bytes from here to the end of
    * the file are a write that never completed its fsync (a crash), or one still in progress.
@@ -93,6 +96,15 @@ export class SegmentReader {
   private position: number;
   /** The largest synced length a SYNC frame read so far stated. */
   private synced = 0;
+  /**
+   * Bytes [from, size) were found to be zeros while the file was `size` long. A writer only ever writes
+   * at the end of its data, contiguously: while the size is unchanged, a zero byte at a later end of
+   * data means the writer has not written past it, so the zeros after it need not be read again (a
+   * follower looks at the end of an open segment on every read, and 1 MiB of zeros may be reserved there).
+   */
+  private zerosChecked: { readonly from: number; readonly size: number } | undefined;
+  /** Set when the last read of the buffer came back short: the file ended there at that moment. */
+  private bufferReachesEof = false;
   private closed = false;
 
   private constructor(path: string, handle: FileHandle, options: SegmentReaderOptions) {
@@ -156,8 +168,14 @@ export class SegmentReader {
     if (available === 0) return this.atEnd({ kind: 'end', position: at });
     const local = at - this.bufferStart;
     if (this.buffer[local] === 0) {
+      // Read to the end of the file just now and nothing but zeros after `at`: the end, without more I/O.
+      if (this.bufferReachesEof && isZero(this.buffer.subarray(local, this.bufferLength))) return this.atEnd({ kind: 'end', position: at, zeroTail: true });
       const fileSize = (await this.stat()).size;
-      if (await this.zerosFrom(at, fileSize)) return this.atEnd({ kind: 'end', position: at });
+      if (this.zerosChecked !== undefined && at >= this.zerosChecked.from && this.zerosChecked.size === fileSize) return this.atEnd({ kind: 'end', position: at, zeroTail: true });
+      if (await this.zerosFrom(at, fileSize)) {
+        this.zerosChecked = { from: at, size: fileSize };
+        return this.atEnd({ kind: 'end', position: at, zeroTail: true });
+      }
       return this.damaged(at, 'non-zero data after a zero byte where a frame should start', 'ERR_CORRUPT_FRAME', fileSize);
     }
     if (this.skipTypes !== undefined && available >= FRAME_HEADER_BYTES) {
@@ -267,10 +285,15 @@ export class SegmentReader {
     this.buffer = target;
     this.bufferStart = this.position;
     this.bufferLength = unread;
+    this.bufferReachesEof = false;
     while (this.bufferLength < wanted) {
-      const { bytesRead } = await this.readAt(this.buffer, this.bufferLength, this.buffer.length - this.bufferLength, this.bufferStart + this.bufferLength);
-      if (bytesRead === 0) break;
+      const asked = this.buffer.length - this.bufferLength;
+      const { bytesRead } = await this.readAt(this.buffer, this.bufferLength, asked, this.bufferStart + this.bufferLength);
       this.bufferLength += bytesRead;
+      if (bytesRead < asked) {
+        this.bufferReachesEof = true;
+        break;
+      }
     }
     return this.bufferLength;
   }
@@ -357,4 +380,13 @@ export async function findSyncMark(handle: FileHandle, from: number, to: number,
 export function corrupt(path: string, position: number, reason: string, code: MqlogError['code'] = 'ERR_CORRUPT_FRAME'): MqlogError {
   const errorCode = code === 'ERR_UNSUPPORTED_VERSION' ? code : 'ERR_CORRUPT_FRAME';
   return new MqlogError(errorCode, `${path} at byte ${position}: ${reason}`, { details: { path, position, reason } });
+}
+
+/** True when every byte of `bytes` is zero. */
+function isZero(bytes: Buffer): boolean {
+  for (let at = 0; at < bytes.length; at += ZEROS.length) {
+    const part = bytes.subarray(at, at + ZEROS.length);
+    if (!part.equals(ZEROS.subarray(0, part.length))) return false;
+  }
+  return true;
 }

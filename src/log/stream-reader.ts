@@ -103,6 +103,9 @@ export class StreamReader implements LogReader {
         this.hint = { segment: frame.segment, position: frame.position, offset: frame.offset };
         continue;
       }
+      // Zeros reserved after the data: the writer is still appending here (it cuts them off before it
+      // seals the segment and starts the next), so there is no successor to look for.
+      if (step.kind === 'end' && step.zeroTail === true) return { frames, state: 'end' };
       const successor = await this.successorOf(this.segment ?? 0);
       if (successor === undefined) {
         if (step.kind === 'torn') {
