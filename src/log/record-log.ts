@@ -32,6 +32,8 @@ export class RecordLog {
   /** Length of the file known to be fsync'd (by this process, or stated by a SYNC frame). */
   private syncedEnd = 0;
   private handle: FileHandle | undefined;
+  /** Kept open between catch-ups: a transaction's look at the end of the file is then one read. */
+  private reader: SegmentReader | undefined;
   private reservedEnd = 0;
 
   constructor(path: string) {
@@ -52,40 +54,42 @@ export class RecordLog {
   async catchUp(apply: (payload: Buffer) => void, cutTorn: boolean): Promise<TruncatedTail | undefined> {
     // Always read at the end: the file's size and mtime cannot tell (a write into the reserved zeros
     // keeps the size, and mtime ticks coarsely), and a holder that missed a record would overwrite it.
-    let reader: SegmentReader;
-    try {
-      reader = await SegmentReader.open(this.path, { position: this.end });
-    } catch (err) {
-      if (isMqlogError(err, 'ERR_NOT_FOUND')) return undefined;
-      throw err;
-    }
-    try {
-      for (;;) {
-        const step = await reader.next();
-        this.syncedEnd = Math.max(this.syncedEnd, reader.syncedBytes);
-        if (step.kind === 'frame') {
-          if (step.frame.type === FrameType.RECORD) apply(step.frame.payload);
-          this.end = step.frame.position + step.frame.bytes;
-          this.sequence = step.frame.offset + 1;
-          continue;
-        }
-        if (step.kind !== 'torn' || !cutTorn) return undefined;
-        await this.handle?.close();
-        this.handle = undefined;
-        const savedAs = await setAsideTorn(this.path, step.position);
-        // Zero the torn bytes rather than truncating: the reserve after them stays usable.
-        const handle = await open(this.path, 'r+');
-        try {
-          await handle.write(Buffer.alloc(step.tornBytes), 0, step.tornBytes, step.position);
-          await handle.datasync();
-        } finally {
-          await handle.close();
-        }
-        this.syncedEnd = step.position;
-        return { path: this.path, position: step.position, bytes: step.tornBytes, reason: step.reason, savedAs };
+    let reader = this.reader;
+    if (reader === undefined) {
+      try {
+        reader = await SegmentReader.open(this.path, { position: this.end });
+      } catch (err) {
+        if (isMqlogError(err, 'ERR_NOT_FOUND')) return undefined;
+        throw err;
       }
-    } finally {
-      await reader.close();
+      this.reader = reader;
+    } else if (reader.nextPosition !== this.end) {
+      reader.seek(this.end);
+    }
+    for (;;) {
+      const step = await reader.next();
+      this.syncedEnd = Math.max(this.syncedEnd, reader.syncedBytes);
+      if (step.kind === 'frame') {
+        if (step.frame.type === FrameType.RECORD) apply(step.frame.payload);
+        this.end = step.frame.position + step.frame.bytes;
+        this.sequence = step.frame.offset + 1;
+        continue;
+      }
+      if (step.kind !== 'torn' || !cutTorn) return undefined;
+      await this.closeReader();
+      await this.handle?.close();
+      this.handle = undefined;
+      const savedAs = await setAsideTorn(this.path, step.position);
+      // Zero the torn bytes rather than truncating: the reserve after them stays usable.
+      const handle = await open(this.path, 'r+');
+      try {
+        await handle.write(Buffer.alloc(step.tornBytes), 0, step.tornBytes, step.position);
+        await handle.datasync();
+      } finally {
+        await handle.close();
+      }
+      this.syncedEnd = step.position;
+      return { path: this.path, position: step.position, bytes: step.tornBytes, reason: step.reason, savedAs };
     }
   }
 
@@ -125,9 +129,16 @@ export class RecordLog {
   }
 
   async close(): Promise<void> {
+    await this.closeReader();
     const handle = this.handle;
     this.handle = undefined;
     await handle?.close();
+  }
+
+  private async closeReader(): Promise<void> {
+    const reader = this.reader;
+    this.reader = undefined;
+    await reader?.close();
   }
 
   private async openForAppend(): Promise<FileHandle> {

@@ -130,6 +130,15 @@ export class SegmentReader {
     }
   }
 
+  /** Moves the reader to `position`: the next read starts there, from the file. */
+  seek(position: number): void {
+    this.buffer = this.shared;
+    this.position = position;
+    this.bufferStart = position;
+    this.bufferLength = 0;
+    this.bufferReachesEof = false;
+  }
+
   /** Byte position of the next frame to read. */
   get nextPosition(): number {
     return this.position;

@@ -198,7 +198,9 @@ export class Consumer {
       // by their headers keeps a consumer's memory flat beside multi-GiB bodies.
       skipTypes: CHUNK_TYPES,
       // A message is handed out only once its frame is durable: an ack must never outlive its message.
-      durable: true,
+      // The sync runs while the lease transaction does (see leaseNow); a lease of a frame a power cut
+      // then takes away only delays whatever later gets its offset.
+      durable: 'later',
     });
   }
 
@@ -236,9 +238,17 @@ export class Consumer {
       const state = this.journal.state;
       for (const queued of await this.reader.take(wanted)) if (!state.isDone(queued.frame.stream, queued.frame.offset)) this.scanned.push(queued);
     }
+    // Nothing new stored, nothing to settle: only a retry could be ready. The shared state says (read
+    // without the lock); when none is, there is nothing to decide, and no transaction is needed.
+    if (this.scanned.length === 0 && this.pushback.length === 0 && this.settles.length === 0 && !this.deferred.some((d) => (d.notBefore ?? 0) <= this.now())) {
+      await this.journal.refresh();
+      if (this.journal.state.readyRetries(this.now()).next().done === true) return { deliveries: [], ended: 0 };
+    }
     // Acks and nacks queued by the time the lock is ours go in the same transaction (one lock, one fsync).
     let settles: PendingSettle[] = [];
     let outcome: { deliveries: Delivery[]; ended: number; settled: unknown[] };
+    const readAhead = this.reader.sync();
+    readAhead.catch(() => undefined);
     try {
       outcome = await this.journal.transact(async (state) => {
         settles = this.settles.splice(0, this.settles.length);
@@ -252,6 +262,9 @@ export class Consumer {
       throw err;
     }
     this.finishSettles(settles, outcome.settled);
+    // Nothing goes out before its frame is durable: what was read ahead, and what the scan read under the lock.
+    await readAhead;
+    await this.reader.sync();
     return outcome;
   }
 

@@ -43,8 +43,12 @@ export interface PriorityReaderOptions<T> {
   readonly onTorn?: (stream: string, torn: TornTail) => void;
   /** Frame types never handed out, passed over without reading them (consumers skip body chunks). */
   readonly skipTypes?: ReadonlySet<number>;
-  /** Hand out only durable frames (see ReaderOptions.durable): one sync per stream per take. */
-  readonly durable?: boolean;
+  /**
+   * Hand out only durable frames (see ReaderOptions.durable): one sync per stream per take. `'later'`:
+   * take() does not wait for it; the caller calls sync() before it lets anything out (and may do other
+   * work meanwhile).
+   */
+  readonly durable?: boolean | 'later';
   /**
    * Each take holds frames of one priority: a batch carrying an urgent message is not also filled with
    * less urgent frames (whose storing at the receiver would delay it).
@@ -54,6 +58,8 @@ export interface PriorityReaderOptions<T> {
 
 interface Lane<T> {
   readonly id: StreamId;
+  /** Frames were taken from it since its last sync. */
+  unsynced: boolean;
   readonly priority: number;
   readonly reader: LogReader;
   ahead: QueuedFrame<T>[];
@@ -126,8 +132,16 @@ export class PriorityReader<T> {
       bytes += queued.frame.bytes;
     }
     // Durable before they are handed out: one sync per stream that gave frames (read-ahead included).
-    if (this.options.durable === true) for (const lane of used) await lane.reader.sync();
+    for (const lane of used) lane.unsynced = true;
+    if (this.options.durable === true) await this.sync();
     return out;
+  }
+
+  /** Makes every frame taken so far durable (one sync per stream that gave frames since the last one). */
+  async sync(): Promise<void> {
+    const lanes = [...this.lanes.values()].filter((lane) => lane.unsynced);
+    for (const lane of lanes) lane.unsynced = false;
+    await Promise.all(lanes.map((lane) => lane.reader.sync()));
   }
 
   private async discover(): Promise<void> {
@@ -137,7 +151,7 @@ export class PriorityReader<T> {
       const priority = priorityOfKey(id.key);
       if (priority === undefined) continue;
       const reader = this.store.reader(this.queue, id.name, this.start(id.name), this.options.skipTypes === undefined ? {} : { skipTypes: this.options.skipTypes });
-      this.lanes.set(id.name, { id, priority, reader, ahead: [], drained: false });
+      this.lanes.set(id.name, { id, priority, reader, ahead: [], drained: false, unsynced: false });
     }
   }
 
