@@ -46,6 +46,7 @@ export const ERRORS = {
   ERR_LEASE_EXPIRED: { message: 'the lease expired and the message was handed to another consumer', httpStatus: 409, retryable: false },
   ERR_ALREADY_ACKED: { message: 'the message was already acknowledged', httpStatus: 409, retryable: false },
   ERR_BODY_DIGEST_MISMATCH: { message: 'the streamed body does not match its size or SHA-256', httpStatus: 400, retryable: false },
+  ERR_BODY_INCOMPLETE: { message: 'the streamed body is still arriving', httpStatus: 503, retryable: true },
 
   // --- transport
   ERR_BAD_REQUEST: { message: 'malformed request body', httpStatus: 400, retryable: false },

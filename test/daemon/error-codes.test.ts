@@ -2,6 +2,7 @@
  * Codes not triggered elsewhere in the suite, each by the situation it names.
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -84,6 +85,30 @@ test('ERR_BODY_DIGEST_MISMATCH: chunks that do not add up to the declared digest
   assert.equal((response.json as { code: string; frame: number }).frame, 1);
   const dumped = jsonLines((await mqlog(['dump', dir, '--json'])).stdout);
   assert.equal(dumped.filter((r) => r.id === id).length, 0, 'the message never became visible');
+});
+
+test('ERR_BODY_INCOMPLETE: a streamed message that overtakes its last chunk (pipelined requests) is answered 503 without a frame, and accepted once the chunk is in', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(join(dir, 'mqlog.json'), JSON.stringify({ name: 'b', listen: '127.0.0.1:0' }));
+  const daemon = await Daemon.start({ data: dir, logger: silentLogger() });
+  defer(t, () => daemon.stop());
+  const id = newId();
+  const halves = [Buffer.alloc(1000, 7), Buffer.alloc(1000, 8)];
+  const sha256 = createHash('sha256').update(Buffer.concat(halves)).digest('hex');
+  const chunk = (position: number, data: Buffer, offset: number) => ({ stream: 'p4.w0', frame: encodeFrame(FrameType.BODY_CHUNK, offset, Buffer.concat(encodeChunk({ id, position, ts: Date.now(), channel: 'c', priority: 4, to: ['b'] }, data))) });
+  const message = { stream: 'p4.w0', frame: encodeFrame(FrameType.MESSAGE, 2, encodeMessagePayload({ id, ts: Date.now(), channel: 'c', priority: 4, to: ['b'], from: 'a', streamed: { size: 2000, sha256, parts: [] } }, Buffer.alloc(0))) };
+  const batch = (frames: ReturnType<typeof chunk>[], from: number, to: number): Buffer => Buffer.concat(encodeBatch({ node: 'sender', name: 'a', destination: 'b', frames, covers: { 'p4.w0': [from, to] } }));
+  assert.equal((await postBatch(daemon.url, batch([chunk(0, halves[0]!, 0)], 0, 1))).status, 200);
+  // The message's request arrives before the one with the last chunk.
+  const early = await postBatch(daemon.url, batch([message], 2, 3));
+  assert.equal(early.status, 503, JSON.stringify(early.json));
+  assert.equal((early.json as { code: string }).code, 'ERR_BODY_INCOMPLETE');
+  assert.equal((early.json as { frame?: number }).frame, undefined, 'no frame named: the sender keeps the message and sends it again');
+  assert.equal((await postBatch(daemon.url, batch([chunk(1000, halves[1]!, 1)], 1, 2))).status, 200);
+  const again = await postBatch(daemon.url, batch([message], 2, 3));
+  assert.equal(again.status, 200, JSON.stringify(again.json));
+  const dumped = jsonLines<{ id: string; size: number }>((await mqlog(['dump', dir, '--json'])).stdout).filter((r) => r.id === id);
+  assert.deepEqual(dumped.map((r) => r.size), [2000], 'delivered once, whole');
 });
 
 test('ERR_PEER_REJECTED: a frame the peer refuses for good goes to outbox-dead with the reason, and the rest is delivered', async (t) => {
