@@ -188,20 +188,10 @@ export class Consumer {
     this.onSettled = options.onSettled;
     this.now = options.now ?? Date.now;
     this.renewLeases = options.renewLeases ?? true;
-    this.reader = new PriorityReader<Decoded>(store, info.queue, (stream) => ({ offset: this.journal.state.firstNotDone(stream, 0) }), {
-      // Each frame's fields are decoded once, here; the hand-out uses them as they are.
-      describe: (frame) => {
-        const decoded = decodeFrameMeta(frame);
-        return { order: decoded !== undefined && 'meta' in decoded ? decoded.meta.id : '', info: decoded };
-      },
-      // Chunks of streamed bodies are read only when a body is (Delivery.bodyStream): passing over them
-      // by their headers keeps a consumer's memory flat beside multi-GiB bodies.
-      skipTypes: CHUNK_TYPES,
-      // A message is handed out only once its frame is durable: an ack must never outlive its message.
-      // The sync runs while the lease transaction does (see leaseNow); a lease of a frame a power cut
-      // then takes away only delays whatever later gets its offset.
-      durable: 'later',
-    });
+    // A message is handed out only once its frame is durable: an ack must never outlive its message.
+    // The sync runs while the lease transaction does (see leaseNow); a lease of a frame a power cut
+    // then takes away only delays whatever later gets its offset.
+    this.reader = this.queueReader((stream) => this.journal.state.firstNotDone(stream, 0), 'later');
   }
 
   /**
@@ -406,13 +396,7 @@ export class Consumer {
     await this.journal.refresh();
     const state = this.journal.state;
     const now = this.now();
-    const reader = new PriorityReader<Decoded>(this.store, this.info.queue, (stream) => ({ offset: state.firstNotDone(stream, 0) }), {
-      describe: (frame) => {
-        const decoded = decodeFrameMeta(frame);
-        return { order: decoded !== undefined && 'meta' in decoded ? decoded.meta.id : '', info: decoded };
-      },
-      skipTypes: CHUNK_TYPES,
-    });
+    const reader = this.queueReader((stream) => state.firstNotDone(stream, 0), false);
     let listed = 0;
     try {
       while (listed < limit) {
@@ -519,6 +503,21 @@ export class Consumer {
     this.held.clear();
     while (this.settling !== undefined) await this.settling;
     await this.reader.close();
+  }
+
+  /** A reader of the queue's messages, most urgent first, from `start` of each stream. */
+  private queueReader(start: (stream: string) => number, durable: boolean | 'later'): PriorityReader<Decoded> {
+    return new PriorityReader<Decoded>(this.store, this.info.queue, (stream) => ({ offset: start(stream) }), {
+      // Each frame's fields are decoded once, here; the hand-out uses them as they are.
+      describe: (frame) => {
+        const decoded = decodeFrameMeta(frame);
+        return { order: decoded !== undefined && 'meta' in decoded ? decoded.meta.id : '', info: decoded };
+      },
+      // Chunks of streamed bodies are read only when a body is (Delivery.bodyStream): passing over them
+      // by their headers keeps a consumer's memory flat beside multi-GiB bodies.
+      skipTypes: CHUNK_TYPES,
+      durable,
+    });
   }
 
   private delivery(message: MessageRecord, candidate: Candidate, token: string, count: number, until: number): Delivery {
