@@ -109,14 +109,6 @@ export interface MessagesOptions {
   readonly feed?: ChangeFeed;
 }
 
-/** A lease this consumer holds for a message it handed out. */
-interface Held {
-  readonly stream: string;
-  readonly offset: number;
-  readonly token: string;
-  until: number;
-}
-
 /** Messages leased ahead of a messages() caller: reserved for it, not yet handed out. */
 interface Reserve {
   readonly items: Delivery[];
@@ -142,8 +134,6 @@ interface Candidate {
 interface PendingSettle {
   readonly delivery: Delivery;
   readonly ref: { stream: string; offset: number; token: string };
-  /** An ack, nack or release ends the lease; an extension moves it to `until`. */
-  readonly ends: boolean;
   /** Set for an ack of a message that asked for a receipt. */
   readonly receiptOf?: MessageMeta;
   readonly record: StateRecord;
@@ -171,8 +161,8 @@ export class Consumer {
   private deferred: Candidate[] = [];
   private settles: PendingSettle[] = [];
   private settling: Promise<void> | undefined;
-  /** Leases of handed-out messages, renewed until they are settled. */
-  private readonly held = new Map<Delivery, Held>();
+  /** Handed-out messages whose leases are renewed until they are settled (each knows its own leaseUntil). */
+  private readonly held = new Set<Delivery>();
   private readonly reserves = new Set<Reserve>();
   private readonly renewLeases: boolean;
   private renewTimer: NodeJS.Timeout | undefined;
@@ -359,8 +349,7 @@ export class Consumer {
 
   /** Renews `delivery`'s lease until it is settled (with renewLeases). */
   private hold(delivery: Delivery): void {
-    const token = tokenOf(delivery);
-    this.held.set(delivery, { stream: delivery.stream, offset: delivery.offset, token, until: delivery.leaseUntil });
+    this.held.add(delivery);
     if (this.renewLeases && this.renewTimer === undefined && !this.closed) {
       this.renewTimer = setInterval(() => this.renewDue(), Math.max(10, Math.floor(this.visibilityTimeoutMs / 6)));
       this.renewTimer.unref();
@@ -373,8 +362,8 @@ export class Consumer {
    */
   private renewDue(): void {
     const now = this.now();
-    for (const [delivery, held] of this.held) {
-      if (held.until - now < (2 / 3) * this.visibilityTimeoutMs) delivery.extend().catch(() => undefined);
+    for (const delivery of this.held) {
+      if (delivery.leaseUntil - now < (2 / 3) * this.visibilityTimeoutMs) delivery.extend().catch(() => undefined);
     }
     for (const reserve of this.reserves) {
       if (reserve.items.length > 0 && Date.now() - reserve.lastHandOut > this.visibilityTimeoutMs / 3) {
@@ -553,7 +542,7 @@ export class Consumer {
   /** Queues an ack/nack/unlease; one transaction settles everything queued meanwhile. */
   private settle(delivery: Delivery, record: StateRecord, receiptOf?: MessageMeta): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.settles.push({ delivery, ref: { stream: delivery.stream, offset: delivery.offset, token: tokenOf(delivery) }, ends: record.k !== 'E', record, resolve, reject, ...(receiptOf === undefined ? {} : { receiptOf }) });
+      this.settles.push({ delivery, ref: { stream: delivery.stream, offset: delivery.offset, token: tokenOf(delivery) }, record, resolve, reject, ...(receiptOf === undefined ? {} : { receiptOf }) });
       this.settling ??= this.settleLoop();
     });
   }
@@ -597,15 +586,11 @@ export class Consumer {
     return results;
   }
 
-  /** Resolves (or rejects) settles once their transaction is durable, and keeps `held` in step. */
+  /** Resolves (or rejects) settles once their transaction is durable; an ended or lost lease is no longer renewed. */
   private finishSettles(batch: readonly PendingSettle[], outcomes: readonly unknown[]): void {
     batch.forEach((item, i) => {
       const failed = outcomes[i] !== undefined;
-      if (item.ends || failed) this.held.delete(item.delivery);
-      else {
-        const held = this.held.get(item.delivery);
-        if (held !== undefined && item.record.k === 'E') held.until = item.record.u;
-      }
+      if (item.record.k !== 'E' || failed) this.held.delete(item.delivery);
       if (failed) item.reject(outcomes[i]);
       else item.resolve();
     });
