@@ -18,7 +18,7 @@ import { MqlogError, abortError } from '../errors.js';
 import { FRAME_HEADER_BYTES, encodeFrameHeader, payloadLength, type Payload } from './frame.js';
 import { DEFAULT_ROLL_IDLE_MS } from './log-store.js';
 import type { AppendResult, ChangeFeed, CompactOptions, FrameHint, KeepFrame, LogReader, LogStore, LogWriter, QueueUsage } from './log-store.js';
-import type { ReadLimits, ReaderOptions, StoredFrame, StreamCompaction, StreamId, StreamPosition, StreamRead, VerifyEvent, WriterOptions } from './log-store.js';
+import type { ReadLimits, ReaderOptions, SkimmedFrame, StoredFrame, StreamCompaction, StreamId, StreamPosition, StreamRead, StreamSkim, VerifyEvent, WriterOptions } from './log-store.js';
 import { STREAM_KEY, compareStreams, parseStreamName, streamName } from './stream-id.js';
 
 /** The file store's default and lower bound (stream-writer.ts), so that both roll alike. */
@@ -361,7 +361,35 @@ class MemoryLogReader implements LogReader {
     return { frames, state: 'more' };
   }
 
-  /** Idempotent: a reader holds nothing. */
+  /** Lists the frames stored now from the position, up to the limits, and moves past them (see LogReader.skim). */
+  async skim(limits: ReadLimits = {}): Promise<StreamSkim> {
+    if (this.closed) throw new MqlogError('ERR_CLOSED', 'stream reader is closed');
+    const maxFrames = limits.maxFrames ?? Number.POSITIVE_INFINITY;
+    const maxBytes = limits.maxBytes ?? Number.POSITIVE_INFINITY;
+    const frames: SkimmedFrame[] = [];
+    const stream = this.lookup();
+    if (stream === undefined) return { frames, state: 'end' };
+    const source = framesFrom(stream, this.next);
+    let bytes = 0;
+    while (frames.length < maxFrames && bytes < maxBytes) {
+      const step = source.next();
+      if (step.done === true) return { frames, state: 'end' };
+      const frame = step.value;
+      frames.push({ type: frame.type, offset: frame.offset, segment: frame.segment, position: frame.position, bytes: frame.bytes });
+      bytes += frame.bytes;
+      this.next = frame.offset + 1;
+      this.hint = { segment: frame.segment, position: frame.position, offset: frame.offset };
+    }
+    return { frames, state: 'more' };
+  }
+
+  /** Moves to `to`: each read finds its place by offset, so the hint is only kept for `position`. */
+  async seek(to: StreamPosition): Promise<void> {
+    if (this.closed) throw new MqlogError('ERR_CLOSED', 'stream reader is closed');
+    this.next = to.offset;
+    this.hint = to.hint;
+  }
+
   /** Memory holds nothing that a crash could lose and a sync keep: nothing to do. */
   async sync(): Promise<void> {
     if (this.closed) throw new MqlogError('ERR_CLOSED', 'log reader is closed');

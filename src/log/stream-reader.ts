@@ -10,7 +10,7 @@
  */
 import { basename } from 'node:path';
 import { MqlogError, isMqlogError } from '../errors.js';
-import type { FrameHint, LogReader, ReadLimits, ReaderOptions, StoredFrame, StreamPosition, StreamRead } from './log-store.js';
+import type { FrameHint, LogReader, ReadLimits, ReaderOptions, SkimmedFrame, StoredFrame, StreamPosition, StreamRead, StreamSkim, TornTail } from './log-store.js';
 import { SegmentReader, corrupt, storedFrame } from './segment.js';
 import { SegmentSet, type SegmentInfo } from './segment-set.js';
 
@@ -24,7 +24,8 @@ export class StreamReader implements LogReader {
   private closed = false;
   /** Corruption met after some frames were already collected: thrown by the next read(). */
   private deferredError: Error | undefined;
-  private readonly skipTypes: ReadonlySet<number> | undefined;
+  /** What the segment reader passes over by header: the caller's skipTypes, and every type while skimming. */
+  private skip: SkipSet | undefined;
   private readonly durable: boolean;
 
   /** Reads the stream in directory `dir` from `from`. */
@@ -33,7 +34,7 @@ export class StreamReader implements LogReader {
     this.stream = basename(dir);
     this.next = from.offset;
     this.hint = from.hint;
-    this.skipTypes = options.skipTypes;
+    this.skip = options.skipTypes === undefined ? undefined : new SkipSet(options.skipTypes);
     this.durable = options.durable === true;
   }
 
@@ -58,7 +59,54 @@ export class StreamReader implements LogReader {
     await this.reader?.sync();
   }
 
+  /**
+   * Passes over the frames available now by their headers alone, up to the limits (see LogReader.skim).
+   * @throws ERR_CORRUPT_FRAME as read() does.
+   */
+  async skim(limits: ReadLimits = {}): Promise<StreamSkim> {
+    if (this.skip === undefined) {
+      // The open segment reader was made without a skip set: the next one gets it (the hint finds the place).
+      this.skip = new SkipSet(new Set());
+      await this.drop();
+    }
+    this.skip.all = true;
+    try {
+      const walked = await this.walk(limits, true);
+      return { frames: walked.skimmed, state: walked.state, ...(walked.torn === undefined ? {} : { torn: walked.torn }) };
+    } finally {
+      this.skip.all = false;
+    }
+  }
+
+  /** Moves the reader to `to`; the open segment is kept when the hint lies in it and checks out. */
+  async seek(to: StreamPosition): Promise<void> {
+    if (this.closed) throw new MqlogError('ERR_CLOSED', 'stream reader is closed');
+    this.next = to.offset;
+    this.hint = to.hint;
+    this.deferredError = undefined;
+    const hint = to.hint;
+    const reader = this.reader;
+    if (reader !== undefined && hint !== undefined && hint.segment === this.segment && hint.offset < to.offset) {
+      // Re-read the hinted frame where the hint says it is: the reader then stands right after it.
+      reader.seek(hint.position);
+      try {
+        const step = await reader.next();
+        if ((step.kind === 'frame' && step.frame.offset === hint.offset) || (step.kind === 'skipped' && step.offset === hint.offset)) return;
+      } catch (err) {
+        if (!isMqlogError(err, 'ERR_CORRUPT_FRAME') && !isMqlogError(err, 'ERR_UNSUPPORTED_VERSION') && !isMqlogError(err, 'ERR_NOT_FOUND')) throw err;
+      }
+    }
+    // Another segment, no hint, or a hint that no longer checks out: the next read finds the place anew.
+    await this.drop();
+  }
+
   private async readAvailable(limits: ReadLimits): Promise<StreamRead> {
+    const walked = await this.walk(limits, false);
+    return { frames: walked.frames, state: walked.state, ...(walked.torn === undefined ? {} : { torn: walked.torn }) };
+  }
+
+  /** Reads (or, `skimming`, passes over) the frames available now, up to the limits. */
+  private async walk(limits: ReadLimits, skimming: boolean): Promise<{ frames: StoredFrame[]; skimmed: SkimmedFrame[]; state: StreamRead['state']; torn?: TornTail }> {
     if (this.closed) throw new MqlogError('ERR_CLOSED', 'stream reader is closed');
     if (this.deferredError !== undefined) {
       const error = this.deferredError;
@@ -68,11 +116,12 @@ export class StreamReader implements LogReader {
     const maxFrames = limits.maxFrames ?? Number.POSITIVE_INFINITY;
     const maxBytes = limits.maxBytes ?? Number.POSITIVE_INFINITY;
     const frames: StoredFrame[] = [];
+    const skimmed: SkimmedFrame[] = [];
     let bytes = 0;
     let recheckedEnd = false;
-    while (frames.length < maxFrames && bytes < maxBytes) {
+    while (frames.length + skimmed.length < maxFrames && bytes < maxBytes) {
       const reader = this.reader ?? (await this.openReader());
-      if (reader === undefined) return { frames, state: 'end' };
+      if (reader === undefined) return { frames, skimmed, state: 'end' };
       let step;
       try {
         step = await reader.next();
@@ -82,11 +131,21 @@ export class StreamReader implements LogReader {
           continue;
         }
         // Hand out what came before the bad frame first; the position stays right before it.
-        if (frames.length > 0 && err instanceof Error) {
+        if (frames.length + skimmed.length > 0 && err instanceof Error) {
           this.deferredError = err;
-          return { frames, state: 'more' };
+          return { frames, skimmed, state: 'more' };
         }
         throw err;
+      }
+      if (step.kind === 'skipped' && skimming) {
+        recheckedEnd = false;
+        if (step.offset < this.next) continue;
+        const segment = this.segment ?? 0;
+        skimmed.push({ type: step.type, offset: step.offset, segment, position: step.position, bytes: step.bytes });
+        bytes += step.bytes;
+        this.next = step.offset + 1;
+        this.hint = { segment, position: step.position, offset: step.offset };
+        continue;
       }
       if (step.kind === 'skipped') {
         recheckedEnd = false;
@@ -97,7 +156,9 @@ export class StreamReader implements LogReader {
         recheckedEnd = false;
         if (step.frame.offset < this.next) continue;
         const frame = storedFrame(this.stream, this.segment ?? 0, step.frame);
-        frames.push(frame);
+        // A frame the segment reader would not pass over by its header (it read it whole): listed all the same.
+        if (skimming) skimmed.push({ type: frame.type, offset: frame.offset, segment: frame.segment, position: frame.position, bytes: frame.bytes });
+        else frames.push(frame);
         bytes += frame.bytes;
         this.next = frame.offset + 1;
         this.hint = { segment: frame.segment, position: frame.position, offset: frame.offset };
@@ -105,13 +166,13 @@ export class StreamReader implements LogReader {
       }
       // Zeros reserved after the data: the writer is still appending here (it cuts them off before it
       // seals the segment and starts the next), so there is no successor to look for.
-      if (step.kind === 'end' && step.zeroTail === true) return { frames, state: 'end' };
+      if (step.kind === 'end' && step.zeroTail === true) return { frames, skimmed, state: 'end' };
       const successor = await this.successorOf(this.segment ?? 0);
       if (successor === undefined) {
         if (step.kind === 'torn') {
-          return { frames, state: 'torn', torn: { path: reader.path, position: step.position, bytes: step.tornBytes, reason: step.reason } };
+          return { frames, skimmed, state: 'torn', torn: { path: reader.path, position: step.position, bytes: step.tornBytes, reason: step.reason } };
         }
-        return { frames, state: 'end' };
+        return { frames, skimmed, state: 'end' };
       }
       // A successor exists, so this segment was sealed before it was created: read its end once more
       // to catch frames written between our last read and the seal.
@@ -123,7 +184,7 @@ export class StreamReader implements LogReader {
       await this.drop();
       this.next = Math.max(this.next, successor.baseOffset);
     }
-    return { frames, state: 'more' };
+    return { frames, skimmed, state: 'more' };
   }
 
   async close(): Promise<void> {
@@ -164,7 +225,7 @@ export class StreamReader implements LogReader {
   private async openAt(segment: SegmentInfo): Promise<SegmentReader> {
     const hint = this.hint;
     if (hint !== undefined && hint.segment === segment.baseOffset && hint.offset < this.next) {
-      const reader = await SegmentReader.open(segment.path, { position: hint.position, ...(this.skipTypes === undefined ? {} : { skipTypes: this.skipTypes }) });
+      const reader = await SegmentReader.open(segment.path, { position: hint.position, ...(this.skip === undefined ? {} : { skipTypes: this.skip }) });
       try {
         const step = await reader.next();
         if ((step.kind === 'frame' && step.frame.offset === hint.offset) || (step.kind === 'skipped' && step.offset === hint.offset)) return reader;
@@ -177,7 +238,23 @@ export class StreamReader implements LogReader {
       // The segment was rewritten since the hint was taken: scan it from the start instead.
       await reader.close();
     }
-    return SegmentReader.open(segment.path, this.skipTypes === undefined ? {} : { skipTypes: this.skipTypes });
+    return SegmentReader.open(segment.path, this.skip === undefined ? {} : { skipTypes: this.skip });
+  }
+}
+
+/**
+ * The frame types a segment reader passes over by their header: the reader's own skipTypes, or, while
+ * it skims, every type (SYNC frames excepted: the segment reader never passes over those).
+ */
+class SkipSet extends Set<number> {
+  all = false;
+
+  constructor(types: ReadonlySet<number>) {
+    super(types);
+  }
+
+  override has(type: number): boolean {
+    return this.all || super.has(type);
   }
 }
 
