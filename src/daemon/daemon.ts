@@ -291,10 +291,10 @@ export class Daemon {
       for (const info of await this.node.queues()) {
         if (info.kind !== 'inbox' || info.channel === null || this.channels.has(info.channel)) continue;
         const channel = info.channel;
-        this.channels.set(channel, new ChannelCounts(this.node.store, inboxInfo(this.dataDir, channel), deadInfo(this.dataDir, channel), (record) => {
-          if (record.k === 'A') this.metrics.acked.inc({ channel });
-          else if (record.k === 'D') this.metrics.dead.inc({ channel, peer: '' });
-          else if (record.k === 'X') this.metrics.expired.inc({ channel, peer: '' });
+        this.channels.set(channel, new ChannelCounts(this.node.store, inboxInfo(this.dataDir, channel), deadInfo(this.dataDir, channel), (kind, count) => {
+          if (kind === 'acked') this.metrics.acked.inc({ channel }, count);
+          else if (kind === 'dead') this.metrics.dead.inc({ channel, peer: '' }, count);
+          else this.metrics.expired.inc({ channel, peer: '' }, count);
         }));
       }
       // Records already in the journal of a channel that existed when the daemon started happened before it.

@@ -128,6 +128,22 @@ export class RecordLog {
     this.sequence += payloads.length;
   }
 
+  /**
+   * fdatasyncs what this object appended without `durable` (another process's fdatasync of the file
+   * would do as well; this one knows only its own).
+   */
+  async sync(): Promise<void> {
+    const handle = this.handle;
+    if (handle === undefined || this.syncedEnd >= this.end) return;
+    const end = this.end;
+    try {
+      await handle.datasync();
+    } catch (err) {
+      throw ioError(err, `cannot fsync ${this.path}`, { path: this.path });
+    }
+    this.syncedEnd = Math.max(this.syncedEnd, end);
+  }
+
   async close(): Promise<void> {
     await this.closeReader();
     const handle = this.handle;

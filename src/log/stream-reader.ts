@@ -21,6 +21,8 @@ export class StreamReader implements LogReader {
   private hint: StreamPosition['hint'];
   private reader: SegmentReader | undefined;
   private segment: number | undefined;
+  /** End of the last frame read() returned from the open segment: what sync() must make durable. */
+  private returnedEnd = 0;
   private closed = false;
   /** Corruption met after some frames were already collected: thrown by the next read(). */
   private deferredError: Error | undefined;
@@ -55,8 +57,11 @@ export class StreamReader implements LogReader {
   }
 
   async sync(): Promise<void> {
-    // Frames of earlier segments were sealed, so fsync'd: only the open segment may not be.
-    await this.reader?.sync();
+    // Frames of earlier segments were sealed, so fsync'd: only the open segment may not be, and not
+    // those a later SYNC frame states were fsync'd already (§3.3): no fdatasync is needed for them.
+    const reader = this.reader;
+    if (reader === undefined || this.returnedEnd <= reader.syncedBytes) return;
+    await reader.sync();
   }
 
   /**
@@ -67,6 +72,7 @@ export class StreamReader implements LogReader {
     if (this.skip === undefined) {
       // The open segment reader was made without a skip set: the next one gets it (the hint finds the place).
       this.skip = new SkipSet(new Set());
+      await this.sync();
       await this.drop();
     }
     this.skip.all = true;
@@ -96,7 +102,9 @@ export class StreamReader implements LogReader {
         if (!isMqlogError(err, 'ERR_CORRUPT_FRAME') && !isMqlogError(err, 'ERR_UNSUPPORTED_VERSION') && !isMqlogError(err, 'ERR_NOT_FOUND')) throw err;
       }
     }
-    // Another segment, no hint, or a hint that no longer checks out: the next read finds the place anew.
+    // Another segment, no hint, or a hint that no longer checks out: the next read finds the place anew
+    // (what was returned from the segment left is made durable first, as sync() would).
+    await this.sync();
     await this.drop();
   }
 
@@ -158,7 +166,10 @@ export class StreamReader implements LogReader {
         const frame = storedFrame(this.stream, this.segment ?? 0, step.frame);
         // A frame the segment reader would not pass over by its header (it read it whole): listed all the same.
         if (skimming) skimmed.push({ type: frame.type, offset: frame.offset, segment: frame.segment, position: frame.position, bytes: frame.bytes });
-        else frames.push(frame);
+        else {
+          frames.push(frame);
+          this.returnedEnd = frame.position + frame.bytes;
+        }
         bytes += frame.bytes;
         this.next = frame.offset + 1;
         this.hint = { segment: frame.segment, position: frame.position, offset: frame.offset };
@@ -196,6 +207,7 @@ export class StreamReader implements LogReader {
     const reader = this.reader;
     this.reader = undefined;
     this.segment = undefined;
+    this.returnedEnd = 0;
     await reader?.close();
   }
 

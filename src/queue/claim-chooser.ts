@@ -1,0 +1,408 @@
+/**
+ * What a consumer claims, and reading what it claimed (spec/log-format.md §11.2).
+ *
+ * Under the state lock (`choose`): claims that lapsed are taken over (`T`: what their holder acked in its
+ * ack journal stays done, the rest waits as a range); then up to the wanted number of messages are
+ * claimed, most urgent first: messages waiting alone (nacked, delayed, of before claims) and ranges, then
+ * runs of new messages from each stream's frontier, found by skimming frame headers (`C` and `F`
+ * records). Messages handed out `maxDeliveries` times go to the dead letters instead (`D`).
+ *
+ * After the lock (`read`): the claimed frames are read — by a reader per stream that usually stands
+ * right there already — made durable, and turned into deliveries; members found expired, delayed or
+ * undeliverable are ended by a record in a later transaction.
+ *
+ * Concurrency contract: one caller at a time (the consumer serializes its claims).
+ */
+import { randomUUID } from 'node:crypto';
+import { MqlogError } from '../errors.js';
+import { FrameType } from '../log/frame.js';
+import type { LogReader, LogStore, SkimmedFrame, StoredFrame, StreamId } from '../log/log-store.js';
+import { IntervalSet } from '../util/interval-set.js';
+import { readStreamedBody } from './body.js';
+import { decodeMeta, decodeMessage, type MessageMeta, type MessageRecord } from './codec.js';
+import type { ConsumerJournal } from './consumer-journal.js';
+import type { ClaimRange, ConsumerState, FrameHint, PositionHint, Retry, StateRecord } from './consumer-state.js';
+import { ClaimDelivery, HeldClaim, type DeliveryOwner } from './delivery.js';
+import type { HeldClaims } from './held-claims.js';
+import type { QueueInfo } from './layout.js';
+import { priorityOfKey } from './priority.js';
+
+export interface ClaimChooserOptions {
+  readonly store: LogStore;
+  readonly info: QueueInfo;
+  readonly journal: ConsumerJournal;
+  readonly held: HeldClaims;
+  readonly owner: DeliveryOwner;
+  readonly visibilityTimeoutMs: number;
+  readonly maxDeliveries: number;
+  readonly now: () => number;
+  readonly deadLetter?: (message: MessageRecord, origin: { stream: string; offset: number }, reason: string) => Promise<void>;
+  readonly onSettled?: (meta: MessageMeta, outcome: 'processed' | 'dead' | 'expired', reason?: string) => Promise<void>;
+}
+
+/** A claim just made, and what to read of it. */
+export interface Claimed {
+  readonly claim: HeldClaim;
+  readonly members: IntervalSet;
+  /** The place of the only member, when known (a message that waited alone). */
+  readonly frame: FrameHint | undefined;
+}
+
+/** New streams are looked for at most this often while busy. */
+const DISCOVER_EVERY_MS = 100;
+const CHUNKS: ReadonlySet<number> = new Set([FrameType.BODY_CHUNK]);
+/** Bytes of frames one read of claimed messages asks for. */
+const READ_BYTES = 4 * 1024 * 1024;
+
+/** A stream's frontier skimmed ahead: frames looked at but not claimed yet. */
+interface SkimLane {
+  readonly reader: LogReader;
+  ahead: SkimmedFrame[];
+}
+
+export class ClaimChooser {
+  private readonly options: ClaimChooserOptions;
+  private readonly lanes = new Map<string, SkimLane>();
+  private readonly frameReaders = new Map<string, LogReader>();
+  private streams: { id: StreamId; priority: number }[] = [];
+  private discoveredAt = Number.NEGATIVE_INFINITY;
+  /** When registered ack journals were last looked at for removal. */
+  private sweptAt = Number.NEGATIVE_INFINITY;
+
+  constructor(options: ClaimChooserOptions) {
+    this.options = options;
+  }
+
+  /**
+   * Without the lock: whether a claim could find anything now (a new frame past a frontier, a message
+   * or range due, a lapsed claim). False means a transaction would find nothing.
+   */
+  async mayFind(state: ConsumerState, now: number): Promise<boolean> {
+    if (state.readyRetries(now).next().done !== true) return true;
+    for (const range of state.ranges()) if ((range.holder?.until ?? range.availableAt) <= now) return true;
+    await this.discover(false);
+    for (const { id } of this.streams) {
+      const lane = await this.lane(state, id.name);
+      if (lane.ahead.length > 0) return true;
+      const skim = await lane.reader.skim({ maxFrames: 1 });
+      lane.ahead.push(...skim.frames);
+      if (lane.ahead.length > 0) return true;
+    }
+    // A stream that appeared since the last look.
+    if (performance.now() - this.discoveredAt < DISCOVER_EVERY_MS) {
+      const known = this.streams.length;
+      await this.discover(true);
+      if (this.streams.length > known) return true;
+    }
+    return false;
+  }
+
+  /**
+   * Under the lock: takes lapsed claims over and claims up to `want` messages, most urgent first,
+   * appending the records. `ended`: messages ended instead (dead-lettered) — fewer claimed than wanted
+   * does not mean nothing is left.
+   */
+  async choose(state: ConsumerState, want: number, records: StateRecord[]): Promise<{ claimed: Claimed[]; ended: number }> {
+    const now = this.options.now();
+    const lapsed = await this.takeOver(state, now, records);
+    const journal = this.options.held.journalForClaims(state);
+    const until = now + this.options.visibilityTimeoutMs;
+    await this.discover(false);
+    type Candidate =
+      | { readonly priority: number; readonly order: number; readonly kind: 'retry'; readonly stream: string; readonly offset: number; readonly retry: Retry }
+      | { readonly priority: number; readonly order: number; readonly kind: 'range'; readonly range: ClaimRange; readonly members: IntervalSet }
+      | { readonly priority: number; readonly order: number; readonly kind: 'stream'; readonly stream: string };
+    const candidates: Candidate[] = [];
+    for (const { stream, offset, retry } of state.readyRetries(now)) candidates.push({ priority: retry.priority, order: retry.availableAt, kind: 'retry', stream, offset, retry });
+    for (const range of state.ranges()) {
+      const members = lapsed.get(range.id) ?? (range.holder === undefined && range.availableAt <= now ? range.members : undefined);
+      if (members !== undefined && !members.isEmpty) candidates.push({ priority: range.priority, order: range.availableAt, kind: 'range', range, members });
+    }
+    // New messages after those waiting of the same priority.
+    for (const { id, priority } of this.streams) candidates.push({ priority, order: Number.POSITIVE_INFINITY, kind: 'stream', stream: id.name });
+    candidates.sort((a, b) => b.priority - a.priority || a.order - b.order);
+
+    const claimed: Claimed[] = [];
+    let left = want;
+    let ended = 0;
+    for (const candidate of candidates) {
+      if (left <= 0) break;
+      if (candidate.kind === 'stream') {
+        const fresh = await this.claimFresh(state, candidate.stream, candidate.priority, left, records, journal, until);
+        if (fresh !== undefined) {
+          claimed.push(fresh);
+          left -= fresh.members.size;
+        }
+        continue;
+      }
+      const stream = candidate.kind === 'retry' ? candidate.stream : candidate.range.stream;
+      const members = candidate.kind === 'retry' ? IntervalSet.fromFlat([candidate.offset, candidate.offset + 1]) : candidate.members.clone().takeFirst(left);
+      const deliveries = (candidate.kind === 'retry' ? candidate.retry.deliveries : candidate.range.deliveries) + 1;
+      const frame = candidate.kind === 'retry' ? candidate.retry.hint : members.size === 1 ? candidate.range.frame : undefined;
+      const hint = candidate.kind === 'range' ? candidate.range.hint : undefined;
+      if (deliveries > this.options.maxDeliveries) {
+        const last = (candidate.kind === 'retry' ? candidate.retry.reason : candidate.range.reason) ?? 'lease expired';
+        ended += await this.deadLetter(stream, members, hint, frame, `handed out ${deliveries - 1} times without an ack; last: ${last}`, records);
+        continue;
+      }
+      const token = randomUUID();
+      records.push({
+        k: 'C',
+        t: token,
+        s: stream,
+        j: journal,
+        u: until,
+        n: deliveries,
+        p: candidate.priority,
+        r: members.toFlat(),
+        ...(hint === undefined ? {} : { h: [hint.segment, hint.position, hint.offset] as [number, number, number] }),
+        ...(frame === undefined ? {} : { f: [frame.segment, frame.position] as [number, number] }),
+        ...(candidate.kind === 'range' ? { g: candidate.range.id } : {}),
+      });
+      claimed.push({ claim: new HeldClaim({ token, stream, priority: candidate.priority, deliveries, journal, hint, until }), members, frame });
+      left -= members.size;
+    }
+    return { claimed, ended };
+  }
+
+  /**
+   * Outside the lock: reads the claimed messages, durably, into deliveries (most urgent first, as
+   * claimed); members that cannot go out are ended. `ended` counts those.
+   */
+  async read(claimed: readonly Claimed[]): Promise<{ deliveries: ClaimDelivery[]; ended: number }> {
+    const deliveries: ClaimDelivery[] = [];
+    let ended = 0;
+    const used = new Set<LogReader>();
+    const now = this.options.now();
+    for (const { claim, members, frame } of claimed) {
+      claim.unsettled = members.size;
+      const frames = frame !== undefined && members.size === 1 ? await this.frameAt(claim.stream, members.first as number, frame) : await this.readRange(claim, members, used);
+      for (const stored of frames) {
+        if (!members.has(stored.offset)) continue;
+        members.removeRange(stored.offset, stored.offset + 1);
+        const looked = await this.look(claim, stored, now);
+        if ('meta' in looked) {
+          deliveries.push(new ClaimDelivery(this.options.owner, claim, looked.meta, stored.payload.subarray(looked.bodyStart), stored.offset, { segment: stored.segment, position: stored.position }));
+          continue;
+        }
+        ended++;
+        this.options.held.end(claim, looked.ending);
+      }
+      // Members whose frames are gone (purged and compacted meanwhile) have nothing to settle.
+      for (let n = members.size; n > 0; n--) this.options.held.end(claim, undefined);
+    }
+    // Nothing goes out before its frame is durable (an ack must never outlive its message).
+    await Promise.all([...used].map((reader) => reader.sync()));
+    return { deliveries, ended };
+  }
+
+  async close(): Promise<void> {
+    for (const lane of this.lanes.values()) await lane.reader.close();
+    for (const reader of this.frameReaders.values()) await reader.close();
+    this.lanes.clear();
+    this.frameReaders.clear();
+  }
+
+  /** Takes over every claim whose lease lapsed; returns, per range, the members left to hand out. */
+  private async takeOver(state: ConsumerState, now: number, records: StateRecord[]): Promise<Map<string, IntervalSet>> {
+    const lapsed = new Map<string, IntervalSet>();
+    const acksOf = new Map<string, Map<string, IntervalSet>>();
+    const taken = new Map<string, number>();
+    for (const range of state.ranges()) {
+      if (range.holder === undefined || range.holder.until > now) continue;
+      const journal = range.holder.journal;
+      let acks = acksOf.get(journal);
+      if (acks === undefined) {
+        // Read now, after the lease lapsed: every ack its holder made durable in time is there.
+        acks = await this.options.journal.journalAcks(journal);
+        acksOf.set(journal, acks);
+      }
+      const acked = (acks.get(range.id) ?? new IntervalSet()).intersection(range.members);
+      records.push({ k: 'T', t: range.id, a: acked.toFlat() });
+      const rest = range.members.clone();
+      rest.removeAll(acked);
+      lapsed.set(range.id, rest);
+      taken.set(journal, (taken.get(journal) ?? 0) + 1);
+    }
+    // A journal none of whose claims is in force any more is removed, unless its consumer may still use it.
+    for (const [journal, n] of taken) if (n === state.claimsIn(journal) && !this.options.held.ownsJournal(journal)) records.push({ k: 'K', j: journal });
+    // Now and then, so is one that names no claim and was not written for a timeout (its consumer ended
+    // without removing it, or is idle: it starts a new one when it claims again).
+    if (now - this.sweptAt >= this.options.visibilityTimeoutMs) {
+      this.sweptAt = now;
+      for (const journal of state.journals) {
+        if (taken.has(journal) || state.claimsIn(journal) > 0 || this.options.held.ownsJournal(journal)) continue;
+        const age = await this.options.journal.ackJournalAge(journal);
+        if (age === undefined || age > this.options.visibilityTimeoutMs) records.push({ k: 'K', j: journal });
+      }
+    }
+    return lapsed;
+  }
+
+  /** Claims up to `want` new messages of a stream from its frontier, skimming their headers. */
+  private async claimFresh(state: ConsumerState, stream: string, priority: number, want: number, records: StateRecord[], journal: string, until: number): Promise<Claimed | undefined> {
+    const lane = await this.lane(state, stream);
+    const frontier = state.frontier(stream);
+    let before: PositionHint | undefined = frontier?.hint;
+    let start: PositionHint | undefined;
+    let last: SkimmedFrame | undefined;
+    const members = new IntervalSet();
+    while (members.size < want) {
+      if (lane.ahead.length === 0) {
+        const skim = await lane.reader.skim({ maxFrames: Math.max(1, want - members.size) });
+        lane.ahead.push(...skim.frames);
+        if (skim.frames.length === 0) break;
+      }
+      const frame = lane.ahead.shift() as SkimmedFrame;
+      last = frame;
+      const hint = { segment: frame.segment, position: frame.position, offset: frame.offset };
+      const taken = frame.type !== FrameType.MESSAGE || state.isDone(stream, frame.offset) || state.rangeOf(stream, frame.offset) !== undefined || state.retryOf(stream, frame.offset) !== undefined || state.leaseOf(stream, frame.offset) !== undefined;
+      if (!taken) {
+        if (members.isEmpty) start = before;
+        members.add(frame.offset);
+      }
+      before = hint;
+    }
+    if (last === undefined) return undefined;
+    const advance: StateRecord = { k: 'F', s: stream, o: last.offset + 1, h: [last.segment, last.position, last.offset] };
+    if (members.isEmpty) {
+      records.push(advance);
+      return undefined;
+    }
+    const token = randomUUID();
+    // The claim before the frontier that passes its members: whatever prefix of the write survives a power
+    // cut, no message is left behind the frontier outside a claim.
+    records.push({ k: 'C', t: token, s: stream, j: journal, u: until, n: 1, p: priority, r: members.toFlat(), ...(start === undefined ? {} : { h: [start.segment, start.position, start.offset] as [number, number, number] }) }, advance);
+    return { claim: new HeldClaim({ token, stream, priority, deliveries: 1, journal, hint: start, until }), members, frame: undefined };
+  }
+
+  /** The skim lane of a stream, standing at its frontier. */
+  private async lane(state: ConsumerState, stream: string): Promise<SkimLane> {
+    const frontier = state.frontier(stream) ?? { offset: state.firstNotDone(stream, 0), hint: undefined };
+    let lane = this.lanes.get(stream);
+    if (lane === undefined) {
+      lane = { reader: this.options.store.reader(this.options.info.queue, stream, frontier), ahead: [] };
+      this.lanes.set(stream, lane);
+      return lane;
+    }
+    while (lane.ahead.length > 0 && (lane.ahead[0] as SkimmedFrame).offset < frontier.offset) lane.ahead.shift();
+    // Others claimed past what was skimmed ahead (or a claim of this consumer was not recorded): go to the frontier.
+    const next = lane.ahead.length > 0 ? (lane.ahead[0] as SkimmedFrame).offset : lane.reader.position.offset;
+    if (next !== frontier.offset) {
+      lane.ahead = [];
+      await lane.reader.seek(frontier);
+    }
+    return lane;
+  }
+
+  private async discover(force: boolean): Promise<void> {
+    if (!force && performance.now() - this.discoveredAt < DISCOVER_EVERY_MS) return;
+    this.discoveredAt = performance.now();
+    const found: { id: StreamId; priority: number }[] = [];
+    for (const id of await this.options.store.streams(this.options.info.queue)) {
+      const priority = priorityOfKey(id.key);
+      if (priority !== undefined) found.push({ id, priority });
+    }
+    this.streams = found;
+  }
+
+  /** Reads the frames of a range's members, from a frame before the first one. */
+  private async readRange(claim: HeldClaim, members: IntervalSet, used: Set<LogReader>): Promise<StoredFrame[]> {
+    const first = members.first;
+    const last = members.last;
+    if (first === undefined || last === undefined) return [];
+    let reader = this.frameReaders.get(claim.stream);
+    if (reader === undefined) {
+      reader = this.options.store.reader(this.options.info.queue, claim.stream, { offset: first, hint: claim.hint }, { skipTypes: CHUNKS });
+      this.frameReaders.set(claim.stream, reader);
+    } else if (reader.position.offset !== first) {
+      await reader.seek({ offset: first, hint: claim.hint });
+    }
+    used.add(reader);
+    const frames: StoredFrame[] = [];
+    for (;;) {
+      const read = await reader.read({ maxFrames: last - reader.position.offset + 1, maxBytes: READ_BYTES });
+      for (const frame of read.frames) if (frame.offset <= last) frames.push(frame);
+      if (read.state !== 'more' || reader.position.offset > last) break;
+    }
+    return frames;
+  }
+
+  private async frameAt(stream: string, offset: number, frame: FrameHint): Promise<StoredFrame[]> {
+    const stored = await this.options.store.frameAt(this.options.info.queue, stream, offset, { ...frame, offset });
+    return stored === undefined ? [] : [stored];
+  }
+
+  /** A claimed message's fields when it can go out now, else the record that ends it. */
+  private async look(claim: HeldClaim, frame: StoredFrame, now: number): Promise<{ meta: MessageMeta; bodyStart: number } | { ending: StateRecord }> {
+    const { stream, offset } = frame;
+    let decoded: { meta: MessageMeta; bodyStart: number };
+    try {
+      decoded = decodeMeta(frame.payload);
+    } catch (err) {
+      if (!(err instanceof MqlogError)) throw err;
+      // A frame that passed its CRC but holds no valid message cannot be delivered; say why and move on.
+      return { ending: { k: 'D', s: stream, o: offset, r: `undeliverable: ${err.message}` } };
+    }
+    const { meta } = decoded;
+    if (meta.expiresAt !== undefined && meta.expiresAt <= now) {
+      if (meta.receipt === true) await this.options.onSettled?.(meta, 'expired', 'time to live passed before delivery');
+      return { ending: { k: 'X', s: stream, o: offset } };
+    }
+    if (meta.notBefore !== undefined && meta.notBefore > now) {
+      // Put aside alone until it is due, without counting a hand-out.
+      return { ending: { k: 'U', s: stream, o: offset, t: claim.token, a: meta.notBefore, i: meta.id, h: [frame.segment, frame.position] } };
+    }
+    return decoded;
+  }
+
+  /** Under the lock: moves members handed out too often to the dead letters; returns how many went. */
+  private async deadLetter(stream: string, members: IntervalSet, hint: PositionHint | undefined, frame: FrameHint | undefined, reason: string, records: StateRecord[]): Promise<number> {
+    const frames = frame !== undefined && members.size === 1 ? await this.frameAt(stream, members.first as number, frame) : await this.readOnce(stream, members, hint);
+    let n = 0;
+    for (const stored of frames) {
+      if (!members.has(stored.offset)) continue;
+      let message: MessageRecord;
+      try {
+        message = decodeMessage(stored.payload);
+      } catch (err) {
+        if (!(err instanceof MqlogError)) throw err;
+        records.push({ k: 'D', s: stream, o: stored.offset, r: `undeliverable: ${err.message}` });
+        n++;
+        continue;
+      }
+      await this.options.deadLetter?.(message, { stream, offset: stored.offset }, reason);
+      if (message.receipt === true) await this.options.onSettled?.(message, 'dead', reason);
+      records.push({ k: 'D', s: stream, o: stored.offset, r: reason });
+      n++;
+    }
+    return n;
+  }
+
+  /** The frames of `members`, read by a reader of their own. */
+  private async readOnce(stream: string, members: IntervalSet, hint: PositionHint | undefined): Promise<StoredFrame[]> {
+    const first = members.first;
+    const last = members.last;
+    if (first === undefined || last === undefined) return [];
+    const reader = this.options.store.reader(this.options.info.queue, stream, { offset: first, hint }, { skipTypes: CHUNKS });
+    const frames: StoredFrame[] = [];
+    try {
+      for (;;) {
+        const read = await reader.read({ maxFrames: last - reader.position.offset + 1, maxBytes: READ_BYTES });
+        for (const frame of read.frames) if (frame.offset <= last) frames.push(frame);
+        if (read.state !== 'more' || reader.position.offset > last) return frames;
+      }
+    } finally {
+      await reader.close();
+    }
+  }
+}
+
+/** The body of a delivered message as a stream of buffers (a streamed body chunk by chunk). */
+export function bodyOf(store: LogStore, info: QueueInfo, message: MessageRecord): AsyncIterable<Buffer> {
+  return message.streamed === undefined ? once(message.body) : readStreamedBody(store, info.queue, message.id, message.streamed);
+}
+
+async function* once(body: Buffer): AsyncGenerator<Buffer> {
+  yield body;
+}
