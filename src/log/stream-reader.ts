@@ -8,11 +8,16 @@
  * Safe against a concurrent writer (in any process) and against compaction: a segment that disappears
  * is re-found by offset, and a position hint is trusted only after the frame it names is re-read.
  */
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { basename } from 'node:path';
 import { MqlogError, isMqlogError } from '../errors.js';
 import type { FrameHint, LogReader, ReadLimits, ReaderOptions, SkimmedFrame, StoredFrame, StreamPosition, StreamRead, StreamSkim, TornTail } from './log-store.js';
+import { FRAME_HEADER_BYTES, FrameType, parseFrameHeader } from './frame.js';
 import { SegmentReader, corrupt, storedFrame } from './segment.js';
 import { SegmentSet, type SegmentInfo } from './segment-set.js';
+
+/** Bytes one synchronous skim reads at most. */
+const SKIM_READ_BYTES = 256 * 1024;
 
 export class StreamReader implements LogReader {
   readonly stream: string;
@@ -23,6 +28,8 @@ export class StreamReader implements LogReader {
   private segment: number | undefined;
   /** End of the last frame read() returned from the open segment: what sync() must make durable. */
   private returnedEnd = 0;
+  /** The open segment's file, for skims read synchronously. */
+  private skimFd: { readonly path: string; readonly fd: number } | undefined;
   private closed = false;
   /** Corruption met after some frames were already collected: thrown by the next read(). */
   private deferredError: Error | undefined;
@@ -75,13 +82,88 @@ export class StreamReader implements LogReader {
       await this.sync();
       await this.drop();
     }
+    // The plain case in one synchronous read: whole frames in the open segment, read just now.
+    const fast = this.skimSync(limits);
+    if (fast !== undefined && fast.done) return { frames: fast.frames, state: 'more' };
     this.skip.all = true;
     try {
-      const walked = await this.walk(limits, true);
-      return { frames: walked.skimmed, state: walked.state, ...(walked.torn === undefined ? {} : { torn: walked.torn }) };
+      const walked = await this.walk(fast === undefined ? limits : { ...limits, maxFrames: (limits.maxFrames ?? Number.POSITIVE_INFINITY) - fast.frames.length }, true);
+      const frames = fast === undefined ? walked.skimmed : [...fast.frames, ...walked.skimmed];
+      return { frames, state: walked.state, ...(walked.torn === undefined ? {} : { torn: walked.torn }) };
     } finally {
       this.skip.all = false;
     }
+  }
+
+  /**
+   * Skims the open segment from where its reader stands with one synchronous read, as long as what it
+   * finds is plain: whole frames with sane headers (SYNC frames are passed over). `done` when `maxFrames`
+   * were found; otherwise the async walk goes on from where this stopped (the end of the data, a segment
+   * boundary, a doubtful spot, `maxBytes`) and judges it. Undefined when there is no open segment reader.
+   */
+  private skimSync(limits: ReadLimits): { frames: SkimmedFrame[]; done: boolean } | undefined {
+    const reader = this.reader;
+    const segment = this.segment;
+    if (reader === undefined || segment === undefined || this.deferredError !== undefined) return undefined;
+    const maxFrames = limits.maxFrames ?? Number.POSITIVE_INFINITY;
+    const maxBytes = limits.maxBytes ?? Number.POSITIVE_INFINITY;
+    const start = reader.nextPosition;
+    let bytes: Buffer;
+    try {
+      if (this.skimFd === undefined || this.skimFd.path !== reader.path) {
+        this.closeSkimFd();
+        this.skimFd = { path: reader.path, fd: openSync(reader.path, 'r') };
+      }
+      const size = fstatSync(this.skimFd.fd).size;
+      const length = Math.min(size - start, SKIM_READ_BYTES);
+      if (length <= FRAME_HEADER_BYTES) return { frames: [], done: false };
+      bytes = Buffer.allocUnsafe(length);
+      bytes = bytes.subarray(0, readSync(this.skimFd.fd, bytes, 0, length, start));
+    } catch {
+      return { frames: [], done: false };
+    }
+    const frames: SkimmedFrame[] = [];
+    let at = 0;
+    let total = 0;
+    while (frames.length < maxFrames && total < maxBytes && at + FRAME_HEADER_BYTES <= bytes.length) {
+      const check = parseFrameHeader(bytes, at);
+      if (!check.ok) break;
+      const size = FRAME_HEADER_BYTES + check.header.payloadBytes;
+      // A frame not wholly read, or past a zero where the data ends: the async walk judges it.
+      if (at + size > bytes.length) break;
+      const position = start + at;
+      at += size;
+      if (check.header.type === FrameType.SYNC) continue;
+      const offset = check.header.offset;
+      if (offset < this.next) continue;
+      frames.push({ type: check.header.type, offset, segment, position, bytes: size });
+      total += size;
+      this.next = offset + 1;
+      this.hint = { segment, position, offset };
+    }
+    reader.seek(start + at);
+    return { frames, done: frames.length >= maxFrames || total >= maxBytes };
+  }
+
+  /** Where the frame with `offset` that starts at `position` of the file ends, if its header says so. */
+  private frameEndSync(path: string, position: number, offset: number): number | undefined {
+    try {
+      if (this.skimFd === undefined || this.skimFd.path !== path) {
+        this.closeSkimFd();
+        this.skimFd = { path, fd: openSync(path, 'r') };
+      }
+      const header = Buffer.allocUnsafe(FRAME_HEADER_BYTES);
+      if (readSync(this.skimFd.fd, header, 0, FRAME_HEADER_BYTES, position) < FRAME_HEADER_BYTES) return undefined;
+      const check = parseFrameHeader(header);
+      return check.ok && check.header.offset === offset ? position + FRAME_HEADER_BYTES + check.header.payloadBytes : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private closeSkimFd(): void {
+    if (this.skimFd !== undefined) closeSync(this.skimFd.fd);
+    this.skimFd = undefined;
   }
 
   /** Moves the reader to `to`; the open segment is kept when the hint lies in it and checks out. */
@@ -93,7 +175,13 @@ export class StreamReader implements LogReader {
     const hint = to.hint;
     const reader = this.reader;
     if (reader !== undefined && hint !== undefined && hint.segment === this.segment && hint.offset < to.offset) {
-      // Re-read the hinted frame where the hint says it is: the reader then stands right after it.
+      // The hinted frame's header, read synchronously where the hint says it is: the reader then stands
+      // right after it.
+      const after = this.frameEndSync(reader.path, hint.position, hint.offset);
+      if (after !== undefined) {
+        reader.seek(after);
+        return;
+      }
       reader.seek(hint.position);
       try {
         const step = await reader.next();
@@ -200,6 +288,7 @@ export class StreamReader implements LogReader {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.closeSkimFd();
     await this.drop();
   }
 

@@ -83,10 +83,7 @@ export class ClaimChooser {
     await this.discover(false);
     for (const { id } of this.streams) {
       const lane = await this.lane(state, id.name);
-      if (lane.ahead.length > 0) return true;
-      const skim = await lane.reader.skim({ maxFrames: 1 });
-      lane.ahead.push(...skim.frames);
-      if (lane.ahead.length > 0) return true;
+      if (lane.ahead.length > 0 || (await skimMore(lane, 1))) return true;
     }
     // A stream that appeared since the last look.
     if (performance.now() - this.discoveredAt < DISCOVER_EVERY_MS) {
@@ -188,8 +185,12 @@ export class ClaimChooser {
         ended++;
         this.options.held.end(claim, looked.ending);
       }
-      // Members whose frames are gone (purged and compacted meanwhile) have nothing to settle.
-      for (let n = members.size; n > 0; n--) this.options.held.end(claim, undefined);
+      // Members whose frames were not found (a write still in progress, or purged and compacted meanwhile)
+      // go back at once, no hand-out counted: whoever claims them next looks again.
+      for (const [from, to] of members.toPairs()) {
+        const back: StateRecord = { k: 'U', s: claim.stream, o: from, t: claim.token, a: now, g: randomUUID(), ...(to === from + 1 ? {} : { e: to }) };
+        for (let n = to - from; n > 0; n--) this.options.held.end(claim, n === 1 ? back : undefined);
+      }
     }
     // Nothing goes out before its frame is durable (an ack must never outlive its message).
     await Promise.all([...used].map((reader) => reader.sync()));
@@ -248,11 +249,7 @@ export class ClaimChooser {
     let last: SkimmedFrame | undefined;
     const members = new IntervalSet();
     while (members.size < want) {
-      if (lane.ahead.length === 0) {
-        const skim = await lane.reader.skim({ maxFrames: Math.max(1, want - members.size) });
-        lane.ahead.push(...skim.frames);
-        if (skim.frames.length === 0) break;
-      }
+      if (lane.ahead.length === 0 && !(await skimMore(lane, Math.max(1, want - members.size)))) break;
       const frame = lane.ahead.shift() as SkimmedFrame;
       last = frame;
       const hint = { segment: frame.segment, position: frame.position, offset: frame.offset };
@@ -320,10 +317,12 @@ export class ClaimChooser {
     }
     used.add(reader);
     const frames: StoredFrame[] = [];
-    for (;;) {
+    // A reader that stopped at a limit may still hold the zeros that were after the data then: the frames
+    // written into them since (skimmed, so there) come with the next read. Looked at a few times.
+    for (let ends = 0; ends < 3 && reader.position.offset <= last; ) {
       const read = await reader.read({ maxFrames: last - reader.position.offset + 1, maxBytes: READ_BYTES });
       for (const frame of read.frames) if (frame.offset <= last) frames.push(frame);
-      if (read.state !== 'more' || reader.position.offset > last) break;
+      if (read.state !== 'more') ends++;
     }
     return frames;
   }
@@ -396,6 +395,20 @@ export class ClaimChooser {
       await reader.close();
     }
   }
+}
+
+/**
+ * Skims up to `max` more frames into the lane's look-ahead; false when there are none. Looks twice: a
+ * reader that stopped at a limit may still hold the zeros that were after the data then, and finds the
+ * frames written into them since only on the read after the one that reports the end.
+ */
+async function skimMore(lane: SkimLane, max: number): Promise<boolean> {
+  for (let look = 0; look < 2; look++) {
+    const skim = await lane.reader.skim({ maxFrames: max });
+    lane.ahead.push(...skim.frames);
+    if (skim.frames.length > 0) return true;
+  }
+  return false;
 }
 
 /** The body of a delivered message as a stream of buffers (a streamed body chunk by chunk). */

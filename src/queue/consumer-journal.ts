@@ -19,6 +19,7 @@
  * SYNC frame stating how much of the file is known to be fsync'd, and whatever a crash or power cut left
  * unreadable past that is a torn tail, which the next lock holder sets aside in a `.torn` file and clears.
  */
+import { statSync } from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MqlogError, ioError, isMqlogError } from '../errors.js';
@@ -113,7 +114,7 @@ export class ConsumerJournal {
       });
       await this.dirReady;
       // Held for milliseconds: no owner record (that is for long-held locks).
-      const lock = await Lock.acquire(join(this.dir, LOCK_DIR), { wait: true, recordOwner: false, maxRetryDelayMs: 4, wakeOnChange: true, ...(signal === undefined ? {} : { signal }) });
+      const lock = await Lock.acquire(join(this.dir, LOCK_DIR), { wait: true, recordOwner: false, short: true, maxRetryDelayMs: 4, wakeOnChange: true, ...(signal === undefined ? {} : { signal }) });
       try {
         await this.catchUp(true);
         const { records, result } = await decide(this.current);
@@ -273,7 +274,8 @@ export class ConsumerJournal {
     const path = join(this.dir, CHECKPOINT_FILE);
     let stamp = 'none';
     try {
-      const s = await stat(path);
+      // Synchronous: a lock holder looks at it in every transaction, and spends no event-loop turn on it.
+      const s = statSync(path);
       stamp = `${s.ino}:${s.mtimeMs}:${s.size}`;
     } catch (err) {
       if (!isNotFound(err)) throw ioError(err, `cannot stat ${path}`);

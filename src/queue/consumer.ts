@@ -86,6 +86,8 @@ interface Reserve {
 
 /** A reserve holds at most this much of the caller's work ahead (at its measured pace): others get the rest. */
 const RESERVE_WORK_MS = 1000;
+/** Claims are made ahead of need only when they are worth a transaction of their own. */
+const PIPELINE_MIN_MESSAGES = 16;
 const CHUNK_TYPES: ReadonlySet<number> = new Set([FrameType.BODY_CHUNK]);
 
 export class Consumer {
@@ -177,14 +179,19 @@ export class Consumer {
     /** Mean time the caller spends per message (ms), once measured. */
     let pace: number | undefined;
     const reserve: Reserve = { items: [], lastHandOut: Date.now() };
+    /** The next claim, made while the reserve runs down (and the feed's generation when it was made). */
+    let next: { readonly claimed: Promise<{ deliveries: ClaimDelivery[]; ended: number }>; readonly seen: number } | undefined;
+    /** Messages the caller can take within a second and half a lease, at its pace. */
+    const workAhead = (): number => (pace === undefined ? 1 : Math.floor(Math.min(RESERVE_WORK_MS, this.visibilityTimeoutMs / 2) / Math.max(pace, 0.001)));
     this.reserves.add(reserve);
     this.startTimer();
     try {
       while (handed < limit) {
         if (reserve.items.length === 0) {
-          const seen = options.feed?.generation ?? 0;
-          const ahead = pace === undefined ? 1 : Math.floor(Math.min(RESERVE_WORK_MS, this.visibilityTimeoutMs / 2) / Math.max(pace, 0.001));
-          const { deliveries: taken, ended } = await this.claim(Math.max(1, Math.min(prefetch, limit - handed, ahead)), options.signal);
+          const pending = next;
+          next = undefined;
+          const seen = pending?.seen ?? options.feed?.generation ?? 0;
+          const { deliveries: taken, ended } = pending !== undefined ? await pending.claimed : await this.claim(Math.max(1, Math.min(prefetch, limit - handed, workAhead())), options.signal);
           if (taken.length === 0 && ended > 0) continue;
           if (taken.length === 0) {
             if (options.follow !== true) return;
@@ -194,6 +201,14 @@ export class Consumer {
           }
           reserve.items.push(...taken);
           reserve.lastHandOut = Date.now();
+        }
+        // A caller that takes many messages a second gets the next claim made while it works through
+        // this one (the state lock is waited for meanwhile), within the same bounds on what it reserves.
+        const room = Math.min(prefetch, limit - handed, workAhead()) - reserve.items.length;
+        if (next === undefined && room >= PIPELINE_MIN_MESSAGES && reserve.items.length <= room / 3) {
+          const claimed = this.claim(room, options.signal);
+          claimed.catch(() => undefined);
+          next = { claimed, seen: options.feed?.generation ?? 0 };
         }
         const delivery = await this.handOut(reserve);
         if (delivery === undefined) continue;
@@ -207,6 +222,8 @@ export class Consumer {
       }
     } finally {
       this.reserves.delete(reserve);
+      const pending = await next?.claimed.catch(() => undefined);
+      if (pending !== undefined) reserve.items.push(...pending.deliveries);
       if (reserve.items.length > 0) await this.release(reserve.items.splice(0));
     }
   }
