@@ -15,13 +15,13 @@
  * A lock whose freshness could not be kept (the event loop stalled past `staleMs`, the directory was
  * removed) is compromised: it reports so through `compromised`, and its holder must stop writing.
  */
-import { mkdirSync, rmdirSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { chmod, mkdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { hostname } from 'node:os';
 import lockfile from 'proper-lockfile';
 import { MqlogError, abortError, ioError } from '../errors.js';
 import { isNotFound, writeFileAtomic } from '../util/fs.js';
+import { DirChanges, sleep } from './dir-changes.js';
 
 export const DEFAULT_LOCK_STALE_MS = 5000;
 const UPDATE_EVERY_MS = 1000;
@@ -54,22 +54,11 @@ export interface LockOptions {
    * turns get their turn rather than the holder taking it again and again.
    */
   readonly wakeOnChange?: boolean;
-  /**
-   * Held for milliseconds, with no owner record: taken with one synchronous mkdir whenever it is free
-   * (no refresh timer: a lock is refreshed only while held longer than a second), released with one
-   * synchronous rmdir, so that a holder spends no event-loop turns on the lock itself while others wait
-   * for it. A holder that kept it past half the stale time counts it as compromised (assertHeld throws):
-   * another process may take a lock over after `staleMs`.
-   */
-  readonly short?: boolean;
 }
 
 export class Lock {
   readonly path: string;
   private releaseFn: (() => Promise<void>) | undefined;
-  /** Taken by the short path (performance.now() of the mkdir); released by rmdir. */
-  private shortSince: number | undefined;
-  private staleMs = DEFAULT_LOCK_STALE_MS;
   private releasing: Promise<void> | undefined;
   private compromisedBy: Error | undefined;
   private ownerRecorded = false;
@@ -94,22 +83,11 @@ export class Lock {
   private static async take(path: string, options: LockOptions, changes: DirChanges | undefined): Promise<Lock> {
     const lock = new Lock(path);
     const staleMs = options.staleMs ?? DEFAULT_LOCK_STALE_MS;
-    lock.staleMs = staleMs;
     const recordOwner = options.recordOwner !== false;
     let delayMs = 1;
     let staleDeadline: number | undefined;
     for (;;) {
       if (options.signal?.aborted === true) throw abortError(options.signal);
-      // A lock held for milliseconds: one mkdir when it is free; proper-lockfile only for a stale one.
-      if (options.short === true && !recordOwner) {
-        const taken = lock.takeShort(staleMs);
-        if (taken === 'taken') return lock;
-        if (taken === 'held' && options.wait === true) {
-          await sleep(delayMs, options.signal, changes);
-          delayMs = Math.min(delayMs * 2, options.maxRetryDelayMs ?? 50);
-          continue;
-        }
-      }
       try {
         lock.releaseFn = await lockfile.lock(path, {
           lockfilePath: path,
@@ -147,26 +125,6 @@ export class Lock {
     }
   }
 
-  /**
-   * The short path: one synchronous mkdir. `stale`: a holder stopped refreshing it (proper-lockfile's
-   * takeover then runs in the caller's loop).
-   */
-  private takeShort(staleMs: number): 'taken' | 'held' | 'stale' {
-    for (let attempt = 0; attempt < 3; attempt++) {
-      try {
-        mkdirSync(this.path);
-        this.shortSince = performance.now();
-        return 'taken';
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(err, `cannot take lock ${this.path}`, { path: this.path });
-      }
-      const age = lockAgeMs(this.path);
-      // Gone between the two looks: try again at once.
-      if (age !== undefined) return age > staleMs ? 'stale' : 'held';
-    }
-    return 'held';
-  }
-
   /** Takes the lock if it is free now (or its holder is dead); undefined when another process holds it. */
   static async tryAcquire(path: string, staleMs?: number): Promise<Lock | undefined> {
     try {
@@ -189,14 +147,11 @@ export class Lock {
 
   /** True once the lock could not be kept fresh: another process may have taken it over. */
   get compromised(): boolean {
-    return this.compromisedBy !== undefined || (this.shortSince !== undefined && performance.now() - this.shortSince > this.staleMs / 2);
+    return this.compromisedBy !== undefined;
   }
 
   /** Throws ERR_LOCKED if the lock was compromised, so a writer stops before writing. */
   assertHeld(): void {
-    if (this.shortSince !== undefined && this.compromised) {
-      throw new MqlogError('ERR_LOCKED', `held the lock ${this.path} too long: another process may have taken it over`, { details: { path: this.path } });
-    }
     if (this.compromisedBy !== undefined) {
       throw new MqlogError('ERR_LOCKED', `lost the lock ${this.path}`, { details: { path: this.path }, cause: this.compromisedBy });
     }
@@ -204,19 +159,6 @@ export class Lock {
 
   /** Releases the lock. Idempotent. */
   release(): Promise<void> {
-    if (this.shortSince !== undefined && this.releasing === undefined) {
-      const held = this.compromised;
-      this.shortSince = undefined;
-      this.releasing = Promise.resolve();
-      // Held past half the stale time, it may be another process's now: leave it alone.
-      if (!held) {
-        try {
-          rmdirSync(this.path);
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.releasing = Promise.reject(ioError(err, `cannot release lock ${this.path}`));
-        }
-      }
-    }
     this.releasing ??= (async () => {
       const release = this.releaseFn;
       this.releaseFn = undefined;
@@ -230,15 +172,6 @@ export class Lock {
       }
     })();
     return this.releasing;
-  }
-}
-
-/** Ms since a lock directory was last refreshed (its mtime), or undefined when it is gone. */
-function lockAgeMs(path: string): number | undefined {
-  try {
-    return Date.now() - statSync(path).mtimeMs;
-  } catch {
-    return undefined;
   }
 }
 
@@ -367,68 +300,4 @@ async function processStart(pid: number): Promise<string | undefined> {
   } catch {
     return undefined;
   }
-}
-
-/** Change events of one entry of a directory (a file watch started on first use), for waiters that sleep. */
-class DirChanges {
-  private readonly dir: string;
-  private readonly name: string;
-  private watcher: FSWatcher | undefined;
-  private failed = false;
-  private wake: (() => void) | undefined;
-
-  constructor(dir: string, name: string) {
-    this.dir = dir;
-    this.name = name;
-  }
-
-  /** Calls `wake` once at the next change (replacing an earlier one); returns how to cancel it. */
-  next(wake: () => void): () => void {
-    if (this.watcher === undefined && !this.failed) {
-      try {
-        // Only the lock directory's own events (its removal): the holder's writes beside it wake no one.
-        this.watcher = watch(this.dir, (_event, file) => {
-          if (file === null || file === this.name) this.fire();
-        });
-        this.watcher.on('error', () => this.fire());
-      } catch {
-        this.failed = true; // the timer alone then
-      }
-    }
-    this.wake = wake;
-    return () => {
-      if (this.wake === wake) this.wake = undefined;
-    };
-  }
-
-  close(): void {
-    this.wake = undefined;
-    this.watcher?.close();
-  }
-
-  private fire(): void {
-    const wake = this.wake;
-    this.wake = undefined;
-    wake?.();
-  }
-}
-
-/** Waits `ms`, or until `changes` reports a change. @throws ERR_ABORTED when the signal fires. */
-function sleep(ms: number, signal?: AbortSignal, changes?: DirChanges): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(done, ms);
-    const cancel = changes?.next(done);
-    function done(): void {
-      clearTimeout(timer);
-      cancel?.();
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }
-    function onAbort(): void {
-      clearTimeout(timer);
-      cancel?.();
-      reject(abortError(signal as AbortSignal));
-    }
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
 }

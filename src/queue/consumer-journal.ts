@@ -5,7 +5,7 @@
  *   <queue>/consumer/checkpoint.json   the state at the start of a journal generation (atomic replace)
  *   <queue>/consumer/journal-<g>.log   RECORD frames appended since: claims, renewals, settles, nacks, ends
  *   <queue>/consumer/c-<id>.log        one consumer's acks of the claims it holds (ack-journal.ts)
- *   <queue>/consumer/state.lock        held for one transaction at a time (proper-lockfile)
+ *   <queue>/consumer/state.lock        held for one transaction at a time (a file: ShortLock)
  *
  * Concurrency contract: a transaction takes the lock, catches up on records other processes appended,
  * lets the caller decide (claim, settle, take over…) against the current state, appends its records,
@@ -23,7 +23,7 @@ import { statSync } from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MqlogError, ioError, isMqlogError } from '../errors.js';
-import { Lock, RecordLog, type TruncatedTail } from '../log/index.js';
+import { RecordLog, ShortLock, type TruncatedTail } from '../log/index.js';
 import { ensureDir, fsyncDir, isNotFound, readFileIfExists, writeFileAtomic } from '../util/fs.js';
 import { IntervalSet } from '../util/interval-set.js';
 import { AckJournalReader, ackJournalPath, type JournalAck } from './ack-journal.js';
@@ -31,7 +31,7 @@ import { ConsumerState, decodeRecord, encodeRecord, type Checkpoint, type DoneKi
 
 export const CONSUMER_DIR = 'consumer';
 const CHECKPOINT_FILE = 'checkpoint.json';
-const LOCK_DIR = 'state.lock';
+const LOCK_FILE = 'state.lock';
 /** A journal longer than this is folded into a new checkpoint at the end of a transaction. */
 const CHECKPOINT_AFTER_BYTES = 1024 * 1024;
 /** Records a transaction may append without an fsync: lost in a power cut, they only make messages go out again sooner. */
@@ -114,7 +114,7 @@ export class ConsumerJournal {
       });
       await this.dirReady;
       // Held for milliseconds: no owner record (that is for long-held locks).
-      const lock = await Lock.acquire(join(this.dir, LOCK_DIR), { wait: true, recordOwner: false, short: true, maxRetryDelayMs: 4, wakeOnChange: true, ...(signal === undefined ? {} : { signal }) });
+      const lock = await ShortLock.acquire(join(this.dir, LOCK_FILE), signal === undefined ? {} : { signal });
       try {
         await this.catchUp(true);
         const { records, result } = await decide(this.current);
