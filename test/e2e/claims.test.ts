@@ -15,7 +15,7 @@ import { openNode, type MqlogNode } from '../../src/daemon/node.js';
 import { newId } from '../../src/util/ids.js';
 import { defer, exited, jsonLines, mqlog, tempDir, waitFor } from '../helpers/index.js';
 import { allInbox } from '../helpers/daemon.js';
-import { startConsumer, type ConsumerProcess, type Printed } from '../helpers/consumer.js';
+import { acked, assertShared, startConsumer, type ConsumerProcess } from '../helpers/consumer.js';
 
 async function nodeDir(t: TestContext, visibilityTimeoutMs: number): Promise<string> {
   const dir = await tempDir(t);
@@ -43,8 +43,6 @@ async function append(dir: string, messages: readonly { body: string; priority?:
 function bodies(n: number, prefix = 'job'): { body: string }[] {
   return Array.from({ length: n }, (_, i) => ({ body: `${prefix}-${i}` }));
 }
-
-const acked = (printed: readonly Printed[]): Printed[] => printed.filter((p) => p.id !== undefined && p.error === undefined && p.body !== undefined);
 
 async function inboxStates(dir: string): Promise<Map<string, string>> {
   return new Map((await allInbox(dir)).map((r) => [r.id as string, r.state as string]));
@@ -109,13 +107,7 @@ test('four consumer processes share 400 messages of 10 ms work: each gets a fair
   const dir = await nodeDir(t, 30_000);
   const ids = await append(dir, bodies(400));
   const consumers = await startTogether(t, dir, 4, ['--ack', '--prefetch', 'default', '--work-ms', '10', '--follow', '--idle-ms', '1500']);
-  for (const c of consumers) assert.equal((await exited(c.child)).code, 0, c.stderr());
-  const shares = consumers.map((c) => acked(c.printed).map((p) => p.id as string));
-  t.diagnostic(`shares: ${shares.map((s) => s.length).join(' / ')}`);
-  const all = shares.flat();
-  assert.equal(new Set(all).size, all.length, 'no message processed twice');
-  assert.deepEqual([...all].sort(), [...ids].sort(), 'every message processed');
-  for (const share of shares) assert.ok(share.length >= 50, `a consumer got only ${share.length} of 400`);
+  await assertShared(t, consumers, ids, 50);
   assert.ok([...(await inboxStates(dir)).values()].every((s) => s === 'acked'));
 });
 
