@@ -14,8 +14,7 @@
  * processes never both take over. A lock left by a process of the format of before (a directory of
  * that name) is honoured, and taken over the same way once stale.
  */
-import { closeSync, mkdirSync, openSync, rmSync, rmdirSync, statSync } from 'node:fs';
-import { unlink } from 'node:fs/promises';
+import { closeSync, mkdirSync, openSync, rmSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { MqlogError, abortError, ioError } from '../errors.js';
 import { FILE_MODE } from '../util/fs.js';
@@ -80,13 +79,21 @@ export class ShortLock {
     if (this.compromised) throw new MqlogError('ERR_LOCKED', `held the lock ${this.path} too long: another process may have taken it over`, { details: { path: this.path } });
   }
 
-  /** Releases the lock (unless it may be another process's by now). Idempotent. */
+  /**
+   * Releases the lock (unless it may be another process's by now), at once: a removal left to the
+   * thread pool would hold the lock until a thread of a busy process gets to it. Idempotent.
+   */
   release(): Promise<void> {
-    this.releasing ??= this.compromised
-      ? Promise.resolve()
-      : unlink(this.path).catch((err: unknown) => {
-          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(err, `cannot release lock ${this.path}`, { path: this.path });
-        });
+    if (this.releasing === undefined) {
+      this.releasing = Promise.resolve();
+      if (!this.compromised) {
+        try {
+          unlinkSync(this.path);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.releasing = Promise.reject(ioError(err, `cannot release lock ${this.path}`, { path: this.path }));
+        }
+      }
+    }
     return this.releasing;
   }
 }

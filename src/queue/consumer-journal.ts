@@ -70,10 +70,16 @@ export class ConsumerJournal {
   private earlyAcks: { ack: JournalAck; looks: number }[] = [];
   /** Records this process appended without an fsync, by generation: made durable by sync(). */
   private unsynced: { generation: number; log: RecordLog } | undefined;
+  private lockWaitMs = 0;
 
   private constructor(queueDir: string, options: ConsumerJournalOptions) {
     this.dir = join(queueDir, CONSUMER_DIR);
     this.options = options;
+  }
+
+  /** How long the last transaction waited for the lock (ms): how busy other processes keep it. */
+  get lastLockWaitMs(): number {
+    return this.lockWaitMs;
   }
 
   /** Loads the state (checkpoint + journal, and the holders' acks unless claimAcks is false) without taking the lock. */
@@ -114,7 +120,9 @@ export class ConsumerJournal {
       });
       await this.dirReady;
       // Held for milliseconds: no owner record (that is for long-held locks).
+      const waitStarted = performance.now();
       const lock = await ShortLock.acquire(join(this.dir, LOCK_FILE), signal === undefined ? {} : { signal });
+      this.lockWaitMs = performance.now() - waitStarted;
       try {
         await this.catchUp(true);
         const { records, result } = await decide(this.current);

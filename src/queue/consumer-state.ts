@@ -127,6 +127,8 @@ export class ConsumerState {
   private readonly frontiers = new Map<string, Frontier>();
   private readonly rangesById = new Map<string, MutableRange>();
   private readonly rangesByStream = new Map<string, Set<MutableRange>>();
+  /** Per stream, an offset no range's member ever passed (so rangeOf answers new messages at once). */
+  private readonly rangeBound = new Map<string, number>();
   private readonly journalSet = new Set<string>();
   /** Per stream, the union of the claims' journal acks (ackInJournal): done for whoever asks. */
   private readonly journalAcked = new Map<string, IntervalSet>();
@@ -239,6 +241,8 @@ export class ConsumerState {
 
   /** The claim or range a message belongs to, if any. */
   rangeOf(stream: string, offset: number): ClaimRange | undefined {
+    // Past every member a range of the stream ever had (new messages, at the frontier): none, at once.
+    if (offset > (this.rangeBound.get(stream) ?? -1)) return undefined;
     for (const range of this.rangesByStream.get(stream) ?? []) if (range.members.has(offset)) return range;
     return undefined;
   }
@@ -524,6 +528,7 @@ export class ConsumerState {
 
   private addRange(range: MutableRange): void {
     this.rangesById.set(range.id, range);
+    this.rangeBound.set(range.stream, Math.max(this.rangeBound.get(range.stream) ?? -1, range.members.last ?? -1));
     let set = this.rangesByStream.get(range.stream);
     if (set === undefined) {
       set = new Set();

@@ -88,6 +88,8 @@ interface Reserve {
 const RESERVE_WORK_MS = 1000;
 /** Claims are made ahead of need only when they are worth a transaction of their own. */
 const PIPELINE_MIN_MESSAGES = 16;
+/** A wait for the state lock this long means other processes keep it busy. */
+const BUSY_LOCK_MS = 1;
 const CHUNK_TYPES: ReadonlySet<number> = new Set([FrameType.BODY_CHUNK]);
 
 export class Consumer {
@@ -203,9 +205,10 @@ export class Consumer {
           reserve.lastHandOut = Date.now();
         }
         // A caller that takes many messages a second gets the next claim made while it works through
-        // this one (the state lock is waited for meanwhile), within the same bounds on what it reserves.
+        // this one (the state lock is waited for meanwhile), within the same bounds on what it reserves —
+        // unless other processes keep the lock busy: then whole claims, fewer transactions, serve all better.
         const room = Math.min(prefetch, limit - handed, workAhead()) - reserve.items.length;
-        if (next === undefined && room >= PIPELINE_MIN_MESSAGES && reserve.items.length <= room / 3) {
+        if (next === undefined && room >= PIPELINE_MIN_MESSAGES && reserve.items.length <= room / 3 && this.journal.lastLockWaitMs < BUSY_LOCK_MS) {
           const claimed = this.claim(room, options.signal);
           claimed.catch(() => undefined);
           next = { claimed, seen: options.feed?.generation ?? 0 };
