@@ -106,6 +106,11 @@ export interface ReaderOptions {
    * be reused by another frame.
    */
   readonly durable?: boolean;
+  /**
+   * Bytes read from a file at a time (the file store; default 256 KiB). A reader that is moved around
+   * (seek) and reads a little at each place wants less: what it reads ahead is read again after a move.
+   */
+  readonly bufferBytes?: number;
 }
 
 /** Sequential reading of one stream; pulls what is stored now and remembers where it stopped. */

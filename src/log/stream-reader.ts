@@ -36,6 +36,7 @@ export class StreamReader implements LogReader {
   /** What the segment reader passes over by header: the caller's skipTypes, and every type while skimming. */
   private skip: SkipSet | undefined;
   private readonly durable: boolean;
+  private readonly bufferBytes: number | undefined;
 
   /** Reads the stream in directory `dir` from `from`. */
   constructor(dir: string, from: StreamPosition = { offset: 0 }, options: ReaderOptions = {}) {
@@ -45,6 +46,7 @@ export class StreamReader implements LogReader {
     this.hint = from.hint;
     this.skip = options.skipTypes === undefined ? undefined : new SkipSet(options.skipTypes);
     this.durable = options.durable === true;
+    this.bufferBytes = options.bufferBytes;
   }
 
   /** The position after the last frame returned. */
@@ -107,41 +109,53 @@ export class StreamReader implements LogReader {
     if (reader === undefined || segment === undefined || this.deferredError !== undefined) return undefined;
     const maxFrames = limits.maxFrames ?? Number.POSITIVE_INFINITY;
     const maxBytes = limits.maxBytes ?? Number.POSITIVE_INFINITY;
-    const start = reader.nextPosition;
-    let bytes: Buffer;
-    try {
-      if (this.skimFd === undefined || this.skimFd.path !== reader.path) {
-        this.closeSkimFd();
-        this.skimFd = { path: reader.path, fd: openSync(reader.path, 'r') };
-      }
-      const size = fstatSync(this.skimFd.fd).size;
-      const length = Math.min(size - start, SKIM_READ_BYTES);
-      if (length <= FRAME_HEADER_BYTES) return { frames: [], done: false };
-      bytes = Buffer.allocUnsafe(length);
-      bytes = bytes.subarray(0, readSync(this.skimFd.fd, bytes, 0, length, start));
-    } catch {
-      return { frames: [], done: false };
-    }
+    const chunk = this.bufferBytes ?? SKIM_READ_BYTES;
     const frames: SkimmedFrame[] = [];
-    let at = 0;
+    let position = reader.nextPosition;
     let total = 0;
-    while (frames.length < maxFrames && total < maxBytes && at + FRAME_HEADER_BYTES <= bytes.length) {
-      const check = parseFrameHeader(bytes, at);
-      if (!check.ok) break;
-      const size = FRAME_HEADER_BYTES + check.header.payloadBytes;
-      // A frame not wholly read, or past a zero where the data ends: the async walk judges it.
-      if (at + size > bytes.length) break;
-      const position = start + at;
-      at += size;
-      if (check.header.type === FrameType.SYNC) continue;
-      const offset = check.header.offset;
-      if (offset < this.next) continue;
-      frames.push({ type: check.header.type, offset, segment, position, bytes: size });
-      total += size;
-      this.next = offset + 1;
-      this.hint = { segment, position, offset };
+    // Chunk by chunk, as long as each ends in the middle of a whole frame of the data.
+    for (let more = true; more && frames.length < maxFrames && total < maxBytes; ) {
+      let bytes: Buffer;
+      try {
+        if (this.skimFd === undefined || this.skimFd.path !== reader.path) {
+          this.closeSkimFd();
+          this.skimFd = { path: reader.path, fd: openSync(reader.path, 'r') };
+        }
+        const length = Math.min(fstatSync(this.skimFd.fd).size - position, chunk);
+        if (length <= FRAME_HEADER_BYTES) break;
+        bytes = Buffer.allocUnsafe(length);
+        bytes = bytes.subarray(0, readSync(this.skimFd.fd, bytes, 0, length, position));
+      } catch {
+        break;
+      }
+      let at = 0;
+      more = false;
+      while (frames.length < maxFrames && total < maxBytes) {
+        if (at + FRAME_HEADER_BYTES > bytes.length) {
+          more = bytes.length === chunk;
+          break;
+        }
+        const check = parseFrameHeader(bytes, at);
+        if (!check.ok) break;
+        const size = FRAME_HEADER_BYTES + check.header.payloadBytes;
+        // A frame not wholly read: the next chunk, or (at the end of the data) the async walk judges it.
+        if (at + size > bytes.length) {
+          more = bytes.length === chunk && size <= chunk;
+          break;
+        }
+        const framePosition = position + at;
+        at += size;
+        if (check.header.type === FrameType.SYNC) continue;
+        const offset = check.header.offset;
+        if (offset < this.next) continue;
+        frames.push({ type: check.header.type, offset, segment, position: framePosition, bytes: size });
+        total += size;
+        this.next = offset + 1;
+        this.hint = { segment, position: framePosition, offset };
+      }
+      position += at;
     }
-    reader.seek(start + at);
+    reader.seek(position);
     return { frames, done: frames.length >= maxFrames || total >= maxBytes };
   }
 
@@ -326,7 +340,7 @@ export class StreamReader implements LogReader {
   private async openAt(segment: SegmentInfo): Promise<SegmentReader> {
     const hint = this.hint;
     if (hint !== undefined && hint.segment === segment.baseOffset && hint.offset < this.next) {
-      const reader = await SegmentReader.open(segment.path, { position: hint.position, ...(this.skip === undefined ? {} : { skipTypes: this.skip }) });
+      const reader = await SegmentReader.open(segment.path, { position: hint.position, ...this.segmentOptions() });
       try {
         const step = await reader.next();
         if ((step.kind === 'frame' && step.frame.offset === hint.offset) || (step.kind === 'skipped' && step.offset === hint.offset)) return reader;
@@ -339,7 +353,11 @@ export class StreamReader implements LogReader {
       // The segment was rewritten since the hint was taken: scan it from the start instead.
       await reader.close();
     }
-    return SegmentReader.open(segment.path, this.skip === undefined ? {} : { skipTypes: this.skip });
+    return SegmentReader.open(segment.path, this.segmentOptions());
+  }
+
+  private segmentOptions(): { skipTypes?: ReadonlySet<number>; bufferBytes?: number } {
+    return { ...(this.skip === undefined ? {} : { skipTypes: this.skip }), ...(this.bufferBytes === undefined ? {} : { bufferBytes: this.bufferBytes }) };
   }
 }
 

@@ -53,6 +53,12 @@ const DISCOVER_EVERY_MS = 100;
 const CHUNKS: ReadonlySet<number> = new Set([FrameType.BODY_CHUNK]);
 /** Bytes of frames one read of claimed messages asks for. */
 const READ_BYTES = 4 * 1024 * 1024;
+/**
+ * Bytes the readers of claims read from a file at a time: about a claim's span of ordinary messages.
+ * They are moved to where a claim starts whenever other consumers claimed in between, and what a
+ * reader holds ahead is read again after a move.
+ */
+const CLAIM_READ_BYTES = 64 * 1024;
 
 /** A stream's frontier skimmed ahead: frames looked at but not claimed yet. */
 interface SkimLane {
@@ -278,7 +284,7 @@ export class ClaimChooser {
     const frontier = state.frontier(stream) ?? { offset: state.firstNotDone(stream, 0), hint: undefined };
     let lane = this.lanes.get(stream);
     if (lane === undefined) {
-      lane = { reader: this.options.store.reader(this.options.info.queue, stream, frontier), ahead: [] };
+      lane = { reader: this.options.store.reader(this.options.info.queue, stream, frontier, { bufferBytes: CLAIM_READ_BYTES }), ahead: [] };
       this.lanes.set(stream, lane);
       return lane;
     }
@@ -310,7 +316,7 @@ export class ClaimChooser {
     if (first === undefined || last === undefined) return [];
     let reader = this.frameReaders.get(claim.stream);
     if (reader === undefined) {
-      reader = this.options.store.reader(this.options.info.queue, claim.stream, { offset: first, hint: claim.hint }, { skipTypes: CHUNKS });
+      reader = this.options.store.reader(this.options.info.queue, claim.stream, { offset: first, hint: claim.hint }, { skipTypes: CHUNKS, bufferBytes: CLAIM_READ_BYTES });
       this.frameReaders.set(claim.stream, reader);
     } else if (reader.position.offset !== first) {
       await reader.seek({ offset: first, hint: claim.hint });

@@ -236,6 +236,21 @@ for (const { name, make } of STORES) {
     assert.deepEqual(offsets((await reader.skim()).frames), [10], 'frames appended later are listed by the next skim');
   });
 
+  test(`${name}: a reader that reads little at a time (bufferBytes) skims and reads the same frames`, async (t) => {
+    const store = await open(t, make);
+    const writer = await claim(t, store, { segmentBytes: 4 * SEGMENT_BYTES });
+    const results = await appendMany(writer, 'a', 0, 20);
+    const small = store.reader(Q, 'a.w0', { offset: 0 }, { bufferBytes: 400 });
+    defer(t, () => small.close());
+    const first = await small.read({ maxFrames: 1 });
+    assert.deepEqual(offsets(first.frames), [0]);
+    const skimmed = await small.skim({ maxFrames: 12 });
+    assert.deepEqual(skimmed.frames.map((f) => [f.offset, f.segment, f.position]), results.slice(1, 13).map((r) => [r.offset, r.segment, r.position]));
+    const rest = await small.read();
+    assert.deepEqual(offsets(rest.frames), range(13, 20));
+    assert.deepEqual(rest.frames.map((f) => f.payload.readUInt32LE(0)), range(13, 20));
+  });
+
   test(`${name}: seek moves a reader to a reported position, back or forth, and does not trust a stale hint`, async (t) => {
     const store = await open(t, make);
     const writer = await claim(t, store, { segmentBytes: SEGMENT_BYTES });
