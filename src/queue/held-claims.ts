@@ -39,10 +39,10 @@ interface SharedItem {
   readonly lazy: boolean;
 }
 
-interface QueuedAck {
-  readonly delivery: ClaimDelivery;
-  readonly resolve: (counted: boolean) => void;
-  readonly reject: (err: unknown) => void;
+/** Acks written together: one write and one fdatasync per ack journal; `written` has the clock read after. */
+interface AckBatch {
+  readonly items: ClaimDelivery[];
+  readonly written: Promise<number>;
 }
 
 export class HeldClaims {
@@ -50,8 +50,10 @@ export class HeldClaims {
   private readonly claims = new Map<string, HeldClaim>();
   private shared: SharedItem[] = [];
   private flushing: Promise<void> | undefined;
-  private acks: QueuedAck[] = [];
-  private acking: Promise<void> | undefined;
+  /** The batch acks join now (written once the previous one is, and the event loop turned). */
+  private ackBatch: AckBatch | undefined;
+  /** The batch being written. */
+  private ackWriting: Promise<number> | undefined;
   /** Open ack journals by id: the current one (for new claims) and older ones claims in force still name. */
   private readonly writers = new Map<string, AckJournal>();
   private currentId = newAckJournalId();
@@ -231,7 +233,7 @@ export class HeldClaims {
     const byClaim = new Map<HeldClaim, number[]>();
     for (const d of deliveries) {
       if (d.state !== 'reserved') continue;
-      byClaim.set(d.claim, [...(byClaim.get(d.claim) ?? []), d.offset]);
+      groupInto(byClaim, d.claim, d.offset);
     }
     const now = this.options.now();
     await Promise.allSettled(
@@ -267,7 +269,11 @@ export class HeldClaims {
 
   async close(): Promise<void> {
     this.closed = true;
-    while (this.acking !== undefined) await this.acking;
+    while (this.ackBatch !== undefined || this.ackWriting !== undefined) {
+      const writing = this.ackBatch?.written ?? this.ackWriting;
+      await writing?.catch(() => undefined);
+      if (this.ackBatch === undefined && this.ackWriting === writing) break;
+    }
     await this.flush(true).catch(() => undefined);
     // Ack journals no claim in force names any more go (`K` in a transaction of their own).
     if (this.claims.size === 0 && this.writers.size > 0) {
@@ -282,44 +288,43 @@ export class HeldClaims {
   }
 
   /** Queues an ack for the ack journal; true once durable while the claim held, false when it must be checked. */
-  private queueAck(delivery: ClaimDelivery): Promise<boolean> {
-    return new Promise((resolve, reject) => {
-      this.acks.push({ delivery, resolve, reject });
-      this.acking ??= this.ackLoop();
-    });
+  private async queueAck(delivery: ClaimDelivery): Promise<boolean> {
+    let batch = this.ackBatch;
+    if (batch === undefined) {
+      // Acks made in the same turn of the event loop share the write and fdatasync, and so do those made
+      // while one is under way (group commit): one promise for all of a batch.
+      const items: ClaimDelivery[] = [];
+      batch = { items, written: this.afterPrevious().then(() => this.writeAcks(items)) };
+      this.ackBatch = batch;
+    }
+    batch.items.push(delivery);
+    const checkedAt = await batch.written;
+    // Durable before the claim lapsed: any takeover reads the journal after that, and finds them.
+    return !delivery.claim.lost && checkedAt < delivery.claim.until;
   }
 
-  private async ackLoop(): Promise<void> {
-    try {
-      // Acks made in the same turn of the event loop share the first write and fdatasync too.
-      await new Promise<void>((go) => setImmediate(go));
-      await this.ackBatches();
-    } finally {
-      // Cleared in the same turn as the last look at the queue: an ack queued later starts a new loop.
-      this.acking = undefined;
-    }
+  /** Resolves when the batch before the current one is written and the event loop has turned once. */
+  private async afterPrevious(): Promise<void> {
+    const previous = this.ackWriting;
+    await new Promise<void>((go) => setImmediate(go));
+    await previous?.catch(() => undefined);
   }
 
-  private async ackBatches(): Promise<void> {
-    while (this.acks.length > 0) {
-      const batch = this.acks.splice(0);
-      try {
-        const byJournal = new Map<string, QueuedAck[]>();
-        for (const item of batch) byJournal.set(item.delivery.claim.journal, [...(byJournal.get(item.delivery.claim.journal) ?? []), item]);
-        // A claim must not be lost in a power cut its acks survive: its record is made durable with them.
-        const unsynced = batch.filter((item) => !item.delivery.claim.durable).map((item) => item.delivery.claim);
-        await Promise.all([
-          ...[...byJournal].map(([id, items]) => this.writer(id).append(acksOf(items.map((i) => i.delivery)))),
-          unsynced.length > 0 ? this.options.journal.sync() : undefined,
-        ]);
-        for (const claim of unsynced) claim.durable = true;
-        // Durable before the claim lapsed: any takeover reads the journal after that, and finds them.
-        const now = this.options.now();
-        for (const item of batch) item.resolve(!item.delivery.claim.lost && now < item.delivery.claim.until);
-      } catch (err) {
-        for (const item of batch) item.reject(err);
-      }
-    }
+  /** Writes a batch of acks (and the claims they need durable); resolves with the clock read after. */
+  private writeAcks(items: readonly ClaimDelivery[]): Promise<number> {
+    // The batch is closed: acks from now on form the next one.
+    if (this.ackBatch?.items === items) this.ackBatch = undefined;
+    const written = (async () => {
+      const byJournal = new Map<string, ClaimDelivery[]>();
+      for (const d of items) groupInto(byJournal, d.claim.journal, d);
+      // A claim must not be lost in a power cut its acks survive: its record is made durable with them.
+      const unsynced = items.filter((d) => !d.claim.durable).map((d) => d.claim);
+      await Promise.all([...[...byJournal].map(([id, batch]) => this.writer(id).append(acksOf(batch))), unsynced.length > 0 ? this.options.journal.sync() : undefined]);
+      for (const claim of unsynced) claim.durable = true;
+      return this.options.now();
+    })();
+    this.ackWriting = written;
+    return written;
   }
 
   /**
@@ -439,10 +444,17 @@ function checkHeld(state: ConsumerState, claim: HeldClaim, offset?: number): voi
 /** The acks of deliveries as runs of consecutive offsets per claim. */
 function acksOf(deliveries: readonly ClaimDelivery[]): JournalAck[] {
   const byClaim = new Map<HeldClaim, number[]>();
-  for (const d of deliveries) byClaim.set(d.claim, [...(byClaim.get(d.claim) ?? []), d.offset]);
+  for (const d of deliveries) groupInto(byClaim, d.claim, d.offset);
   const acks: JournalAck[] = [];
   for (const [claim, offsets] of byClaim) for (const [from, to] of runsOf(offsets)) acks.push({ token: claim.token, stream: claim.stream, from, to });
   return acks;
+}
+
+/** Adds `value` to the group of `key`. */
+function groupInto<K, V>(groups: Map<K, V[]>, key: K, value: V): void {
+  const group = groups.get(key);
+  if (group === undefined) groups.set(key, [value]);
+  else group.push(value);
 }
 
 /** Sorted runs [from, to) of the given offsets. */
