@@ -381,6 +381,13 @@ export class Consumer {
       throw err;
     }
     finish?.();
+    if (outcome.claimed.length > 0) {
+      // The claims' records were not fsync'd with the transaction: made durable now, while the messages
+      // are read and handed out (their first acks wait for it).
+      const durable = this.journal.sync();
+      durable.catch(() => undefined);
+      for (const { claim } of outcome.claimed) claim.durable = durable;
+    }
     for (const { claim } of outcome.claimed) this.held.adopt(claim);
     const read = await this.chooser.read(outcome.claimed);
     this.busy = read.deliveries.length + read.ended + outcome.ended >= max;

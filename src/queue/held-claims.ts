@@ -317,10 +317,9 @@ export class HeldClaims {
     const written = (async () => {
       const byJournal = new Map<string, ClaimDelivery[]>();
       for (const d of items) groupInto(byJournal, d.claim.journal, d);
-      // A claim must not be lost in a power cut its acks survive: its record is made durable with them.
-      const unsynced = items.filter((d) => !d.claim.durable).map((d) => d.claim);
-      await Promise.all([...[...byJournal].map(([id, batch]) => this.writer(id).append(acksOf(batch))), unsynced.length > 0 ? this.options.journal.sync() : undefined]);
-      for (const claim of unsynced) claim.durable = true;
+      // A claim must not be lost in a power cut its acks survive: its record is durable before they count.
+      const claims = new Set<Promise<void> | undefined>(items.map((d) => d.claim.durable));
+      await Promise.all([...[...byJournal].map(([id, batch]) => this.writer(id).append(acksOf(batch))), ...[...claims].map((durable) => durable ?? this.options.journal.sync())]);
       return this.options.now();
     })();
     this.ackWriting = written;
