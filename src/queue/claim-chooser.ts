@@ -1,28 +1,23 @@
 /**
- * What a consumer claims, and reading what it claimed (spec/log-format.md §11.2).
- *
- * Under the state lock (`choose`): claims that lapsed are taken over (`T`: what their holder acked in its
- * ack journal stays done, the rest waits as a range); then up to the wanted number of messages are
- * claimed, most urgent first: messages waiting alone (nacked, delayed, of before claims) and ranges, then
- * runs of new messages from each stream's frontier, found by skimming frame headers (`C` and `F`
- * records). Messages handed out `maxDeliveries` times go to the dead letters instead (`D`).
- *
- * After the lock (`read`): the claimed frames are read — by a reader per stream that usually stands
- * right there already — made durable, and turned into deliveries; members found expired, delayed or
- * undeliverable are ended by a record in a later transaction.
+ * What a consumer claims (spec/log-format.md §11.2, §11.6), decided under the state lock: claims that
+ * lapsed are taken over (`T`: what their holder acked in its ack journal stays done, the rest waits as a
+ * range); then up to the wanted number of messages are claimed, most urgent first: messages waiting alone
+ * (nacked, delayed, of before claims) and ranges, then runs of new messages from each stream's frontier,
+ * found by skimming frame headers (`C` and `F` records). Messages handed out `maxDeliveries` times go to
+ * the dead letters instead (`D`). Reading what was claimed is claim-reader.ts.
  *
  * Concurrency contract: one caller at a time (the consumer serializes its claims).
  */
 import { randomUUID } from 'node:crypto';
 import { MqlogError } from '../errors.js';
 import { FrameType } from '../log/frame.js';
-import type { LogReader, LogStore, SkimmedFrame, StoredFrame, StreamId } from '../log/log-store.js';
+import type { LogReader, LogStore, SkimmedFrame, StreamId } from '../log/log-store.js';
 import { IntervalSet } from '../util/interval-set.js';
-import { readStreamedBody } from './body.js';
-import { decodeMeta, decodeMessage, type MessageMeta, type MessageRecord } from './codec.js';
+import { CLAIM_READ_BYTES, type ClaimReader, type Claimed } from './claim-reader.js';
+import { decodeMessage, type MessageMeta, type MessageRecord } from './codec.js';
 import type { ConsumerJournal } from './consumer-journal.js';
 import type { ClaimRange, ConsumerState, FrameHint, PositionHint, Retry, StateRecord } from './consumer-state.js';
-import { ClaimDelivery, HeldClaim, type DeliveryOwner } from './delivery.js';
+import { HeldClaim } from './delivery.js';
 import type { HeldClaims } from './held-claims.js';
 import type { QueueInfo } from './layout.js';
 import { priorityOfKey } from './priority.js';
@@ -32,7 +27,8 @@ export interface ClaimChooserOptions {
   readonly info: QueueInfo;
   readonly journal: ConsumerJournal;
   readonly held: HeldClaims;
-  readonly owner: DeliveryOwner;
+  /** Reads the messages to dead-letter. */
+  readonly reader: ClaimReader;
   readonly visibilityTimeoutMs: number;
   readonly maxDeliveries: number;
   readonly now: () => number;
@@ -40,25 +36,8 @@ export interface ClaimChooserOptions {
   readonly onSettled?: (meta: MessageMeta, outcome: 'processed' | 'dead' | 'expired', reason?: string) => Promise<void>;
 }
 
-/** A claim just made, and what to read of it. */
-export interface Claimed {
-  readonly claim: HeldClaim;
-  readonly members: IntervalSet;
-  /** The place of the only member, when known (a message that waited alone). */
-  readonly frame: FrameHint | undefined;
-}
-
 /** New streams are looked for at most this often while busy. */
 const DISCOVER_EVERY_MS = 100;
-const CHUNKS: ReadonlySet<number> = new Set([FrameType.BODY_CHUNK]);
-/** Bytes of frames one read of claimed messages asks for. */
-const READ_BYTES = 4 * 1024 * 1024;
-/**
- * Bytes the readers of claims read from a file at a time: about a claim's span of ordinary messages.
- * They are moved to where a claim starts whenever other consumers claimed in between, and what a
- * reader holds ahead is read again after a move.
- */
-const CLAIM_READ_BYTES = 64 * 1024;
 
 /** A stream's frontier skimmed ahead: frames looked at but not claimed yet. */
 interface SkimLane {
@@ -69,7 +48,6 @@ interface SkimLane {
 export class ClaimChooser {
   private readonly options: ClaimChooserOptions;
   private readonly lanes = new Map<string, SkimLane>();
-  private readonly frameReaders = new Map<string, LogReader>();
   private streams: { id: StreamId; priority: number }[] = [];
   private discoveredAt = Number.NEGATIVE_INFINITY;
   /** When registered ack journals were last looked at for removal. */
@@ -168,46 +146,9 @@ export class ClaimChooser {
     return { claimed, ended };
   }
 
-  /**
-   * Outside the lock: reads the claimed messages, durably, into deliveries (most urgent first, as
-   * claimed); members that cannot go out are ended. `ended` counts those.
-   */
-  async read(claimed: readonly Claimed[]): Promise<{ deliveries: ClaimDelivery[]; ended: number }> {
-    const deliveries: ClaimDelivery[] = [];
-    let ended = 0;
-    const used = new Set<LogReader>();
-    const now = this.options.now();
-    for (const { claim, members, frame } of claimed) {
-      claim.unsettled = members.size;
-      const frames = frame !== undefined && members.size === 1 ? await this.frameAt(claim.stream, members.first as number, frame) : await this.readRange(claim, members, used);
-      for (const stored of frames) {
-        if (!members.has(stored.offset)) continue;
-        members.removeRange(stored.offset, stored.offset + 1);
-        const looked = await this.look(claim, stored, now);
-        if ('meta' in looked) {
-          deliveries.push(new ClaimDelivery(this.options.owner, claim, looked.meta, stored.payload.subarray(looked.bodyStart), stored.offset, { segment: stored.segment, position: stored.position }));
-          continue;
-        }
-        ended++;
-        this.options.held.end(claim, looked.ending);
-      }
-      // Members whose frames were not found (a write still in progress, or purged and compacted meanwhile)
-      // go back at once, no hand-out counted: whoever claims them next looks again.
-      for (const [from, to] of members.toPairs()) {
-        const back: StateRecord = { k: 'U', s: claim.stream, o: from, t: claim.token, a: now, g: randomUUID(), ...(to === from + 1 ? {} : { e: to }) };
-        for (let n = to - from; n > 0; n--) this.options.held.end(claim, n === 1 ? back : undefined);
-      }
-    }
-    // Nothing goes out before its frame is durable (an ack must never outlive its message).
-    await Promise.all([...used].map((reader) => reader.sync()));
-    return { deliveries, ended };
-  }
-
   async close(): Promise<void> {
     for (const lane of this.lanes.values()) await lane.reader.close();
-    for (const reader of this.frameReaders.values()) await reader.close();
     this.lanes.clear();
-    this.frameReaders.clear();
   }
 
   /** Takes over every claim whose lease lapsed; returns, per range, the members left to hand out. */
@@ -309,61 +250,9 @@ export class ClaimChooser {
     this.streams = found;
   }
 
-  /** Reads the frames of a range's members, from a frame before the first one. */
-  private async readRange(claim: HeldClaim, members: IntervalSet, used: Set<LogReader>): Promise<StoredFrame[]> {
-    const first = members.first;
-    const last = members.last;
-    if (first === undefined || last === undefined) return [];
-    let reader = this.frameReaders.get(claim.stream);
-    if (reader === undefined) {
-      reader = this.options.store.reader(this.options.info.queue, claim.stream, { offset: first, hint: claim.hint }, { skipTypes: CHUNKS, bufferBytes: CLAIM_READ_BYTES });
-      this.frameReaders.set(claim.stream, reader);
-    } else if (reader.position.offset !== first) {
-      await reader.seek({ offset: first, hint: claim.hint });
-    }
-    used.add(reader);
-    const frames: StoredFrame[] = [];
-    // A reader that stopped at a limit may still hold the zeros that were after the data then: the frames
-    // written into them since (skimmed, so there) come with the next read. Looked at a few times.
-    for (let ends = 0; ends < 3 && reader.position.offset <= last; ) {
-      const read = await reader.read({ maxFrames: last - reader.position.offset + 1, maxBytes: READ_BYTES });
-      for (const frame of read.frames) if (frame.offset <= last) frames.push(frame);
-      if (read.state !== 'more') ends++;
-    }
-    return frames;
-  }
-
-  private async frameAt(stream: string, offset: number, frame: FrameHint): Promise<StoredFrame[]> {
-    const stored = await this.options.store.frameAt(this.options.info.queue, stream, offset, { ...frame, offset });
-    return stored === undefined ? [] : [stored];
-  }
-
-  /** A claimed message's fields when it can go out now, else the record that ends it. */
-  private async look(claim: HeldClaim, frame: StoredFrame, now: number): Promise<{ meta: MessageMeta; bodyStart: number } | { ending: StateRecord }> {
-    const { stream, offset } = frame;
-    let decoded: { meta: MessageMeta; bodyStart: number };
-    try {
-      decoded = decodeMeta(frame.payload);
-    } catch (err) {
-      if (!(err instanceof MqlogError)) throw err;
-      // A frame that passed its CRC but holds no valid message cannot be delivered; say why and move on.
-      return { ending: { k: 'D', s: stream, o: offset, r: `undeliverable: ${err.message}` } };
-    }
-    const { meta } = decoded;
-    if (meta.expiresAt !== undefined && meta.expiresAt <= now) {
-      if (meta.receipt === true) await this.options.onSettled?.(meta, 'expired', 'time to live passed before delivery');
-      return { ending: { k: 'X', s: stream, o: offset } };
-    }
-    if (meta.notBefore !== undefined && meta.notBefore > now) {
-      // Put aside alone until it is due, without counting a hand-out.
-      return { ending: { k: 'U', s: stream, o: offset, t: claim.token, a: meta.notBefore, i: meta.id, h: [frame.segment, frame.position] } };
-    }
-    return decoded;
-  }
-
   /** Under the lock: moves members handed out too often to the dead letters; returns how many went. */
   private async deadLetter(stream: string, members: IntervalSet, hint: PositionHint | undefined, frame: FrameHint | undefined, reason: string, records: StateRecord[]): Promise<number> {
-    const frames = frame !== undefined && members.size === 1 ? await this.frameAt(stream, members.first as number, frame) : await this.readOnce(stream, members, hint);
+    const frames = await this.options.reader.readOnce(stream, members, hint, frame);
     let n = 0;
     for (const stored of frames) {
       if (!members.has(stored.offset)) continue;
@@ -384,23 +273,6 @@ export class ClaimChooser {
     return n;
   }
 
-  /** The frames of `members`, read by a reader of their own. */
-  private async readOnce(stream: string, members: IntervalSet, hint: PositionHint | undefined): Promise<StoredFrame[]> {
-    const first = members.first;
-    const last = members.last;
-    if (first === undefined || last === undefined) return [];
-    const reader = this.options.store.reader(this.options.info.queue, stream, { offset: first, hint }, { skipTypes: CHUNKS });
-    const frames: StoredFrame[] = [];
-    try {
-      for (;;) {
-        const read = await reader.read({ maxFrames: last - reader.position.offset + 1, maxBytes: READ_BYTES });
-        for (const frame of read.frames) if (frame.offset <= last) frames.push(frame);
-        if (read.state !== 'more' || reader.position.offset > last) return frames;
-      }
-    } finally {
-      await reader.close();
-    }
-  }
 }
 
 /**
@@ -415,13 +287,4 @@ async function skimMore(lane: SkimLane, max: number): Promise<boolean> {
     if (skim.frames.length > 0) return true;
   }
   return false;
-}
-
-/** The body of a delivered message as a stream of buffers (a streamed body chunk by chunk). */
-export function bodyOf(store: LogStore, info: QueueInfo, message: MessageRecord): AsyncIterable<Buffer> {
-  return message.streamed === undefined ? once(message.body) : readStreamedBody(store, info.queue, message.id, message.streamed);
-}
-
-async function* once(body: Buffer): AsyncGenerator<Buffer> {
-  yield body;
 }

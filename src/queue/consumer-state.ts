@@ -15,17 +15,13 @@
 import { MqlogError } from '../errors.js';
 import type { FrameHint as PositionHint } from '../log/log-store.js';
 import { IntervalSet } from '../util/interval-set.js';
-import type { Runs, StateRecord } from './consumer-records.js';
+import { ClaimRanges, type CheckpointRange, type ClaimRange, type FrameHint, type MutableRange } from './claim-ranges.js';
+import type { StateRecord } from './consumer-records.js';
 
 export type { Runs, StateRecord } from './consumer-records.js';
 export { decodeRecord, encodeRecord } from './consumer-records.js';
 export type { PositionHint };
-
-/** Where a message's frame lies, so that it is read again without a scan. */
-export interface FrameHint {
-  readonly segment: number;
-  readonly position: number;
-}
+export type { ClaimRange, FrameHint } from './claim-ranges.js';
 
 /** A lease in the format of before claims (`L` records): one message held by `token`. */
 export interface Lease {
@@ -45,38 +41,6 @@ export interface Retry {
   readonly id: string;
   readonly hint: FrameHint;
   readonly reason: string | undefined;
-}
-
-/**
- * Messages of one stream that go out together: a claim while a consumer holds them (`holder`), else a
- * range waiting to be claimed again (given back, or left by a claim that lapsed).
- */
-export interface ClaimRange {
-  /** The token of the claim that made it. */
-  readonly id: string;
-  readonly stream: string;
-  readonly priority: number;
-  /** Its messages not done yet. */
-  readonly members: IntervalSet;
-  /** A frame before the first member (what a reader positions itself with), if known. */
-  readonly hint: PositionHint | undefined;
-  /** The place of the only member, for a claim of one message put aside alone before. */
-  readonly frame: FrameHint | undefined;
-  /** Hand-outs of each member so far (the holder's included). */
-  readonly deliveries: number;
-  /** Without holder: when the members may go out again. */
-  readonly availableAt: number;
-  readonly holder: { readonly journal: string; readonly until: number } | undefined;
-  readonly reason: string | undefined;
-  /** Members acked in the holder's journal, as read with ackInJournal (not yet in the shared journal). */
-  readonly acked: IntervalSet;
-}
-
-interface MutableRange extends ClaimRange {
-  deliveries: number;
-  availableAt: number;
-  holder: { readonly journal: string; until: number } | undefined;
-  reason: string | undefined;
 }
 
 export interface Frontier {
@@ -106,32 +70,12 @@ export interface Checkpoint {
   readonly journals?: string[];
 }
 
-interface CheckpointRange {
-  readonly id: string;
-  readonly s: string;
-  readonly p: number;
-  readonly r: Runs;
-  readonly n: number;
-  readonly a: number;
-  readonly h?: [number, number, number];
-  readonly f?: [number, number];
-  readonly j?: string;
-  readonly u?: number;
-  readonly why?: string;
-}
-
 export class ConsumerState {
   private readonly done = new Map<string, StreamDone>();
   private readonly leases = new Map<string, Lease>();
   private readonly retries = new Map<string, Retry>();
   private readonly frontiers = new Map<string, Frontier>();
-  private readonly rangesById = new Map<string, MutableRange>();
-  private readonly rangesByStream = new Map<string, Set<MutableRange>>();
-  /** Per stream, an offset no range's member ever passed (so rangeOf answers new messages at once). */
-  private readonly rangeBound = new Map<string, number>();
-  private readonly journalSet = new Set<string>();
-  /** Per stream, the union of the claims' journal acks (ackInJournal): done for whoever asks. */
-  private readonly journalAcked = new Map<string, IntervalSet>();
+  private claims = new ClaimRanges();
   /** Told how many messages became done, and how (observers count acks with it). */
   onDone: ((kind: DoneKind, count: number) => void) | undefined;
 
@@ -145,22 +89,7 @@ export class ConsumerState {
     for (const [stream, f] of Object.entries(checkpoint.frontiers ?? {})) {
       state.frontiers.set(stream, { offset: f[0], hint: f.length === 4 ? { segment: f[1], position: f[2], offset: f[3] } : undefined });
     }
-    for (const r of checkpoint.ranges ?? []) {
-      state.addRange({
-        id: r.id,
-        stream: r.s,
-        priority: r.p,
-        members: IntervalSet.fromFlat(r.r),
-        hint: r.h === undefined ? undefined : { segment: r.h[0], position: r.h[1], offset: r.h[2] },
-        frame: r.f === undefined ? undefined : { segment: r.f[0], position: r.f[1] },
-        deliveries: r.n,
-        availableAt: r.a,
-        holder: r.j === undefined || r.u === undefined ? undefined : { journal: r.j, until: r.u },
-        reason: r.why,
-        acked: new IntervalSet(),
-      });
-    }
-    for (const journal of checkpoint.journals ?? []) state.journalSet.add(journal);
+    state.claims = ClaimRanges.fromCheckpoint(checkpoint.ranges ?? [], checkpoint.journals ?? []);
     return state;
   }
 
@@ -178,19 +107,7 @@ export class ConsumerState {
       leases: [...this.leases].map(([k, lease]) => [...splitKey(k), lease]),
       retries: [...this.retries].map(([k, retry]) => [...splitKey(k), retry]),
       frontiers,
-      ranges: [...this.rangesById.values()].map((r) => ({
-        id: r.id,
-        s: r.stream,
-        p: r.priority,
-        r: r.members.toFlat(),
-        n: r.deliveries,
-        a: r.availableAt,
-        ...(r.hint === undefined ? {} : { h: [r.hint.segment, r.hint.position, r.hint.offset] as [number, number, number] }),
-        ...(r.frame === undefined ? {} : { f: [r.frame.segment, r.frame.position] as [number, number] }),
-        ...(r.holder === undefined ? {} : { j: r.holder.journal, u: r.holder.until }),
-        ...(r.reason === undefined ? {} : { why: r.reason }),
-      })),
-      journals: [...this.journalSet],
+      ...this.claims.toCheckpoint(),
     };
   }
 
@@ -202,7 +119,7 @@ export class ConsumerState {
       if (sets.dead.has(offset)) return 'dead';
       if (sets.expired.has(offset)) return 'expired';
     }
-    return this.journalAcked.get(stream)?.has(offset) === true ? 'acked' : undefined;
+    return this.claims.journalAckedIn(stream)?.has(offset) === true ? 'acked' : undefined;
   }
 
   isDone(stream: string, offset: number): boolean {
@@ -212,7 +129,7 @@ export class ConsumerState {
   /** Done messages of a stream within [from, to). */
   doneCount(stream: string, from: number, to: number): number {
     const sets = this.done.get(stream);
-    const inJournals = this.journalAcked.get(stream)?.countIn(from, to) ?? 0;
+    const inJournals = this.claims.journalAckedIn(stream)?.countIn(from, to) ?? 0;
     if (sets === undefined) return inJournals;
     return sets.acked.countIn(from, to) + sets.dead.countIn(from, to) + sets.expired.countIn(from, to) + inJournals;
   }
@@ -220,7 +137,7 @@ export class ConsumerState {
   /** The first offset >= from that is not done. */
   firstNotDone(stream: string, from: number): number {
     const sets = this.done.get(stream);
-    const inJournals = this.journalAcked.get(stream);
+    const inJournals = this.claims.journalAckedIn(stream);
     let at = from;
     for (;;) {
       let next = at;
@@ -241,19 +158,16 @@ export class ConsumerState {
 
   /** The claim or range a message belongs to, if any. */
   rangeOf(stream: string, offset: number): ClaimRange | undefined {
-    // Past every member a range of the stream ever had (new messages, at the frontier): none, at once.
-    if (offset > (this.rangeBound.get(stream) ?? -1)) return undefined;
-    for (const range of this.rangesByStream.get(stream) ?? []) if (range.members.has(offset)) return range;
-    return undefined;
+    return this.claims.of(stream, offset);
   }
 
   /** A claim (or the range it left) by its token. */
   range(id: string): ClaimRange | undefined {
-    return this.rangesById.get(id);
+    return this.claims.get(id);
   }
 
   ranges(): Iterable<ClaimRange> {
-    return this.rangesById.values();
+    return this.claims.all();
   }
 
   /** Times the message was handed out so far. */
@@ -267,14 +181,12 @@ export class ConsumerState {
 
   /** The ack journals claims may name (registered by a claim, removed by `K`). */
   get journals(): ReadonlySet<string> {
-    return this.journalSet;
+    return this.claims.journals;
   }
 
   /** Claims in force that name the ack journal `journal`. */
   claimsIn(journal: string): number {
-    let n = 0;
-    for (const range of this.rangesById.values()) if (range.holder?.journal === journal) n++;
-    return n;
+    return this.claims.claimsIn(journal);
   }
 
   /** Messages waiting alone (not in a range), whose lease lapsed or whose retry time came, at `now`. */
@@ -295,19 +207,19 @@ export class ConsumerState {
       if (at > now && (due === undefined || at < due)) due = at;
     };
     for (const [k, retry] of this.retries) consider(Math.max(retry.availableAt, this.leases.get(k)?.until ?? 0));
-    for (const range of this.rangesById.values()) consider(range.holder?.until ?? range.availableAt);
+    for (const range of this.claims.all()) consider(range.holder?.until ?? range.availableAt);
     return due;
   }
 
   get inFlight(): number {
     let n = this.leases.size;
-    for (const range of this.rangesById.values()) if (range.holder !== undefined) n += range.members.size;
+    for (const range of this.claims.all()) if (range.holder !== undefined) n += range.members.size;
     return n;
   }
 
   get retryCount(): number {
     let n = this.retries.size;
-    for (const range of this.rangesById.values()) if (range.holder === undefined) n += range.members.size;
+    for (const range of this.claims.all()) if (range.holder === undefined) n += range.members.size;
     return n;
   }
 
@@ -317,22 +229,10 @@ export class ConsumerState {
    * known (yet): the caller keeps the ack for after its next look at the shared journal.
    */
   ackInJournal(token: string, from: number, to: number): boolean {
-    const range = this.rangesById.get(token);
-    if (range === undefined) return false;
-    if (range.holder === undefined) return true;
-    const acked = IntervalSet.fromFlat([from, to]).intersection(range.members);
-    acked.removeAll(range.acked);
-    if (acked.isEmpty) return true;
-    range.acked.addAll(acked);
-    this.journalAckedOf(range.stream).addAll(acked);
-    this.onDone?.('acked', acked.size);
+    const acked = this.claims.ackInJournal(token, from, to);
+    if (acked === undefined) return false;
+    if (!acked.isEmpty) this.onDone?.('acked', acked.size);
     return true;
-  }
-
-  /** Forgets the acks read from holders' journals (before they are read again from the start). */
-  forgetJournalAcks(): void {
-    for (const range of this.rangesById.values()) range.acked.removeRange(0, Number.MAX_SAFE_INTEGER);
-    this.journalAcked.clear();
   }
 
   /** Applies one record. Records that no longer apply (an ack by a former holder) change nothing. */
@@ -348,36 +248,35 @@ export class ConsumerState {
         return;
       }
       case 'R': {
-        const held = this.held(record.t);
+        const held = this.claims.held(record.t);
         if (held?.holder === undefined) return;
         held.holder.until = Math.max(held.holder.until, record.u);
         held.availableAt = held.holder.until;
         return;
       }
       case 'S': {
-        const held = this.held(record.t);
+        const held = this.claims.held(record.t);
         if (held === undefined) return;
         this.ackMembers(held, held.members.clone());
-        this.dropIfEmpty(held);
+        this.claims.dropIfEmpty(held);
         return;
       }
       case 'T': {
-        const held = this.held(record.t);
+        const held = this.claims.held(record.t);
         if (held?.holder === undefined) return;
         const acked = IntervalSet.fromFlat(record.a).intersection(held.members);
         const revoked = held.acked.clone();
         revoked.removeAll(acked);
-        this.journalAckedOf(held.stream).removeAll(revoked);
-        held.acked.removeAll(revoked);
+        this.claims.revokeJournalAcks(held, revoked);
         this.ackMembers(held, acked);
         held.availableAt = Math.max(held.availableAt, held.holder.until);
         held.holder = undefined;
         held.reason = 'lease expired';
-        this.dropIfEmpty(held);
+        this.claims.dropIfEmpty(held);
         return;
       }
       case 'K':
-        this.journalSet.delete(record.j);
+        this.claims.unregister(record.j);
         return;
       case 'L': {
         if (this.isDone(record.s, record.o)) return;
@@ -399,10 +298,10 @@ export class ConsumerState {
         return;
       }
       case 'A': {
-        const held = this.held(record.t);
+        const held = this.claims.held(record.t);
         if (held !== undefined) {
           this.ackMembers(held, IntervalSet.fromFlat([record.o, record.e ?? record.o + 1]).intersection(held.members));
-          this.dropIfEmpty(held);
+          this.claims.dropIfEmpty(held);
           return;
         }
         if (this.leases.get(key(record.s, record.o))?.token !== record.t) return;
@@ -410,13 +309,13 @@ export class ConsumerState {
         return;
       }
       case 'N': {
-        const held = this.held(record.t);
+        const held = this.claims.held(record.t);
         if (held !== undefined) {
           if (!held.members.has(record.o) || record.h === undefined) return;
-          this.removeMembers(held, IntervalSet.fromFlat([record.o, record.o + 1]));
+          this.claims.removeMembers(held, IntervalSet.fromFlat([record.o, record.o + 1]));
           const hint = { segment: record.h[0], position: record.h[1] };
           this.retries.set(key(record.s, record.o), { deliveries: held.deliveries, availableAt: record.a, priority: held.priority, id: record.i ?? '', hint, reason: record.r ?? 'nacked' });
-          this.dropIfEmpty(held);
+          this.claims.dropIfEmpty(held);
           return;
         }
         const k = key(record.s, record.o);
@@ -427,7 +326,7 @@ export class ConsumerState {
         return;
       }
       case 'U': {
-        const held = this.held(record.t);
+        const held = this.claims.held(record.t);
         if (held !== undefined) {
           this.giveBack(held, record);
           return;
@@ -449,9 +348,9 @@ export class ConsumerState {
           }
         }
         const purged = IntervalSet.fromFlat([record.o, record.e]);
-        for (const range of [...(this.rangesByStream.get(record.s) ?? [])]) {
-          this.removeMembers(range, purged.intersection(range.members));
-          this.dropIfEmpty(range);
+        for (const range of this.claims.inStream(record.s)) {
+          this.claims.removeMembers(range, purged.intersection(range.members));
+          this.claims.dropIfEmpty(range);
         }
         this.setsOf(record.s).acked.addRange(record.o, record.e);
         return;
@@ -477,10 +376,10 @@ export class ConsumerState {
     const sets = this.done.get(record.s);
     if (sets !== undefined) for (const set of [sets.acked, sets.dead, sets.expired]) members.removeAll(set);
     // Taken from wherever the messages waited: a range, the retries, leases of before claims.
-    for (const range of [...(this.rangesByStream.get(record.s) ?? [])]) {
+    for (const range of this.claims.inStream(record.s)) {
       if (range.holder !== undefined) continue;
-      this.removeMembers(range, members.intersection(range.members));
-      this.dropIfEmpty(range);
+      this.claims.removeMembers(range, members.intersection(range.members));
+      this.claims.dropIfEmpty(range);
     }
     if (this.retries.size > 0 || this.leases.size > 0) {
       for (const offset of members.values()) {
@@ -488,9 +387,9 @@ export class ConsumerState {
         this.leases.delete(key(record.s, offset));
       }
     }
-    this.journalSet.add(record.j);
+    this.claims.register(record.j);
     if (members.isEmpty) return;
-    this.addRange({
+    this.claims.add({
       id: record.t,
       stream: record.s,
       priority: record.p,
@@ -509,32 +408,15 @@ export class ConsumerState {
   private giveBack(held: MutableRange, record: Extract<StateRecord, { k: 'U' }>): void {
     const back = IntervalSet.fromFlat([record.o, record.e ?? record.o + 1]).intersection(held.members);
     if (back.isEmpty) return;
-    this.removeMembers(held, back);
+    this.claims.removeMembers(held, back);
     const deliveries = Math.max(0, held.deliveries - 1);
     if (record.h !== undefined && back.size === 1) {
       const hint = { segment: record.h[0], position: record.h[1] };
       this.retries.set(key(held.stream, record.o), { deliveries, availableAt: record.a, priority: held.priority, id: record.i ?? '', hint, reason: held.reason });
     } else {
-      this.addRange({ id: record.g ?? `${held.id}/${record.o}`, stream: held.stream, priority: held.priority, members: back, hint: held.hint, frame: back.size === 1 ? held.frame : undefined, deliveries, availableAt: record.a, holder: undefined, reason: held.reason, acked: new IntervalSet() });
+      this.claims.add({ id: record.g ?? `${held.id}/${record.o}`, stream: held.stream, priority: held.priority, members: back, hint: held.hint, frame: back.size === 1 ? held.frame : undefined, deliveries, availableAt: record.a, holder: undefined, reason: held.reason, acked: new IntervalSet() });
     }
-    this.dropIfEmpty(held);
-  }
-
-  /** The claim `token` while its holder holds it. */
-  private held(token: string): MutableRange | undefined {
-    const range = this.rangesById.get(token);
-    return range?.holder === undefined ? undefined : range;
-  }
-
-  private addRange(range: MutableRange): void {
-    this.rangesById.set(range.id, range);
-    this.rangeBound.set(range.stream, Math.max(this.rangeBound.get(range.stream) ?? -1, range.members.last ?? -1));
-    let set = this.rangesByStream.get(range.stream);
-    if (set === undefined) {
-      set = new Set();
-      this.rangesByStream.set(range.stream, set);
-    }
-    set.add(range);
+    this.claims.dropIfEmpty(held);
   }
 
   /** `members` (of the range) are done, acked; onDone hears of those not already acked in the holder's journal. */
@@ -542,33 +424,9 @@ export class ConsumerState {
     if (members.isEmpty) return;
     const fresh = members.clone();
     fresh.removeAll(range.acked);
-    this.removeMembers(range, members);
+    this.claims.removeMembers(range, members);
     this.setsOf(range.stream).acked.addAll(members);
     if (!fresh.isEmpty) this.onDone?.('acked', fresh.size);
-  }
-
-  private removeMembers(range: MutableRange, members: IntervalSet): void {
-    if (members.isEmpty) return;
-    range.members.removeAll(members);
-    const inJournal = range.acked.intersection(members);
-    if (inJournal.isEmpty) return;
-    range.acked.removeAll(inJournal);
-    this.journalAcked.get(range.stream)?.removeAll(inJournal);
-  }
-
-  private dropIfEmpty(range: MutableRange): void {
-    if (!range.members.isEmpty) return;
-    this.rangesById.delete(range.id);
-    this.rangesByStream.get(range.stream)?.delete(range);
-  }
-
-  private journalAckedOf(stream: string): IntervalSet {
-    let set = this.journalAcked.get(stream);
-    if (set === undefined) {
-      set = new IntervalSet();
-      this.journalAcked.set(stream, set);
-    }
-    return set;
   }
 
   private finish(stream: string, offset: number, kind: DoneKind): void {
@@ -576,10 +434,10 @@ export class ConsumerState {
     this.leases.delete(k);
     this.retries.delete(k);
     const one = IntervalSet.fromFlat([offset, offset + 1]);
-    for (const range of [...(this.rangesByStream.get(stream) ?? [])]) {
+    for (const range of this.claims.inStream(stream)) {
       if (!range.members.has(offset)) continue;
-      this.removeMembers(range, one);
-      this.dropIfEmpty(range);
+      this.claims.removeMembers(range, one);
+      this.claims.dropIfEmpty(range);
     }
     const sets = this.setsOf(stream);
     if (sets.acked.has(offset) || sets.dead.has(offset) || sets.expired.has(offset)) return;

@@ -10,22 +10,19 @@
  * consumer replays another's acks.
  */
 import { MqlogError } from '../errors.js';
-import { FrameType } from '../log/frame.js';
-import type { ChangeFeed, LogStore, StoredFrame } from '../log/log-store.js';
-import { scanStream } from '../log/stream-scan.js';
-import { ClaimChooser, bodyOf } from './claim-chooser.js';
-import { decodeMeta, type MessageMeta, type MessageRecord } from './codec.js';
-import { ConsumerJournal } from './consumer-journal.js';
-import type { StateRecord } from './consumer-state.js';
+import type { ChangeFeed, LogStore } from '../log/log-store.js';
+import { ClaimChooser } from './claim-chooser.js';
+import { ClaimReader, bodyOf } from './claim-reader.js';
+import type { MessageMeta, MessageRecord } from './codec.js';
+import type { ConsumerJournal } from './consumer-journal.js';
 import { ClaimDelivery, type Delivery, type DeliveryOwner } from './delivery.js';
 import { HeldClaims } from './held-claims.js';
 import type { QueueInfo } from './layout.js';
-import { PriorityReader, priorityOfKey } from './priority.js';
+import { peekMessages, type PeekedMessage } from './queue-peek.js';
+import { purgeMessages } from './queue-purge.js';
 
 export type { Delivery } from './delivery.js';
-
-/** What the scan decoded of a frame: its fields and where its body starts, or why it cannot be read. */
-type Decoded = { readonly meta: MessageMeta; readonly bodyStart: number } | { readonly error: MqlogError } | undefined;
+export type { PeekedMessage } from './queue-peek.js';
 
 export const DEFAULT_VISIBILITY_TIMEOUT_MS = 30_000;
 export const DEFAULT_MAX_DELIVERIES = 5;
@@ -34,15 +31,6 @@ export const DEFAULT_MAX_DELIVERIES = 5;
  * consumers of one channel take turns at a backlog.
  */
 export const DEFAULT_PREFETCH = 128;
-
-/** A ready message as peek() lists it: not leased, nothing to ack. */
-export interface PeekedMessage extends MessageRecord {
-  readonly stream: string;
-  readonly offset: number;
-  /** Hand-outs so far (0 for a message never handed out). */
-  readonly deliveries: number;
-  bodyStream(): AsyncIterable<Buffer>;
-}
 
 export interface ConsumerOptions {
   readonly visibilityTimeoutMs?: number;
@@ -90,7 +78,6 @@ const RESERVE_WORK_MS = 1000;
 const PIPELINE_MIN_MESSAGES = 16;
 /** A wait for the state lock this long means other processes keep it busy. */
 const BUSY_LOCK_MS = 1;
-const CHUNK_TYPES: ReadonlySet<number> = new Set([FrameType.BODY_CHUNK]);
 
 export class Consumer {
   readonly info: QueueInfo;
@@ -101,6 +88,7 @@ export class Consumer {
   private readonly now: () => number;
   private readonly held: HeldClaims;
   private readonly chooser: ClaimChooser;
+  private readonly reader: ClaimReader;
   /** Claims, one at a time (they share the chooser's readers). */
   private claiming: Promise<unknown> = Promise.resolve();
   /** The last claim got all it asked for: there is likely more, no need to look before the next. */
@@ -131,12 +119,13 @@ export class Consumer {
       extend: (d, ms) => this.held.extend(d, ms),
       bodyStream: (d) => bodyOf(this.store, this.info, d),
     };
+    this.reader = new ClaimReader({ store, info, held: this.held, owner, now: this.now, ...(onSettled === undefined ? {} : { onSettled }) });
     this.chooser = new ClaimChooser({
       store,
       info,
       journal,
       held: this.held,
-      owner,
+      reader: this.reader,
       visibilityTimeoutMs: this.visibilityTimeoutMs,
       maxDeliveries: options.maxDeliveries ?? DEFAULT_MAX_DELIVERIES,
       now: this.now,
@@ -237,49 +226,8 @@ export class Consumer {
    * Lists the messages ready now, most urgent first, without leasing them or counting a delivery: what
    * the next consumers would get. Reads the shared state as it is (no lock); up to `limit` messages.
    */
-  async *peek(options: { limit?: number } = {}): AsyncGenerator<PeekedMessage> {
-    const limit = options.limit ?? Number.POSITIVE_INFINITY;
-    const view = await ConsumerJournal.open(this.info.dir);
-    const state = view.state;
-    await view.close();
-    const now = this.now();
-    const reader = new PriorityReader<Decoded>(this.store, this.info.queue, (stream) => ({ offset: state.firstNotDone(stream, 0) }), {
-      describe: (frame) => {
-        const decoded = decodeFrameMeta(frame);
-        return { order: decoded !== undefined && 'meta' in decoded ? decoded.meta.id : '', info: decoded };
-      },
-      skipTypes: CHUNK_TYPES,
-    });
-    let listed = 0;
-    try {
-      while (listed < limit) {
-        const queued = await reader.take(64);
-        if (queued.length === 0) return;
-        for (const { frame, info: decoded } of queued) {
-          if (listed >= limit) return;
-          if (frame.type !== FrameType.MESSAGE || decoded === undefined || 'error' in decoded) continue;
-          if (state.isDone(frame.stream, frame.offset)) continue;
-          const lease = state.leaseOf(frame.stream, frame.offset);
-          const retry = state.retryOf(frame.stream, frame.offset);
-          const range = state.rangeOf(frame.stream, frame.offset);
-          if ((lease !== undefined && lease.until > now) || (retry !== undefined && retry.availableAt > now)) continue;
-          if (range !== undefined && (range.holder?.until ?? range.availableAt) > now) continue;
-          const { meta, bodyStart } = decoded;
-          if ((meta.expiresAt !== undefined && meta.expiresAt <= now) || (meta.notBefore !== undefined && meta.notBefore > now)) continue;
-          const message: MessageRecord = { ...meta, body: frame.payload.subarray(bodyStart) };
-          listed++;
-          yield {
-            ...message,
-            stream: frame.stream,
-            offset: frame.offset,
-            deliveries: retry?.deliveries ?? range?.deliveries ?? 0,
-            bodyStream: () => bodyOf(this.store, this.info, message),
-          };
-        }
-      }
-    } finally {
-      await reader.close();
-    }
+  peek(options: { limit?: number } = {}): AsyncGenerator<PeekedMessage> {
+    return peekMessages(this.store, this.info, this.now(), options.limit ?? Number.POSITIVE_INFINITY);
   }
 
   /**
@@ -289,42 +237,7 @@ export class Consumer {
    */
   async purge(signal?: AbortSignal): Promise<number> {
     if (this.closing !== undefined) throw new MqlogError('ERR_CLOSED', 'consumer is closed');
-    // Acks of claims in force count as done too: read them first (the lock keeps new claims out).
-    const view = await ConsumerJournal.open(this.info.dir);
-    try {
-      return await this.journal.transact(async (state) => {
-        await view.refresh();
-        const acked = view.state;
-        const records: StateRecord[] = [];
-        let purged = 0;
-        for (const id of await this.store.streams(this.info.queue)) {
-          if (priorityOfKey(id.key) === undefined) continue;
-          // Runs of consecutive message offsets not done: a chunk or a done message ends a run.
-          let run: { from: number; to: number } | undefined;
-          const close = (): void => {
-            if (run !== undefined) records.push({ k: 'P', s: id.name, o: run.from, e: run.to });
-            run = undefined;
-          };
-          for await (const event of scanStream(this.store, this.info.queue, id.name, { from: { offset: state.firstNotDone(id.name, 0) }, skipTypes: CHUNK_TYPES })) {
-            if (event.kind !== 'frame') break;
-            const { frame } = event;
-            if (frame.type !== FrameType.MESSAGE || state.isDone(frame.stream, frame.offset) || acked.isDone(frame.stream, frame.offset)) {
-              close();
-              continue;
-            }
-            if (run !== undefined && run.to !== frame.offset) close();
-            run = run === undefined ? { from: frame.offset, to: frame.offset + 1 } : { from: run.from, to: frame.offset + 1 };
-            purged++;
-            const decoded = decodeFrameMeta(frame);
-            if (decoded !== undefined && 'meta' in decoded && decoded.meta.receipt === true) await this.onSettled?.(decoded.meta, 'dead', 'purged');
-          }
-          close();
-        }
-        return { records, result: purged };
-      }, signal);
-    } finally {
-      await view.close();
-    }
+    return purgeMessages(this.store, this.info, this.journal, this.onSettled, signal);
   }
 
   /** Gives back deliveries that were never handed to the caller (no delivery counted). */
@@ -343,6 +256,7 @@ export class Consumer {
       await this.claiming.catch(() => undefined);
       await this.held.close();
       await this.chooser.close();
+      await this.reader.close();
     })();
     return this.closing;
   }
@@ -389,7 +303,7 @@ export class Consumer {
       for (const { claim } of outcome.claimed) claim.durable = durable;
     }
     for (const { claim } of outcome.claimed) this.held.adopt(claim);
-    const read = await this.chooser.read(outcome.claimed);
+    const read = await this.reader.read(outcome.claimed);
     this.busy = read.deliveries.length + read.ended + outcome.ended >= max;
     if (outcome.claimed.length > 0) this.startTimer();
     return { deliveries: read.deliveries, ended: outcome.ended + read.ended };
@@ -468,16 +382,5 @@ export class Consumer {
       if (options.signal?.aborted === true) throw err;
       // our own timeout: just look again
     }
-  }
-}
-
-/** The fields of a MESSAGE frame (undefined for other frames), or why they cannot be read. */
-function decodeFrameMeta(frame: StoredFrame): Decoded {
-  if (frame.type !== FrameType.MESSAGE) return undefined;
-  try {
-    return decodeMeta(frame.payload);
-  } catch (err) {
-    if (err instanceof MqlogError) return { error: err };
-    throw err;
   }
 }

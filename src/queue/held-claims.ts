@@ -15,7 +15,7 @@
 import { randomUUID } from 'node:crypto';
 import { MqlogError, isMqlogError } from '../errors.js';
 import { IntervalSet } from '../util/interval-set.js';
-import { ACK_JOURNAL_ROLL_BYTES, AckJournal, newAckJournalId, type JournalAck } from './ack-journal.js';
+import { AckWriter, groupInto, runsOf } from './ack-writer.js';
 import type { MessageMeta } from './codec.js';
 import type { ConsumerJournal } from './consumer-journal.js';
 import { leaseExpired, type ConsumerState, type StateRecord } from './consumer-state.js';
@@ -39,30 +39,17 @@ interface SharedItem {
   readonly lazy: boolean;
 }
 
-/** Acks written together: one write and one fdatasync per ack journal; `written` has the clock read after. */
-interface AckBatch {
-  readonly items: ClaimDelivery[];
-  readonly written: Promise<number>;
-}
-
 export class HeldClaims {
   private readonly options: HeldClaimsOptions;
   private readonly claims = new Map<string, HeldClaim>();
   private shared: SharedItem[] = [];
   private flushing: Promise<void> | undefined;
-  /** The batch acks join now (written once the previous one is, and the event loop turned). */
-  private ackBatch: AckBatch | undefined;
-  /** The batch being written. */
-  private ackWriting: Promise<number> | undefined;
-  /** Open ack journals by id: the current one (for new claims) and older ones claims in force still name. */
-  private readonly writers = new Map<string, AckJournal>();
-  private currentId = newAckJournalId();
-  /** A claim named the current journal (so it is registered, until a `K` removes it). */
-  private currentUsed = false;
+  private readonly acks: AckWriter;
   private closed = false;
 
   constructor(options: HeldClaimsOptions) {
     this.options = options;
+    this.acks = new AckWriter(options.journal, options.now);
     options.journal.addListener((record) => this.onRecord(record));
   }
 
@@ -81,18 +68,12 @@ export class HeldClaims {
    * past its size, or was removed (`K`) while this consumer held no claim.
    */
   journalForClaims(state: ConsumerState): string {
-    const current = this.writers.get(this.currentId);
-    if ((this.currentUsed && !state.journals.has(this.currentId)) || (current !== undefined && current.bytes > ACK_JOURNAL_ROLL_BYTES)) {
-      this.currentId = newAckJournalId();
-      this.currentUsed = false;
-    }
-    this.currentUsed = true;
-    return this.currentId;
+    return this.acks.journalForClaims(state);
   }
 
   /** Journals of this consumer that claims may still name (not to be removed by a takeover). */
   ownsJournal(id: string): boolean {
-    return id === this.currentId || this.writers.has(id);
+    return this.acks.owns(id);
   }
 
   adopt(claim: HeldClaim): void {
@@ -115,22 +96,13 @@ export class HeldClaims {
         errors.push(err);
       }
     }
-    const removed: string[] = [];
-    for (const id of this.writers.keys()) {
-      if (id === this.currentId || state.claimsIn(id) > 0 || [...this.claims.values()].some((c) => c.journal === id)) continue;
-      records.push({ k: 'K', j: id });
-      removed.push(id);
-    }
+    const retired = this.acks.retired(state, this.claims.values());
+    records.push(...retired.records);
     return {
       records,
       finish: (err?: unknown) => {
         items.forEach((item, i) => item.done(err ?? errors[i]));
-        if (err !== undefined) return;
-        for (const id of removed) {
-          const writer = this.writers.get(id);
-          this.writers.delete(id);
-          writer?.close().catch(() => undefined);
-        }
+        if (err === undefined) retired.removed();
       },
     };
   }
@@ -170,7 +142,9 @@ export class HeldClaims {
     try {
       if (delivery.receipt === true) await this.options.onProcessed?.(delivery.meta());
       if (!claim.lost && this.options.now() < claim.until) {
-        if (!(await this.queueAck(delivery))) await this.slowAck(delivery, true);
+        // Durable before the claim lapsed: any takeover reads the journal after that, and finds it.
+        const checkedAt = await this.acks.write(delivery);
+        if (claim.lost || checkedAt >= claim.until) await this.slowAck(delivery, true);
       } else {
         // Lapsed or taken over: the state decides.
         await this.slowAck(delivery, false);
@@ -269,61 +243,19 @@ export class HeldClaims {
 
   async close(): Promise<void> {
     this.closed = true;
-    while (this.ackBatch !== undefined || this.ackWriting !== undefined) {
-      const writing = this.ackBatch?.written ?? this.ackWriting;
-      await writing?.catch(() => undefined);
-      if (this.ackBatch === undefined && this.ackWriting === writing) break;
-    }
+    await this.acks.drain();
     await this.flush(true).catch(() => undefined);
     // Ack journals no claim in force names any more go (`K` in a transaction of their own).
-    if (this.claims.size === 0 && this.writers.size > 0) {
-      this.currentId = newAckJournalId();
-      await this.options.journal.transact(async (state) => {
-        const { records, finish } = await this.collect(state);
-        return { records, result: finish };
-      }).then((finish) => finish(), () => undefined);
+    if (this.claims.size === 0 && this.acks.hasJournals) {
+      this.acks.retireCurrent();
+      await this.options.journal
+        .transact(async (state) => {
+          const { records, finish } = await this.collect(state);
+          return { records, result: finish };
+        })
+        .then((finish) => finish(), () => undefined);
     }
-    for (const writer of this.writers.values()) await writer.close();
-    this.writers.clear();
-  }
-
-  /** Queues an ack for the ack journal; true once durable while the claim held, false when it must be checked. */
-  private async queueAck(delivery: ClaimDelivery): Promise<boolean> {
-    let batch = this.ackBatch;
-    if (batch === undefined) {
-      // Acks made in the same turn of the event loop share the write and fdatasync, and so do those made
-      // while one is under way (group commit): one promise for all of a batch.
-      const items: ClaimDelivery[] = [];
-      batch = { items, written: this.afterPrevious().then(() => this.writeAcks(items)) };
-      this.ackBatch = batch;
-    }
-    batch.items.push(delivery);
-    const checkedAt = await batch.written;
-    // Durable before the claim lapsed: any takeover reads the journal after that, and finds them.
-    return !delivery.claim.lost && checkedAt < delivery.claim.until;
-  }
-
-  /** Resolves when the batch before the current one is written and the event loop has turned once. */
-  private async afterPrevious(): Promise<void> {
-    const previous = this.ackWriting;
-    await new Promise<void>((go) => setImmediate(go));
-    await previous?.catch(() => undefined);
-  }
-
-  /** Writes a batch of acks (and the claims they need durable); resolves with the clock read after. */
-  private writeAcks(items: readonly ClaimDelivery[]): Promise<number> {
-    // The batch is closed: acks from now on form the next one.
-    if (this.ackBatch?.items === items) this.ackBatch = undefined;
-    const written = (async () => {
-      const byJournal = new Map<string, ClaimDelivery[]>();
-      for (const d of items) groupInto(byJournal, d.claim.journal, d);
-      // A claim must not be lost in a power cut its acks survive: its record is durable before they count.
-      const claims = new Set<Promise<void> | undefined>(items.map((d) => d.claim.durable));
-      await Promise.all([...[...byJournal].map(([id, batch]) => this.writer(id).append(acksOf(batch))), ...[...claims].map((durable) => durable ?? this.options.journal.sync())]);
-      return this.options.now();
-    })();
-    this.ackWriting = written;
-    return written;
+    await this.acks.close();
   }
 
   /**
@@ -382,15 +314,6 @@ export class HeldClaims {
     finish?.();
   }
 
-  private writer(id: string): AckJournal {
-    let writer = this.writers.get(id);
-    if (writer === undefined) {
-      writer = new AckJournal(this.options.journal.dir, id);
-      this.writers.set(id, writer);
-    }
-    return writer;
-  }
-
   /** A delivery reached `state`; its claim is settled once none of its members is left open. */
   private settleMember(delivery: ClaimDelivery, state: ClaimDelivery['state']): void {
     const wasOpen = isOpen(delivery.state);
@@ -438,32 +361,4 @@ function checkHeld(state: ConsumerState, claim: HeldClaim, offset?: number): voi
   const done = state.doneKind(claim.stream, at);
   if (done === 'acked' && offset !== undefined) throw new MqlogError('ERR_ALREADY_ACKED', `message ${claim.stream}@${at} was already acknowledged`, { details: { stream: claim.stream, offset: at } });
   throw leaseExpired(claim.stream, at, done);
-}
-
-/** The acks of deliveries as runs of consecutive offsets per claim. */
-function acksOf(deliveries: readonly ClaimDelivery[]): JournalAck[] {
-  const byClaim = new Map<HeldClaim, number[]>();
-  for (const d of deliveries) groupInto(byClaim, d.claim, d.offset);
-  const acks: JournalAck[] = [];
-  for (const [claim, offsets] of byClaim) for (const [from, to] of runsOf(offsets)) acks.push({ token: claim.token, stream: claim.stream, from, to });
-  return acks;
-}
-
-/** Adds `value` to the group of `key`. */
-function groupInto<K, V>(groups: Map<K, V[]>, key: K, value: V): void {
-  const group = groups.get(key);
-  if (group === undefined) groups.set(key, [value]);
-  else group.push(value);
-}
-
-/** Sorted runs [from, to) of the given offsets. */
-function runsOf(offsets: readonly number[]): [number, number][] {
-  const sorted = [...offsets].sort((a, b) => a - b);
-  const runs: [number, number][] = [];
-  for (const offset of sorted) {
-    const last = runs[runs.length - 1];
-    if (last !== undefined && last[1] === offset) last[1] = offset + 1;
-    else if (last === undefined || last[1] < offset) runs.push([offset, offset + 1]);
-  }
-  return runs;
 }
