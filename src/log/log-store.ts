@@ -87,6 +87,12 @@ export interface ReaderOptions {
    * be reused by another frame.
    */
   readonly durable?: boolean;
+  /**
+   * Frames may be views into the reader's read blocks rather than copies (a block is never reused once
+   * a frame came from it). For callers that let go of frames soon: a frame kept long keeps its block
+   * (up to 256 KiB) in memory.
+   */
+  readonly lend?: boolean;
 }
 
 /** Sequential reading of one stream; pulls what is stored now and remembers where it stopped. */

@@ -11,7 +11,7 @@
 import { basename } from 'node:path';
 import { MqlogError, isMqlogError } from '../errors.js';
 import type { FrameHint, LogReader, ReadLimits, ReaderOptions, StoredFrame, StreamPosition, StreamRead } from './log-store.js';
-import { SegmentReader, corrupt, storedFrame } from './segment.js';
+import { SegmentReader, corrupt, storedFrame, type SegmentReaderOptions } from './segment.js';
 import { SegmentSet, type SegmentInfo } from './segment-set.js';
 
 export class StreamReader implements LogReader {
@@ -25,6 +25,7 @@ export class StreamReader implements LogReader {
   /** Corruption met after some frames were already collected: thrown by the next read(). */
   private deferredError: Error | undefined;
   private readonly skipTypes: ReadonlySet<number> | undefined;
+  private readonly lend: boolean;
   private readonly durable: boolean;
 
   /** Reads the stream in directory `dir` from `from`. */
@@ -34,6 +35,7 @@ export class StreamReader implements LogReader {
     this.next = from.offset;
     this.hint = from.hint;
     this.skipTypes = options.skipTypes;
+    this.lend = options.lend === true;
     this.durable = options.durable === true;
   }
 
@@ -164,7 +166,7 @@ export class StreamReader implements LogReader {
   private async openAt(segment: SegmentInfo): Promise<SegmentReader> {
     const hint = this.hint;
     if (hint !== undefined && hint.segment === segment.baseOffset && hint.offset < this.next) {
-      const reader = await SegmentReader.open(segment.path, { position: hint.position, ...(this.skipTypes === undefined ? {} : { skipTypes: this.skipTypes }) });
+      const reader = await SegmentReader.open(segment.path, { ...this.segmentOptions(), position: hint.position });
       try {
         const step = await reader.next();
         if ((step.kind === 'frame' && step.frame.offset === hint.offset) || (step.kind === 'skipped' && step.offset === hint.offset)) return reader;
@@ -177,7 +179,11 @@ export class StreamReader implements LogReader {
       // The segment was rewritten since the hint was taken: scan it from the start instead.
       await reader.close();
     }
-    return SegmentReader.open(segment.path, this.skipTypes === undefined ? {} : { skipTypes: this.skipTypes });
+    return SegmentReader.open(segment.path, this.segmentOptions());
+  }
+
+  private segmentOptions(): SegmentReaderOptions {
+    return { ...(this.skipTypes === undefined ? {} : { skipTypes: this.skipTypes }), lend: this.lend };
   }
 }
 

@@ -43,7 +43,7 @@ class FollowedQueue {
     for (const { name } of await this.store.streams(this.info.queue)) {
       let reader = this.readers.get(name);
       if (reader === undefined) {
-        reader = this.store.reader(this.info.queue, name, { offset: 0 }, { skipTypes: CHUNKS });
+        reader = this.store.reader(this.info.queue, name, { offset: 0 }, { skipTypes: CHUNKS, lend: true });
         this.readers.set(name, reader);
       }
       for (;;) {

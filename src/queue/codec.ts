@@ -11,6 +11,7 @@
 import { Packr } from 'msgpackr';
 import { MqlogError } from '../errors.js';
 import { isId } from '../util/ids.js';
+import { MsgpackCursor } from './msgpack-cursor.js';
 
 export const MIN_PRIORITY = 0;
 export const MAX_PRIORITY = 9;
@@ -171,6 +172,51 @@ export function decodeMeta(payload: Buffer): { meta: MessageMeta; bodyStart: num
     throw invalid('meta is not valid msgpack', err);
   }
   return { meta: validateMeta(raw), bodyStart: 4 + metaBytes };
+}
+
+const [TS_KEY, CHANNEL_KEY, TO_KEY, EXPIRES_KEY, KIND_KEY] = [KEYS.ts, KEYS.channel, KEYS.to, KEYS.expiresAt, KEYS.kind].map((k) => k.charCodeAt(0));
+
+/** What a counter of the outbox needs of a message: read without decoding the rest of its fields. */
+export interface MessageRouting {
+  readonly ts: number;
+  readonly channel: string;
+  readonly to: readonly string[];
+  readonly expiresAt?: number | undefined;
+  readonly kind?: string | undefined;
+}
+
+/**
+ * The routing fields of a MESSAGE payload (`t`, `c`, `d`, `x`, `k`), read straight from the msgpack map;
+ * every other field is passed over by its length, not decoded or checked (decodeMeta checks a whole
+ * message). For counting a queue, where a message is read only to know where it goes.
+ * @throws ERR_INVALID_MESSAGE when the map cannot be read or a routing field has the wrong type.
+ */
+export function decodeRouting(payload: Buffer): MessageRouting {
+  if (payload.length < 4) throw invalid('payload shorter than its length prefix');
+  const metaBytes = payload.readUInt32LE(0);
+  if (metaBytes > MAX_META_BYTES || 4 + metaBytes > payload.length) throw invalid(`meta length ${metaBytes} out of range`);
+  const reader = new MsgpackCursor(payload, 4, 4 + metaBytes);
+  let ts: unknown;
+  let channel: unknown;
+  let to: unknown;
+  let expiresAt: unknown;
+  let kind: unknown;
+  for (let entries = reader.mapHeader(); entries > 0; entries--) {
+    // Keys are one character (spec/log-format.md §8.1): compared by their code, no string made.
+    const key = reader.keyCode();
+    if (key === TS_KEY) ts = reader.value();
+    else if (key === CHANNEL_KEY) channel = reader.value();
+    else if (key === TO_KEY) to = reader.value();
+    else if (key === EXPIRES_KEY) expiresAt = reader.value();
+    else if (key === KIND_KEY) kind = reader.value();
+    else reader.skip();
+  }
+  if (!isTime(ts)) throw invalid('ts is not a timestamp');
+  if (typeof channel !== 'string') throw invalid('channel is not a string');
+  if (!Array.isArray(to) || !to.every((d) => typeof d === 'string')) throw invalid('to is not a list of names');
+  if (expiresAt !== undefined && !isTime(expiresAt)) throw invalid('expiresAt is not a timestamp');
+  if (kind !== undefined && typeof kind !== 'string') throw invalid('kind is not a string');
+  return { ts, channel, to: to, expiresAt, kind };
 }
 
 export function decodeMessage(payload: Buffer): MessageRecord {

@@ -16,7 +16,7 @@
  */
 import { FrameType } from '../log/frame.js';
 import type { LogReader, LogStore } from '../log/log-store.js';
-import { decodeMeta, type MessageMeta } from './codec.js';
+import { decodeRouting, type MessageRouting } from './codec.js';
 import type { OutboxState } from './outbox-state.js';
 
 const READ = { maxFrames: 1024, maxBytes: 8 * 1024 * 1024 };
@@ -24,7 +24,7 @@ const CHUNKS: ReadonlySet<number> = new Set([FrameType.BODY_CHUNK]);
 
 export interface BacklogEvents {
   /** An application message sent since this object started (receipts do not count). */
-  appended?(meta: MessageMeta): void;
+  appended?(meta: MessageRouting): void;
   /** A destination's backlog changed. */
   changed?(destination: string, backlog: number): void;
 }
@@ -161,7 +161,7 @@ export class OutboxBacklog {
       let reader = this.readers.get(name);
       if (reader === undefined) {
         const from = first ? this.state.lowestOffset(name, destinations) : 0;
-        reader = this.store.reader(this.queue, name, { offset: from }, { skipTypes: CHUNKS });
+        reader = this.store.reader(this.queue, name, { offset: from }, { skipTypes: CHUNKS, lend: true });
         this.startedFrom.set(name, from);
         this.countedTo.set(name, from);
         this.readers.set(name, reader);
@@ -171,9 +171,9 @@ export class OutboxBacklog {
         for (const frame of read.frames) {
           this.countedTo.set(name, frame.offset + 1);
           if (frame.type !== FrameType.MESSAGE) continue;
-          let meta: MessageMeta;
+          let meta: MessageRouting;
           try {
-            meta = decodeMeta(frame.payload).meta;
+            meta = decodeRouting(frame.payload);
           } catch {
             continue;
           }
