@@ -70,6 +70,11 @@ export class StreamWriter {
   private offset: number;
   /** Frames were written since the last SYNC frame that states the whole segment. */
   private unmarked = false;
+  /**
+   * A SYNC frame stating `dataEnd` ends the data (written after the last run's fsync): the next run
+   * needs no opening mark.
+   */
+  private markedEnd = false;
   private queue: (PendingAppend | PendingRoll)[] = [];
   private flushing: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
@@ -167,7 +172,8 @@ export class StreamWriter {
       this.handle = undefined;
       if (handle === undefined) return;
       try {
-        let changed = this.allocatedEnd > this.dataEnd;
+        // A closing mark written after the last run's fsync is fsync'd now, as a clean close's mark is.
+        let changed = this.allocatedEnd > this.dataEnd || this.markedEnd;
         if (this.unmarked && this.dataEnd + SYNC_FRAME_BYTES <= this.segmentBytes) {
           // Everything before this mark is fsync'd: a later reader can tell damage here from a torn write.
           // Best effort: without room for it (a full disk), the segment is as valid without it.
@@ -228,8 +234,9 @@ export class StreamWriter {
         return;
       }
       // The run opens with a SYNC frame stating that everything before it is fsync'd (at the start of a
-      // segment there is nothing to state). Then frames while they fit in this segment (always at least one).
-      const sync = this.dataEnd > 0 ? encodeSyncFrame(this.offset, this.dataEnd) : undefined;
+      // segment there is nothing to state, and after the previous run's closing mark nothing new). Then
+      // frames while they fit in this segment (always at least one).
+      const sync = this.dataEnd > 0 && !this.markedEnd ? encodeSyncFrame(this.offset, this.dataEnd) : undefined;
       const run: { pending: PendingAppend; header: Buffer; result: AppendResult }[] = [];
       let position = this.dataEnd + (sync?.length ?? 0);
       let offset = this.offset;
@@ -268,10 +275,33 @@ export class StreamWriter {
       this.dataEnd = position;
       this.offset = offset;
       this.unmarked = true;
+      this.markedEnd = false;
       this.onFlush?.(run.length, runBytes, performance.now() - started);
+      await this.markSynced(handle);
       for (const r of run) r.pending.resolve(r.result);
     }
     this.armIdleRoll();
+  }
+
+  /**
+   * After a run's fsync: a SYNC frame stating the new end of data, so that followers (in any process)
+   * see that the run is durable without an fsync of their own (spec/log-format.md §3.3). It is the next
+   * run's opening mark, written early; not fsync'd itself (the next run's fsync covers it). Best
+   * effort: without it (no room, a full disk) the next run opens with the mark as before.
+   */
+  private async markSynced(handle: FileHandle): Promise<void> {
+    // Room for it and for what the segment keeps for its closing mark after the next frame (handleFor).
+    if (this.dataEnd + 2 * SYNC_FRAME_BYTES > this.segmentBytes) return;
+    try {
+      await writeAll(handle, [encodeSyncFrame(this.offset, this.dataEnd)], this.dataEnd);
+    } catch {
+      // Whatever part of it reached the file lies past the end of data: the next run writes over it.
+      return;
+    }
+    this.dataEnd += SYNC_FRAME_BYTES;
+    this.allocatedEnd = Math.max(this.allocatedEnd, this.dataEnd);
+    this.markedEnd = true;
+    this.unmarked = false;
   }
 
   /** (Re)starts the idle clock after a write: it rolls the segment when nothing follows in time. */
