@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { MqlogError, isMqlogError } from '../errors.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { FRAME_HEADER_BYTES, payloadLength, type Payload } from './frame.js';
-import type { AppendResult, LogWriter, WriterOptions } from './log-store.js';
+import type { AppendResult, FrameToAppend, LogWriter, WriterOptions } from './log-store.js';
 import type { SlotWriter } from './slot-writer.js';
 
 /** Marker of a writer slot whose stream is corrupt where it must be appended to: later writers skip it. */
@@ -46,14 +46,24 @@ export class FailoverWriter implements LogWriter {
   }
 
   append(key: string, type: number, payload: Payload): Promise<AppendResult> {
+    return this.underLimit(FRAME_HEADER_BYTES + payloadLength(payload), key, (writer) => writer.append(key, type, payload));
+  }
+
+  appendMany(key: string, frames: readonly FrameToAppend[]): Promise<AppendResult[]> {
+    let bytes = 0;
+    for (const frame of frames) bytes += FRAME_HEADER_BYTES + payloadLength(frame.payload);
+    return this.underLimit(bytes, key, (writer) => writer.appendMany(key, frames));
+  }
+
+  /** Runs an append of `bytes` under the queue's size limit (when it has one). */
+  private underLimit<T>(bytes: number, key: string, append: (writer: SlotWriter) => Promise<T>): Promise<T> {
     const maxBytes = this.options.maxBytes;
-    if (maxBytes === undefined || maxBytes === null) return this.appendNow(key, type, payload);
-    const bytes = FRAME_HEADER_BYTES + payloadLength(payload);
-    const admit = (): Promise<AppendResult> => {
+    if (maxBytes === undefined || maxBytes === null) return this.appendNow(key, append);
+    const admit = (): Promise<T> => {
       // Measured size, plus this writer's appends since, plus those admitted but not yet written.
       if ((this.size ?? 0) + this.admitted + bytes > maxBytes) return Promise.reject(queueFull(this.deps.dir, maxBytes));
       this.admitted += bytes;
-      return this.appendNow(key, type, payload).finally(() => {
+      return this.appendNow(key, append).finally(() => {
         this.admitted -= bytes;
         this.size = (this.size ?? 0) + bytes;
       });
@@ -84,9 +94,10 @@ export class FailoverWriter implements LogWriter {
     await this.measuring;
   }
 
-  private appendNow(key: string, type: number, payload: Payload): Promise<AppendResult> {
+  private appendNow<T>(key: string, append: (writer: SlotWriter) => Promise<T>): Promise<T> {
     const writer = this.current;
-    return writer.append(key, type, payload).catch(async (err: unknown) => {
+    // A stream that cannot be opened stores nothing: the whole append goes to the next slot.
+    return append(writer).catch(async (err: unknown) => {
       if (!isMqlogError(err, 'ERR_CORRUPT_FRAME') || !writer.brokenKeys.has(key)) throw err;
       if (this.current === writer) {
         this.replacing ??= (async () => {
@@ -97,7 +108,7 @@ export class FailoverWriter implements LogWriter {
         })().finally(() => (this.replacing = undefined));
       }
       await this.replacing;
-      return this.current.append(key, type, payload);
+      return append(this.current);
     });
   }
 }

@@ -11,10 +11,10 @@
  * new segment is fsync'd.
  */
 import type { FileHandle } from 'node:fs/promises';
-import { MqlogError, ioError } from '../errors.js';
+import { MqlogError, ioError, withDetails } from '../errors.js';
 import { basename } from 'node:path';
 import { FRAME_HEADER_BYTES, SYNC_PAYLOAD_BYTES, encodeFrameHeader, encodeSyncFrame, payloadLength, type Payload } from './frame.js';
-import { DEFAULT_ROLL_IDLE_MS, type AppendResult, type TruncatedTail } from './log-store.js';
+import { DEFAULT_ROLL_IDLE_MS, type AppendResult, type FrameToAppend, type TruncatedTail } from './log-store.js';
 import { recoverStream } from './recovery.js';
 import { SegmentSet } from './segment-set.js';
 
@@ -147,6 +147,39 @@ export class StreamWriter {
     if (this.closing !== undefined) return Promise.reject(new MqlogError('ERR_CLOSED', 'stream writer is closed'));
     return new Promise<AppendResult>((resolve, reject) => {
       this.queue.push({ type, payload, bytes: FRAME_HEADER_BYTES + payloadLength(payload), resolve, reject });
+      this.flushing ??= this.flushLoop();
+    });
+  }
+
+  /**
+   * Appends frames in order, as one group commit where they fit; resolves with their results once all
+   * are on disk. One promise for the group, whatever its size.
+   * @throws as append(), with `details.stored`: how many of the first frames were stored before the failure.
+   */
+  appendMany(frames: readonly FrameToAppend[]): Promise<AppendResult[]> {
+    if (this.closing !== undefined) return Promise.reject(new MqlogError('ERR_CLOSED', 'stream writer is closed'));
+    if (frames.length === 0) return Promise.resolve([]);
+    return new Promise<AppendResult[]>((resolve, reject) => {
+      const results: AppendResult[] = new Array<AppendResult>(frames.length);
+      let left = frames.length;
+      let failed = false;
+      frames.forEach(({ type, payload }, i) => {
+        this.queue.push({
+          type,
+          payload,
+          bytes: FRAME_HEADER_BYTES + payloadLength(payload),
+          resolve: (result) => {
+            results[i] = result;
+            if (--left === 0 && !failed) resolve(results);
+          },
+          reject: (err) => {
+            if (failed) return;
+            failed = true;
+            // The frames of a group before this one were stored (written in order: a failure fails every frame after it).
+            reject(withDetails(err, { stored: i }));
+          },
+        });
+      });
       this.flushing ??= this.flushLoop();
     });
   }

@@ -145,6 +145,56 @@ export function encodeMeta(meta: MessageMeta): Buffer {
   return packr.pack(map);
 }
 
+/**
+ * The payload of a message's inbox copy made from the payload it arrived with: its fields with `from`
+ * and `origin` set (replacing any the sender put there) and every other field and the body as they came,
+ * byte for byte — no decoding into an object and no encoding of the whole map again. The caller has
+ * checked the payload with decodeMeta.
+ * @throws ERR_INVALID_MESSAGE when the map cannot be read.
+ */
+export function inboxCopyPayload(payload: Buffer, from: string, origin: Origin): Buffer[] {
+  const metaBytes = payload.readUInt32LE(0);
+  const cursor = new MsgpackCursor(payload, 4, 4 + metaBytes);
+  const count = cursor.mapHeader();
+  // Runs of entries kept as they are, with the set fields left out.
+  const kept: Buffer[] = [];
+  let runStart = cursor.position;
+  let entries = 0;
+  for (let i = 0; i < count; i++) {
+    const entryStart = cursor.position;
+    const key = cursor.keyCode();
+    cursor.skip();
+    if (key !== FROM_KEY && key !== ORIGIN_KEY) {
+      entries++;
+      continue;
+    }
+    if (entryStart > runStart) kept.push(payload.subarray(runStart, entryStart));
+    runStart = cursor.position;
+  }
+  if (cursor.position > runStart) kept.push(payload.subarray(runStart, cursor.position));
+  // The two set fields, as a map of two whose header is dropped (they join the entries above).
+  const set = packr.pack({ [KEYS.from]: from, [KEYS.origin]: encodeOrigin(origin) });
+  const header = mapHeader(entries + 2);
+  const length = header.length + kept.reduce((n, b) => n + b.length, 0) + set.length - 1;
+  const prefix = Buffer.allocUnsafe(4);
+  prefix.writeUInt32LE(length, 0);
+  return [prefix, header, ...kept, set.subarray(1), payload.subarray(4 + metaBytes)];
+}
+
+/** A msgpack map header for `entries` entries. */
+function mapHeader(entries: number): Buffer {
+  if (entries < 16) return Buffer.from([0x80 | entries]);
+  const header = Buffer.allocUnsafe(entries < 0x10000 ? 3 : 5);
+  if (entries < 0x10000) {
+    header[0] = 0xde;
+    header.writeUInt16BE(entries, 1);
+  } else {
+    header[0] = 0xdf;
+    header.writeUInt32BE(entries, 1);
+  }
+  return header;
+}
+
 /** The payload of a MESSAGE frame. */
 export function encodeMessage(meta: MessageMeta, body: Uint8Array): Buffer[] {
   const metaBytes = encodeMeta(meta);
@@ -174,7 +224,7 @@ export function decodeMeta(payload: Buffer): { meta: MessageMeta; bodyStart: num
   return { meta: validateMeta(raw), bodyStart: 4 + metaBytes };
 }
 
-const [TS_KEY, CHANNEL_KEY, TO_KEY, EXPIRES_KEY, KIND_KEY] = [KEYS.ts, KEYS.channel, KEYS.to, KEYS.expiresAt, KEYS.kind].map((k) => k.charCodeAt(0));
+const [TS_KEY, CHANNEL_KEY, TO_KEY, EXPIRES_KEY, KIND_KEY, FROM_KEY, ORIGIN_KEY] = [KEYS.ts, KEYS.channel, KEYS.to, KEYS.expiresAt, KEYS.kind, KEYS.from, KEYS.origin].map((k) => k.charCodeAt(0));
 
 /** What a counter of the outbox needs of a message: read without decoding the rest of its fields. */
 export interface MessageRouting {

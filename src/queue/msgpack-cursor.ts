@@ -25,6 +25,11 @@ export class MsgpackCursor {
     this.at = start;
   }
 
+  /** Where the next read starts. */
+  get position(): number {
+    return this.at;
+  }
+
   private need(n: number): void {
     if (this.at + n > this.end) throw malformed('meta is not valid msgpack (cut short)');
   }

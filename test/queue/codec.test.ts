@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Packr } from 'msgpackr';
 import fc from 'fast-check';
-import { decodeMessage, decodeMeta, decodeRouting, encodeMessagePayload, type MessageMeta } from '../../src/queue/codec.js';
+import { decodeMessage, decodeMeta, decodeRouting, encodeMessagePayload, inboxCopyPayload, type MessageMeta } from '../../src/queue/codec.js';
 import { newId } from '../../src/util/ids.js';
 
 const meta: MessageMeta = {
@@ -114,4 +114,30 @@ test('routing fields of a damaged map are ERR_INVALID_MESSAGE, never a read past
       assert.equal((err as { code?: string }).code, 'ERR_INVALID_MESSAGE', `flip ${i}: ${String(err)}`);
     }
   }
+});
+
+test('an inbox copy made from the payload as it came has the set sender and origin, every other field and the body unchanged', () => {
+  fc.assert(
+    fc.property(
+      fc.record({
+        from: fc.string({ maxLength: 40 }).filter((f) => !/[\uD800-\uDFFF]/.test(f)),
+        node: fc.string({ minLength: 1, maxLength: 36 }).filter((n) => !/[\uD800-\uDFFF]/.test(n)),
+        offset: fc.integer({ min: 0, max: 2 ** 53 - 1 }),
+        destination: fc.option(fc.constantFrom('b', 'http://127.0.0.1:9/x'), { nil: undefined }),
+        withOrigin: fc.boolean(),
+        headers: fc.dictionary(fc.string({ minLength: 1, maxLength: 8 }).filter((k) => !/[\uD800-\uDFFF]/.test(k)), fc.string({ maxLength: 50 }).filter((v) => !/[\uD800-\uDFFF]/.test(v)), { maxKeys: 20 }),
+        body: fc.uint8Array({ maxLength: 300 }),
+      }),
+      ({ from, node, offset, destination, withOrigin, headers, body }) => {
+        const sent: MessageMeta = { ...meta, headers: { ...headers }, origin: withOrigin ? meta.origin : undefined };
+        const origin = { node, stream: 'p4.w0', offset, ...(destination === undefined ? {} : { destination }) };
+        const copy = Buffer.concat(inboxCopyPayload(encodeMessagePayload(sent, body), from, origin));
+        const decoded = decodeMessage(copy);
+        const defined = (o: object): object => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
+        assert.deepEqual(defined({ ...decoded, body: undefined }), defined({ ...sent, headers: Object.keys(headers).length > 0 ? { ...headers } : undefined, from, origin }));
+        assert.deepEqual(decoded.body, Buffer.from(body));
+      },
+    ),
+    { numRuns: 300 },
+  );
 });
