@@ -81,6 +81,8 @@ export interface SegmentReaderOptions {
 }
 
 const DEFAULT_BUFFER_BYTES = 256 * 1024;
+/** The least a follower reads at the end of an open segment's data (see SegmentReader.tailAt). */
+const MIN_TAIL_READ_BYTES = 16 * 1024;
 /** Pause before re-reading a spot that looked corrupt (a concurrent write finishes well within it). */
 const RECHECK_DELAY_MS = 20;
 const ZERO_SCAN_BYTES = 64 * 1024;
@@ -113,6 +115,13 @@ export class SegmentReader {
    * follower looks at the end of an open segment on every read, and 1 MiB of zeros may be reserved there).
    */
   private zerosChecked: { readonly from: number; readonly size: number } | undefined;
+  /**
+   * Where the data of an open segment ended (zeros reserved after it) when last looked at. A follower
+   * reads on from there each time it is woken: that read asks for about as much as was appended lately
+   * (`tailReadBytes`), not for a whole block, most of which would be the reserved zeros.
+   */
+  private tailAt: number | undefined;
+  private tailReadBytes = MIN_TAIL_READ_BYTES;
   /** Set when the last read of the buffer came back short: the file ended there at that moment. */
   private bufferReachesEof = false;
   private closed = false;
@@ -149,6 +158,16 @@ export class SegmentReader {
     this.bufferStart = position;
     this.bufferLength = 0;
     this.bufferReachesEof = false;
+    this.tailAt = position;
+  }
+
+  /**
+   * Moves the reader back to `position`, the start of a frame it returned: read again from the buffer
+   * when it still holds it (a frame's bytes never change once written), else from the file.
+   */
+  rewind(position: number): void {
+    if (position >= this.bufferStart && position <= this.position) this.position = position;
+    else this.seek(position);
   }
 
   /** Byte position of the next frame to read. */
@@ -291,6 +310,7 @@ export class SegmentReader {
   /** Forgets buffered bytes past the end of data: a writer may fill them in before the next call. */
   private atEnd<T extends ReadStep | undefined>(step: T): T {
     this.bufferLength = Math.max(0, this.position - this.bufferStart);
+    this.tailAt = step?.kind === 'end' && step.zeroTail === true ? step.position : undefined;
     return step;
   }
 
@@ -327,9 +347,18 @@ export class SegmentReader {
     }
     this.bufferReachesEof = false;
     while (this.bufferLength - local < wanted) {
-      const asked = this.buffer.length - this.bufferLength;
-      const { bytesRead } = await this.readAt(this.buffer, this.bufferLength, asked, this.bufferStart + this.bufferLength);
+      const at = this.bufferStart + this.bufferLength;
+      const tail = at === this.tailAt;
+      const room = this.buffer.length - this.bufferLength;
+      const asked = tail ? Math.min(room, Math.max(wanted - (this.bufferLength - local), this.tailReadBytes)) : room;
+      const { bytesRead } = await this.readAt(this.buffer, this.bufferLength, asked, at);
       this.bufferLength += bytesRead;
+      if (tail) {
+        this.tailAt = undefined;
+        // Data up to the end of what was read: more was appended than asked for; ask for more next time.
+        const full = bytesRead === asked && this.buffer[this.bufferLength - 1] !== 0;
+        this.tailReadBytes = full ? Math.min(this.blockBytes, 2 * this.tailReadBytes) : Math.max(MIN_TAIL_READ_BYTES, this.tailReadBytes / 2);
+      }
       if (bytesRead < asked) {
         this.bufferReachesEof = true;
         break;

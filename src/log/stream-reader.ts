@@ -111,7 +111,7 @@ export class StreamReader implements LogReader {
     const last = covered > 0 ? (frames[covered - 1] as StoredFrame) : undefined;
     this.next = first.offset;
     this.hint = last === undefined ? before.hint : { segment: last.segment, position: last.position, offset: last.offset };
-    this.reader?.seek(first.position);
+    this.reader?.rewind(first.position);
     // What is returned is covered.
     this.returnedEnd = undefined;
     return { frames: frames.slice(0, covered), state: read.state === 'more' && covered > 0 ? 'more' : 'end' };
