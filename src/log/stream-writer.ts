@@ -264,6 +264,7 @@ export class StreamWriter {
         handle = await this.handleFor(batch[index]?.bytes ?? 0);
       } catch (err) {
         failAll(batch.slice(index), err);
+        this.failQueued(err);
         return;
       }
       // The run opens with a SYNC frame stating that everything before it is fsync'd (at the start of a
@@ -303,6 +304,7 @@ export class StreamWriter {
       } catch (err) {
         failAll(run.map((r) => r.pending), err);
         failAll(batch.slice(index), err);
+        this.failQueued(err);
         return;
       }
       this.dataEnd = position;
@@ -335,6 +337,15 @@ export class StreamWriter {
     this.allocatedEnd = Math.max(this.allocatedEnd, this.dataEnd);
     this.markedEnd = true;
     this.unmarked = false;
+  }
+
+  /**
+   * After a failed write: every append queued behind it fails too, so that what a writer acknowledges
+   * is always a prefix of the calls made to it (a caller sending in order never sees a later message
+   * stored and an earlier one refused; a full disk fails everything waiting, not one write in two).
+   */
+  private failQueued(err: unknown): void {
+    for (const pending of this.queue.splice(0)) pending.reject(err);
   }
 
   /** (Re)starts the idle clock after a write: it rolls the segment when nothing follows in time. */
