@@ -9,8 +9,8 @@
  *
  * Concurrency contract: batches of one sender may be stored concurrently (a sender keeps several in
  * flight) as long as the ranges they cover differ; a batch that overlaps one still being stored (a retry
- * of it) waits for it, then sees what it stored. Batches with chunks of streamed bodies are stored one
- * after the other per sender stream.
+ * of it) waits for it, then sees what it stored. A batch with a streamed body's message waits for every
+ * batch of its sender stream in flight.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { MqlogError, isMqlogError } from '../errors.js';
@@ -210,10 +210,12 @@ export class Intake {
    */
   private async claimed<T>(batch: IncomingFrames, checked: readonly Checked[], fn: () => Promise<T>): Promise<T> {
     const ranges = new Map<string, { from: number; to: number }>();
-    // Chunks of a streamed body are stored one batch after the other per sender stream, so that each
-    // batch's chunks land one after the other (its body's parts stay few).
-    // A streamed body's message too: it is checked against the chunks stored before it.
-    const whole = checked.some((c) => c.chunk !== undefined || c.message?.streamed !== undefined);
+    // A streamed body's message waits for every batch of its sender stream in flight: it is checked
+    // against the chunks stored before it. Batches of chunks claim their own range only, like any batch:
+    // the next one is checked, hashed and queued for writing while the one before waits for its fsync
+    // (one group commit for both), and their chunks still land in the order the batches came in, since
+    // each batch queues its appends in the same turn it starts storing.
+    const whole = checked.some((c) => c.message?.streamed !== undefined);
     for (const c of checked) {
       if (whole) {
         ranges.set(c.key, { from: 0, to: Number.MAX_SAFE_INTEGER });
