@@ -2,20 +2,25 @@
  * The body of `POST /v1/messages` (spec/http-protocol.md §3): an envelope naming the sender and its
  * streams, then length-prefixed frames exactly as they are on disk.
  *
- *   "MQLB" | u8 version=1 | 3 zero bytes | u32 headerBytes | header (msgpack map) |
+ *   "MQLB" | u8 version=2 | 3 zero bytes | u32 headerBytes | u32 envelopeCrc | header (msgpack map) |
  *   repeated: u16 streamIndex | u32 frameBytes | frameBytes bytes
  *
- * Frames are opaque here; the receiver's sink checks them. The decoder checks every length against the
- * bytes present and against limits before it allocates or copies anything.
+ * `envelopeCrc` covers everything that is not a frame — the first 12 bytes, the header and every record's
+ * 6-byte prefix — so a damaged envelope (another sender, another stream named) is refused before anything
+ * is stored; frames carry CRCs of their own. The decoder checks every length against the bytes present and
+ * against limits before it allocates or copies anything.
  */
 import { Packr } from 'msgpackr';
+import { crc32 } from 'node:zlib';
 import { MqlogError } from '../errors.js';
 import type { OutgoingBatch, ReceivedFrame } from './transport.js';
 
 export const WIRE_MAGIC = 'MQLB';
-export const WIRE_VERSION = 1;
+export const WIRE_VERSION = 2;
 export const CONTENT_TYPE = 'application/x-mqlog-batch';
-const PREFIX_BYTES = 12;
+const PREFIX_BYTES = 16;
+/** The part of the prefix the envelope CRC covers (it does not cover itself). */
+const CHECKED_PREFIX_BYTES = 12;
 const RECORD_PREFIX_BYTES = 6;
 const MAX_HEADER_BYTES = 64 * 1024;
 const MAX_STREAMS = 1024;
@@ -44,14 +49,17 @@ export function encodeBatch(batch: OutgoingBatch): Buffer[] {
   prefix.write(WIRE_MAGIC, 0, 'latin1');
   prefix[4] = WIRE_VERSION;
   prefix.writeUInt32LE(header.length, 8);
+  let crc = crc32(header, crc32(prefix.subarray(0, CHECKED_PREFIX_BYTES)));
   const out: Buffer[] = [prefix, header];
   for (const { stream, frame } of batch.frames) {
-    const parts = Buffer.isBuffer(frame) ? [frame] : (frame);
+    const parts = Buffer.isBuffer(frame) ? [frame] : frame;
     const record = Buffer.allocUnsafe(RECORD_PREFIX_BYTES);
     record.writeUInt16LE(index.get(stream) as number, 0);
     record.writeUInt32LE(parts.reduce((n, p) => n + p.length, 0), 2);
+    crc = crc32(record, crc);
     out.push(record, ...parts);
   }
+  prefix.writeUInt32LE(crc, CHECKED_PREFIX_BYTES);
   return out;
 }
 
@@ -80,6 +88,9 @@ export function decodeBatch(body: Buffer, limits: WireLimits = {}): DecodedBatch
   if (body[5] !== 0 || body[6] !== 0 || body[7] !== 0) throw bad('reserved prefix bytes are not zero');
   const headerBytes = body.readUInt32LE(8);
   if (headerBytes > MAX_HEADER_BYTES || PREFIX_BYTES + headerBytes > body.length) throw bad(`header length ${headerBytes} out of range`);
+  // Checked before the header is trusted: a damaged header could name another sender or stream.
+  const expectedCrc = body.readUInt32LE(CHECKED_PREFIX_BYTES);
+  let crc = crc32(body.subarray(PREFIX_BYTES, PREFIX_BYTES + headerBytes), crc32(body.subarray(0, CHECKED_PREFIX_BYTES)));
   let header: unknown;
   try {
     header = packr.unpack(body.subarray(PREFIX_BYTES, PREFIX_BYTES + headerBytes));
@@ -100,6 +111,7 @@ export function decodeBatch(body: Buffer, limits: WireLimits = {}): DecodedBatch
     const i = frames.length;
     if (i >= maxFrames) throw new MqlogError('ERR_TOO_MANY_FRAMES', `more than ${maxFrames} frames in one request`);
     if (body.length - at < RECORD_PREFIX_BYTES) throw truncated(i, 'record prefix');
+    crc = crc32(body.subarray(at, at + RECORD_PREFIX_BYTES), crc);
     const streamIndex = body.readUInt16LE(at);
     const frameBytes = body.readUInt32LE(at + 2);
     const stream = (streams as string[])[streamIndex];
@@ -113,6 +125,7 @@ export function decodeBatch(body: Buffer, limits: WireLimits = {}): DecodedBatch
     at += frameBytes;
   }
   if (frames.length === 0) throw bad('batch holds no frames');
+  if (crc !== expectedCrc) throw bad(`envelope CRC is ${crc.toString(16).padStart(8, '0')}, the request says ${expectedCrc.toString(16).padStart(8, '0')}: the header or a record prefix is damaged`);
   return { node, name, destination: to, frames, ...(covered === undefined ? {} : { covers: covered }) };
 }
 
