@@ -28,9 +28,10 @@ interface Status {
 
 async function status(dir: string): Promise<Status> {
   const result = await mqlog(['status', '--data', dir, '--json']);
-  assert.equal(result.code, 0, result.stderr);
   const lines = jsonLines<Status>(result.stdout);
   assert.equal(lines.length, 1, `one JSON line: ${result.stdout}`);
+  // The exit code says it too, as LSB init scripts do: 0 running, 3 not running.
+  assert.equal(result.code, lines[0]!.running ? 0 : 3, `${result.stdout}${result.stderr}`);
   return lines[0]!;
 }
 
