@@ -29,6 +29,7 @@ import { IntakeSink } from './receiver.js';
 import { adoptNatsMessage } from './sources.js';
 import { STATUS_PAGE, type StatusSnapshot } from './status-page.js';
 import { createLogger, type Logger } from './logger.js';
+import { maxFrameBytesFor } from '../queue/body.js';
 
 export const DAEMON_LOCK = 'daemon.lock';
 const DEDUP_CHECKPOINT_MS = 1000;
@@ -157,7 +158,7 @@ export class Daemon {
       {
         maxBodyBytes: config.limits.maxBodyBytes,
         maxStreamedBodyBytes: config.limits.maxStreamedBodyBytes,
-        maxFrameBytes: config.limits.maxBodyBytes + 512 * 1024,
+        maxFrameBytes: maxFrameBytesFor(config.limits.maxBodyBytes),
         maxHeaders: config.limits.maxHeaders,
         maxHeaderBytes: config.limits.maxHeaderBytes,
         maxChannelBytes: config.limits.maxChannelBytes,
