@@ -44,7 +44,7 @@ export function encodeBatch(batch: OutgoingBatch): Buffer[] {
     }
   }
   const covers = batch.covers === undefined ? undefined : Object.entries(batch.covers).flatMap(([stream, [from, to]]) => (index.has(stream) ? [[index.get(stream), from, to]] : []));
-  const header = packr.pack({ node: batch.node, name: batch.name, to: batch.destination, streams, ...(covers === undefined ? {} : { covers }) });
+  const header = packr.pack({ node: batch.node, name: batch.name, to: batch.destination, streams, ...(covers === undefined ? {} : { covers }), ...(batch.replyTo === undefined ? {} : { reply: batch.replyTo }) });
   const prefix = Buffer.alloc(PREFIX_BYTES);
   prefix.write(WIRE_MAGIC, 0, 'latin1');
   prefix[4] = WIRE_VERSION;
@@ -69,6 +69,7 @@ export interface DecodedBatch {
   readonly destination: string;
   readonly frames: ReceivedFrame[];
   readonly covers?: Record<string, readonly [number, number]>;
+  readonly replyTo?: string;
 }
 
 /**
@@ -97,10 +98,11 @@ export function decodeBatch(body: Buffer, limits: WireLimits = {}): DecodedBatch
   } catch (err) {
     throw new MqlogError('ERR_BAD_REQUEST', 'batch header is not valid msgpack', { cause: err });
   }
-  const { node, name, to, streams, covers } = (header ?? {}) as { node?: unknown; name?: unknown; to?: unknown; streams?: unknown; covers?: unknown };
+  const { node, name, to, streams, covers, reply } = (header ?? {}) as { node?: unknown; name?: unknown; to?: unknown; streams?: unknown; covers?: unknown; reply?: unknown };
   if (typeof node !== 'string' || node.length === 0 || Buffer.byteLength(node) > MAX_NAME_BYTES) throw bad('header.node is not a node id');
   if (typeof name !== 'string' || Buffer.byteLength(name) > MAX_NAME_BYTES) throw bad('header.name is not a name');
   if (typeof to !== 'string' || Buffer.byteLength(to) > 1024) throw bad('header.to is not a destination');
+  if (reply !== undefined && (typeof reply !== 'string' || Buffer.byteLength(reply) > 1024)) throw bad('header.reply is not an address');
   if (!Array.isArray(streams) || streams.length > MAX_STREAMS || !streams.every((s) => typeof s === 'string' && s.length > 0 && Buffer.byteLength(s) <= MAX_NAME_BYTES)) {
     throw bad('header.streams is not a list of stream names');
   }
@@ -126,7 +128,7 @@ export function decodeBatch(body: Buffer, limits: WireLimits = {}): DecodedBatch
   }
   if (frames.length === 0) throw bad('batch holds no frames');
   if (crc !== expectedCrc) throw bad(`envelope CRC is ${crc.toString(16).padStart(8, '0')}, the request says ${expectedCrc.toString(16).padStart(8, '0')}: the header or a record prefix is damaged`);
-  return { node, name, destination: to, frames, ...(covered === undefined ? {} : { covers: covered }) };
+  return { node, name, destination: to, frames, ...(covered === undefined ? {} : { covers: covered }), ...(reply === undefined ? {} : { replyTo: reply }) };
 }
 
 /** `covers`: a list of `[streamIndex, from, to]` with `0 <= from <= to < 2^53`, at most one per stream. */
