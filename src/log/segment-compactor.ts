@@ -17,9 +17,12 @@ import { open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ioError, isMqlogError } from '../errors.js';
 import { FILE_MODE, fsyncDir, isNotFound } from '../util/fs.js';
+import { frameChecksum } from './frame.js';
 import { Lock } from './lock.js';
 import type { CompactOptions, KeepFrame, StreamCompaction } from './log-store.js';
-import { SegmentReader, storedFrame } from './segment.js';
+import { SegmentReader, parseSegmentFileName, storedFrame } from './segment.js';
+import { INDEX_SUFFIX, IndexBuilder } from './segment-index.js';
+import { indexPathOf, removeSegmentIndex, writeSegmentIndex } from './segment-index-file.js';
 import { SegmentSet, type SegmentInfo } from './segment-set.js';
 import { StreamWriter } from './stream-writer.js';
 
@@ -64,6 +67,7 @@ async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: str
   const fileBytes = await stat(segment.path).then((s) => s.size, () => survey.totalBytes);
   if (survey.keptFrames === 0) {
     await rm(segment.path, { force: true });
+    await removeSegmentIndex(segment.path);
     await fsyncDir(set.dir);
     return { action: 'deleted', framesRemoved: survey.removed, bytesReclaimed: fileBytes };
   }
@@ -71,16 +75,19 @@ async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: str
   const tmp = `${segment.path}.${process.pid}.compact.tmp`;
   const handle = await open(tmp, 'w', FILE_MODE);
   let written = 0;
+  const index = new IndexBuilder(segment.baseOffset);
   try {
     const reader = await SegmentReader.open(segment.path);
     try {
       for (;;) {
         const step = await reader.next();
         if (step.kind !== 'frame') break;
-        if (!(await keep(storedFrame(stream, segment.baseOffset, step.frame)))) continue;
+        const frame = step.frame;
+        if (!(await keep(storedFrame(stream, segment.baseOffset, frame)))) continue;
         // Copied as stored: the same bytes, the same CRC, the same offset.
-        await handle.write(step.frame.raw, 0, step.frame.raw.length, written);
-        written += step.frame.raw.length;
+        await handle.write(frame.raw, 0, frame.raw.length, written);
+        index.add({ type: frame.type, offset: frame.offset, position: written, bytes: frame.bytes, crc: frameChecksum(frame.raw) });
+        written += frame.raw.length;
       }
     } finally {
       await reader.close();
@@ -92,9 +99,13 @@ async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: str
     throw ioError(err, `cannot rewrite ${segment.path}`, { path: segment.path });
   }
   await handle.close();
-  // The rename is the switch: before it the old segment is in force, after it the new one.
+  // The rename is the switch: before it the old segment is in force, after it the new one. The old
+  // index goes first, so that no crash leaves it beside the new segment (it would be found stale anyway).
+  await removeSegmentIndex(segment.path);
   await rename(tmp, segment.path);
   await fsyncDir(set.dir);
+  // The new segment's index; a crash before it is durable costs a scan, never a wrong answer.
+  await writeSegmentIndex(segment.path, index.build('sealed', written), true).catch(() => undefined);
   return { action: 'rewritten', framesRemoved: survey.removed, bytesReclaimed: fileBytes - written };
 }
 
@@ -116,6 +127,7 @@ async function retireTail(set: SegmentSet, segment: SegmentInfo, stream: string,
     const handle = await set.create(next);
     await handle.close();
     await rm(segment.path, { force: true });
+    await removeSegmentIndex(segment.path);
     await fsyncDir(set.dir);
     return { action: 'retired', framesRemoved: again.removed, bytesReclaimed: size };
   } catch (err) {
@@ -172,7 +184,13 @@ async function surveySegment(segment: SegmentInfo, stream: string, keep: KeepFra
   return { keptFrames, keptBytes, removed, totalBytes, torn };
 }
 
-/** Removes temp files a killed compactor left (`*.compact.tmp`). */
+/** An index temp file older than this was left by a killed writer (a live one renames it within moments). */
+const INDEX_TMP_STALE_MS = 60_000;
+
+/**
+ * Removes what killed processes left: a compactor's temp files (`*.compact.tmp`), index temp files, and
+ * indexes whose segment is gone (a crash between removing a segment and its index).
+ */
 async function removeLeftovers(dir: string): Promise<void> {
   let names: string[];
   try {
@@ -181,5 +199,14 @@ async function removeLeftovers(dir: string): Promise<void> {
     if (isNotFound(err)) return;
     throw err;
   }
-  for (const name of names) if (name.endsWith('.compact.tmp')) await rm(join(dir, name), { force: true });
+  const segments = new Set(names.filter((name) => parseSegmentFileName(name) !== undefined).map((name) => indexPathOf(join(dir, name))));
+  for (const name of names) {
+    const path = join(dir, name);
+    if (name.endsWith('.compact.tmp')) await rm(path, { force: true });
+    else if (name.endsWith(INDEX_SUFFIX) && !segments.has(path)) await rm(path, { force: true });
+    else if (name.includes(`${INDEX_SUFFIX}.`) && name.endsWith('.tmp')) {
+      const age = await stat(path).then((s) => Date.now() - s.mtimeMs, () => 0);
+      if (age > INDEX_TMP_STALE_MS) await rm(path, { force: true });
+    }
+  }
 }

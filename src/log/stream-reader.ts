@@ -7,11 +7,14 @@
  *
  * Safe against a concurrent writer (in any process) and against compaction: a segment that disappears
  * is re-found by offset, and a position hint is trusted only after the frame it names is re-read.
+ * Opening at an offset inside a segment seeks with the segment's index (spec/log-format.md §16) and
+ * re-checks the frame it lands on, so a stale index costs a scan, never a wrong frame.
  */
 import { basename } from 'node:path';
 import { MqlogError, isMqlogError } from '../errors.js';
 import type { FrameHint, LogReader, ReadLimits, ReaderOptions, StoredFrame, StreamPosition, StreamRead } from './log-store.js';
-import { SegmentReader, corrupt, storedFrame } from './segment.js';
+import { SegmentReader, corrupt, storedFrame, type ReadStep } from './segment.js';
+import type { SegmentIndexes } from './segment-index-file.js';
 import { SegmentSet, type SegmentInfo } from './segment-set.js';
 
 export class StreamReader implements LogReader {
@@ -26,15 +29,17 @@ export class StreamReader implements LogReader {
   private deferredError: Error | undefined;
   private readonly skipTypes: ReadonlySet<number> | undefined;
   private readonly durable: boolean;
+  private readonly indexes: SegmentIndexes | undefined;
 
-  /** Reads the stream in directory `dir` from `from`. */
-  constructor(dir: string, from: StreamPosition = { offset: 0 }, options: ReaderOptions = {}) {
+  /** Reads the stream in directory `dir` from `from`; `indexes` finds places inside segments without a scan. */
+  constructor(dir: string, from: StreamPosition = { offset: 0 }, options: ReaderOptions = {}, indexes?: SegmentIndexes) {
     this.set = new SegmentSet(dir);
     this.stream = basename(dir);
     this.next = from.offset;
     this.hint = from.hint;
     this.skipTypes = options.skipTypes;
     this.durable = options.durable === true;
+    this.indexes = indexes;
   }
 
   /** The position after the last frame returned. */
@@ -150,7 +155,7 @@ export class StreamReader implements LogReader {
       let chosen = segments[0] as SegmentInfo;
       for (const s of segments) if (s.baseOffset <= this.next) chosen = s;
       try {
-        const reader = await this.openAt(chosen);
+        const reader = await this.openAt(chosen, chosen !== segments.at(-1));
         this.reader = reader;
         this.segment = chosen.baseOffset;
         return reader;
@@ -161,31 +166,60 @@ export class StreamReader implements LogReader {
     throw new MqlogError('ERR_IO', `segments of ${this.set.dir} keep disappearing while opening`, { details: { path: this.set.dir } });
   }
 
-  private async openAt(segment: SegmentInfo): Promise<SegmentReader> {
+  /**
+   * Opens `segment` at the frame that holds `next` or the nearest place before it: right after the hinted
+   * frame when the hint checks out, else at the index entry at or below `next` when the frame there
+   * checks out, else at byte 0. `sealed`: a successor exists (a missing index is then rebuilt).
+   */
+  private async openAt(segment: SegmentInfo, sealed: boolean): Promise<SegmentReader> {
+    const options = this.skipTypes === undefined ? {} : { skipTypes: this.skipTypes };
     const hint = this.hint;
     if (hint !== undefined && hint.segment === segment.baseOffset && hint.offset < this.next) {
-      const reader = await SegmentReader.open(segment.path, { position: hint.position, ...(this.skipTypes === undefined ? {} : { skipTypes: this.skipTypes }) });
-      try {
-        const step = await reader.next();
-        if ((step.kind === 'frame' && step.frame.offset === hint.offset) || (step.kind === 'skipped' && step.offset === hint.offset)) return reader;
-      } catch (err) {
-        if (!isMqlogError(err, 'ERR_CORRUPT_FRAME') && !isMqlogError(err, 'ERR_UNSUPPORTED_VERSION')) {
-          await reader.close();
-          throw err;
+      const reader = await openChecked(segment.path, hint.position, hint.offset, options);
+      // Right after the hinted frame, which was consumed before `next`.
+      if (reader !== undefined) return reader;
+      // The segment was rewritten since the hint was taken: look it up instead.
+    }
+    if (this.indexes !== undefined && this.next > segment.baseOffset) {
+      const entry = (await this.indexes.of(segment.path, segment.baseOffset, sealed, { rebuild: sealed }))?.index?.seek(this.next);
+      if (entry !== undefined && entry.position > 0) {
+        const reader = await openChecked(segment.path, entry.position, entry.offset, options);
+        if (reader !== undefined) {
+          // The entry's frame may be the one wanted: read it again.
+          reader.seek(entry.position);
+          return reader;
         }
       }
-      // The segment was rewritten since the hint was taken: scan it from the start instead.
-      await reader.close();
     }
-    return SegmentReader.open(segment.path, this.skipTypes === undefined ? {} : { skipTypes: this.skipTypes });
+    return SegmentReader.open(segment.path, options);
   }
+}
+
+/**
+ * A reader of the segment at `path` that has just read the frame at `position`, found to have exactly
+ * `offset`; undefined (the reader closed) when the frame there is another one or none.
+ */
+async function openChecked(path: string, position: number, offset: number, options: { readonly skipTypes?: ReadonlySet<number> }): Promise<SegmentReader | undefined> {
+  const reader = await SegmentReader.open(path, { position, ...options });
+  let step: ReadStep | undefined;
+  try {
+    step = await reader.next();
+  } catch (err) {
+    if (!isMqlogError(err, 'ERR_CORRUPT_FRAME') && !isMqlogError(err, 'ERR_UNSUPPORTED_VERSION')) {
+      await reader.close();
+      throw err;
+    }
+  }
+  if ((step?.kind === 'frame' && step.frame.offset === offset) || (step?.kind === 'skipped' && step.offset === offset)) return reader;
+  await reader.close();
+  return undefined;
 }
 
 /**
  * Reads the one frame with `offset` from a stream, at the hinted place when the hint checks out,
  * else by scanning its segment. Undefined when the stream no longer holds that offset.
  */
-export async function readFrameAt(dir: string, offset: number, hint?: FrameHint): Promise<StoredFrame | undefined> {
+export async function readFrameAt(dir: string, offset: number, hint?: FrameHint, indexes?: SegmentIndexes): Promise<StoredFrame | undefined> {
   const stream = basename(dir);
   if (hint !== undefined) {
     try {
@@ -201,7 +235,7 @@ export async function readFrameAt(dir: string, offset: number, hint?: FrameHint)
       // Gone or rewritten: fall back to a scan.
     }
   }
-  const reader = new StreamReader(dir, { offset });
+  const reader = new StreamReader(dir, { offset }, {}, indexes);
   try {
     const read = await reader.read({ maxFrames: 1 });
     const frame = read.frames[0];

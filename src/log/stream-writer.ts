@@ -9,13 +9,21 @@
  * queued while a flush runs form the next batch, so one fdatasync covers every frame written since the
  * previous one. append() resolves only after its frame is fdatasync'd, and after the directory entry of a
  * new segment is fsync'd.
+ *
+ * The writer also keeps the index of its open segment (spec/log-format.md §16) as it appends: written
+ * durably beside a segment it seals, and as a checkpoint of the open segment (not fsync'd: a cache) at
+ * most CHECKPOINT_MS after an append (at once after many bytes) and when it closes, so that reopening the stream after a crash,
+ * reading from an offset or counting its frames reads only what came after the last checkpoint. Index
+ * writes run in the background, one at a time and in order, never in an append's way.
  */
 import type { FileHandle } from 'node:fs/promises';
 import { MqlogError, ioError } from '../errors.js';
 import { basename } from 'node:path';
-import { FRAME_HEADER_BYTES, SYNC_PAYLOAD_BYTES, encodeFrameHeader, encodeSyncFrame, payloadLength, type Payload } from './frame.js';
+import { FRAME_HEADER_BYTES, SYNC_PAYLOAD_BYTES, encodeFrameHeader, encodeSyncFrame, frameChecksum, payloadLength, type Payload } from './frame.js';
 import { DEFAULT_ROLL_IDLE_MS, type AppendResult, type TruncatedTail } from './log-store.js';
 import { recoverStream } from './recovery.js';
+import { IndexBuilder } from './segment-index.js';
+import { writeSegmentIndex } from './segment-index-file.js';
 import { SegmentSet } from './segment-set.js';
 
 export const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
@@ -26,6 +34,12 @@ const PREALLOCATE_BELOW_BATCH_BYTES = 256 * 1024;
 const MAX_BATCH_BYTES = 8 * 1024 * 1024;
 const ZEROS = Buffer.alloc(PREALLOCATE_BYTES);
 const SYNC_FRAME_BYTES = FRAME_HEADER_BYTES + SYNC_PAYLOAD_BYTES;
+/**
+ * The open segment's index is written at most this long after an append, and once this many bytes were
+ * appended since it was last written: a reopening after a crash reads at most about that much.
+ */
+export const CHECKPOINT_MS = 1000;
+const CHECKPOINT_BYTES = 16 * 1024 * 1024;
 
 export interface StreamWriterOptions {
   readonly segmentBytes?: number;
@@ -73,8 +87,16 @@ export class StreamWriter {
   private queue: (PendingAppend | PendingRoll)[] = [];
   private flushing: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
+  /** The index of the open segment: every frame written to it and fsync'd. */
+  private index: IndexBuilder;
+  /** Frames of the open segment its last index checkpoint describes, and where they end. */
+  private checkpointed = 0;
+  private checkpointedBytes = 0;
+  private checkpointTimer: NodeJS.Timeout | undefined;
+  /** Index files being written, one after the other (a later one replaces an earlier one). */
+  private indexWrites: Promise<void> = Promise.resolve();
 
-  private constructor(set: SegmentSet, recovered: { base: number; dataEnd: number; nextOffset: number; handle: FileHandle | undefined; truncated: TruncatedTail | undefined }, options: StreamWriterOptions) {
+  private constructor(set: SegmentSet, recovered: { base: number; dataEnd: number; nextOffset: number; handle: FileHandle | undefined; truncated: TruncatedTail | undefined; index: IndexBuilder; checkpointed: number }, options: StreamWriterOptions) {
     this.set = set;
     this.name = basename(set.dir);
     this.segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
@@ -86,6 +108,11 @@ export class StreamWriter {
     this.offset = recovered.nextOffset;
     this.handle = recovered.handle;
     this.recoveredTruncation = recovered.truncated;
+    this.index = recovered.index;
+    this.checkpointed = recovered.checkpointed;
+    this.checkpointedBytes = this.dataEnd;
+    // What recovery had to read is not read again by the next one.
+    if (this.index.frames > this.checkpointed) this.checkpoint();
   }
 
   /**
@@ -105,7 +132,7 @@ export class StreamWriter {
     const recovered = await recoverStream(set);
     if (recovered.lastBaseOffset === undefined) {
       const handle = await set.create(0);
-      return new StreamWriter(set, { base: 0, dataEnd: 0, nextOffset: 0, handle, truncated: undefined }, options);
+      return new StreamWriter(set, { base: 0, dataEnd: 0, nextOffset: 0, handle, truncated: undefined, index: new IndexBuilder(0), checkpointed: 0 }, options);
     }
     const handle = await set.openForWrite(recovered.lastBaseOffset);
     try {
@@ -116,9 +143,10 @@ export class StreamWriter {
       await handle.close();
       throw ioError(err, `cannot fsync ${set.pathOf(recovered.lastBaseOffset)}`);
     }
+    const index = recovered.index ?? new IndexBuilder(recovered.lastBaseOffset);
     return new StreamWriter(
       set,
-      { base: recovered.lastBaseOffset, dataEnd: recovered.dataEnd, nextOffset: recovered.nextOffset, handle, truncated: recovered.truncated },
+      { base: recovered.lastBaseOffset, dataEnd: recovered.dataEnd, nextOffset: recovered.nextOffset, handle, truncated: recovered.truncated, index, checkpointed: index.frames - recovered.framesRead },
       options,
     );
   }
@@ -158,14 +186,21 @@ export class StreamWriter {
     });
   }
 
-  /** Waits for queued appends, trims preallocated zeros and closes the file. Idempotent. */
+  /**
+   * Waits for queued appends, trims preallocated zeros, checkpoints the open segment's index and closes
+   * the file. Idempotent.
+   */
   close(): Promise<void> {
     this.closing ??= (async () => {
       clearTimeout(this.idleTimer);
+      clearTimeout(this.checkpointTimer);
       while (this.flushing !== undefined) await this.flushing;
       const handle = this.handle;
       this.handle = undefined;
-      if (handle === undefined) return;
+      if (handle === undefined) {
+        await this.indexWrites;
+        return;
+      }
       try {
         let changed = this.allocatedEnd > this.dataEnd;
         if (this.unmarked && this.dataEnd + SYNC_FRAME_BYTES <= this.segmentBytes) {
@@ -182,11 +217,44 @@ export class StreamWriter {
         }
         if (this.allocatedEnd > this.dataEnd) await handle.truncate(this.dataEnd);
         if (changed) await handle.datasync();
+        // Everything in the segment is fsync'd now: the next writer, reader or count starts from here.
+        if (changed || this.index.frames > this.checkpointed) this.writeIndex(this.segmentBase, 'partial');
       } finally {
         await handle.close();
+        await this.indexWrites;
       }
     })();
     return this.closing;
+  }
+
+  /** Takes a checkpoint of the open segment's index (in the background). */
+  private checkpoint(): void {
+    this.checkpointTimer = undefined;
+    if (this.closing !== undefined || this.index.frames === this.checkpointed) return;
+    this.writeIndex(this.segmentBase, 'partial');
+  }
+
+  /** Writes the index of the open segment as it is now (all of it fsync'd), after the index writes queued before. */
+  private writeIndex(base: number, state: 'partial' | 'sealed'): void {
+    const index = this.index.build(state, this.dataEnd);
+    this.checkpointed = index.frames;
+    this.checkpointedBytes = this.dataEnd;
+    const path = this.set.pathOf(base);
+    // A cache: a failed write costs the next reader a scan, never data.
+    this.indexWrites = this.indexWrites.then(() => writeSegmentIndex(path, index, state === 'sealed')).catch(() => undefined);
+  }
+
+  /** Arms the checkpoint clock after a write, unless it is already running; checkpoints at once after many bytes. */
+  private armCheckpoint(): void {
+    if (this.closing !== undefined) return;
+    if (this.dataEnd - this.checkpointedBytes >= CHECKPOINT_BYTES) {
+      clearTimeout(this.checkpointTimer);
+      this.checkpoint();
+      return;
+    }
+    if (this.checkpointTimer !== undefined) return;
+    this.checkpointTimer = setTimeout(() => this.checkpoint(), CHECKPOINT_MS);
+    this.checkpointTimer.unref();
   }
 
   private async flushLoop(): Promise<void> {
@@ -268,10 +336,12 @@ export class StreamWriter {
       this.dataEnd = position;
       this.offset = offset;
       this.unmarked = true;
+      for (const r of run) this.index.add({ type: r.pending.type, offset: r.result.offset, position: r.result.position, bytes: r.result.bytes, crc: frameChecksum(r.header) });
       this.onFlush?.(run.length, runBytes, performance.now() - started);
       for (const r of run) r.pending.resolve(r.result);
     }
     this.armIdleRoll();
+    this.armCheckpoint();
   }
 
   /** (Re)starts the idle clock after a write: it rolls the segment when nothing follows in time. */
@@ -350,6 +420,12 @@ export class StreamWriter {
       throw ioError(err, `cannot seal ${this.set.pathOf(this.segmentBase)}${full ? '' : ' (roll)'}`);
     }
     const next = await this.set.create(this.offset);
+    // The sealed segment's index, written durably in the background: until it is there, a reader that
+    // needs it builds it by a scan.
+    this.writeIndex(this.segmentBase, 'sealed');
+    this.index = new IndexBuilder(this.offset);
+    this.checkpointed = 0;
+    this.checkpointedBytes = 0;
     this.handle = next;
     this.segmentBase = this.offset;
     this.dataEnd = 0;

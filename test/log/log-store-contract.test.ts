@@ -346,6 +346,36 @@ for (const { name, make } of STORES) {
     assert.equal((await writer.append('a', FrameType.MESSAGE, body(10))).offset, 10);
   });
 
+  test(`${name}: segments() describes each segment's frames by type and offset runs, as reading finds them, also after a rewrite`, async (t) => {
+    const store = await open(t, make);
+    const writer = await claim(t, store, { segmentBytes: SEGMENT_BYTES });
+    // Messages with a record every third frame: runs of two types; three frames to a segment.
+    for (let i = 0; i < 11; i++) await writer.append('a', i % 3 === 1 ? FrameType.RECORD : FrameType.MESSAGE, body(i));
+    await store.compact(Q, 'a.w0', (frame) => frame.offset !== 4 && frame.offset !== 5);
+    const summaries = await store.segments(Q, 'a.w0');
+    const frames = await readAll(store, 'a.w0');
+    assert.deepEqual(summaries.map((s) => s.base), [0, 3, 6, 9]);
+    assert.deepEqual(summaries.map((s) => [s.sealed, s.complete]), [[true, true], [true, true], [true, true], [false, false]]);
+    for (const summary of summaries) {
+      const inSegment = frames.filter((f) => f.segment === summary.base);
+      const described = inSegment.filter((f) => f.offset < summary.next.offset);
+      if (summary.complete) assert.deepEqual(described, inSegment, `segment ${summary.base}: a complete summary describes every frame`);
+      assert.equal(summary.frames, described.length, `segment ${summary.base}: frames`);
+      const types = new Map<number, { frames: number; bytes: number }>();
+      for (const f of described) types.set(f.type, { frames: (types.get(f.type)?.frames ?? 0) + 1, bytes: (types.get(f.type)?.bytes ?? 0) + f.bytes });
+      assert.deepEqual(new Map(summary.types), types, `segment ${summary.base}: totals per type`);
+      const inRuns = summary.runs.flatMap((r) => Array.from({ length: r.to - r.from }, (_, i) => [r.type, r.from + i]));
+      assert.deepEqual(inRuns, described.map((f) => [f.type, f.offset]), `segment ${summary.base}: runs`);
+      assert.equal(summary.firstOffset, described[0]?.offset);
+      assert.equal(summary.lastOffset, described.at(-1)?.offset);
+      // A reader from `next` finds the frames after the described ones.
+      const rest = await readAll(store, 'a.w0', summary.next.offset);
+      assert.deepEqual(offsets(rest), offsets(frames.filter((f) => f.offset >= summary.next.offset)));
+    }
+    assert.deepEqual(summaries[1]!.runs, [{ type: FrameType.MESSAGE, from: 3, to: 4 }], 'the rewritten segment holds offset 3 alone');
+    assert.notEqual(summaries[1]!.id, summaries[2]!.id);
+  });
+
   test(`${name}: compaction leaves the open segment while its writer is open, retires it after, and offsets go on`, async (t) => {
     const store = await open(t, make);
     const writer = await claim(t, store);
