@@ -9,7 +9,7 @@ import { MqlogError } from '../errors.js';
 import { Lock, type ChangeFeed, type LogStore } from '../log/index.js';
 import { ChannelCounts } from '../queue/channel-counts.js';
 import { decodeMessage } from '../queue/codec.js';
-import { compactNode } from '../queue/compaction.js';
+import { Compactor } from '../queue/compaction.js';
 import type { Intake } from '../queue/intake.js';
 import { deadInfo, inboxInfo } from '../queue/layout.js';
 import { OutboxBacklog } from '../queue/outbox-backlog.js';
@@ -76,6 +76,8 @@ export class Daemon {
   private syncing: Promise<void> | undefined;
   private timers: NodeJS.Timeout[] = [];
   private compacting: Promise<void> | undefined;
+  /** Keeps what it learnt from round to round: each round does work in proportion to what changed. */
+  private compactor: Compactor | undefined;
   private stopping: Promise<void> | undefined;
 
   private constructor(node: MqlogNode, lock: Lock, logger: Logger, handlerPath: string | undefined, metrics: Metrics) {
@@ -405,13 +407,15 @@ export class Daemon {
   /** One background compaction round at a time; appends and reads never wait for it. */
   private compactInBackground(): void {
     if (this.compacting !== undefined || this.stopping !== undefined) return;
-    this.compacting = compactNode({
+    this.compactor ??= new Compactor({
       store: this.node.store,
-      signal: this.compactStop.signal,
       dataDir: this.dataDir,
       retainDoneMs: this.config.retainDoneMs,
       retainReceiptsMs: this.config.retainReceiptsMs,
-    })
+      ...(this.backlog === undefined ? {} : { outboxCounter: this.backlog.counter }),
+    });
+    this.compacting = this.compactor
+      .round(this.compactStop.signal)
       .then((result) => {
         this.metrics.compactedBytes.inc(result.bytesReclaimed);
         this.metrics.compactionSeconds.observe(result.durationMs / 1000);
@@ -432,11 +436,12 @@ export class Daemon {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       for (const timer of this.timers) clearInterval(timer);
-      // A compaction round stops between segments: a shutdown does not wait for a whole round.
+      // A compaction round stops at once (inside a segment too): a shutdown does not wait for it.
       this.compactStop.abort();
       await this.app?.close();
       await this.adminApp?.close();
       await this.compacting;
+      await this.compactor?.close();
       await this.handler?.close();
       await Promise.all(this.sources.map((source) => source.close()));
       await this.syncing;

@@ -150,6 +150,7 @@ export class FileLogStore implements LogStore {
     const dir = this.dirOf(queue);
     return compactStream(join(dir, stream), stream, join(dir, `w${id.slot}.lock`), keep, {
       ...options,
+      indexes: this.indexes,
       ...(this.options.segmentBytes === undefined ? {} : { segmentBytes: this.options.segmentBytes }),
     });
   }

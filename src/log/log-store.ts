@@ -204,12 +204,24 @@ export interface StreamCompaction {
   readonly bytesReclaimed: number;
 }
 
+/** What compaction does with a segment before reading it (CompactOptions.decide). */
+export type SegmentDecision = 'keep' | 'drop' | 'read';
+
 export interface CompactOptions {
   /** Rewrite a sealed segment when its kept bytes are below this share of it. Default 0.5. */
   readonly rewriteBelowShare?: number;
   /** Every frame at or past this offset is kept: segments that start there are not even read. */
   readonly keepFrom?: number;
-  /** Stop between segments when this fires (a shutdown does not wait for a whole round). */
+  /**
+   * Asked about each segment from its summary before it is read: `keep` leaves it unread, `drop`
+   * removes it whole unread (a sealed segment only; the last one is then read), `read` asks `keep`
+   * about each of its frames. Default: `read`.
+   */
+  readonly decide?: (segment: SegmentSummary) => SegmentDecision | Promise<SegmentDecision>;
+  /**
+   * Stop when this fires (a shutdown does not wait for a round): between segments, and inside one (a
+   * rewrite in progress is abandoned, its temp file removed). The call resolves with what was done.
+   */
   readonly signal?: AbortSignal;
   /** Called after each segment looked at. */
   readonly onSegment?: (segment: string, action: 'kept' | 'deleted' | 'rewritten' | 'retired') => void;

@@ -144,11 +144,18 @@ export class MemoryLogStore implements LogStore {
       if (options.keepFrom !== undefined && segment.base >= options.keepFrom) continue;
       const sealed = index < segments.length - 1;
       let action: 'kept' | 'deleted' | 'rewritten' | 'retired' = 'kept';
+      const decision = options.decide === undefined ? 'read' : await options.decide(summarize(stream, segment.base, sealed, segment.bytes, segment.index.build(sealed ? 'sealed' : 'partial', segment.bytes)));
       // An open writer appends to the tail: not even worth asking `keep` about it.
-      if (sealed || !q.slots.has(s.id.slot)) {
+      if (decision !== 'keep' && (sealed || !q.slots.has(s.id.slot))) {
         const frames = segment.frames.slice();
         const kept: StoredFrame[] = [];
-        for (const frame of frames) if (await keep(frame)) kept.push(frame);
+        if (decision !== 'drop' || !sealed) {
+          for (const frame of frames) {
+            // A shutdown does not wait for the segment: it is left as it is, and the round ends.
+            if (stopped(options.signal)) return result;
+            if (await keep(frame)) kept.push(frame);
+          }
+        }
         const keptBytes = kept.reduce((n, f) => n + f.bytes, 0);
         const at = s.segments.indexOf(segment);
         // Re-checked after the awaits: another compaction may have replaced the segment, and a writer may
@@ -483,6 +490,10 @@ function firstIndex<T>(items: readonly T[], test: (item: T) => boolean): number 
     else low = mid + 1;
   }
   return low;
+}
+
+function stopped(signal: AbortSignal | undefined): boolean {
+  return signal?.aborted === true;
 }
 
 function emptySegment(base: number): Segment {

@@ -19,10 +19,10 @@ import { ioError, isMqlogError } from '../errors.js';
 import { FILE_MODE, fsyncDir, isNotFound } from '../util/fs.js';
 import { frameChecksum } from './frame.js';
 import { Lock } from './lock.js';
-import type { CompactOptions, KeepFrame, StreamCompaction } from './log-store.js';
+import type { CompactOptions, KeepFrame, SegmentDecision, StreamCompaction } from './log-store.js';
 import { SegmentReader, parseSegmentFileName, storedFrame } from './segment.js';
-import { INDEX_SUFFIX, IndexBuilder } from './segment-index.js';
-import { indexPathOf, removeSegmentIndex, writeSegmentIndex } from './segment-index-file.js';
+import { INDEX_SUFFIX, IndexBuilder, summarize } from './segment-index.js';
+import { indexPathOf, removeSegmentIndex, writeSegmentIndex, type SegmentIndexes } from './segment-index-file.js';
 import { SegmentSet, type SegmentInfo } from './segment-set.js';
 import { StreamWriter } from './stream-writer.js';
 
@@ -35,22 +35,37 @@ interface Outcome {
 }
 
 const KEPT: Outcome = { action: 'kept', framesRemoved: 0, bytesReclaimed: 0 };
+/** Thrown inside a rewrite when the signal fires: the rewrite is abandoned. */
+const ABANDONED = new Error('compaction stopped');
 
 /**
  * Compacts the stream in `dir`, whose writer slot lock is `slotLock`. `segmentBytes` is what a writer
- * of the stream would use (a retired tail's stream is recovered with it).
+ * of the stream would use (a retired tail's stream is recovered with it); `indexes` give the segments'
+ * summaries that `decide` is asked about.
  */
-export async function compactStream(dir: string, stream: string, slotLock: string, keep: KeepFrame, options: CompactOptions & { readonly segmentBytes?: number } = {}): Promise<StreamCompaction> {
+export async function compactStream(
+  dir: string,
+  stream: string,
+  slotLock: string,
+  keep: KeepFrame,
+  options: CompactOptions & { readonly segmentBytes?: number; readonly indexes?: SegmentIndexes } = {},
+): Promise<StreamCompaction> {
   const set = new SegmentSet(dir);
   const result = { segmentsDeleted: 0, segmentsRewritten: 0, framesRemoved: 0, bytesReclaimed: 0 };
   await removeLeftovers(dir);
   const segments = await set.list();
+  const signal = options.signal;
   for (const [index, segment] of segments.entries()) {
-    if (options.signal?.aborted === true) break;
+    if (signal?.aborted === true) break;
     // Nothing at or past `keepFrom` can go: no need to read it.
     if (options.keepFrom !== undefined && segment.baseOffset >= options.keepFrom) continue;
     const sealed = index < segments.length - 1;
-    const outcome = sealed ? await compactSegment(set, segment, stream, keep, options.rewriteBelowShare ?? 0.5) : await retireTail(set, segment, stream, slotLock, keep, options.segmentBytes);
+    const decided = await decide(stream, segment, sealed, options);
+    if (decided === undefined) continue; // gone meanwhile
+    let outcome: Outcome;
+    if (decided.decision === 'keep') outcome = KEPT;
+    else if (decided.decision === 'drop' && sealed) outcome = await dropSegment(set, segment, decided.frames);
+    else outcome = sealed ? await compactSegment(set, segment, stream, keep, options.rewriteBelowShare ?? 0.5, signal) : await retireTail(set, segment, stream, slotLock, keep, options.segmentBytes, signal);
     result.segmentsDeleted += outcome.action === 'deleted' || outcome.action === 'retired' ? 1 : 0;
     result.segmentsRewritten += outcome.action === 'rewritten' ? 1 : 0;
     result.framesRemoved += outcome.framesRemoved;
@@ -60,8 +75,34 @@ export async function compactStream(dir: string, stream: string, slotLock: strin
   return result;
 }
 
-async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: string, keep: KeepFrame, rewriteBelowShare: number): Promise<Outcome> {
-  const survey = await surveySegment(segment, stream, keep);
+/**
+ * What the caller decides from the segment's summary (its index) before anything is read, and how
+ * many frames the summary says it holds; undefined when the segment is gone.
+ */
+async function decide(stream: string, segment: SegmentInfo, sealed: boolean, options: CompactOptions & { readonly indexes?: SegmentIndexes }): Promise<{ decision: SegmentDecision; frames: number } | undefined> {
+  if (options.decide === undefined) return { decision: 'read', frames: 0 };
+  const indexes = options.indexes;
+  const found = indexes === undefined ? undefined : await indexes.of(segment.path, segment.baseOffset, sealed, { rebuild: sealed, ...(options.signal === undefined ? {} : { signal: options.signal }) }).catch(() => undefined);
+  const size = found?.bytes ?? (await stat(segment.path).then((s) => s.size, () => undefined));
+  if (size === undefined) return undefined;
+  const summary = summarize(stream, segment.baseOffset, sealed, size, found?.index);
+  // Only what a summary describes whole may be dropped unread.
+  const decision = await options.decide(summary);
+  return { decision: decision === 'drop' && !summary.complete ? 'read' : decision, frames: summary.frames };
+}
+
+/** Deletes a sealed segment unread (the caller knows every frame of it goes), and its index. */
+async function dropSegment(set: SegmentSet, segment: SegmentInfo, frames: number): Promise<Outcome> {
+  const size = await stat(segment.path).then((s) => s.size, () => undefined);
+  if (size === undefined) return KEPT; // removed meanwhile
+  await rm(segment.path, { force: true });
+  await removeSegmentIndex(segment.path);
+  await fsyncDir(set.dir);
+  return { action: 'deleted', framesRemoved: frames, bytesReclaimed: size };
+}
+
+async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: string, keep: KeepFrame, rewriteBelowShare: number, signal: AbortSignal | undefined): Promise<Outcome> {
+  const survey = await surveySegment(segment, stream, keep, signal);
   if (survey === undefined || survey.removed === 0) return KEPT;
   // The file's own size: it also holds the log's sync marks, which no caller keeps or drops.
   const fileBytes = await stat(segment.path).then((s) => s.size, () => survey.totalBytes);
@@ -80,6 +121,8 @@ async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: str
     const reader = await SegmentReader.open(segment.path);
     try {
       for (;;) {
+        // A shutdown does not wait for the rewrite: the temp file goes, the segment stays as it was.
+        if (signal?.aborted === true) throw ABANDONED;
         const step = await reader.next();
         if (step.kind !== 'frame') break;
         const frame = step.frame;
@@ -96,6 +139,7 @@ async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: str
   } catch (err) {
     await handle.close();
     await rm(tmp, { force: true });
+    if (err === ABANDONED) return KEPT;
     throw ioError(err, `cannot rewrite ${segment.path}`, { path: segment.path });
   }
   await handle.close();
@@ -109,11 +153,19 @@ async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: str
   return { action: 'rewritten', framesRemoved: survey.removed, bytesReclaimed: fileBytes - written };
 }
 
-/** Retires the last segment of a stream whose writer is gone, once no frame in it is kept. */
-async function retireTail(set: SegmentSet, segment: SegmentInfo, stream: string, slotLock: string, keep: KeepFrame, segmentBytes: number | undefined): Promise<Outcome> {
+/**
+ * Retires the last segment of a stream whose writer is gone, once no frame in it is kept. A segment a
+ * writer holds is not even read.
+ */
+async function retireTail(set: SegmentSet, segment: SegmentInfo, stream: string, slotLock: string, keep: KeepFrame, segmentBytes: number | undefined, signal: AbortSignal | undefined): Promise<Outcome> {
   const size = await stat(segment.path).then((s) => s.size, () => 0);
   if (size === 0) return KEPT;
-  const survey = await surveySegment(segment, stream, keep);
+  // A writer is appending here: not worth reading. (Looked at without holding the slot meanwhile, so
+  // that a writer starting during the survey still gets it, and then keeps the segment from retiring.)
+  const probe = await Lock.tryAcquire(slotLock);
+  if (probe === undefined) return KEPT;
+  await probe.release();
+  const survey = await surveySegment(segment, stream, keep, signal);
   if (survey === undefined || survey.keptFrames > 0 || survey.removed === 0 || survey.torn) return KEPT;
   const lock = await Lock.tryAcquire(slotLock);
   if (lock === undefined) return KEPT; // a writer is appending here
@@ -122,7 +174,7 @@ async function retireTail(set: SegmentSet, segment: SegmentInfo, stream: string,
     const writer = await StreamWriter.open(set.dir, segmentBytes === undefined ? {} : { segmentBytes });
     const next = writer.nextOffset;
     await writer.close();
-    const again = await surveySegment(segment, stream, keep);
+    const again = await surveySegment(segment, stream, keep, signal);
     if (again === undefined || again.keptFrames > 0) return KEPT;
     const handle = await set.create(next);
     await handle.close();
@@ -146,7 +198,8 @@ interface Survey {
   readonly torn: boolean;
 }
 
-async function surveySegment(segment: SegmentInfo, stream: string, keep: KeepFrame): Promise<Survey | undefined> {
+/** What `keep` says of each frame of a segment; undefined when it is gone, damaged, or the signal fired. */
+async function surveySegment(segment: SegmentInfo, stream: string, keep: KeepFrame, signal: AbortSignal | undefined): Promise<Survey | undefined> {
   let reader: SegmentReader;
   try {
     reader = await SegmentReader.open(segment.path);
@@ -161,6 +214,7 @@ async function surveySegment(segment: SegmentInfo, stream: string, keep: KeepFra
   let torn: boolean;
   try {
     for (;;) {
+      if (signal?.aborted === true) return undefined;
       let step;
       try {
         step = await reader.next();

@@ -17,11 +17,12 @@
  * Several callers may share one counter (the daemon's backlog and its compactor): refresh() and count()
  * take turns. Memory: a few numbers per block of 512 messages, and the messages of the blocks being filled.
  */
+import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isMqlogError } from '../errors.js';
 import { FrameType, frameChecksum } from '../log/frame.js';
 import type { LogReader, LogStore, SegmentSummary, StoredFrame } from '../log/log-store.js';
-import { ensureDir, readFileIfExists, writeFileAtomic } from '../util/fs.js';
+import { ensureDir, readFileIfExists, readdirIfExists, writeCacheFile } from '../util/fs.js';
 import { decodeMeta, type MessageMeta } from './codec.js';
 import type { QueueInfo } from './layout.js';
 import { BlockBuilder, decodeSegmentMessages, destinationSet, encodeSegmentMessages, type MessageBlock, type SegmentMessages, type SummarisedMessage } from './message-blocks.js';
@@ -345,9 +346,31 @@ export class OutboxCounter {
     const path = this.pathOf(summary.stream, summary.base);
     try {
       await ensureDir(join(path, '..'));
-      await writeFileAtomic(path, encodeSegmentMessages(summary));
+      await writeCacheFile(path, encodeSegmentMessages(summary));
     } catch {
       // Not kept: the next caller reads those messages again.
+    }
+  }
+}
+
+/** A temp file of a summary older than this was left by a killed process. */
+const TMP_STALE_MS = 60_000;
+
+/**
+ * Removes the summary files of segments that are gone (compacted away) and temp files left by killed
+ * processes. A summary of a segment newer than every segment listed is left: it may have just come.
+ */
+export async function pruneSummaries(store: LogStore, info: QueueInfo): Promise<void> {
+  const root = join(info.dir, SUMMARIES_DIR);
+  for (const stream of await readdirIfExists(root)) {
+    const bases = new Set((await store.segments(info.queue, stream).catch(() => [])).map((s) => s.base));
+    const newest = Math.max(-1, ...bases);
+    for (const name of await readdirIfExists(join(root, stream))) {
+      const path = join(root, stream, name);
+      const base = /^(\d{20})\.json$/.exec(name)?.[1];
+      if (base !== undefined) {
+        if (!bases.has(Number(base)) && Number(base) < newest) await rm(path, { force: true });
+      } else if (name.endsWith('.tmp') && (await stat(path).then((s) => Date.now() - s.mtimeMs, () => 0)) > TMP_STALE_MS) await rm(path, { force: true });
     }
   }
 }

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import { FileLogStore } from '../../src/log/file-log-store.ts';
 import { FrameType, encodeFrame } from '../../src/log/frame.ts';
-import type { AppendResult, LogStore, LogWriter, StoredFrame, VerifyEvent, WriterOptions } from '../../src/log/log-store.ts';
+import type { AppendResult, LogStore, LogWriter, SegmentDecision, StoredFrame, VerifyEvent, WriterOptions } from '../../src/log/log-store.ts';
 import { MemoryLogStore } from '../../src/log/memory-log-store.ts';
 import { defer, tempDir, waitFor } from '../helpers/index.ts';
 
@@ -447,6 +447,30 @@ for (const { name, make } of STORES) {
     assert.deepEqual(asked, [0, 1, 2], 'segments starting at keepFrom are not even read');
     assert.equal(result.framesRemoved, 3);
     assert.deepEqual(offsets(await readAll(store, 'a.w0')), range(3, 10));
+  });
+
+  test(`${name}: compaction asks decide about each segment first: keep leaves it unread, drop removes a sealed one unread`, async (t) => {
+    const store = await open(t, make);
+    const writer = await claim(t, store, { segmentBytes: SEGMENT_BYTES });
+    await appendMany(writer, 'a', 0, 10);
+    await writer.close();
+    const asked: number[] = [];
+    const decisions = new Map<number, SegmentDecision>([[0, 'drop'], [3, 'keep'], [6, 'read'], [9, 'drop']]);
+    const seen: { base: number; complete: boolean; frames: number }[] = [];
+    const result = await store.compact(Q, 'a.w0', (frame) => {
+      asked.push(frame.offset);
+      return frame.offset !== 6 && frame.offset !== 7;
+    }, {
+      decide: (summary) => {
+        seen.push({ base: summary.base, complete: summary.complete, frames: summary.frames });
+        return decisions.get(summary.base) ?? 'read';
+      },
+    });
+    assert.deepEqual(seen.map((s) => s.base), [0, 3, 6, 9]);
+    assert.deepEqual(seen.slice(0, 3).map((s) => [s.complete, s.frames]), [[true, 3], [true, 3], [true, 3]], 'sealed segments described whole');
+    assert.deepEqual([...new Set(asked)], [6, 7, 8, 9], 'kept and dropped segments unread; the last one read though asked to drop');
+    assert.deepEqual([result.segmentsDeleted, result.segmentsRewritten, result.framesRemoved], [1, 1, 5], 'segment 0 dropped (3 frames), frames 6 and 7 removed from the segment read');
+    assert.deepEqual(offsets(await readAll(store, 'a.w0')), [3, 4, 5, 8, 9]);
   });
 
   test(`${name}: usage counts the bytes and segments of every stream of the queue, and only of it`, async (t) => {
