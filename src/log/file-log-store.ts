@@ -122,15 +122,16 @@ export class FileLogStore implements LogStore {
    */
   async segments(queue: string, stream: string, options: { readonly signal?: AbortSignal } = {}): Promise<SegmentSummary[]> {
     const list = await new SegmentSet(this.streamDir(queue, stream)).list();
-    const summaries: SegmentSummary[] = [];
-    for (const [i, segment] of list.entries()) {
-      if (options.signal?.aborted === true) throw abortError(options.signal);
-      const sealed = i < list.length - 1;
-      const found = await this.indexes.of(segment.path, segment.baseOffset, sealed, { rebuild: sealed, ...(options.signal === undefined ? {} : { signal: options.signal }) });
-      // Gone since the listing (compacted away): nothing to describe.
-      if (found !== undefined) summaries.push(summarize(stream, segment.baseOffset, sealed, found.bytes, found.index));
-    }
-    return summaries;
+    if (options.signal?.aborted === true) throw abortError(options.signal);
+    // Each index is a file of its own: looked at side by side.
+    const found = await Promise.all(
+      list.map((segment, i) => {
+        const sealed = i < list.length - 1;
+        return this.indexes.of(segment.path, segment.baseOffset, sealed, { rebuild: sealed, ...(options.signal === undefined ? {} : { signal: options.signal }) }).then((f) => f && summarize(stream, segment.baseOffset, sealed, f.bytes, f.index));
+      }),
+    );
+    // Gone since the listing (compacted away): nothing to describe.
+    return found.filter((s): s is SegmentSummary => s !== undefined);
   }
 
   /**

@@ -60,21 +60,37 @@ export class SegmentIndex {
   /** Per frame type (SYNC frames are the log's own and never counted). */
   readonly types: ReadonlyMap<number, TypeTotals>;
   readonly runs: readonly OffsetRun[];
-  /** Offsets rising; the first frame always has one. */
-  readonly entries: readonly IndexEntry[];
   readonly last: LastFrame | undefined;
+  /** The entries, offset and position after each other: no object per entry (thousands per segment). */
+  private readonly entryData: Float64Array;
 
-  constructor(fields: Pick<SegmentIndex, 'base' | 'state' | 'coveredBytes' | 'types' | 'runs' | 'entries' | 'last'>) {
+  constructor(fields: Pick<SegmentIndex, 'base' | 'state' | 'coveredBytes' | 'types' | 'runs' | 'last'> & { readonly entries: readonly IndexEntry[] | Float64Array }) {
     this.base = fields.base;
     this.state = fields.state;
     this.coveredBytes = fields.coveredBytes;
     this.types = fields.types;
     this.runs = fields.runs;
-    this.entries = fields.entries;
     this.last = fields.last;
+    this.entryData = fields.entries instanceof Float64Array ? fields.entries : Float64Array.from(fields.entries.flatMap((e) => [e.offset, e.position]));
     let frames = 0;
     for (const totals of this.types.values()) frames += totals.frames;
     this.frames = frames;
+  }
+
+  /** Offsets rising; the first frame always has one. */
+  get entries(): IndexEntry[] {
+    const entries: IndexEntry[] = [];
+    for (let i = 0; i < this.entryData.length; i += 2) entries.push({ offset: this.entryData[i] as number, position: this.entryData[i + 1] as number });
+    return entries;
+  }
+
+  get entryCount(): number {
+    return this.entryData.length / 2;
+  }
+
+  /** The entries, offset and position after each other (for a builder that goes on from this index). */
+  get entryPairs(): Float64Array {
+    return this.entryData;
   }
 
   get firstOffset(): number | undefined {
@@ -101,14 +117,15 @@ export class SegmentIndex {
 
   /** The entry with the greatest offset at or below `offset`, or undefined when all are above. */
   seek(offset: number): IndexEntry | undefined {
+    const data = this.entryData;
     let low = 0;
-    let high = this.entries.length;
+    let high = data.length / 2;
     while (low < high) {
       const mid = (low + high) >>> 1;
-      if ((this.entries[mid] as IndexEntry).offset <= offset) low = mid + 1;
+      if ((data[2 * mid] as number) <= offset) low = mid + 1;
       else high = mid;
     }
-    return low === 0 ? undefined : this.entries[low - 1];
+    return low === 0 ? undefined : { offset: data[2 * (low - 1)] as number, position: data[2 * (low - 1) + 1] as number };
   }
 
   /** True when both describe the same frames (and were built for the same part of the segment). */
@@ -119,7 +136,7 @@ export class SegmentIndex {
   /** The `.idx` file's bytes (spec/log-format.md §16.1). */
   encode(): Buffer {
     const types = [...this.types].sort((a, b) => a[0] - b[0]);
-    const bytes = HEADER_BYTES + types.length * TYPE_BYTES + this.runs.length * RUN_BYTES + this.entries.length * ENTRY_BYTES + TRAILER_BYTES;
+    const bytes = HEADER_BYTES + types.length * TYPE_BYTES + this.runs.length * RUN_BYTES + this.entryCount * ENTRY_BYTES + TRAILER_BYTES;
     const out = Buffer.alloc(bytes);
     out.writeUInt32LE(MAGIC, 0);
     out[4] = INDEX_VERSION;
@@ -133,7 +150,7 @@ export class SegmentIndex {
     out.writeUInt32LE(this.last?.crc ?? 0, 48);
     out.writeUInt32LE(this.frames, 52);
     out.writeUInt32LE(this.runs.length, 56);
-    out.writeUInt32LE(this.entries.length, 60);
+    out.writeUInt32LE(this.entryCount, 60);
     let at = HEADER_BYTES;
     for (const [type, totals] of types) {
       out.writeUInt32LE(type, at);
@@ -147,11 +164,7 @@ export class SegmentIndex {
       writeU64(out, at + 8, run.from);
       at += RUN_BYTES;
     }
-    for (const entry of this.entries) {
-      writeU64(out, at, entry.offset);
-      writeU64(out, at + 8, entry.position);
-      at += ENTRY_BYTES;
-    }
+    for (let i = 0; i < this.entryData.length; i++, at += 8) writeU64(out, at, this.entryData[i] as number);
     out.writeUInt32LE(crc32(out.subarray(0, at)), at);
     return out;
   }
@@ -185,8 +198,8 @@ export class SegmentIndex {
       const from = readU64(bytes, at + 8);
       runs.push({ type: bytes.readUInt32LE(at), from, to: from + bytes.readUInt32LE(at + 4) });
     }
-    const entries: IndexEntry[] = [];
-    for (let i = 0; i < entryCount; i++, at += ENTRY_BYTES) entries.push({ offset: readU64(bytes, at), position: readU64(bytes, at + 8) });
+    const entries = new Float64Array(2 * entryCount);
+    for (let i = 0; i < entries.length; i++, at += 8) entries[i] = readU64(bytes, at);
     const last = frames === 0 ? undefined : { position: readU64(bytes, 32), offset: readU64(bytes, 40), crc: bytes.readUInt32LE(48) };
     const index = new SegmentIndex({ base, state, coveredBytes, types, runs, entries, last });
     const problem = inconsistency(index, frames);
@@ -206,14 +219,14 @@ function inconsistency(index: SegmentIndex, frames: number): string | undefined 
   }
   if (inRuns !== frames) return `runs hold ${inRuns} frames, the header says ${frames}`;
   if (frames > 0 && index.last?.offset !== previous) return `last frame ${index.last?.offset} is not the last run's end ${previous}`;
-  let entry: IndexEntry | undefined;
-  for (const next of index.entries) {
-    if (entry !== undefined && (next.offset <= entry.offset || next.position <= entry.position)) return 'entries out of order';
-    if (next.position >= index.coveredBytes) return `entry at byte ${next.position} past the covered ${index.coveredBytes} bytes`;
-    entry = next;
+  const entries = index.entryPairs;
+  for (let i = 0; i < entries.length; i += 2) {
+    const [offset, position] = [entries[i] as number, entries[i + 1] as number];
+    if (i > 0 && (offset <= (entries[i - 2] as number) || position <= (entries[i - 1] as number))) return 'entries out of order';
+    if (position >= index.coveredBytes) return `entry at byte ${position} past the covered ${index.coveredBytes} bytes`;
   }
-  if ((frames === 0) !== (index.entries.length === 0)) return 'entries do not match the frame count';
-  if (frames > 0 && index.entries[0]?.offset !== index.firstOffset) return 'the first frame has no entry';
+  if ((frames === 0) !== (entries.length === 0)) return 'entries do not match the frame count';
+  if (frames > 0 && entries[0] !== index.firstOffset) return 'the first frame has no entry';
   if (index.last !== undefined && index.last.position >= index.coveredBytes) return 'last frame past the covered bytes';
   return undefined;
 }
@@ -226,7 +239,8 @@ export class IndexBuilder {
   readonly base: number;
   private readonly types = new Map<number, { frames: number; bytes: number }>();
   private readonly runs: { type: number; from: number; to: number }[] = [];
-  private readonly entries: IndexEntry[] = [];
+  /** Offset and position of each entry, after each other. */
+  private readonly entries: number[] = [];
   private last: LastFrame | undefined;
   private count = 0;
 
@@ -236,7 +250,7 @@ export class IndexBuilder {
     if (from === undefined) return;
     for (const [type, totals] of from.types) this.types.set(type, { ...totals });
     for (const run of from.runs) this.runs.push({ ...run });
-    this.entries.push(...from.entries);
+    for (const value of from.entryPairs) this.entries.push(value);
     this.last = from.last;
     this.count = from.frames;
   }
@@ -256,8 +270,8 @@ export class IndexBuilder {
     const run = this.runs.at(-1);
     if (run !== undefined && run.type === frame.type && run.to === frame.offset) run.to++;
     else this.runs.push({ type: frame.type, from: frame.offset, to: frame.offset + 1 });
-    const entry = this.entries.at(-1);
-    if (entry === undefined || frame.position - entry.position >= INDEX_INTERVAL_BYTES) this.entries.push({ offset: frame.offset, position: frame.position });
+    const lastEntry = this.entries.at(-1);
+    if (lastEntry === undefined || frame.position - lastEntry >= INDEX_INTERVAL_BYTES) this.entries.push(frame.offset, frame.position);
     this.last = { offset: frame.offset, position: frame.position, crc: frame.crc };
     this.count++;
   }
@@ -266,7 +280,7 @@ export class IndexBuilder {
   build(state: IndexState, coveredBytes: number): SegmentIndex {
     const types = new Map<number, TypeTotals>();
     for (const [type, totals] of this.types) types.set(type, { ...totals });
-    return new SegmentIndex({ base: this.base, state, coveredBytes, types, runs: this.runs.map((r) => ({ ...r })), entries: [...this.entries], last: this.last });
+    return new SegmentIndex({ base: this.base, state, coveredBytes, types, runs: this.runs.map((r) => ({ ...r })), entries: Float64Array.from(this.entries), last: this.last });
   }
 }
 

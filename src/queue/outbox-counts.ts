@@ -19,9 +19,9 @@
  */
 import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { isMqlogError } from '../errors.js';
 import { FrameType, frameChecksum } from '../log/frame.js';
 import type { LogReader, LogStore, SegmentSummary, StoredFrame } from '../log/log-store.js';
+import { readAvailable } from '../log/stream-scan.js';
 import { ensureDir, readFileIfExists, readdirIfExists, writeCacheFile } from '../util/fs.js';
 import { decodeMeta, type MessageMeta } from './codec.js';
 import type { QueueInfo } from './layout.js';
@@ -96,15 +96,17 @@ export class OutboxCounter {
   }
 
   private async refreshStreams(signal: AbortSignal | undefined): Promise<void> {
-    for (const { name } of await this.store.streams(this.info.queue)) {
-      if (signal?.aborted === true) break;
-      let view = this.streams.get(name);
-      if (view === undefined) {
-        view = { sealed: new Map(), follower: undefined, current: [] };
-        this.streams.set(name, view);
-      }
-      await this.refreshStream(name, view, signal);
-    }
+    // Streams side by side: most of the time goes to waiting for small files.
+    await Promise.all(
+      (await this.store.streams(this.info.queue)).map(async ({ name }) => {
+        let view = this.streams.get(name);
+        if (view === undefined) {
+          view = { sealed: new Map(), follower: undefined, current: [] };
+          this.streams.set(name, view);
+        }
+        if (signal?.aborted !== true) await this.refreshStream(name, view, signal);
+      }),
+    );
   }
 
   /** The summaries of a stream's segments as of the last refresh (for compaction). */
@@ -261,17 +263,10 @@ export class OutboxCounter {
   }
 
   private async readFrames(reader: LogReader, signal: AbortSignal | undefined, builderOf: (base: number) => BlockBuilder | undefined, following: boolean, end?: number): Promise<void> {
-    for (;;) {
+    // Damaged data: counted up to it (verify reports it).
+    for await (const frames of readAvailable(reader, READ)) {
       if (signal?.aborted === true) return;
-      let read;
-      try {
-        read = await reader.read(READ);
-      } catch (err) {
-        // Damaged data: counted up to it (verify reports it).
-        if (isMqlogError(err, 'ERR_CORRUPT_FRAME') || isMqlogError(err, 'ERR_UNSUPPORTED_VERSION')) return;
-        throw err;
-      }
-      for (const frame of read.frames) {
+      for (const frame of frames) {
         if (end !== undefined && frame.offset >= end) return;
         const builder = builderOf(frame.segment);
         if (builder === undefined) return;
@@ -284,7 +279,6 @@ export class OutboxCounter {
           if (following) this.onMessage?.(meta);
         }
       }
-      if (read.state !== 'more') return;
     }
   }
 
@@ -302,14 +296,12 @@ export class OutboxCounter {
     const messages: SummarisedMessage[] = [];
     const reader = this.store.reader(this.info.queue, stream, { offset: block.from }, { skipTypes: CHUNKS });
     try {
-      reading: for (;;) {
-        const read = await reader.read(READ);
-        for (const frame of read.frames) {
+      reading: for await (const frames of readAvailable(reader, READ)) {
+        for (const frame of frames) {
           if (frame.offset >= block.to) break reading;
           const meta = frame.type === FrameType.MESSAGE ? metaOf(frame) : undefined;
           if (meta !== undefined) messages.push({ offset: frame.offset, meta });
         }
-        if (read.state !== 'more') break;
       }
     } finally {
       await reader.close();

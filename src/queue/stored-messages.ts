@@ -10,9 +10,9 @@
  *
  * One caller at a time (refresh() is not re-entrant).
  */
-import { isMqlogError } from '../errors.js';
 import { FrameType } from '../log/frame.js';
 import type { LogReader, LogStore, SegmentSummary } from '../log/log-store.js';
+import { readAvailable } from '../log/stream-scan.js';
 import { IntervalSet } from '../util/interval-set.js';
 
 const CHUNKS: ReadonlySet<number> = new Set([FrameType.BODY_CHUNK]);
@@ -47,14 +47,17 @@ export class StoredMessages {
    * @throws ERR_ABORTED when `signal` fires; ERR_IO.
    */
   async refresh(signal?: AbortSignal): Promise<void> {
-    for (const { name } of await this.store.streams(this.queue)) {
-      let s = this.streams.get(name);
-      if (s === undefined) {
-        s = { reader: undefined, followed: new IntervalSet(), messages: new IntervalSet() };
-        this.streams.set(name, s);
-      }
-      await this.refreshStream(name, s, signal);
-    }
+    // Streams side by side: most of the time goes to waiting for small files.
+    await Promise.all(
+      (await this.store.streams(this.queue)).map(async ({ name }) => {
+        let s = this.streams.get(name);
+        if (s === undefined) {
+          s = { reader: undefined, followed: new IntervalSet(), messages: new IntervalSet() };
+          this.streams.set(name, s);
+        }
+        await this.refreshStream(name, s, signal);
+      }),
+    );
   }
 
   /** Messages stored, as of the last refresh. */
@@ -100,38 +103,22 @@ export class StoredMessages {
     s.messages = messages;
   }
 
-  /** Reads the stream's new frames, noting the message offsets. */
+  /** Reads the stream's new frames, noting the message offsets (up to damaged data, where it waits). */
   private async follow(s: FollowedStream): Promise<void> {
-    const reader = s.reader;
-    if (reader === undefined) return;
-    for (;;) {
-      let read;
-      try {
-        read = await reader.read(READ);
-      } catch (err) {
-        // Damaged data: counted up to it (verify reports it); the follower waits there.
-        if (isMqlogError(err, 'ERR_CORRUPT_FRAME') || isMqlogError(err, 'ERR_UNSUPPORTED_VERSION')) return;
-        throw err;
-      }
-      for (const frame of read.frames) if (frame.type === FrameType.MESSAGE) s.followed.add(frame.offset);
-      if (read.state !== 'more') return;
-    }
+    if (s.reader === undefined) return;
+    for await (const frames of readAvailable(s.reader, READ)) for (const frame of frames) if (frame.type === FrameType.MESSAGE) s.followed.add(frame.offset);
   }
 
   /** Adds the message offsets of one segment from `summary.next` up to `end` (the next segment's base). */
   private async readSegment(stream: string, summary: SegmentSummary, end: number, into: IntervalSet): Promise<void> {
     const reader = this.store.reader(this.queue, stream, summary.next, { skipTypes: CHUNKS });
     try {
-      for (;;) {
-        const read = await reader.read(READ);
-        for (const frame of read.frames) {
+      for await (const frames of readAvailable(reader, READ)) {
+        for (const frame of frames) {
           if (frame.offset >= end) return;
           if (frame.type === FrameType.MESSAGE) into.add(frame.offset);
         }
-        if (read.state !== 'more') return;
       }
-    } catch (err) {
-      if (!isMqlogError(err, 'ERR_CORRUPT_FRAME') && !isMqlogError(err, 'ERR_UNSUPPORTED_VERSION')) throw err;
     } finally {
       await reader.close();
     }
