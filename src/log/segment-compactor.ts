@@ -21,8 +21,8 @@ import { frameChecksum } from './frame.js';
 import { Lock } from './lock.js';
 import type { CompactOptions, KeepFrame, SegmentDecision, StreamCompaction } from './log-store.js';
 import { SegmentReader, parseSegmentFileName, storedFrame } from './segment.js';
-import { INDEX_SUFFIX, IndexBuilder, summarize } from './segment-index.js';
-import { indexPathOf, removeSegmentIndex, writeSegmentIndex, type SegmentIndexes } from './segment-index-file.js';
+import { INDEX_SUFFIX, IndexBuilder, summarize, type SegmentIndex } from './segment-index.js';
+import { indexPathOf, removeSegmentIndex, type SegmentIndexes } from './segment-index-file.js';
 import { SegmentSet, type SegmentInfo } from './segment-set.js';
 import { StreamWriter } from './stream-writer.js';
 
@@ -53,6 +53,24 @@ export async function compactStream(
   const set = new SegmentSet(dir);
   const result = { segmentsDeleted: 0, segmentsRewritten: 0, framesRemoved: 0, bytesReclaimed: 0 };
   await removeLeftovers(dir);
+  try {
+    await compactSegments(set, stream, slotLock, keep, options, result);
+  } finally {
+    // One fsync of the directory for every removal and rename of the round: until it, a crash may
+    // bring a removed segment back or leave the old one of a rewrite in force, both whole and done.
+    if (result.segmentsDeleted + result.segmentsRewritten > 0) await fsyncDir(dir);
+  }
+  return result;
+}
+
+async function compactSegments(
+  set: SegmentSet,
+  stream: string,
+  slotLock: string,
+  keep: KeepFrame,
+  options: CompactOptions & { readonly segmentBytes?: number; readonly indexes?: SegmentIndexes },
+  result: { segmentsDeleted: number; segmentsRewritten: number; framesRemoved: number; bytesReclaimed: number },
+): Promise<void> {
   const segments = await set.list();
   const signal = options.signal;
   for (const [index, segment] of segments.entries()) {
@@ -72,7 +90,6 @@ export async function compactStream(
     result.bytesReclaimed += outcome.bytesReclaimed;
     options.onSegment?.(segment.path, outcome.action);
   }
-  return result;
 }
 
 /**
@@ -97,7 +114,6 @@ async function dropSegment(set: SegmentSet, segment: SegmentInfo, frames: number
   if (size === undefined) return KEPT; // removed meanwhile
   await rm(segment.path, { force: true });
   await removeSegmentIndex(segment.path);
-  await fsyncDir(set.dir);
   return { action: 'deleted', framesRemoved: frames, bytesReclaimed: size };
 }
 
@@ -109,7 +125,6 @@ async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: str
   if (survey.keptFrames === 0) {
     await rm(segment.path, { force: true });
     await removeSegmentIndex(segment.path);
-    await fsyncDir(set.dir);
     return { action: 'deleted', framesRemoved: survey.removed, bytesReclaimed: fileBytes };
   }
   if (survey.keptBytes >= survey.totalBytes * rewriteBelowShare) return KEPT;
@@ -143,14 +158,32 @@ async function compactSegment(set: SegmentSet, segment: SegmentInfo, stream: str
     throw ioError(err, `cannot rewrite ${segment.path}`, { path: segment.path });
   }
   await handle.close();
+  // The new segment's index, fsync'd before either rename (a cache: failing to write it costs a scan).
+  const indexTmp = await writeIndexBeside(tmp, index.build('sealed', written));
   // The rename is the switch: before it the old segment is in force, after it the new one. The old
   // index goes first, so that no crash leaves it beside the new segment (it would be found stale anyway).
   await removeSegmentIndex(segment.path);
   await rename(tmp, segment.path);
-  await fsyncDir(set.dir);
-  // The new segment's index; a crash before it is durable costs a scan, never a wrong answer.
-  await writeSegmentIndex(segment.path, index.build('sealed', written), true).catch(() => undefined);
+  if (indexTmp !== undefined) await rename(indexTmp, indexPathOf(segment.path)).catch(() => rm(indexTmp, { force: true }));
   return { action: 'rewritten', framesRemoved: survey.removed, bytesReclaimed: fileBytes - written };
+}
+
+/** Writes `index` fsync'd into a temp file beside `tmp` (to be renamed with the segment); undefined when it cannot. */
+async function writeIndexBeside(tmp: string, index: SegmentIndex): Promise<string | undefined> {
+  const path = `${tmp}${INDEX_SUFFIX}`;
+  try {
+    const handle = await open(path, 'w', FILE_MODE);
+    try {
+      await handle.writeFile(index.encode());
+      await handle.datasync();
+    } finally {
+      await handle.close();
+    }
+    return path;
+  } catch {
+    await rm(path, { force: true }).catch(() => undefined);
+    return undefined;
+  }
 }
 
 /**
@@ -256,7 +289,7 @@ async function removeLeftovers(dir: string): Promise<void> {
   const segments = new Set(names.filter((name) => parseSegmentFileName(name) !== undefined).map((name) => indexPathOf(join(dir, name))));
   for (const name of names) {
     const path = join(dir, name);
-    if (name.endsWith('.compact.tmp')) await rm(path, { force: true });
+    if (name.endsWith('.compact.tmp') || name.endsWith(`.compact.tmp${INDEX_SUFFIX}`)) await rm(path, { force: true });
     else if (name.endsWith(INDEX_SUFFIX) && !segments.has(path)) await rm(path, { force: true });
     else if (name.includes(`${INDEX_SUFFIX}.`) && name.endsWith('.tmp')) {
       const age = await stat(path).then((s) => Date.now() - s.mtimeMs, () => 0);

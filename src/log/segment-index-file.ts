@@ -67,24 +67,27 @@ export async function loadSegmentIndex(segmentPath: string, handle: FileHandle, 
 }
 
 /**
- * Writes the index of the segment at `segmentPath`. `durable`: fsync'd and its name made durable
- * (sealed indexes); otherwise a crash may leave the old file, the new one or a damaged one, which the
- * next load tells apart.
+ * How an index file is written: `cache`, not fsync'd (a crash may leave the old file, the new one or a
+ * damaged one, which the next load tells apart); `data`, fsync'd before its rename, the caller fsyncs
+ * the directory (after several renames at once); `durable`, fsync'd and its name made durable.
  */
-export async function writeSegmentIndex(segmentPath: string, index: SegmentIndex, durable: boolean): Promise<void> {
+export type IndexSync = 'cache' | 'data' | 'durable';
+
+/** Writes the index of the segment at `segmentPath` through a temp file of its own, then a rename. */
+export async function writeSegmentIndex(segmentPath: string, index: SegmentIndex, sync: IndexSync): Promise<void> {
   const path = indexPathOf(segmentPath);
   const tmp = `${path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
   try {
     const handle = await open(tmp, 'w', FILE_MODE);
     try {
       await handle.writeFile(index.encode());
-      if (durable) await handle.datasync();
+      if (sync !== 'cache') await handle.datasync();
     } finally {
       await handle.close();
     }
     await rename(tmp, path);
     // fsync the dir: a new file's name is not durable until its parent is.
-    if (durable) await fsyncDir(dirname(path));
+    if (sync === 'durable') await fsyncDir(dirname(path));
   } catch (err) {
     await rm(tmp, { force: true }).catch(() => undefined);
     throw err;
@@ -199,7 +202,7 @@ export class SegmentIndexes {
     const index = scan.builder.build('sealed', size);
     // Written only if the file is still the one scanned: a rewrite meanwhile has its own index.
     const now = await stat(segmentPath).catch(() => undefined);
-    if (now?.size === size && now.ino === file.ino) await writeSegmentIndex(segmentPath, index, true).catch(() => undefined);
+    if (now?.size === size && now.ino === file.ino) await writeSegmentIndex(segmentPath, index, 'durable').catch(() => undefined);
     return index;
   }
 }

@@ -144,11 +144,29 @@ export class StreamReader implements LogReader {
   }
 
   private async successorOf(base: number): Promise<SegmentInfo | undefined> {
+    // A segment is named by the offset after its predecessor's last frame, unless compaction removed
+    // segments between them: look for that name first, list only when it is not there.
+    if (this.next > base) {
+      const named = await this.set.find(this.next);
+      if (named !== undefined) return named;
+    }
     return (await this.set.list()).find((s) => s.baseOffset > base);
   }
 
   /** Opens the segment that holds `next`, at the hinted position when the hint checks out. */
   private async openReader(): Promise<SegmentReader | undefined> {
+    // A segment named by the offset wanted is where it lies (segments of a large stream are many: no listing).
+    const named = await this.set.find(this.next);
+    if (named !== undefined) {
+      try {
+        const reader = await this.openAt(named, false);
+        this.reader = reader;
+        this.segment = named.baseOffset;
+        return reader;
+      } catch (err) {
+        if (!isMqlogError(err, 'ERR_NOT_FOUND')) throw err;
+      }
+    }
     for (let attempt = 0; attempt < 10; attempt++) {
       const segments = await this.set.list();
       if (segments.length === 0) return undefined;

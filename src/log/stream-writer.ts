@@ -241,7 +241,7 @@ export class StreamWriter {
     this.checkpointedBytes = this.dataEnd;
     const path = this.set.pathOf(base);
     // A cache: a failed write costs the next reader a scan, never data.
-    this.indexWrites = this.indexWrites.then(() => writeSegmentIndex(path, index, state === 'sealed')).catch(() => undefined);
+    this.indexWrites = this.indexWrites.then(() => writeSegmentIndex(path, index, state === 'sealed' ? 'durable' : 'cache')).catch(() => undefined);
   }
 
   /** Arms the checkpoint clock after a write, unless it is already running; checkpoints at once after many bytes. */
