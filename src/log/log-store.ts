@@ -129,6 +129,12 @@ export interface ReaderOptions {
    * be reused by another frame.
    */
   readonly durable?: boolean;
+  /**
+   * Frames may be views into the reader's read blocks rather than copies (a block is never reused once
+   * a frame came from it). For callers that let go of frames soon: a frame kept long keeps its block
+   * (up to 256 KiB) in memory.
+   */
+  readonly lend?: boolean;
 }
 
 /** Sequential reading of one stream; pulls what is stored now and remembers where it stopped. */
@@ -157,6 +163,12 @@ export interface AppendResult {
   readonly bytes: number;
 }
 
+/** A frame for LogWriter.appendMany. */
+export interface FrameToAppend {
+  readonly type: number;
+  readonly payload: Payload;
+}
+
 /** A claimed writer slot of one queue: the only appender of its streams while it is open. */
 export interface LogWriter {
   readonly slot: number;
@@ -165,6 +177,13 @@ export interface LogWriter {
    * @throws ERR_DISK_FULL, ERR_QUEUE_FULL, ERR_IO, ERR_CLOSED, ERR_INVALID_ARG (bad key).
    */
   append(key: string, type: number, payload: Payload): Promise<AppendResult>;
+  /**
+   * Durable append of several frames to the stream `key`, in order, as one group commit where they fit:
+   * resolves with their results (in order) once all are fsync'd.
+   * @throws as append(); the error's `details.stored` is how many of the first frames were stored
+   *   (durable) before the failure: the stored frames are always a prefix.
+   */
+  appendMany(key: string, frames: readonly FrameToAppend[]): Promise<AppendResult[]>;
   /**
    * Ends the open segment of the stream `key` now (sealed and durable) if it holds any frame, so that
    * compaction may reclaim it: an idle or fully processed segment does not wait for more data to fill it.

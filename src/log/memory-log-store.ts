@@ -14,10 +14,10 @@
  * - every segment but the last is sealed (never appended to again) and holds at least one frame;
  *   compaction replaces a sealed segment object, never changes it in place.
  */
-import { MqlogError, abortError } from '../errors.js';
+import { MqlogError, abortError, withDetails } from '../errors.js';
 import { FRAME_HEADER_BYTES, encodeFrameHeader, frameChecksum, payloadLength, type Payload } from './frame.js';
 import { DEFAULT_ROLL_IDLE_MS } from './log-store.js';
-import type { AppendResult, ChangeFeed, CompactOptions, FrameHint, KeepFrame, LogReader, LogStore, LogWriter, QueueUsage } from './log-store.js';
+import type { AppendResult, FrameToAppend, ChangeFeed, CompactOptions, FrameHint, KeepFrame, LogReader, LogStore, LogWriter, QueueUsage } from './log-store.js';
 import type { ReadLimits, ReaderOptions, SegmentSummary, StoredFrame, StreamCompaction, StreamId, StreamPosition, StreamRead, VerifyEvent, WriterOptions } from './log-store.js';
 import { IndexBuilder, summarize } from './segment-index.js';
 import { STREAM_KEY, compareStreams, parseStreamName, streamName } from './stream-id.js';
@@ -289,6 +289,18 @@ class MemoryLogWriter implements LogWriter {
     bump(q);
     this.armIdleRoll(key);
     return { stream: name, offset, segment: frame.segment, position: frame.position, bytes };
+  }
+
+  async appendMany(key: string, frames: readonly FrameToAppend[]): Promise<AppendResult[]> {
+    const results: AppendResult[] = [];
+    for (const { type, payload } of frames) {
+      try {
+        results.push(await this.append(key, type, payload));
+      } catch (err) {
+        throw withDetails(err, { stored: results.length });
+      }
+    }
+    return results;
   }
 
   private armIdleRoll(key: string): void {

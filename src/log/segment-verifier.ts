@@ -64,8 +64,10 @@ export async function* verifyStream(dir: string, onlySegment?: number): AsyncGen
             damaged = true;
             break;
           }
-          if ((step.kind === 'end' || step.kind === 'torn') && onDisk !== undefined && 'index' in onDisk && onDisk.index.coveredBytes === step.position) {
-            atCovered ??= index.build(onDisk.index.state, step.position);
+          // The data ends at or past the bytes the index covers (a writer's sync mark may follow them):
+          // every frame read so far lies before them.
+          if ((step.kind === 'end' || step.kind === 'torn') && onDisk !== undefined && 'index' in onDisk && step.position >= onDisk.index.coveredBytes) {
+            atCovered ??= index.build(onDisk.index.state, onDisk.index.coveredBytes);
           }
           if (step.kind === 'end') break;
           if (step.kind === 'torn') {

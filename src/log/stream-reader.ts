@@ -13,9 +13,12 @@
 import { basename } from 'node:path';
 import { MqlogError, isMqlogError } from '../errors.js';
 import type { FrameHint, LogReader, ReadLimits, ReaderOptions, StoredFrame, StreamPosition, StreamRead } from './log-store.js';
-import { SegmentReader, corrupt, storedFrame, type ReadStep } from './segment.js';
+import { SegmentReader, corrupt, storedFrame, type ReadStep, type SegmentReaderOptions } from './segment.js';
 import type { SegmentIndexes } from './segment-index-file.js';
 import { SegmentSet, type SegmentInfo } from './segment-set.js';
+
+/** How long frames may stay without a sync mark before a durable reader fsyncs them itself. */
+const UNMARKED_SYNC_AFTER_MS = 20;
 
 export class StreamReader implements LogReader {
   readonly stream: string;
@@ -28,8 +31,13 @@ export class StreamReader implements LogReader {
   /** Corruption met after some frames were already collected: thrown by the next read(). */
   private deferredError: Error | undefined;
   private readonly skipTypes: ReadonlySet<number> | undefined;
+  private readonly lend: boolean;
   private readonly durable: boolean;
   private readonly indexes: SegmentIndexes | undefined;
+  /** Where the last frame returned ends (its segment and byte), until a sync made it durable. */
+  private returnedEnd: { segment: number; end: number } | undefined;
+  /** The first frame a durable read gave back as not yet covered by a sync mark, and since when. */
+  private uncovered: { segment: number; position: number; since: number } | undefined;
 
   /** Reads the stream in directory `dir` from `from`; `indexes` finds places inside segments without a scan. */
   constructor(dir: string, from: StreamPosition = { offset: 0 }, options: ReaderOptions = {}, indexes?: SegmentIndexes) {
@@ -38,6 +46,7 @@ export class StreamReader implements LogReader {
     this.next = from.offset;
     this.hint = from.hint;
     this.skipTypes = options.skipTypes;
+    this.lend = options.lend === true;
     this.durable = options.durable === true;
     this.indexes = indexes;
   }
@@ -53,14 +62,64 @@ export class StreamReader implements LogReader {
    *   before it, so the caller can report where reading stopped.
    */
   async read(limits: ReadLimits = {}): Promise<StreamRead> {
+    const before = this.position;
     const read = await this.readAvailable(limits);
-    if (this.durable && read.frames.length > 0) await this.sync();
-    return read;
+    if (!this.durable || read.frames.length === 0) return read;
+    return this.durablePart(read, before);
   }
 
+  /**
+   * Makes every frame returned so far durable: nothing to do when a sync mark (or the seal of its
+   * segment) already says so, else an fdatasync of the segment it is in.
+   */
   async sync(): Promise<void> {
-    // Frames of earlier segments were sealed, so fsync'd: only the open segment may not be.
+    if (this.returnedEnd === undefined || this.covered(this.returnedEnd.segment, this.returnedEnd.end)) return;
     await this.reader?.sync();
+    this.returnedEnd = undefined;
+  }
+
+  /**
+   * A frame is known to be durable when its segment was sealed (it has a successor: this reader left it)
+   * or a sync mark read after it states a synced length that covers it (spec/log-format.md §3.3).
+   */
+  private covered(segment: number, end: number): boolean {
+    return segment !== this.segment || end <= (this.reader?.syncedBytes ?? 0);
+  }
+
+  /**
+   * The frames of a durable read that are known to be durable. Frames a writer has written but not yet
+   * fsync'd (no sync mark covers them yet) are given back — read again next time, once the writer's mark
+   * after its fsync is there (its write wakes followers) — unless they stay uncovered for
+   * UNMARKED_SYNC_AFTER_MS (a writer killed between its fsync and its mark, or one that writes no marks)
+   * or none of the read is covered while more was left to read (a run longer than the read): then one
+   * fdatasync of our own makes them durable.
+   */
+  private async durablePart(read: StreamRead, before: StreamPosition): Promise<StreamRead> {
+    const frames = read.frames;
+    let covered = 0;
+    while (covered < frames.length && this.covered((frames[covered] as StoredFrame).segment, (frames[covered] as StoredFrame).position + (frames[covered] as StoredFrame).bytes)) covered++;
+    if (covered === frames.length) {
+      this.uncovered = undefined;
+      return read;
+    }
+    const first = frames[covered] as StoredFrame;
+    const now = performance.now();
+    const waited = this.uncovered !== undefined && this.uncovered.segment === first.segment && this.uncovered.position === first.position ? now - this.uncovered.since : 0;
+    if (waited >= UNMARKED_SYNC_AFTER_MS || (covered === 0 && read.state === 'more')) {
+      this.returnedEnd = { segment: first.segment, end: (frames[frames.length - 1] as StoredFrame).position + (frames[frames.length - 1] as StoredFrame).bytes };
+      await this.sync();
+      this.uncovered = undefined;
+      return read;
+    }
+    if (waited === 0) this.uncovered = { segment: first.segment, position: first.position, since: now };
+    // Give the uncovered frames back: the next read starts at the first of them.
+    const last = covered > 0 ? (frames[covered - 1] as StoredFrame) : undefined;
+    this.next = first.offset;
+    this.hint = last === undefined ? before.hint : { segment: last.segment, position: last.position, offset: last.offset };
+    this.reader?.rewind(first.position);
+    // What is returned is covered.
+    this.returnedEnd = undefined;
+    return { frames: frames.slice(0, covered), state: read.state === 'more' && covered > 0 ? 'more' : 'end' };
   }
 
   private async readAvailable(limits: ReadLimits): Promise<StreamRead> {
@@ -103,6 +162,7 @@ export class StreamReader implements LogReader {
         if (step.frame.offset < this.next) continue;
         const frame = storedFrame(this.stream, this.segment ?? 0, step.frame);
         frames.push(frame);
+        this.returnedEnd = { segment: frame.segment, end: frame.position + frame.bytes };
         bytes += frame.bytes;
         this.next = frame.offset + 1;
         this.hint = { segment: frame.segment, position: frame.position, offset: frame.offset };
@@ -190,7 +250,7 @@ export class StreamReader implements LogReader {
    * checks out, else at byte 0. `sealed`: a successor exists (a missing index is then rebuilt).
    */
   private async openAt(segment: SegmentInfo, sealed: boolean): Promise<SegmentReader> {
-    const options = this.skipTypes === undefined ? {} : { skipTypes: this.skipTypes };
+    const options = this.segmentOptions();
     const hint = this.hint;
     if (hint !== undefined && hint.segment === segment.baseOffset && hint.offset < this.next) {
       const reader = await openChecked(segment.path, hint.position, hint.offset, options);
@@ -211,13 +271,17 @@ export class StreamReader implements LogReader {
     }
     return SegmentReader.open(segment.path, options);
   }
+
+  private segmentOptions(): SegmentReaderOptions {
+    return { ...(this.skipTypes === undefined ? {} : { skipTypes: this.skipTypes }), lend: this.lend };
+  }
 }
 
 /**
  * A reader of the segment at `path` that has just read the frame at `position`, found to have exactly
  * `offset`; undefined (the reader closed) when the frame there is another one or none.
  */
-async function openChecked(path: string, position: number, offset: number, options: { readonly skipTypes?: ReadonlySet<number> }): Promise<SegmentReader | undefined> {
+async function openChecked(path: string, position: number, offset: number, options: SegmentReaderOptions): Promise<SegmentReader | undefined> {
   const reader = await SegmentReader.open(path, { position, ...options });
   let step: ReadStep | undefined;
   try {

@@ -17,10 +17,10 @@
  * writes run in the background, one at a time and in order, never in an append's way.
  */
 import type { FileHandle } from 'node:fs/promises';
-import { MqlogError, ioError } from '../errors.js';
+import { MqlogError, ioError, withDetails } from '../errors.js';
 import { basename } from 'node:path';
 import { FRAME_HEADER_BYTES, SYNC_PAYLOAD_BYTES, encodeFrameHeader, encodeSyncFrame, frameChecksum, payloadLength, type Payload } from './frame.js';
-import { DEFAULT_ROLL_IDLE_MS, type AppendResult, type TruncatedTail } from './log-store.js';
+import { DEFAULT_ROLL_IDLE_MS, type AppendResult, type FrameToAppend, type TruncatedTail } from './log-store.js';
 import { recoverStream } from './recovery.js';
 import { IndexBuilder } from './segment-index.js';
 import { writeSegmentIndex } from './segment-index-file.js';
@@ -84,6 +84,11 @@ export class StreamWriter {
   private offset: number;
   /** Frames were written since the last SYNC frame that states the whole segment. */
   private unmarked = false;
+  /**
+   * A SYNC frame stating `dataEnd` ends the data (written after the last run's fsync): the next run
+   * needs no opening mark.
+   */
+  private markedEnd = false;
   private queue: (PendingAppend | PendingRoll)[] = [];
   private flushing: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
@@ -92,6 +97,8 @@ export class StreamWriter {
   /** Frames of the open segment its last index checkpoint describes, and where they end. */
   private checkpointed = 0;
   private checkpointedBytes = 0;
+  /** Where the fsync'd part of the open segment ends: a checkpoint describes nothing past it. */
+  private syncedEnd: number;
   private checkpointTimer: NodeJS.Timeout | undefined;
   /** Index files being written, one after the other (a later one replaces an earlier one). */
   private indexWrites: Promise<void> = Promise.resolve();
@@ -111,6 +118,8 @@ export class StreamWriter {
     this.index = recovered.index;
     this.checkpointed = recovered.checkpointed;
     this.checkpointedBytes = this.dataEnd;
+    // Recovery fsync'd what it kept.
+    this.syncedEnd = this.dataEnd;
     // What recovery had to read is not read again by the next one.
     if (this.index.frames > this.checkpointed) this.checkpoint();
   }
@@ -175,6 +184,39 @@ export class StreamWriter {
   }
 
   /**
+   * Appends frames in order, as one group commit where they fit; resolves with their results once all
+   * are on disk. One promise for the group, whatever its size.
+   * @throws as append(), with `details.stored`: how many of the first frames were stored before the failure.
+   */
+  appendMany(frames: readonly FrameToAppend[]): Promise<AppendResult[]> {
+    if (this.closing !== undefined) return Promise.reject(new MqlogError('ERR_CLOSED', 'stream writer is closed'));
+    if (frames.length === 0) return Promise.resolve([]);
+    return new Promise<AppendResult[]>((resolve, reject) => {
+      const results: AppendResult[] = new Array<AppendResult>(frames.length);
+      let left = frames.length;
+      let failed = false;
+      frames.forEach(({ type, payload }, i) => {
+        this.queue.push({
+          type,
+          payload,
+          bytes: FRAME_HEADER_BYTES + payloadLength(payload),
+          resolve: (result) => {
+            results[i] = result;
+            if (--left === 0 && !failed) resolve(results);
+          },
+          reject: (err) => {
+            if (failed) return;
+            failed = true;
+            // The frames of a group before this one were stored (written in order: a failure fails every frame after it).
+            reject(withDetails(err, { stored: i }));
+          },
+        });
+      });
+      this.flushing ??= this.flushLoop();
+    });
+  }
+
+  /**
    * Seals the open segment (after every append queued before this call) and starts the next one, when
    * the open segment holds any frame: an idle segment can then be reclaimed without waiting to fill up.
    */
@@ -202,7 +244,8 @@ export class StreamWriter {
         return;
       }
       try {
-        let changed = this.allocatedEnd > this.dataEnd;
+        // A closing mark written after the last run's fsync is fsync'd now, as a clean close's mark is.
+        let changed = this.allocatedEnd > this.dataEnd || this.markedEnd;
         if (this.unmarked && this.dataEnd + SYNC_FRAME_BYTES <= this.segmentBytes) {
           // Everything before this mark is fsync'd: a later reader can tell damage here from a torn write.
           // Best effort: without room for it (a full disk), the segment is as valid without it.
@@ -217,6 +260,7 @@ export class StreamWriter {
         }
         if (this.allocatedEnd > this.dataEnd) await handle.truncate(this.dataEnd);
         if (changed) await handle.datasync();
+        this.syncedEnd = this.dataEnd;
         // Everything in the segment is fsync'd now: the next writer, reader or count starts from here.
         if (changed || this.index.frames > this.checkpointed) this.writeIndex(this.segmentBase, 'partial');
       } finally {
@@ -236,7 +280,9 @@ export class StreamWriter {
 
   /** Writes the index of the open segment as it is now (all of it fsync'd), after the index writes queued before. */
   private writeIndex(base: number, state: 'partial' | 'sealed'): void {
-    const index = this.index.build(state, this.dataEnd);
+    // A sealed segment was fsync'd whole; an open one only up to the end of its last fsync'd run (a
+    // sync mark written after it is not, and recovery must read it again).
+    const index = this.index.build(state, state === 'sealed' ? this.dataEnd : this.syncedEnd);
     this.checkpointed = index.frames;
     this.checkpointedBytes = this.dataEnd;
     const path = this.set.pathOf(base);
@@ -293,11 +339,13 @@ export class StreamWriter {
         handle = await this.handleFor(batch[index]?.bytes ?? 0);
       } catch (err) {
         failAll(batch.slice(index), err);
+        this.failQueued(err);
         return;
       }
       // The run opens with a SYNC frame stating that everything before it is fsync'd (at the start of a
-      // segment there is nothing to state). Then frames while they fit in this segment (always at least one).
-      const sync = this.dataEnd > 0 ? encodeSyncFrame(this.offset, this.dataEnd) : undefined;
+      // segment there is nothing to state, and after the previous run's closing mark nothing new). Then
+      // frames while they fit in this segment (always at least one).
+      const sync = this.dataEnd > 0 && !this.markedEnd ? encodeSyncFrame(this.offset, this.dataEnd) : undefined;
       const run: { pending: PendingAppend; header: Buffer; result: AppendResult }[] = [];
       let position = this.dataEnd + (sync?.length ?? 0);
       let offset = this.offset;
@@ -331,17 +379,52 @@ export class StreamWriter {
       } catch (err) {
         failAll(run.map((r) => r.pending), err);
         failAll(batch.slice(index), err);
+        this.failQueued(err);
         return;
       }
       this.dataEnd = position;
       this.offset = offset;
       this.unmarked = true;
+      this.markedEnd = false;
+      // Fsync'd up to here (the mark written next is not, until the next run's fsync).
+      this.syncedEnd = position;
       for (const r of run) this.index.add({ type: r.pending.type, offset: r.result.offset, position: r.result.position, bytes: r.result.bytes, crc: frameChecksum(r.header) });
       this.onFlush?.(run.length, runBytes, performance.now() - started);
+      await this.markSynced(handle);
       for (const r of run) r.pending.resolve(r.result);
     }
     this.armIdleRoll();
     this.armCheckpoint();
+  }
+
+  /**
+   * After a run's fsync: a SYNC frame stating the new end of data, so that followers (in any process)
+   * see that the run is durable without an fsync of their own (spec/log-format.md §3.3). It is the next
+   * run's opening mark, written early; not fsync'd itself (the next run's fsync covers it). Best
+   * effort: without it (no room, a full disk) the next run opens with the mark as before.
+   */
+  private async markSynced(handle: FileHandle): Promise<void> {
+    // Room for it and for what the segment keeps for its closing mark after the next frame (handleFor).
+    if (this.dataEnd + 2 * SYNC_FRAME_BYTES > this.segmentBytes) return;
+    try {
+      await writeAll(handle, [encodeSyncFrame(this.offset, this.dataEnd)], this.dataEnd);
+    } catch {
+      // Whatever part of it reached the file lies past the end of data: the next run writes over it.
+      return;
+    }
+    this.dataEnd += SYNC_FRAME_BYTES;
+    this.allocatedEnd = Math.max(this.allocatedEnd, this.dataEnd);
+    this.markedEnd = true;
+    this.unmarked = false;
+  }
+
+  /**
+   * After a failed write: every append queued behind it fails too, so that what a writer acknowledges
+   * is always a prefix of the calls made to it (a caller sending in order never sees a later message
+   * stored and an earlier one refused; a full disk fails everything waiting, not one write in two).
+   */
+  private failQueued(err: unknown): void {
+    for (const pending of this.queue.splice(0)) pending.reject(err);
   }
 
   /** (Re)starts the idle clock after a write: it rolls the segment when nothing follows in time. */
@@ -426,6 +509,7 @@ export class StreamWriter {
     this.index = new IndexBuilder(this.offset);
     this.checkpointed = 0;
     this.checkpointedBytes = 0;
+    this.syncedEnd = 0;
     this.handle = next;
     this.segmentBase = this.offset;
     this.dataEnd = 0;

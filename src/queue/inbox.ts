@@ -9,7 +9,7 @@
  * made by the first append.
  */
 import { MqlogError } from '../errors.js';
-import { FrameType } from '../log/frame.js';
+import { FrameType, type Payload } from '../log/frame.js';
 import type { AppendResult, ChangeFeed, LogStore, LogWriter, WriterOptions } from '../log/log-store.js';
 import { DEAD_REASON_HEADER, checkChannel, encodeChunk, encodeMessage, type ChunkMeta, type MessageMeta, type MessageRecord } from './codec.js';
 import { readStreamedBody } from './body.js';
@@ -84,6 +84,21 @@ export class Inbox {
     const writer = await this.writer;
     // Meta, then the body as it came: written as parts, never copied into one buffer.
     return writer.append(priorityKey(meta.priority), FrameType.MESSAGE, encodeMessage(meta, body));
+  }
+
+  /**
+   * Appends MESSAGE payloads of one priority, ready-made (inboxCopyPayload, encodeMessage), as one group
+   * commit; resolves once all are fsync'd.
+   * @throws as LogWriter.appendMany (`details.stored`: how many of the first ones were stored).
+   */
+  async appendMany(priority: number, payloads: readonly Payload[]): Promise<AppendResult[]> {
+    if (this.closing !== undefined) throw new MqlogError('ERR_CLOSED', 'inbox is closed');
+    this.writer ??= this.claim();
+    const writer = await this.writer;
+    return writer.appendMany(
+      priorityKey(priority),
+      payloads.map((payload) => ({ type: FrameType.MESSAGE, payload })),
+    );
   }
 
   /** Appends one chunk of a streamed body (invisible to consumers until its message is appended). */

@@ -13,7 +13,7 @@
  * One process (the daemon) at a time.
  */
 import type { LogStore } from '../log/log-store.js';
-import type { MessageMeta } from './codec.js';
+import type { MessageRouting } from './codec.js';
 import type { QueueInfo } from './layout.js';
 import { OutboxCounter } from './outbox-counts.js';
 import type { OutboxState } from './outbox-state.js';
@@ -23,7 +23,7 @@ const POKE_INTERVAL_MS = 100;
 
 export interface BacklogEvents {
   /** An application message sent since this object started (receipts do not count). */
-  appended?(meta: MessageMeta): void;
+  appended?(meta: MessageRouting): void;
   /** A destination's backlog changed. */
   changed?(destination: string, backlog: number): void;
 }

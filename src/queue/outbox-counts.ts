@@ -229,7 +229,7 @@ export class OutboxCounter {
       if (this.closed) return [];
       const file = await this.load(stream, last.base);
       const from = file?.id === undefined && file !== undefined && (await this.checks(stream, file)) ? file : undefined;
-      follower = { reader: this.store.reader(this.info.queue, stream, nextAfter(last.base, from), { skipTypes: CHUNKS }), builders: new Map([[last.base, new BlockBuilder(stream, last.base, from)]]), persisted: new Map([[last.base, from?.blocks.length ?? 0]]) };
+      follower = { reader: this.store.reader(this.info.queue, stream, nextAfter(last.base, from), { skipTypes: CHUNKS, lend: true }), builders: new Map([[last.base, new BlockBuilder(stream, last.base, from)]]), persisted: new Map([[last.base, from?.blocks.length ?? 0]]) };
       view.follower = follower;
     }
     const builders = follower.builders;
@@ -254,7 +254,7 @@ export class OutboxCounter {
 
   /** Reads a stream from `from` to its end (or to `end`), adding each message to the builder of its segment. */
   private async readInto(stream: string, from: { offset: number; hint?: { segment: number; position: number; offset: number } }, signal: AbortSignal | undefined, builderOf: (base: number) => BlockBuilder | undefined, end?: number): Promise<void> {
-    const reader = this.store.reader(this.info.queue, stream, from, { skipTypes: CHUNKS });
+    const reader = this.store.reader(this.info.queue, stream, from, { skipTypes: CHUNKS, lend: true });
     try {
       await this.readFrames(reader, signal, builderOf, false, end);
     } finally {
@@ -294,7 +294,7 @@ export class OutboxCounter {
       return cached;
     }
     const messages: SummarisedMessage[] = [];
-    const reader = this.store.reader(this.info.queue, stream, { offset: block.from }, { skipTypes: CHUNKS });
+    const reader = this.store.reader(this.info.queue, stream, { offset: block.from }, { skipTypes: CHUNKS, lend: true });
     try {
       reading: for await (const frames of readAvailable(reader, READ)) {
         for (const frame of frames) {

@@ -28,7 +28,7 @@ export interface QueuedFrame<T> {
   readonly frame: StoredFrame;
   readonly priority: number;
   /** Sort key among equal priorities. */
-  readonly order: string;
+  readonly order: string | number;
   /** What `describe` decoded. */
   readonly info: T;
 }
@@ -37,8 +37,11 @@ export interface PriorityReaderOptions<T> {
   /** Read-ahead per stream. */
   readonly readAheadFrames?: number;
   readonly readAheadBytes?: number;
-  /** Order key and decoded fields of a frame. */
-  readonly describe: (frame: StoredFrame) => { readonly order: string; readonly info: T };
+  /**
+   * Order key and decoded fields of a frame. Keys of one reader are all strings or all numbers (a
+   * number: a frame's time, when frames of one millisecond may go in any order).
+   */
+  readonly describe: (frame: StoredFrame) => { readonly order: string | number; readonly info: T };
   /** Called when a stream's data ends in a torn or unfinished write. */
   readonly onTorn?: (stream: string, torn: TornTail) => void;
   /** Frame types never handed out, passed over without reading them (consumers skip body chunks). */
@@ -54,6 +57,8 @@ export interface PriorityReaderOptions<T> {
    * less urgent frames (whose storing at the receiver would delay it).
    */
   readonly onePriorityPerTake?: boolean;
+  /** Frames are let go of soon after they are taken (see ReaderOptions.lend). */
+  readonly lend?: boolean;
 }
 
 interface Lane<T> {
@@ -150,7 +155,7 @@ export class PriorityReader<T> {
       if (this.lanes.has(id.name)) continue;
       const priority = priorityOfKey(id.key);
       if (priority === undefined) continue;
-      const reader = this.store.reader(this.queue, id.name, this.start(id.name), this.options.skipTypes === undefined ? {} : { skipTypes: this.options.skipTypes });
+      const reader = this.store.reader(this.queue, id.name, this.start(id.name), { ...(this.options.skipTypes === undefined ? {} : { skipTypes: this.options.skipTypes }), lend: this.options.lend === true });
       this.lanes.set(id.name, { id, priority, reader, ahead: [], drained: false, unsynced: false });
     }
   }

@@ -94,7 +94,7 @@ export class StoredMessages {
       if (!summary.complete && summary !== last) await this.readSegment(stream, summary, summaries[i + 1]?.base ?? Number.POSITIVE_INFINITY, messages);
     }
     if (last !== undefined) {
-      if (s.reader === undefined && !this.closed) s.reader = this.store.reader(this.queue, stream, last.next, { skipTypes: CHUNKS });
+      if (s.reader === undefined && !this.closed) s.reader = this.store.reader(this.queue, stream, last.next, { skipTypes: CHUNKS, lend: true });
       await this.follow(s);
       // What the follower found before the open segment is described by the summaries now (or gone).
       s.followed.deleteBelow(last.base);
@@ -111,7 +111,7 @@ export class StoredMessages {
 
   /** Adds the message offsets of one segment from `summary.next` up to `end` (the next segment's base). */
   private async readSegment(stream: string, summary: SegmentSummary, end: number, into: IntervalSet): Promise<void> {
-    const reader = this.store.reader(this.queue, stream, summary.next, { skipTypes: CHUNKS });
+    const reader = this.store.reader(this.queue, stream, summary.next, { skipTypes: CHUNKS, lend: true });
     try {
       for await (const frames of readAvailable(reader, READ)) {
         for (const frame of frames) {

@@ -14,7 +14,7 @@ import type { StoredFrame } from '../../src/log/log-store.ts';
 import { SegmentIndex } from '../../src/log/segment-index.ts';
 import { StreamWriter } from '../../src/log/stream-writer.ts';
 import { flipByte, framesOf } from '../helpers/crash.ts';
-import { mqlog, tempDir } from '../helpers/index.ts';
+import { mqlog, tempDir, waitFor } from '../helpers/index.ts';
 
 const SEGMENT_BYTES = 64 * 1024;
 /** Frames of mixed sizes and types, so that entries, runs and totals all have something to say. */
@@ -191,4 +191,23 @@ test('verify notes an index that does not describe its segment, and passes', asy
   assert.equal(noted.code, 0, noted.stdout + noted.stderr);
   assert.match(noted.stdout, new RegExp(`^INDEX ${indexOf(first!)} damaged: CRC mismatch; rebuilt when next needed$`, 'm'));
   assert.match(noted.stdout, /1 stale index\(es\) noted/);
+});
+
+test('the checkpoint of an open segment whose writer is still appending (or was killed) describes it: verify has nothing to note', async (t) => {
+  const root = await tempDir(t);
+  const dir = join(root, 'outbox', 'p4.w0');
+  await writeFile(join(root, 'mqlog.json'), '{}');
+  const writer = await StreamWriter.open(dir);
+  t.after(() => writer.close());
+  for (let i = 0; i < 50; i++) await writer.append(FrameType.RECORD, payloadOf(i));
+  await writeFile(join(root, 'outbox', 'queue.json'), JSON.stringify({ kind: 'outbox', channel: null }));
+  const index = join(dir, '00000000000000000000.idx');
+  // Left open, as a killed writer leaves it: its checkpoint comes within a second of the last append.
+  await waitFor(() => stat(index).then(() => true, () => false), { message: 'the checkpoint' });
+  const checkpoint = SegmentIndex.decode(await readFile(index), 0) as SegmentIndex;
+  assert.equal(checkpoint.state, 'partial');
+  assert.equal(checkpoint.frames, 50);
+  const verified = await mqlog(['verify', root]);
+  assert.equal(verified.code, 0, verified.stdout + verified.stderr);
+  assert.doesNotMatch(verified.stdout, /^INDEX /m, 'the checkpoint describes the frames before its end');
 });
