@@ -10,11 +10,10 @@
  * previous one. append() resolves only after its frame is fdatasync'd, and after the directory entry of a
  * new segment is fsync'd.
  *
- * The writer also keeps the index of its open segment (spec/log-format.md §16) as it appends: written
- * durably beside a segment it seals, and as a checkpoint of the open segment (not fsync'd: a cache) at
- * most CHECKPOINT_MS after an append (at once after many bytes) and when it closes, so that reopening the stream after a crash,
- * reading from an offset or counting its frames reads only what came after the last checkpoint. Index
- * writes run in the background, one at a time and in order, never in an append's way.
+ * The writer also keeps the index of its open segment as it appends (open-segment-index.ts, spec
+ * §16): written durably once the segment is sealed, and as checkpoints of the open segment, so that
+ * reopening the stream after a crash, reading from an offset or counting its frames reads only what
+ * came after the last checkpoint.
  */
 import type { FileHandle } from 'node:fs/promises';
 import { MqlogError, ioError, withDetails } from '../errors.js';
@@ -22,8 +21,8 @@ import { basename } from 'node:path';
 import { FRAME_HEADER_BYTES, SYNC_PAYLOAD_BYTES, encodeFrameHeader, encodeSyncFrame, frameChecksum, payloadLength, type Payload } from './frame.js';
 import { DEFAULT_ROLL_IDLE_MS, type AppendResult, type FrameToAppend, type TruncatedTail } from './log-store.js';
 import { recoverStream } from './recovery.js';
+import { OpenSegmentIndex } from './open-segment-index.js';
 import { IndexBuilder } from './segment-index.js';
-import { writeSegmentIndex } from './segment-index-file.js';
 import { SegmentSet } from './segment-set.js';
 
 export const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
@@ -34,12 +33,6 @@ const PREALLOCATE_BELOW_BATCH_BYTES = 256 * 1024;
 const MAX_BATCH_BYTES = 8 * 1024 * 1024;
 const ZEROS = Buffer.alloc(PREALLOCATE_BYTES);
 const SYNC_FRAME_BYTES = FRAME_HEADER_BYTES + SYNC_PAYLOAD_BYTES;
-/**
- * The open segment's index is written at most this long after an append, and once this many bytes were
- * appended since it was last written: a reopening after a crash reads at most about that much.
- */
-export const CHECKPOINT_MS = 1000;
-const CHECKPOINT_BYTES = 16 * 1024 * 1024;
 
 export interface StreamWriterOptions {
   readonly segmentBytes?: number;
@@ -93,15 +86,7 @@ export class StreamWriter {
   private flushing: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
   /** The index of the open segment: every frame written to it and fsync'd. */
-  private index: IndexBuilder;
-  /** Frames of the open segment its last index checkpoint describes, and where they end. */
-  private checkpointed = 0;
-  private checkpointedBytes = 0;
-  /** Where the fsync'd part of the open segment ends: a checkpoint describes nothing past it. */
-  private syncedEnd: number;
-  private checkpointTimer: NodeJS.Timeout | undefined;
-  /** Index files being written, one after the other (a later one replaces an earlier one). */
-  private indexWrites: Promise<void> = Promise.resolve();
+  private readonly index: OpenSegmentIndex;
 
   private constructor(set: SegmentSet, recovered: { base: number; dataEnd: number; nextOffset: number; handle: FileHandle | undefined; truncated: TruncatedTail | undefined; index: IndexBuilder; checkpointed: number }, options: StreamWriterOptions) {
     this.set = set;
@@ -115,13 +100,8 @@ export class StreamWriter {
     this.offset = recovered.nextOffset;
     this.handle = recovered.handle;
     this.recoveredTruncation = recovered.truncated;
-    this.index = recovered.index;
-    this.checkpointed = recovered.checkpointed;
-    this.checkpointedBytes = this.dataEnd;
-    // Recovery fsync'd what it kept.
-    this.syncedEnd = this.dataEnd;
-    // What recovery had to read is not read again by the next one.
-    if (this.index.frames > this.checkpointed) this.checkpoint();
+    // What recovery had to read is not read again by the next one (a checkpoint at once); it fsync'd it.
+    this.index = new OpenSegmentIndex(set, recovered.base, recovered.index, recovered.checkpointed, recovered.dataEnd);
   }
 
   /**
@@ -235,12 +215,11 @@ export class StreamWriter {
   close(): Promise<void> {
     this.closing ??= (async () => {
       clearTimeout(this.idleTimer);
-      clearTimeout(this.checkpointTimer);
       while (this.flushing !== undefined) await this.flushing;
       const handle = this.handle;
       this.handle = undefined;
       if (handle === undefined) {
-        await this.indexWrites;
+        await this.index.close();
         return;
       }
       try {
@@ -260,47 +239,14 @@ export class StreamWriter {
         }
         if (this.allocatedEnd > this.dataEnd) await handle.truncate(this.dataEnd);
         if (changed) await handle.datasync();
-        this.syncedEnd = this.dataEnd;
         // Everything in the segment is fsync'd now: the next writer, reader or count starts from here.
-        if (changed || this.index.frames > this.checkpointed) this.writeIndex(this.segmentBase, 'partial');
+        await this.index.close(this.dataEnd, changed);
       } finally {
         await handle.close();
-        await this.indexWrites;
+        await this.index.close();
       }
     })();
     return this.closing;
-  }
-
-  /** Takes a checkpoint of the open segment's index (in the background). */
-  private checkpoint(): void {
-    this.checkpointTimer = undefined;
-    if (this.closing !== undefined || this.index.frames === this.checkpointed) return;
-    this.writeIndex(this.segmentBase, 'partial');
-  }
-
-  /** Writes the index of the open segment as it is now (all of it fsync'd), after the index writes queued before. */
-  private writeIndex(base: number, state: 'partial' | 'sealed'): void {
-    // A sealed segment was fsync'd whole; an open one only up to the end of its last fsync'd run (a
-    // sync mark written after it is not, and recovery must read it again).
-    const index = this.index.build(state, state === 'sealed' ? this.dataEnd : this.syncedEnd);
-    this.checkpointed = index.frames;
-    this.checkpointedBytes = this.dataEnd;
-    const path = this.set.pathOf(base);
-    // A cache: a failed write costs the next reader a scan, never data.
-    this.indexWrites = this.indexWrites.then(() => writeSegmentIndex(path, index, state === 'sealed' ? 'durable' : 'cache')).catch(() => undefined);
-  }
-
-  /** Arms the checkpoint clock after a write, unless it is already running; checkpoints at once after many bytes. */
-  private armCheckpoint(): void {
-    if (this.closing !== undefined) return;
-    if (this.dataEnd - this.checkpointedBytes >= CHECKPOINT_BYTES) {
-      clearTimeout(this.checkpointTimer);
-      this.checkpoint();
-      return;
-    }
-    if (this.checkpointTimer !== undefined) return;
-    this.checkpointTimer = setTimeout(() => this.checkpoint(), CHECKPOINT_MS);
-    this.checkpointTimer.unref();
   }
 
   private async flushLoop(): Promise<void> {
@@ -387,14 +333,15 @@ export class StreamWriter {
       this.unmarked = true;
       this.markedEnd = false;
       // Fsync'd up to here (the mark written next is not, until the next run's fsync).
-      this.syncedEnd = position;
-      for (const r of run) this.index.add({ type: r.pending.type, offset: r.result.offset, position: r.result.position, bytes: r.result.bytes, crc: frameChecksum(r.header) });
+      this.index.added(
+        run.map((r) => ({ type: r.pending.type, offset: r.result.offset, position: r.result.position, bytes: r.result.bytes, crc: frameChecksum(r.header) })),
+        position,
+      );
       this.onFlush?.(run.length, runBytes, performance.now() - started);
       await this.markSynced(handle);
       for (const r of run) r.pending.resolve(r.result);
     }
     this.armIdleRoll();
-    this.armCheckpoint();
   }
 
   /**
@@ -505,11 +452,7 @@ export class StreamWriter {
     const next = await this.set.create(this.offset);
     // The sealed segment's index, written durably in the background: until it is there, a reader that
     // needs it builds it by a scan.
-    this.writeIndex(this.segmentBase, 'sealed');
-    this.index = new IndexBuilder(this.offset);
-    this.checkpointed = 0;
-    this.checkpointedBytes = 0;
-    this.syncedEnd = 0;
+    this.index.sealed(this.dataEnd, this.offset);
     this.handle = next;
     this.segmentBase = this.offset;
     this.dataEnd = 0;
