@@ -27,7 +27,8 @@ import { readFrames } from '../log/stream-scan.js';
 import { decodeChunk, decodeMeta, type MessageMeta } from './codec.js';
 import { ConsumerJournal } from './consumer-journal.js';
 import { listQueues, type QueueInfo } from './layout.js';
-import { OutboxCounter, pruneSummaries } from './outbox-counts.js';
+import { OutboxCounter } from './outbox-counts.js';
+import { OutboxSummaries } from './outbox-summaries.js';
 import { OutboxState } from './outbox-state.js';
 import { ReceiptStore, isSettled } from './receipts.js';
 import { inboxVerdict, outboxVerdict, type SegmentVerdict } from './segment-verdict.js';
@@ -219,7 +220,7 @@ export class Compactor {
         const after = await streamedOwners(store, info.queue, removable, signal);
         await pass(async (id, ts) => (await orphan(id, ts)) || (before.get(id) === true && !after.has(id)));
       }
-      if (info.kind === 'outbox' && result.segmentsDeleted > 0 && signal?.aborted !== true) await pruneSummaries(store, info);
+      if (info.kind === 'outbox' && result.segmentsDeleted > 0 && signal?.aborted !== true) await new OutboxSummaries(store, info).prune();
       return result;
     } finally {
       await lock.release();

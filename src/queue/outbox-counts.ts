@@ -5,7 +5,7 @@
  * message's state, applied here to whole blocks at a time by DestinationCursor.statesIn). Only blocks
  * that a cursor, a dead or expired list or an expiry time cuts through are read, a message at a time.
  *
- *   DIR/outbox/summaries/<stream>/<20-digit base>.json   one per segment (spec/log-format.md §17)
+ *   DIR/outbox/summaries/<stream>/<20-digit base>.json   one per segment (outbox-summaries.ts)
  *
  * A sealed segment's summary is built once (by reading its messages, or taken over from the follower
  * that read them as they were appended) and written with the log's id of the segment: a rewritten
@@ -17,18 +17,14 @@
  * Several callers may share one counter (the daemon's backlog and its compactor): refresh() and count()
  * take turns. Memory: a few numbers per block of 512 messages, and the messages of the blocks being filled.
  */
-import { rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
 import { FrameType, frameChecksum } from '../log/frame.js';
 import type { LogReader, LogStore, SegmentSummary, StoredFrame } from '../log/log-store.js';
 import { readAvailable } from '../log/stream-scan.js';
-import { ensureDir, readFileIfExists, readdirIfExists, writeCacheFile } from '../util/fs.js';
 import { decodeMeta, type MessageMeta } from './codec.js';
 import type { QueueInfo } from './layout.js';
-import { BlockBuilder, decodeSegmentMessages, destinationSet, encodeSegmentMessages, type MessageBlock, type SegmentMessages, type SummarisedMessage } from './message-blocks.js';
+import { BlockBuilder, destinationSet, type MessageBlock, type SegmentMessages, type SummarisedMessage } from './message-blocks.js';
+import { OutboxSummaries } from './outbox-summaries.js';
 import type { DeliveryCounts, OutboxState } from './outbox-state.js';
-
-export const SUMMARIES_DIR = 'summaries';
 
 const CHUNKS: ReadonlySet<number> = new Set([FrameType.BODY_CHUNK]);
 const READ = { maxFrames: 1024, maxBytes: 8 * 1024 * 1024 };
@@ -75,6 +71,7 @@ export class OutboxCounter {
   private readonly onMessage: ((meta: MessageMeta) => void) | undefined;
   private readonly streams = new Map<string, StreamView>();
   private readonly blocks = new Map<string, readonly SummarisedMessage[]>();
+  private readonly files: OutboxSummaries;
   /** The call in progress: the next one waits for it. */
   private turn: Promise<unknown> = Promise.resolve();
   private closed = false;
@@ -83,6 +80,7 @@ export class OutboxCounter {
     this.store = store;
     this.info = info;
     this.persist = options.persist ?? true;
+    this.files = new OutboxSummaries(store, info);
     this.onMessage = options.onMessage;
   }
 
@@ -208,10 +206,10 @@ export class OutboxCounter {
       builders.delete(segment.base);
       if (followed.frames === messageFrames) return this.keep(followed.summary(segment.id));
     }
-    const file = await this.load(stream, segment.base);
+    const file = await this.files.load(stream, segment.base);
     if (file?.id === segment.id) return file;
     // A summary of its first messages (written while it was open) spares reading them again.
-    const from = file?.id === undefined && file !== undefined && (await this.checks(stream, file)) ? file : undefined;
+    const from = file?.id === undefined && file !== undefined && (await this.files.checks(file)) ? file : undefined;
     const builder = new BlockBuilder(stream, segment.base, from);
     await this.readInto(stream, nextAfter(segment.base, from), signal, (base) => (base === segment.base ? builder : undefined));
     const summary = builder.summary(segment.id);
@@ -227,8 +225,8 @@ export class OutboxCounter {
     let follower = view.follower;
     if (follower === undefined) {
       if (this.closed) return [];
-      const file = await this.load(stream, last.base);
-      const from = file?.id === undefined && file !== undefined && (await this.checks(stream, file)) ? file : undefined;
+      const file = await this.files.load(stream, last.base);
+      const from = file?.id === undefined && file !== undefined && (await this.files.checks(file)) ? file : undefined;
       follower = { reader: this.store.reader(this.info.queue, stream, nextAfter(last.base, from), { skipTypes: CHUNKS, lend: true }), builders: new Map([[last.base, new BlockBuilder(stream, last.base, from)]]), persisted: new Map([[last.base, from?.blocks.length ?? 0]]) };
       view.follower = follower;
     }
@@ -246,7 +244,7 @@ export class OutboxCounter {
       for (const [base, builder] of builders) {
         if (base < last.base || builder.finishedBlocks <= (follower.persisted.get(base) ?? 0)) continue;
         follower.persisted.set(base, builder.finishedBlocks);
-        await this.write(builder.finishedSummary());
+        await this.files.write(builder.finishedSummary());
       }
     }
     return [...builders].filter(([base]) => base >= last.base).map(([, b]) => b.summary());
@@ -311,59 +309,9 @@ export class OutboxCounter {
     return messages;
   }
 
-  private pathOf(stream: string, base: number): string {
-    return join(this.info.dir, SUMMARIES_DIR, stream, `${String(base).padStart(20, '0')}.json`);
-  }
-
-  private async load(stream: string, base: number): Promise<SegmentMessages | undefined> {
-    const raw = await readFileIfExists(this.pathOf(stream, base)).catch(() => undefined);
-    return raw === undefined ? undefined : decodeSegmentMessages(raw.toString('utf8'), stream, base);
-  }
-
-  /** Whether the last message a summary of an open segment names is still where it says (the segment was not replaced). */
-  private async checks(stream: string, summary: SegmentMessages): Promise<boolean> {
-    const last = summary.last;
-    if (last === undefined) return summary.blocks.length === 0;
-    const frame = await this.store.frameAt(this.info.queue, stream, last.offset, { segment: summary.base, position: last.position, offset: last.offset }).catch(() => undefined);
-    return frame !== undefined && frame.segment === summary.base && frame.position === last.position && frameChecksum(frame.raw) === last.crc;
-  }
-
   private async keep(summary: SegmentMessages): Promise<SegmentMessages> {
-    if (this.persist) await this.write(summary);
+    if (this.persist) await this.files.write(summary);
     return summary;
-  }
-
-  /** Writes a summary file; a cache, so failing (a read-only directory) changes nothing but speed. */
-  private async write(summary: SegmentMessages): Promise<void> {
-    const path = this.pathOf(summary.stream, summary.base);
-    try {
-      await ensureDir(join(path, '..'));
-      await writeCacheFile(path, encodeSegmentMessages(summary));
-    } catch {
-      // Not kept: the next caller reads those messages again.
-    }
-  }
-}
-
-/** A temp file of a summary older than this was left by a killed process. */
-const TMP_STALE_MS = 60_000;
-
-/**
- * Removes the summary files of segments that are gone (compacted away) and temp files left by killed
- * processes. A summary of a segment newer than every segment listed is left: it may have just come.
- */
-export async function pruneSummaries(store: LogStore, info: QueueInfo): Promise<void> {
-  const root = join(info.dir, SUMMARIES_DIR);
-  for (const stream of await readdirIfExists(root)) {
-    const bases = new Set((await store.segments(info.queue, stream).catch(() => [])).map((s) => s.base));
-    const newest = Math.max(-1, ...bases);
-    for (const name of await readdirIfExists(join(root, stream))) {
-      const path = join(root, stream, name);
-      const base = /^(\d{20})\.json$/.exec(name)?.[1];
-      if (base !== undefined) {
-        if (!bases.has(Number(base)) && Number(base) < newest) await rm(path, { force: true });
-      } else if (name.endsWith('.tmp') && (await stat(path).then((s) => Date.now() - s.mtimeMs, () => 0)) > TMP_STALE_MS) await rm(path, { force: true });
-    }
   }
 }
 
