@@ -128,3 +128,9 @@ export function ioError(err: unknown, message: string, details?: ErrorDetails): 
   const reason = err instanceof Error ? err.message : String(err);
   return new MqlogError('ERR_IO', `${message}: ${reason}`, { details, cause: err });
 }
+
+/** `err` (an MqlogError, or a foreign error wrapped as ERR_IO) with `details` added to its own. */
+export function withDetails(err: unknown, details: ErrorDetails): MqlogError {
+  const error = err instanceof MqlogError ? err : ioError(err, 'I/O failed');
+  return new MqlogError(error.code, error.message, { details: { ...error.details, ...details }, cause: error.cause ?? err });
+}

@@ -5,10 +5,10 @@
  * fresh slot, so one damaged file never stops a node from sending — and enforces the queue's size limit.
  */
 import { join } from 'node:path';
-import { MqlogError, isMqlogError } from '../errors.js';
+import { MqlogError, isMqlogError, withDetails } from '../errors.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { FRAME_HEADER_BYTES, payloadLength, type Payload } from './frame.js';
-import type { AppendResult, LogWriter, WriterOptions } from './log-store.js';
+import type { AppendResult, FrameToAppend, LogWriter, WriterOptions } from './log-store.js';
 import type { SlotWriter } from './slot-writer.js';
 
 /** Marker of a writer slot whose stream is corrupt where it must be appended to: later writers skip it. */
@@ -46,19 +46,42 @@ export class FailoverWriter implements LogWriter {
   }
 
   append(key: string, type: number, payload: Payload): Promise<AppendResult> {
+    return this.underLimit([FRAME_HEADER_BYTES + payloadLength(payload)], key, (writer) => writer.append(key, type, payload));
+  }
+
+  appendMany(key: string, frames: readonly FrameToAppend[]): Promise<AppendResult[]> {
+    const sizes = frames.map((frame) => FRAME_HEADER_BYTES + payloadLength(frame.payload));
+    return this.underLimit(sizes, key, (writer, count) => writer.appendMany(key, count === frames.length ? frames : frames.slice(0, count)));
+  }
+
+  /**
+   * Runs an append of frames of `sizes` bytes under the queue's size limit (when it has one): as many of
+   * the first frames as fit are appended, and when not all did, it fails with ERR_QUEUE_FULL saying how
+   * many were stored (`details.stored`) — a group larger than the limit still goes in, a part at a time.
+   */
+  private underLimit<T>(sizes: readonly number[], key: string, append: (writer: SlotWriter, count: number) => Promise<T>): Promise<T> {
     const maxBytes = this.options.maxBytes;
-    if (maxBytes === undefined || maxBytes === null) return this.appendNow(key, type, payload);
-    const bytes = FRAME_HEADER_BYTES + payloadLength(payload);
-    const admit = (): Promise<AppendResult> => {
+    if (maxBytes === undefined || maxBytes === null) return this.appendNow(key, (writer) => append(writer, sizes.length));
+    const total = sizes.reduce((n, b) => n + b, 0);
+    const admit = async (): Promise<T> => {
       // Measured size, plus this writer's appends since, plus those admitted but not yet written.
-      if ((this.size ?? 0) + this.admitted + bytes > maxBytes) return Promise.reject(queueFull(this.deps.dir, maxBytes));
+      const room = maxBytes - (this.size ?? 0) - this.admitted;
+      let count = 0;
+      let bytes = 0;
+      while (count < sizes.length && bytes + (sizes[count] as number) <= room) bytes += sizes[count++] as number;
+      if (count === 0) throw withDetails(queueFull(this.deps.dir, maxBytes), { stored: 0 });
       this.admitted += bytes;
-      return this.appendNow(key, type, payload).finally(() => {
+      let result: T;
+      try {
+        result = await this.appendNow(key, (writer) => append(writer, count));
+      } finally {
         this.admitted -= bytes;
         this.size = (this.size ?? 0) + bytes;
-      });
+      }
+      if (count < sizes.length) throw withDetails(queueFull(this.deps.dir, maxBytes), { stored: count });
+      return result;
     };
-    if (this.size === undefined || Date.now() - this.sizedAt > SIZE_REFRESH_MS || this.size + this.admitted + bytes > maxBytes) {
+    if (this.size === undefined || Date.now() - this.sizedAt > SIZE_REFRESH_MS || this.size + this.admitted + total > maxBytes) {
       // Near the limit (or not measured lately): measure before deciding.
       return this.measure().then(admit);
     }
@@ -84,9 +107,10 @@ export class FailoverWriter implements LogWriter {
     await this.measuring;
   }
 
-  private appendNow(key: string, type: number, payload: Payload): Promise<AppendResult> {
+  private appendNow<T>(key: string, append: (writer: SlotWriter) => Promise<T>): Promise<T> {
     const writer = this.current;
-    return writer.append(key, type, payload).catch(async (err: unknown) => {
+    // A stream that cannot be opened stores nothing: the whole append goes to the next slot.
+    return append(writer).catch(async (err: unknown) => {
       if (!isMqlogError(err, 'ERR_CORRUPT_FRAME') || !writer.brokenKeys.has(key)) throw err;
       if (this.current === writer) {
         this.replacing ??= (async () => {
@@ -97,7 +121,7 @@ export class FailoverWriter implements LogWriter {
         })().finally(() => (this.replacing = undefined));
       }
       await this.replacing;
-      return this.current.append(key, type, payload);
+      return append(this.current);
     });
   }
 }

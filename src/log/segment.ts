@@ -72,9 +72,17 @@ export interface SegmentReaderOptions {
   readonly position?: number;
   readonly bufferBytes?: number;
   readonly maxPayloadBytes?: number;
+  /**
+   * Hand out frames as views into the reader's read blocks instead of copies: a block is never written
+   * again once a frame was handed out from it (the next read goes to a new block). For callers that
+   * let go of frames soon (a forwarder, a counter): a frame kept long keeps its whole block in memory.
+   */
+  readonly lend?: boolean;
 }
 
 const DEFAULT_BUFFER_BYTES = 256 * 1024;
+/** The least a follower reads at the end of an open segment's data (see SegmentReader.tailAt). */
+const MIN_TAIL_READ_BYTES = 16 * 1024;
 /** Pause before re-reading a spot that looked corrupt (a concurrent write finishes well within it). */
 const RECHECK_DELAY_MS = 20;
 const ZERO_SCAN_BYTES = 64 * 1024;
@@ -88,8 +96,12 @@ export class SegmentReader {
   private readonly maxPayloadBytes: number;
   private readonly skipTypes: ReadonlySet<number> | undefined;
   private buffer: Buffer;
-  /** The reader's own read buffer; `buffer` is another one only while a large frame is read. */
-  private readonly shared: Buffer;
+  /** The reader's read block; `buffer` is another one only while a large frame is read. */
+  private block: Buffer;
+  private readonly blockBytes: number;
+  private readonly lend: boolean;
+  /** A frame handed out is a view into `block` (lending): the block must not be written again. */
+  private blockLent = false;
   /** File position of buffer[0]. */
   private bufferStart: number;
   private bufferLength = 0;
@@ -103,6 +115,13 @@ export class SegmentReader {
    * follower looks at the end of an open segment on every read, and 1 MiB of zeros may be reserved there).
    */
   private zerosChecked: { readonly from: number; readonly size: number } | undefined;
+  /**
+   * Where the data of an open segment ended (zeros reserved after it) when last looked at. A follower
+   * reads on from there each time it is woken: that read asks for about as much as was appended lately
+   * (`tailReadBytes`), not for a whole block, most of which would be the reserved zeros.
+   */
+  private tailAt: number | undefined;
+  private tailReadBytes = MIN_TAIL_READ_BYTES;
   /** Set when the last read of the buffer came back short: the file ended there at that moment. */
   private bufferReachesEof = false;
   private closed = false;
@@ -112,8 +131,10 @@ export class SegmentReader {
     this.handle = handle;
     this.maxPayloadBytes = options.maxPayloadBytes ?? MAX_FRAME_PAYLOAD_BYTES;
     this.skipTypes = options.skipTypes;
-    this.shared = Buffer.allocUnsafe(options.bufferBytes ?? DEFAULT_BUFFER_BYTES);
-    this.buffer = this.shared;
+    this.blockBytes = options.bufferBytes ?? DEFAULT_BUFFER_BYTES;
+    this.block = Buffer.allocUnsafe(this.blockBytes);
+    this.buffer = this.block;
+    this.lend = options.lend === true;
     this.position = options.position ?? 0;
     this.bufferStart = this.position;
   }
@@ -132,11 +153,20 @@ export class SegmentReader {
 
   /** Moves the reader to `position`: the next read starts there, from the file. */
   seek(position: number): void {
-    this.buffer = this.shared;
+    this.buffer = this.freshBlock();
     this.position = position;
     this.bufferStart = position;
     this.bufferLength = 0;
     this.bufferReachesEof = false;
+  }
+
+  /**
+   * Moves the reader back to `position`, the start of a frame it returned: read again from the buffer
+   * when it still holds it (a frame's bytes never change once written), else from the file.
+   */
+  rewind(position: number): void {
+    if (position >= this.bufferStart && position <= this.position) this.position = position;
+    else this.seek(position);
   }
 
   /** Byte position of the next frame to read. */
@@ -206,11 +236,15 @@ export class SegmentReader {
         this.releaseOwnBuffer();
         return SYNC_STEP;
       }
-      // A frame larger than the read buffer was read into a buffer of its own: handed out as it is (no
-      // copy). Smaller frames are copied out of the shared buffer, header and payload together.
+      // A frame larger than the read block was read into a buffer of its own: handed out as it is (no
+      // copy). Smaller frames are lent from the block, or copied out of it, header and payload together.
       const from = at - this.bufferStart;
       const stored = this.buffer.subarray(from, from + decoded.bytes);
-      const raw = this.buffer !== this.shared ? stored : Buffer.from(stored);
+      let raw = stored;
+      if (this.buffer === this.block) {
+        if (this.lend) this.blockLent = true;
+        else raw = Buffer.from(stored);
+      }
       this.releaseOwnBuffer();
       return { kind: 'frame', frame: { type: frame.type, offset: frame.offset, payload: raw.subarray(FRAME_HEADER_BYTES), raw, position: at, bytes: decoded.bytes } };
     }
@@ -229,10 +263,10 @@ export class SegmentReader {
     return this.atEnd({ kind: 'torn', position: at, reason, tornBytes: fileSize - at });
   }
 
-  /** After a frame larger than the read buffer was handed out in a buffer of its own: back to the shared one. */
+  /** After a frame larger than the read block was handed out in a buffer of its own: back to the block. */
   private releaseOwnBuffer(): void {
-    if (this.buffer === this.shared) return;
-    this.buffer = this.shared;
+    if (this.buffer === this.block) return;
+    this.buffer = this.freshBlock();
     this.bufferStart = this.position;
     this.bufferLength = 0;
   }
@@ -265,7 +299,7 @@ export class SegmentReader {
     if (end > this.bufferStart + this.bufferLength && end > (await this.stat()).size) return undefined;
     this.position = end;
     if (end > this.bufferStart + this.bufferLength) {
-      this.buffer = this.shared;
+      this.buffer = this.freshBlock();
       this.bufferStart = end;
       this.bufferLength = 0;
     }
@@ -275,36 +309,61 @@ export class SegmentReader {
   /** Forgets buffered bytes past the end of data: a writer may fill them in before the next call. */
   private atEnd<T extends ReadStep | undefined>(step: T): T {
     this.bufferLength = Math.max(0, this.position - this.bufferStart);
+    this.tailAt = step?.kind === 'end' && step.zeroTail === true ? step.position : undefined;
     return step;
+  }
+
+  /** The read block, or a new one when frames lent from it may still be in use. */
+  private freshBlock(): Buffer {
+    if (this.blockLent) {
+      this.block = Buffer.allocUnsafe(this.blockBytes);
+      this.blockLent = false;
+    }
+    return this.block;
   }
 
   /** Makes at least `wanted` bytes from `position` available in the buffer if the file has them; returns how many are. */
   private async fill(wanted: number): Promise<number> {
     let local = this.position - this.bufferStart;
     if (local < 0 || local > this.bufferLength) {
+      this.buffer = this.freshBlock();
       this.bufferStart = this.position;
       this.bufferLength = 0;
       local = 0;
     }
     if (this.bufferLength - local >= wanted) return this.bufferLength - local;
-    // Move the unread part to the front; a frame larger than the shared buffer gets a buffer of its own.
-    const unread = this.bufferLength - local;
-    const target = wanted > this.buffer.length ? Buffer.allocUnsafe(wanted) : this.buffer;
-    this.buffer.copy(target, 0, local, this.bufferLength);
-    this.buffer = target;
-    this.bufferStart = this.position;
-    this.bufferLength = unread;
+    // Read on behind what is buffered when there is room (bytes before `position` are never written
+    // again: lent frames lie there); else move the unread part to the front of the block (a new block
+    // if frames were lent from it), or of a buffer of its own for a frame larger than the block.
+    if (!(this.lend && local + wanted <= this.buffer.length)) {
+      const unread = this.bufferLength - local;
+      const target = wanted > this.blockBytes ? Buffer.allocUnsafe(wanted) : this.freshBlock();
+      this.buffer.copy(target, 0, local, this.bufferLength);
+      this.buffer = target;
+      this.bufferStart = this.position;
+      this.bufferLength = unread;
+      local = 0;
+    }
     this.bufferReachesEof = false;
-    while (this.bufferLength < wanted) {
-      const asked = this.buffer.length - this.bufferLength;
-      const { bytesRead } = await this.readAt(this.buffer, this.bufferLength, asked, this.bufferStart + this.bufferLength);
+    while (this.bufferLength - local < wanted) {
+      const at = this.bufferStart + this.bufferLength;
+      const tail = at === this.tailAt;
+      const room = this.buffer.length - this.bufferLength;
+      const asked = tail ? Math.min(room, Math.max(wanted - (this.bufferLength - local), this.tailReadBytes)) : room;
+      const { bytesRead } = await this.readAt(this.buffer, this.bufferLength, asked, at);
       this.bufferLength += bytesRead;
+      if (tail) {
+        this.tailAt = undefined;
+        // Data up to the end of what was read: more was appended than asked for; ask for more next time.
+        const full = bytesRead === asked && this.buffer[this.bufferLength - 1] !== 0;
+        this.tailReadBytes = full ? Math.min(this.blockBytes, 2 * this.tailReadBytes) : Math.max(MIN_TAIL_READ_BYTES, this.tailReadBytes / 2);
+      }
       if (bytesRead < asked) {
         this.bufferReachesEof = true;
         break;
       }
     }
-    return this.bufferLength;
+    return this.bufferLength - local;
   }
 
   /** True when every byte in [from, to) is zero (or the range is empty). */

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { MqlogError, isMqlogError } from '../errors.js';
 import type { Payload } from './frame.js';
 import type { Lock } from './lock.js';
-import type { AppendResult, WriterOptions } from './log-store.js';
+import type { AppendResult, FrameToAppend, WriterOptions } from './log-store.js';
 import { STREAM_KEY, streamName } from './stream-id.js';
 import { StreamWriter } from './stream-writer.js';
 
@@ -37,19 +37,28 @@ export class SlotWriter {
   }
 
   append(key: string, type: number, payload: Payload): Promise<AppendResult> {
+    return this.through(key, (writer) => writer.append(type, payload));
+  }
+
+  appendMany(key: string, frames: readonly FrameToAppend[]): Promise<AppendResult[]> {
+    return this.through(key, (writer) => writer.appendMany(frames));
+  }
+
+  /** Runs an append on the stream of `key`, in the order of the calls, and wakes followers once it is durable. */
+  private through<T>(key: string, append: (writer: StreamWriter) => Promise<T>): Promise<T> {
     if (this.closing !== undefined) return Promise.reject(new MqlogError('ERR_CLOSED', 'log writer is closed'));
     if (this.lock.compromised) {
       return Promise.reject(new MqlogError('ERR_LOCKED', `lost the lock of writer slot ${this.slot}: another process may have taken it over`));
     }
     const open = this.open.get(key);
-    if (open !== undefined && (this.waiting.get(key) ?? 0) === 0) return this.appended(open.append(type, payload));
+    if (open !== undefined && (this.waiting.get(key) ?? 0) === 0) return this.appended(append(open));
     // Until every append queued behind the stream's opening has gone through, new ones queue behind too.
     this.waiting.set(key, (this.waiting.get(key) ?? 0) + 1);
     const done = (): void => void this.waiting.set(key, (this.waiting.get(key) ?? 1) - 1);
     return this.writerFor(key).then(
       (writer) => {
         done();
-        return this.appended(writer.append(type, payload));
+        return this.appended(append(writer));
       },
       (err: unknown) => {
         done();
@@ -83,7 +92,7 @@ export class SlotWriter {
     return this.closing;
   }
 
-  private appended(append: Promise<AppendResult>): Promise<AppendResult> {
+  private appended<T>(append: Promise<T>): Promise<T> {
     return append.then((result) => {
       this.onAppended();
       return result;

@@ -7,15 +7,20 @@
  *
  * Safe against a concurrent writer (in any process) and against compaction: a segment that disappears
  * is re-found by offset, and a position hint is trusted only after the frame it names is re-read.
+ * Opening at an offset inside a segment seeks with the segment's index (spec/log-format.md §16) and
+ * re-checks the frame it lands on, so a stale index costs a scan, never a wrong frame.
  */
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { basename } from 'node:path';
 import { MqlogError, isMqlogError } from '../errors.js';
 import type { FrameHint, LogReader, ReadLimits, ReaderOptions, SkimmedFrame, StoredFrame, StreamPosition, StreamRead, StreamSkim, TornTail } from './log-store.js';
 import { FRAME_HEADER_BYTES, FrameType, parseFrameHeader } from './frame.js';
-import { SegmentReader, corrupt, storedFrame } from './segment.js';
+import { SegmentReader, corrupt, storedFrame, type ReadStep, type SegmentReaderOptions } from './segment.js';
+import type { SegmentIndexes } from './segment-index-file.js';
 import { SegmentSet, type SegmentInfo } from './segment-set.js';
 
+/** How long frames may stay without a sync mark before a durable reader fsyncs them itself. */
+const UNMARKED_SYNC_AFTER_MS = 20;
 /** Bytes one synchronous skim reads at most. */
 const SKIM_READ_BYTES = 256 * 1024;
 
@@ -26,8 +31,6 @@ export class StreamReader implements LogReader {
   private hint: StreamPosition['hint'];
   private reader: SegmentReader | undefined;
   private segment: number | undefined;
-  /** End of the last frame read() returned from the open segment: what sync() must make durable. */
-  private returnedEnd = 0;
   /** The open segment's file, for skims read synchronously. */
   private skimFd: { readonly path: string; readonly fd: number } | undefined;
   private closed = false;
@@ -35,18 +38,26 @@ export class StreamReader implements LogReader {
   private deferredError: Error | undefined;
   /** What the segment reader passes over by header: the caller's skipTypes, and every type while skimming. */
   private skip: SkipSet | undefined;
+  private readonly lend: boolean;
   private readonly durable: boolean;
   private readonly bufferBytes: number | undefined;
+  private readonly indexes: SegmentIndexes | undefined;
+  /** Where the last frame returned ends (its segment and byte), until a sync made it durable. */
+  private returnedEnd: { segment: number; end: number } | undefined;
+  /** The first frame a durable read gave back as not yet covered by a sync mark, and since when. */
+  private uncovered: { segment: number; position: number; since: number } | undefined;
 
-  /** Reads the stream in directory `dir` from `from`. */
-  constructor(dir: string, from: StreamPosition = { offset: 0 }, options: ReaderOptions = {}) {
+  /** Reads the stream in directory `dir` from `from`; `indexes` finds places inside segments without a scan. */
+  constructor(dir: string, from: StreamPosition = { offset: 0 }, options: ReaderOptions = {}, indexes?: SegmentIndexes) {
     this.set = new SegmentSet(dir);
     this.stream = basename(dir);
     this.next = from.offset;
     this.hint = from.hint;
     this.skip = options.skipTypes === undefined ? undefined : new SkipSet(options.skipTypes);
+    this.lend = options.lend === true;
     this.durable = options.durable === true;
     this.bufferBytes = options.bufferBytes;
+    this.indexes = indexes;
   }
 
   /** The position after the last frame returned. */
@@ -60,17 +71,64 @@ export class StreamReader implements LogReader {
    *   before it, so the caller can report where reading stopped.
    */
   async read(limits: ReadLimits = {}): Promise<StreamRead> {
+    const before = this.position;
     const read = await this.readAvailable(limits);
-    if (this.durable && read.frames.length > 0) await this.sync();
-    return read;
+    if (!this.durable || read.frames.length === 0) return read;
+    return this.durablePart(read, before);
   }
 
+  /**
+   * Makes every frame returned so far durable: nothing to do when a sync mark (or the seal of its
+   * segment) already says so, else an fdatasync of the segment it is in.
+   */
   async sync(): Promise<void> {
-    // Frames of earlier segments were sealed, so fsync'd: only the open segment may not be, and not
-    // those a later SYNC frame states were fsync'd already (§3.3): no fdatasync is needed for them.
-    const reader = this.reader;
-    if (reader === undefined || this.returnedEnd <= reader.syncedBytes) return;
-    await reader.sync();
+    if (this.returnedEnd === undefined || this.covered(this.returnedEnd.segment, this.returnedEnd.end)) return;
+    await this.reader?.sync();
+    this.returnedEnd = undefined;
+  }
+
+  /**
+   * A frame is known to be durable when its segment was sealed (it has a successor: this reader left it)
+   * or a sync mark read after it states a synced length that covers it (spec/log-format.md §3.3).
+   */
+  private covered(segment: number, end: number): boolean {
+    return segment !== this.segment || end <= (this.reader?.syncedBytes ?? 0);
+  }
+
+  /**
+   * The frames of a durable read that are known to be durable. Frames a writer has written but not yet
+   * fsync'd (no sync mark covers them yet) are given back — read again next time, once the writer's mark
+   * after its fsync is there (its write wakes followers) — unless they stay uncovered for
+   * UNMARKED_SYNC_AFTER_MS (a writer killed between its fsync and its mark, or one that writes no marks)
+   * or none of the read is covered while more was left to read (a run longer than the read): then one
+   * fdatasync of our own makes them durable.
+   */
+  private async durablePart(read: StreamRead, before: StreamPosition): Promise<StreamRead> {
+    const frames = read.frames;
+    let covered = 0;
+    while (covered < frames.length && this.covered((frames[covered] as StoredFrame).segment, (frames[covered] as StoredFrame).position + (frames[covered] as StoredFrame).bytes)) covered++;
+    if (covered === frames.length) {
+      this.uncovered = undefined;
+      return read;
+    }
+    const first = frames[covered] as StoredFrame;
+    const now = performance.now();
+    const waited = this.uncovered !== undefined && this.uncovered.segment === first.segment && this.uncovered.position === first.position ? now - this.uncovered.since : 0;
+    if (waited >= UNMARKED_SYNC_AFTER_MS || (covered === 0 && read.state === 'more')) {
+      this.returnedEnd = { segment: first.segment, end: (frames[frames.length - 1] as StoredFrame).position + (frames[frames.length - 1] as StoredFrame).bytes };
+      await this.sync();
+      this.uncovered = undefined;
+      return read;
+    }
+    if (waited === 0) this.uncovered = { segment: first.segment, position: first.position, since: now };
+    // Give the uncovered frames back: the next read starts at the first of them.
+    const last = covered > 0 ? (frames[covered - 1] as StoredFrame) : undefined;
+    this.next = first.offset;
+    this.hint = last === undefined ? before.hint : { segment: last.segment, position: last.position, offset: last.offset };
+    this.reader?.rewind(first.position);
+    // What is returned is covered.
+    this.returnedEnd = undefined;
+    return { frames: frames.slice(0, covered), state: read.state === 'more' && covered > 0 ? 'more' : 'end' };
   }
 
   /**
@@ -270,7 +328,9 @@ export class StreamReader implements LogReader {
         if (skimming) skimmed.push({ type: frame.type, offset: frame.offset, segment: frame.segment, position: frame.position, bytes: frame.bytes });
         else {
           frames.push(frame);
-          this.returnedEnd = frame.position + frame.bytes;
+          // The furthest frame returned from its segment (a reader moved back by seek returns earlier ones).
+          const end = frame.position + frame.bytes;
+          if (this.returnedEnd === undefined || this.returnedEnd.segment !== frame.segment || this.returnedEnd.end < end) this.returnedEnd = { segment: frame.segment, end };
         }
         bytes += frame.bytes;
         this.next = frame.offset + 1;
@@ -310,23 +370,40 @@ export class StreamReader implements LogReader {
     const reader = this.reader;
     this.reader = undefined;
     this.segment = undefined;
-    this.returnedEnd = 0;
     await reader?.close();
   }
 
   private async successorOf(base: number): Promise<SegmentInfo | undefined> {
+    // A segment is named by the offset after its predecessor's last frame, unless compaction removed
+    // segments between them: look for that name first, list only when it is not there.
+    if (this.next > base) {
+      const named = await this.set.find(this.next);
+      if (named !== undefined) return named;
+    }
     return (await this.set.list()).find((s) => s.baseOffset > base);
   }
 
   /** Opens the segment that holds `next`, at the hinted position when the hint checks out. */
   private async openReader(): Promise<SegmentReader | undefined> {
+    // A segment named by the offset wanted is where it lies (segments of a large stream are many: no listing).
+    const named = await this.set.find(this.next);
+    if (named !== undefined) {
+      try {
+        const reader = await this.openAt(named, false);
+        this.reader = reader;
+        this.segment = named.baseOffset;
+        return reader;
+      } catch (err) {
+        if (!isMqlogError(err, 'ERR_NOT_FOUND')) throw err;
+      }
+    }
     for (let attempt = 0; attempt < 10; attempt++) {
       const segments = await this.set.list();
       if (segments.length === 0) return undefined;
       let chosen = segments[0] as SegmentInfo;
       for (const s of segments) if (s.baseOffset <= this.next) chosen = s;
       try {
-        const reader = await this.openAt(chosen);
+        const reader = await this.openAt(chosen, chosen !== segments.at(-1));
         this.reader = reader;
         this.segment = chosen.baseOffset;
         return reader;
@@ -337,27 +414,36 @@ export class StreamReader implements LogReader {
     throw new MqlogError('ERR_IO', `segments of ${this.set.dir} keep disappearing while opening`, { details: { path: this.set.dir } });
   }
 
-  private async openAt(segment: SegmentInfo): Promise<SegmentReader> {
+  /**
+   * Opens `segment` at the frame that holds `next` or the nearest place before it: right after the hinted
+   * frame when the hint checks out, else at the index entry at or below `next` when the frame there
+   * checks out, else at byte 0. `sealed`: a successor exists (a missing index is then rebuilt).
+   */
+  private async openAt(segment: SegmentInfo, sealed: boolean): Promise<SegmentReader> {
+    const options = this.segmentOptions();
     const hint = this.hint;
     if (hint !== undefined && hint.segment === segment.baseOffset && hint.offset < this.next) {
-      const reader = await SegmentReader.open(segment.path, { position: hint.position, ...this.segmentOptions() });
-      try {
-        const step = await reader.next();
-        if ((step.kind === 'frame' && step.frame.offset === hint.offset) || (step.kind === 'skipped' && step.offset === hint.offset)) return reader;
-      } catch (err) {
-        if (!isMqlogError(err, 'ERR_CORRUPT_FRAME') && !isMqlogError(err, 'ERR_UNSUPPORTED_VERSION')) {
-          await reader.close();
-          throw err;
+      const reader = await openChecked(segment.path, hint.position, hint.offset, options);
+      // Right after the hinted frame, which was consumed before `next`.
+      if (reader !== undefined) return reader;
+      // The segment was rewritten since the hint was taken: look it up instead.
+    }
+    if (this.indexes !== undefined && this.next > segment.baseOffset) {
+      const entry = (await this.indexes.of(segment.path, segment.baseOffset, sealed, { rebuild: sealed }))?.index?.seek(this.next);
+      if (entry !== undefined && entry.position > 0) {
+        const reader = await openChecked(segment.path, entry.position, entry.offset, options);
+        if (reader !== undefined) {
+          // The entry's frame may be the one wanted: read it again.
+          reader.seek(entry.position);
+          return reader;
         }
       }
-      // The segment was rewritten since the hint was taken: scan it from the start instead.
-      await reader.close();
     }
-    return SegmentReader.open(segment.path, this.segmentOptions());
+    return SegmentReader.open(segment.path, options);
   }
 
-  private segmentOptions(): { skipTypes?: ReadonlySet<number>; bufferBytes?: number } {
-    return { ...(this.skip === undefined ? {} : { skipTypes: this.skip }), ...(this.bufferBytes === undefined ? {} : { bufferBytes: this.bufferBytes }) };
+  private segmentOptions(): SegmentReaderOptions {
+    return { ...(this.skip === undefined ? {} : { skipTypes: this.skip }), ...(this.bufferBytes === undefined ? {} : { bufferBytes: this.bufferBytes }), lend: this.lend };
   }
 }
 
@@ -378,10 +464,30 @@ class SkipSet extends Set<number> {
 }
 
 /**
+ * A reader of the segment at `path` that has just read the frame at `position`, found to have exactly
+ * `offset`; undefined (the reader closed) when the frame there is another one or none.
+ */
+async function openChecked(path: string, position: number, offset: number, options: SegmentReaderOptions): Promise<SegmentReader | undefined> {
+  const reader = await SegmentReader.open(path, { position, ...options });
+  let step: ReadStep | undefined;
+  try {
+    step = await reader.next();
+  } catch (err) {
+    if (!isMqlogError(err, 'ERR_CORRUPT_FRAME') && !isMqlogError(err, 'ERR_UNSUPPORTED_VERSION')) {
+      await reader.close();
+      throw err;
+    }
+  }
+  if ((step?.kind === 'frame' && step.frame.offset === offset) || (step?.kind === 'skipped' && step.offset === offset)) return reader;
+  await reader.close();
+  return undefined;
+}
+
+/**
  * Reads the one frame with `offset` from a stream, at the hinted place when the hint checks out,
  * else by scanning its segment. Undefined when the stream no longer holds that offset.
  */
-export async function readFrameAt(dir: string, offset: number, hint?: FrameHint): Promise<StoredFrame | undefined> {
+export async function readFrameAt(dir: string, offset: number, hint?: FrameHint, indexes?: SegmentIndexes): Promise<StoredFrame | undefined> {
   const stream = basename(dir);
   if (hint !== undefined) {
     try {
@@ -397,7 +503,7 @@ export async function readFrameAt(dir: string, offset: number, hint?: FrameHint)
       // Gone or rewritten: fall back to a scan.
     }
   }
-  const reader = new StreamReader(dir, { offset });
+  const reader = new StreamReader(dir, { offset }, {}, indexes);
   try {
     const read = await reader.read({ maxFrames: 1 });
     const frame = read.frames[0];

@@ -9,13 +9,20 @@
  * queued while a flush runs form the next batch, so one fdatasync covers every frame written since the
  * previous one. append() resolves only after its frame is fdatasync'd, and after the directory entry of a
  * new segment is fsync'd.
+ *
+ * The writer also keeps the index of its open segment as it appends (open-segment-index.ts, spec
+ * §16): written durably once the segment is sealed, and as checkpoints of the open segment, so that
+ * reopening the stream after a crash, reading from an offset or counting its frames reads only what
+ * came after the last checkpoint.
  */
 import type { FileHandle } from 'node:fs/promises';
-import { MqlogError, ioError } from '../errors.js';
+import { MqlogError, ioError, withDetails } from '../errors.js';
 import { basename } from 'node:path';
-import { FRAME_HEADER_BYTES, SYNC_PAYLOAD_BYTES, encodeFrameHeader, encodeSyncFrame, payloadLength, type Payload } from './frame.js';
-import { DEFAULT_ROLL_IDLE_MS, type AppendResult, type TruncatedTail } from './log-store.js';
+import { FRAME_HEADER_BYTES, SYNC_PAYLOAD_BYTES, encodeFrameHeader, encodeSyncFrame, frameChecksum, payloadLength, type Payload } from './frame.js';
+import { DEFAULT_ROLL_IDLE_MS, type AppendResult, type FrameToAppend, type TruncatedTail } from './log-store.js';
 import { recoverStream } from './recovery.js';
+import { OpenSegmentIndex } from './open-segment-index.js';
+import { IndexBuilder } from './segment-index.js';
 import { SegmentSet } from './segment-set.js';
 
 export const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
@@ -70,11 +77,18 @@ export class StreamWriter {
   private offset: number;
   /** Frames were written since the last SYNC frame that states the whole segment. */
   private unmarked = false;
+  /**
+   * A SYNC frame stating `dataEnd` ends the data (written after the last run's fsync): the next run
+   * needs no opening mark.
+   */
+  private markedEnd = false;
   private queue: (PendingAppend | PendingRoll)[] = [];
   private flushing: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
+  /** The index of the open segment: every frame written to it and fsync'd. */
+  private readonly index: OpenSegmentIndex;
 
-  private constructor(set: SegmentSet, recovered: { base: number; dataEnd: number; nextOffset: number; handle: FileHandle | undefined; truncated: TruncatedTail | undefined }, options: StreamWriterOptions) {
+  private constructor(set: SegmentSet, recovered: { base: number; dataEnd: number; nextOffset: number; handle: FileHandle | undefined; truncated: TruncatedTail | undefined; index: IndexBuilder; checkpointed: number }, options: StreamWriterOptions) {
     this.set = set;
     this.name = basename(set.dir);
     this.segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
@@ -86,6 +100,8 @@ export class StreamWriter {
     this.offset = recovered.nextOffset;
     this.handle = recovered.handle;
     this.recoveredTruncation = recovered.truncated;
+    // What recovery had to read is not read again by the next one (a checkpoint at once); it fsync'd it.
+    this.index = new OpenSegmentIndex(set, recovered.base, recovered.index, recovered.checkpointed, recovered.dataEnd);
   }
 
   /**
@@ -105,7 +121,7 @@ export class StreamWriter {
     const recovered = await recoverStream(set);
     if (recovered.lastBaseOffset === undefined) {
       const handle = await set.create(0);
-      return new StreamWriter(set, { base: 0, dataEnd: 0, nextOffset: 0, handle, truncated: undefined }, options);
+      return new StreamWriter(set, { base: 0, dataEnd: 0, nextOffset: 0, handle, truncated: undefined, index: new IndexBuilder(0), checkpointed: 0 }, options);
     }
     const handle = await set.openForWrite(recovered.lastBaseOffset);
     try {
@@ -116,9 +132,10 @@ export class StreamWriter {
       await handle.close();
       throw ioError(err, `cannot fsync ${set.pathOf(recovered.lastBaseOffset)}`);
     }
+    const index = recovered.index ?? new IndexBuilder(recovered.lastBaseOffset);
     return new StreamWriter(
       set,
-      { base: recovered.lastBaseOffset, dataEnd: recovered.dataEnd, nextOffset: recovered.nextOffset, handle, truncated: recovered.truncated },
+      { base: recovered.lastBaseOffset, dataEnd: recovered.dataEnd, nextOffset: recovered.nextOffset, handle, truncated: recovered.truncated, index, checkpointed: index.frames - recovered.framesRead },
       options,
     );
   }
@@ -147,6 +164,39 @@ export class StreamWriter {
   }
 
   /**
+   * Appends frames in order, as one group commit where they fit; resolves with their results once all
+   * are on disk. One promise for the group, whatever its size.
+   * @throws as append(), with `details.stored`: how many of the first frames were stored before the failure.
+   */
+  appendMany(frames: readonly FrameToAppend[]): Promise<AppendResult[]> {
+    if (this.closing !== undefined) return Promise.reject(new MqlogError('ERR_CLOSED', 'stream writer is closed'));
+    if (frames.length === 0) return Promise.resolve([]);
+    return new Promise<AppendResult[]>((resolve, reject) => {
+      const results: AppendResult[] = new Array<AppendResult>(frames.length);
+      let left = frames.length;
+      let failed = false;
+      frames.forEach(({ type, payload }, i) => {
+        this.queue.push({
+          type,
+          payload,
+          bytes: FRAME_HEADER_BYTES + payloadLength(payload),
+          resolve: (result) => {
+            results[i] = result;
+            if (--left === 0 && !failed) resolve(results);
+          },
+          reject: (err) => {
+            if (failed) return;
+            failed = true;
+            // The frames of a group before this one were stored (written in order: a failure fails every frame after it).
+            reject(withDetails(err, { stored: i }));
+          },
+        });
+      });
+      this.flushing ??= this.flushLoop();
+    });
+  }
+
+  /**
    * Seals the open segment (after every append queued before this call) and starts the next one, when
    * the open segment holds any frame: an idle segment can then be reclaimed without waiting to fill up.
    */
@@ -158,16 +208,23 @@ export class StreamWriter {
     });
   }
 
-  /** Waits for queued appends, trims preallocated zeros and closes the file. Idempotent. */
+  /**
+   * Waits for queued appends, trims preallocated zeros, checkpoints the open segment's index and closes
+   * the file. Idempotent.
+   */
   close(): Promise<void> {
     this.closing ??= (async () => {
       clearTimeout(this.idleTimer);
       while (this.flushing !== undefined) await this.flushing;
       const handle = this.handle;
       this.handle = undefined;
-      if (handle === undefined) return;
+      if (handle === undefined) {
+        await this.index.close();
+        return;
+      }
       try {
-        let changed = this.allocatedEnd > this.dataEnd;
+        // A closing mark written after the last run's fsync is fsync'd now, as a clean close's mark is.
+        let changed = this.allocatedEnd > this.dataEnd || this.markedEnd;
         if (this.unmarked && this.dataEnd + SYNC_FRAME_BYTES <= this.segmentBytes) {
           // Everything before this mark is fsync'd: a later reader can tell damage here from a torn write.
           // Best effort: without room for it (a full disk), the segment is as valid without it.
@@ -182,8 +239,11 @@ export class StreamWriter {
         }
         if (this.allocatedEnd > this.dataEnd) await handle.truncate(this.dataEnd);
         if (changed) await handle.datasync();
+        // Everything in the segment is fsync'd now: the next writer, reader or count starts from here.
+        await this.index.close(this.dataEnd, changed);
       } finally {
         await handle.close();
+        await this.index.close();
       }
     })();
     return this.closing;
@@ -225,11 +285,13 @@ export class StreamWriter {
         handle = await this.handleFor(batch[index]?.bytes ?? 0);
       } catch (err) {
         failAll(batch.slice(index), err);
+        this.failQueued(err);
         return;
       }
       // The run opens with a SYNC frame stating that everything before it is fsync'd (at the start of a
-      // segment there is nothing to state). Then frames while they fit in this segment (always at least one).
-      const sync = this.dataEnd > 0 ? encodeSyncFrame(this.offset, this.dataEnd) : undefined;
+      // segment there is nothing to state, and after the previous run's closing mark nothing new). Then
+      // frames while they fit in this segment (always at least one).
+      const sync = this.dataEnd > 0 && !this.markedEnd ? encodeSyncFrame(this.offset, this.dataEnd) : undefined;
       const run: { pending: PendingAppend; header: Buffer; result: AppendResult }[] = [];
       let position = this.dataEnd + (sync?.length ?? 0);
       let offset = this.offset;
@@ -263,15 +325,55 @@ export class StreamWriter {
       } catch (err) {
         failAll(run.map((r) => r.pending), err);
         failAll(batch.slice(index), err);
+        this.failQueued(err);
         return;
       }
       this.dataEnd = position;
       this.offset = offset;
       this.unmarked = true;
+      this.markedEnd = false;
+      // Fsync'd up to here (the mark written next is not, until the next run's fsync).
+      this.index.added(
+        run.map((r) => ({ type: r.pending.type, offset: r.result.offset, position: r.result.position, bytes: r.result.bytes, crc: frameChecksum(r.header) })),
+        position,
+      );
       this.onFlush?.(run.length, runBytes, performance.now() - started);
+      // Callers go first (the mark adds nothing to what they were promised); the next run waits for it.
       for (const r of run) r.pending.resolve(r.result);
+      await this.markSynced(handle);
     }
     this.armIdleRoll();
+  }
+
+  /**
+   * After a run's fsync (and its callers' resolution): a SYNC frame stating the new end of data, so that
+   * followers (in any process) see that the run is durable without an fsync of their own
+   * (spec/log-format.md §3.3). It is the next run's opening mark, written early; not fsync'd itself (the
+   * next run's fsync covers it). Best effort: without it (no room, a full disk) the next run opens with
+   * the mark as before.
+   */
+  private async markSynced(handle: FileHandle): Promise<void> {
+    // Room for it and for what the segment keeps for its closing mark after the next frame (handleFor).
+    if (this.dataEnd + 2 * SYNC_FRAME_BYTES > this.segmentBytes) return;
+    try {
+      await writeAll(handle, [encodeSyncFrame(this.offset, this.dataEnd)], this.dataEnd);
+    } catch {
+      // Whatever part of it reached the file lies past the end of data: the next run writes over it.
+      return;
+    }
+    this.dataEnd += SYNC_FRAME_BYTES;
+    this.allocatedEnd = Math.max(this.allocatedEnd, this.dataEnd);
+    this.markedEnd = true;
+    this.unmarked = false;
+  }
+
+  /**
+   * After a failed write: every append queued behind it fails too, so that what a writer acknowledges
+   * is always a prefix of the calls made to it (a caller sending in order never sees a later message
+   * stored and an earlier one refused; a full disk fails everything waiting, not one write in two).
+   */
+  private failQueued(err: unknown): void {
+    for (const pending of this.queue.splice(0)) pending.reject(err);
   }
 
   /** (Re)starts the idle clock after a write: it rolls the segment when nothing follows in time. */
@@ -350,6 +452,9 @@ export class StreamWriter {
       throw ioError(err, `cannot seal ${this.set.pathOf(this.segmentBase)}${full ? '' : ' (roll)'}`);
     }
     const next = await this.set.create(this.offset);
+    // The sealed segment's index, written durably in the background: until it is there, a reader that
+    // needs it builds it by a scan.
+    this.index.sealed(this.dataEnd, this.offset);
     this.handle = next;
     this.segmentBase = this.offset;
     this.dataEnd = 0;

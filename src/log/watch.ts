@@ -1,12 +1,22 @@
 /**
- * The file store's ChangeFeed (log-store.ts): change notification for followers of a directory of streams
- * (chokidar, i.e. inotify on Linux), with a fallback timer so that a missed event costs latency, never
- * progress. Appends of the same process bump it directly (FileLogStore does), so an in-process follower
- * wakes within the append's own tick instead of waiting for the file watch.
+ * The file store's ChangeFeed (log-store.ts): change notification for followers of a directory of streams,
+ * built on the platform's directory watch (`fs.watch`: inotify on Linux), with a fallback timer so that a
+ * missed event costs latency, never progress. Appends of the same process bump it directly (FileLogStore
+ * does), so an in-process follower wakes within the append's own tick instead of waiting for the watch.
+ *
+ * One watch per directory, never per file: a write to a segment is reported by the watch of its stream
+ * directory, and a new stream directory is watched as soon as its creation is reported, before anything
+ * can be written in it that would go unseen (the new directory is listed after its watch is in place).
+ * No event is delayed or coalesced here: each one bumps the generation at once. (A general-purpose
+ * watcher that throttles directory re-reads would let the first frames of a new stream wait for its
+ * fallback.)
+ *
+ * A directory that does not exist yet (a channel with no message so far) is waited for by watching its
+ * nearest existing ancestor; every event there re-checks the way down, so its creation and what follows
+ * are seen.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { dirname, join, relative, sep } from 'node:path';
-import { watch, type FSWatcher } from 'chokidar';
 import { MqlogError, abortError } from '../errors.js';
 import type { ChangeFeed } from './log-store.js';
 
@@ -21,11 +31,20 @@ export interface WatcherOptions {
   readonly onClose?: () => void;
 }
 
+/** Lock directories are touched by their holders; temporary files are renamed into place (seen then). */
+function alwaysIgnored(path: string): boolean {
+  return path.endsWith('.lock') || path.includes('.lock/') || path.includes('.lock.') || path.endsWith('.tmp');
+}
+
 export class ChangeWatcher implements ChangeFeed {
   readonly dir: string;
   private readonly fallbackMs: number;
-  private readonly watcher: FSWatcher;
-  private readonly ready: Promise<void>;
+  private readonly depth: number;
+  private readonly ignore: (path: string) => boolean;
+  /** Watched directories (the queue directory and its streams), by path. */
+  private readonly watches = new Map<string, FSWatcher>();
+  /** The nearest existing ancestor, watched while `dir` does not exist. */
+  private anchor: { readonly path: string; readonly watcher: FSWatcher } | undefined;
   private changes = 0;
   private waiters = new Set<() => void>();
   private readonly listeners = new Set<() => void>();
@@ -35,27 +54,11 @@ export class ChangeWatcher implements ChangeFeed {
   constructor(dir: string, options: WatcherOptions = {}) {
     this.dir = dir;
     this.fallbackMs = options.fallbackMs ?? 1000;
+    this.depth = options.depth ?? 1;
     this.onClose = options.onClose;
-    // Lock directories are touched every second by their holders; they say nothing about data.
-    const depth = options.depth ?? 1;
-    // A directory that does not exist yet (a channel with no message so far) is watched from its nearest
-    // existing ancestor, looking only along the way down to it, so its creation and what follows are seen.
-    const root = nearestExisting(dir);
-    const levels = root === dir ? 0 : relative(root, dir).split(sep).length;
-    const offRoute = (path: string): boolean => levels > 0 && !(path === dir || path.startsWith(dir + sep) || dir.startsWith(path + sep) || path === root);
-    const ignored = (path: string): boolean =>
-      offRoute(path) || path.endsWith('.lock') || path.includes('.lock/') || path.includes('.lock.') || path.endsWith('.tmp') || (options.ignore?.(path) ?? false);
-    this.watcher = watch(root, { ignoreInitial: true, depth: depth + levels, persistent: true, ignored });
-    // Raw events come straight from the platform's watch, one per write: chokidar's own `change`
-    // events are throttled per file (a second write within 5 ms would only be seen at the fallback).
-    this.watcher.on('raw', (_event: unknown, path: string | null, details: unknown) => {
-      const watched = (details as { watchedPath?: unknown } | undefined)?.watchedPath;
-      const full = typeof watched === 'string' ? join(watched, path ?? '') : (path ?? '');
-      if (!ignored(full)) this.bump();
-    });
-    this.watcher.on('all', () => this.bump());
-    this.watcher.on('error', () => this.bump());
-    this.ready = new Promise((resolve) => this.watcher.once('ready', () => resolve()));
+    const ignore = options.ignore;
+    this.ignore = ignore === undefined ? alwaysIgnored : (path) => alwaysIgnored(path) || ignore(path);
+    this.attach();
   }
 
   /** Increases with every change seen; compare with changedSince(). */
@@ -63,9 +66,9 @@ export class ChangeWatcher implements ChangeFeed {
     return this.changes;
   }
 
-  /** Resolves once the watch is in place: changes after this are seen. */
+  /** Resolves once the watch is in place: changes after this are seen. (It is in place when constructed.) */
   whenReady(): Promise<void> {
-    return this.ready;
+    return Promise.resolve();
   }
 
   /** Signals a change made by this process, so local followers wake without waiting for the OS. */
@@ -92,7 +95,12 @@ export class ChangeWatcher implements ChangeFeed {
     if (signal?.aborted === true) throw abortError(signal);
     if (this.changes !== seen) return;
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(done, this.fallbackMs);
+      const timer = setTimeout(() => {
+        // Nothing reported for a while: a watch may have been lost (its directory removed and made
+        // again). Put the watches back in place before the caller looks again.
+        this.attach();
+        done();
+      }, this.fallbackMs);
       const onAbort = (): void => {
         cleanup();
         waiters.delete(done);
@@ -118,9 +126,129 @@ export class ChangeWatcher implements ChangeFeed {
     this.closing ??= (async () => {
       this.onClose?.();
       this.bump();
-      await this.watcher.close();
+      this.detach();
     })();
     return this.closing;
+  }
+
+  /** Watches `dir` and its subdirectories, or its nearest existing ancestor while it does not exist. */
+  private attach(): void {
+    if (this.closing !== undefined) return;
+    if (this.watches.has(this.dir) || !this.watchTree(this.dir, this.depth)) {
+      if (!this.watches.has(this.dir)) this.watchAnchor();
+      return;
+    }
+    // The queue directory exists now: the ancestor's watch has done its work.
+    this.anchor?.watcher.close();
+    this.anchor = undefined;
+  }
+
+  private detach(): void {
+    for (const watcher of this.watches.values()) watcher.close();
+    this.watches.clear();
+    this.anchor?.watcher.close();
+    this.anchor = undefined;
+  }
+
+  /**
+   * Watches directory `path` and, `depth` levels down, its subdirectories. The watch comes before the
+   * listing, so an entry made in between is reported by the watch if the listing missed it.
+   * Returns false when `path` is not a directory (any more).
+   */
+  private watchTree(path: string, depth: number): boolean {
+    if (!this.watches.has(path)) {
+      const watcher = this.watchDir(path, (event, name) => this.onEvent(path, depth, event, name));
+      if (watcher === undefined) return false;
+      this.watches.set(path, watcher);
+    }
+    if (depth > 0) {
+      let entries;
+      try {
+        entries = readdirSync(path, { withFileTypes: true });
+      } catch {
+        return true;
+      }
+      for (const entry of entries) {
+        const child = join(path, entry.name);
+        if (entry.isDirectory() && !this.ignore(child)) this.watchTree(child, depth - 1);
+      }
+    }
+    return true;
+  }
+
+  private onEvent(path: string, depth: number, event: string, name: string | null): void {
+    if (this.closing !== undefined) return;
+    const child = name === null ? path : join(path, name);
+    if (name !== null && this.ignore(child)) return;
+    // Creations, removals and renames are 'rename' events; a new directory below gets its own watch
+    // before anything else happens here (the follower woken below lists it only after this).
+    if (event === 'rename') {
+      if (!existsSync(path)) {
+        // The watched directory itself went away (a removed stream, a removed queue): its watch is dead.
+        this.unwatch(path);
+        if (path === this.dir) this.attach();
+      } else if (name !== null && depth > 0) {
+        if (isDirectory(child)) {
+          if (!this.watches.has(child)) this.watchTree(child, depth - 1);
+        } else if (this.watches.has(child)) {
+          this.unwatch(child);
+        }
+      }
+    }
+    this.bump();
+  }
+
+  /** Drops the watches of `path` and of everything below it. */
+  private unwatch(path: string): void {
+    for (const [p, watcher] of this.watches) {
+      if (p !== path && !p.startsWith(path + sep)) continue;
+      watcher.close();
+      this.watches.delete(p);
+    }
+  }
+
+  /** While `dir` does not exist: watch its nearest existing ancestor, and re-check on every event there. */
+  private watchAnchor(): void {
+    const path = nearestExisting(this.dir);
+    if (this.anchor?.path === path) return;
+    this.anchor?.watcher.close();
+    this.anchor = undefined;
+    const watcher = this.watchDir(path, (_event, name) => {
+      if (this.closing !== undefined) return;
+      // Only the next component on the way down to `dir` matters; anything else here is another queue's.
+      const next = relative(path, this.dir).split(sep)[0];
+      if (name !== null && name !== next) return;
+      this.attach();
+      this.bump();
+    });
+    if (watcher !== undefined) this.anchor = { path, watcher };
+  }
+
+  /** A directory watch; undefined when the directory is gone (or cannot be watched: the fallback covers it). */
+  private watchDir(path: string, onEvent: (event: string, name: string | null) => void): FSWatcher | undefined {
+    let watcher: FSWatcher;
+    try {
+      watcher = watch(path, { persistent: true }, (event, name) => onEvent(event, name === null ? null : String(name)));
+    } catch {
+      return undefined;
+    }
+    watcher.on('error', () => {
+      // The directory went away (or the watch broke): drop the watch; the next event above or the
+      // fallback puts it back if the directory comes again.
+      watcher.close();
+      for (const [p, w] of this.watches) if (w === watcher) this.watches.delete(p);
+      if (this.anchor?.watcher === watcher) this.anchor = undefined;
+      this.bump();
+    });
+    return watcher;
+  }
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
   }
 }
 

@@ -11,6 +11,7 @@
 import { Packr } from 'msgpackr';
 import { MqlogError } from '../errors.js';
 import { isId } from '../util/ids.js';
+import { MsgpackCursor } from './msgpack-cursor.js';
 
 export const MIN_PRIORITY = 0;
 export const MAX_PRIORITY = 9;
@@ -144,6 +145,58 @@ export function encodeMeta(meta: MessageMeta): Buffer {
   return packr.pack(map);
 }
 
+/**
+ * The payload of a message's inbox copy made from the payload it arrived with: its fields with `from`,
+ * `origin` and (when given) `replyTo` set, replacing any the sender put there, and every other field and
+ * the body as they came, byte for byte — no decoding into an object and no encoding of the whole map
+ * again. The caller has checked the payload with decodeMeta.
+ * @throws ERR_INVALID_MESSAGE when the map cannot be read.
+ */
+export function inboxCopyPayload(payload: Buffer, set: { readonly from: string; readonly origin: Origin; readonly replyTo?: string | undefined }): Buffer[] {
+  const { from, origin, replyTo } = set;
+  const metaBytes = payload.readUInt32LE(0);
+  const cursor = new MsgpackCursor(payload, 4, 4 + metaBytes);
+  const count = cursor.mapHeader();
+  // Runs of entries kept as they are, with the set fields left out.
+  const kept: Buffer[] = [];
+  let runStart = cursor.position;
+  let entries = 0;
+  for (let i = 0; i < count; i++) {
+    const entryStart = cursor.position;
+    const key = cursor.keyCode();
+    cursor.skip();
+    if (key !== FROM_KEY && key !== ORIGIN_KEY && (replyTo === undefined || key !== REPLY_KEY)) {
+      entries++;
+      continue;
+    }
+    if (entryStart > runStart) kept.push(payload.subarray(runStart, entryStart));
+    runStart = cursor.position;
+  }
+  if (cursor.position > runStart) kept.push(payload.subarray(runStart, cursor.position));
+  // The set fields, as a map whose header is dropped (they join the entries above).
+  const fields = packr.pack({ [KEYS.from]: from, [KEYS.origin]: encodeOrigin(origin), ...(replyTo === undefined ? {} : { [KEYS.replyTo]: replyTo }) });
+  const setCount = replyTo === undefined ? 2 : 3;
+  const header = mapHeader(entries + setCount);
+  const length = header.length + kept.reduce((n, b) => n + b.length, 0) + fields.length - 1;
+  const prefix = Buffer.allocUnsafe(4);
+  prefix.writeUInt32LE(length, 0);
+  return [prefix, header, ...kept, fields.subarray(1), payload.subarray(4 + metaBytes)];
+}
+
+/** A msgpack map header for `entries` entries. */
+function mapHeader(entries: number): Buffer {
+  if (entries < 16) return Buffer.from([0x80 | entries]);
+  const header = Buffer.allocUnsafe(entries < 0x10000 ? 3 : 5);
+  if (entries < 0x10000) {
+    header[0] = 0xde;
+    header.writeUInt16BE(entries, 1);
+  } else {
+    header[0] = 0xdf;
+    header.writeUInt32BE(entries, 1);
+  }
+  return header;
+}
+
 /** The payload of a MESSAGE frame. */
 export function encodeMessage(meta: MessageMeta, body: Uint8Array): Buffer[] {
   const metaBytes = encodeMeta(meta);
@@ -171,6 +224,51 @@ export function decodeMeta(payload: Buffer): { meta: MessageMeta; bodyStart: num
     throw invalid('meta is not valid msgpack', err);
   }
   return { meta: validateMeta(raw), bodyStart: 4 + metaBytes };
+}
+
+const [TS_KEY, CHANNEL_KEY, TO_KEY, EXPIRES_KEY, KIND_KEY, FROM_KEY, ORIGIN_KEY, REPLY_KEY] = [KEYS.ts, KEYS.channel, KEYS.to, KEYS.expiresAt, KEYS.kind, KEYS.from, KEYS.origin, KEYS.replyTo].map((k) => k.charCodeAt(0));
+
+/** What a counter of the outbox needs of a message: read without decoding the rest of its fields. */
+export interface MessageRouting {
+  readonly ts: number;
+  readonly channel: string;
+  readonly to: readonly string[];
+  readonly expiresAt?: number | undefined;
+  readonly kind?: string | undefined;
+}
+
+/**
+ * The routing fields of a MESSAGE payload (`t`, `c`, `d`, `x`, `k`), read straight from the msgpack map;
+ * every other field is passed over by its length, not decoded or checked (decodeMeta checks a whole
+ * message). For counting a queue, where a message is read only to know where it goes.
+ * @throws ERR_INVALID_MESSAGE when the map cannot be read or a routing field has the wrong type.
+ */
+export function decodeRouting(payload: Buffer): MessageRouting {
+  if (payload.length < 4) throw invalid('payload shorter than its length prefix');
+  const metaBytes = payload.readUInt32LE(0);
+  if (metaBytes > MAX_META_BYTES || 4 + metaBytes > payload.length) throw invalid(`meta length ${metaBytes} out of range`);
+  const reader = new MsgpackCursor(payload, 4, 4 + metaBytes);
+  let ts: unknown;
+  let channel: unknown;
+  let to: unknown;
+  let expiresAt: unknown;
+  let kind: unknown;
+  for (let entries = reader.mapHeader(); entries > 0; entries--) {
+    // Keys are one character (spec/log-format.md §8.1): compared by their code, no string made.
+    const key = reader.keyCode();
+    if (key === TS_KEY) ts = reader.value();
+    else if (key === CHANNEL_KEY) channel = reader.value();
+    else if (key === TO_KEY) to = reader.value();
+    else if (key === EXPIRES_KEY) expiresAt = reader.value();
+    else if (key === KIND_KEY) kind = reader.value();
+    else reader.skip();
+  }
+  if (!isTime(ts)) throw invalid('ts is not a timestamp');
+  if (typeof channel !== 'string') throw invalid('channel is not a string');
+  if (!Array.isArray(to) || !to.every((d) => typeof d === 'string')) throw invalid('to is not a list of names');
+  if (expiresAt !== undefined && !isTime(expiresAt)) throw invalid('expiresAt is not a timestamp');
+  if (kind !== undefined && typeof kind !== 'string') throw invalid('kind is not a string');
+  return { ts, channel, to: to, expiresAt, kind };
 }
 
 export function decodeMessage(payload: Buffer): MessageRecord {

@@ -82,6 +82,8 @@ export class DestinationQueue {
       // let this node reuse its offset for another message, which the peer would take for a duplicate.
       durable: true,
       onePriorityPerTake: true,
+      // Frames live until their batch is sent (a bounded number of batches in flight).
+      lend: true,
     });
     const taken = await this.reader.take(maxFrames, maxBytes);
     if (taken.length === 0) return undefined;
@@ -166,23 +168,23 @@ function after(frame: StoredFrame): StreamPosition {
 }
 
 /**
- * A frame's fields, and its order among frames of equal priority: by time written — a message by its
- * id's time, a chunk by its own — so that a long streamed body does not hold back messages sent while
- * it streams.
+ * A frame's fields, and its order among frames of equal priority (in other writer slots): by time
+ * written — a message by its id's time, a chunk by its own — so that a long streamed body does not hold
+ * back messages sent while it streams; within a millisecond, by id (ids rise with time).
  */
-function describe(frame: StoredFrame, onUndecodable: DestinationQueueOptions['onUndecodable']): { order: string; info: Described } {
+function describe(frame: StoredFrame, onUndecodable: DestinationQueueOptions['onUndecodable']): { order: number; tie?: string; info: Described } {
   try {
     if (frame.type === FrameType.MESSAGE) {
       const { meta } = decodeMeta(frame.payload);
-      return { order: `${idTimestamp(meta.id).toString(16).padStart(12, '0')}:${meta.id}`, info: { kind: 'message', meta } };
+      return { order: idTimestamp(meta.id), tie: meta.id, info: { kind: 'message', meta } };
     }
     if (frame.type === FrameType.BODY_CHUNK) {
       const { meta } = decodeChunk(frame.payload);
-      return { order: `${meta.ts.toString(16).padStart(12, '0')}:${meta.id}:${String(meta.position).padStart(16, '0')}`, info: { kind: 'chunk', chunk: meta } };
+      return { order: meta.ts, tie: `${meta.id}:${String(meta.position).padStart(16, '0')}`, info: { kind: 'chunk', chunk: meta } };
     }
   } catch (err) {
     // A frame whose CRC held but whose fields do not decode can never be delivered; keep a record.
     onUndecodable?.(frame.stream, frame.offset, err instanceof Error ? err.message : String(err));
   }
-  return { order: '', info: { kind: 'other' } };
+  return { order: 0, info: { kind: 'other' } };
 }

@@ -9,7 +9,7 @@
  * made by the first append.
  */
 import { MqlogError } from '../errors.js';
-import { FrameType } from '../log/frame.js';
+import { FrameType, type Payload } from '../log/frame.js';
 import type { AppendResult, ChangeFeed, LogStore, LogWriter, TruncatedTail, WriterOptions } from '../log/log-store.js';
 import { DEAD_REASON_HEADER, checkChannel, encodeChunk, encodeMessage, type ChunkMeta, type MessageMeta, type MessageRecord } from './codec.js';
 import { readStreamedBody } from './body.js';
@@ -18,7 +18,8 @@ import { Consumer, type ConsumerOptions, type Delivery, type PeekedMessage } fro
 import { deadInfo, ensureQueue, inboxInfo, type QueueInfo } from './layout.js';
 import type { MessageState } from './outbox-state.js';
 import { priorityKey } from './priority.js';
-import { scanQueue, statQueue, type QueueEvent, type QueueStat, type ScanQueueOptions } from './queue-scan.js';
+import { countInbox } from './inbox-counts.js';
+import { scanQueue, type QueueEvent, type QueueStat, type ScanQueueOptions } from './queue-scan.js';
 
 export interface InboxOptions extends WriterOptions {
   /** Where the node's logs are. */
@@ -83,6 +84,21 @@ export class Inbox {
     const writer = await this.writer;
     // Meta, then the body as it came: written as parts, never copied into one buffer.
     return writer.append(priorityKey(meta.priority), FrameType.MESSAGE, encodeMessage(meta, body));
+  }
+
+  /**
+   * Appends MESSAGE payloads of one priority, ready-made (inboxCopyPayload, encodeMessage), as one group
+   * commit; resolves once all are fsync'd.
+   * @throws as LogWriter.appendMany (`details.stored`: how many of the first ones were stored).
+   */
+  async appendMany(priority: number, payloads: readonly Payload[]): Promise<AppendResult[]> {
+    if (this.closing !== undefined) throw new MqlogError('ERR_CLOSED', 'inbox is closed');
+    this.writer ??= this.claim();
+    const writer = await this.writer;
+    return writer.appendMany(
+      priorityKey(priority),
+      payloads.map((payload) => ({ type: FrameType.MESSAGE, payload })),
+    );
   }
 
   /** Appends one chunk of a streamed body (invisible to consumers until its message is appended). */
@@ -150,9 +166,12 @@ export class Inbox {
     yield* scanQueue(this.store, this.info.queue, await this.stateView(), options);
   }
 
-  /** The queue's counts. */
+  /** The queue's counts, from the log's segment summaries and the consumer state (nothing read whole). */
   async stat(): Promise<QueueStat> {
-    return statQueue(this.store, this.info, await this.stateView());
+    const journal = await ConsumerJournal.open(this.info.dir);
+    const state = journal.state;
+    await journal.close();
+    return countInbox(this.store, this.info, state);
   }
 
   /** A stored message's body as a stream of buffers (a streamed body chunk by chunk, with flat memory). */

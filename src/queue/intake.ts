@@ -9,16 +9,17 @@
  *
  * Concurrency contract: batches of one sender may be stored concurrently (a sender keeps several in
  * flight) as long as the ranges they cover differ; a batch that overlaps one still being stored (a retry
- * of it) waits for it, then sees what it stored. Batches with chunks of streamed bodies are stored one
- * after the other per sender stream.
+ * of it) waits for it, then sees what it stored. A batch with a streamed body's message waits for every
+ * batch of its sender stream in flight.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { MqlogError } from '../errors.js';
+import { MqlogError, isMqlogError } from '../errors.js';
 import { FrameType, decodeFrame } from '../log/frame.js';
-import type { LogStore } from '../log/log-store.js';
+import type { AppendResult, LogStore } from '../log/log-store.js';
+import type { Payload } from '../log/frame.js';
 import { parseStreamName } from '../log/stream-id.js';
 import { digestStreamedBody } from './body.js';
-import { decodeChunk, decodeMessage, type ChunkMeta, type MessageMeta, type MessageRecord, type Origin } from './codec.js';
+import { decodeChunk, decodeMeta, encodeMessage, inboxCopyPayload, type ChunkMeta, type MessageMeta, type Origin } from './codec.js';
 import { DedupTable, dedupKey, transferKey } from './dedup-table.js';
 import type { Inbox } from './inbox.js';
 import { listQueues } from './layout.js';
@@ -37,6 +38,8 @@ export interface IncomingFrames {
   readonly frames: readonly { readonly stream: string; readonly frame: Buffer }[];
   /** Per sender stream, the range of offsets `[from, to)` the batch covers (see dedup-table.ts). */
   readonly covers?: ReadonlyMap<string, { readonly from: number; readonly to: number }> | undefined;
+  /** Where the sender takes receipts now, if the transport says (its messages' own replyTo is where it took them when they were sent). */
+  readonly replyTo?: string | undefined;
   /** Set by sources that do not deliver in order: duplicates are recognised by exact offset, everything up to `floor` was delivered before. */
   readonly unordered?: { readonly floor: number } | undefined;
 }
@@ -73,13 +76,17 @@ interface Checked {
   readonly key: string;
   readonly stream: string;
   readonly offset: number;
-  /** Set for a MESSAGE frame. */
-  readonly message?: MessageRecord;
+  /** Set for a MESSAGE frame: its fields, and its payload as it came. */
+  readonly message?: MessageMeta;
+  readonly payload?: Buffer;
+  readonly bodyStart?: number;
   readonly receipt?: ReceiptReport;
   /** Set for a BODY_CHUNK frame. */
   readonly chunk?: { readonly meta: ChunkMeta; readonly data: Buffer };
   readonly index: number;
 }
+
+const EMPTY = Buffer.alloc(0);
 
 interface Claim {
   readonly from: number;
@@ -116,7 +123,9 @@ export class Intake {
     if (this.closing !== undefined) return Promise.reject(new MqlogError('ERR_CLOSED', 'the node is shutting down'));
     let checked: Checked[];
     try {
-      checked = batch.frames.map((wire, index) => this.check(batch, wire, index));
+      // The dedup key of each sender stream, made once per batch.
+      const keys = new Map<string, string>();
+      checked = batch.frames.map((wire, index) => this.check(batch, wire, index, keys));
       if (batch.unordered === undefined) checkOrder(checked);
     } catch (err) {
       return Promise.reject(err instanceof Error ? err : new Error(String(err)));
@@ -136,7 +145,7 @@ export class Intake {
     return this.closing;
   }
 
-  private check(batch: IncomingFrames, wire: { stream: string; frame: Buffer }, index: number): Checked {
+  private check(batch: IncomingFrames, wire: { stream: string; frame: Buffer }, index: number, keys: Map<string, string>): Checked {
     try {
       if (parseStreamName(wire.stream) === undefined) throw new MqlogError('ERR_BAD_REQUEST', `stream name ${JSON.stringify(wire.stream)} is not valid`);
       const decoded = decodeFrame(wire.frame, 0, this.options.maxFrameBytes);
@@ -145,7 +154,11 @@ export class Intake {
         throw new MqlogError(decoded.code, `frame: ${decoded.reason}`);
       }
       if (decoded.bytes !== wire.frame.length) throw new MqlogError('ERR_BAD_REQUEST', `${wire.frame.length - decoded.bytes} bytes after the frame`);
-      const key = dedupKey(batch.node, batch.destination, wire.stream);
+      let key = keys.get(wire.stream);
+      if (key === undefined) {
+        key = dedupKey(batch.node, batch.destination, wire.stream);
+        keys.set(wire.stream, key);
+      }
       const cover = batch.covers?.get(wire.stream);
       if (cover !== undefined && (decoded.frame.offset < cover.from || decoded.frame.offset >= cover.to)) {
         throw new MqlogError('ERR_BAD_REQUEST', `frame offset ${decoded.frame.offset} lies outside the range [${cover.from}, ${cover.to}) the batch covers`);
@@ -156,16 +169,18 @@ export class Intake {
         return { key, stream: wire.stream, offset: decoded.frame.offset, chunk, index };
       }
       if (decoded.frame.type !== FrameType.MESSAGE) throw new MqlogError('ERR_INVALID_MESSAGE', `frame type ${decoded.frame.type} is neither a message nor a body chunk`);
-      const message = decodeMessage(decoded.frame.payload);
+      const payload = decoded.frame.payload;
+      const { meta: message, bodyStart } = decodeMeta(payload);
       if (message.streamed !== undefined && message.streamed.size > this.options.maxStreamedBodyBytes) {
         throw new MqlogError('ERR_BODY_TOO_LARGE', `streamed body of ${message.streamed.size} bytes exceeds this node's limit of ${this.options.maxStreamedBodyBytes}`);
       }
-      if (message.body.length > this.options.maxBodyBytes) {
-        throw new MqlogError('ERR_BODY_TOO_LARGE', `body of ${message.body.length} bytes exceeds this node's limit of ${this.options.maxBodyBytes}`);
+      const bodyBytes = payload.length - bodyStart;
+      if (bodyBytes > this.options.maxBodyBytes) {
+        throw new MqlogError('ERR_BODY_TOO_LARGE', `body of ${bodyBytes} bytes exceeds this node's limit of ${this.options.maxBodyBytes}`);
       }
       this.checkLimits(message);
-      const receipt = message.kind === 'receipt' ? decodeReceiptReport(message.body) : undefined;
-      return { key, stream: wire.stream, offset: decoded.frame.offset, message, index, ...(receipt === undefined ? {} : { receipt }) };
+      const receipt = message.kind === 'receipt' ? decodeReceiptReport(payload.subarray(bodyStart)) : undefined;
+      return { key, stream: wire.stream, offset: decoded.frame.offset, message, payload, bodyStart, index, ...(receipt === undefined ? {} : { receipt }) };
     } catch (err) {
       if (err instanceof MqlogError) throw new MqlogError(err.code, `frame ${index}: ${err.message}`, { details: { ...err.details, frame: index }, cause: err });
       throw err;
@@ -179,7 +194,7 @@ export class Intake {
     }
   }
 
-  private checkLimits(message: MessageRecord): void {
+  private checkLimits(message: MessageMeta): void {
     this.checkChannel(message.channel);
     const headers = Object.entries(message.headers ?? {});
     if (this.options.maxHeaders !== undefined && headers.length > this.options.maxHeaders) {
@@ -197,10 +212,12 @@ export class Intake {
    */
   private async claimed<T>(batch: IncomingFrames, checked: readonly Checked[], fn: () => Promise<T>): Promise<T> {
     const ranges = new Map<string, { from: number; to: number }>();
-    // Chunks of a streamed body are stored one batch after the other per sender stream, so that each
-    // batch's chunks land one after the other (its body's parts stay few).
-    // A streamed body's message too: it is checked against the chunks stored before it.
-    const whole = checked.some((c) => c.chunk !== undefined || c.message?.streamed !== undefined);
+    // A streamed body's message waits for every batch of its sender stream in flight: it is checked
+    // against the chunks stored before it. Batches of chunks claim their own range only, like any batch:
+    // the next one is checked, hashed and queued for writing while the one before waits for its fsync
+    // (one group commit for both), and their chunks still land in the order the batches came in, since
+    // each batch queues its appends in the same turn it starts storing.
+    const whole = checked.some((c) => c.message?.streamed !== undefined);
     for (const c of checked) {
       if (whole) {
         ranges.set(c.key, { from: 0, to: Number.MAX_SAFE_INTEGER });
@@ -261,17 +278,18 @@ export class Intake {
     const fresh = checked.filter((c) => !this.dedup.seen(c.key, c.offset));
     const origin = (c: Checked): Origin => ({ node: batch.node, stream: c.stream, offset: c.offset, destination: batch.destination });
     const done: Checked[] = [];
-    const run = async (items: Checked[], store: (c: Checked) => Promise<void>): Promise<void> => {
-      const results = await Promise.allSettled(
-        items.map(async (c) => {
-          await store(c);
-          return c;
-        }),
-      );
-      for (const r of results) if (r.status === 'fulfilled') done.push(r.value);
-      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    // Runs stores side by side; each notes in `done` what it stored. Throws the first failure once all ended.
+    const settle = async (stores: Promise<void>[]): Promise<void> => {
+      const failed = (await Promise.allSettled(stores)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
       if (failed !== undefined) throw failed.reason;
     };
+    const run = (items: Checked[], store: (c: Checked) => Promise<void>): Promise<void> =>
+      settle(
+        items.map(async (c) => {
+          await store(c);
+          done.push(c);
+        }),
+      );
     try {
       await run(fresh.filter((c) => c.chunk !== undefined), async (c) => {
         const { meta, data } = c.chunk as NonNullable<Checked['chunk']>;
@@ -283,15 +301,49 @@ export class Intake {
         this.dedup.chunkStored(transfer, meta.position, stored.stream, stored.offset);
       });
       const messages = fresh.filter((c) => c.message !== undefined && c.receipt === undefined);
-      const prepared = new Map<Checked, MessageMeta>();
-      for (const c of messages) prepared.set(c, await this.verifyStreamed(batch, c, from, origin(c)));
-      await run(messages, async (c) => {
-        const message = c.message as MessageRecord;
-        const inbox = await this.options.inboxFor(message.channel);
-        const stored = await inbox.append(prepared.get(c) as MessageMeta, message.streamed === undefined ? message.body : Buffer.alloc(0));
-        this.dedup.wrote(inbox.info.queue, stored.stream, stored.offset, c);
-        if (message.streamed !== undefined) this.dedup.finishTransfer(transferKey(batch.node, batch.destination, message.id));
-      });
+      const prepared = new Map<Checked, Payload>();
+      for (const c of messages) {
+        // A body that came in the frame stays as it came, bytes and fields alike: only `from` (the sender)
+        // and `origin` (where it came from) are set. A streamed body's message is made anew.
+        const message = c.message as MessageMeta;
+        // A receipt goes back to where the sender takes receipts now, when the batch says where.
+        const replyTo = message.receipt === true ? batch.replyTo : undefined;
+        const copy = message.streamed === undefined ? inboxCopyPayload(c.payload as Buffer, { from, origin: origin(c), replyTo }) : await this.streamedPayload(batch, c, from, origin(c), replyTo);
+        prepared.set(c, copy);
+      }
+      // One group commit per inbox stream (channel and priority): one append call, one promise.
+      const groups = new Map<string, Checked[]>();
+      for (const c of messages) {
+        const m = c.message as MessageMeta;
+        const group = `${m.priority}:${m.channel}`;
+        const list = groups.get(group);
+        if (list === undefined) groups.set(group, [c]);
+        else list.push(c);
+      }
+      await settle(
+        [...groups.values()].map(async (group) => {
+          const first = group[0]?.message as MessageMeta;
+          const inbox = await this.options.inboxFor(first.channel);
+          let stored: AppendResult[];
+          try {
+            stored = await inbox.appendMany(first.priority, group.map((c) => prepared.get(c) as Payload));
+          } catch (err) {
+            // The first frames of the group may be stored (a prefix): remembered below, like the others.
+            const count = isMqlogError(err) && typeof err.details?.stored === 'number' ? err.details.stored : 0;
+            done.push(...group.slice(0, count));
+            throw err;
+          }
+          // The group went to one stream, in order: its last frame is how far the inbox was written.
+          const last = stored[stored.length - 1] as AppendResult;
+          this.dedup.wrote(inbox.info.queue, last.stream, last.offset);
+          for (const c of group) {
+            this.dedup.stored(c.key, c.offset);
+            const message = c.message as MessageMeta;
+            if (message.streamed !== undefined) this.dedup.finishTransfer(transferKey(batch.node, batch.destination, message.id));
+            done.push(c);
+          }
+        }),
+      );
       await run(fresh.filter((c) => c.receipt !== undefined), async (c) => {
         await this.options.onReceipt?.(c.receipt as ReceiptReport, from, batch.peer !== undefined);
       });
@@ -324,15 +376,13 @@ export class Intake {
   }
 
   /**
-   * The inbox fields of a message: `from` is the sender, `origin` where it came from, and a streamed
-   * body's parts point at the chunks as stored here — after checking that they add up to the declared
-   * size and SHA-256.
+   * The payload of the inbox copy of a streamed body's message: its fields with `from` and `origin` set,
+   * and its parts pointing at the chunks as stored here — after checking that they add up to the
+   * declared size and SHA-256.
    * @throws ERR_BODY_DIGEST_MISMATCH (with the frame index) when they do not.
    */
-  private async verifyStreamed(batch: IncomingFrames, c: Checked, from: string, origin: Origin): Promise<MessageMeta> {
-    const { body: _body, ...meta } = c.message as MessageRecord;
-    const fields: MessageMeta = { ...meta, from, origin };
-    if (meta.streamed === undefined) return fields;
+  private async streamedPayload(batch: IncomingFrames, c: Checked, from: string, origin: Origin, replyTo: string | undefined): Promise<Payload> {
+    const meta = c.message as MessageMeta & { streamed: NonNullable<MessageMeta['streamed']> };
     const key = transferKey(batch.node, batch.destination, meta.id);
     const parts = this.dedup.transferParts(key);
     const inbox = await this.options.inboxFor(meta.channel);
@@ -351,7 +401,7 @@ export class Intake {
         details: { frame: c.index, id: meta.id },
       });
     }
-    return { ...fields, streamed: { ...meta.streamed, parts } };
+    return encodeMessage({ ...meta, from, origin, ...(replyTo === undefined ? {} : { replyTo }), streamed: { ...meta.streamed, parts } }, EMPTY);
   }
 }
 

@@ -209,3 +209,57 @@ test('frames of skipped types are passed over by their headers, and the position
   assert.deepEqual(read.frames.map((f) => [f.offset, f.payload.toString()]), [[0, 'a'], [3, 'b']]);
   assert.equal(reader.position.offset, 4);
 });
+
+test("a writer marks each write durable after its fsync, so a durable reader needs no fsync of its own", async (t) => {
+  const dir = join(await tempDir(t), 's');
+  const writer = await StreamWriter.open(dir);
+  t.after(() => writer.close());
+  for (let i = 0; i < 3; i++) await writer.append(FrameType.MESSAGE, Buffer.from(`m${i}`));
+  // The data ends with a sync mark stating everything before it: a plain reader sees it.
+  const plain = await SegmentReader.open(join(dir, '00000000000000000000.seg'));
+  t.after(() => plain.close());
+  for (let step = await plain.next(); step.kind === 'frame'; step = await plain.next());
+  assert.equal(plain.syncedBytes, plain.nextPosition - 28, 'the last write is followed by a mark stating the end of data before it');
+
+  const reader = new StreamReader(dir, { offset: 0 }, { durable: true });
+  t.after(() => reader.close());
+  let fsyncs = 0;
+  const segmentReader = (): { sync: () => Promise<void> } => (reader as unknown as { reader: { sync: () => Promise<void> } }).reader;
+  const read = await reader.read();
+  const original = segmentReader().sync.bind(segmentReader());
+  segmentReader().sync = async () => {
+    fsyncs++;
+    await original();
+  };
+  assert.deepEqual(read.frames.map((f) => f.offset), [0, 1, 2]);
+  await writer.append(FrameType.MESSAGE, Buffer.from('m3'));
+  assert.deepEqual((await reader.read()).frames.map((f) => f.offset), [3]);
+  assert.equal(fsyncs, 0);
+});
+
+test('a durable reader gives back frames no sync mark covers yet, and fsyncs them itself when no mark comes', async (t) => {
+  const dir = join(await tempDir(t), 's');
+  const writer = await StreamWriter.open(dir);
+  await writer.append(FrameType.MESSAGE, Buffer.from('m0'));
+  await writer.close();
+  // A killed writer's last write: fsync'd, maybe, but followed by no mark.
+  const segment = join(dir, '00000000000000000000.seg');
+  const end = (await stat(segment)).size;
+  const handle = await open(segment, 'r+');
+  await handle.write(encodeFrame(FrameType.MESSAGE, 1, Buffer.from('m1')), 0, undefined, end);
+  await handle.close();
+
+  const reader = new StreamReader(dir, { offset: 0 }, { durable: true });
+  t.after(() => reader.close());
+  const first = await reader.read();
+  assert.deepEqual(first.frames.map((f) => f.offset), [0], 'the unmarked frame is not handed out at once');
+  assert.equal(first.state, 'end');
+  const deadline = Date.now() + 30_000;
+  let later: number[] = [];
+  while (later.length === 0) {
+    assert.ok(Date.now() < deadline, 'the unmarked frame was never handed out');
+    await new Promise((resolve) => setImmediate(resolve));
+    later = (await reader.read()).frames.map((f) => f.offset);
+  }
+  assert.deepEqual(later, [1], 'handed out once fsync\'d by the reader, and only once');
+});

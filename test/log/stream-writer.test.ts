@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
-import { readdir, readFile, stat, truncate, appendFile } from 'node:fs/promises';
+import { readdir, readFile, rm, stat, truncate, appendFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { FrameType, encodeFrame } from '../../src/log/frame.js';
 import { StreamReader } from '../../src/log/stream-reader.js';
 import { StreamWriter } from '../../src/log/stream-writer.js';
+import { smallDisk } from '../helpers/disk.ts';
 import { tempDir } from '../helpers/index.js';
 
 /** A SYNC frame: 20-byte header and an 8-byte synced length. */
@@ -61,7 +62,7 @@ test('a stream rolls to a new segment named by its base offset at segmentBytes',
   const writer = await StreamWriter.open(dir, { segmentBytes: 1024 });
   for (let i = 0; i < 20; i++) await writer.append(FrameType.MESSAGE, Buffer.alloc(200, i));
   await writer.close();
-  const names = (await readdir(dir)).sort();
+  const names = (await readdir(dir)).filter((name) => name.endsWith('.seg')).sort();
   assert.ok(names.length >= 4, `expected several segments, got ${names.join(' ')}`);
   assert.equal(names[0], '00000000000000000000.seg');
   for (const name of names.slice(0, -1)) assert.ok((await stat(join(dir, name))).size <= 1024);
@@ -113,6 +114,9 @@ test('a corrupt frame before the end stops recovery with ERR_CORRUPT_FRAME', asy
   for (let i = 0; i < 3; i++) await writer.append(FrameType.MESSAGE, Buffer.from(`message ${i}`));
   await writer.close();
   const segment = join(dir, '00000000000000000000.seg');
+  // Without the index the closing writer left (as a node written before indexes had), recovery reads
+  // the segment from byte 0.
+  await rm(join(dir, '00000000000000000000.idx'));
   const { open } = await import('node:fs/promises');
   const handle = await open(segment, 'r+');
   await handle.write(Buffer.from([0xff]), 0, 1, 25); // inside the first frame's payload
@@ -141,4 +145,22 @@ test('append after close is refused with ERR_CLOSED', async (t) => {
   await writer.close();
   await assert.rejects(writer.append(FrameType.MESSAGE, Buffer.from('x')), { code: 'ERR_CLOSED' });
   await writer.close(); // idempotent
+});
+
+test('on a full disk, what a writer acknowledges is a prefix of the appends made to it', async (t) => {
+  const MiB = 1024 * 1024;
+  const disk = await smallDisk(t, 10 * MiB);
+  const writer = await StreamWriter.open(join(disk, 's'), { segmentBytes: 64 * MiB });
+  t.after(() => writer.close());
+  // 100 appends of 256 KiB at once go out as writes of up to 8 MiB: 32, 32, 32 and 4 frames. The first
+  // fits, the second does not, nor the third; the last, small one would fit again after the others were
+  // cut back - but it was made after a refused one, so it is refused too.
+  const outcomes = await Promise.allSettled(Array.from({ length: 100 }, (_, i) => writer.append(FrameType.MESSAGE, Buffer.alloc(256 * 1024, i & 0xff))));
+  const stored = outcomes.findIndex((o) => o.status === 'rejected');
+  assert.ok(stored > 0 && stored < outcomes.length, `${stored} of ${outcomes.length} appends stored: the disk should have filled part-way`);
+  for (const [i, o] of outcomes.entries()) {
+    if (i < stored) continue;
+    assert.equal(o.status, 'rejected', `append ${i} was stored after append ${stored} was refused`);
+    assert.equal((o).reason.code, 'ERR_DISK_FULL');
+  }
 });

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Packr } from 'msgpackr';
-import { decodeMessage, decodeMeta, encodeMessagePayload, type MessageMeta } from '../../src/queue/codec.js';
+import fc from 'fast-check';
+import { decodeMessage, decodeMeta, decodeRouting, encodeMessagePayload, inboxCopyPayload, type MessageMeta } from '../../src/queue/codec.js';
 import { newId } from '../../src/util/ids.js';
 
 const meta: MessageMeta = {
@@ -64,4 +65,80 @@ test('garbage and wrong field types are ERR_INVALID_MESSAGE or ERR_INVALID_NAME,
   assert.throws(() => decodeMeta(Buffer.from([1, 0])), { code: 'ERR_INVALID_MESSAGE' });
   assert.throws(() => decodeMeta(Buffer.from([200, 0, 0, 0, 1])), { code: 'ERR_INVALID_MESSAGE' });
   assert.throws(() => decodeMeta(Buffer.from([3, 0, 0, 0, 0xc1, 0xc1, 0xc1])), { code: 'ERR_INVALID_MESSAGE' });
+});
+
+test('the routing fields read from the map alone match the decoded message, whatever else it holds', () => {
+  fc.assert(
+    fc.property(
+      fc.record({
+        ts: fc.integer({ min: 0, max: 2 ** 53 - 1 }),
+        channel: fc.string({ minLength: 1, maxLength: 40 }).filter((c) => Buffer.byteLength(c) <= 255 && !/[\uD800-\uDFFF]/.test(c)),
+        to: fc.array(fc.string({ minLength: 1, maxLength: 30 }).filter((d) => !/[\uD800-\uDFFF]/.test(d)), { minLength: 1, maxLength: 5 }),
+        expiresAt: fc.option(fc.integer({ min: 0, max: 2 ** 53 - 1 }), { nil: undefined }),
+        headers: fc.option(fc.dictionary(fc.string({ minLength: 1, maxLength: 8 }).filter((k) => !/[\uD800-\uDFFF]/.test(k)), fc.string({ maxLength: 300 }).filter((v) => !/[\uD800-\uDFFF]/.test(v)), { maxKeys: 5 }), { nil: undefined }),
+        receipt: fc.option(fc.constant(true), { nil: undefined }),
+        kind: fc.option(fc.constant('receipt' as const), { nil: undefined }),
+        streamed: fc.option(fc.constant({ size: 5, sha256: 'a'.repeat(64), parts: [{ stream: 'p4.w0', first: 1, last: 2 }] }), { nil: undefined }),
+      }),
+      (fields) => {
+        const m: MessageMeta = { ...meta, ...fields, headers: fields.headers, receipt: fields.receipt, kind: fields.kind, streamed: fields.streamed };
+        const payload = encodeMessagePayload(m, Buffer.from('body'));
+        const full = decodeMeta(payload).meta;
+        const routing = decodeRouting(payload);
+        assert.deepEqual(routing, { ts: full.ts, channel: full.channel, to: full.to, expiresAt: full.expiresAt, kind: full.kind });
+      },
+    ),
+    { numRuns: 300 },
+  );
+});
+
+test('routing fields of a damaged map are ERR_INVALID_MESSAGE, never a read past the map', () => {
+  const payload = encodeMessagePayload(meta, Buffer.alloc(64, 0xcc));
+  const metaBytes = payload.readUInt32LE(0);
+  for (let cut = 4; cut < 4 + metaBytes; cut++) {
+    const damaged = Buffer.from(payload);
+    // The map claims fewer bytes than it has: every read must stay within them.
+    damaged.writeUInt32LE(cut - 4, 0);
+    try {
+      decodeRouting(damaged);
+    } catch (err) {
+      assert.equal((err as { code?: string }).code, 'ERR_INVALID_MESSAGE', `cut at ${cut}: ${String(err)}`);
+    }
+  }
+  for (let i = 0; i < 2000; i++) {
+    const damaged = Buffer.from(payload);
+    damaged[4 + ((i * 7919) % metaBytes)] = (i * 31) & 0xff;
+    try {
+      decodeRouting(damaged);
+    } catch (err) {
+      assert.equal((err as { code?: string }).code, 'ERR_INVALID_MESSAGE', `flip ${i}: ${String(err)}`);
+    }
+  }
+});
+
+test('an inbox copy made from the payload as it came has the set sender and origin, every other field and the body unchanged', () => {
+  fc.assert(
+    fc.property(
+      fc.record({
+        from: fc.string({ maxLength: 40 }).filter((f) => !/[\uD800-\uDFFF]/.test(f)),
+        node: fc.string({ minLength: 1, maxLength: 36 }).filter((n) => !/[\uD800-\uDFFF]/.test(n)),
+        offset: fc.integer({ min: 0, max: 2 ** 53 - 1 }),
+        destination: fc.option(fc.constantFrom('b', 'http://127.0.0.1:9/x'), { nil: undefined }),
+        withOrigin: fc.boolean(),
+        replyTo: fc.option(fc.constantFrom('http://127.0.0.1:7421', 'https://a.example:443'), { nil: undefined }),
+        headers: fc.dictionary(fc.string({ minLength: 1, maxLength: 8 }).filter((k) => !/[\uD800-\uDFFF]/.test(k)), fc.string({ maxLength: 50 }).filter((v) => !/[\uD800-\uDFFF]/.test(v)), { maxKeys: 20 }),
+        body: fc.uint8Array({ maxLength: 300 }),
+      }),
+      ({ from, node, offset, destination, withOrigin, replyTo, headers, body }) => {
+        const sent: MessageMeta = { ...meta, headers: { ...headers }, origin: withOrigin ? meta.origin : undefined };
+        const origin = { node, stream: 'p4.w0', offset, ...(destination === undefined ? {} : { destination }) };
+        const copy = Buffer.concat(inboxCopyPayload(encodeMessagePayload(sent, body), { from, origin, replyTo }));
+        const decoded = decodeMessage(copy);
+        const defined = (o: object): object => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
+        assert.deepEqual(defined({ ...decoded, body: undefined }), defined({ ...sent, headers: Object.keys(headers).length > 0 ? { ...headers } : undefined, from, origin, replyTo: replyTo ?? sent.replyTo }));
+        assert.deepEqual(decoded.body, Buffer.from(body));
+      },
+    ),
+    { numRuns: 300 },
+  );
 });
