@@ -38,6 +38,14 @@ export interface ClaimChooserOptions {
 
 /** New streams are looked for at most this often while busy. */
 const DISCOVER_EVERY_MS = 100;
+/**
+ * What one transaction skims of a stream at most, in frames and in time: frames that are not messages
+ * to claim (body chunks, messages claimed by others) can be many — a 2 GiB body is 2,048 chunks — and
+ * the lock must not be held for seconds while a busy disk gives their headers. The frontier moves to
+ * where the skim stopped, and the next transaction goes on from there.
+ */
+const SKIM_BUDGET_FRAMES = 1024;
+const SKIM_BUDGET_MS = 50;
 
 /** A stream's frontier skimmed ahead: frames looked at but not claimed yet. */
 interface SkimLane {
@@ -80,10 +88,10 @@ export class ClaimChooser {
 
   /**
    * Under the lock: takes lapsed claims over and claims up to `want` messages, most urgent first,
-   * appending the records. `ended`: messages ended instead (dead-lettered) — fewer claimed than wanted
-   * does not mean nothing is left.
+   * appending the records. `ended`: messages ended instead (dead-lettered); `cut`: a stream's skim
+   * stopped at its budget — either way, fewer claimed than wanted does not mean nothing is left.
    */
-  async choose(state: ConsumerState, want: number, records: StateRecord[]): Promise<{ claimed: Claimed[]; ended: number }> {
+  async choose(state: ConsumerState, want: number, records: StateRecord[]): Promise<{ claimed: Claimed[]; ended: number; cut: boolean }> {
     const now = this.options.now();
     const lapsed = await this.takeOver(state, now, records);
     const journal = this.options.held.journalForClaims(state);
@@ -106,13 +114,15 @@ export class ClaimChooser {
     const claimed: Claimed[] = [];
     let left = want;
     let ended = 0;
+    let cut = false;
     for (const candidate of candidates) {
       if (left <= 0) break;
       if (candidate.kind === 'stream') {
         const fresh = await this.claimFresh(state, candidate.stream, candidate.priority, left, records, journal, until);
-        if (fresh !== undefined) {
-          claimed.push(fresh);
-          left -= fresh.members.size;
+        cut ||= fresh.cut;
+        if (fresh.claimed !== undefined) {
+          claimed.push(fresh.claimed);
+          left -= fresh.claimed.members.size;
         }
         continue;
       }
@@ -143,7 +153,7 @@ export class ClaimChooser {
       claimed.push({ claim: new HeldClaim({ token, stream, priority: candidate.priority, deliveries, journal, hint, until }), members, frame });
       left -= members.size;
     }
-    return { claimed, ended };
+    return { claimed, ended, cut };
   }
 
   async close(): Promise<void> {
@@ -187,16 +197,27 @@ export class ClaimChooser {
     return lapsed;
   }
 
-  /** Claims up to `want` new messages of a stream from its frontier, skimming their headers. */
-  private async claimFresh(state: ConsumerState, stream: string, priority: number, want: number, records: StateRecord[], journal: string, until: number): Promise<Claimed | undefined> {
+  /**
+   * Claims up to `want` new messages of a stream from its frontier, skimming their headers, within the
+   * skim budget (`cut`: the budget ended the skim).
+   */
+  private async claimFresh(state: ConsumerState, stream: string, priority: number, want: number, records: StateRecord[], journal: string, until: number): Promise<{ claimed: Claimed | undefined; cut: boolean }> {
+    const started = performance.now();
     const lane = await this.lane(state, stream);
     const frontier = state.frontier(stream);
     let before: PositionHint | undefined = frontier?.hint;
     let start: PositionHint | undefined;
     let last: SkimmedFrame | undefined;
     const members = new IntervalSet();
+    let looked = 0;
+    let cut = false;
     while (members.size < want) {
-      if (lane.ahead.length === 0 && !(await skimMore(lane, Math.max(1, want - members.size)))) break;
+      if (looked >= SKIM_BUDGET_FRAMES || (looked > 0 && performance.now() - started >= SKIM_BUDGET_MS)) {
+        cut = true;
+        break;
+      }
+      if (lane.ahead.length === 0 && !(await skimMore(lane, Math.max(1, Math.min(want - members.size, SKIM_BUDGET_FRAMES - looked))))) break;
+      looked++;
       const frame = lane.ahead.shift() as SkimmedFrame;
       last = frame;
       const hint = { segment: frame.segment, position: frame.position, offset: frame.offset };
@@ -207,17 +228,17 @@ export class ClaimChooser {
       }
       before = hint;
     }
-    if (last === undefined) return undefined;
+    if (last === undefined) return { claimed: undefined, cut };
     const advance: StateRecord = { k: 'F', s: stream, o: last.offset + 1, h: [last.segment, last.position, last.offset] };
     if (members.isEmpty) {
       records.push(advance);
-      return undefined;
+      return { claimed: undefined, cut };
     }
     const token = randomUUID();
     // The claim before the frontier that passes its members: whatever prefix of the write survives a power
     // cut, no message is left behind the frontier outside a claim.
     records.push({ k: 'C', t: token, s: stream, j: journal, u: until, n: 1, p: priority, r: members.toFlat(), ...(start === undefined ? {} : { h: [start.segment, start.position, start.offset] as [number, number, number] }) }, advance);
-    return { claim: new HeldClaim({ token, stream, priority, deliveries: 1, journal, hint: start, until }), members, frame: undefined };
+    return { claimed: { claim: new HeldClaim({ token, stream, priority, deliveries: 1, journal, hint: start, until }), members, frame: undefined }, cut };
   }
 
   /** The skim lane of a stream, standing at its frontier. */

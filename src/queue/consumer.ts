@@ -79,6 +79,12 @@ const PIPELINE_MIN_MESSAGES = 16;
 /** A wait for the state lock this long means other processes keep it busy. */
 const BUSY_LOCK_MS = 1;
 
+/** What one claim gave: the deliveries, and whether more may be ready although fewer came than asked for. */
+interface ClaimOutcome {
+  readonly deliveries: ClaimDelivery[];
+  readonly more: boolean;
+}
+
 export class Consumer {
   readonly info: QueueInfo;
   private readonly store: LogStore;
@@ -140,8 +146,8 @@ export class Consumer {
    */
   async take(max: number, signal?: AbortSignal): Promise<Delivery[]> {
     for (;;) {
-      const { deliveries, ended } = await this.claim(max, signal);
-      if (deliveries.length === 0 && ended > 0) continue;
+      const { deliveries, more } = await this.claim(max, signal);
+      if (deliveries.length === 0 && more) continue;
       for (const d of deliveries) this.hold(d);
       return deliveries;
     }
@@ -171,7 +177,7 @@ export class Consumer {
     let pace: number | undefined;
     const reserve: Reserve = { items: [], lastHandOut: Date.now() };
     /** The next claim, made while the reserve runs down (and the feed's generation when it was made). */
-    let next: { readonly claimed: Promise<{ deliveries: ClaimDelivery[]; ended: number }>; readonly seen: number } | undefined;
+    let next: { readonly claimed: Promise<ClaimOutcome>; readonly seen: number } | undefined;
     /** Messages the caller can take within a second and half a lease, at its pace. */
     const workAhead = (): number => (pace === undefined ? 1 : Math.floor(Math.min(RESERVE_WORK_MS, this.visibilityTimeoutMs / 2) / Math.max(pace, 0.001)));
     this.reserves.add(reserve);
@@ -182,8 +188,8 @@ export class Consumer {
           const pending = next;
           next = undefined;
           const seen = pending?.seen ?? options.feed?.generation ?? 0;
-          const { deliveries: taken, ended } = pending !== undefined ? await pending.claimed : await this.claim(Math.max(1, Math.min(prefetch, limit - handed, workAhead())), options.signal);
-          if (taken.length === 0 && ended > 0) continue;
+          const { deliveries: taken, more } = pending !== undefined ? await pending.claimed : await this.claim(Math.max(1, Math.min(prefetch, limit - handed, workAhead())), options.signal);
+          if (taken.length === 0 && more) continue;
           if (taken.length === 0) {
             if (options.follow !== true) return;
             if (options.idleTimeoutMs !== undefined && Date.now() - lastMessageAt >= options.idleTimeoutMs) return;
@@ -263,23 +269,23 @@ export class Consumer {
 
   /**
    * Claims up to `max` messages in one transaction (settles that wait for one go in it too) and reads
-   * them. `ended` counts the messages ended instead (expired, delayed, dead-lettered): fewer deliveries
-   * than asked for do not mean the queue is empty then.
+   * them. `more`: messages were ended instead (expired, delayed, dead-lettered) or the skim of a stream
+   * stopped at its budget — fewer deliveries than asked for do not mean the queue is empty then.
    */
-  private claim(max: number, signal?: AbortSignal): Promise<{ deliveries: ClaimDelivery[]; ended: number }> {
+  private claim(max: number, signal?: AbortSignal): Promise<ClaimOutcome> {
     const run = this.claiming.then(() => this.claimNow(max, signal));
     this.claiming = run.catch(() => undefined);
     return run;
   }
 
-  private async claimNow(max: number, signal?: AbortSignal): Promise<{ deliveries: ClaimDelivery[]; ended: number }> {
+  private async claimNow(max: number, signal?: AbortSignal): Promise<ClaimOutcome> {
     if (this.closing !== undefined) throw new MqlogError('ERR_CLOSED', 'consumer is closed');
-    if (max <= 0) return { deliveries: [], ended: 0 };
+    if (max <= 0) return { deliveries: [], more: false };
     // After a claim that found less than it wanted, look without the lock first: when there is nothing
     // new, no transaction is needed.
     if (!this.busy) {
       await this.journal.refresh();
-      if (!(await this.chooser.mayFind(this.journal.state, this.now()))) return { deliveries: [], ended: 0 };
+      if (!(await this.chooser.mayFind(this.journal.state, this.now()))) return { deliveries: [], more: false };
     }
     let finish: ((err?: unknown) => void) | undefined;
     let outcome;
@@ -304,9 +310,9 @@ export class Consumer {
     }
     for (const { claim } of outcome.claimed) this.held.adopt(claim);
     const read = await this.reader.read(outcome.claimed);
-    this.busy = read.deliveries.length + read.ended + outcome.ended >= max;
+    this.busy = outcome.cut || read.deliveries.length + read.ended + outcome.ended >= max;
     if (outcome.claimed.length > 0) this.startTimer();
-    return { deliveries: read.deliveries, ended: outcome.ended + read.ended };
+    return { deliveries: read.deliveries, more: outcome.cut || outcome.ended + read.ended > 0 };
   }
 
   /**
