@@ -27,7 +27,8 @@ import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { connect, type NatsConnection } from 'nats';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { openNode } from '../dist/daemon/node.js';
 import { KiB, median, type BenchContext } from './harness.ts';
 
@@ -80,7 +81,7 @@ export async function bench(ctx: BenchContext): Promise<void> {
         natsRuns.push(await natsRun(ctx, plan, join(ctx.dir, `r${round}-nats`), nats.port, stream));
         ctx.progress(`${of}: the stream as C's inbox source`);
         sourceRuns.push(await sourceRun(ctx, plan, join(ctx.dir, `r${round}-source`), nats, stream));
-        await nats.nc.jetstreamManager().then((jsm) => jsm.streams.delete(stream));
+        await jetstreamManager(nats.nc).then((jsm) => jsm.streams.delete(stream));
       }
     }
   } finally {
@@ -158,7 +159,7 @@ async function forwardRun(ctx: BenchContext, dir: string, port: number, peer: st
 async function sourceRun(ctx: BenchContext, plan: Plan, dir: string, nats: NatsServer, stream: string): Promise<Run> {
   const port = await freePort();
   await writeConfig(dir, { name: 'c', listen: `127.0.0.1:${port}`, sources: [{ url: `nats://127.0.0.1:${nats.port}/${stream}`, durable: 'c' }] });
-  const jsm = await nats.nc.jetstreamManager();
+  const jsm = await jetstreamManager(nats.nc);
   const startedMs = performance.now();
   const daemon = await Daemon.start(ctx, dir);
   const startMs = performance.now() - startedMs;
@@ -279,7 +280,7 @@ async function startNatsServer(ctx: BenchContext, storeDir: string): Promise<Nat
       try {
         nc = await connect({ servers: `127.0.0.1:${port}`, reconnect: false, name: 'mqlog-bench' });
         // Accepting connections is not enough: JetStream must answer.
-        await (await nc.jetstreamManager()).getAccountInfo();
+        await (await jetstreamManager(nc)).getAccountInfo();
         return true;
       } catch {
         await nc?.close();
