@@ -206,12 +206,15 @@ export class NatsSender implements Transport {
     return maxMsgSize > 0 ? Math.min(maxPayload, maxMsgSize) : maxPayload;
   }
 
-  /** Body bytes per piece in the bucket. */
+  /**
+   * Body bytes per piece in the bucket: the largest power of two that fits in a message with its
+   * headers (512 KiB under the default max_payload), so that the outbox's 1 MiB chunks split evenly.
+   */
   private pieceBytes(): number {
     const maxPayload = this.js === undefined ? 1024 * 1024 : this.link.maxPayload(this.js.nc);
     const maxMsgSize = this.bucketInfo?.config.max_msg_size ?? -1;
-    const limit = maxMsgSize > 0 ? Math.min(maxPayload, maxMsgSize) : maxPayload;
-    return Math.max(1024, limit - HEADER_ROOM_BYTES);
+    const limit = (maxMsgSize > 0 ? Math.min(maxPayload, maxMsgSize) : maxPayload) - HEADER_ROOM_BYTES;
+    return Math.max(1024, 2 ** Math.floor(Math.log2(Math.max(1, limit))));
   }
 
   private async client(): Promise<{ nc: NatsConnection; js: JetStreamClient }> {
