@@ -7,7 +7,8 @@
  * `close()` is idempotent; `get()` after it rejects with ERR_CLOSED.
  */
 import { readFile } from 'node:fs/promises';
-import { connect, credsAuthenticator, nkeyAuthenticator, type Authenticator, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
+import { checkServerIdentity, type PeerCertificate } from 'node:tls';
+import { connect, credsAuthenticator, nkeyAuthenticator, type Authenticator, type ConnectionOptions, type NatsConnection, type TlsOptions } from '@nats-io/transport-node';
 import { MqlogError } from '../errors.js';
 import type { NatsAddress } from './nats-address.js';
 import { natsError } from './nats-errors.js';
@@ -39,15 +40,31 @@ export async function connectionOptions(address: NatsAddress, settings: NatsSett
     ...(user === undefined ? {} : { user, pass: pass ?? '' }),
     ...(token === undefined ? {} : { token }),
     ...(authenticators.length === 0 ? {} : { authenticator: authenticators }),
-    ...(wantsTls
-      ? {
-          tls: {
-            ...(tlsFiles.ca === undefined ? {} : { caFile: tlsFiles.ca }),
-            ...(tlsFiles.cert === undefined ? {} : { certFile: tlsFiles.cert }),
-            ...(tlsFiles.key === undefined ? {} : { keyFile: tlsFiles.key }),
-          },
-        }
-      : {}),
+    ...(wantsTls ? { tls: tlsOptions(servers, tlsFiles) } : {}),
+  };
+}
+
+/** TLS options of the client: the files, and a certificate check that knows the configured hosts. */
+function tlsOptions(servers: readonly string[], files: NonNullable<NatsSettings['tls']>): TlsOptions {
+  const options = {
+    ...(files.ca === undefined ? {} : { caFile: files.ca }),
+    ...(files.cert === undefined ? {} : { certFile: files.cert }),
+    ...(files.key === undefined ? {} : { keyFile: files.key }),
+    // The client names no host when it connects by IP address (TLS allows no IP as a server name), so
+    // Node would check the certificate against "localhost": accept one made for a configured host. The
+    // client passes its tls options on to Node's tls.connect.
+    checkServerIdentity: identityOf(servers),
+  };
+  return options as TlsOptions;
+}
+
+/** A certificate check that accepts the name asked for or any host of `servers`. */
+function identityOf(servers: readonly string[]): (hostname: string, cert: PeerCertificate) => Error | undefined {
+  const hosts = servers.map((s) => new URL(s).hostname.replace(/^\[|\]$/g, ''));
+  return (hostname, cert) => {
+    const error = checkServerIdentity(hostname, cert);
+    if (error === undefined) return undefined;
+    return hosts.some((host) => checkServerIdentity(host, cert) === undefined) ? undefined : error;
   };
 }
 
