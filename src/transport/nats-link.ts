@@ -55,7 +55,7 @@ function tlsOptions(servers: readonly string[], files: NonNullable<NatsSettings[
     // client passes its tls options on to Node's tls.connect.
     checkServerIdentity: identityOf(servers),
   };
-  return options as TlsOptions;
+  return options;
 }
 
 /** A certificate check that accepts the name asked for or any host of `servers`. */
