@@ -39,6 +39,8 @@ export interface NatsServerOptions {
   readonly client?: Partial<ConnectionOptions>;
   /** `tls` when clients must use TLS. */
   readonly scheme?: 'nats' | 'tls';
+  /** false: a server without JetStream. */
+  readonly jetstream?: boolean;
 }
 
 function isNotFound(err: unknown): boolean {
@@ -97,7 +99,7 @@ export class NatsServer {
   async start(wait = true): Promise<void> {
     if (this.running) return;
     const conf = join(this.dir, 'server.conf');
-    await writeFile(conf, [`server_name: ${this.name}`, `listen: "127.0.0.1:${this.port}"`, `jetstream { store_dir: ${JSON.stringify(this.storeDir)} }`, this.clusterConfig, this.options.config ?? ''].join('\n'));
+    await writeFile(conf, [`server_name: ${this.name}`, `listen: "127.0.0.1:${this.port}"`, this.options.jetstream === false ? '' : `jetstream { store_dir: ${JSON.stringify(this.storeDir)} }`, this.clusterConfig, this.options.config ?? ''].join('\n'));
     const child = track(spawn(NATS_SERVER_BIN, ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] }));
     this.child = child;
     this.output = '';
@@ -114,7 +116,7 @@ export class NatsServer {
       async () => {
         if (!this.running) throw new Error(`nats-server exited with ${child?.exitCode ?? child?.signalCode}: ${this.output}`);
         // Accepting connections is not enough: JetStream recovers its streams before it answers.
-        await this.withConnection(async (nc) => (await jetstreamManager(nc)).getAccountInfo());
+        await this.withConnection(async (nc) => (this.options.jetstream === false ? undefined : (await jetstreamManager(nc)).getAccountInfo()));
         return true;
       },
       { timeoutMs: 60_000, intervalMs: 100, message: `nats-server on port ${this.port} to accept connections` },
