@@ -29,6 +29,8 @@ interface BenchModule {
 /** Every benchmark module, in the order they run. Add new ones here. */
 const MODULES: readonly BenchModule[] = [
   { name: 'log', about: 'raw fsync limits of the disk, durable append through send(), RSS over 1 M appends', load: () => import('./log.bench.ts') },
+  { name: 'reopen', about: 'reopening a 10 GiB queue after its writer was SIGKILLed: writer recovery and first reads at late offsets, with and without segment indexes', load: () => import('./reopen.bench.ts') },
+  { name: 'backlog', about: 'mqlog stat and a daemon start with 1 M messages pending in the outbox and 1 M in the inboxes, versus an empty node', load: () => import('./backlog.bench.ts') },
   { name: 'compaction', about: 'append throughput and p99 latency with background compaction running versus without', load: () => import('./compaction.bench.ts') },
   { name: 'nats', about: 'forwarding rate into JetStream versus over HTTP to a peer, same run; a stream as an inbox source', load: () => import('./nats.bench.ts') },
   { name: 'e2e', about: 'store and forward A → B on loopback (child-process daemons): msgs/s versus local durable append, lone-message latency', load: () => import('./e2e.bench.ts') },

@@ -30,7 +30,7 @@ export function usageError(message: string): MqlogError {
 export function parse(command: Command, argv: string[]): ParsedArgs {
   try {
     const { values, positionals } = parseArgs({
-      args: argv,
+      args: withNegativeValues(command.options, argv),
       options: { ...command.options, help: { type: 'boolean', short: 'h' } },
       allowPositionals: command.allowPositionals,
       strict: true,
@@ -39,6 +39,26 @@ export function parse(command: Command, argv: string[]): ParsedArgs {
   } catch (err) {
     throw usageError(`${(err as Error).message.split('\n')[0] ?? 'bad arguments'} (see mqlog ${command.name} --help)`);
   }
+}
+
+/**
+ * `--priority -1` as `--priority=-1`: a value that looks like a negative number goes with the option
+ * before it (parseArgs would call it ambiguous), so that the option's own check can say what is wrong.
+ */
+function withNegativeValues(options: OptionSpec, argv: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    const next = argv[i + 1];
+    const name = arg.startsWith('--') ? arg.slice(2) : undefined;
+    if (name !== undefined && options[name]?.type === 'string' && next !== undefined && /^-\d/.test(next)) {
+      out.push(`${arg}=${next}`);
+      i++;
+      continue;
+    }
+    out.push(arg);
+  }
+  return out;
 }
 
 /** The node directory: --data, else $MQLOG_DATA, else ./var/node. */

@@ -4,30 +4,10 @@
  * (0 success, 1 the command ran and found a problem, 2 usage error). Every error is one stderr line
  * `mqlog: ERR_CODE: message`.
  */
+import { readFileSync } from 'node:fs';
 import { MqlogError, isErrorCode } from '../errors.js';
 import { parse, type Command } from './args.js';
-/**
- * Commands in help order, each loaded only when used: `mqlog send` need not load the HTTP server, the
- * metrics client or the NATS client, which keeps every short command quick to start.
- */
-const COMMANDS: readonly { readonly name: string; readonly hidden?: boolean; load(): Promise<Command> }[] = [
-  { name: 'send', load: async () => (await import('./send.js')).sendCommand },
-  { name: 'tail', load: async () => (await import('./tail.js')).tailCommand },
-  { name: 'receipt', load: async () => (await import('./receipt.js')).receiptCommand },
-  { name: 'daemon', load: async () => (await import('./daemon.js')).daemonCommand },
-  { name: 'start', load: async () => (await import('./start.js')).startCommand },
-  { name: 'stop', load: async () => (await import('./start.js')).stopCommand },
-  { name: 'status', load: async () => (await import('./start.js')).statusCommand },
-  { name: 'dump', load: async () => (await import('./dump.js')).dumpCommand },
-  { name: 'verify', load: async () => (await import('./verify.js')).verifyCommand },
-  { name: 'stat', load: async () => (await import('./stat.js')).statCommand },
-  { name: 'redrive', load: async () => (await import('./redrive.js')).redriveCommand },
-  { name: 'purge', load: async () => (await import('./purge.js')).purgeCommand },
-  { name: 'compact', load: async () => (await import('./compact.js')).compactCommand },
-  { name: 'demo', load: async () => (await import('./demo.js')).demoCommand },
-  { name: '__angel', hidden: true, load: async () => (await import('./start.js')).angelCommand },
-];
-
+import { COMMANDS } from './commands.js';
 /** Errors that mean the command line itself was wrong. */
 const USAGE_CODES = new Set(['ERR_USAGE', 'ERR_UNKNOWN_PEER', 'ERR_INVALID_NAME', 'ERR_INVALID_ARG']);
 
@@ -43,7 +23,7 @@ async function help(): Promise<string> {
     ...visible.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
     '',
     'Every command that touches a node takes --data DIR (default $MQLOG_DATA, else ./var/node).',
-    'Run mqlog <command> --help for its options.',
+    'Run mqlog <command> --help (or mqlog help <command>) for its options; mqlog --version for the version.',
   ].join('\n');
 }
 
@@ -51,8 +31,20 @@ function commandHelp(command: Command): string {
   return `usage: mqlog ${command.name} ${command.usage}\n\n${command.summary}`;
 }
 
+/** The package's version (package.json beside dist/). */
+function version(): string {
+  const manifest = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+  return String(manifest.version);
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
+  if (name === '--version' || name === '-V' || name === 'version') {
+    process.stdout.write(`mqlog ${version()}\n`);
+    return 0;
+  }
+  // `mqlog help send` is `mqlog send --help`.
+  if (name === 'help' && rest[0] !== undefined) return main([rest[0], '--help']);
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(`${await help()}\n`);
     return name === undefined ? 2 : 0;

@@ -25,7 +25,7 @@ export const sendCommand: Command = {
   --delay DUR        not delivered before this long
   --receipt          ask for a "job done" receipt (see mqlog receipt)
   --header K=V       a message header; repeatable
-  --file PATH        the body is the content of PATH
+  --file PATH        the body is the content of PATH (- for stdin; large bodies are streamed)
   --lines            every line of stdin is one message (without its newline)`,
   options: {
     data: { type: 'string' },
@@ -59,6 +59,10 @@ async function run(args: ParsedArgs): Promise<number> {
     for (const dest of to) node.resolveDestination(dest);
     if (lines) {
       await sendLines(node, to, options);
+    } else if (file === '-') {
+      // A body of unknown size: kept whole while it is small, streamed in chunks once it is not.
+      const { head, rest } = await readUpTo(process.stdin, INLINE_BODY_LIMIT + 1);
+      await writeLine(rest === undefined ? await node.send(to, head, options) : await node.sendStream(to, prepend(head, rest), options));
     } else if (file !== undefined && (await fileSize(file)) > INLINE_BODY_LIMIT) {
       // Large files are streamed in chunks: never read whole into memory.
       await writeLine(await node.sendStream(to, createReadStream(file, { highWaterMark: 1024 * 1024 }), options));
@@ -94,6 +98,28 @@ function sendOptions(args: ParsedArgs): SendOptions {
   if (boolFlag(args, 'receipt')) options.receipt = true;
   if (Object.keys(headers).length > 0) options.headers = headers;
   return options;
+}
+
+/**
+ * Reads `source` until `limit` bytes or its end. `rest` is the unread remainder (an iterator positioned
+ * after `head`), undefined when the source ended within the limit.
+ */
+async function readUpTo(source: AsyncIterable<Buffer>, limit: number): Promise<{ head: Buffer; rest: AsyncIterator<Buffer> | undefined }> {
+  const iterator = source[Symbol.asyncIterator]();
+  const parts: Buffer[] = [];
+  let bytes = 0;
+  while (bytes < limit) {
+    const next = await iterator.next();
+    if (next.done === true) return { head: Buffer.concat(parts), rest: undefined };
+    parts.push(next.value);
+    bytes += next.value.length;
+  }
+  return { head: Buffer.concat(parts), rest: iterator };
+}
+
+async function* prepend(head: Buffer, rest: AsyncIterator<Buffer>): AsyncGenerator<Buffer> {
+  yield head;
+  for (let next = await rest.next(); next.done !== true; next = await rest.next()) yield next.value;
 }
 
 async function fileSize(path: string): Promise<number> {

@@ -92,11 +92,15 @@ export const stopCommand: Command = {
   },
 };
 
+/** `mqlog status` when the node is not running: the LSB init-script status code for "not running". */
+const NOT_RUNNING = 3;
+
 export const statusCommand: Command = {
   name: 'status',
-  summary: 'show whether the background node runs, its pids, restarts and address',
+  summary: 'show whether the background node runs, its pids, restarts and address (exit 0 running, 3 not)',
   usage: `--data DIR [--json]
-  --json   {"running","angelPid","daemonPid","restarts","listen","state"}`,
+  --json   {"running","angelPid","daemonPid","restarts","listen","state"}
+exit code (as LSB init scripts): 0 running, 3 not running`,
   options: { data: { type: 'string' }, json: { type: 'boolean' } },
   allowPositionals: false,
   async run(args) {
@@ -110,7 +114,7 @@ export const statusCommand: Command = {
           : `not running${state === undefined ? '' : ` (last state: ${state.state}${state.lastExit === null ? '' : `, ${state.lastExit}`})`}`,
       );
     }
-    return 0;
+    return report.running ? 0 : NOT_RUNNING;
   },
 };
 

@@ -1,7 +1,8 @@
 /**
  * `mqlog stat --data DIR [--json]`: per queue, how many messages it holds, how many are pending, and
  * its size on disk; per peer, the backlog waiting for it, its last error and last successful send.
- * Read-only; asks each queue object of the node (which streams through its log: memory stays flat).
+ * Asks each queue object of the node, which counts from the log's segment summaries and its state files
+ * without reading the queue (and may write the summaries' cache files for the next caller).
  */
 import { MqlogNode, inspectQueue } from '../daemon/node.js';
 import { Outbox } from '../queue/outbox.js';

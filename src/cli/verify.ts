@@ -5,6 +5,8 @@
  * one, so one bad byte does not hide the rest of the file. A torn tail at the very end of a stream (the
  * unsynced last write of a killed writer or a power cut, cut off by the next writer) is reported as a
  * `TORN` note, not as corruption; so is every tail recovery already cut off and kept in a `.torn` file.
+ * A segment index that does not describe its segment is an `INDEX <file> <reason>` note: indexes are
+ * rebuilt from their segments when next needed.
  */
 import { resolve } from 'node:path';
 import { inspectQueue } from '../daemon/node.js';
@@ -27,7 +29,7 @@ export const verifyCommand: Command = {
 async function run(args: ParsedArgs): Promise<number> {
   if (args.positionals.length !== 1) throw usageError('verify needs exactly one PATH');
   const root = resolve(args.positionals[0] as string);
-  const totals = { segments: 0, frames: 0, bytes: 0, problems: 0, torn: 0 };
+  const totals = { segments: 0, frames: 0, bytes: 0, problems: 0, torn: 0, indexes: 0 };
   let targets;
   try {
     targets = await resolveTargets(root);
@@ -51,6 +53,9 @@ async function run(args: ParsedArgs): Promise<number> {
       } else if (event.kind === 'torn') {
         totals.torn++;
         await writeLine(`TORN ${event.path} ${event.position} ${event.recovered ? `recovered: ${event.reason}` : event.reason}`);
+      } else if (event.kind === 'index') {
+        totals.indexes++;
+        await writeLine(`INDEX ${event.path} ${event.reason}`);
       }
     }
   }
@@ -60,6 +65,7 @@ async function run(args: ParsedArgs): Promise<number> {
     process.stderr.write(`mqlog: ERR_CORRUPT_FRAME: ${totals.problems} problem(s); ${summary}\n`);
     return 1;
   }
-  await writeLine(`ok: ${summary}${totals.torn > 0 ? ` (${totals.torn} torn tail(s) noted)` : ''}`);
+  const notes = [...(totals.torn > 0 ? [`${totals.torn} torn tail(s)`] : []), ...(totals.indexes > 0 ? [`${totals.indexes} stale index(es)`] : [])];
+  await writeLine(`ok: ${summary}${notes.length > 0 ? ` (${notes.join(', ')} noted)` : ''}`);
   return 0;
 }

@@ -9,7 +9,7 @@ import { MqlogError } from '../errors.js';
 import { Lock, type ChangeFeed, type LogStore } from '../log/index.js';
 import { ChannelCounts } from '../queue/channel-counts.js';
 import { decodeMessage } from '../queue/codec.js';
-import { compactNode } from '../queue/compaction.js';
+import { Compactor } from '../queue/compaction.js';
 import type { Intake } from '../queue/intake.js';
 import { deadInfo, inboxInfo } from '../queue/layout.js';
 import { OutboxBacklog } from '../queue/outbox-backlog.js';
@@ -30,6 +30,7 @@ import { MqlogNode } from './node.js';
 import { IntakeSink } from './receiver.js';
 import { STATUS_PAGE, type StatusSnapshot } from './status-page.js';
 import { createLogger, type Logger } from './logger.js';
+import { maxFrameBytesFor } from '../queue/body.js';
 
 export const DAEMON_LOCK = 'daemon.lock';
 const DEDUP_CHECKPOINT_MS = 1000;
@@ -61,8 +62,6 @@ export class Daemon {
   private readonly channels = new Map<string, ChannelCounts>();
   private readonly received = new Map<string, number>();
   private countedOnce = false;
-  /** The first backlog count is done: forwarders may start. */
-  private backlogCounted = false;
   private counting: Promise<void> | undefined;
   private readonly handlerPath: string | undefined;
   private handler: HandlerRunner | undefined;
@@ -81,6 +80,8 @@ export class Daemon {
   private syncing: Promise<void> | undefined;
   private timers: NodeJS.Timeout[] = [];
   private compacting: Promise<void> | undefined;
+  /** Keeps what it learnt from round to round: each round does work in proportion to what changed. */
+  private compactor: Compactor | undefined;
   private stopping: Promise<void> | undefined;
 
   private constructor(node: MqlogNode, lock: Lock, logger: Logger, handlerPath: string | undefined, metrics: Metrics) {
@@ -160,7 +161,7 @@ export class Daemon {
       {
         maxBodyBytes: config.limits.maxBodyBytes,
         maxStreamedBodyBytes: config.limits.maxStreamedBodyBytes,
-        maxFrameBytes: config.limits.maxBodyBytes + 512 * 1024,
+        maxFrameBytes: maxFrameBytesFor(config.limits.maxBodyBytes),
         maxHeaders: config.limits.maxHeaders,
         maxHeaderBytes: config.limits.maxHeaderBytes,
         maxChannelBytes: config.limits.maxChannelBytes,
@@ -217,26 +218,19 @@ export class Daemon {
     this.feed = node.outbox.changes();
     await this.feed.whenReady();
     const recorded = await node.outbox.destinations();
-    this.backlog = new OutboxBacklog(node.store, node.outbox.info.queue, await node.outbox.state(), () => [...Object.keys(config.peers), ...recorded], {
+    this.backlog = new OutboxBacklog(node.store, node.outbox.info, await node.outbox.state(), () => [...Object.keys(config.peers), ...recorded], {
       appended: (meta) => this.metrics.appended.inc({ channel: meta.channel }),
       changed: (peer, backlog) => this.metrics.backlog.set({ peer }, backlog),
     });
-    // Forwarders start once the backlog is counted (they report what they send against that count);
-    // the count runs in the background, so a large backlog does not delay listening.
-    const counted = this.backlog.start();
+    // The backlog is counted from the outbox summaries in the background; forwarders do not wait for it.
+    this.backlog.start().catch((err: unknown) => logger.error({ event: 'backlog', err }, 'cannot count the backlog'));
     this.countInBackground();
     this.startSources();
     this.feed.onChange(() => {
       this.backlog?.poke();
       this.syncForwardersSoon();
     });
-    counted.then(
-      () => {
-        this.backlogCounted = true;
-        this.syncForwardersSoon();
-      },
-      (err: unknown) => logger.error({ event: 'backlog', err }, 'cannot count the backlog'),
-    );
+    this.syncForwardersSoon();
 
     this.url = await listen(servers.peer, config.listen, scheme(this.tls));
     if (servers.admin !== undefined && config.admin.listen !== undefined) {
@@ -363,9 +357,8 @@ export class Daemon {
     return [...this.forwarders.values()].map(({ forwarder }) => forwarder.status());
   }
 
-  /** Starts the forwarders that are missing, once the backlog is counted (one sync at a time). */
+  /** Starts the forwarders that are missing (one sync at a time). */
   private syncForwardersSoon(): void {
-    if (!this.backlogCounted) return;
     this.syncing ??= this.syncForwarders()
       .catch((err: unknown) => this.logger.error({ event: 'forwarders', err }, 'cannot start forwarders'))
       .finally(() => (this.syncing = undefined));
@@ -406,31 +399,28 @@ export class Daemon {
         queue,
         feed: this.feed,
         transport: sender,
+        // The address this daemon really listens on (a --listen flag included), or the one it advertises.
+        replyTo: () => this.config.advertise ?? this.url,
         deadLetter: (item, reason) => outbox.deadLetters.append(decodeMessage(item.frame.payload), { stream: item.frame.stream, offset: item.frame.offset, destination, node: this.nodeId }, reason),
         events: {
           sent: (peer, messages, bytes, durationMs, duplicates) => {
             this.metrics.forwarded.inc({ peer }, messages.length);
             this.metrics.forwardedBytes.inc({ peer }, bytes);
             this.metrics.batchSeconds.observe({ peer }, durationMs / 1000);
-            for (const { frame, meta } of messages) {
-              this.backlog?.done(peer, frame.stream, frame.offset);
-              if (meta?.receipt === true) this.receipt(meta.id, peer, 'sent');
-            }
+            for (const { meta } of messages) if (meta?.receipt === true) this.receipt(meta.id, peer, 'sent');
             this.logger.debug({ event: 'forwarded', peer, frames: messages.length, bytes, durationMs, duplicates }, 'forwarded');
           },
           failed: (peer, error, retryInMs) => {
             this.metrics.forwardErrors.inc({ peer, code: error.code });
             this.logger.warn({ event: 'forward_failed', peer, code: error.code, error: error.message, retryInMs }, 'forwarding failed');
           },
-          deadLettered: (peer, { frame, meta }, reason) => {
+          deadLettered: (peer, { meta }, reason) => {
             this.metrics.dead.inc({ peer, channel: '' });
-            this.backlog?.done(peer, frame.stream, frame.offset);
             this.logger.error({ event: 'dead_lettered', peer, id: meta.id, reason }, 'peer refused a message for good');
             if (meta.receipt === true) this.receipt(meta.id, peer, 'dead', reason);
           },
-          expired: (peer, { meta, stream, offset }) => {
+          expired: (peer, { meta }) => {
             this.metrics.expired.inc({ peer, channel: '' });
-            this.backlog?.done(peer, stream, offset, true);
             this.logger.info({ event: 'expired', peer, id: meta.id }, 'message expired before it could be forwarded');
             if (meta.receipt === true) this.receipt(meta.id, peer, 'expired', 'time to live passed before it was forwarded');
           },
@@ -445,13 +435,15 @@ export class Daemon {
   /** One background compaction round at a time; appends and reads never wait for it. */
   private compactInBackground(): void {
     if (this.compacting !== undefined || this.stopping !== undefined) return;
-    this.compacting = compactNode({
+    this.compactor ??= new Compactor({
       store: this.node.store,
-      signal: this.compactStop.signal,
       dataDir: this.dataDir,
       retainDoneMs: this.config.retainDoneMs,
       retainReceiptsMs: this.config.retainReceiptsMs,
-    })
+      ...(this.backlog === undefined ? {} : { outboxCounter: this.backlog.counter }),
+    });
+    this.compacting = this.compactor
+      .round(this.compactStop.signal)
       .then((result) => {
         this.metrics.compactedBytes.inc(result.bytesReclaimed);
         this.metrics.compactionSeconds.observe(result.durationMs / 1000);
@@ -472,11 +464,12 @@ export class Daemon {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       for (const timer of this.timers) clearInterval(timer);
-      // A compaction round stops between segments: a shutdown does not wait for a whole round.
+      // A compaction round stops at once (inside a segment too): a shutdown does not wait for it.
       this.compactStop.abort();
       await this.app?.close();
       await this.adminApp?.close();
       await this.compacting;
+      await this.compactor?.close();
       await this.handler?.close();
       await Promise.all(this.sources.map((source) => source.close()));
       await this.syncing;

@@ -27,6 +27,8 @@ export interface ForwarderOptions {
   readonly queue: DestinationQueue;
   readonly feed: ChangeFeed;
   readonly transport: Transport;
+  /** Where this node takes receipts now (its daemon's address), sent with every batch; undefined until known. */
+  readonly replyTo?: () => string | undefined;
   /** Stores a refused message in the outbox's dead letters. */
   readonly deadLetter: (item: OutgoingItem, reason: string) => Promise<void>;
   readonly maxBatchFrames?: number;
@@ -202,6 +204,7 @@ export class Forwarder {
             // The frames exactly as stored: no re-encoding, no copy.
             frames: items.map(({ frame, about }) => ({ stream: frame.stream, frame: frame.raw, about })),
             covers: Object.fromEntries([...batch.covers].map(([stream, r]) => [stream, [r.from, r.to] as const])),
+            replyTo: this.options.replyTo?.(),
           },
           this.sendController.signal,
         );

@@ -13,6 +13,7 @@ import { clientErrorHandler, registerHttpReceiver, sendError } from '../transpor
 import type { BatchSink } from '../transport/transport.js';
 import type { Config, TlsConfig } from './config.js';
 import type { Logger } from './logger.js';
+import { maxFrameBytesFor } from '../queue/body.js';
 
 export interface TlsMaterial {
   readonly cert?: Buffer;
@@ -109,7 +110,7 @@ export function createServers(options: {
     healthy: options.healthy,
     maxRequestBytes: config.limits.maxRequestBytes,
     maxFramesPerRequest: config.limits.maxFramesPerRequest,
-    maxFrameBytes: config.limits.maxBodyBytes + 512 * 1024,
+    maxFrameBytes: maxFrameBytesFor(config.limits.maxBodyBytes),
     maxConcurrentPerPeer: config.limits.maxConcurrentRequestsPerPeer,
     authenticate: (request, body) => {
       if (mode === 'keys') return verifier.verify(request.method, request.url.split('?')[0] ?? '', request.headers, body);

@@ -22,6 +22,7 @@ export class IntakeSink implements BatchSink {
       frames: batch.frames,
       covers: batch.covers === undefined ? undefined : new Map(Object.entries(batch.covers).map(([stream, [from, to]]) => [stream, { from, to }])),
       unordered: batch.unordered,
+      replyTo: batch.replyTo,
     });
   }
 }

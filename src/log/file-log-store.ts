@@ -9,7 +9,7 @@
  */
 import { readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { MqlogError, ioError } from '../errors.js';
+import { MqlogError, abortError, ioError } from '../errors.js';
 import { ensureDir, isNotFound, readFileIfExists } from '../util/fs.js';
 import { BROKEN_SUFFIX, FailoverWriter } from './failover-writer.js';
 import { Lock } from './lock.js';
@@ -23,6 +23,7 @@ import type {
   LogWriter,
   QueueUsage,
   ReaderOptions,
+  SegmentSummary,
   StoredFrame,
   StreamCompaction,
   StreamId,
@@ -32,6 +33,8 @@ import type {
 } from './log-store.js';
 import { compactStream } from './segment-compactor.js';
 import { parseSegmentFileName } from './segment.js';
+import { summarize } from './segment-index.js';
+import { SegmentIndexes } from './segment-index-file.js';
 import { SegmentSet } from './segment-set.js';
 import { verifyStream } from './segment-verifier.js';
 import { SlotWriter } from './slot-writer.js';
@@ -54,6 +57,8 @@ export class FileLogStore implements LogStore {
   readonly root: string;
   private readonly options: FileLogStoreOptions;
   private readonly feeds = new Map<string, Set<ChangeWatcher>>();
+  /** Segment indexes checked by this store (spec/log-format.md §16). */
+  private readonly indexes = new SegmentIndexes();
   private closing: Promise<void> | undefined;
 
   constructor(root: string, options: FileLogStoreOptions = {}) {
@@ -104,11 +109,29 @@ export class FileLogStore implements LogStore {
   }
 
   reader(queue: string, stream: string, from?: StreamPosition, options: ReaderOptions = {}): LogReader {
-    return new StreamReader(this.streamDir(queue, stream), from, options);
+    return new StreamReader(this.streamDir(queue, stream), from, options, this.indexes);
   }
 
   async frameAt(queue: string, stream: string, offset: number, hint?: FrameHint): Promise<StoredFrame | undefined> {
-    return readFrameAt(this.streamDir(queue, stream), offset, hint);
+    return readFrameAt(this.streamDir(queue, stream), offset, hint, this.indexes);
+  }
+
+  /**
+   * Each segment's summary from its index: a sealed segment without a usable index gets one by a scan
+   * (written for the next caller); the last segment is described as far as its writer's last checkpoint.
+   */
+  async segments(queue: string, stream: string, options: { readonly signal?: AbortSignal } = {}): Promise<SegmentSummary[]> {
+    const list = await new SegmentSet(this.streamDir(queue, stream)).list();
+    if (options.signal?.aborted === true) throw abortError(options.signal);
+    // Each index is a file of its own: looked at side by side.
+    const found = await Promise.all(
+      list.map((segment, i) => {
+        const sealed = i < list.length - 1;
+        return this.indexes.of(segment.path, segment.baseOffset, sealed, { rebuild: sealed, ...(options.signal === undefined ? {} : { signal: options.signal }) }).then((f) => f && summarize(stream, segment.baseOffset, sealed, f.bytes, f.index));
+      }),
+    );
+    // Gone since the listing (compacted away): nothing to describe.
+    return found.filter((s): s is SegmentSummary => s !== undefined);
   }
 
   /**
@@ -128,6 +151,7 @@ export class FileLogStore implements LogStore {
     const dir = this.dirOf(queue);
     return compactStream(join(dir, stream), stream, join(dir, `w${id.slot}.lock`), keep, {
       ...options,
+      indexes: this.indexes,
       ...(this.options.segmentBytes === undefined ? {} : { segmentBytes: this.options.segmentBytes }),
     });
   }
@@ -158,8 +182,8 @@ export class FileLogStore implements LogStore {
     const set = feeds;
     const feed: ChangeWatcher = new ChangeWatcher(this.dirOf(queue), {
       depth: 1,
-      // A queue's own bookkeeping files say nothing about its data.
-      ignore: (path) => path.includes('/cursors') || path.endsWith('dedup.json'),
+      // A queue's own bookkeeping files and the segments' indexes say nothing new about its data.
+      ignore: (path) => path.includes('/cursors') || path.includes('/summaries') || path.endsWith('dedup.json') || /\.idx(\.[^/]*\.tmp)?$/.test(path),
       onClose: () => set.delete(feed),
     });
     set.add(feed);
@@ -195,3 +219,4 @@ export class FileLogStore implements LogStore {
     throw new MqlogError('ERR_LOCKED', `no free writer slot in ${dir}`);
   }
 }
+

@@ -148,6 +148,11 @@ export function parseFrameHeader(bytes: Uint8Array, at = 0, maxPayloadBytes = MA
   };
 }
 
+/** The CRC field of a whole frame's header (`raw` holds at least its 20 header bytes): what tells frames apart. */
+export function frameChecksum(raw: Uint8Array): number {
+  return Buffer.from(raw.buffer, raw.byteOffset, FRAME_HEADER_BYTES).readUInt32LE(16);
+}
+
 /** True when the payload matches the CRC of its header. */
 export function frameCrcMatches(headerBytes: Uint8Array, payload: Uint8Array, expected: number): boolean {
   return crcOn(payload, crc32(headerBytes.subarray(0, 16))) === expected;

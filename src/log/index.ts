@@ -11,5 +11,5 @@ export { Lock, type LockOptions } from './lock.js';
 export { RecordLog } from './record-log.js';
 export { parseStreamName, streamName } from './stream-id.js';
 export { segmentFileName } from './segment.js';
-export { readFrames, scanStream, type ScanEvent, type ScanOptions } from './stream-scan.js';
+export { readAvailable, readFrames, scanStream, type ScanEvent, type ScanOptions } from './stream-scan.js';
 export { TORN_SUFFIX, parseTornFileName } from './recovery.js';

@@ -52,6 +52,48 @@ export interface StoredFrame {
   readonly position: number;
 }
 
+/** Frames and bytes of one frame type. */
+export interface TypeTotals {
+  readonly frames: number;
+  readonly bytes: number;
+}
+
+/** The frames of one type at the consecutive offsets [from, to). */
+export interface OffsetRun {
+  readonly type: number;
+  readonly from: number;
+  readonly to: number;
+}
+
+/**
+ * What the log knows of one segment of a stream without reading its frames (the file store: its index,
+ * spec/log-format.md §16). The counts describe the segment's frames before `next`: all of them when
+ * `complete`; for a stream's last segment (or a damaged one), a reader from `next` finds the rest.
+ * SYNC frames are the log's own and never counted.
+ */
+export interface SegmentSummary {
+  readonly stream: string;
+  /** Base offset. */
+  readonly base: number;
+  /** Every segment but a stream's last: its frames no longer change, except by compaction. */
+  readonly sealed: boolean;
+  /** The counts describe every frame the segment holds and will ever hold (it is sealed). */
+  readonly complete: boolean;
+  /** Bytes the segment takes (file size, or memory held). */
+  readonly bytes: number;
+  /** Identifies the frames described: the same frames give the same id, a compaction rewrite another. */
+  readonly id: string;
+  readonly frames: number;
+  /** Per frame type. */
+  readonly types: ReadonlyMap<number, TypeTotals>;
+  /** Which offsets hold frames of which type, in offset order. */
+  readonly runs: readonly OffsetRun[];
+  readonly firstOffset: number | undefined;
+  readonly lastOffset: number | undefined;
+  /** Where reading continues after the frames described (a hint names the last of them). */
+  readonly next: StreamPosition;
+}
+
 /** Where a stream's data ends in a torn (or still unfinished) write. */
 export interface TornTail {
   readonly path: string;
@@ -181,12 +223,24 @@ export interface StreamCompaction {
   readonly bytesReclaimed: number;
 }
 
+/** What compaction does with a segment before reading it (CompactOptions.decide). */
+export type SegmentDecision = 'keep' | 'drop' | 'read';
+
 export interface CompactOptions {
   /** Rewrite a sealed segment when its kept bytes are below this share of it. Default 0.5. */
   readonly rewriteBelowShare?: number;
   /** Every frame at or past this offset is kept: segments that start there are not even read. */
   readonly keepFrom?: number;
-  /** Stop between segments when this fires (a shutdown does not wait for a whole round). */
+  /**
+   * Asked about each segment from its summary before it is read: `keep` leaves it unread, `drop`
+   * removes it whole unread (a sealed segment only; the last one is then read), `read` asks `keep`
+   * about each of its frames. Default: `read`.
+   */
+  readonly decide?: (segment: SegmentSummary) => SegmentDecision | Promise<SegmentDecision>;
+  /**
+   * Stop when this fires (a shutdown does not wait for a round): between segments, and inside one (a
+   * rewrite in progress is abandoned, its temp file removed). The call resolves with what was done.
+   */
   readonly signal?: AbortSignal;
   /** Called after each segment looked at. */
   readonly onSegment?: (segment: string, action: 'kept' | 'deleted' | 'rewritten' | 'retired') => void;
@@ -204,7 +258,9 @@ export type VerifyEvent =
   | { readonly kind: 'segment'; readonly path: string; readonly frames: number; readonly bytes: number }
   | { readonly kind: 'corrupt'; readonly path: string; readonly position: number; readonly reason: string }
   /** Data ending in a torn write not yet cut off (`recovered` false), or a tail already cut off and kept. */
-  | { readonly kind: 'torn'; readonly path: string; readonly position: number; readonly reason: string; readonly recovered: boolean };
+  | { readonly kind: 'torn'; readonly path: string; readonly position: number; readonly reason: string; readonly recovered: boolean }
+  /** A segment index that does not describe its segment (a note: it is rebuilt when next needed). */
+  | { readonly kind: 'index'; readonly path: string; readonly reason: string };
 
 /**
  * Change notification for the followers of a queue: appends (by this process at once, by others
@@ -238,6 +294,12 @@ export interface LogStore {
   streams(queue: string): Promise<StreamId[]>;
   /** A reader of one stream from `from` (default: its start). */
   reader(queue: string, stream: string, from?: StreamPosition, options?: ReaderOptions): LogReader;
+  /**
+   * What is known of each segment of a stream without reading its frames, in base-offset order (the
+   * file store rebuilds a sealed segment's missing or stale index by a scan).
+   * @throws ERR_ABORTED when `signal` fires; ERR_INVALID_ARG for a bad name.
+   */
+  segments(queue: string, stream: string, options?: { readonly signal?: AbortSignal }): Promise<SegmentSummary[]>;
   /** The frame with `offset`, at the hinted place when the hint checks out; undefined when gone. */
   frameAt(queue: string, stream: string, offset: number, hint?: FrameHint): Promise<StoredFrame | undefined>;
   /** Claims the lowest free writer slot of a queue. */

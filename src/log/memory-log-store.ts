@@ -15,10 +15,11 @@
  *   compaction replaces a sealed segment object, never changes it in place.
  */
 import { MqlogError, abortError, withDetails } from '../errors.js';
-import { FRAME_HEADER_BYTES, encodeFrameHeader, payloadLength, type Payload } from './frame.js';
+import { FRAME_HEADER_BYTES, encodeFrameHeader, frameChecksum, payloadLength, type Payload } from './frame.js';
 import { DEFAULT_ROLL_IDLE_MS } from './log-store.js';
 import type { AppendResult, FrameToAppend, ChangeFeed, CompactOptions, FrameHint, KeepFrame, LogReader, LogStore, LogWriter, QueueUsage } from './log-store.js';
-import type { ReadLimits, ReaderOptions, StoredFrame, StreamCompaction, StreamId, StreamPosition, StreamRead, VerifyEvent, WriterOptions } from './log-store.js';
+import type { ReadLimits, ReaderOptions, SegmentSummary, StoredFrame, StreamCompaction, StreamId, StreamPosition, StreamRead, VerifyEvent, WriterOptions } from './log-store.js';
+import { IndexBuilder, summarize } from './segment-index.js';
 import { STREAM_KEY, compareStreams, parseStreamName, streamName } from './stream-id.js';
 
 /** The file store's default and lower bound (stream-writer.ts), so that both roll alike. */
@@ -33,6 +34,8 @@ interface Segment {
   /** Offsets rising; the `position` of each is the sum of the bytes before it, `bytes` the sum of all. */
   readonly frames: StoredFrame[];
   bytes: number;
+  /** What the file store's index would say of these frames (kept as frames are appended). */
+  readonly index: IndexBuilder;
 }
 
 interface Stream {
@@ -78,6 +81,17 @@ export class MemoryLogStore implements LogStore {
     checkStreamName(stream);
     checkQueueName(queue);
     return new MemoryLogReader(() => this.existing(queue)?.streams.get(stream), stream, from, options);
+  }
+
+  /** Each segment's summary, as the file store's indexes give it (all of the last segment's frames are described). */
+  async segments(queue: string, stream: string, options: { readonly signal?: AbortSignal } = {}): Promise<SegmentSummary[]> {
+    checkStreamName(stream);
+    if (options.signal?.aborted === true) throw abortError(options.signal);
+    const segments = this.existing(queue)?.streams.get(stream)?.segments ?? [];
+    return segments.map((segment, i) => {
+      const sealed = i < segments.length - 1;
+      return summarize(stream, segment.base, sealed, segment.bytes, segment.index.build(sealed ? 'sealed' : 'partial', segment.bytes));
+    });
   }
 
   /**
@@ -130,11 +144,18 @@ export class MemoryLogStore implements LogStore {
       if (options.keepFrom !== undefined && segment.base >= options.keepFrom) continue;
       const sealed = index < segments.length - 1;
       let action: 'kept' | 'deleted' | 'rewritten' | 'retired' = 'kept';
+      const decision = options.decide === undefined ? 'read' : await options.decide(summarize(stream, segment.base, sealed, segment.bytes, segment.index.build(sealed ? 'sealed' : 'partial', segment.bytes)));
       // An open writer appends to the tail: not even worth asking `keep` about it.
-      if (sealed || !q.slots.has(s.id.slot)) {
+      if (decision !== 'keep' && (sealed || !q.slots.has(s.id.slot))) {
         const frames = segment.frames.slice();
         const kept: StoredFrame[] = [];
-        for (const frame of frames) if (await keep(frame)) kept.push(frame);
+        if (decision !== 'drop' || !sealed) {
+          for (const frame of frames) {
+            // A shutdown does not wait for the segment: it is left as it is, and the round ends.
+            if (stopped(options.signal)) return result;
+            if (await keep(frame)) kept.push(frame);
+          }
+        }
         const keptBytes = kept.reduce((n, f) => n + f.bytes, 0);
         const at = s.segments.indexOf(segment);
         // Re-checked after the awaits: another compaction may have replaced the segment, and a writer may
@@ -149,7 +170,7 @@ export class MemoryLogStore implements LogStore {
           // Retiring starts an empty successor named by the next offset, as the file store does: the
           // segments before stay sealed, and the next append continues the offsets.
           const replacement: Segment[] =
-            action === 'rewritten' ? [rebuilt(segment.base, kept)] : action === 'retired' ? [{ base: s.nextOffset, frames: [], bytes: 0 }] : [];
+            action === 'rewritten' ? [rebuilt(segment.base, kept)] : action === 'retired' ? [emptySegment(s.nextOffset)] : [];
           s.segments.splice(at, 1, ...replacement);
           const reclaimed = segment.bytes - keptBytes;
           q.bytes -= reclaimed;
@@ -255,11 +276,12 @@ class MemoryLogWriter implements LogWriter {
     let segment = stream.segments.at(-1);
     // A segment always takes its first frame, however large; later ones only while they fit.
     if (segment === undefined || (segment.frames.length > 0 && segment.bytes + bytes > this.segmentBytes)) {
-      segment = { base: offset, frames: [], bytes: 0 };
+      segment = emptySegment(offset);
       stream.segments.push(segment);
     }
     const frame: StoredFrame = { stream: name, type, offset, payload: raw.subarray(FRAME_HEADER_BYTES), raw, bytes, segment: segment.base, position: segment.bytes };
     segment.frames.push(frame);
+    segment.index.add({ type, offset, position: frame.position, bytes, crc: frameChecksum(header) });
     segment.bytes += bytes;
     stream.nextOffset = offset + 1;
     q.bytes += bytes;
@@ -303,7 +325,7 @@ class MemoryLogWriter implements LogWriter {
     const last = stream?.segments.at(-1);
     if (stream === undefined || last === undefined || last.frames.length === 0) return;
     // An empty last segment, as the file store creates: the one just ended is sealed (compactable) now.
-    stream.segments.push({ base: stream.nextOffset, frames: [], bytes: 0 });
+    stream.segments.push(emptySegment(stream.nextOffset));
     bump(this.queue);
   }
 
@@ -482,15 +504,24 @@ function firstIndex<T>(items: readonly T[], test: (item: T) => boolean): number 
   return low;
 }
 
+function stopped(signal: AbortSignal | undefined): boolean {
+  return signal?.aborted === true;
+}
+
+function emptySegment(base: number): Segment {
+  return { base, frames: [], bytes: 0, index: new IndexBuilder(base) };
+}
+
 /** A rewritten segment holding only `kept`: the same frames and offsets, positions packed from 0. */
 function rebuilt(base: number, kept: readonly StoredFrame[]): Segment {
-  let position = 0;
-  const frames = kept.map((frame) => {
-    const moved = { ...frame, position };
-    position += frame.bytes;
-    return moved;
-  });
-  return { base, frames, bytes: position };
+  const segment = emptySegment(base);
+  for (const frame of kept) {
+    const moved = { ...frame, position: segment.bytes };
+    segment.frames.push(moved);
+    segment.index.add({ type: frame.type, offset: frame.offset, position: moved.position, bytes: frame.bytes, crc: frameChecksum(frame.raw) });
+    segment.bytes += frame.bytes;
+  }
+  return segment;
 }
 
 function checkStreamName(stream: string): string {

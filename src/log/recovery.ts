@@ -2,7 +2,9 @@
  * Recovery of a stream before appending to it (spec/log-format.md §5), and setting torn bytes aside.
  *
  * Only the last segment is scanned: every earlier one was sealed (truncated to its last frame and
- * fsync'd) before its successor was created. A torn tail — the bytes of a write that never completed
+ * fsync'd) before its successor was created; and only past what its index describes (a checkpoint its
+ * writer took of frames already fsync'd, spec/log-format.md §16), so reopening after a crash reads at
+ * most what was appended since the last checkpoint. A torn tail — the bytes of a write that never completed
  * its fsync (§3.2) — is moved to a `.torn` file beside the segment, cut off and reported; damage that a
  * SYNC frame shows to lie in fsync'd data is corruption and stops recovery with ERR_CORRUPT_FRAME.
  *
@@ -12,8 +14,11 @@ import { open, rename, rm, stat, truncate } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { MqlogError, ioError } from '../errors.js';
 import { FILE_MODE, fsyncDir } from '../util/fs.js';
+import { frameChecksum } from './frame.js';
 import type { TruncatedTail } from './log-store.js';
 import { SegmentReader, corrupt } from './segment.js';
+import { IndexBuilder, type SegmentIndex } from './segment-index.js';
+import { loadSegmentIndex } from './segment-index-file.js';
 import type { SegmentSet } from './segment-set.js';
 
 
@@ -91,6 +96,10 @@ export interface RecoveredStream {
   /** Offset the next appended frame gets. */
   readonly nextOffset: number;
   readonly truncated: TruncatedTail | undefined;
+  /** The index of the last segment's frames (undefined when the stream has no segment). */
+  readonly index: IndexBuilder | undefined;
+  /** Frames recovery read (those its index did not describe yet). */
+  readonly framesRead: number;
 }
 
 /**
@@ -100,20 +109,26 @@ export interface RecoveredStream {
 export async function recoverStream(set: SegmentSet): Promise<RecoveredStream> {
   const segments = await set.list();
   const last = segments.at(-1);
-  if (last === undefined) return { lastBaseOffset: undefined, dataEnd: 0, nextOffset: 0, truncated: undefined };
+  if (last === undefined) return { lastBaseOffset: undefined, dataEnd: 0, nextOffset: 0, truncated: undefined, index: undefined, framesRead: 0 };
 
-  const reader = await SegmentReader.open(last.path);
-  let nextOffset = last.baseOffset;
+  const from = await checkpointOf(last.path, last.baseOffset);
+  const index = new IndexBuilder(last.baseOffset, from);
+  const reader = await SegmentReader.open(last.path, { position: from?.coveredBytes ?? 0 });
+  let nextOffset = from?.lastOffset === undefined ? last.baseOffset : from.lastOffset + 1;
   let truncated: TruncatedTail | undefined;
   let dataEnd: number;
+  let framesRead = 0;
   try {
     for (;;) {
       const step = await reader.next();
       if (step.kind === 'frame') {
-        if (step.frame.offset < nextOffset) {
-          throw corrupt(last.path, step.frame.position, `offset ${step.frame.offset} not above ${nextOffset - 1}`);
+        const f = step.frame;
+        if (f.offset < nextOffset) {
+          throw corrupt(last.path, f.position, `offset ${f.offset} not above ${nextOffset - 1}`);
         }
-        nextOffset = step.frame.offset + 1;
+        nextOffset = f.offset + 1;
+        index.add({ type: f.type, offset: f.offset, position: f.position, bytes: f.bytes, crc: frameChecksum(f.raw) });
+        framesRead++;
         continue;
       }
       dataEnd = step.position;
@@ -144,5 +159,16 @@ export async function recoverStream(set: SegmentSet): Promise<RecoveredStream> {
   if (nextOffset < last.baseOffset) {
     throw new MqlogError('ERR_CORRUPT_FRAME', `${last.path}: offsets below the segment's base`, { details: { path: last.path } });
   }
-  return { lastBaseOffset: last.baseOffset, dataEnd, nextOffset, truncated };
+  return { lastBaseOffset: last.baseOffset, dataEnd, nextOffset, truncated, index, framesRead };
+}
+
+/** The index of the last segment, when it checks out: what it describes need not be read again. */
+async function checkpointOf(path: string, base: number): Promise<SegmentIndex | undefined> {
+  const handle = await open(path, 'r');
+  try {
+    const loaded = await loadSegmentIndex(path, handle, (await handle.stat()).size, base);
+    return 'index' in loaded ? loaded.index : undefined;
+  } finally {
+    await handle.close();
+  }
 }

@@ -6,11 +6,11 @@
  * Listing is safe at any time, from any process: segments only appear (roll) or disappear (compaction),
  * and a reader that finds its segment gone re-lists and seeks by offset.
  */
-import { open, readdir, type FileHandle } from 'node:fs/promises';
+import { open, readdir, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ioError, MqlogError } from '../errors.js';
 import { FILE_MODE, ensureDir, fsyncDir, isNotFound } from '../util/fs.js';
-import { parseSegmentFileName, segmentFileName } from './segment.js';
+import { SEGMENT_SUFFIX, parseSegmentFileName, segmentFileName } from './segment.js';
 
 export interface SegmentInfo {
   readonly baseOffset: number;
@@ -28,6 +28,22 @@ export class SegmentSet {
     return join(this.dir, segmentFileName(baseOffset));
   }
 
+  /**
+   * The segment named `baseOffset`, when that file exists now; undefined otherwise. One stat instead of
+   * a listing, for a reader that knows the name to expect (a successor is usually named by the offset
+   * after its predecessor's last frame).
+   */
+  async find(baseOffset: number): Promise<SegmentInfo | undefined> {
+    const path = this.pathOf(baseOffset);
+    try {
+      await stat(path);
+      return { baseOffset, path };
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw ioError(err, `cannot look at ${path}`, { path });
+    }
+  }
+
   /** Segments in base-offset order; empty when the directory does not exist (yet). */
   async list(): Promise<SegmentInfo[]> {
     let names: string[];
@@ -38,9 +54,12 @@ export class SegmentSet {
       throw ioError(err, `cannot list segments in ${this.dir}`, { path: this.dir });
     }
     const segments: SegmentInfo[] = [];
+    // Thousands of names in a large stream: a plain concatenation (the directory is joined once).
+    const prefix = join(this.dir, '/');
     for (const name of names) {
+      if (!name.endsWith(SEGMENT_SUFFIX)) continue;
       const baseOffset = parseSegmentFileName(name);
-      if (baseOffset !== undefined) segments.push({ baseOffset, path: join(this.dir, name) });
+      if (baseOffset !== undefined) segments.push({ baseOffset, path: prefix + name });
     }
     return segments.sort((a, b) => a.baseOffset - b.baseOffset);
   }

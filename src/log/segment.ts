@@ -158,7 +158,6 @@ export class SegmentReader {
     this.bufferStart = position;
     this.bufferLength = 0;
     this.bufferReachesEof = false;
-    this.tailAt = position;
   }
 
   /**

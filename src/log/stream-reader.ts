@@ -7,11 +7,14 @@
  *
  * Safe against a concurrent writer (in any process) and against compaction: a segment that disappears
  * is re-found by offset, and a position hint is trusted only after the frame it names is re-read.
+ * Opening at an offset inside a segment seeks with the segment's index (spec/log-format.md §16) and
+ * re-checks the frame it lands on, so a stale index costs a scan, never a wrong frame.
  */
 import { basename } from 'node:path';
 import { MqlogError, isMqlogError } from '../errors.js';
 import type { FrameHint, LogReader, ReadLimits, ReaderOptions, StoredFrame, StreamPosition, StreamRead } from './log-store.js';
-import { SegmentReader, corrupt, storedFrame, type SegmentReaderOptions } from './segment.js';
+import { SegmentReader, corrupt, storedFrame, type ReadStep, type SegmentReaderOptions } from './segment.js';
+import type { SegmentIndexes } from './segment-index-file.js';
 import { SegmentSet, type SegmentInfo } from './segment-set.js';
 
 /** How long frames may stay without a sync mark before a durable reader fsyncs them itself. */
@@ -30,13 +33,14 @@ export class StreamReader implements LogReader {
   private readonly skipTypes: ReadonlySet<number> | undefined;
   private readonly lend: boolean;
   private readonly durable: boolean;
+  private readonly indexes: SegmentIndexes | undefined;
   /** Where the last frame returned ends (its segment and byte), until a sync made it durable. */
   private returnedEnd: { segment: number; end: number } | undefined;
   /** The first frame a durable read gave back as not yet covered by a sync mark, and since when. */
   private uncovered: { segment: number; position: number; since: number } | undefined;
 
-  /** Reads the stream in directory `dir` from `from`. */
-  constructor(dir: string, from: StreamPosition = { offset: 0 }, options: ReaderOptions = {}) {
+  /** Reads the stream in directory `dir` from `from`; `indexes` finds places inside segments without a scan. */
+  constructor(dir: string, from: StreamPosition = { offset: 0 }, options: ReaderOptions = {}, indexes?: SegmentIndexes) {
     this.set = new SegmentSet(dir);
     this.stream = basename(dir);
     this.next = from.offset;
@@ -44,6 +48,7 @@ export class StreamReader implements LogReader {
     this.skipTypes = options.skipTypes;
     this.lend = options.lend === true;
     this.durable = options.durable === true;
+    this.indexes = indexes;
   }
 
   /** The position after the last frame returned. */
@@ -199,18 +204,36 @@ export class StreamReader implements LogReader {
   }
 
   private async successorOf(base: number): Promise<SegmentInfo | undefined> {
+    // A segment is named by the offset after its predecessor's last frame, unless compaction removed
+    // segments between them: look for that name first, list only when it is not there.
+    if (this.next > base) {
+      const named = await this.set.find(this.next);
+      if (named !== undefined) return named;
+    }
     return (await this.set.list()).find((s) => s.baseOffset > base);
   }
 
   /** Opens the segment that holds `next`, at the hinted position when the hint checks out. */
   private async openReader(): Promise<SegmentReader | undefined> {
+    // A segment named by the offset wanted is where it lies (segments of a large stream are many: no listing).
+    const named = await this.set.find(this.next);
+    if (named !== undefined) {
+      try {
+        const reader = await this.openAt(named, false);
+        this.reader = reader;
+        this.segment = named.baseOffset;
+        return reader;
+      } catch (err) {
+        if (!isMqlogError(err, 'ERR_NOT_FOUND')) throw err;
+      }
+    }
     for (let attempt = 0; attempt < 10; attempt++) {
       const segments = await this.set.list();
       if (segments.length === 0) return undefined;
       let chosen = segments[0] as SegmentInfo;
       for (const s of segments) if (s.baseOffset <= this.next) chosen = s;
       try {
-        const reader = await this.openAt(chosen);
+        const reader = await this.openAt(chosen, chosen !== segments.at(-1));
         this.reader = reader;
         this.segment = chosen.baseOffset;
         return reader;
@@ -221,23 +244,32 @@ export class StreamReader implements LogReader {
     throw new MqlogError('ERR_IO', `segments of ${this.set.dir} keep disappearing while opening`, { details: { path: this.set.dir } });
   }
 
-  private async openAt(segment: SegmentInfo): Promise<SegmentReader> {
+  /**
+   * Opens `segment` at the frame that holds `next` or the nearest place before it: right after the hinted
+   * frame when the hint checks out, else at the index entry at or below `next` when the frame there
+   * checks out, else at byte 0. `sealed`: a successor exists (a missing index is then rebuilt).
+   */
+  private async openAt(segment: SegmentInfo, sealed: boolean): Promise<SegmentReader> {
+    const options = this.segmentOptions();
     const hint = this.hint;
     if (hint !== undefined && hint.segment === segment.baseOffset && hint.offset < this.next) {
-      const reader = await SegmentReader.open(segment.path, { ...this.segmentOptions(), position: hint.position });
-      try {
-        const step = await reader.next();
-        if ((step.kind === 'frame' && step.frame.offset === hint.offset) || (step.kind === 'skipped' && step.offset === hint.offset)) return reader;
-      } catch (err) {
-        if (!isMqlogError(err, 'ERR_CORRUPT_FRAME') && !isMqlogError(err, 'ERR_UNSUPPORTED_VERSION')) {
-          await reader.close();
-          throw err;
+      const reader = await openChecked(segment.path, hint.position, hint.offset, options);
+      // Right after the hinted frame, which was consumed before `next`.
+      if (reader !== undefined) return reader;
+      // The segment was rewritten since the hint was taken: look it up instead.
+    }
+    if (this.indexes !== undefined && this.next > segment.baseOffset) {
+      const entry = (await this.indexes.of(segment.path, segment.baseOffset, sealed, { rebuild: sealed }))?.index?.seek(this.next);
+      if (entry !== undefined && entry.position > 0) {
+        const reader = await openChecked(segment.path, entry.position, entry.offset, options);
+        if (reader !== undefined) {
+          // The entry's frame may be the one wanted: read it again.
+          reader.seek(entry.position);
+          return reader;
         }
       }
-      // The segment was rewritten since the hint was taken: scan it from the start instead.
-      await reader.close();
     }
-    return SegmentReader.open(segment.path, this.segmentOptions());
+    return SegmentReader.open(segment.path, options);
   }
 
   private segmentOptions(): SegmentReaderOptions {
@@ -246,10 +278,30 @@ export class StreamReader implements LogReader {
 }
 
 /**
+ * A reader of the segment at `path` that has just read the frame at `position`, found to have exactly
+ * `offset`; undefined (the reader closed) when the frame there is another one or none.
+ */
+async function openChecked(path: string, position: number, offset: number, options: SegmentReaderOptions): Promise<SegmentReader | undefined> {
+  const reader = await SegmentReader.open(path, { position, ...options });
+  let step: ReadStep | undefined;
+  try {
+    step = await reader.next();
+  } catch (err) {
+    if (!isMqlogError(err, 'ERR_CORRUPT_FRAME') && !isMqlogError(err, 'ERR_UNSUPPORTED_VERSION')) {
+      await reader.close();
+      throw err;
+    }
+  }
+  if ((step?.kind === 'frame' && step.frame.offset === offset) || (step?.kind === 'skipped' && step.offset === offset)) return reader;
+  await reader.close();
+  return undefined;
+}
+
+/**
  * Reads the one frame with `offset` from a stream, at the hinted place when the hint checks out,
  * else by scanning its segment. Undefined when the stream no longer holds that offset.
  */
-export async function readFrameAt(dir: string, offset: number, hint?: FrameHint): Promise<StoredFrame | undefined> {
+export async function readFrameAt(dir: string, offset: number, hint?: FrameHint, indexes?: SegmentIndexes): Promise<StoredFrame | undefined> {
   const stream = basename(dir);
   if (hint !== undefined) {
     try {
@@ -265,7 +317,7 @@ export async function readFrameAt(dir: string, offset: number, hint?: FrameHint)
       // Gone or rewritten: fall back to a scan.
     }
   }
-  const reader = new StreamReader(dir, { offset });
+  const reader = new StreamReader(dir, { offset }, {}, indexes);
   try {
     const read = await reader.read({ maxFrames: 1 });
     const frame = read.frames[0];

@@ -4,7 +4,7 @@
  * memory, and releases its reader in `finally`, also when the caller leaves the loop early.
  */
 import { isMqlogError, type MqlogError } from '../errors.js';
-import type { LogStore, StoredFrame, StreamPosition, TornTail } from './log-store.js';
+import type { LogReader, LogStore, ReadLimits, StoredFrame, StreamPosition, TornTail } from './log-store.js';
 
 export type ScanEvent =
   | { readonly kind: 'frame'; readonly frame: StoredFrame }
@@ -56,5 +56,24 @@ export async function* readFrames(store: LogStore, queue: string, stream: string
   for await (const event of scanStream(store, queue, stream, options)) {
     if (event.kind === 'frame') yield event.frame;
     else if (event.kind === 'corrupt') throw event.error;
+  }
+}
+
+/**
+ * The frames a reader finds now, batch by batch, to the end of what is stored; stops quietly at damaged
+ * data (the reader's position stays before it: verify reports it). The reader stays the caller's (a
+ * follower calls this again after a change); leaving the loop early leaves it where it stopped.
+ */
+export async function* readAvailable(reader: LogReader, limits: ReadLimits = BATCH): AsyncGenerator<StoredFrame[]> {
+  for (;;) {
+    let read;
+    try {
+      read = await reader.read(limits);
+    } catch (err) {
+      if (isMqlogError(err) && (err.code === 'ERR_CORRUPT_FRAME' || err.code === 'ERR_UNSUPPORTED_VERSION')) return;
+      throw err;
+    }
+    yield read.frames;
+    if (read.state !== 'more') return;
   }
 }

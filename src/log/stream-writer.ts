@@ -9,13 +9,20 @@
  * queued while a flush runs form the next batch, so one fdatasync covers every frame written since the
  * previous one. append() resolves only after its frame is fdatasync'd, and after the directory entry of a
  * new segment is fsync'd.
+ *
+ * The writer also keeps the index of its open segment as it appends (open-segment-index.ts, spec
+ * §16): written durably once the segment is sealed, and as checkpoints of the open segment, so that
+ * reopening the stream after a crash, reading from an offset or counting its frames reads only what
+ * came after the last checkpoint.
  */
 import type { FileHandle } from 'node:fs/promises';
 import { MqlogError, ioError, withDetails } from '../errors.js';
 import { basename } from 'node:path';
-import { FRAME_HEADER_BYTES, SYNC_PAYLOAD_BYTES, encodeFrameHeader, encodeSyncFrame, payloadLength, type Payload } from './frame.js';
+import { FRAME_HEADER_BYTES, SYNC_PAYLOAD_BYTES, encodeFrameHeader, encodeSyncFrame, frameChecksum, payloadLength, type Payload } from './frame.js';
 import { DEFAULT_ROLL_IDLE_MS, type AppendResult, type FrameToAppend, type TruncatedTail } from './log-store.js';
 import { recoverStream } from './recovery.js';
+import { OpenSegmentIndex } from './open-segment-index.js';
+import { IndexBuilder } from './segment-index.js';
 import { SegmentSet } from './segment-set.js';
 
 export const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
@@ -78,8 +85,10 @@ export class StreamWriter {
   private queue: (PendingAppend | PendingRoll)[] = [];
   private flushing: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
+  /** The index of the open segment: every frame written to it and fsync'd. */
+  private readonly index: OpenSegmentIndex;
 
-  private constructor(set: SegmentSet, recovered: { base: number; dataEnd: number; nextOffset: number; handle: FileHandle | undefined; truncated: TruncatedTail | undefined }, options: StreamWriterOptions) {
+  private constructor(set: SegmentSet, recovered: { base: number; dataEnd: number; nextOffset: number; handle: FileHandle | undefined; truncated: TruncatedTail | undefined; index: IndexBuilder; checkpointed: number }, options: StreamWriterOptions) {
     this.set = set;
     this.name = basename(set.dir);
     this.segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
@@ -91,6 +100,8 @@ export class StreamWriter {
     this.offset = recovered.nextOffset;
     this.handle = recovered.handle;
     this.recoveredTruncation = recovered.truncated;
+    // What recovery had to read is not read again by the next one (a checkpoint at once); it fsync'd it.
+    this.index = new OpenSegmentIndex(set, recovered.base, recovered.index, recovered.checkpointed, recovered.dataEnd);
   }
 
   /**
@@ -110,7 +121,7 @@ export class StreamWriter {
     const recovered = await recoverStream(set);
     if (recovered.lastBaseOffset === undefined) {
       const handle = await set.create(0);
-      return new StreamWriter(set, { base: 0, dataEnd: 0, nextOffset: 0, handle, truncated: undefined }, options);
+      return new StreamWriter(set, { base: 0, dataEnd: 0, nextOffset: 0, handle, truncated: undefined, index: new IndexBuilder(0), checkpointed: 0 }, options);
     }
     const handle = await set.openForWrite(recovered.lastBaseOffset);
     try {
@@ -121,9 +132,10 @@ export class StreamWriter {
       await handle.close();
       throw ioError(err, `cannot fsync ${set.pathOf(recovered.lastBaseOffset)}`);
     }
+    const index = recovered.index ?? new IndexBuilder(recovered.lastBaseOffset);
     return new StreamWriter(
       set,
-      { base: recovered.lastBaseOffset, dataEnd: recovered.dataEnd, nextOffset: recovered.nextOffset, handle, truncated: recovered.truncated },
+      { base: recovered.lastBaseOffset, dataEnd: recovered.dataEnd, nextOffset: recovered.nextOffset, handle, truncated: recovered.truncated, index, checkpointed: index.frames - recovered.framesRead },
       options,
     );
   }
@@ -196,14 +208,20 @@ export class StreamWriter {
     });
   }
 
-  /** Waits for queued appends, trims preallocated zeros and closes the file. Idempotent. */
+  /**
+   * Waits for queued appends, trims preallocated zeros, checkpoints the open segment's index and closes
+   * the file. Idempotent.
+   */
   close(): Promise<void> {
     this.closing ??= (async () => {
       clearTimeout(this.idleTimer);
       while (this.flushing !== undefined) await this.flushing;
       const handle = this.handle;
       this.handle = undefined;
-      if (handle === undefined) return;
+      if (handle === undefined) {
+        await this.index.close();
+        return;
+      }
       try {
         // A closing mark written after the last run's fsync is fsync'd now, as a clean close's mark is.
         let changed = this.allocatedEnd > this.dataEnd || this.markedEnd;
@@ -221,8 +239,11 @@ export class StreamWriter {
         }
         if (this.allocatedEnd > this.dataEnd) await handle.truncate(this.dataEnd);
         if (changed) await handle.datasync();
+        // Everything in the segment is fsync'd now: the next writer, reader or count starts from here.
+        await this.index.close(this.dataEnd, changed);
       } finally {
         await handle.close();
+        await this.index.close();
       }
     })();
     return this.closing;
@@ -311,18 +332,25 @@ export class StreamWriter {
       this.offset = offset;
       this.unmarked = true;
       this.markedEnd = false;
+      // Fsync'd up to here (the mark written next is not, until the next run's fsync).
+      this.index.added(
+        run.map((r) => ({ type: r.pending.type, offset: r.result.offset, position: r.result.position, bytes: r.result.bytes, crc: frameChecksum(r.header) })),
+        position,
+      );
       this.onFlush?.(run.length, runBytes, performance.now() - started);
-      await this.markSynced(handle);
+      // Callers go first (the mark adds nothing to what they were promised); the next run waits for it.
       for (const r of run) r.pending.resolve(r.result);
+      await this.markSynced(handle);
     }
     this.armIdleRoll();
   }
 
   /**
-   * After a run's fsync: a SYNC frame stating the new end of data, so that followers (in any process)
-   * see that the run is durable without an fsync of their own (spec/log-format.md §3.3). It is the next
-   * run's opening mark, written early; not fsync'd itself (the next run's fsync covers it). Best
-   * effort: without it (no room, a full disk) the next run opens with the mark as before.
+   * After a run's fsync (and its callers' resolution): a SYNC frame stating the new end of data, so that
+   * followers (in any process) see that the run is durable without an fsync of their own
+   * (spec/log-format.md §3.3). It is the next run's opening mark, written early; not fsync'd itself (the
+   * next run's fsync covers it). Best effort: without it (no room, a full disk) the next run opens with
+   * the mark as before.
    */
   private async markSynced(handle: FileHandle): Promise<void> {
     // Room for it and for what the segment keeps for its closing mark after the next frame (handleFor).
@@ -424,6 +452,9 @@ export class StreamWriter {
       throw ioError(err, `cannot seal ${this.set.pathOf(this.segmentBase)}${full ? '' : ' (roll)'}`);
     }
     const next = await this.set.create(this.offset);
+    // The sealed segment's index, written durably in the background: until it is there, a reader that
+    // needs it builds it by a scan.
+    this.index.sealed(this.dataEnd, this.offset);
     this.handle = next;
     this.segmentBase = this.offset;
     this.dataEnd = 0;

@@ -15,6 +15,17 @@ import { decodeChunk, type StreamedBody } from './codec.js';
 export const BODY_CHUNK_BYTES = 1024 * 1024;
 /** Bodies larger than this are streamed in chunks rather than stored inline. */
 export const INLINE_BODY_LIMIT = 8 * 1024 * 1024;
+/** Room for a frame's header and its message fields beside the body bytes. */
+const FIELDS_ALLOWANCE_BYTES = 512 * 1024;
+
+/**
+ * The largest frame a receiver takes when its inline bodies are limited to `maxBodyBytes`: such a body,
+ * or a whole chunk of a streamed body (a chunk's size does not follow the body limit: streamed bodies
+ * have a limit of their own), with room for the fields.
+ */
+export function maxFrameBytesFor(maxBodyBytes: number): number {
+  return Math.max(maxBodyBytes, BODY_CHUNK_BYTES) + FIELDS_ALLOWANCE_BYTES;
+}
 
 /**
  * Yields the body's bytes in order from the chunk frames of `queue`.

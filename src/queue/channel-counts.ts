@@ -1,20 +1,18 @@
 /**
- * What the daemon's metrics and status page show of one channel, kept up to date by following its
- * files rather than rescanning them: the messages in its inbox and dead letters (each stream followed
- * to its end once; body chunks are passed over, so a streamed body is one message) and their consumer
- * states (re-read as they grow, by whichever process wrote them). Pending = messages not done; dead
- * letters = dead-letter messages not redriven; acks made since this object started are counted.
+ * What the daemon's metrics and status page show of one channel, kept up to date without rereading its
+ * files: the messages in its inbox and dead letters (from the log's segment summaries, plus the frames
+ * appended since, read once: stored-messages.ts) and their consumer states (re-read as they grow, by
+ * whichever process wrote them). Pending = messages not done; dead letters = dead-letter messages not
+ * redriven; acks made since this object started are counted. Starting costs a look at each segment's
+ * index, never a read of the queue.
  *
- * Memory: one reader per stream and the consumer states' own (gaps and messages in flight).
+ * Memory: a few ranges per segment, and the consumer states' own (gaps and messages in flight).
  */
-import { FrameType } from '../log/frame.js';
-import type { LogReader, LogStore } from '../log/log-store.js';
+import type { LogStore } from '../log/log-store.js';
 import type { StateRecord } from './acks.js';
 import { ConsumerJournal } from './consumer-journal.js';
 import type { QueueInfo } from './layout.js';
-
-const READ = { maxFrames: 1024, maxBytes: 8 * 1024 * 1024 };
-const CHUNKS: ReadonlySet<number> = new Set([FrameType.BODY_CHUNK]);
+import { StoredMessages } from './stored-messages.js';
 
 export interface ChannelStatus {
   readonly channel: string;
@@ -23,50 +21,32 @@ export interface ChannelStatus {
   readonly acked: number;
 }
 
-/** One queue followed: its messages per stream (offsets of MESSAGE frames seen) and its consumer state. */
+/** One queue followed: the offsets of its messages and its consumer state. */
 class FollowedQueue {
   readonly info: QueueInfo;
-  private readonly store: LogStore;
-  private readonly readers = new Map<string, LogReader>();
-  /** Offsets of the messages seen, per stream, as counts below each stream's read position. */
-  private readonly messages = new Map<string, number>();
+  private readonly messages: StoredMessages;
   journal: ConsumerJournal | undefined;
 
   constructor(store: LogStore, info: QueueInfo) {
-    this.store = store;
     this.info = info;
+    this.messages = new StoredMessages(store, info.queue);
   }
 
   async refresh(onApplied?: (record: StateRecord) => void): Promise<void> {
     this.journal ??= await ConsumerJournal.open(this.info.dir, onApplied === undefined ? {} : { onApplied });
     await this.journal.refresh();
-    for (const { name } of await this.store.streams(this.info.queue)) {
-      let reader = this.readers.get(name);
-      if (reader === undefined) {
-        reader = this.store.reader(this.info.queue, name, { offset: 0 }, { skipTypes: CHUNKS, lend: true });
-        this.readers.set(name, reader);
-      }
-      for (;;) {
-        const read = await reader.read(READ);
-        let n = 0;
-        for (const frame of read.frames) if (frame.type === FrameType.MESSAGE) n++;
-        this.messages.set(name, (this.messages.get(name) ?? 0) + n);
-        if (read.state !== 'more') break;
-      }
-    }
+    await this.messages.refresh();
   }
 
-  /** Messages not done (done offsets are only ever message offsets). */
+  /** Messages not done. */
   notDone(): number {
     const state = this.journal?.state;
-    let n = 0;
-    for (const [stream, reader] of this.readers) n += (this.messages.get(stream) ?? 0) - (state?.doneCount(stream, 0, reader.position.offset) ?? 0);
-    return Math.max(0, n);
+    return this.messages.notDone((stream, from, to) => state?.doneCount(stream, from, to) ?? 0);
   }
 
   async close(): Promise<void> {
     await this.journal?.close();
-    for (const reader of this.readers.values()) await reader.close();
+    await this.messages.close();
   }
 }
 

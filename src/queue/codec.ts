@@ -146,13 +146,14 @@ export function encodeMeta(meta: MessageMeta): Buffer {
 }
 
 /**
- * The payload of a message's inbox copy made from the payload it arrived with: its fields with `from`
- * and `origin` set (replacing any the sender put there) and every other field and the body as they came,
- * byte for byte — no decoding into an object and no encoding of the whole map again. The caller has
- * checked the payload with decodeMeta.
+ * The payload of a message's inbox copy made from the payload it arrived with: its fields with `from`,
+ * `origin` and (when given) `replyTo` set, replacing any the sender put there, and every other field and
+ * the body as they came, byte for byte — no decoding into an object and no encoding of the whole map
+ * again. The caller has checked the payload with decodeMeta.
  * @throws ERR_INVALID_MESSAGE when the map cannot be read.
  */
-export function inboxCopyPayload(payload: Buffer, from: string, origin: Origin): Buffer[] {
+export function inboxCopyPayload(payload: Buffer, set: { readonly from: string; readonly origin: Origin; readonly replyTo?: string | undefined }): Buffer[] {
+  const { from, origin, replyTo } = set;
   const metaBytes = payload.readUInt32LE(0);
   const cursor = new MsgpackCursor(payload, 4, 4 + metaBytes);
   const count = cursor.mapHeader();
@@ -164,7 +165,7 @@ export function inboxCopyPayload(payload: Buffer, from: string, origin: Origin):
     const entryStart = cursor.position;
     const key = cursor.keyCode();
     cursor.skip();
-    if (key !== FROM_KEY && key !== ORIGIN_KEY) {
+    if (key !== FROM_KEY && key !== ORIGIN_KEY && (replyTo === undefined || key !== REPLY_KEY)) {
       entries++;
       continue;
     }
@@ -172,13 +173,14 @@ export function inboxCopyPayload(payload: Buffer, from: string, origin: Origin):
     runStart = cursor.position;
   }
   if (cursor.position > runStart) kept.push(payload.subarray(runStart, cursor.position));
-  // The two set fields, as a map of two whose header is dropped (they join the entries above).
-  const set = packr.pack({ [KEYS.from]: from, [KEYS.origin]: encodeOrigin(origin) });
-  const header = mapHeader(entries + 2);
-  const length = header.length + kept.reduce((n, b) => n + b.length, 0) + set.length - 1;
+  // The set fields, as a map whose header is dropped (they join the entries above).
+  const fields = packr.pack({ [KEYS.from]: from, [KEYS.origin]: encodeOrigin(origin), ...(replyTo === undefined ? {} : { [KEYS.replyTo]: replyTo }) });
+  const setCount = replyTo === undefined ? 2 : 3;
+  const header = mapHeader(entries + setCount);
+  const length = header.length + kept.reduce((n, b) => n + b.length, 0) + fields.length - 1;
   const prefix = Buffer.allocUnsafe(4);
   prefix.writeUInt32LE(length, 0);
-  return [prefix, header, ...kept, set.subarray(1), payload.subarray(4 + metaBytes)];
+  return [prefix, header, ...kept, fields.subarray(1), payload.subarray(4 + metaBytes)];
 }
 
 /** A msgpack map header for `entries` entries. */
@@ -224,7 +226,7 @@ export function decodeMeta(payload: Buffer): { meta: MessageMeta; bodyStart: num
   return { meta: validateMeta(raw), bodyStart: 4 + metaBytes };
 }
 
-const [TS_KEY, CHANNEL_KEY, TO_KEY, EXPIRES_KEY, KIND_KEY, FROM_KEY, ORIGIN_KEY] = [KEYS.ts, KEYS.channel, KEYS.to, KEYS.expiresAt, KEYS.kind, KEYS.from, KEYS.origin].map((k) => k.charCodeAt(0));
+const [TS_KEY, CHANNEL_KEY, TO_KEY, EXPIRES_KEY, KIND_KEY, FROM_KEY, ORIGIN_KEY, REPLY_KEY] = [KEYS.ts, KEYS.channel, KEYS.to, KEYS.expiresAt, KEYS.kind, KEYS.from, KEYS.origin, KEYS.replyTo].map((k) => k.charCodeAt(0));
 
 /** What a counter of the outbox needs of a message: read without decoding the rest of its fields. */
 export interface MessageRouting {

@@ -8,20 +8,30 @@
  * The chunks of a streamed body go with their message; chunks whose message never came (the sender died
  * mid-body, or the body was refused) go after ORPHAN_CHUNK_MS.
  *
+ * A round does work in proportion to what changed since the last one: each segment is first judged from
+ * its summary and the state (segment-verdict.ts) — dropped unread when all of it is removable, kept
+ * unread when nothing is — and a segment a Compactor read in an earlier round is not read again while
+ * the state it depends on is the same (and no time limit it found has passed). Only the others are read
+ * frame by frame.
+ *
  * Compactors of one queue take turns (compact.lock); writers and readers never wait for them. A round
- * stops between segments when its signal fires.
+ * stops at once when its signal fires (between segments, and inside one: a rewrite in progress is
+ * abandoned), and resolves with what it did.
  */
 import { join } from 'node:path';
 import { isMqlogError } from '../errors.js';
 import { FrameType } from '../log/frame.js';
 import { Lock } from '../log/lock.js';
-import type { KeepFrame, LogStore, StoredFrame } from '../log/log-store.js';
+import type { KeepFrame, LogStore, SegmentDecision, SegmentSummary, StoredFrame } from '../log/log-store.js';
 import { readFrames } from '../log/stream-scan.js';
 import { decodeChunk, decodeMeta, type MessageMeta } from './codec.js';
 import { ConsumerJournal } from './consumer-journal.js';
 import { listQueues, type QueueInfo } from './layout.js';
+import { OutboxCounter } from './outbox-counts.js';
+import { OutboxSummaries } from './outbox-summaries.js';
 import { OutboxState } from './outbox-state.js';
 import { ReceiptStore, isSettled } from './receipts.js';
+import { inboxVerdict, outboxVerdict, type SegmentVerdict } from './segment-verdict.js';
 
 export const COMPACT_LOCK = 'compact.lock';
 
@@ -40,6 +50,11 @@ export interface CompactionOptions {
   readonly signal?: AbortSignal;
   /** Called after each segment, for progress lines. */
   readonly onSegment?: (queue: string, segment: string, action: 'kept' | 'deleted' | 'rewritten' | 'retired') => void;
+  /**
+   * The outbox's summaries, kept current by their owner (the daemon's backlog counter); by default the
+   * Compactor keeps its own.
+   */
+  readonly outboxCounter?: OutboxCounter;
 }
 
 export interface CompactionResult {
@@ -52,101 +67,232 @@ export interface CompactionResult {
   readonly bytesReclaimed: number;
 }
 
+export interface NodeCompaction {
+  readonly queues: CompactionResult[];
+  readonly receiptsPruned: number;
+  readonly bytesReclaimed: number;
+  readonly durationMs: number;
+}
+
 type IsDone = (stream: string, offset: number, meta: MessageMeta) => Promise<boolean> | boolean;
 
-/** Compacts one queue. Returns what it reclaimed; a queue another compactor holds is skipped. */
-export async function compactQueue(info: QueueInfo, options: CompactionOptions): Promise<CompactionResult> {
-  const result = { queue: info.queue, segmentsDeleted: 0, segmentsRewritten: 0, framesRemoved: 0, bytesReclaimed: 0 };
-  // A compactor killed mid-way leaves its lock behind: taken over at once (its holder is gone). A live
-  // compactor elsewhere means this round has nothing to add.
-  let lock: Lock;
-  try {
-    lock = await Lock.acquire(join(info.dir, COMPACT_LOCK), { waitForDeadHolder: true });
-  } catch (err) {
-    if (isMqlogError(err, 'ERR_LOCKED')) return { ...result, skipped: true };
-    throw err;
+/**
+ * What a queue's state says of its segments and messages, for one round. `isDone` calls `later(at)`
+ * when a message it finds not done may become done at `at` without the state changing (a receipt that
+ * settles: now).
+ */
+interface QueueJudge {
+  readonly isDone: IsDone;
+  readonly keepFrom: (stream: string) => number | undefined;
+  readonly verdict: (summary: SegmentSummary) => SegmentVerdict;
+}
+
+/** A segment read in an earlier round: not read again while its fingerprint is the same, until `recheckAt`. */
+interface Memo {
+  readonly fingerprint: string;
+  readonly recheckAt: number;
+}
+
+/**
+ * Compacts the queues of a node round after round. Keeps, between rounds, which segments it read and
+ * what the state was then (a few strings per segment), and the outbox's summaries.
+ */
+export class Compactor {
+  private readonly options: CompactionOptions & { readonly retainReceiptsMs?: number };
+  private readonly memo = new Map<string, Memo>();
+  /** The outbox counters this compactor made (one handed in is its owner's). */
+  private readonly outboxCounters = new Map<string, OutboxCounter>();
+
+  constructor(options: CompactionOptions & { readonly retainReceiptsMs?: number }) {
+    this.options = options;
   }
-  try {
-    const done = await donePredicate(info, options);
-    if (done === undefined) return result;
-    const { store } = options;
-    const now = options.now ?? Date.now();
-    const retainDoneMs = options.retainDoneMs ?? 0;
-    const removable: IsDone = async (stream, offset, meta) => meta.ts + retainDoneMs <= now && (await done.isDone(stream, offset, meta));
-    // Chunks of streamed bodies go with their message, never before it: a first pass removes messages
-    // (and chunks whose message never came, after ORPHAN_CHUNK_MS); a second pass removes the chunks of
-    // the bodies whose message the first pass removed.
-    const before = await streamedOwners(store, info.queue, removable);
-    const pass = async (chunkGone: (id: string, ts: number) => boolean): Promise<void> => {
-      const keep: KeepFrame = async (frame) => {
-        if (frame.type === FrameType.BODY_CHUNK) {
-          const chunk = safeChunk(frame);
-          return chunk === undefined || !chunkGone(chunk.id, chunk.ts);
-        }
-        if (frame.type !== FrameType.MESSAGE) return true;
-        const meta = safeMeta(frame);
-        // Keep what cannot be read; verify reports it.
-        return meta === undefined || !(await removable(frame.stream, frame.offset, meta));
-      };
-      for (const stream of await store.streams(info.queue)) {
-        if (options.signal?.aborted === true) break;
-        const keepFrom = done.keepFrom(stream.name);
-        const reclaimed = await store.compact(info.queue, stream.name, keep, {
-          ...(options.rewriteBelowShare === undefined ? {} : { rewriteBelowShare: options.rewriteBelowShare }),
-          ...(keepFrom === undefined ? {} : { keepFrom }),
-          ...(options.signal === undefined ? {} : { signal: options.signal }),
-          onSegment: (segment, action) => options.onSegment?.(info.queue, segment, action),
-        });
-        result.segmentsDeleted += reclaimed.segmentsDeleted;
-        result.segmentsRewritten += reclaimed.segmentsRewritten;
-        result.framesRemoved += reclaimed.framesRemoved;
-        result.bytesReclaimed += reclaimed.bytesReclaimed;
-      }
-    };
-    const orphan = (id: string, ts: number): boolean => !before.has(id) && ts + ORPHAN_CHUNK_MS <= now;
-    await pass(orphan);
-    if ([...before.values()].some((removed) => removed)) {
-      const after = await streamedOwners(store, info.queue, removable);
-      await pass((id, ts) => orphan(id, ts) || (before.get(id) === true && !after.has(id)));
+
+  /** One round over every queue of the node, then settled receipts older than `retainReceiptsMs`. */
+  async round(signal = this.options.signal, now = this.options.now ?? Date.now()): Promise<NodeCompaction> {
+    const started = performance.now();
+    const queues: CompactionResult[] = [];
+    for (const info of await listQueues(this.options.dataDir)) {
+      if (signal?.aborted === true) break;
+      queues.push(await this.compactQueue(info, signal, now));
     }
-    return result;
-  } finally {
-    await lock.release();
+    const retainReceiptsMs = this.options.retainReceiptsMs;
+    const receiptsPruned = retainReceiptsMs === undefined || signal?.aborted === true ? 0 : await new ReceiptStore(this.options.dataDir).prune(now - retainReceiptsMs);
+    return { queues, receiptsPruned, bytesReclaimed: queues.reduce((n, q) => n + q.bytesReclaimed, 0), durationMs: performance.now() - started };
+  }
+
+  /** Releases the outbox summaries' readers it opened. Idempotent. */
+  async close(): Promise<void> {
+    for (const counter of this.outboxCounters.values()) await counter.close();
+    this.outboxCounters.clear();
+  }
+
+  /** Compacts one queue. Returns what it reclaimed; a queue another compactor holds is skipped. */
+  async compactQueue(info: QueueInfo, signal: AbortSignal | undefined, now: number): Promise<CompactionResult> {
+    const result = { queue: info.queue, segmentsDeleted: 0, segmentsRewritten: 0, framesRemoved: 0, bytesReclaimed: 0 };
+    // A compactor killed mid-way leaves its lock behind: taken over at once (its holder is gone). A live
+    // compactor elsewhere means this round has nothing to add.
+    let lock: Lock;
+    try {
+      lock = await Lock.acquire(join(info.dir, COMPACT_LOCK), { waitForDeadHolder: true });
+    } catch (err) {
+      if (isMqlogError(err, 'ERR_LOCKED')) return { ...result, skipped: true };
+      throw err;
+    }
+    try {
+      // Per segment read this round: the earliest time something kept in it may become removable
+      // without the state it was judged by changing (time passing; a receipt or another segment).
+      let recheckAt = Number.POSITIVE_INFINITY;
+      const later = (at: number): void => {
+        recheckAt = Math.min(recheckAt, at);
+      };
+      const judge = await this.judge(info, now, signal, later);
+      if (judge === undefined) return result;
+      const { store } = this.options;
+      const retainDoneMs = this.options.retainDoneMs ?? 0;
+      const removable: IsDone = async (stream, offset, meta) => {
+        if (!(await judge.isDone(stream, offset, meta))) return false;
+        if (meta.ts + retainDoneMs <= now) return true;
+        later(meta.ts + retainDoneMs);
+        return false;
+      };
+      // Chunks of streamed bodies go with their message, never before it: a first pass removes messages
+      // (and chunks whose message never came, after ORPHAN_CHUNK_MS); a second pass removes the chunks of
+      // the bodies whose message the first pass removed. Which message owns a body is looked up only
+      // once a chunk is met.
+      let owners: Promise<Map<string, boolean>> | undefined;
+      const ownersNow = (): Promise<Map<string, boolean>> => (owners ??= streamedOwners(store, info.queue, removable, signal));
+      const pass = async (chunkGone: (id: string, ts: number) => Promise<boolean>): Promise<void> => {
+        const keep: KeepFrame = async (frame) => {
+          if (frame.type === FrameType.BODY_CHUNK) {
+            const chunk = safeChunk(frame);
+            if (chunk === undefined) return true;
+            if (await chunkGone(chunk.id, chunk.ts)) return false;
+            // Kept with its message (which may go in another segment) or as a young orphan.
+            later((await ownersNow()).has(chunk.id) ? now : chunk.ts + ORPHAN_CHUNK_MS);
+            return true;
+          }
+          if (frame.type !== FrameType.MESSAGE) return true;
+          const meta = safeMeta(frame);
+          // Keep what cannot be read; verify reports it.
+          return meta === undefined || !(await removable(frame.stream, frame.offset, meta));
+        };
+        for (const stream of await store.streams(info.queue)) {
+          if (signal?.aborted === true) break;
+          const keepFrom = judge.keepFrom(stream.name);
+          let reading: { key: string; fingerprint: string | undefined } | undefined;
+          const reclaimed = await store.compact(info.queue, stream.name, keep, {
+            ...(this.options.rewriteBelowShare === undefined ? {} : { rewriteBelowShare: this.options.rewriteBelowShare }),
+            ...(keepFrom === undefined ? {} : { keepFrom }),
+            ...(signal === undefined ? {} : { signal }),
+            decide: (summary): SegmentDecision => {
+              const key = `${info.queue}\n${summary.stream}\n${summary.base}`;
+              const { decision, fingerprint } = judge.verdict(summary);
+              reading = undefined;
+              if (decision !== 'read') return decision;
+              const memo = this.memo.get(key);
+              // Read before with the state as it is: it would decide the same.
+              if (memo !== undefined && fingerprint !== undefined && memo.fingerprint === fingerprint && now < memo.recheckAt) return 'keep';
+              reading = { key, fingerprint };
+              recheckAt = Number.POSITIVE_INFINITY;
+              return 'read';
+            },
+            onSegment: (segment, action) => {
+              // Called right after the segment just decided on: remember what its reading found.
+              if (reading !== undefined && signal?.aborted !== true) {
+                if (action === 'deleted' || action === 'retired' || reading.fingerprint === undefined) this.memo.delete(reading.key);
+                else this.memo.set(reading.key, { fingerprint: reading.fingerprint, recheckAt });
+              }
+              reading = undefined;
+              this.options.onSegment?.(info.queue, segment, action);
+            },
+          });
+          result.segmentsDeleted += reclaimed.segmentsDeleted;
+          result.segmentsRewritten += reclaimed.segmentsRewritten;
+          result.framesRemoved += reclaimed.framesRemoved;
+          result.bytesReclaimed += reclaimed.bytesReclaimed;
+        }
+      };
+      // An owner scan cut short by the signal knows too little to call any chunk an orphan.
+      const orphan = async (id: string, ts: number): Promise<boolean> => ts + ORPHAN_CHUNK_MS <= now && !(await ownersNow()).has(id) && signal?.aborted !== true;
+      await pass(orphan);
+      const before = owners === undefined ? undefined : await owners;
+      if (before !== undefined && [...before.values()].some((removed) => removed) && signal?.aborted !== true) {
+        const after = await streamedOwners(store, info.queue, removable, signal);
+        await pass(async (id, ts) => (await orphan(id, ts)) || (before.get(id) === true && !after.has(id)));
+      }
+      if (info.kind === 'outbox' && result.segmentsDeleted > 0 && signal?.aborted !== true) await new OutboxSummaries(store, info).prune();
+      return result;
+    } finally {
+      await lock.release();
+    }
+  }
+
+  /** Whether a message of this queue is done, from its state files; undefined for queues never compacted. */
+  private async judge(info: QueueInfo, now: number, signal: AbortSignal | undefined, later: (at: number) => void): Promise<QueueJudge | undefined> {
+    const retainDoneMs = this.options.retainDoneMs ?? 0;
+    if (info.kind === 'outbox') {
+      // The cursor files, not a forwarder's cursor in memory: only what is durably passed is done.
+      const state = await OutboxState.load(info.dir);
+      const receipts = new ReceiptStore(this.options.dataDir);
+      const counter = this.options.outboxCounter ?? this.outboxCounterOf(info);
+      await counter.refresh(signal);
+      const messagesOf = (stream: string, base: number): ReturnType<OutboxCounter['segmentsOf']>[number] | undefined => counter.segmentsOf(stream).find((s) => s.base === base);
+      return {
+        isDone: async (stream, offset, meta) => {
+          // Passed by every destination: nothing is left to do with it (an expiry not yet passed by the
+          // forwarder still has its receipt to record).
+          if (!meta.to.every((to) => state.cursor(to).offsetOf(stream) > offset)) return false;
+          if (meta.receipt !== true) return true;
+          const status = await receipts.status(meta.id).catch(() => undefined);
+          if (status === undefined || isSettled(status.state)) return true;
+          later(now); // the receipt settles with no cursor moving
+          return false;
+        },
+        // At and after the furthest cursor, no destination passed anything: no need to read it.
+        keepFrom: (stream) => state.highestOffset(stream),
+        verdict: (summary) => outboxVerdict(summary, messagesOf(summary.stream, summary.base), state, retainDoneMs, now),
+      };
+    }
+    if (info.queue === 'outbox-dead') return undefined;
+    const journal = await ConsumerJournal.open(info.dir);
+    const state = journal.state;
+    await journal.close();
+    const kind = info.kind === 'dead' ? 'dead' : 'inbox';
+    return {
+      isDone: kind === 'dead' ? (stream, offset) => state.doneKind(stream, offset) === 'acked' : (stream, offset) => state.isDone(stream, offset),
+      keepFrom: () => undefined,
+      verdict: (summary) => inboxVerdict(summary, state, kind, retainDoneMs),
+    };
+  }
+
+  private outboxCounterOf(info: QueueInfo): OutboxCounter {
+    let counter = this.outboxCounters.get(info.queue);
+    if (counter === undefined) {
+      counter = new OutboxCounter(this.options.store, info);
+      this.outboxCounters.set(info.queue, counter);
+    }
+    return counter;
   }
 }
 
-/** Whether a message of this queue is done, from its state files; undefined for queues never compacted. */
-async function donePredicate(info: QueueInfo, options: CompactionOptions): Promise<{ isDone: IsDone; keepFrom: (stream: string) => number | undefined } | undefined> {
-  if (info.kind === 'outbox') {
-    const state = await OutboxState.load(info.dir);
-    const receipts = new ReceiptStore(options.dataDir);
-    return {
-      isDone: async (stream, offset, meta) => {
-        // Passed by every destination: nothing is left to do with it (an expiry not yet passed by the
-        // forwarder still has its receipt to record).
-        if (!meta.to.every((to) => state.cursor(to).offsetOf(stream) > offset)) return false;
-        if (meta.receipt !== true) return true;
-        const status = await receipts.status(meta.id).catch(() => undefined);
-        return status === undefined || isSettled(status.state);
-      },
-      // At and after the furthest cursor, no destination passed anything: no need to read it.
-      keepFrom: (stream) => state.highestOffset(stream),
-    };
+/** One round over a node's queues (a Compactor used once: every segment that is not judged from its summary is read). */
+export async function compactNode(options: CompactionOptions & { readonly retainReceiptsMs?: number }): Promise<NodeCompaction> {
+  const compactor = new Compactor(options);
+  try {
+    return await compactor.round();
+  } finally {
+    await compactor.close();
   }
-  if (info.queue === 'outbox-dead') return undefined;
-  const journal = await ConsumerJournal.open(info.dir);
-  const state = journal.state;
-  await journal.close();
-  if (info.kind === 'dead') return { isDone: (stream, offset) => state.doneKind(stream, offset) === 'acked', keepFrom: () => undefined };
-  return { isDone: (stream, offset) => state.isDone(stream, offset), keepFrom: () => undefined };
 }
 
 /** For every message with a streamed body in the queue: whether it is removable (its chunks with it). */
-async function streamedOwners(store: LogStore, queue: string, removable: IsDone): Promise<Map<string, boolean>> {
+async function streamedOwners(store: LogStore, queue: string, removable: IsDone, signal: AbortSignal | undefined): Promise<Map<string, boolean>> {
   const owners = new Map<string, boolean>();
   for (const stream of await store.streams(queue)) {
     try {
       for await (const frame of readFrames(store, queue, stream.name, { skipTypes: new Set([FrameType.BODY_CHUNK]), maxFrames: 256, maxBytes: 8 * 1024 * 1024 })) {
+        // Stopped: what is known so far (a chunk of an unknown owner is kept unless it is an old orphan).
+        if (signal?.aborted === true) return owners;
         if (frame.type !== FrameType.MESSAGE) continue;
         const meta = safeMeta(frame);
         if (meta?.streamed !== undefined) owners.set(meta.id, await removable(stream.name, frame.offset, meta));
@@ -172,23 +318,4 @@ function safeChunk(frame: StoredFrame): { id: string; ts: number } | undefined {
   } catch {
     return undefined;
   }
-}
-
-export interface NodeCompaction {
-  readonly queues: CompactionResult[];
-  readonly receiptsPruned: number;
-  readonly bytesReclaimed: number;
-  readonly durationMs: number;
-}
-
-/** Compacts every queue of a node and prunes settled receipts older than `retainReceiptsMs`. */
-export async function compactNode(options: CompactionOptions & { readonly retainReceiptsMs?: number }): Promise<NodeCompaction> {
-  const started = performance.now();
-  const queues: CompactionResult[] = [];
-  for (const info of await listQueues(options.dataDir)) {
-    if (options.signal?.aborted === true) break;
-    queues.push(await compactQueue(info, options));
-  }
-  const receiptsPruned = options.retainReceiptsMs === undefined ? 0 : await new ReceiptStore(options.dataDir).prune((options.now ?? Date.now()) - options.retainReceiptsMs);
-  return { queues, receiptsPruned, bytesReclaimed: queues.reduce((n, q) => n + q.bytesReclaimed, 0), durationMs: performance.now() - started };
 }

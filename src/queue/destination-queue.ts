@@ -170,18 +170,17 @@ function after(frame: StoredFrame): StreamPosition {
 /**
  * A frame's fields, and its order among frames of equal priority (in other writer slots): by time
  * written — a message by its id's time, a chunk by its own — so that a long streamed body does not hold
- * back messages sent while it streams. Frames of one millisecond go in any order (each stream stays in
- * offset order whatever this says).
+ * back messages sent while it streams; within a millisecond, by id (ids rise with time).
  */
-function describe(frame: StoredFrame, onUndecodable: DestinationQueueOptions['onUndecodable']): { order: number; info: Described } {
+function describe(frame: StoredFrame, onUndecodable: DestinationQueueOptions['onUndecodable']): { order: number; tie?: string; info: Described } {
   try {
     if (frame.type === FrameType.MESSAGE) {
       const { meta } = decodeMeta(frame.payload);
-      return { order: idTimestamp(meta.id), info: { kind: 'message', meta } };
+      return { order: idTimestamp(meta.id), tie: meta.id, info: { kind: 'message', meta } };
     }
     if (frame.type === FrameType.BODY_CHUNK) {
       const { meta } = decodeChunk(frame.payload);
-      return { order: meta.ts, info: { kind: 'chunk', chunk: meta } };
+      return { order: meta.ts, tie: `${meta.id}:${String(meta.position).padStart(16, '0')}`, info: { kind: 'chunk', chunk: meta } };
     }
   } catch (err) {
     // A frame whose CRC held but whose fields do not decode can never be delivered; keep a record.

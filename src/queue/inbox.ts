@@ -18,7 +18,8 @@ import { Consumer, type ConsumerOptions, type Delivery, type PeekedMessage } fro
 import { deadInfo, ensureQueue, inboxInfo, type QueueInfo } from './layout.js';
 import type { MessageState } from './outbox-state.js';
 import { priorityKey } from './priority.js';
-import { scanQueue, statQueue, type QueueEvent, type QueueStat, type ScanQueueOptions } from './queue-scan.js';
+import { countInbox } from './inbox-counts.js';
+import { scanQueue, type QueueEvent, type QueueStat, type ScanQueueOptions } from './queue-scan.js';
 
 export interface InboxOptions extends WriterOptions {
   /** Where the node's logs are. */
@@ -165,9 +166,12 @@ export class Inbox {
     yield* scanQueue(this.store, this.info.queue, await this.stateView(), options);
   }
 
-  /** The queue's counts. */
+  /** The queue's counts, from the log's segment summaries and the consumer state (nothing read whole). */
   async stat(): Promise<QueueStat> {
-    return statQueue(this.store, this.info, await this.stateView());
+    const journal = await ConsumerJournal.open(this.info.dir);
+    const state = journal.state;
+    await journal.close();
+    return countInbox(this.store, this.info, state);
   }
 
   /** A stored message's body as a stream of buffers (a streamed body chunk by chunk, with flat memory). */

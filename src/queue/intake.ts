@@ -38,6 +38,8 @@ export interface IncomingFrames {
   readonly frames: readonly { readonly stream: string; readonly frame: Buffer; readonly coversFrom?: number | undefined }[];
   /** Per sender stream, the range of offsets `[from, to)` the batch covers (see dedup-table.ts). */
   readonly covers?: ReadonlyMap<string, { readonly from: number; readonly to: number }> | undefined;
+  /** Where the sender takes receipts now, if the transport says (its messages' own replyTo is where it took them when they were sent). */
+  readonly replyTo?: string | undefined;
   /**
    * Set by sources that do not deliver in order: duplicates are recognised by exact offset, everything up
    * to `floor` was delivered before, and a frame's `coversFrom` says its sender sends nothing else of that
@@ -307,7 +309,10 @@ export class Intake {
       for (const c of messages) {
         // A body that came in the frame stays as it came, bytes and fields alike: only `from` (the sender)
         // and `origin` (where it came from) are set. A streamed body's message is made anew.
-        const copy = (c.message as MessageMeta).streamed === undefined ? inboxCopyPayload(c.payload as Buffer, from, origin(c)) : await this.streamedPayload(batch, c, from, origin(c));
+        const message = c.message as MessageMeta;
+        // A receipt goes back to where the sender takes receipts now, when the batch says where.
+        const replyTo = message.receipt === true ? batch.replyTo : undefined;
+        const copy = message.streamed === undefined ? inboxCopyPayload(c.payload as Buffer, { from, origin: origin(c), replyTo }) : await this.streamedPayload(batch, c, from, origin(c), replyTo);
         prepared.set(c, copy);
       }
       // One group commit per inbox stream (channel and priority): one append call, one promise.
@@ -385,7 +390,7 @@ export class Intake {
    * declared size and SHA-256.
    * @throws ERR_BODY_DIGEST_MISMATCH (with the frame index) when they do not.
    */
-  private async streamedPayload(batch: IncomingFrames, c: Checked, from: string, origin: Origin): Promise<Payload> {
+  private async streamedPayload(batch: IncomingFrames, c: Checked, from: string, origin: Origin, replyTo: string | undefined): Promise<Payload> {
     const meta = c.message as MessageMeta & { streamed: NonNullable<MessageMeta['streamed']> };
     const key = transferKey(batch.node, batch.destination, meta.id);
     const parts = this.dedup.transferParts(key);
@@ -405,7 +410,7 @@ export class Intake {
         details: { frame: c.index, id: meta.id },
       });
     }
-    return encodeMessage({ ...meta, from, origin, streamed: { ...meta.streamed, parts } }, EMPTY);
+    return encodeMessage({ ...meta, from, origin, ...(replyTo === undefined ? {} : { replyTo }), streamed: { ...meta.streamed, parts } }, EMPTY);
   }
 }
 

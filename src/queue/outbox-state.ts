@@ -54,6 +54,22 @@ interface StreamCursor {
   readonly expired: IntervalSet;
 }
 
+/** How many messages are in each state for one destination. */
+export interface DeliveryCounts {
+  pending: number;
+  sent: number;
+  dead: number;
+  expired: number;
+}
+
+/** Messages of one stream that all name a destination: how many, and how many have a time to live ending between two times. */
+export interface MessageRun {
+  readonly messages: number;
+  readonly ttl: number;
+  readonly minExpiresAt: number;
+  readonly maxExpiresAt: number;
+}
+
 /** What `stat` and the status page show of a destination. */
 export interface DestinationStatus {
   readonly destination: string;
@@ -119,6 +135,31 @@ export class DestinationCursor {
     // Not passed yet, but past its time to live: it will be skipped, never sent.
     if (meta.expiresAt !== undefined && meta.expiresAt <= now) return 'expired';
     return 'pending';
+  }
+
+  /**
+   * The states of `run` — messages of `stream` within the offsets [from, to) that name this destination
+   * — when the rules of stateOf give them without looking at each message: every one the same state,
+   * or, not yet passed, `pending` but for those whose time to live is over. Undefined when only each
+   * message's offset or expiry can tell (a list or the cursor cuts through the range, or the range's
+   * expiry times straddle `now`).
+   */
+  statesIn(stream: string, from: number, to: number, run: MessageRun, now: number): DeliveryCounts | undefined {
+    const s = this.streams.get(stream);
+    const all = (state: DeliveryState): DeliveryCounts => ({ pending: 0, sent: 0, dead: 0, expired: 0, [state]: run.messages });
+    // Rules 1 and 2: a list that holds every offset of the range decides for all; one that holds some, for some.
+    if (s !== undefined) {
+      if (s.dead.countIn(from, to) > 0) return s.dead.covers(from, to) ? all('dead') : undefined;
+      if (s.expired.countIn(from, to) > 0) return s.expired.covers(from, to) ? all('expired') : undefined;
+    }
+    // Rule 3.
+    const passed = s?.position.offset ?? 0;
+    if (passed >= to) return all('sent');
+    if (passed > from) return undefined;
+    // Rules 4 and 5.
+    if (run.ttl === 0 || run.minExpiresAt > now) return all('pending');
+    if (run.maxExpiresAt <= now) return { pending: run.messages - run.ttl, sent: 0, dead: 0, expired: run.ttl };
+    return undefined;
   }
 
   /** Moves `stream`'s position forward (never back). */
@@ -213,6 +254,11 @@ export class OutboxState {
     return this.cursors.get(destination)?.stateOf(stream, offset, meta, now) ?? (meta.expiresAt !== undefined && meta.expiresAt <= now ? 'expired' : 'pending');
   }
 
+  /** See DestinationCursor.statesIn (a destination without a cursor has passed nothing). */
+  statesIn(destination: string, stream: string, from: number, to: number, run: MessageRun, now = Date.now()): DeliveryCounts | undefined {
+    return (this.cursors.get(destination) ?? NO_CURSOR).statesIn(stream, from, to, run, now);
+  }
+
   /**
    * The state of a message over all its destinations: `pending` while any destination waits for it,
    * else `dead` if any refused it, else `expired` if it expired for any, else `sent`.
@@ -260,6 +306,9 @@ export class OutboxState {
     }
   }
 }
+
+/** The cursor of a destination nothing was passed for yet. */
+const NO_CURSOR = new DestinationCursor('');
 
 function parseCursor(raw: Buffer, path: string): CursorFile {
   let parsed: CursorFile;

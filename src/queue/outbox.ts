@@ -39,9 +39,10 @@ import {
 import { DestinationQueue } from './destination-queue.js';
 import { ensureQueue, outboxDeadInfo, outboxInfo, type QueueInfo } from './layout.js';
 import { OutboxDeadLetters } from './outbox-dead.js';
-import { OutboxState } from './outbox-state.js';
+import { OutboxCounter, type OutboxCounts } from './outbox-counts.js';
+import { OutboxState, type DeliveryCounts } from './outbox-state.js';
 import { priorityKey } from './priority.js';
-import { scanQueue, statQueue, type QueueEvent, type QueueStat, type ScanQueueOptions } from './queue-scan.js';
+import { scanQueue, type QueueEvent, type QueueStat, type ScanQueueOptions } from './queue-scan.js';
 import { ReceiptStore, encodeReceiptReport, type ReceiptReport } from './receipts.js';
 
 /** Channel label of receipt messages (they are told apart by their kind, not by this name). */
@@ -131,14 +132,25 @@ export class Outbox {
     yield* scanQueue(this.store, this.info.queue, (stream, offset, meta) => state.stateOf(stream, offset, meta, now), options);
   }
 
-  /** The queue's counts, and per destination how many messages wait for it (a streamed body counts once). */
-  async stat(now = Date.now()): Promise<{ queue: QueueStat; backlog: Map<string, number>; state: OutboxState }> {
+  /**
+   * The queue's counts, and per destination how many messages wait for it (a streamed body counts once)
+   * and how many are in each other state: from the outbox summaries and the state files, reading only
+   * what no summary describes yet (outbox-counts.ts). Writes summary files for the next caller.
+   */
+  async stat(now = Date.now()): Promise<{ queue: QueueStat; backlog: Map<string, number>; destinations: ReadonlyMap<string, DeliveryCounts>; state: OutboxState }> {
     const state = await OutboxState.load(this.info.dir);
-    const backlog = new Map<string, number>();
-    const queue = await statQueue(this.store, this.info, (stream, offset, meta) => state.stateOf(stream, offset, meta, now), (stream, offset, meta) => {
-      for (const to of meta.to) if (state.stateFor(to, stream, offset, meta, now) === 'pending') backlog.set(to, (backlog.get(to) ?? 0) + 1);
-    });
-    return { queue, backlog, state };
+    const counter = new OutboxCounter(this.store, this.info);
+    let counts: OutboxCounts;
+    try {
+      await counter.refresh();
+      counts = await counter.count(state, now, state.destinations());
+    } finally {
+      await counter.close();
+    }
+    const backlog = new Map([...counts.destinations].filter(([, c]) => c.pending > 0).map(([d, c]) => [d, c.pending]));
+    const usage = await this.store.usage(this.info.queue);
+    const queue: QueueStat = { queue: this.info.queue, kind: this.info.kind, channel: this.info.channel, messages: counts.messages, pending: counts.pending, bytes: usage.bytes, segments: usage.segments };
+    return { queue, backlog, destinations: counts.destinations, state };
   }
 
   /** A stored message's body as a stream of buffers (a streamed body chunk by chunk, with flat memory). */

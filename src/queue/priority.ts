@@ -29,6 +29,8 @@ export interface QueuedFrame<T> {
   readonly priority: number;
   /** Sort key among equal priorities. */
   readonly order: string | number;
+  /** Breaks ties of `order`. */
+  readonly tie?: string | undefined;
   /** What `describe` decoded. */
   readonly info: T;
 }
@@ -41,7 +43,7 @@ export interface PriorityReaderOptions<T> {
    * Order key and decoded fields of a frame. Keys of one reader are all strings or all numbers (a
    * number: a frame's time, when frames of one millisecond may go in any order).
    */
-  readonly describe: (frame: StoredFrame) => { readonly order: string | number; readonly info: T };
+  readonly describe: (frame: StoredFrame) => { readonly order: string | number; readonly tie?: string | undefined; readonly info: T };
   /** Called when a stream's data ends in a torn or unfinished write. */
   readonly onTorn?: (stream: string, torn: TornTail) => void;
   /** Frame types never handed out, passed over without reading them (consumers skip body chunks). */
@@ -169,7 +171,7 @@ export class PriorityReader<T> {
         if (lane.ahead.length === 0 && !lane.drained) await this.refill(lane);
         const head = lane.ahead[0];
         if (head === undefined) continue;
-        if (best === undefined || head.order < (best.ahead[0] as QueuedFrame<T>).order) best = lane;
+        if (best === undefined || comesBefore(head, best.ahead[0] as QueuedFrame<T>)) best = lane;
       }
       if (best !== undefined) return best;
     }
@@ -182,10 +184,16 @@ export class PriorityReader<T> {
       maxBytes: this.options.readAheadBytes ?? 1024 * 1024,
     });
     for (const frame of read.frames) {
-      const { order, info } = this.options.describe(frame);
-      lane.ahead.push({ frame, priority: lane.priority, order, info });
+      const { order, tie, info } = this.options.describe(frame);
+      lane.ahead.push({ frame, priority: lane.priority, order, tie, info });
     }
     if (read.state !== 'more') lane.drained = true;
     if (read.state === 'torn' && read.torn !== undefined) this.options.onTorn?.(lane.id.name, read.torn);
   }
+}
+
+/** `a` goes before `b` (frames of equal priority): by order key, then by tie-breaker. */
+function comesBefore<T>(a: QueuedFrame<T>, b: QueuedFrame<T>): boolean {
+  if (a.order !== b.order) return a.order < b.order;
+  return a.tie !== undefined && b.tie !== undefined && a.tie < b.tie;
 }

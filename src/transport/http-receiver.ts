@@ -10,6 +10,7 @@ import type { BatchSink } from './transport.js';
 import { CONTENT_TYPE, decodeBatch } from './wire.js';
 
 export const DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024;
+const EMPTY = Buffer.alloc(0);
 
 export interface HttpReceiverOptions {
   readonly sink: BatchSink;
@@ -32,47 +33,53 @@ export interface HttpReceiverOptions {
 export function registerHttpReceiver(app: FastifyInstance, options: HttpReceiverOptions): void {
   const maxRequestBytes = options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES;
   const inFlight = new Map<string, number>();
-  app.addContentTypeParser(CONTENT_TYPE, { parseAs: 'buffer', bodyLimit: maxRequestBytes }, (_request, body, done) => {
-    done(null, body);
-  });
-
-  app.post('/v1/messages', {
-    bodyLimit: maxRequestBytes,
-    // Before any body is read (fastify has its own parsers for JSON and text): only the batch type is
-    // accepted, and a peer gets only so many requests in flight, uploads included.
-    onRequest: async (request, reply) => {
-      const declared = Number(request.headers['content-length'] ?? Number.NaN);
-      if (declared > maxRequestBytes) {
-        // Answer at once, but read the body to its end before the connection may close: a sender still
-        // writing would otherwise see a broken pipe instead of this answer.
-        request.raw.resume();
-        throw new MqlogError('ERR_REQUEST_TOO_LARGE', `request body of ${declared} bytes is larger than the limit of ${maxRequestBytes}`);
-      }
+  // The route reads every body as bytes, whatever its declared type, in a scope of its own (the read-only
+  // routes beside it keep fastify's parsers): the sender is authenticated before anything in the request
+  // is looked at — its content type included — so an unsigned request always gets 401 where keys are
+  // configured, never a hint about its contents.
+  void app.register(async (scope) => {
+    scope.removeAllContentTypeParsers();
+    scope.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: maxRequestBytes }, (_request, body, done) => {
+      done(null, body);
+    });
+    scope.post('/v1/messages', {
+      bodyLimit: maxRequestBytes,
+      // Before any body is read: a peer gets only so many requests in flight, uploads included, and a
+      // body declared larger than the limit is refused at once.
+      onRequest: async (request, reply) => {
+        const declared = Number(request.headers['content-length'] ?? Number.NaN);
+        if (declared > maxRequestBytes) {
+          // Answer at once, but read the body to its end before the connection may close: a sender still
+          // writing would otherwise see a broken pipe instead of this answer.
+          request.raw.resume();
+          throw new MqlogError('ERR_REQUEST_TOO_LARGE', `request body of ${declared} bytes is larger than the limit of ${maxRequestBytes}`);
+        }
+        const claimed = request.headers['x-mqlog-peer'];
+        const who = `${request.ip}|${typeof claimed === 'string' ? claimed.slice(0, 64) : ''}`;
+        const running = inFlight.get(who) ?? 0;
+        if (running >= (options.maxConcurrentPerPeer ?? Number.POSITIVE_INFINITY)) {
+          throw new MqlogError('ERR_TOO_MANY_REQUESTS', `${running} requests of this peer are in flight already (limit ${options.maxConcurrentPerPeer})`);
+        }
+        inFlight.set(who, running + 1);
+        reply.raw.once('close', () => {
+          const left = (inFlight.get(who) ?? 1) - 1;
+          if (left <= 0) inFlight.delete(who);
+          else inFlight.set(who, left);
+        });
+      },
+    }, async (request, reply) => {
+      const body = Buffer.isBuffer(request.body) ? request.body : EMPTY;
+      const peer = options.authenticate?.(request, body);
       const type = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
       if (type !== CONTENT_TYPE) throw new MqlogError('ERR_UNSUPPORTED_MEDIA_TYPE', `content type must be ${CONTENT_TYPE}, got ${JSON.stringify(type ?? '')}`);
-      const claimed = request.headers['x-mqlog-peer'];
-      const who = `${request.ip}|${typeof claimed === 'string' ? claimed.slice(0, 64) : ''}`;
-      const running = inFlight.get(who) ?? 0;
-      if (running >= (options.maxConcurrentPerPeer ?? Number.POSITIVE_INFINITY)) {
-        throw new MqlogError('ERR_TOO_MANY_REQUESTS', `${running} requests of this peer are in flight already (limit ${options.maxConcurrentPerPeer})`);
-      }
-      inFlight.set(who, running + 1);
-      reply.raw.once('close', () => {
-        const left = (inFlight.get(who) ?? 1) - 1;
-        if (left <= 0) inFlight.delete(who);
-        else inFlight.set(who, left);
+      if (body.length === 0) throw new MqlogError('ERR_BAD_REQUEST', 'malformed batch: empty body');
+      const decoded = decodeBatch(body, {
+        ...(options.maxFramesPerRequest === undefined ? {} : { maxFrames: options.maxFramesPerRequest }),
+        ...(options.maxFrameBytes === undefined ? {} : { maxFrameBytes: options.maxFrameBytes }),
       });
-    },
-  }, async (request, reply) => {
-    const body = request.body;
-    if (!Buffer.isBuffer(body) || body.length === 0) throw new MqlogError('ERR_BAD_REQUEST', 'malformed batch: empty body');
-    const peer = options.authenticate?.(request, body);
-    const decoded = decodeBatch(body, {
-      ...(options.maxFramesPerRequest === undefined ? {} : { maxFrames: options.maxFramesPerRequest }),
-      ...(options.maxFrameBytes === undefined ? {} : { maxFrameBytes: options.maxFrameBytes }),
+      const result = await options.sink.accept({ ...decoded, peer, remoteAddress: request.ip });
+      return reply.code(200).send(result);
     });
-    const result = await options.sink.accept({ ...decoded, peer, remoteAddress: request.ip });
-    return reply.code(200).send(result);
   });
 
   app.get('/healthz', async (_request, reply) => {

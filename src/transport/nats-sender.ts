@@ -142,7 +142,7 @@ export class NatsSender implements Transport {
   private async issue(batch: OutgoingBatch): Promise<Promise<PubAck | undefined>[]> {
     const { nc, js } = await this.client();
     // Unpacked first: a frame that cannot be is a bug to see at once, before anything goes out.
-    const contents = batch.frames.map((frame) => this.options.unpack(frame));
+    const contents = batch.frames.map((frame) => withReplyTo(this.options.unpack(frame), batch.replyTo));
     const origins = this.origins(batch, contents);
     const limit = this.messageLimit(nc);
     return contents.map((c, index) => {
@@ -241,4 +241,13 @@ export class NatsSender implements Transport {
     this.bucketReady.catch(() => (this.bucketReady = undefined));
     return this.bucketReady;
   }
+}
+
+/**
+ * A message asking for receipts names where its sender's daemon takes them now (the batch's `replyTo`),
+ * as an HTTP receiver sets it on its inbox copy (spec/http-protocol.md §3).
+ */
+function withReplyTo(c: FrameContents, replyTo: string | undefined): FrameContents {
+  if (replyTo === undefined || c.type !== 'message' || c.fields.receipt !== true) return c;
+  return { ...c, fields: { ...c.fields, replyTo } };
 }

@@ -44,6 +44,11 @@ export interface OutgoingBatch {
    * covers everything up to its last frame of each stream.
    */
   readonly covers?: Readonly<Record<string, readonly [number, number]>> | undefined;
+  /**
+   * Where the sending node takes receipts (its daemon's address as it listens or advertises it): the
+   * receiver sends the receipts of this batch's messages there when the sender is not a configured peer.
+   */
+  readonly replyTo?: string | undefined;
 }
 
 export interface IncomingBatch extends OutgoingBatch {

@@ -2,20 +2,25 @@
  * The body of `POST /v1/messages` (spec/http-protocol.md §3): an envelope naming the sender and its
  * streams, then length-prefixed frames exactly as they are on disk.
  *
- *   "MQLB" | u8 version=1 | 3 zero bytes | u32 headerBytes | header (msgpack map) |
+ *   "MQLB" | u8 version=2 | 3 zero bytes | u32 headerBytes | u32 envelopeCrc | header (msgpack map) |
  *   repeated: u16 streamIndex | u32 frameBytes | frameBytes bytes
  *
- * Frames are opaque here; the receiver's sink checks them. The decoder checks every length against the
- * bytes present and against limits before it allocates or copies anything.
+ * `envelopeCrc` covers everything that is not a frame — the first 12 bytes, the header and every record's
+ * 6-byte prefix — so a damaged envelope (another sender, another stream named) is refused before anything
+ * is stored; frames carry CRCs of their own. The decoder checks every length against the bytes present and
+ * against limits before it allocates or copies anything.
  */
 import { Packr } from 'msgpackr';
+import { crc32 } from 'node:zlib';
 import { MqlogError } from '../errors.js';
 import type { OutgoingBatch, ReceivedFrame } from './transport.js';
 
 export const WIRE_MAGIC = 'MQLB';
-export const WIRE_VERSION = 1;
+export const WIRE_VERSION = 2;
 export const CONTENT_TYPE = 'application/x-mqlog-batch';
-const PREFIX_BYTES = 12;
+const PREFIX_BYTES = 16;
+/** The part of the prefix the envelope CRC covers (it does not cover itself). */
+const CHECKED_PREFIX_BYTES = 12;
 const RECORD_PREFIX_BYTES = 6;
 const MAX_HEADER_BYTES = 64 * 1024;
 const MAX_STREAMS = 1024;
@@ -39,19 +44,22 @@ export function encodeBatch(batch: OutgoingBatch): Buffer[] {
     }
   }
   const covers = batch.covers === undefined ? undefined : Object.entries(batch.covers).flatMap(([stream, [from, to]]) => (index.has(stream) ? [[index.get(stream), from, to]] : []));
-  const header = packr.pack({ node: batch.node, name: batch.name, to: batch.destination, streams, ...(covers === undefined ? {} : { covers }) });
+  const header = packr.pack({ node: batch.node, name: batch.name, to: batch.destination, streams, ...(covers === undefined ? {} : { covers }), ...(batch.replyTo === undefined ? {} : { reply: batch.replyTo }) });
   const prefix = Buffer.alloc(PREFIX_BYTES);
   prefix.write(WIRE_MAGIC, 0, 'latin1');
   prefix[4] = WIRE_VERSION;
   prefix.writeUInt32LE(header.length, 8);
+  let crc = crc32(header, crc32(prefix.subarray(0, CHECKED_PREFIX_BYTES)));
   const out: Buffer[] = [prefix, header];
   for (const { stream, frame } of batch.frames) {
-    const parts = Buffer.isBuffer(frame) ? [frame] : (frame);
+    const parts = Buffer.isBuffer(frame) ? [frame] : frame;
     const record = Buffer.allocUnsafe(RECORD_PREFIX_BYTES);
     record.writeUInt16LE(index.get(stream) as number, 0);
     record.writeUInt32LE(parts.reduce((n, p) => n + p.length, 0), 2);
+    crc = crc32(record, crc);
     out.push(record, ...parts);
   }
+  prefix.writeUInt32LE(crc, CHECKED_PREFIX_BYTES);
   return out;
 }
 
@@ -61,6 +69,7 @@ export interface DecodedBatch {
   readonly destination: string;
   readonly frames: ReceivedFrame[];
   readonly covers?: Record<string, readonly [number, number]>;
+  readonly replyTo?: string;
 }
 
 /**
@@ -80,16 +89,20 @@ export function decodeBatch(body: Buffer, limits: WireLimits = {}): DecodedBatch
   if (body[5] !== 0 || body[6] !== 0 || body[7] !== 0) throw bad('reserved prefix bytes are not zero');
   const headerBytes = body.readUInt32LE(8);
   if (headerBytes > MAX_HEADER_BYTES || PREFIX_BYTES + headerBytes > body.length) throw bad(`header length ${headerBytes} out of range`);
+  // Checked before the header is trusted: a damaged header could name another sender or stream.
+  const expectedCrc = body.readUInt32LE(CHECKED_PREFIX_BYTES);
+  let crc = crc32(body.subarray(PREFIX_BYTES, PREFIX_BYTES + headerBytes), crc32(body.subarray(0, CHECKED_PREFIX_BYTES)));
   let header: unknown;
   try {
     header = packr.unpack(body.subarray(PREFIX_BYTES, PREFIX_BYTES + headerBytes));
   } catch (err) {
     throw new MqlogError('ERR_BAD_REQUEST', 'batch header is not valid msgpack', { cause: err });
   }
-  const { node, name, to, streams, covers } = (header ?? {}) as { node?: unknown; name?: unknown; to?: unknown; streams?: unknown; covers?: unknown };
+  const { node, name, to, streams, covers, reply } = (header ?? {}) as { node?: unknown; name?: unknown; to?: unknown; streams?: unknown; covers?: unknown; reply?: unknown };
   if (typeof node !== 'string' || node.length === 0 || Buffer.byteLength(node) > MAX_NAME_BYTES) throw bad('header.node is not a node id');
   if (typeof name !== 'string' || Buffer.byteLength(name) > MAX_NAME_BYTES) throw bad('header.name is not a name');
   if (typeof to !== 'string' || Buffer.byteLength(to) > 1024) throw bad('header.to is not a destination');
+  if (reply !== undefined && (typeof reply !== 'string' || Buffer.byteLength(reply) > 1024)) throw bad('header.reply is not an address');
   if (!Array.isArray(streams) || streams.length > MAX_STREAMS || !streams.every((s) => typeof s === 'string' && s.length > 0 && Buffer.byteLength(s) <= MAX_NAME_BYTES)) {
     throw bad('header.streams is not a list of stream names');
   }
@@ -100,6 +113,7 @@ export function decodeBatch(body: Buffer, limits: WireLimits = {}): DecodedBatch
     const i = frames.length;
     if (i >= maxFrames) throw new MqlogError('ERR_TOO_MANY_FRAMES', `more than ${maxFrames} frames in one request`);
     if (body.length - at < RECORD_PREFIX_BYTES) throw truncated(i, 'record prefix');
+    crc = crc32(body.subarray(at, at + RECORD_PREFIX_BYTES), crc);
     const streamIndex = body.readUInt16LE(at);
     const frameBytes = body.readUInt32LE(at + 2);
     const stream = (streams as string[])[streamIndex];
@@ -113,7 +127,8 @@ export function decodeBatch(body: Buffer, limits: WireLimits = {}): DecodedBatch
     at += frameBytes;
   }
   if (frames.length === 0) throw bad('batch holds no frames');
-  return { node, name, destination: to, frames, ...(covered === undefined ? {} : { covers: covered }) };
+  if (crc !== expectedCrc) throw bad(`envelope CRC is ${crc.toString(16).padStart(8, '0')}, the request says ${expectedCrc.toString(16).padStart(8, '0')}: the header or a record prefix is damaged`);
+  return { node, name, destination: to, frames, ...(covered === undefined ? {} : { covers: covered }), ...(reply === undefined ? {} : { replyTo: reply }) };
 }
 
 /** `covers`: a list of `[streamIndex, from, to]` with `0 <= from <= to < 2^53`, at most one per stream. */

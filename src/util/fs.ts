@@ -2,7 +2,7 @@
  * Small durable-file helpers shared by every layer that writes to disk.
  * Each helper states what is durable when its promise resolves.
  */
-import { mkdir, open, readdir, rename, rm, readFile } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, readFile, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { dirname } from 'node:path';
 import { ioError } from '../errors.js';
@@ -59,6 +59,21 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array): 
     }
     await rename(tmp, path);
     await fsyncDir(dirname(path));
+  } catch (err) {
+    await rm(tmp, { force: true }).catch(() => undefined);
+    throw ioError(err, `cannot write ${path}`, { path });
+  }
+}
+
+/**
+ * Replaces `path` through a temp file and a rename, without fsync: for cache files that are checked
+ * when read. A crash may leave the old content, the new one, or an empty or cut file, never a mix.
+ */
+export async function writeCacheFile(path: string, data: string | Uint8Array): Promise<void> {
+  const tmp = `${path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
+  try {
+    await writeFile(tmp, data, { mode: FILE_MODE });
+    await rename(tmp, path);
   } catch (err) {
     await rm(tmp, { force: true }).catch(() => undefined);
     throw ioError(err, `cannot write ${path}`, { path });

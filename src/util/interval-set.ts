@@ -66,15 +66,38 @@ export class IntervalSet {
     return from;
   }
 
-  /** Members within [start, end). */
+  /** Members within [start, end). Finds the first range by binary search: cost follows the ranges inside. */
   countIn(start: number, end: number): number {
+    const r = this.ranges;
+    // First range whose end is past `start`.
+    let lo = 0;
+    let hi = r.length / 2;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if ((r[2 * mid + 1] as number) <= start) lo = mid + 1;
+      else hi = mid;
+    }
     let n = 0;
-    for (let i = 0; i < this.ranges.length; i += 2) {
-      const s = Math.max(start, this.ranges[i] as number);
-      const e = Math.min(end, this.ranges[i + 1] as number);
+    for (let i = 2 * lo; i < r.length && (r[i] as number) < end; i += 2) {
+      const s = Math.max(start, r[i] as number);
+      const e = Math.min(end, r[i + 1] as number);
       if (e > s) n += e - s;
     }
     return n;
+  }
+
+  /** Removes every member below `value`. */
+  deleteBelow(value: number): void {
+    const r = this.ranges;
+    let i = 0;
+    while (i < r.length && (r[i + 1] as number) <= value) i += 2;
+    r.splice(0, i);
+    if (r.length > 0 && (r[0] as number) < value) r[0] = value;
+  }
+
+  /** True when every value in [start, end) is a member (also for an empty range). */
+  covers(start: number, end: number): boolean {
+    return end <= start || this.countIn(start, end) === end - start;
   }
 
   toPairs(): [number, number][] {

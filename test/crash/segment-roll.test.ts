@@ -152,6 +152,9 @@ test('a writer killed at random moments while rolling small segments leaves ever
     for (const stream of await streamDirs(join(dir, 'outbox'))) {
       await assertSegmentChain(stream, SEGMENT_BYTES, label, { lastMayBeOpen: true });
     }
+    // Every index the killed writer wrote (sealed segments', checkpoints of the open one) still describes its segment.
+    const checked = await verify(dir);
+    assert.doesNotMatch(checked.stdout, /^INDEX /m, `${label}: an index does not describe its segment`);
 
     const body = `after-${round}-${tag}`;
     sent.add(body);

@@ -5,7 +5,7 @@
  * behind is SIGKILLed (the angel is detached, so it would outlive the test otherwise).
  */
 import assert from 'node:assert/strict';
-import { readFile, readdir, writeFile } from 'node:fs/promises';
+import { readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { defer, jsonLines, mqlog, tempDir, waitFor, type RunResult } from '../helpers/index.js';
@@ -28,9 +28,10 @@ interface Status {
 
 async function status(dir: string): Promise<Status> {
   const result = await mqlog(['status', '--data', dir, '--json']);
-  assert.equal(result.code, 0, result.stderr);
   const lines = jsonLines<Status>(result.stdout);
   assert.equal(lines.length, 1, `one JSON line: ${result.stdout}`);
+  // The exit code says it too, as LSB init scripts do: 0 running, 3 not running.
+  assert.equal(result.code, lines[0]!.running ? 0 : 3, `${result.stdout}${result.stderr}`);
   return lines[0]!;
 }
 
@@ -217,6 +218,23 @@ test('the angel restarts a SIGKILLed daemon within seconds, no message sent befo
   assert.equal(after.angelPid, null);
   const verify = await mqlog(['verify', b!.dir]);
   assert.equal(verify.code, 0, verify.stdout + verify.stderr);
+});
+
+test('removing the logs directory of a running node stops nothing: the angel and the daemon run on and their logs come back', async (t) => {
+  const root = await tempDir(t);
+  const { n } = await makeNodes(root, ['n']);
+  const started = await start(t, n!.dir);
+  assert.equal(started.code, 0, started.stderr);
+  const before = await status(n!.dir);
+  await rm(join(n!.dir, 'logs'), { recursive: true });
+  // Work that makes the daemon log (a destination that cannot be reached, retried), and the angel log.
+  for (let i = 0; i < 3; i++) assert.equal((await mqlog(['send', '--data', n!.dir, '--to', 'http://127.0.0.1:9', `after ${i}`])).code, 0);
+  await waitFor(async () => (await readFile(join(n!.dir, 'logs', 'daemon.log'), 'utf8').catch(() => '')).length > 0, { message: 'daemon.log written again' });
+  const still = await status(n!.dir);
+  assert.deepEqual([still.running, still.angelPid, still.daemonPid, still.restarts], [true, before.angelPid, before.daemonPid, before.restarts], 'the same angel and daemon run on');
+  assert.equal(await healthz(n!.url), 200);
+  const stopped = await mqlog(['stop', '--data', n!.dir]);
+  assert.equal(stopped.code, 0, stopped.stderr);
 });
 
 test('a second mqlog start or mqlog daemon on a directory in use fails with exit 1 and ERR_LOCKED, disturbing nothing', async (t) => {

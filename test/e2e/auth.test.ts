@@ -53,6 +53,18 @@ test('an unsigned request to a node with peer keys gets 401 ERR_UNAUTHORIZED and
   assert.equal(await healthz(b.url), 200);
 });
 
+test('an unsigned request gets 401 whatever its content type, body or size: nothing in it is looked at before the sender is authenticated', async (t) => {
+  const { b } = await keyedReceiver(t);
+  assertRefused(await postWith(b.url, batch('wrong type'), { 'content-type': 'text/plain' }), 401, 'ERR_UNAUTHORIZED', 'text/plain');
+  assertRefused(await postWith(b.url, Buffer.from('{"a":1}'), { 'content-type': 'application/json' }), 401, 'ERR_UNAUTHORIZED', 'JSON');
+  assertRefused(await postWith(b.url, Buffer.from('not a batch'), { 'content-type': 'application/octet-stream' }), 401, 'ERR_UNAUTHORIZED', 'octet-stream');
+  assertRefused(await postWith(b.url, Buffer.from('MQLB garbage')), 401, 'ERR_UNAUTHORIZED', 'a malformed batch');
+  // Signed, the same wrong type is what it is: 415.
+  const body = batch('signed, wrong type');
+  assertRefused(await postWith(b.url, body, { ...signed('a', KEY, body), 'content-type': 'text/plain' }), 415, 'ERR_UNSUPPORTED_MEDIA_TYPE', 'signed text/plain');
+  assert.deepEqual(await inboxBodies(b.dir), []);
+});
+
 test('a request signed with a wrong key, or over another body, gets 401 and stores nothing', async (t) => {
   const { b } = await keyedReceiver(t);
   const body = batch('wrong key');

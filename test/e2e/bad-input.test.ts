@@ -59,8 +59,8 @@ function badCases(): BadCase[] {
   cases.push({ name: 'a frame with a wrong magic byte', body: envelope([{ stream: 'p4.w0', frame: badMagic }]), status: 400, code: 'ERR_CORRUPT_FRAME', frame: 0 });
 
   const wireVersion = Buffer.from(envelope(validFrames(1)));
-  wireVersion[4] = 2;
-  cases.push({ name: 'version 2 in the batch prefix', body: wireVersion, status: 400, code: 'ERR_UNSUPPORTED_VERSION' });
+  wireVersion[4] = 3;
+  cases.push({ name: 'version 3 in the batch prefix', body: wireVersion, status: 400, code: 'ERR_UNSUPPORTED_VERSION' });
   const frameVersion = Buffer.from(validFrames(1)[0]!.frame);
   frameVersion[1] = 2;
   cases.push({ name: 'a frame of version 2 (CRC resealed)', body: envelope([validFrames(1)[0]!, { stream: 'p4.w0', frame: resealFrame(frameVersion) }]), status: 400, code: 'ERR_UNSUPPORTED_VERSION', frame: 1 });

@@ -271,13 +271,13 @@ test('a chunk damaged on the wire is refused with 400 ERR_CORRUPT_FRAME, sent ag
   assert.deepEqual({ sha256: got.sha256, size: got.size }, { sha256, size }, 'the delivered body is the file, not the damaged bytes');
   await assertNothingMore(b.dir);
 
-  // The damage landed inside a BODY_CHUNK frame's data (envelope: "MQLB", u32 header length at 8; record:
+  // The damage landed inside a BODY_CHUNK frame's data (envelope: "MQLB", u32 header length at 8, 16-byte prefix; record:
   // u16 stream, u32 frame bytes; frame: magic, version, type 2, …; see spec/http-protocol.md §3).
   assert.ok(damaged !== undefined, 'the proxy damaged a request');
   const bodyStart = starts.get(damaged.index) ?? Buffer.alloc(0);
   assert.equal(bodyStart.length, 4096);
   assert.equal(bodyStart.toString('latin1', 0, 4), 'MQLB');
-  const record = 12 + bodyStart.readUInt32LE(8);
+  const record = 16 + bodyStart.readUInt32LE(8);
   const frameBytes = bodyStart.readUInt32LE(record + 2);
   assert.equal(bodyStart[record + 6 + 2], 2, 'the first frame of the damaged request is a BODY_CHUNK');
   assert.ok(FLIP_AT > record + 6 + 20 + 64 && FLIP_AT < record + 6 + frameBytes, 'the damaged byte is inside that chunk');

@@ -6,13 +6,14 @@
  * never showing a message body, a header value or a secret.
  */
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { join } from 'node:path';
 import { connect } from 'node:net';
 import { PassThrough, Readable } from 'node:stream';
 import { test, type TestContext } from 'node:test';
 import { request } from 'undici';
 import { mqlog, tempDir, waitFor } from '../helpers/index.js';
-import { allInbox, freePort, type NodeSpec } from '../helpers/daemon.js';
+import { allInbox, daemons, freePort, makeNodes, type NodeSpec } from '../helpers/daemon.js';
 import { BATCH_CONTENT_TYPE, envelope, frame, healthz, type RawFrame } from '../helpers/wire.js';
 import { UNREACHABLE, anyDaemons, getText, nodeSpec, payloadWith, postWith, signed, writeConfig, type Answer, type AnyDaemon } from '../helpers/security.js';
 
@@ -276,4 +277,30 @@ test('with admin.listen, the read-only endpoints are served there and the peer p
   const viaAdmin = await postWith(admin, body, signed('a', PEER_KEY, body));
   assert.equal(viaAdmin.status, 404, viaAdmin.text);
   assert.ok(!daemon.output.includes(PEER_KEY), 'the log shows no secret');
+});
+
+test('a receiver whose inline body limit is below a chunk still takes streamed bodies whole: the two limits are independent', async (t) => {
+  const root = await tempDir(t);
+  const { a, b } = await makeNodes(root, ['a', 'b']);
+  // B takes inline bodies of at most 64 KiB; a streamed body travels in chunks of 1 MiB.
+  const { writeFile, readFile } = await import('node:fs/promises');
+  const config = JSON.parse(await readFile(join(b!.dir, 'mqlog.json'), 'utf8')) as Record<string, unknown>;
+  await writeFile(join(b!.dir, 'mqlog.json'), JSON.stringify({ ...config, limits: { maxBodyBytes: 64 * 1024 } }));
+  const [da, db] = daemons(t, [a!, b!]);
+  await Promise.all([da!.start(), db!.start()]);
+  const body = randomBytes(9 * 1024 * 1024);
+  const file = join(root, 'body.bin');
+  await writeFile(file, body);
+  const sent = await mqlog(['send', '--data', a!.dir, '--to', 'b', '--file', file]);
+  assert.equal(sent.code, 0, sent.stderr);
+  const id = sent.stdout.trim();
+  await waitFor(async () => (await allInbox(b!.dir)).some((m) => m.id === id), { timeoutMs: 120_000, message: `the 9 MiB body at B: ${db!.output.slice(-1500)}` });
+  const out = join(root, 'out');
+  const tail = await mqlog(['tail', '--data', b!.dir, '--ack', '--limit', '1', '--body-to', out]);
+  assert.equal(tail.code, 0, tail.stderr);
+  assert.ok((await readFile(join(out, id))).equals(body), 'the body arrived byte for byte');
+  // An inline body over the limit is still refused (and dead-lettered at A with the reason).
+  const big = await mqlog(['send', '--data', a!.dir, '--to', 'b', 'x'.repeat(70 * 1024)]);
+  assert.equal(big.code, 0, big.stderr);
+  await waitFor(async () => (await mqlog(['dump', a!.dir, '--json'])).stdout.includes('"state":"dead"'), { timeoutMs: 60_000, message: 'the inline body over the limit dead-lettered at A' });
 });

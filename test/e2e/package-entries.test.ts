@@ -54,3 +54,20 @@ test("an application imports 'mqlog' and 'mqlog/daemon' by name, and gets the AP
   assert.equal(result.code, 0, result.stderr);
   assert.deepEqual(JSON.parse(result.stdout), { openNode: 'function', MemoryLogStore: 'function', FileLogStore: 'function', MqlogError: 'function', DaemonInLib: false, Daemon: 'function', HttpSender: 'function' });
 });
+
+test('the package ships its license and the sources its source maps name', async () => {
+  const packed = await run('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT });
+  assert.equal(packed.code, 0, packed.stderr);
+  const [manifest] = JSON.parse(packed.stdout) as [{ files: { path: string }[] }];
+  const files = new Set(manifest.files.map((f) => f.path));
+  assert.ok(files.has('LICENSE'), 'LICENSE is in the package');
+  const maps = [...files].filter((f) => f.endsWith('.js.map'));
+  assert.ok(maps.length > 10, `the package has source maps (${maps.length})`);
+  for (const map of maps) {
+    const { sources } = JSON.parse(await readFile(join(ROOT, map), 'utf8')) as { sources: string[] };
+    for (const source of sources) {
+      const shipped = join(dirname(map), source);
+      assert.ok(files.has(shipped), `${map} names ${shipped}, which the package does not ship`);
+    }
+  }
+});

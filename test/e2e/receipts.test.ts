@@ -266,3 +266,21 @@ test('a message that went dead at its peer reports dead to its sender, and proce
   assert.equal(status.state, 'processed', `the redriven message was processed, but A's receipt says ${JSON.stringify(status)}`);
   assert.equal(status.peers.worker?.state, 'processed');
 });
+
+test('a receipt finds its way back to a sender whose address was given only as a --listen flag, from a receiver that does not know it as a peer', async (t) => {
+  const nodes = await makeNodes(await tempDir(t), ['a', 'b']);
+  const [na, nb] = [nodes.a!, nodes.b!];
+  // A's mqlog.json has no listen (the default, 127.0.0.1:7420, is not where it runs); B knows no peer.
+  await writeFile(join(na.dir, 'mqlog.json'), JSON.stringify({ name: 'a', peers: { b: { url: nb.url } } }));
+  await writeFile(join(nb.dir, 'mqlog.json'), JSON.stringify({ name: 'b', listen: `127.0.0.1:${nb.port}` }));
+  const [da, db] = startable(t, [na, nb]);
+  await da!.start(['--listen', `127.0.0.1:${na.port}`]);
+  await db!.start();
+  // Sent by another process than the daemon: it knows only the config.
+  const id = await send(na, ['--to', 'b', '--receipt', 'job']);
+  await waitSent(na, id);
+  assert.deepEqual(await tailAck(nb), [id]);
+  const result = await waitReceipt(na, id, 'processed');
+  assert.equal(result.code, 0, `${result.stdout}${result.stderr}\nB: ${db!.output.slice(-1500)}`);
+  assert.equal(result.stdout.trim(), 'processed');
+});

@@ -63,7 +63,7 @@ function makeBase(spec: BaseSpec): Base {
   });
   const body = envelope(frames, { node: `fuzz-${randomBytes(8).toString('hex')}`, name: 'a', to: 'b' });
   const records: number[] = [];
-  let at = 12 + body.readUInt32LE(8);
+  let at = 16 + body.readUInt32LE(8);
   while (at < body.length) {
     records.push(at);
     at += 6 + body.readUInt32LE(at + 2);
@@ -120,8 +120,8 @@ function mutate(base: Base, m: Mutation): { body: Buffer; surelyBad: boolean } {
   const recordBased = ['flip-frame', 'cut-record', 'duplicate-record', 'swap-records', 'frame-length', 'stream-index'].includes(m.kind);
   // After an earlier mutation there may be no whole record left: then these change nothing.
   if (recordBased && (count < 1 || records.slice(0, -1).some((r, i) => r + 6 > records[i + 1]! || r + 6 > body.length))) return { body, surelyBad: false };
-  if (m.kind === 'flip-header' && headerEnd <= 12) return { body, surelyBad: false };
-  if (m.kind === 'header-length' && body.length < 12) return { body, surelyBad: false };
+  if (m.kind === 'flip-header' && headerEnd <= 16) return { body, surelyBad: false };
+  if (m.kind === 'header-length' && body.length < 16) return { body, surelyBad: false };
   switch (m.kind) {
     case 'prefix':
       body[m.at] = (body[m.at] as number) ^ m.xor;
@@ -136,9 +136,10 @@ function mutate(base: Base, m: Mutation): { body: Buffer; surelyBad: boolean } {
       return { body, surelyBad: true };
     }
     case 'flip-header': {
-      const at = 12 + (m.at % (headerEnd - 12));
+      // The header is covered by the envelope CRC: a damaged one never names another sender.
+      const at = 16 + (m.at % (headerEnd - 16));
       body[at] = (body[at] as number) ^ m.xor;
-      return { body, surelyBad: false };
+      return { body, surelyBad: true };
     }
     case 'flip-anywhere': {
       const at = m.at % body.length;
@@ -170,13 +171,15 @@ function mutate(base: Base, m: Mutation): { body: Buffer; surelyBad: boolean } {
       return { body, surelyBad: true };
     }
     case 'stream-index': {
+      // Record prefixes are covered by the envelope CRC too.
       const [start] = record(m.record);
+      const before = body.readUInt16LE(start);
       body.writeUInt16LE(m.index, start);
-      return { body, surelyBad: false };
+      return { body, surelyBad: m.index !== before };
     }
     case 'header-length':
       body.writeUInt32LE((body.readUInt32LE(8) + m.delta) >>> 0, 8);
-      return { body, surelyBad: false };
+      return { body, surelyBad: m.delta !== 0 };
     case 'insert': {
       const at = m.at % body.length;
       return { body: Buffer.concat([body.subarray(0, at), m.bytes, body.subarray(at)]), surelyBad: at < 8 };
@@ -270,9 +273,9 @@ async function runCase(url: string, c: Case, ledger: Ledger): Promise<void> {
 
 /** Record positions of a body that may no longer be well-formed (best effort, for chained mutations). */
 function reindex(body: Buffer): number[] {
-  if (body.length < 12) return [body.length, body.length];
+  if (body.length < 16) return [body.length, body.length];
   const records: number[] = [];
-  let at = 12 + body.readUInt32LE(8);
+  let at = 16 + body.readUInt32LE(8);
   while (at + 6 <= body.length && records.length < 64) {
     records.push(at);
     const next = at + 6 + body.readUInt32LE(at + 2);
@@ -331,6 +334,41 @@ test('a batch that repeats a record, or gives two frames the same stream and off
   const twinAnswer = await postWith(b.url, twins);
   assert.ok(twinAnswer.status === 400 || (twinAnswer.status === 200 && (twinAnswer.json?.stored as number) <= 1), `twins: ${twinAnswer.status} ${twinAnswer.text}`);
   assert.ok((await allInbox(b.dir)).filter((m) => String(m.body).endsWith('at 7')).length <= 1, 'at most one message per (node, to, stream, offset)');
+});
+
+test('thousands of mutations of one real request, posted after it, store none of its messages a second time', async (t) => {
+  const { b } = await receiver(t);
+  const seed = fuzzSeed(t, 0x5eed_b003);
+  const runs = fuzzRuns(3000);
+  const base = makeBase({
+    frames: [0, 1, 2, 0, 1, 2].map((stream, i) => ({ stream, channel: i % CHANNELS.length, body: Buffer.from(`real ${i}`), priority: 4 })),
+    firstOffset: 100,
+  });
+  const first = await postWith(b.url, base.body);
+  assert.deepEqual(first.json, { stored: base.ids.length, duplicates: 0 }, first.text);
+  // Damage of any kind to the same request (its node, destination, streams, records, frames): the answer
+  // is a refusal or says its frames are duplicates, and nothing is stored again.
+  let posted = 0;
+  await fc.assert(
+    fc.asyncProperty(fc.array(mutationArb, { minLength: 1, maxLength: 3 }), async (mutations) => {
+      let current: Base = base;
+      for (const m of mutations) {
+        if (current.body.length === 0) break;
+        current = { ...current, body: mutate(current, m).body, records: reindex(mutate(current, m).body) };
+      }
+      const answer = await postWith(b.url, current.body);
+      posted++;
+      assert.ok(answer.status === 200 || (answer.status >= 400 && answer.status < 500), `${answer.status} ${answer.text.slice(0, 200)}`);
+    }),
+    { numRuns: runs, seed, interruptAfterTimeLimit: Math.round((40_000 * runs) / 3000), markInterruptAsFailure: false },
+  );
+  assert.ok(posted >= Math.min(runs, 300), `at least ${Math.min(runs, 300)} damaged requests were posted (${posted})`);
+  const inbox = await allInbox(b.dir);
+  const counts = new Map<string, number>();
+  for (const m of inbox) counts.set(m.id as string, (counts.get(m.id as string) ?? 0) + 1);
+  const twice = [...counts].filter(([, n]) => n > 1).map(([id, n]) => `${id} ×${n}`);
+  assert.deepEqual(twice, [], `after ${posted} damaged copies of one request, each of its messages is stored once`);
+  assert.deepEqual(base.ids.filter((id) => counts.get(id) !== 1), [], 'every message of the real request is there once');
 });
 
 /** A well-formed HTTP request carrying a valid batch, as text to mutate. */

@@ -174,8 +174,8 @@ const mutationArb: fc.Arbitrary<Mutation> = fc.oneof(
 /** Where each record starts in a body made by encodeBatch. */
 function recordStarts(body: Buffer): number[] {
   const starts: number[] = [];
-  if (body.length < 12) return starts;
-  let at = 12 + body.readUInt32LE(8);
+  if (body.length < 16) return starts;
+  let at = 16 + body.readUInt32LE(8);
   while (at + 6 <= body.length) {
     starts.push(at);
     at += 6 + body.readUInt32LE(at + 2);
@@ -189,7 +189,7 @@ function mutate(body: Buffer, m: Mutation): Buffer {
   // After an earlier mutation the records may not be where they were: these then change nothing.
   const starts = recordStarts(body);
   if ((m.kind === 'duplicate-record' || m.kind === 'length') && starts.length === 0) return out;
-  if (m.kind === 'header-length' && out.length < 12) return out;
+  if (m.kind === 'header-length' && out.length < 16) return out;
   switch (m.kind) {
     case 'flip':
       out[at(m.at)] = (out[at(m.at)] as number) ^ m.xor;
@@ -249,6 +249,24 @@ test('the frame count and frame size limits are refused with ERR_TOO_MANY_FRAMES
       assert.ok(result instanceof MqlogError, 'beyond a limit it is refused');
       if (firstTooMany <= firstTooLarge) assert.equal(result.code, 'ERR_TOO_MANY_FRAMES');
       else assert.deepEqual([result.code, result.details?.frame], ['ERR_FRAME_TOO_LARGE', firstTooLarge]);
+    }),
+    { numRuns: fuzzRuns(), seed },
+  );
+});
+
+test('any change to the envelope (prefix, header, record prefixes) is refused: only frames carry bytes the envelope CRC does not cover', (t) => {
+  const seed = fuzzSeed(t, 0x5eed_a005);
+  fc.assert(
+    fc.property(batchArb, fc.nat(), fc.integer({ min: 1, max: 255 }), (batch, where, xor) => {
+      const body = bodyOf(batch);
+      // The envelope's bytes: the 16-byte prefix but its CRC field, the header, each record's prefix.
+      const envelope = [...Array.from({ length: 12 }, (_, i) => i), ...Array.from({ length: body.readUInt32LE(8) }, (_, i) => 16 + i)];
+      for (const start of recordStarts(body)) envelope.push(...Array.from({ length: 6 }, (_, i) => start + i));
+      const at = envelope[where % envelope.length] as number;
+      const damaged = Buffer.from(body);
+      damaged[at] = (damaged[at] as number) ^ xor;
+      const result = decodeOrRefuse(damaged);
+      assert.ok(result instanceof MqlogError, `byte ${at} of the envelope changed and the batch was still taken`);
     }),
     { numRuns: fuzzRuns(), seed },
   );

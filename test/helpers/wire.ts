@@ -7,8 +7,9 @@
  *
  *   frame:    u8 magic 0xA7 | u8 version 1 | u8 type | u8 flags 0 | u32 length | u64 offset | u32 crc | payload
  *   message:  u32 metaBytes | msgpack meta map | body
- *   envelope: "MQLB" | u8 version 1 | 3 zero bytes | u32 headerBytes | msgpack {node, name, to, streams} |
- *             repeated: u16 streamIndex | u32 frameBytes | frame
+ *   envelope: "MQLB" | u8 version 2 | 3 zero bytes | u32 headerBytes | u32 envelopeCrc |
+ *             msgpack {node, name, to, streams} | repeated: u16 streamIndex | u32 frameBytes | frame
+ *             (envelopeCrc: CRC-32 of the first 12 bytes, the header and every record prefix)
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { crc32 } from 'node:zlib';
@@ -94,23 +95,26 @@ export interface EnvelopeOptions {
 export function envelope(frames: readonly RawFrame[], options: EnvelopeOptions = {}): Buffer {
   const streams = [...new Set(frames.map((f) => f.stream))];
   const header = packr.pack({ node: options.node ?? randomUUID(), name: options.name ?? 'a', to: options.to ?? 'b', streams });
-  const prefix = Buffer.alloc(12);
+  const prefix = Buffer.alloc(16);
   prefix.write('MQLB', 0, 'latin1');
-  prefix[4] = 1;
+  prefix[4] = 2;
   prefix.writeUInt32LE(header.length, 8);
   const parts: Buffer[] = [prefix, header];
+  const covered: Buffer[] = [prefix.subarray(0, 12), header];
   for (const f of frames) {
     const record = Buffer.alloc(6);
     record.writeUInt16LE(streams.indexOf(f.stream), 0);
     record.writeUInt32LE(f.frame.length, 2);
     parts.push(record, f.frame);
+    covered.push(record);
   }
+  prefix.writeUInt32LE(crc32(Buffer.concat(covered)), 12);
   return Buffer.concat(parts);
 }
 
 /** Byte position of the first frame of a body built by `envelope` (after prefix, header, first record prefix). */
 export function firstFrameAt(body: Buffer): number {
-  return 12 + body.readUInt32LE(8) + 6;
+  return 16 + body.readUInt32LE(8) + 6;
 }
 
 export interface RawResponse {

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import { FileLogStore } from '../../src/log/file-log-store.ts';
 import { FrameType, encodeFrame } from '../../src/log/frame.ts';
-import type { AppendResult, LogStore, LogWriter, StoredFrame, VerifyEvent, WriterOptions } from '../../src/log/log-store.ts';
+import type { AppendResult, LogStore, LogWriter, SegmentDecision, StoredFrame, VerifyEvent, WriterOptions } from '../../src/log/log-store.ts';
 import { MemoryLogStore } from '../../src/log/memory-log-store.ts';
 import { defer, tempDir, waitFor } from '../helpers/index.ts';
 
@@ -346,6 +346,36 @@ for (const { name, make } of STORES) {
     assert.equal((await writer.append('a', FrameType.MESSAGE, body(10))).offset, 10);
   });
 
+  test(`${name}: segments() describes each segment's frames by type and offset runs, as reading finds them, also after a rewrite`, async (t) => {
+    const store = await open(t, make);
+    const writer = await claim(t, store, { segmentBytes: SEGMENT_BYTES });
+    // Messages with a record every third frame: runs of two types; three frames to a segment.
+    for (let i = 0; i < 11; i++) await writer.append('a', i % 3 === 1 ? FrameType.RECORD : FrameType.MESSAGE, body(i));
+    await store.compact(Q, 'a.w0', (frame) => frame.offset !== 4 && frame.offset !== 5);
+    const summaries = await store.segments(Q, 'a.w0');
+    const frames = await readAll(store, 'a.w0');
+    assert.deepEqual(summaries.map((s) => s.base), [0, 3, 6, 9]);
+    assert.deepEqual(summaries.map((s) => [s.sealed, s.complete]), [[true, true], [true, true], [true, true], [false, false]]);
+    for (const summary of summaries) {
+      const inSegment = frames.filter((f) => f.segment === summary.base);
+      const described = inSegment.filter((f) => f.offset < summary.next.offset);
+      if (summary.complete) assert.deepEqual(described, inSegment, `segment ${summary.base}: a complete summary describes every frame`);
+      assert.equal(summary.frames, described.length, `segment ${summary.base}: frames`);
+      const types = new Map<number, { frames: number; bytes: number }>();
+      for (const f of described) types.set(f.type, { frames: (types.get(f.type)?.frames ?? 0) + 1, bytes: (types.get(f.type)?.bytes ?? 0) + f.bytes });
+      assert.deepEqual(new Map(summary.types), types, `segment ${summary.base}: totals per type`);
+      const inRuns = summary.runs.flatMap((r) => Array.from({ length: r.to - r.from }, (_, i) => [r.type, r.from + i]));
+      assert.deepEqual(inRuns, described.map((f) => [f.type, f.offset]), `segment ${summary.base}: runs`);
+      assert.equal(summary.firstOffset, described[0]?.offset);
+      assert.equal(summary.lastOffset, described.at(-1)?.offset);
+      // A reader from `next` finds the frames after the described ones.
+      const rest = await readAll(store, 'a.w0', summary.next.offset);
+      assert.deepEqual(offsets(rest), offsets(frames.filter((f) => f.offset >= summary.next.offset)));
+    }
+    assert.deepEqual(summaries[1]!.runs, [{ type: FrameType.MESSAGE, from: 3, to: 4 }], 'the rewritten segment holds offset 3 alone');
+    assert.notEqual(summaries[1]!.id, summaries[2]!.id);
+  });
+
   test(`${name}: compaction leaves the open segment while its writer is open, retires it after, and offsets go on`, async (t) => {
     const store = await open(t, make);
     const writer = await claim(t, store);
@@ -417,6 +447,30 @@ for (const { name, make } of STORES) {
     assert.deepEqual(asked, [0, 1, 2], 'segments starting at keepFrom are not even read');
     assert.equal(result.framesRemoved, 3);
     assert.deepEqual(offsets(await readAll(store, 'a.w0')), range(3, 10));
+  });
+
+  test(`${name}: compaction asks decide about each segment first: keep leaves it unread, drop removes a sealed one unread`, async (t) => {
+    const store = await open(t, make);
+    const writer = await claim(t, store, { segmentBytes: SEGMENT_BYTES });
+    await appendMany(writer, 'a', 0, 10);
+    await writer.close();
+    const asked: number[] = [];
+    const decisions = new Map<number, SegmentDecision>([[0, 'drop'], [3, 'keep'], [6, 'read'], [9, 'drop']]);
+    const seen: { base: number; complete: boolean; frames: number }[] = [];
+    const result = await store.compact(Q, 'a.w0', (frame) => {
+      asked.push(frame.offset);
+      return frame.offset !== 6 && frame.offset !== 7;
+    }, {
+      decide: (summary) => {
+        seen.push({ base: summary.base, complete: summary.complete, frames: summary.frames });
+        return decisions.get(summary.base) ?? 'read';
+      },
+    });
+    assert.deepEqual(seen.map((s) => s.base), [0, 3, 6, 9]);
+    assert.deepEqual(seen.slice(0, 3).map((s) => [s.complete, s.frames]), [[true, 3], [true, 3], [true, 3]], 'sealed segments described whole');
+    assert.deepEqual([...new Set(asked)], [6, 7, 8, 9], 'kept and dropped segments unread; the last one read though asked to drop');
+    assert.deepEqual([result.segmentsDeleted, result.segmentsRewritten, result.framesRemoved], [1, 1, 5], 'segment 0 dropped (3 frames), frames 6 and 7 removed from the segment read');
+    assert.deepEqual(offsets(await readAll(store, 'a.w0')), [3, 4, 5, 8, 9]);
   });
 
   test(`${name}: usage counts the bytes and segments of every stream of the queue, and only of it`, async (t) => {

@@ -125,16 +125,17 @@ test('an inbox copy made from the payload as it came has the set sender and orig
         offset: fc.integer({ min: 0, max: 2 ** 53 - 1 }),
         destination: fc.option(fc.constantFrom('b', 'http://127.0.0.1:9/x'), { nil: undefined }),
         withOrigin: fc.boolean(),
+        replyTo: fc.option(fc.constantFrom('http://127.0.0.1:7421', 'https://a.example:443'), { nil: undefined }),
         headers: fc.dictionary(fc.string({ minLength: 1, maxLength: 8 }).filter((k) => !/[\uD800-\uDFFF]/.test(k)), fc.string({ maxLength: 50 }).filter((v) => !/[\uD800-\uDFFF]/.test(v)), { maxKeys: 20 }),
         body: fc.uint8Array({ maxLength: 300 }),
       }),
-      ({ from, node, offset, destination, withOrigin, headers, body }) => {
+      ({ from, node, offset, destination, withOrigin, replyTo, headers, body }) => {
         const sent: MessageMeta = { ...meta, headers: { ...headers }, origin: withOrigin ? meta.origin : undefined };
         const origin = { node, stream: 'p4.w0', offset, ...(destination === undefined ? {} : { destination }) };
-        const copy = Buffer.concat(inboxCopyPayload(encodeMessagePayload(sent, body), from, origin));
+        const copy = Buffer.concat(inboxCopyPayload(encodeMessagePayload(sent, body), { from, origin, replyTo }));
         const decoded = decodeMessage(copy);
         const defined = (o: object): object => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
-        assert.deepEqual(defined({ ...decoded, body: undefined }), defined({ ...sent, headers: Object.keys(headers).length > 0 ? { ...headers } : undefined, from, origin }));
+        assert.deepEqual(defined({ ...decoded, body: undefined }), defined({ ...sent, headers: Object.keys(headers).length > 0 ? { ...headers } : undefined, from, origin, replyTo: replyTo ?? sent.replyTo }));
         assert.deepEqual(decoded.body, Buffer.from(body));
       },
     ),

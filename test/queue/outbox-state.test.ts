@@ -17,8 +17,11 @@
  * - after a flush or reload, the cursor files round-trip (load → toFile equals what the node holds);
  * - after compaction, only messages passed by every destination's (durable) cursor may be gone, and a
  *   streamed body still there still reads back whole;
- * - the daemon's live backlog counter (`OutboxBacklog`, started as the daemon starts it and fed what the
- *   forwarder's events report) equals the model's pending count per destination (separate tests).
+ * - `outbox.stat()` counts from the outbox summaries: its per-destination pending, sent, dead and expired
+ *   counts equal those of a scan of every stored message with `OutboxState.stateFor`;
+ * - the daemon's live backlog counter (`OutboxBacklog`, started as the daemon starts it, counting from
+ *   the summaries and the state the forwarders keep) equals the model's pending count per destination
+ *   (separate tests).
  *
  * Tests about one thing (a disagreement found once: a streamed body compacted away under its message,
  * the backlog after a restart or with expiries) check only what they are about (`focused`), so that a
@@ -227,7 +230,7 @@ class Run {
     if (this.scenario.backlog) {
       // As the daemon does: every destination messages may name, those without a cursor file too.
       const recorded = await this.node.outbox.destinations();
-      this.backlog = new OutboxBacklog(this.node.store, this.node.outbox.info.queue, this.live, () => recorded);
+      this.backlog = new OutboxBacklog(this.node.store, this.node.outbox.info, this.live, () => recorded);
       await this.backlog.start();
     }
   }
@@ -308,9 +311,6 @@ class Run {
     }
     this.unflushed.add(d);
     const inRange = this.checkBatch(d, batch, op.maxFrames);
-    // As the forwarder's events feed the daemon's counter: each expiry once read (whatever becomes of the
-    // batch), a refusal once recorded, the messages sent once the cursor passed them.
-    for (const e of batch.expired) this.backlog?.done(d, e.stream, e.offset, true);
     for (const m of inRange) if (m.ttl === 'passed') (cells.get(m.id) as Cell).recorded = true;
     this.coverage.add('expiries found', batch.expired.length);
     if (op.op === 'rewind') {
@@ -322,7 +322,6 @@ class Run {
     const refused = op.op === 'refuse' && messageItems.length > 0 ? messageItems[op.pick % messageItems.length] : undefined;
     if (refused !== undefined) {
       q.refused(refused);
-      this.backlog?.done(d, refused.frame.stream, refused.frame.offset);
       this.coverage.add('refused');
       (cells.get(refused.meta?.id ?? '') as Cell).state = 'dead';
     }
@@ -335,7 +334,6 @@ class Run {
     }
     const sent = batch.items.filter((item) => item !== refused);
     q.delivered(batch, sent.length > 0);
-    for (const item of sent) if (item.meta !== undefined) this.backlog?.done(d, item.frame.stream, item.frame.offset);
     this.coverage.add('delivered', sent.filter((item) => item.meta !== undefined).length);
     this.coverage.add('chunks delivered', sent.filter((item) => item.meta === undefined).length);
     for (const m of inRange) {
@@ -490,6 +488,7 @@ class Run {
       }
       const stat = await this.node.outbox.stat(at);
       assert.deepEqual(stat.backlog, this.pendingCounts(this.durableCells, later), `${where}: stat's backlog per destination ${when}`);
+      assert.deepEqual(new Map([...stat.destinations].filter(([, c]) => c.pending + c.sent + c.dead + c.expired > 0)), scannedCounts(present, loaded, at), `${where}: stat's counts per destination and state equal a scan's ${when}`);
       assert.equal(stat.queue.messages, present.size, `${where}: stat counts every stored message once ${when}`);
       const pendingMessages = this.messages.filter((m) => !m.gone && aggregate(m.to.map((d) => this.modelState(this.durableCells, m, d, later))) === 'pending').length;
       assert.equal(stat.queue.pending, pendingMessages, `${where}: stat's pending messages ${when}`);
@@ -511,6 +510,19 @@ class Run {
     const backlog = this.backlog as OutboxBacklog;
     await backlog.caughtUp();
   }
+}
+
+/** Per destination, how many stored messages are in each state: what a read of every message finds. */
+function scannedCounts(present: ReadonlyMap<string, { stream: string; offset: number; record: MessageRecord }>, state: OutboxState, now: number): Map<string, Record<DeliveryState, number>> {
+  const counts = new Map<string, Record<DeliveryState, number>>();
+  for (const { stream, offset, record } of present.values()) {
+    for (const d of new Set(record.to)) {
+      const c = counts.get(d) ?? { pending: 0, sent: 0, dead: 0, expired: 0 };
+      c[state.stateFor(d, stream, offset, record, now)]++;
+      counts.set(d, c);
+    }
+  }
+  return counts;
 }
 
 /**

@@ -1,0 +1,233 @@
+/**
+ * Outbox summaries (spec/log-format.md §17): what the outbox's messages are, per segment, in blocks of
+ * consecutive messages, known once and never read again — per block, how many messages name each set
+ * of destinations, how many of those have a time to live and between which times it ends, how many ask
+ * for a receipt or have a streamed body, and the latest send time. With the outbox state (cursors, dead
+ * and expired lists), that is enough to count every message's state without reading it, except in the
+ * blocks a cursor or a list cuts through, which are read (outbox-counts.ts).
+ *
+ * This module is the pure part: building blocks from messages, and the summary file's JSON. Files are
+ * written and checked in outbox-counts.ts.
+ */
+import type { MessageMeta } from './codec.js';
+
+/** A block ends after this many messages, or once its messages take this many bytes. */
+export const BLOCK_MESSAGES = 512;
+export const BLOCK_BYTES = 256 * 1024;
+
+/** One message as the summaries need it. */
+export interface SummarisedMessage {
+  readonly offset: number;
+  readonly meta: Pick<MessageMeta, 'to' | 'expiresAt' | 'receipt' | 'streamed' | 'ts' | 'id'>;
+}
+
+/** The messages of a block that name one set of destinations. */
+export interface GroupCount {
+  /** The destinations, sorted, each once. */
+  readonly to: readonly string[];
+  readonly messages: number;
+  /** Those with a time to live, and the earliest and latest time one of them ends (0 when none). */
+  readonly ttl: number;
+  readonly minExpiresAt: number;
+  readonly maxExpiresAt: number;
+}
+
+/** Consecutive messages of one segment: those at offsets [from, to) (other frames may lie between). */
+export interface MessageBlock {
+  readonly from: number;
+  readonly to: number;
+  readonly messages: number;
+  /** Frame bytes of its messages. */
+  readonly bytes: number;
+  readonly receipts: number;
+  readonly streamed: number;
+  /** The latest send time (`ts`) of its messages. */
+  readonly maxTs: number;
+  readonly groups: readonly GroupCount[];
+}
+
+/** Where the last message summarised lies, so that a reader goes on right after it (and checks it). */
+export interface LastMessage {
+  readonly offset: number;
+  readonly position: number;
+  readonly crc: number;
+}
+
+/** The summary of one segment's messages: all of them (`id` set: the log's id of that segment), or the first ones. */
+export interface SegmentMessages {
+  readonly stream: string;
+  readonly base: number;
+  /** The log's id of the segment (log-store.md) when every message of it is summarised; else undefined. */
+  readonly id: string | undefined;
+  readonly last: LastMessage | undefined;
+  /** MESSAGE frames whose fields do not decode (never counted as messages). */
+  readonly undecodable: number;
+  readonly blocks: readonly MessageBlock[];
+}
+
+interface OpenGroup {
+  to: readonly string[];
+  messages: number;
+  ttl: number;
+  minExpiresAt: number;
+  maxExpiresAt: number;
+}
+
+/**
+ * Builds a segment's blocks from its messages in offset order. The block being filled keeps its
+ * messages, so that it can be looked into without a read while it is open.
+ */
+export class BlockBuilder {
+  readonly stream: string;
+  readonly base: number;
+  private readonly done: MessageBlock[] = [];
+  private open: SummarisedMessage[] = [];
+  private openBytes = 0;
+  private last: LastMessage | undefined;
+  private undecodable = 0;
+  /** `last` and `undecodable` as they were when the last block was finished. */
+  private doneLast: LastMessage | undefined;
+  private doneUndecodable = 0;
+
+  /** A builder for the segment `base` of `stream`, going on after what `from` (its finished blocks) says. */
+  constructor(stream: string, base: number, from?: SegmentMessages) {
+    this.stream = stream;
+    this.base = base;
+    if (from === undefined) return;
+    this.done.push(...from.blocks);
+    this.last = this.doneLast = from.last;
+    this.undecodable = this.doneUndecodable = from.undecodable;
+  }
+
+  /** Messages (and undecodable message frames) added, in all. */
+  get frames(): number {
+    return this.done.reduce((n, b) => n + b.messages, 0) + this.open.length + this.undecodable;
+  }
+
+  /** Blocks finished so far. */
+  get finishedBlocks(): number {
+    return this.done.length;
+  }
+
+  add(message: SummarisedMessage, bytes: number, at: LastMessage): void {
+    this.open.push(message);
+    this.openBytes += bytes;
+    this.last = at;
+    if (this.open.length >= BLOCK_MESSAGES || this.openBytes >= BLOCK_BYTES) {
+      this.done.push(blockOf(this.open, this.openBytes));
+      this.open = [];
+      this.openBytes = 0;
+      this.doneLast = this.last;
+      this.doneUndecodable = this.undecodable;
+    }
+  }
+
+  /** A MESSAGE frame whose fields do not decode: not a message, but part of the segment. */
+  addUndecodable(at: LastMessage): void {
+    this.undecodable++;
+    this.last = at;
+  }
+
+  /** The messages of the block being filled, when `block` is it. */
+  openMessages(block: MessageBlock): readonly SummarisedMessage[] | undefined {
+    const first = this.open[0];
+    return first !== undefined && first.offset === block.from && this.open.length === block.messages ? this.open : undefined;
+  }
+
+  /** The summary of what was added: finished blocks and the one being filled. `id`: the segment is complete. */
+  summary(id?: string): SegmentMessages {
+    const blocks = this.open.length === 0 ? [...this.done] : [...this.done, blockOf(this.open, this.openBytes)];
+    return { stream: this.stream, base: this.base, id, last: this.last, undecodable: this.undecodable, blocks };
+  }
+
+  /** Only the finished blocks: what is kept of an open segment (a reader goes on after their last message). */
+  finishedSummary(): SegmentMessages {
+    return { stream: this.stream, base: this.base, id: undefined, last: this.doneLast, undecodable: this.doneUndecodable, blocks: [...this.done] };
+  }
+}
+
+function blockOf(messages: readonly SummarisedMessage[], bytes: number): MessageBlock {
+  const groups = new Map<string, OpenGroup>();
+  let receipts = 0;
+  let streamed = 0;
+  let maxTs = 0;
+  for (const { meta } of messages) {
+    const to = destinationSet(meta.to);
+    const key = JSON.stringify(to);
+    let group = groups.get(key);
+    if (group === undefined) {
+      group = { to, messages: 0, ttl: 0, minExpiresAt: 0, maxExpiresAt: 0 };
+      groups.set(key, group);
+    }
+    group.messages++;
+    if (meta.expiresAt !== undefined) {
+      group.minExpiresAt = group.ttl === 0 ? meta.expiresAt : Math.min(group.minExpiresAt, meta.expiresAt);
+      group.maxExpiresAt = group.ttl === 0 ? meta.expiresAt : Math.max(group.maxExpiresAt, meta.expiresAt);
+      group.ttl++;
+    }
+    if (meta.receipt === true) receipts++;
+    if (meta.streamed !== undefined) streamed++;
+    maxTs = Math.max(maxTs, meta.ts);
+  }
+  const first = messages[0] as SummarisedMessage;
+  const last = messages[messages.length - 1] as SummarisedMessage;
+  return { from: first.offset, to: last.offset + 1, messages: messages.length, bytes, receipts, streamed, maxTs, groups: [...groups.values()] };
+}
+
+/** A message's destinations as a set: sorted, each once. */
+export function destinationSet(to: readonly string[]): readonly string[] {
+  return [...new Set(to)].sort();
+}
+
+const FILE_VERSION = 1;
+
+/** The summary file's JSON (spec/log-format.md §17.1). */
+export function encodeSegmentMessages(summary: SegmentMessages): string {
+  const sets = new Map<string, number>();
+  const table: (readonly string[])[] = [];
+  const setIndex = (to: readonly string[]): number => {
+    const key = JSON.stringify(to);
+    let i = sets.get(key);
+    if (i === undefined) {
+      i = table.length;
+      sets.set(key, i);
+      table.push(to);
+    }
+    return i;
+  };
+  const blocks = summary.blocks.map((b) => [b.from, b.to, b.messages, b.bytes, b.receipts, b.streamed, b.maxTs, b.groups.map((g) => [setIndex(g.to), g.messages, g.ttl, g.minExpiresAt, g.maxExpiresAt])]);
+  const last = summary.last === undefined ? null : [summary.last.offset, summary.last.position, summary.last.crc];
+  return JSON.stringify({ version: FILE_VERSION, stream: summary.stream, base: summary.base, id: summary.id ?? null, last, undecodable: summary.undecodable, to: table, blocks });
+}
+
+/** Parses a summary file; undefined for anything that is not one of `stream`'s segment `base`. */
+export function decodeSegmentMessages(text: string, stream: string, base: number): SegmentMessages | undefined {
+  try {
+    const file = JSON.parse(text) as {
+      version: number;
+      stream: string;
+      base: number;
+      id: string | null;
+      last: [number, number, number] | null;
+      undecodable: number;
+      to: string[][];
+      blocks: [number, number, number, number, number, number, number, [number, number, number, number, number][]][];
+    };
+    if (file.version !== FILE_VERSION || file.stream !== stream || file.base !== base || !Array.isArray(file.blocks) || !Array.isArray(file.to)) return undefined;
+    const blocks = file.blocks.map(([from, to, messages, bytes, receipts, streamed, maxTs, groups]): MessageBlock => ({
+      from,
+      to,
+      messages,
+      bytes,
+      receipts,
+      streamed,
+      maxTs,
+      groups: groups.map(([set, count, ttl, minExpiresAt, maxExpiresAt]) => ({ to: file.to[set] as string[], messages: count, ttl, minExpiresAt, maxExpiresAt })),
+    }));
+    for (const block of blocks) if (block.groups.some((g) => !Array.isArray(g.to)) || !(block.to > block.from)) return undefined;
+    const last = file.last === null ? undefined : { offset: file.last[0], position: file.last[1], crc: file.last[2] };
+    return { stream, base, id: file.id ?? undefined, last, undecodable: Number(file.undecodable) || 0, blocks };
+  } catch {
+    return undefined;
+  }
+}

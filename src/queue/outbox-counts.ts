@@ -1,0 +1,358 @@
+/**
+ * Counting the outbox's messages by state — per destination pending, sent, dead and expired, and the
+ * messages pending for any — without reading them: from the outbox summaries (message-blocks.ts), kept
+ * one file per segment and read once, and the outbox state (outbox-state.ts, the one answer for a
+ * message's state, applied here to whole blocks at a time by DestinationCursor.statesIn). Only blocks
+ * that a cursor, a dead or expired list or an expiry time cuts through are read, a message at a time.
+ *
+ *   DIR/outbox/summaries/<stream>/<20-digit base>.json   one per segment (outbox-summaries.ts)
+ *
+ * A sealed segment's summary is built once (by reading its messages, or taken over from the follower
+ * that read them as they were appended) and written with the log's id of the segment: a rewritten
+ * segment has another id, and its summary is built again. The open segment of each stream is followed
+ * (its new frames read once); with `persist`, its finished blocks are written as they come, so that the
+ * next process reads only what came after them. Summary files are a cache: a missing or stale one is
+ * built again, and failing to write one only costs the next caller a read.
+ *
+ * Several callers may share one counter (the daemon's backlog and its compactor): refresh() and count()
+ * take turns. Memory: a few numbers per block of 512 messages, and the messages of the blocks being filled.
+ */
+import { FrameType, frameChecksum } from '../log/frame.js';
+import type { LogReader, LogStore, SegmentSummary, StoredFrame } from '../log/log-store.js';
+import { readAvailable } from '../log/stream-scan.js';
+import { decodeMeta, type MessageMeta } from './codec.js';
+import type { QueueInfo } from './layout.js';
+import { BlockBuilder, destinationSet, type MessageBlock, type SegmentMessages, type SummarisedMessage } from './message-blocks.js';
+import { OutboxSummaries } from './outbox-summaries.js';
+import type { DeliveryCounts, OutboxState } from './outbox-state.js';
+
+const CHUNKS: ReadonlySet<number> = new Set([FrameType.BODY_CHUNK]);
+const READ = { maxFrames: 1024, maxBytes: 8 * 1024 * 1024 };
+/** Blocks read to be looked into, kept for the next count (the ones cursors are moving through). */
+const BLOCK_CACHE = 64;
+
+export interface OutboxCounts {
+  /** Messages stored (frames that do not decode as messages are not). */
+  readonly messages: number;
+  /** Messages pending for at least one of their destinations. */
+  readonly pending: number;
+  /** Per destination, the state of every stored message that names it. */
+  readonly destinations: ReadonlyMap<string, DeliveryCounts>;
+}
+
+export interface OutboxCounterOptions {
+  /** Write summary files (default true); false for a caller that must change nothing. */
+  readonly persist?: boolean;
+  /** Called with each message the followers read, in log order per stream (the daemon's appended counter). */
+  readonly onMessage?: (meta: MessageMeta) => void;
+}
+
+/** The follower of a stream's open segment: one block builder per segment it read into. */
+interface Follower {
+  readonly reader: LogReader;
+  /** By segment base, in the order read; the last one is being filled. */
+  readonly builders: Map<number, BlockBuilder>;
+  /** Finished blocks of each builder already written. */
+  readonly persisted: Map<number, number>;
+}
+
+interface StreamView {
+  /** Summaries of complete segments, by base. */
+  readonly sealed: Map<number, SegmentMessages>;
+  follower: Follower | undefined;
+  /** Every segment's summary as of the last refresh, in offset order. */
+  current: SegmentMessages[];
+}
+
+export class OutboxCounter {
+  private readonly store: LogStore;
+  private readonly info: QueueInfo;
+  private readonly persist: boolean;
+  private readonly onMessage: ((meta: MessageMeta) => void) | undefined;
+  private readonly streams = new Map<string, StreamView>();
+  private readonly blocks = new Map<string, readonly SummarisedMessage[]>();
+  private readonly files: OutboxSummaries;
+  /** The call in progress: the next one waits for it. */
+  private turn: Promise<unknown> = Promise.resolve();
+  private closed = false;
+
+  constructor(store: LogStore, info: QueueInfo, options: OutboxCounterOptions = {}) {
+    this.store = store;
+    this.info = info;
+    this.persist = options.persist ?? true;
+    this.files = new OutboxSummaries(store, info);
+    this.onMessage = options.onMessage;
+  }
+
+  /**
+   * Looks at the outbox as it is now: each stream's segments, the summaries of new sealed ones, and the
+   * messages appended since the last look.
+   * @throws ERR_ABORTED when `signal` fires; ERR_IO.
+   */
+  refresh(signal?: AbortSignal): Promise<void> {
+    return this.inTurn(() => this.refreshStreams(signal));
+  }
+
+  private async refreshStreams(signal: AbortSignal | undefined): Promise<void> {
+    // Streams side by side: most of the time goes to waiting for small files.
+    await Promise.all(
+      (await this.store.streams(this.info.queue)).map(async ({ name }) => {
+        let view = this.streams.get(name);
+        if (view === undefined) {
+          view = { sealed: new Map(), follower: undefined, current: [] };
+          this.streams.set(name, view);
+        }
+        if (signal?.aborted !== true) await this.refreshStream(name, view, signal);
+      }),
+    );
+  }
+
+  /** The summaries of a stream's segments as of the last refresh (for compaction). */
+  segmentsOf(stream: string): readonly SegmentMessages[] {
+    return this.streams.get(stream)?.current ?? [];
+  }
+
+  /**
+   * Counts every message by state at `now`, as of the last refresh. `destinations`: ones to report even
+   * when no message names them.
+   */
+  count(state: OutboxState, now = Date.now(), destinations: Iterable<string> = []): Promise<OutboxCounts> {
+    return this.inTurn(() => this.countNow(state, now, destinations));
+  }
+
+  private async countNow(state: OutboxState, now: number, destinations: Iterable<string>): Promise<OutboxCounts> {
+    const per = new Map<string, DeliveryCounts>();
+    const of = (d: string): DeliveryCounts => {
+      let c = per.get(d);
+      if (c === undefined) {
+        c = { pending: 0, sent: 0, dead: 0, expired: 0 };
+        per.set(d, c);
+      }
+      return c;
+    };
+    for (const d of destinations) of(d);
+    let messages = 0;
+    let pending = 0;
+    for (const [stream, view] of this.streams) {
+      for (const segment of view.current) {
+        for (const block of segment.blocks) {
+          messages += block.messages;
+          const decided = decideBlock(state, stream, block, now);
+          if (decided !== undefined) {
+            pending += decided.pending;
+            for (const [d, c] of decided.destinations) add(of(d), c);
+            continue;
+          }
+          // A cursor, a list or an expiry time cuts through the block: each message by the rules.
+          for (const { offset, meta } of await this.messagesOf(stream, view, segment, block)) {
+            if (state.stateOf(stream, offset, meta, now) === 'pending') pending++;
+            for (const d of destinationSet(meta.to)) of(d)[state.stateFor(d, stream, offset, meta, now)]++;
+          }
+        }
+      }
+    }
+    return { messages, pending, destinations: per };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.turn;
+    for (const view of this.streams.values()) await view.follower?.reader.close();
+  }
+
+  private inTurn<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.turn.then(task, task);
+    this.turn = run.catch(() => undefined);
+    return run;
+  }
+
+  private async refreshStream(stream: string, view: StreamView, signal: AbortSignal | undefined): Promise<void> {
+    const summaries = await this.store.segments(this.info.queue, stream, signal === undefined ? {} : { signal });
+    const last = summaries.at(-1);
+    // The open segment first: its follower reads what was appended, finishing the segments sealed since.
+    const open = last !== undefined && !last.complete ? await this.follow(stream, view, last, signal) : [];
+    const current: SegmentMessages[] = [];
+    for (const [i, segment] of summaries.entries()) {
+      if (segment.complete) {
+        let messages = view.sealed.get(segment.base);
+        if (messages?.id !== segment.id) {
+          messages = await this.completeSummary(stream, view, segment, signal);
+          view.sealed.set(segment.base, messages);
+        }
+        current.push(messages);
+      } else if (segment !== last) {
+        // A sealed segment that is damaged: what a read finds of it, every time.
+        const builder = new BlockBuilder(stream, segment.base);
+        await this.readInto(stream, { offset: segment.base }, signal, (base) => (base === segment.base ? builder : undefined), summaries[i + 1]?.base);
+        current.push(builder.summary());
+      }
+    }
+    current.push(...open);
+    // Compacted away (or summarised as complete now): forgotten.
+    const bases = new Set(summaries.map((s) => s.base));
+    for (const base of view.sealed.keys()) if (!bases.has(base)) view.sealed.delete(base);
+    const builders = view.follower?.builders;
+    if (builders !== undefined && last !== undefined) for (const base of builders.keys()) if (base < last.base) builders.delete(base);
+    view.current = current;
+  }
+
+  /** The summary of a complete segment: the one its follower built, its file, or one built by reading it. */
+  private async completeSummary(stream: string, view: StreamView, segment: SegmentSummary, signal: AbortSignal | undefined): Promise<SegmentMessages> {
+    const messageFrames = segment.types.get(FrameType.MESSAGE)?.frames ?? 0;
+    const builders = view.follower?.builders;
+    const followed = builders?.get(segment.base);
+    // Followed to its end (the follower went on into a later segment): every message of it was read.
+    if (followed !== undefined && builders !== undefined && [...builders.keys()].at(-1) !== segment.base) {
+      builders.delete(segment.base);
+      if (followed.frames === messageFrames) return this.keep(followed.summary(segment.id));
+    }
+    const file = await this.files.load(stream, segment.base);
+    if (file?.id === segment.id) return file;
+    // A summary of its first messages (written while it was open) spares reading them again.
+    const from = file?.id === undefined && file !== undefined && (await this.files.checks(file)) ? file : undefined;
+    const builder = new BlockBuilder(stream, segment.base, from);
+    await this.readInto(stream, nextAfter(segment.base, from), signal, (base) => (base === segment.base ? builder : undefined));
+    const summary = builder.summary(segment.id);
+    // A rewrite while it was read: used now, not kept.
+    return builder.frames === messageFrames ? this.keep(summary) : { ...summary, id: undefined };
+  }
+
+  /**
+   * Follows the open segment `last`: reads what was appended since the last look (also into segments
+   * the writer started since) and returns the summaries of `last` and of those later segments.
+   */
+  private async follow(stream: string, view: StreamView, last: SegmentSummary, signal: AbortSignal | undefined): Promise<SegmentMessages[]> {
+    let follower = view.follower;
+    if (follower === undefined) {
+      if (this.closed) return [];
+      const file = await this.files.load(stream, last.base);
+      const from = file?.id === undefined && file !== undefined && (await this.files.checks(file)) ? file : undefined;
+      follower = { reader: this.store.reader(this.info.queue, stream, nextAfter(last.base, from), { skipTypes: CHUNKS, lend: true }), builders: new Map([[last.base, new BlockBuilder(stream, last.base, from)]]), persisted: new Map([[last.base, from?.blocks.length ?? 0]]) };
+      view.follower = follower;
+    }
+    const builders = follower.builders;
+    // A segment that was retired or compacted away is left behind: the reader finds the next by offset.
+    await this.readFrames(follower.reader, signal, (base) => {
+      let builder = builders.get(base);
+      if (builder === undefined && base > ([...builders.keys()].at(-1) ?? -1)) {
+        builder = new BlockBuilder(stream, base);
+        builders.set(base, builder);
+      }
+      return builder;
+    }, true);
+    if (this.persist) {
+      for (const [base, builder] of builders) {
+        if (base < last.base || builder.finishedBlocks <= (follower.persisted.get(base) ?? 0)) continue;
+        follower.persisted.set(base, builder.finishedBlocks);
+        await this.files.write(builder.finishedSummary());
+      }
+    }
+    return [...builders].filter(([base]) => base >= last.base).map(([, b]) => b.summary());
+  }
+
+  /** Reads a stream from `from` to its end (or to `end`), adding each message to the builder of its segment. */
+  private async readInto(stream: string, from: { offset: number; hint?: { segment: number; position: number; offset: number } }, signal: AbortSignal | undefined, builderOf: (base: number) => BlockBuilder | undefined, end?: number): Promise<void> {
+    const reader = this.store.reader(this.info.queue, stream, from, { skipTypes: CHUNKS, lend: true });
+    try {
+      await this.readFrames(reader, signal, builderOf, false, end);
+    } finally {
+      await reader.close();
+    }
+  }
+
+  private async readFrames(reader: LogReader, signal: AbortSignal | undefined, builderOf: (base: number) => BlockBuilder | undefined, following: boolean, end?: number): Promise<void> {
+    // Damaged data: counted up to it (verify reports it).
+    for await (const frames of readAvailable(reader, READ)) {
+      if (signal?.aborted === true) return;
+      for (const frame of frames) {
+        if (end !== undefined && frame.offset >= end) return;
+        const builder = builderOf(frame.segment);
+        if (builder === undefined) return;
+        if (frame.type !== FrameType.MESSAGE) continue;
+        const at = { offset: frame.offset, position: frame.position, crc: frameChecksum(frame.raw) };
+        const meta = metaOf(frame);
+        if (meta === undefined) builder.addUndecodable(at);
+        else {
+          builder.add({ offset: frame.offset, meta }, frame.bytes, at);
+          if (following) this.onMessage?.(meta);
+        }
+      }
+    }
+  }
+
+  /** The messages of a block, from the follower that holds it open, from the cache, or read. */
+  private async messagesOf(stream: string, view: StreamView, segment: SegmentMessages, block: MessageBlock): Promise<readonly SummarisedMessage[]> {
+    const open = view.follower?.builders.get(segment.base)?.openMessages(block);
+    if (open !== undefined) return open;
+    const key = `${stream}@${segment.base}/${segment.id ?? '-'}:${block.from}-${block.to}`;
+    const cached = this.blocks.get(key);
+    if (cached !== undefined) {
+      this.blocks.delete(key);
+      this.blocks.set(key, cached);
+      return cached;
+    }
+    const messages: SummarisedMessage[] = [];
+    const reader = this.store.reader(this.info.queue, stream, { offset: block.from }, { skipTypes: CHUNKS, lend: true });
+    try {
+      reading: for await (const frames of readAvailable(reader, READ)) {
+        for (const frame of frames) {
+          if (frame.offset >= block.to) break reading;
+          const meta = frame.type === FrameType.MESSAGE ? metaOf(frame) : undefined;
+          if (meta !== undefined) messages.push({ offset: frame.offset, meta });
+        }
+      }
+    } finally {
+      await reader.close();
+    }
+    this.blocks.set(key, messages);
+    if (this.blocks.size > BLOCK_CACHE) this.blocks.delete(this.blocks.keys().next().value as string);
+    return messages;
+  }
+
+  private async keep(summary: SegmentMessages): Promise<SegmentMessages> {
+    if (this.persist) await this.files.write(summary);
+    return summary;
+  }
+}
+
+/** Where reading a segment goes on after a summary of its first messages (its start without one). */
+function nextAfter(base: number, from: SegmentMessages | undefined): { offset: number; hint?: { segment: number; position: number; offset: number } } {
+  const last = from?.last;
+  return last === undefined ? { offset: base } : { offset: last.offset + 1, hint: { segment: base, position: last.position, offset: last.offset } };
+}
+
+function metaOf(frame: StoredFrame): MessageMeta | undefined {
+  try {
+    return decodeMeta(frame.payload).meta;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A block's counts when every group's destinations decide it as a whole (DestinationCursor.statesIn); undefined otherwise. */
+function decideBlock(state: OutboxState, stream: string, block: MessageBlock, now: number): { pending: number; destinations: Map<string, DeliveryCounts> } | undefined {
+  const destinations = new Map<string, DeliveryCounts>();
+  let pending = 0;
+  for (const group of block.groups) {
+    // Pending for one destination means: not passed and its time to live not over, the same messages
+    // for every destination that has them pending; so the group's pending count is the largest.
+    let groupPending = 0;
+    for (const d of group.to) {
+      const counts = state.statesIn(d, stream, block.from, block.to, group, now);
+      if (counts === undefined) return undefined;
+      groupPending = Math.max(groupPending, counts.pending);
+      const sum = destinations.get(d);
+      if (sum === undefined) destinations.set(d, { ...counts });
+      else add(sum, counts);
+    }
+    pending += groupPending;
+  }
+  return { pending, destinations };
+}
+
+function add(into: DeliveryCounts, counts: DeliveryCounts): void {
+  into.pending += counts.pending;
+  into.sent += counts.sent;
+  into.dead += counts.dead;
+  into.expired += counts.expired;
+}
