@@ -26,20 +26,29 @@ test('3,000 messages into an R3 stream on a 3-server cluster while the server A 
   const { a } = await makeNodes(root, ['a'], { peers: { hub: { url: first.streamUrl(STREAM), nats } } });
   const { b } = await makeNodes(root, ['b'], { sources: [{ url: third.streamUrl(STREAM), durable: 'b', nats: { servers: [first.url, second.url] } }] });
   const [da, db] = daemons(t, [a!, b!]);
-  const lines = Array.from({ length: FIRST }, (_, i) => `replicated ${i}`);
-  // The kill comes as the 300th publish passes through the cluster (a subscriber on another server sees it).
+  // The kill comes as the 300th publish passes through the cluster (a subscriber on another server sees
+  // it). The messages are appended in ten runs of 300 while A forwards, so that most of them are
+  // forwarded after the kill however fast A is.
   const watcher = await connect({ servers: `127.0.0.1:${third.port}` });
   const published = watcher.subscribe(`${STREAM}.>`, { max: 300 });
   await watcher.flush();
-  const sending = mqlog(['send', '--data', a!.dir, '--to', 'hub', '--lines'], { input: `${lines.join('\n')}\n` });
   await da!.start();
+  const sending = (async () => {
+    const sentIds: string[] = [];
+    for (let run = 0; run < FIRST / 300; run++) {
+      const lines = Array.from({ length: 300 }, (_, i) => `replicated ${run * 300 + i}`);
+      const sent = await mqlog(['send', '--data', a!.dir, '--to', 'hub', '--lines'], { input: `${lines.join('\n')}\n` });
+      assert.equal(sent.code, 0, sent.stderr);
+      sentIds.push(...sent.stdout.trim().split('\n'));
+    }
+    return sentIds;
+  })();
   let seen = 0;
   for await (const _ of published) if (++seen === 300) await first.stop('SIGKILL');
   await watcher.close();
   const atKill = await waitFor(() => third.streamCount(STREAM), { message: 'the stream count after the kill' });
-  const sent = await sending;
-  assert.equal(sent.code, 0, sent.stderr);
-  const ids = sent.stdout.trim().split('\n');
+  const ids = await sending;
+  assert.equal(ids.length, FIRST);
   // A restarts while its URL's server is still down: it connects through the seed servers.
   await da!.kill();
   const later = await mqlog(['send', '--data', a!.dir, '--to', 'hub', '--lines'], { input: `${Array.from({ length: LATER }, (_, i) => `later ${i}`).join('\n')}\n` });
