@@ -108,17 +108,9 @@ const BARE_VALUE = /^[^\u0000-\u001f\u007f \t](?:[^\u0000-\u001f\u007f]*[^\u0000
  * headers, the origin, and, for a body in the object store, where it is.
  */
 export function messageHeaders(fields: MessageFields, origin: NatsOrigin, object?: NatsObjectRef): MsgHdrs {
-  const h = natsHeaders();
-  h.set(H.msgId, natsMsgId(origin));
-  h.set(H.id, fields.id);
-  h.set(H.channel, encodeValue(fields.channel));
-  h.set(H.priority, String(fields.priority));
+  const h = identityHeaders(fields, origin, false);
   h.set(H.ts, String(fields.ts));
   h.set(H.from, encodeValue(fields.from));
-  h.set(H.node, origin.node);
-  h.set(H.stream, origin.stream);
-  h.set(H.offset, String(origin.offset));
-  if (origin.coversFrom !== undefined && origin.coversFrom < origin.offset) h.set(H.coversFrom, String(origin.coversFrom));
   if (fields.expiresAt !== undefined) h.set(H.expiresAt, String(fields.expiresAt));
   if (fields.notBefore !== undefined) h.set(H.notBefore, String(fields.notBefore));
   if (fields.receipt === true) h.set(H.receipt, '1');
@@ -139,9 +131,14 @@ export function messageHeaders(fields: MessageFields, origin: NatsOrigin, object
 
 /** The headers of a frame published as it is stored (format `frame`). */
 export function frameHeaders(fields: { readonly id: string; readonly channel: string; readonly priority: number }, origin: NatsOrigin): MsgHdrs {
+  return identityHeaders(fields, origin, true);
+}
+
+/** What both formats carry: Nats-Msg-Id, the message's id, channel and priority, and its origin. */
+function identityHeaders(fields: { readonly id: string; readonly channel: string; readonly priority: number }, origin: NatsOrigin, frame: boolean): MsgHdrs {
   const h = natsHeaders();
   h.set(H.msgId, natsMsgId(origin));
-  h.set(H.frame, '1');
+  if (frame) h.set(H.frame, '1');
   h.set(H.id, fields.id);
   h.set(H.channel, encodeValue(fields.channel));
   h.set(H.priority, String(fields.priority));

@@ -9,7 +9,8 @@
  *   message needs (10054), a body larger than the bucket can ever hold;
  * - ERR_STREAM_CONFLICT: an existing stream with other settings.
  *
- * And what each batch result says when it goes through: stored, then recognised as duplicates.
+ * And what each batch result says when it goes through: stored, then recognised as duplicates; what a
+ * message looks like in the stream in either format.
  */
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
@@ -19,6 +20,7 @@ import { FrameType, encodeFrame } from '../../src/log/frame.js';
 import { encodeMessagePayload } from '../../src/queue/codec.js';
 import { NatsSender } from '../../src/transport/nats-sender.js';
 import { natsError } from '../../src/transport/nats-errors.js';
+import { messageHeaders, readFields, readHeaders } from '../../src/transport/nats-headers.js';
 import type { NatsSettings } from '../../src/transport/nats-settings.js';
 import type { OutgoingBatch } from '../../src/transport/transport.js';
 import { newId } from '../../src/util/ids.js';
@@ -139,4 +141,63 @@ test('client errors without a server map to the three answers on purpose', () =>
   assert.equal(natsError(api(10077), 'w', 'x').code, 'ERR_PEER_FAILED');
   assert.equal(natsError(api(10059), 'w', 'x').code, 'ERR_PEER_FAILED');
   assert.equal(natsError(new Error('anything else'), 'w', 'x').code, 'ERR_PEER_FAILED');
+});
+
+test('format headers: the body is the payload, the fields are headers (spec/transports.md §3.2), and they read back to the same fields', async (t) => {
+  const nats = await NatsServer.start(t);
+  const id = newId();
+  const fields = {
+    id,
+    ts: 1_700_000_000_123,
+    channel: 'jobs/high ?',
+    priority: 7,
+    to: ['hub'],
+    from: ' edge%1 ',
+    node: NODE,
+    expiresAt: 1_800_000_000_000,
+    receipt: true,
+    replyTo: 'http://10.0.0.1:7420',
+    headers: { 'X-Trace': 'abc def', 'weird key': 'v=1', 'Nats-Expected-Stream': 'no', 'X-Padded': ' x ', 'X-Empty': '' },
+  };
+  const body = Buffer.from('the body, byte for byte \u0000\u00ff');
+  const frame = encodeFrame(FrameType.MESSAGE, 5, encodeMessagePayload(fields, body));
+  const b: OutgoingBatch = { node: NODE, name: 'a', destination: 'hub', frames: [{ stream: 'p7.w0', frame, about: { id, channel: fields.channel, priority: 7 } }] };
+  assert.deepEqual(await sender(t, nats.streamUrl('H')).send(b), { stored: 1, duplicates: 0 });
+  const [m] = await nats.readStream('H');
+  assert.ok(m !== undefined);
+  assert.equal(m.subject, 'H.jobs%2Fhigh%20%3F');
+  assert.deepEqual(m.data, body);
+  const h = Object.fromEntries(m.headers);
+  assert.equal(h['Nats-Msg-Id'], `${NODE}:p7.w0:5`);
+  assert.equal(h['Mqlog-Id'], id);
+  assert.equal(h['Mqlog-Channel'], 'jobs/high ?');
+  assert.equal(h['Mqlog-Priority'], '7');
+  assert.equal(h['Mqlog-Ts'], '1700000000123');
+  assert.equal(h['Mqlog-From'], '%20edge%251%20');
+  assert.equal(h['Mqlog-Node'], NODE);
+  assert.equal(h['Mqlog-Stream'], 'p7.w0');
+  assert.equal(h['Mqlog-Offset'], '5');
+  assert.equal(h['Mqlog-Expires-At'], '1800000000000');
+  assert.equal(h['Mqlog-Receipt'], '1');
+  assert.equal(h['Mqlog-Reply-To'], 'http://10.0.0.1:7420');
+  assert.equal(h['X-Trace'], 'abc def', 'a header a NATS client can read under its own name');
+  assert.equal(h['X-Empty'], '');
+  assert.equal(h['Nats-Expected-Stream'], undefined, 'never a Nats- header of the application');
+  assert.equal(h['X-Padded'], undefined);
+  // Read back as a sourcing node does: the same fields, every application header included.
+  const back = readFields(readHeaders(messageHeaders({ ...fields, headers: fields.headers }, { node: NODE, stream: 'p7.w0', offset: 5 })));
+  const { to: _to, from: _from, node: _node, ...expected } = fields;
+  assert.deepEqual(back, expected);
+});
+
+test('format frame: the payload is the frame as stored, marked Mqlog-Frame: 1', async (t) => {
+  const nats = await NatsServer.start(t);
+  const b = batch(['framed']);
+  await sender(t, nats.streamUrl('F'), { format: 'frame' }).send(b);
+  const [m] = await nats.readStream('F');
+  assert.ok(m !== undefined);
+  assert.deepEqual(m.data, b.frames[0]!.frame);
+  assert.equal(m.headers.get('Mqlog-Frame'), '1');
+  assert.equal(m.headers.get('Nats-Msg-Id'), `${NODE}:p4.w0:0`);
+  assert.equal(m.headers.get('Mqlog-Ts'), undefined, 'the fields are in the frame');
 });
