@@ -92,11 +92,20 @@ export class TransportRegistry {
     return found.factory.create(context);
   }
 
-  /** A URL as it may be shown: without secrets (anything that does not parse is shown as is). */
+  /**
+   * A URL as it may be shown: without secrets. Never throws: a value of no registered scheme is shown as
+   * it is, a URL without credentials as written, one that does not parse with what is before an `@` hidden.
+   */
   display(value: string): string {
-    const found = this.lookup(value);
+    let found: { url: URL; factory: TransportFactory } | undefined;
+    try {
+      found = this.lookup(value);
+    } catch {
+      return value.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)[^/]*@/, '$1***@');
+    }
     if (found === undefined) return value;
-    return found.factory.display?.(found.url) ?? withoutPassword(found.url);
+    if (found.factory.display !== undefined) return found.factory.display(found.url);
+    return found.url.username === '' && found.url.password === '' ? value : withoutPassword(found.url);
   }
 
   private lookup(value: string): { url: URL; factory: TransportFactory } | undefined {
