@@ -6,6 +6,7 @@
  */
 import { MqlogNode, inspectQueue } from '../daemon/node.js';
 import { Outbox } from '../queue/outbox.js';
+import { transports } from '../transport/registry.js';
 import type { QueueStat } from '../queue/queue-scan.js';
 import { boolFlag, dataDir, jsonLine, writeLine, type Command, type ParsedArgs } from './args.js';
 import { formatTable } from './table.js';
@@ -56,7 +57,7 @@ async function run(args: ParsedArgs): Promise<number> {
       const status = outbox.state.cursor(peer).status();
       peers.push({
         peer,
-        url: node.config.peers[peer]?.url ?? (peer.includes('://') ? peer : null),
+        url: transports.display(node.config.peers[peer]?.url ?? (peer.includes('://') ? peer : '')) || null,
         backlog: outbox.backlog.get(peer) ?? 0,
         lastError: status.lastError,
         lastSentAt: status.lastSentAt,
