@@ -20,7 +20,7 @@ import { MqlogError } from '../../src/errors.js';
 import { mqlog, tempDir } from '../helpers/index.js';
 import { fuzzRuns, fuzzSeed } from '../helpers/security.js';
 
-const TOP_KEYS = ['name', 'listen', 'advertise', 'peers', 'segmentBytes', 'segmentRollIdleMs', 'maxQueueBytes', 'visibilityTimeoutMs', 'renewLeases', 'maxDeliveries', 'handlerConcurrency', 'handlerTimeoutMs', 'handlerRetryDelayMs', 'retainDoneMs', 'retainReceiptsMs', 'compactIntervalMs', 'allowUnauthenticated', 'tls', 'limits', 'admin', 'sources'];
+const TOP_KEYS = ['name', 'listen', 'advertise', 'peers', 'segmentBytes', 'segmentRollIdleMs', 'maxQueueBytes', 'visibilityTimeoutMs', 'renewLeases', 'maxDeliveries', 'handlerConcurrency', 'handlerTimeoutMs', 'handlerRetryDelayMs', 'retainDoneMs', 'retainReceiptsMs', 'compactIntervalMs', 'allowUnauthenticated', 'tls', 'limits', 'admin', 'sources', 'nats'];
 const LIMIT_KEYS = Object.keys(DEFAULT_LIMITS);
 const TLS_KEYS = ['cert', 'key', 'ca', 'requireClientCert'];
 const ADMIN_KEYS = ['listen', 'token'];
@@ -89,9 +89,9 @@ function checkConfig(config: Config, input: Record<string, unknown>): void {
   assert.ok(Object.keys(config.admin).every((k) => ADMIN_KEYS.includes(k)));
   for (const [name, peer] of Object.entries(config.peers)) {
     assert.match(name, /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/);
-    assert.match(peer.url, /^(https?|nats):\/\//);
+    assert.match(peer.url, /^(https?|nats|tls):\/\//);
     assert.ok(peer.key === undefined || (typeof peer.key === 'string' && peer.key.length >= 16));
-    assert.ok(Object.keys(peer).every((k) => k === 'url' || k === 'key'));
+    assert.ok(Object.keys(peer).every((k) => k === 'url' || k === 'key' || k === 'nats' || k === 'options'));
   }
 }
 
