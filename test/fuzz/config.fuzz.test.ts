@@ -91,7 +91,7 @@ function checkConfig(config: Config, input: Record<string, unknown>): void {
     assert.match(name, /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/);
     assert.match(peer.url, /^(https?|nats|tls):\/\//);
     assert.ok(peer.key === undefined || (typeof peer.key === 'string' && peer.key.length >= 16));
-    assert.ok(Object.keys(peer).every((k) => ['url', 'key', 'nats', 'options'].includes(k)));
+    assert.ok(Object.keys(peer).every((k) => k === 'url' || k === 'key' || k === 'nats' || k === 'options'));
   }
 }
 
