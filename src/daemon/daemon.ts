@@ -94,7 +94,7 @@ export class Daemon {
 
   /**
    * Starts a daemon on `data`.
-   * @throws ERR_LOCKED when another daemon runs on the same directory, ERR_CONFIG, ERR_IO (port in use).
+   * @throws ERR_LOCKED when another daemon runs on the same directory, ERR_CONFIG, ERR_ADDRESS_IN_USE, ERR_IO.
    */
   static async start(options: DaemonOptions): Promise<Daemon> {
     const dataDir = resolve(options.data);
@@ -469,6 +469,9 @@ async function listen(app: FastifyInstance, address: string, protocol: 'http' | 
   try {
     await app.listen({ host, port });
   } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      throw new MqlogError('ERR_ADDRESS_IN_USE', `cannot listen on ${address}: another process listens there`, { details: { listen: address }, cause: err });
+    }
     throw new MqlogError('ERR_IO', `cannot listen on ${address}: ${(err as Error).message}`, { cause: err });
   }
   const bound = app.server.address();
