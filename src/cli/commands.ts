@@ -17,6 +17,7 @@ export const COMMANDS: readonly { readonly name: string; readonly hidden?: boole
   { name: 'stat', load: async () => (await import('./stat.js')).statCommand },
   { name: 'redrive', load: async () => (await import('./redrive.js')).redriveCommand },
   { name: 'purge', load: async () => (await import('./purge.js')).purgeCommand },
+  { name: 'config', load: async () => (await import('./config.js')).configCommand },
   { name: 'compact', load: async () => (await import('./compact.js')).compactCommand },
   { name: 'demo', load: async () => (await import('./demo.js')).demoCommand },
   { name: 'completion', load: async () => (await import('./completion.js')).completionCommand },
