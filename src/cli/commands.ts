@@ -12,6 +12,8 @@ export const COMMANDS: readonly { readonly name: string; readonly hidden?: boole
   { name: 'start', load: async () => (await import('./start.js')).startCommand },
   { name: 'stop', load: async () => (await import('./start.js')).stopCommand },
   { name: 'status', load: async () => (await import('./start.js')).statusCommand },
+  { name: 'restart', load: async () => (await import('./start.js')).restartCommand },
+  { name: 'reload', load: async () => (await import('./start.js')).reloadCommand },
   { name: 'dump', load: async () => (await import('./dump.js')).dumpCommand },
   { name: 'verify', load: async () => (await import('./verify.js')).verifyCommand },
   { name: 'stat', load: async () => (await import('./stat.js')).statCommand },

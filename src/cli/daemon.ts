@@ -1,6 +1,7 @@
 /**
  * `mqlog daemon`: runs the node in the foreground (receiver, forwarders) until SIGTERM/SIGINT, then
  * finishes in-flight work and exits 0. Prints `listening on http://HOST:PORT` once it accepts connections.
+ * SIGHUP reloads the configuration's peers and keys (Daemon.reload) and keeps running.
  */
 import { Daemon } from '../daemon/daemon.js';
 import { checkListen } from '../daemon/config.js';
@@ -23,6 +24,12 @@ async function run(args: ParsedArgs): Promise<number> {
   const handler = stringFlag(args, 'handler');
   const daemon = await Daemon.start({ data: dataDir(args), ...(listen === undefined ? {} : { listen }), ...(handler === undefined ? {} : { handler }) });
   await writeLine(`listening on ${daemon.url}`);
+  // SIGHUP re-reads mqlog.json (peers and keys) without stopping: what `mqlog reload` sends.
+  const reload = (): void => {
+    daemon.logger.info({ event: 'signal', signal: 'SIGHUP' }, 'reloading the configuration');
+    daemon.reload().catch((err: unknown) => daemon.logger.error({ event: 'reload_failed', err }, 'cannot reload the configuration; the running one stays'));
+  };
+  process.on('SIGHUP', reload);
   await new Promise<void>((resolve) => {
     const stop = (signal: NodeJS.Signals): void => {
       daemon.logger.info({ event: 'signal', signal }, 'stopping');
@@ -33,6 +40,7 @@ async function run(args: ParsedArgs): Promise<number> {
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
   });
+  process.off('SIGHUP', reload);
   await daemon.stop();
   daemon.logger.flush();
   return 0;

@@ -7,7 +7,7 @@ import { openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ANGEL_STATE, LOGS_DIR, alive, clearAngelState, readAngelState, runAngel, type AngelState } from '../daemon/angel.js';
-import { checkListen } from '../daemon/config.js';
+import { checkListen, loadConfig } from '../daemon/config.js';
 import { DAEMON_LOCK } from '../daemon/daemon.js';
 import { Lock } from '../log/lock.js';
 import { MqlogError } from '../errors.js';
@@ -99,6 +99,39 @@ export const stopCommand: Command = {
       await new Promise((r) => setTimeout(r, 50));
     }
     await writeLine('stopped');
+    return 0;
+  },
+};
+
+export const restartCommand: Command = {
+  name: 'restart',
+  summary: 'stop the background node (if it runs) and start it again, with the same flags as start',
+  usage: `--data DIR [--listen HOST:PORT] [--handler MODULE]`,
+  options: startCommand.options,
+  allowPositionals: false,
+  async run(args) {
+    const stopped = await stopCommand.run(args);
+    if (stopped !== 0) return stopped;
+    return startCommand.run(args);
+  },
+};
+
+export const reloadCommand: Command = {
+  name: 'reload',
+  summary: 'make the running daemon re-read mqlog.json (peers and their keys) without a restart (SIGHUP)',
+  usage: `--data DIR
+  works for a node under mqlog start and for a foreground mqlog daemon; the daemon logs a "reloaded"
+  event naming the peers it changed and any key that needs mqlog restart instead`,
+  options: { data: { type: 'string' } },
+  allowPositionals: false,
+  async run(args) {
+    const dir = dataDir(args);
+    // Check the file first: a reload of an invalid file would only be refused in the daemon's log.
+    await loadConfig(dir);
+    const pid = await Lock.holderPid(join(dir, DAEMON_LOCK));
+    if (pid === undefined) throw new MqlogError('ERR_NOT_FOUND', `no daemon is running on ${dir}`, { details: { path: dir } });
+    process.kill(pid, 'SIGHUP');
+    await writeLine(`reload requested: daemon pid ${pid}`);
     return 0;
   },
 };

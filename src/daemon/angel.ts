@@ -133,8 +133,14 @@ class Supervisor {
       this.child?.kill('SIGTERM');
       this.wake?.();
     };
+    // SIGHUP is for the daemon (a reload), not a reason for the angel to die.
+    const onHangup = (): void => {
+      this.logger.info({ event: 'signal', signal: 'SIGHUP' }, 'passing SIGHUP (reload) to the daemon');
+      this.child?.kill('SIGHUP');
+    };
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
+    process.on('SIGHUP', onHangup);
     const fastCrashes: number[] = [];
     try {
       for (;;) {
@@ -177,6 +183,7 @@ class Supervisor {
     } finally {
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);
+      process.off('SIGHUP', onHangup);
     }
   }
 

@@ -1,7 +1,11 @@
 /**
  * The daemon: one per node directory (held by `DIR/daemon.lock`). It runs the HTTP receiver, one
  * forwarder per destination, and the periodic work (dedup checkpoints). `stop()` stops taking requests,
- * lets in-flight batches finish in both directions, saves state and releases the lock.
+ * lets in-flight batches finish in both directions, saves state and releases the lock. `reload()`
+ * re-reads mqlog.json and applies its peers (URLs and keys) while running: a changed or removed peer's
+ * forwarder finishes its batch in flight and stops, a new one starts; the receiver checks signatures
+ * against the new keys from the next request on. Keys baked into the listening servers (listen, tls,
+ * limits, admin, …) are reported as needing a restart.
  */
 import type { FastifyInstance } from 'fastify';
 import { join, resolve } from 'node:path';
@@ -48,7 +52,8 @@ export interface DaemonOptions {
 
 export class Daemon {
   readonly dataDir: string;
-  readonly config: Config;
+  /** The configuration in force: the one loaded at start, with the peers of the last reload. */
+  config: Config;
   readonly nodeId: string;
   readonly logger: Logger;
   /** `http://HOST:PORT` the receiver listens on (the real port when 0 was asked for). */
@@ -80,8 +85,13 @@ export class Daemon {
   /** Keeps what it learnt from round to round: each round does work in proportion to what changed. */
   private compactor: Compactor | undefined;
   private stopping: Promise<void> | undefined;
+  /** The peers' keys the receiver checks signatures with; reload() updates it in place. */
+  private readonly peerKeys = new Map<string, string>();
+  private readonly listenOverride: string | undefined;
+  private reloading: Promise<ReloadResult> | undefined;
 
-  private constructor(node: MqlogNode, lock: Lock, logger: Logger, handlerPath: string | undefined, metrics: Metrics) {
+  private constructor(node: MqlogNode, lock: Lock, logger: Logger, handlerPath: string | undefined, metrics: Metrics, listenOverride: string | undefined) {
+    this.listenOverride = listenOverride;
     this.node = node;
     this.metrics = metrics;
     this.dataDir = node.dataDir;
@@ -128,7 +138,7 @@ export class Daemon {
       await lock.release();
       throw err;
     }
-    const daemon = new Daemon(node, lock, logger, options.handler, metrics);
+    const daemon = new Daemon(node, lock, logger, options.handler, metrics, options.listen);
     try {
       await daemon.boot();
     } catch (err) {
@@ -166,7 +176,7 @@ export class Daemon {
       {
         onReceipt: async (report, from, authenticated) => {
           // An authenticated peer reports only on messages sent to it, not on those of another peer.
-          if (authenticated && Object.hasOwn(config.peers, report.destination) && report.destination !== from) {
+          if (authenticated && Object.hasOwn(this.config.peers, report.destination) && report.destination !== from) {
             logger.warn({ event: 'receipt_refused', id: report.id, peer: report.destination, from }, 'a peer reported on a message sent to another peer');
             return;
           }
@@ -187,8 +197,10 @@ export class Daemon {
       },
     );
     this.tls = await loadTls(config.tls);
+    for (const [name, peer] of Object.entries(config.peers)) if (peer.key !== undefined) this.peerKeys.set(name, peer.key);
     const servers = createServers({
       config,
+      peerKeys: this.peerKeys,
       logger,
       tls: this.tls,
       sink: new IntakeSink(this.intake),
@@ -215,7 +227,7 @@ export class Daemon {
     this.feed = node.outbox.changes();
     await this.feed.whenReady();
     const recorded = await node.outbox.destinations();
-    this.backlog = new OutboxBacklog(node.store, node.outbox.info, await node.outbox.state(), () => [...Object.keys(config.peers), ...recorded], {
+    this.backlog = new OutboxBacklog(node.store, node.outbox.info, await node.outbox.state(), () => [...Object.keys(this.config.peers), ...recorded], {
       appended: (meta) => this.metrics.appended.inc({ channel: meta.channel }),
       changed: (peer, backlog) => this.metrics.backlog.set({ peer }, backlog),
     });
@@ -407,6 +419,51 @@ export class Daemon {
     }
   }
 
+  /**
+   * Re-reads mqlog.json and applies its peers without a restart (one reload at a time). A forwarder whose
+   * peer changed (URL or key) or went away lets its batch in flight finish, then stops; forwarders for
+   * new or changed peers start, including for messages already waiting for a destination that was
+   * unknown until now. Other changed keys need a restart: they are returned (and logged), not applied.
+   * @throws ERR_CONFIG when the file is invalid; the running configuration is then kept unchanged.
+   */
+  reload(): Promise<ReloadResult> {
+    const previous = this.reloading ?? Promise.resolve(undefined);
+    const next = previous.catch(() => undefined).then(() => this.applyReload());
+    this.reloading = next;
+    return next;
+  }
+
+  private async applyReload(): Promise<ReloadResult> {
+    if (this.stopping !== undefined) throw new MqlogError('ERR_CLOSED', 'the daemon is stopping');
+    const next = await loadConfig(this.dataDir, this.listenOverride === undefined ? {} : { listen: this.listenOverride });
+    const old = this.config;
+    const changed = (Object.keys(next) as (keyof Config)[]).filter((key) => JSON.stringify(next[key]) !== JSON.stringify(old[key]));
+    const hadKeys = Object.values(old.peers).some((p) => p.key !== undefined);
+    const hasKeys = Object.values(next.peers).some((p) => p.key !== undefined);
+    // Going from no keys to keys (or back) changes how every request is authenticated: that needs a restart.
+    const needsRestart = changed.filter((key) => key !== 'peers' || hadKeys !== hasKeys);
+    const peersChanged = Object.keys({ ...old.peers, ...next.peers }).filter((name) => JSON.stringify(old.peers[name]) !== JSON.stringify(next.peers[name]));
+    this.config = { ...old, peers: next.peers };
+    this.peerKeys.clear();
+    for (const [name, peer] of Object.entries(next.peers)) if (peer.key !== undefined) this.peerKeys.set(name, peer.key);
+    await this.syncing;
+    // Stopped while still in the map, so that no sync starts a second forwarder on the same queue meanwhile.
+    const stale = peersChanged.flatMap((name) => {
+      const entry = this.forwarders.get(name);
+      return entry === undefined ? [] : [[name, entry] as const];
+    });
+    await Promise.all(stale.map(async ([, { forwarder, sender }]) => {
+      await forwarder.stop();
+      await sender.close();
+    }));
+    for (const [name] of stale) this.forwarders.delete(name);
+    await this.syncing;
+    this.syncForwardersSoon();
+    await this.syncing;
+    this.logger.info({ event: 'reloaded', peers: peersChanged, needsRestart }, needsRestart.length === 0 ? 'configuration reloaded' : `configuration reloaded; a restart applies ${needsRestart.join(', ')}`);
+    return { peers: peersChanged, needsRestart };
+  }
+
   /** One background compaction round at a time; appends and reads never wait for it. */
   private compactInBackground(): void {
     if (this.compacting !== undefined || this.stopping !== undefined) return;
@@ -438,6 +495,7 @@ export class Daemon {
   /** Graceful stop; idempotent. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
+      await this.reloading?.catch(() => undefined);
       for (const timer of this.timers) clearInterval(timer);
       // A compaction round stops at once (inside a segment too): a shutdown does not wait for it.
       this.compactStop.abort();
@@ -461,6 +519,14 @@ export class Daemon {
     })();
     return this.stopping;
   }
+}
+
+/** What a reload applied. */
+export interface ReloadResult {
+  /** Peers added, changed (URL or key) or removed. */
+  readonly peers: readonly string[];
+  /** Changed top-level keys that take effect only after a restart. */
+  readonly needsRestart: readonly string[];
 }
 
 /** Starts listening and returns the URL (with the real port when 0 was asked for). */

@@ -92,6 +92,8 @@ export interface Servers {
 
 export function createServers(options: {
   config: Config;
+  /** The peers' keys signatures are checked with (default: from config); changes to the map apply at once. */
+  peerKeys?: ReadonlyMap<string, string>;
   logger: Logger;
   tls: TlsMaterial;
   sink: BatchSink;
@@ -102,7 +104,7 @@ export function createServers(options: {
   const peer = createApp(config, logger, tls, true);
   const mode = authMode(config);
   const verifier = new RequestVerifier({
-    keys: new Map(Object.entries(config.peers).flatMap(([name, p]) => (p.key === undefined ? [] : [[name, p.key] as const]))),
+    keys: options.peerKeys ?? new Map(Object.entries(config.peers).flatMap(([name, p]) => (p.key === undefined ? [] : [[name, p.key] as const]))),
     maxSkewMs: config.limits.maxClockSkewMs,
   });
   registerHttpReceiver(peer, {

@@ -145,6 +145,16 @@ export class Lock {
     return takeOverIfDead(path);
   }
 
+  /**
+   * The pid of the live process of this host recorded as holding the lock at `path`, if any (to signal
+   * a running daemon); undefined when none is recorded, it runs elsewhere, or it is gone.
+   */
+  static async holderPid(path: string): Promise<number | undefined> {
+    const owner = await readOwner(path);
+    if (owner.kind !== 'owner' || owner.owner.host !== hostname() || (await holderIsDead(owner.owner))) return undefined;
+    return owner.owner.pid;
+  }
+
   /** True once the lock could not be kept fresh: another process may have taken it over. */
   get compromised(): boolean {
     return this.compromisedBy !== undefined;

@@ -448,3 +448,24 @@ test('a fresh start ignores the state a previous angel left: start succeeds and 
   assert.equal(s.running, true);
   assert.equal(s.restarts, 0, 'not the previous angel\'s restarts');
 });
+
+test('SIGHUP to the angel reaches the daemon as a reload, killing neither; mqlog restart replaces both and the node serves again', async (t) => {
+  const root = await tempDir(t);
+  const { n } = await makeNodes(root, ['n']);
+  const started = await start(t, n!.dir);
+  assert.equal(started.code, 0, started.stderr);
+  const before = await status(n!.dir);
+  process.kill(before.angelPid!, 'SIGHUP');
+  await waitFor(async () => (await readFile(join(n!.dir, 'logs', 'daemon.log'), 'utf8')).includes('"event":"reloaded"'), { message: 'the daemon reloaded' });
+  assert.deepEqual(await status(n!.dir), before, 'the same angel and daemon run on');
+
+  const restarted = await mqlog(['restart', '--data', n!.dir], { timeoutMs: 90_000 });
+  assert.equal(restarted.code, 0, restarted.stderr);
+  assert.match(restarted.stdout, /^stopped\nstarted: /);
+  const after = await status(n!.dir);
+  assert.equal(after.running, true);
+  assert.notEqual(after.daemonPid, before.daemonPid);
+  assert.equal(after.restarts, 0);
+  assert.ok(gone(before.angelPid!) && gone(before.daemonPid!), 'the old processes are gone');
+  assert.equal(await healthz(n!.url), 200);
+});
