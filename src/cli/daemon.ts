@@ -22,7 +22,17 @@ export const daemonCommand: Command = {
 async function run(args: ParsedArgs): Promise<number> {
   const listen = listenFlag(args, checkListen);
   const handler = stringFlag(args, 'handler');
-  const daemon = await Daemon.start({ data: dataDir(args), ...(listen === undefined ? {} : { listen }), ...(handler === undefined ? {} : { handler }) });
+  let lockLost: (() => void) | undefined;
+  let lostLock = false;
+  const daemon = await Daemon.start({
+    data: dataDir(args),
+    ...(listen === undefined ? {} : { listen }),
+    ...(handler === undefined ? {} : { handler }),
+    onLockLost: () => {
+      lostLock = true;
+      lockLost?.();
+    },
+  });
   await writeLine(`listening on ${daemon.url}`);
   // SIGHUP re-reads mqlog.json (peers and keys) without stopping: what `mqlog reload` sends.
   const reload = (): void => {
@@ -39,9 +49,19 @@ async function run(args: ParsedArgs): Promise<number> {
     };
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
+    lockLost = () => {
+      process.off('SIGTERM', stop);
+      process.off('SIGINT', stop);
+      resolve();
+    };
+    if (lostLock) lockLost();
   });
   process.off('SIGHUP', reload);
   await daemon.stop();
   daemon.logger.flush();
+  if (lostLock) {
+    process.stderr.write(`mqlog: ERR_LOCKED: lost the lock of ${daemon.dataDir}; stopped\n`);
+    return 1;
+  }
   return 0;
 }

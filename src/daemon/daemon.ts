@@ -48,6 +48,11 @@ export interface DaemonOptions {
   /** Path of an ES module whose default (or `handle`) export processes inbox messages. */
   readonly handler?: string;
   readonly logger?: Logger;
+  /**
+   * Called when the daemon lost its lock (`DIR/daemon.lock` could not be kept fresh or was removed):
+   * the daemon has begun to stop, and another daemon may now run on the directory. Default: nothing more.
+   */
+  readonly onLockLost?: (err: MqlogError) => void;
 }
 
 export class Daemon {
@@ -111,8 +116,10 @@ export class Daemon {
     const config = await loadConfig(dataDir, options.listen === undefined ? {} : { listen: options.listen });
     await ensureDir(dataDir);
     let lock: Lock;
+    // Set once the daemon exists; a lock lost before that fails the start through the lock's own checks.
+    const lockLost: { handle?: (err: MqlogError) => void } = {};
     try {
-      lock = await Lock.acquire(join(dataDir, DAEMON_LOCK), { waitForDeadHolder: true });
+      lock = await Lock.acquire(join(dataDir, DAEMON_LOCK), { waitForDeadHolder: true, onCompromised: (err) => lockLost.handle?.(err) });
     } catch (err) {
       if (err instanceof MqlogError && err.code === 'ERR_LOCKED') {
         throw new MqlogError('ERR_LOCKED', `another daemon is running on ${dataDir}`, { details: { path: dataDir }, cause: err });
@@ -139,6 +146,12 @@ export class Daemon {
       throw err;
     }
     const daemon = new Daemon(node, lock, logger, options.handler, metrics, options.listen);
+    lockLost.handle = (err) => {
+      // Stop taking requests and forwarding at once: another daemon may own the directory now.
+      logger.error({ event: 'lock_lost', err }, 'lost the daemon lock; stopping');
+      daemon.stop().catch((stopErr: unknown) => logger.error({ event: 'stop_failed', err: stopErr }, 'cannot stop cleanly after losing the lock'));
+      options.onLockLost?.(err);
+    };
     try {
       await daemon.boot();
     } catch (err) {

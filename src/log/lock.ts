@@ -54,6 +54,11 @@ export interface LockOptions {
    * turns get their turn rather than the holder taking it again and again.
    */
   readonly wakeOnChange?: boolean;
+  /**
+   * Called once if the lock is compromised while held (it could not be kept fresh, or its directory was
+   * removed): another process may take it over, so the holder must stop writing.
+   */
+  readonly onCompromised?: (err: MqlogError) => void;
 }
 
 export class Lock {
@@ -96,7 +101,9 @@ export class Lock {
           update: Math.min(UPDATE_EVERY_MS, Math.floor(staleMs / 2)),
           retries: 0,
           onCompromised: (err: Error) => {
+            if (lock.compromisedBy !== undefined) return;
             lock.compromisedBy = err;
+            options.onCompromised?.(new MqlogError('ERR_LOCKED', `lost the lock ${path}: ${err.message}`, { details: { path }, cause: err }));
           },
         });
       } catch (err) {
