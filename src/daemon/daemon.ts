@@ -94,6 +94,8 @@ export class Daemon {
   private readonly peerKeys = new Map<string, string>();
   private readonly listenOverride: string | undefined;
   private reloading: Promise<ReloadResult> | undefined;
+  /** True once the peer server listens (for /readyz). */
+  private listening = false;
 
   private constructor(node: MqlogNode, lock: Lock, logger: Logger, handlerPath: string | undefined, metrics: Metrics, listenOverride: string | undefined) {
     this.listenOverride = listenOverride;
@@ -218,6 +220,11 @@ export class Daemon {
       tls: this.tls,
       sink: new IntakeSink(this.intake),
       healthy: () => this.stopping === undefined,
+      notReady: () => [
+        ...(this.listening ? [] : ['the receiver is not listening yet']),
+        ...(this.intake === undefined || this.backlog === undefined ? ['the queues are not open yet'] : []),
+        ...(this.stopping === undefined ? [] : ['the daemon is shutting down']),
+      ],
       readOnly: {
         // Counted up to the request: what was appended before it shows.
         metrics: async () => {
@@ -255,6 +262,7 @@ export class Daemon {
     this.syncForwardersSoon();
 
     this.url = await listen(servers.peer, config.listen, scheme(this.tls));
+    this.listening = true;
     if (servers.admin !== undefined && config.admin.listen !== undefined) {
       this.adminUrl = await listen(servers.admin, config.admin.listen, 'http');
       logger.info({ event: 'admin', url: this.adminUrl }, 'read-only endpoints on their own address');

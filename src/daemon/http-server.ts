@@ -98,6 +98,8 @@ export function createServers(options: {
   tls: TlsMaterial;
   sink: BatchSink;
   healthy: () => boolean;
+  /** What GET /readyz reports: ready (200) when nothing is listed as not ready, else 503 with the reasons. */
+  notReady?: () => readonly string[];
   readOnly: ReadOnlyRoutes;
 }): Servers {
   const { config, logger, tls } = options;
@@ -125,6 +127,13 @@ export function createServers(options: {
   const admin = config.admin.listen === undefined ? undefined : createApp(config, logger, tls, false);
   registerReadOnly(admin ?? peer, options.readOnly, config.admin.token);
   if (admin !== undefined) admin.get('/healthz', async (_request, reply) => reply.code(options.healthy() ? 200 : 503).send({ ok: options.healthy() }));
+  // Readiness beside liveness: /healthz says the process serves, /readyz that it can take work now.
+  for (const app of admin === undefined ? [peer] : [peer, admin]) {
+    app.get('/readyz', async (_request, reply) => {
+      const reasons = options.notReady?.() ?? [];
+      return reply.code(reasons.length === 0 ? 200 : 503).header('cache-control', 'no-store').send({ ready: reasons.length === 0, reasons });
+    });
+  }
   return { peer, admin, mode };
 }
 
