@@ -305,7 +305,8 @@ export const CONFIG_SCHEMA = object({
   peers: {
     type: 'object',
     propertyNames: { pattern: NAME_PATTERN },
-    additionalProperties: object({ url: str({ pattern: '^(https?|nats)://', description: 'an http:// or https:// URL, or nats://HOST:PORT/STREAM' }), key: str({ minLength: 16 }) }, { required: ['url'] }),
+    // nats and options (per-transport settings) are checked in detail by checkPeers.
+    additionalProperties: object({ url: str({ pattern: '^(https?|nats)://', description: 'an http:// or https:// URL, or nats://HOST:PORT/STREAM' }), key: str({ minLength: 16 }), nats: {}, options: {} }, { required: ['url'] }),
   },
   segmentBytes: int(1024, 2 ** 40),
   segmentRollIdleMs: int(0, 2 ** 31),
@@ -346,7 +347,10 @@ let validator: ValidateFunction | undefined;
 /** Every problem the schema finds (not only the first), each naming its key. */
 function schemaProblems(input: Record<string, unknown>): Problem[] {
   // verbose: errors carry their schema, whose description says what a pattern means.
-  validator ??= new Ajv({ allErrors: true, strict: true, verbose: true }).compile(CONFIG_SCHEMA);
+  // Keys the schema does not describe in detail are still known keys: KEYS checks them.
+  const schema = CONFIG_SCHEMA as { properties: Record<string, object> };
+  const properties = { ...Object.fromEntries(Object.keys(KEYS).map((key) => [key, {}])), ...schema.properties };
+  validator ??= new Ajv({ allErrors: true, strict: true, verbose: true }).compile({ ...schema, properties });
   if (validator(input)) return [];
   const problems: Problem[] = [];
   for (const error of validator.errors ?? []) {
