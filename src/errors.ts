@@ -64,6 +64,7 @@ export const ERRORS = {
   ERR_HEADERS_TOO_LARGE: { message: 'message headers beyond the limits', httpStatus: 400, retryable: false },
   ERR_TOO_MANY_REQUESTS: { message: 'too many concurrent requests from this peer', httpStatus: 429, retryable: true },
   ERR_REQUEST_TIMEOUT: { message: 'the request took too long', httpStatus: 408, retryable: true },
+  ERR_ADDRESS_IN_USE: { message: 'the address to listen on is already in use', httpStatus: 500, retryable: true },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -1,6 +1,7 @@
 /**
  * `mqlog daemon`: runs the node in the foreground (receiver, forwarders) until SIGTERM/SIGINT, then
  * finishes in-flight work and exits 0. Prints `listening on http://HOST:PORT` once it accepts connections.
+ * SIGHUP reloads the configuration's peers and keys (Daemon.reload) and keeps running.
  */
 import { Daemon } from '../daemon/daemon.js';
 import { checkListen } from '../daemon/config.js';
@@ -21,8 +22,24 @@ export const daemonCommand: Command = {
 async function run(args: ParsedArgs): Promise<number> {
   const listen = listenFlag(args, checkListen);
   const handler = stringFlag(args, 'handler');
-  const daemon = await Daemon.start({ data: dataDir(args), ...(listen === undefined ? {} : { listen }), ...(handler === undefined ? {} : { handler }) });
+  let lockLost: (() => void) | undefined;
+  let lostLock = false;
+  const daemon = await Daemon.start({
+    data: dataDir(args),
+    ...(listen === undefined ? {} : { listen }),
+    ...(handler === undefined ? {} : { handler }),
+    onLockLost: () => {
+      lostLock = true;
+      lockLost?.();
+    },
+  });
   await writeLine(`listening on ${daemon.url}`);
+  // SIGHUP re-reads mqlog.json (peers and keys) without stopping: what `mqlog reload` sends.
+  const reload = (): void => {
+    daemon.logger.info({ event: 'signal', signal: 'SIGHUP' }, 'reloading the configuration');
+    daemon.reload().catch((err: unknown) => daemon.logger.error({ event: 'reload_failed', err }, 'cannot reload the configuration; the running one stays'));
+  };
+  process.on('SIGHUP', reload);
   await new Promise<void>((resolve) => {
     const stop = (signal: NodeJS.Signals): void => {
       daemon.logger.info({ event: 'signal', signal }, 'stopping');
@@ -32,8 +49,19 @@ async function run(args: ParsedArgs): Promise<number> {
     };
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
+    lockLost = () => {
+      process.off('SIGTERM', stop);
+      process.off('SIGINT', stop);
+      resolve();
+    };
+    if (lostLock) lockLost();
   });
+  process.off('SIGHUP', reload);
   await daemon.stop();
   daemon.logger.flush();
+  if (lostLock) {
+    process.stderr.write(`mqlog: ERR_LOCKED: lost the lock of ${daemon.dataDir}; stopped\n`);
+    return 1;
+  }
   return 0;
 }

@@ -6,8 +6,8 @@ import { spawn } from 'node:child_process';
 import { openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ANGEL_STATE, LOGS_DIR, alive, readAngelState, runAngel, type AngelState } from '../daemon/angel.js';
-import { checkListen } from '../daemon/config.js';
+import { ANGEL_STATE, LOGS_DIR, alive, clearAngelState, readAngelState, runAngel, type AngelState } from '../daemon/angel.js';
+import { checkListen, loadConfig } from '../daemon/config.js';
 import { DAEMON_LOCK } from '../daemon/daemon.js';
 import { Lock } from '../log/lock.js';
 import { MqlogError } from '../errors.js';
@@ -46,6 +46,8 @@ export const startCommand: Command = {
     // angel retry. A lock left by a killed daemon is waited out.
     const probe = await Lock.acquire(join(dir, DAEMON_LOCK), { waitForDeadHolder: true });
     await probe.release();
+    // No angel runs here: what angel.json says is a previous angel's, and must not pass for the new one's.
+    await clearAngelState(dir);
     const bootLog = openSync(join(dir, LOGS_DIR, 'angel-boot.log'), 'a', 0o600);
     const child = spawn(process.execPath, [CLI, '__angel', '--data', dir, ...extra], { detached: true, stdio: ['ignore', bootLog, bootLog] });
     closeSync(bootLog);
@@ -53,13 +55,22 @@ export const startCommand: Command = {
     child.unref();
     const deadline = Date.now() + START_TIMEOUT_MS;
     for (;;) {
-      const state = await readAngelState(dir).catch(() => undefined);
-      if (state?.angelPid === angelPid && state.state === 'running' && state.listen !== null) {
+      const read = await readAngelState(dir).catch(() => undefined);
+      // Only the state of the angel started here counts.
+      const state = read?.angelPid === angelPid ? read : undefined;
+      if (state?.state === 'running' && state.listen !== null) {
         await writeLine(`started: angel pid ${state.angelPid}, daemon pid ${state.daemonPid ?? '-'}, listening on http://${state.listen}`);
         return 0;
       }
       if (!alive(angelPid) || state?.state === 'failed') {
-        throw new MqlogError(state === undefined || state.angelPid !== angelPid ? 'ERR_LOCKED' : 'ERR_IO', `the node did not start; see ${join(dir, LOGS_DIR)}/angel-boot.log, angel.log and daemon.log`);
+        const logs = `see ${join(dir, LOGS_DIR)}/angel-boot.log, angel.log and daemon.log`;
+        // The daemon's own error when it printed one; otherwise the angel could not run (another one holds its lock).
+        // Exit 1 whatever the code: the command ran and the node failed (a daemon's ERR_INVALID_ARG is no usage error of start).
+        if (state?.lastError != null) {
+          process.stderr.write(`mqlog: ${state.lastError.code}: the node did not start: ${state.lastError.message} (${logs})\n`);
+          return 1;
+        }
+        throw new MqlogError(state === undefined ? 'ERR_LOCKED' : 'ERR_IO', `the node did not start; ${logs}`);
       }
       if (Date.now() > deadline) throw new MqlogError('ERR_TIMEOUT', `the daemon did not listen within ${START_TIMEOUT_MS / 1000} s; see ${join(dir, LOGS_DIR)}`);
       await new Promise((r) => setTimeout(r, 50));
@@ -88,6 +99,39 @@ export const stopCommand: Command = {
       await new Promise((r) => setTimeout(r, 50));
     }
     await writeLine('stopped');
+    return 0;
+  },
+};
+
+export const restartCommand: Command = {
+  name: 'restart',
+  summary: 'stop the background node (if it runs) and start it again, with the same flags as start',
+  usage: `--data DIR [--listen HOST:PORT] [--handler MODULE]`,
+  options: startCommand.options,
+  allowPositionals: false,
+  async run(args) {
+    const stopped = await stopCommand.run(args);
+    if (stopped !== 0) return stopped;
+    return startCommand.run(args);
+  },
+};
+
+export const reloadCommand: Command = {
+  name: 'reload',
+  summary: 'make the running daemon re-read mqlog.json (peers and their keys) without a restart (SIGHUP)',
+  usage: `--data DIR
+  works for a node under mqlog start and for a foreground mqlog daemon; the daemon logs a "reloaded"
+  event naming the peers it changed and any key that needs mqlog restart instead`,
+  options: { data: { type: 'string' } },
+  allowPositionals: false,
+  async run(args) {
+    const dir = dataDir(args);
+    // Check the file first: a reload of an invalid file would only be refused in the daemon's log.
+    await loadConfig(dir);
+    const pid = await Lock.holderPid(join(dir, DAEMON_LOCK));
+    if (pid === undefined) throw new MqlogError('ERR_NOT_FOUND', `no daemon is running on ${dir}`, { details: { path: dir } });
+    process.kill(pid, 'SIGHUP');
+    await writeLine(`reload requested: daemon pid ${pid}`);
     return 0;
   },
 };

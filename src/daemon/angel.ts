@@ -4,6 +4,10 @@
  * capped backoff), and gives up — saying so in DIR/logs/angel.log — after repeated fast crashes.
  * SIGTERM/SIGINT stop the daemon gracefully, then the angel.
  *
+ * A daemon that cannot work as configured is not restarted: when it exits after printing
+ * `mqlog: ERR_CONFIG: …` (or `ERR_ADDRESS_IN_USE` before it ever listened), the angel records that error
+ * as `lastError` and stops with state `failed` at once, so that `mqlog start` reports the daemon's own cause.
+ *
  * It publishes its state in DIR/angel.json (replaced atomically), which `mqlog status` and `mqlog stop`
  * read. One angel per directory (DIR/angel.lock).
  */
@@ -11,6 +15,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { MqlogError } from '../errors.js';
 import { Lock } from '../log/lock.js';
+import { rm } from 'node:fs/promises';
+import { isErrorCode, type ErrorCode } from '../errors.js';
 import { ensureDir, readFileIfExists, writeFileAtomic } from '../util/fs.js';
 import { RotatingFile } from '../util/rotating-file.js';
 import { DAEMON_LOCK } from './daemon.js';
@@ -29,7 +35,14 @@ export interface AngelState {
   readonly state: 'starting' | 'running' | 'restarting' | 'stopping' | 'stopped' | 'failed';
   readonly startedAt: string;
   readonly lastExit: string | null;
+  /** The error the daemon last exited with (its `mqlog: ERR_…: message` line), if it printed one. */
+  readonly lastError?: { readonly code: ErrorCode; readonly message: string } | null;
 }
+
+/** Daemon errors that a restart cannot fix: the angel gives up at once. */
+const NEVER_RETRIED: ReadonlySet<ErrorCode> = new Set(['ERR_CONFIG']);
+/** Daemon errors not retried while the daemon has never come up under this angel (a fresh `mqlog start`). */
+const NOT_RETRIED_AT_BOOT: ReadonlySet<ErrorCode> = new Set(['ERR_CONFIG', 'ERR_ADDRESS_IN_USE']);
 
 export interface AngelOptions {
   readonly dataDir: string;
@@ -52,6 +65,14 @@ export async function readAngelState(dataDir: string): Promise<AngelState | unde
   } catch (err) {
     throw new MqlogError('ERR_CORRUPT_STATE', `${join(dataDir, ANGEL_STATE)} is not valid JSON`, { cause: err });
   }
+}
+
+/**
+ * Removes the state a previous angel left (call only when no angel runs on `dataDir`), so that a new
+ * start never reports an old failure and `status` never shows an old angel's state as the new one's.
+ */
+export async function clearAngelState(dataDir: string): Promise<void> {
+  await rm(join(dataDir, ANGEL_STATE), { force: true });
 }
 
 /** True when a process with this pid exists. */
@@ -93,12 +114,16 @@ class Supervisor {
   private wake: (() => void) | undefined;
   private publishing: Promise<void> = Promise.resolve();
   private lastDaemonPid: number | undefined;
+  /** True once a daemon of this angel has listened. */
+  private cameUp = false;
+  /** The `mqlog: ERR_…: message` line the current daemon printed on stderr, if any. */
+  private daemonError: { code: ErrorCode; message: string } | null = null;
 
   constructor(options: AngelOptions, logger: Logger, daemonLog: RotatingFile) {
     this.options = options;
     this.logger = logger;
     this.daemonLog = daemonLog;
-    this.state = { angelPid: process.pid, daemonPid: null, restarts: 0, listen: null, state: 'starting', startedAt: new Date().toISOString(), lastExit: null };
+    this.state = { angelPid: process.pid, daemonPid: null, restarts: 0, listen: null, state: 'starting', startedAt: new Date().toISOString(), lastExit: null, lastError: null };
   }
 
   async run(): Promise<number> {
@@ -108,8 +133,14 @@ class Supervisor {
       this.child?.kill('SIGTERM');
       this.wake?.();
     };
+    // SIGHUP is for the daemon (a reload), not a reason for the angel to die.
+    const onHangup = (): void => {
+      this.logger.info({ event: 'signal', signal: 'SIGHUP' }, 'passing SIGHUP (reload) to the daemon');
+      this.child?.kill('SIGHUP');
+    };
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
+    process.on('SIGHUP', onHangup);
     const fastCrashes: number[] = [];
     try {
       for (;;) {
@@ -117,11 +148,17 @@ class Supervisor {
         const startedAt = Date.now();
         const { code, signal } = await this.runDaemon();
         const lastExit = signal !== null ? `killed by ${signal}` : `exit code ${code}`;
-        await this.publish({ daemonPid: null, listen: null, lastExit });
+        const lastError = this.daemonError;
+        await this.publish({ daemonPid: null, listen: null, lastExit, lastError });
         if (this.stopping || (code === 0 && signal === null)) {
           this.logger.info({ event: 'daemon_stopped', code, signal }, 'daemon stopped');
           await this.publish({ state: 'stopped' });
           return 0;
+        }
+        if (lastError !== null && (NEVER_RETRIED.has(lastError.code) || (!this.cameUp && NOT_RETRIED_AT_BOOT.has(lastError.code)))) {
+          this.logger.error({ event: 'giving_up', crashes: 1, lastExit, code: lastError.code, error: lastError.message }, `giving up: the daemon cannot run as configured (${lastError.code}: ${lastError.message}); a restart would fail the same way`);
+          await this.publish({ state: 'failed' });
+          return 1;
         }
         // The daemon was our child and is gone: its lock need not go stale before the restart.
         if (this.lastDaemonPid !== undefined) await Lock.breakIfHolderDied(join(this.options.dataDir, DAEMON_LOCK), this.lastDaemonPid).catch(() => false);
@@ -146,6 +183,7 @@ class Supervisor {
     } finally {
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);
+      process.off('SIGHUP', onHangup);
     }
   }
 
@@ -156,6 +194,7 @@ class Supervisor {
     });
     this.child = child;
     this.lastDaemonPid = child.pid;
+    this.daemonError = null;
     this.logger.info({ event: 'daemon_started', daemonPid: child.pid, restarts: this.state.restarts }, 'daemon started');
     void this.publish({ daemonPid: child.pid ?? null });
     let pending = '';
@@ -166,12 +205,21 @@ class Supervisor {
       const match = /listening on https?:\/\/(\S+)/.exec(pending);
       if (match !== null) {
         pending = '';
+        this.cameUp = true;
         void this.publish({ listen: match[1] ?? null, state: 'running' });
       } else if (pending.length > 65536) {
         pending = pending.slice(-1024);
       }
     });
-    child.stderr.on('data', (chunk: Buffer) => this.daemonLog.write(chunk));
+    let errText = '';
+    child.stderr.on('data', (chunk: Buffer) => {
+      this.daemonLog.write(chunk);
+      // The CLI ends a failed daemon with one line `mqlog: ERR_CODE: message` (the last such line counts).
+      errText = (errText + chunk.toString('utf8')).slice(-65536);
+      for (const match of errText.matchAll(/^mqlog: (ERR_[A-Z_]+): (.*)$/gm)) {
+        if (isErrorCode(match[1])) this.daemonError = { code: match[1], message: match[2] ?? '' };
+      }
+    });
     return new Promise((resolve) => {
       child.once('exit', (code, signal) => {
         this.child = undefined;

@@ -1,9 +1,12 @@
 /**
  * A node's configuration: `DIR/mqlog.json`, validated on load, with command-line overrides on top.
- * A missing file means defaults; an unknown key or a wrong value is ERR_CONFIG naming the key.
- * Every key, its default and its meaning is listed in KEYS below and in the README.
+ * A missing file means defaults; unknown keys and wrong values are one ERR_CONFIG naming every one of them.
+ * Validation runs in two passes: CONFIG_SCHEMA (JSON Schema, checked by ajv with all errors collected)
+ * for the shape, types, ranges and unknown keys; then KEYS below for what a schema cannot say (URLs
+ * normalized to their origin, byte lengths). Every key, its default and its meaning is in KEYS and the README.
  */
 import { hostname } from 'node:os';
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { join } from 'node:path';
 import { MqlogError } from '../errors.js';
 import { parseNatsUrl } from '../transport/nats-address.js';
@@ -256,23 +259,130 @@ export async function loadConfig(dataDir: string, overrides: Partial<Record<keyo
 
 /** Validates a config object; `source` names it in errors. */
 export function parseConfig(input: Record<string, unknown>, source = CONFIG_FILE): Config {
+  const problems = schemaProblems(input);
   const out: Record<string, unknown> = { ...DEFAULTS, name: defaultName() };
   for (const [key, value] of Object.entries(input)) {
     // Own keys only: `constructor`, `toString`, `__proto__`… are unknown keys like any other.
     const check = Object.hasOwn(KEYS, key) ? (KEYS as Record<string, Check>)[key] : undefined;
     if (check === undefined) {
-      throw new MqlogError('ERR_CONFIG', `${source}: unknown key "${key}"`, { details: { key } });
+      if (!problems.some((p) => p.key === key)) problems.push({ key, message: `unknown key "${key}"` });
+      continue;
     }
+    // A key the schema refused is reported once, as the schema says.
+    if (problems.some((p) => p.key === key || p.key.startsWith(`${key}.`) || p.key.startsWith(`${key}[`))) continue;
     try {
       out[key] = check(value, key);
     } catch (err) {
-      if (err instanceof MqlogError) {
-        throw new MqlogError('ERR_CONFIG', `${source}: ${err.message}`, { details: { key }, cause: err });
-      }
-      throw err;
+      if (!(err instanceof MqlogError)) throw err;
+      problems.push({ key: typeof err.details?.key === 'string' ? err.details.key : key, message: err.message });
     }
   }
+  if (problems.length > 0) {
+    const keys = problems.map((p) => p.key);
+    throw new MqlogError('ERR_CONFIG', `${source}: ${problems.map((p) => p.message).join('; ')}`, { details: { key: keys[0], keys } });
+  }
   return out as unknown as Config;
+}
+
+interface Problem {
+  /** The key's path (`limits.maxBodyBytes`, `peers.b.url`, `sources[0].durable`). */
+  readonly key: string;
+  readonly message: string;
+}
+
+const LISTEN_PATTERN = '^(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9.-]+):(\\d{1,4}|[1-5]\\d{4}|6[0-4]\\d{3}|65[0-4]\\d{2}|655[0-2]\\d|6553[0-5])$';
+const NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$';
+const NAME_RULE = 'a name of 1-63 characters from [A-Za-z0-9._-], starting with a letter or digit';
+const int = (minimum: number, maximum: number): object => ({ type: 'integer', minimum, maximum });
+const str = (extra: object = {}): object => ({ type: 'string', ...extra });
+const object = (properties: Record<string, object>, extra: object = {}): object => ({ type: 'object', properties, additionalProperties: false, ...extra });
+
+/** The shape of mqlog.json as JSON Schema (draft 7): every key, its type and range; nothing else allowed. */
+export const CONFIG_SCHEMA = object({
+  name: str({ pattern: NAME_PATTERN, description: NAME_RULE }),
+  listen: str({ pattern: LISTEN_PATTERN, description: 'a HOST:PORT string' }),
+  advertise: str({ pattern: '^https?://', description: 'an http:// or https:// URL' }),
+  peers: {
+    type: 'object',
+    propertyNames: { pattern: NAME_PATTERN },
+    // nats and options (per-transport settings) are checked in detail by checkPeers.
+    additionalProperties: object({ url: str({ pattern: '^(https?|nats)://', description: 'an http:// or https:// URL, or nats://HOST:PORT/STREAM' }), key: str({ minLength: 16 }), nats: {}, options: {} }, { required: ['url'] }),
+  },
+  segmentBytes: int(1024, 2 ** 40),
+  segmentRollIdleMs: int(0, 2 ** 31),
+  maxQueueBytes: { type: ['integer', 'null'], minimum: 1024, maximum: Number.MAX_SAFE_INTEGER },
+  visibilityTimeoutMs: int(1, 2 ** 31),
+  renewLeases: { type: 'boolean' },
+  maxDeliveries: int(1, 1_000_000),
+  handlerConcurrency: int(1, 1024),
+  handlerTimeoutMs: int(1, 2 ** 31),
+  handlerRetryDelayMs: int(0, 3_600_000),
+  retainDoneMs: int(0, Number.MAX_SAFE_INTEGER),
+  retainReceiptsMs: int(0, Number.MAX_SAFE_INTEGER),
+  compactIntervalMs: int(0, 86_400_000),
+  allowUnauthenticated: { type: 'boolean' },
+  tls: object({ cert: str({ minLength: 1 }), key: str({ minLength: 1 }), ca: str({ minLength: 1 }), requireClientCert: { type: 'boolean' } }),
+  limits: object({
+    maxRequestBytes: int(1024, 1024 * 1024 * 1024),
+    maxFramesPerRequest: int(1, 1_000_000),
+    maxBodyBytes: int(0, 64 * 1024 * 1024),
+    maxStreamedBodyBytes: int(0, Number.MAX_SAFE_INTEGER),
+    maxHeaders: int(0, 64),
+    maxHeaderBytes: int(0, 1024 * 1024),
+    maxChannelBytes: int(1, 255),
+    connectionTimeoutMs: int(100, 86_400_000),
+    requestTimeoutMs: int(100, 86_400_000),
+    maxConcurrentRequestsPerPeer: int(1, 1024),
+    maxClockSkewMs: int(1000, 86_400_000),
+  }),
+  admin: object({ listen: str({ pattern: LISTEN_PATTERN, description: 'a HOST:PORT string' }), token: str({ minLength: 16 }) }),
+  sources: {
+    type: 'array',
+    items: object({ url: str({ pattern: '^nats://', description: 'nats://HOST:PORT/STREAM' }), durable: str({ pattern: NAME_PATTERN, description: NAME_RULE }), subject: str({ pattern: '^[A-Za-z0-9_.*>%-]{1,255}$', description: 'a NATS subject' }), channel: str({ minLength: 1 }) }, { required: ['url', 'durable'] }),
+  },
+});
+
+let validator: ValidateFunction | undefined;
+
+/** Every problem the schema finds (not only the first), each naming its key. */
+function schemaProblems(input: Record<string, unknown>): Problem[] {
+  // verbose: errors carry their schema, whose description says what a pattern means.
+  // Keys the schema does not describe in detail are still known keys: KEYS checks them.
+  const schema = CONFIG_SCHEMA as { properties: Record<string, object> };
+  const properties = { ...Object.fromEntries(Object.keys(KEYS).map((key) => [key, {}])), ...schema.properties };
+  validator ??= new Ajv({ allErrors: true, strict: true, verbose: true }).compile({ ...schema, properties });
+  if (validator(input)) return [];
+  const problems: Problem[] = [];
+  for (const error of validator.errors ?? []) {
+    const problem = describe(error);
+    if (problem !== undefined && !problems.some((p) => p.message === problem.message)) problems.push(problem);
+  }
+  return problems;
+}
+
+function describe(error: ErrorObject): Problem | undefined {
+  const at = error.instancePath
+    .split('/')
+    .slice(1)
+    .map((part) => part.replace(/~1/g, '/').replace(/~0/g, '~'))
+    .reduce((path, part) => (/^\d+$/.test(part) && path === 'sources' ? `${path}[${part}]` : path === '' ? part : `${path}.${part}`), '');
+  const params = error.params as Record<string, unknown>;
+  switch (error.keyword) {
+    case 'additionalProperties': {
+      const key = at === '' ? String(params.additionalProperty) : `${at}.${String(params.additionalProperty)}`;
+      return { key, message: `unknown key "${key}"` };
+    }
+    case 'propertyNames':
+      return { key: at, message: `${at} name "${String(params.propertyName)}" must be ${NAME_RULE}` };
+    case 'pattern':
+      // Reported with the name by propertyNames.
+      if (error.propertyName !== undefined) return undefined;
+      return { key: at, message: `${at} must be ${String((error.parentSchema as { description?: string } | undefined)?.description ?? `a string matching ${String(params.pattern)}`)}` };
+    case 'required':
+      return { key: at === '' ? String(params.missingProperty) : `${at}.${String(params.missingProperty)}`, message: `${at === '' ? '' : `${at}.`}${String(params.missingProperty)} is missing` };
+    default:
+      return { key: at, message: `${at === '' ? 'the configuration' : at} ${error.message ?? 'is not valid'}` };
+  }
 }
 
 /** The URL this node tells peers to answer to. */

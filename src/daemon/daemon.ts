@@ -1,7 +1,11 @@
 /**
  * The daemon: one per node directory (held by `DIR/daemon.lock`). It runs the HTTP receiver, one
  * forwarder per destination, and the periodic work (dedup checkpoints). `stop()` stops taking requests,
- * lets in-flight batches finish in both directions, saves state and releases the lock.
+ * lets in-flight batches finish in both directions, saves state and releases the lock. `reload()`
+ * re-reads mqlog.json and applies its peers (URLs and keys) while running: a changed or removed peer's
+ * forwarder finishes its batch in flight and stops, a new one starts; the receiver checks signatures
+ * against the new keys from the next request on. Keys baked into the listening servers (listen, tls,
+ * limits, admin, …) are reported as needing a restart.
  */
 import type { FastifyInstance } from 'fastify';
 import { join, resolve } from 'node:path';
@@ -45,11 +49,17 @@ export interface DaemonOptions {
   /** Path of an ES module whose default (or `handle`) export processes inbox messages. */
   readonly handler?: string;
   readonly logger?: Logger;
+  /**
+   * Called when the daemon lost its lock (`DIR/daemon.lock` could not be kept fresh or was removed):
+   * the daemon has begun to stop, and another daemon may now run on the directory. Default: nothing more.
+   */
+  readonly onLockLost?: (err: MqlogError) => void;
 }
 
 export class Daemon {
   readonly dataDir: string;
-  readonly config: Config;
+  /** The configuration in force: the one loaded at start, with the peers of the last reload. */
+  config: Config;
   readonly nodeId: string;
   readonly logger: Logger;
   /** `http://HOST:PORT` the receiver listens on (the real port when 0 was asked for). */
@@ -83,8 +93,15 @@ export class Daemon {
   /** Keeps what it learnt from round to round: each round does work in proportion to what changed. */
   private compactor: Compactor | undefined;
   private stopping: Promise<void> | undefined;
+  /** The peers' keys the receiver checks signatures with; reload() updates it in place. */
+  private readonly peerKeys = new Map<string, string>();
+  private readonly listenOverride: string | undefined;
+  private reloading: Promise<ReloadResult> | undefined;
+  /** True once the peer server listens (for /readyz). */
+  private listening = false;
 
-  private constructor(node: MqlogNode, lock: Lock, logger: Logger, handlerPath: string | undefined, metrics: Metrics) {
+  private constructor(node: MqlogNode, lock: Lock, logger: Logger, handlerPath: string | undefined, metrics: Metrics, listenOverride: string | undefined) {
+    this.listenOverride = listenOverride;
     this.node = node;
     this.metrics = metrics;
     this.dataDir = node.dataDir;
@@ -97,15 +114,17 @@ export class Daemon {
 
   /**
    * Starts a daemon on `data`.
-   * @throws ERR_LOCKED when another daemon runs on the same directory, ERR_CONFIG, ERR_IO (port in use).
+   * @throws ERR_LOCKED when another daemon runs on the same directory, ERR_CONFIG, ERR_ADDRESS_IN_USE, ERR_IO.
    */
   static async start(options: DaemonOptions): Promise<Daemon> {
     const dataDir = resolve(options.data);
     const config = await loadConfig(dataDir, options.listen === undefined ? {} : { listen: options.listen });
     await ensureDir(dataDir);
     let lock: Lock;
+    // Set once the daemon exists; a lock lost before that fails the start through the lock's own checks.
+    const lockLost: { handle?: (err: MqlogError) => void } = {};
     try {
-      lock = await Lock.acquire(join(dataDir, DAEMON_LOCK), { waitForDeadHolder: true });
+      lock = await Lock.acquire(join(dataDir, DAEMON_LOCK), { waitForDeadHolder: true, onCompromised: (err) => lockLost.handle?.(err) });
     } catch (err) {
       if (err instanceof MqlogError && err.code === 'ERR_LOCKED') {
         throw new MqlogError('ERR_LOCKED', `another daemon is running on ${dataDir}`, { details: { path: dataDir }, cause: err });
@@ -131,7 +150,13 @@ export class Daemon {
       await lock.release();
       throw err;
     }
-    const daemon = new Daemon(node, lock, logger, options.handler, metrics);
+    const daemon = new Daemon(node, lock, logger, options.handler, metrics, options.listen);
+    lockLost.handle = (err) => {
+      // Stop taking requests and forwarding at once: another daemon may own the directory now.
+      logger.error({ event: 'lock_lost', err }, 'lost the daemon lock; stopping');
+      daemon.stop().catch((stopErr: unknown) => logger.error({ event: 'stop_failed', err: stopErr }, 'cannot stop cleanly after losing the lock'));
+      options.onLockLost?.(err);
+    };
     try {
       await daemon.boot();
     } catch (err) {
@@ -169,7 +194,7 @@ export class Daemon {
       {
         onReceipt: async (report, from, authenticated) => {
           // An authenticated peer reports only on messages sent to it, not on those of another peer.
-          if (authenticated && Object.hasOwn(config.peers, report.destination) && report.destination !== from) {
+          if (authenticated && Object.hasOwn(this.config.peers, report.destination) && report.destination !== from) {
             logger.warn({ event: 'receipt_refused', id: report.id, peer: report.destination, from }, 'a peer reported on a message sent to another peer');
             return;
           }
@@ -190,12 +215,19 @@ export class Daemon {
       },
     );
     this.tls = await loadTls(config.tls);
+    for (const [name, peer] of Object.entries(config.peers)) if (peer.key !== undefined) this.peerKeys.set(name, peer.key);
     const servers = createServers({
       config,
+      peerKeys: this.peerKeys,
       logger,
       tls: this.tls,
       sink: new IntakeSink(this.intake),
       healthy: () => this.stopping === undefined,
+      notReady: () => [
+        ...(this.listening ? [] : ['the receiver is not listening yet']),
+        ...(this.intake === undefined || this.backlog === undefined ? ['the queues are not open yet'] : []),
+        ...(this.stopping === undefined ? [] : ['the daemon is shutting down']),
+      ],
       readOnly: {
         // Counted up to the request: what was appended before it shows.
         metrics: async () => {
@@ -218,7 +250,7 @@ export class Daemon {
     this.feed = node.outbox.changes();
     await this.feed.whenReady();
     const recorded = await node.outbox.destinations();
-    this.backlog = new OutboxBacklog(node.store, node.outbox.info, await node.outbox.state(), () => [...Object.keys(config.peers), ...recorded], {
+    this.backlog = new OutboxBacklog(node.store, node.outbox.info, await node.outbox.state(), () => [...Object.keys(this.config.peers), ...recorded], {
       appended: (meta) => this.metrics.appended.inc({ channel: meta.channel }),
       changed: (peer, backlog) => this.metrics.backlog.set({ peer }, backlog),
     });
@@ -233,6 +265,7 @@ export class Daemon {
     this.syncForwardersSoon();
 
     this.url = await listen(servers.peer, config.listen, scheme(this.tls));
+    this.listening = true;
     if (servers.admin !== undefined && config.admin.listen !== undefined) {
       this.adminUrl = await listen(servers.admin, config.admin.listen, 'http');
       logger.info({ event: 'admin', url: this.adminUrl }, 'read-only endpoints on their own address');
@@ -432,6 +465,51 @@ export class Daemon {
     }
   }
 
+  /**
+   * Re-reads mqlog.json and applies its peers without a restart (one reload at a time). A forwarder whose
+   * peer changed (URL or key) or went away lets its batch in flight finish, then stops; forwarders for
+   * new or changed peers start, including for messages already waiting for a destination that was
+   * unknown until now. Other changed keys need a restart: they are returned (and logged), not applied.
+   * @throws ERR_CONFIG when the file is invalid; the running configuration is then kept unchanged.
+   */
+  reload(): Promise<ReloadResult> {
+    const previous = this.reloading ?? Promise.resolve(undefined);
+    const next = previous.catch(() => undefined).then(() => this.applyReload());
+    this.reloading = next;
+    return next;
+  }
+
+  private async applyReload(): Promise<ReloadResult> {
+    if (this.stopping !== undefined) throw new MqlogError('ERR_CLOSED', 'the daemon is stopping');
+    const next = await loadConfig(this.dataDir, this.listenOverride === undefined ? {} : { listen: this.listenOverride });
+    const old = this.config;
+    const changed = (Object.keys(next) as (keyof Config)[]).filter((key) => JSON.stringify(next[key]) !== JSON.stringify(old[key]));
+    const hadKeys = Object.values(old.peers).some((p) => p.key !== undefined);
+    const hasKeys = Object.values(next.peers).some((p) => p.key !== undefined);
+    // Going from no keys to keys (or back) changes how every request is authenticated: that needs a restart.
+    const needsRestart = changed.filter((key) => key !== 'peers' || hadKeys !== hasKeys);
+    const peersChanged = Object.keys({ ...old.peers, ...next.peers }).filter((name) => JSON.stringify(old.peers[name]) !== JSON.stringify(next.peers[name]));
+    this.config = { ...old, peers: next.peers };
+    this.peerKeys.clear();
+    for (const [name, peer] of Object.entries(next.peers)) if (peer.key !== undefined) this.peerKeys.set(name, peer.key);
+    await this.syncing;
+    // Stopped while still in the map, so that no sync starts a second forwarder on the same queue meanwhile.
+    const stale = peersChanged.flatMap((name) => {
+      const entry = this.forwarders.get(name);
+      return entry === undefined ? [] : [[name, entry] as const];
+    });
+    await Promise.all(stale.map(async ([, { forwarder, sender }]) => {
+      await forwarder.stop();
+      await sender.close();
+    }));
+    for (const [name] of stale) this.forwarders.delete(name);
+    await this.syncing;
+    this.syncForwardersSoon();
+    await this.syncing;
+    this.logger.info({ event: 'reloaded', peers: peersChanged, needsRestart }, needsRestart.length === 0 ? 'configuration reloaded' : `configuration reloaded; a restart applies ${needsRestart.join(', ')}`);
+    return { peers: peersChanged, needsRestart };
+  }
+
   /** One background compaction round at a time; appends and reads never wait for it. */
   private compactInBackground(): void {
     if (this.compacting !== undefined || this.stopping !== undefined) return;
@@ -463,6 +541,7 @@ export class Daemon {
   /** Graceful stop; idempotent. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
+      await this.reloading?.catch(() => undefined);
       for (const timer of this.timers) clearInterval(timer);
       // A compaction round stops at once (inside a segment too): a shutdown does not wait for it.
       this.compactStop.abort();
@@ -488,12 +567,23 @@ export class Daemon {
   }
 }
 
+/** What a reload applied. */
+export interface ReloadResult {
+  /** Peers added, changed (URL or key) or removed. */
+  readonly peers: readonly string[];
+  /** Changed top-level keys that take effect only after a restart. */
+  readonly needsRestart: readonly string[];
+}
+
 /** Starts listening and returns the URL (with the real port when 0 was asked for). */
 async function listen(app: FastifyInstance, address: string, protocol: 'http' | 'https'): Promise<string> {
   const [host, port] = splitListen(checkListen(address, 'listen'));
   try {
     await app.listen({ host, port });
   } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      throw new MqlogError('ERR_ADDRESS_IN_USE', `cannot listen on ${address}: another process listens there`, { details: { listen: address }, cause: err });
+    }
     throw new MqlogError('ERR_IO', `cannot listen on ${address}: ${(err as Error).message}`, { cause: err });
   }
   const bound = app.server.address();

@@ -92,17 +92,21 @@ export interface Servers {
 
 export function createServers(options: {
   config: Config;
+  /** The peers' keys signatures are checked with (default: from config); changes to the map apply at once. */
+  peerKeys?: ReadonlyMap<string, string>;
   logger: Logger;
   tls: TlsMaterial;
   sink: BatchSink;
   healthy: () => boolean;
+  /** What GET /readyz reports: ready (200) when nothing is listed as not ready, else 503 with the reasons. */
+  notReady?: () => readonly string[];
   readOnly: ReadOnlyRoutes;
 }): Servers {
   const { config, logger, tls } = options;
   const peer = createApp(config, logger, tls, true);
   const mode = authMode(config);
   const verifier = new RequestVerifier({
-    keys: new Map(Object.entries(config.peers).flatMap(([name, p]) => (p.key === undefined ? [] : [[name, p.key] as const]))),
+    keys: options.peerKeys ?? new Map(Object.entries(config.peers).flatMap(([name, p]) => (p.key === undefined ? [] : [[name, p.key] as const]))),
     maxSkewMs: config.limits.maxClockSkewMs,
   });
   registerHttpReceiver(peer, {
@@ -123,6 +127,13 @@ export function createServers(options: {
   const admin = config.admin.listen === undefined ? undefined : createApp(config, logger, tls, false);
   registerReadOnly(admin ?? peer, options.readOnly, config.admin.token);
   if (admin !== undefined) admin.get('/healthz', async (_request, reply) => reply.code(options.healthy() ? 200 : 503).send({ ok: options.healthy() }));
+  // Readiness beside liveness: /healthz says the process serves, /readyz that it can take work now.
+  for (const app of admin === undefined ? [peer] : [peer, admin]) {
+    app.get('/readyz', async (_request, reply) => {
+      const reasons = options.notReady?.() ?? [];
+      return reply.code(reasons.length === 0 ? 200 : 503).header('cache-control', 'no-store').send({ ready: reasons.length === 0, reasons });
+    });
+  }
   return { peer, admin, mode };
 }
 

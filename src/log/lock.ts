@@ -54,6 +54,11 @@ export interface LockOptions {
    * turns get their turn rather than the holder taking it again and again.
    */
   readonly wakeOnChange?: boolean;
+  /**
+   * Called once if the lock is compromised while held (it could not be kept fresh, or its directory was
+   * removed): another process may take it over, so the holder must stop writing.
+   */
+  readonly onCompromised?: (err: MqlogError) => void;
 }
 
 export class Lock {
@@ -96,7 +101,9 @@ export class Lock {
           update: Math.min(UPDATE_EVERY_MS, Math.floor(staleMs / 2)),
           retries: 0,
           onCompromised: (err: Error) => {
+            if (lock.compromisedBy !== undefined) return;
             lock.compromisedBy = err;
+            options.onCompromised?.(new MqlogError('ERR_LOCKED', `lost the lock ${path}: ${err.message}`, { details: { path }, cause: err }));
           },
         });
       } catch (err) {
@@ -143,6 +150,16 @@ export class Lock {
     const owner = await readOwner(path);
     if (owner.kind !== 'owner' || owner.owner.pid !== pid) return false;
     return takeOverIfDead(path);
+  }
+
+  /**
+   * The pid of the live process of this host recorded as holding the lock at `path`, if any (to signal
+   * a running daemon); undefined when none is recorded, it runs elsewhere, or it is gone.
+   */
+  static async holderPid(path: string): Promise<number | undefined> {
+    const owner = await readOwner(path);
+    if (owner.kind !== 'owner' || owner.owner.host !== hostname() || (await holderIsDead(owner.owner))) return undefined;
+    return owner.owner.pid;
   }
 
   /** True once the lock could not be kept fresh: another process may have taken it over. */

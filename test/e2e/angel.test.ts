@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { defer, jsonLines, mqlog, tempDir, waitFor, type RunResult } from '../helpers/index.js';
@@ -389,4 +390,82 @@ test('the angel gives up on a daemon that crashes at every boot: start fails wit
   assert.deepEqual(await processesOf(n!.dir), []);
   const s = await status(n!.dir);
   assert.equal(s.running, false);
+});
+
+test('mqlog start with a bad config fails within seconds with the daemon\'s ERR_CONFIG, which the angel does not retry; the next start after the fix never reports the old failure', async (t) => {
+  const root = await tempDir(t);
+  const { n } = await makeNodes(root, ['n']);
+  const config = JSON.parse(await readFile(join(n!.dir, 'mqlog.json'), 'utf8')) as Record<string, unknown>;
+  await writeFile(join(n!.dir, 'mqlog.json'), JSON.stringify({ ...config, segmentByts: 4096 }));
+  const since = Date.now();
+  const failed = await start(t, n!.dir);
+  const took = Date.now() - since;
+  assert.equal(failed.code, 1, `start fails (stdout: ${failed.stdout}, stderr: ${failed.stderr})`);
+  assert.match(failed.stderr, /^mqlog: ERR_CONFIG: .*segmentByts.*\n$/, 'the daemon\'s own code and message, on one line');
+  assert.ok(took < 30_000, `start failed after ${took} ms`);
+  const angelLog = await logEvents(join(n!.dir, 'logs', 'angel.log'));
+  assert.equal(angelLog.filter((e) => e.event === 'daemon_started').length, 1, `one attempt, no retry: ${JSON.stringify(angelLog)}`);
+  const angelPid = angelLog[0]!.pid as number;
+  await waitFor(() => gone(angelPid), { timeoutMs: 30_000, message: 'the angel to exit' });
+  assert.equal((await status(n!.dir)).running, false);
+
+  // Fixed: the next start runs, and neither it nor status shows the failed angel's state.
+  await writeFile(join(n!.dir, 'mqlog.json'), JSON.stringify(config));
+  const started = await start(t, n!.dir);
+  assert.equal(started.code, 0, started.stderr);
+  const s = await status(n!.dir);
+  assert.equal(s.running, true);
+  assert.equal(s.restarts, 0);
+  assert.notEqual(s.angelPid, angelPid);
+  assert.equal(await healthz(n!.url), 200);
+});
+
+test('mqlog start on a port in use fails within seconds with ERR_ADDRESS_IN_USE naming the address, and leaves nothing running', async (t) => {
+  const root = await tempDir(t);
+  const { n } = await makeNodes(root, ['n']);
+  const squatter = createServer();
+  await new Promise<void>((resolve) => squatter.listen(n!.port, '127.0.0.1', resolve));
+  defer(t, () => new Promise<void>((resolve) => squatter.close(() => resolve())));
+  const since = Date.now();
+  const failed = await start(t, n!.dir);
+  const took = Date.now() - since;
+  assert.equal(failed.code, 1, `start fails (stdout: ${failed.stdout}, stderr: ${failed.stderr})`);
+  assert.match(failed.stderr, new RegExp(`^mqlog: ERR_ADDRESS_IN_USE: .*127\\.0\\.0\\.1:${n!.port}.*\\n$`));
+  assert.ok(took < 30_000, `start failed after ${took} ms`);
+  const angelLog = await logEvents(join(n!.dir, 'logs', 'angel.log'));
+  assert.equal(angelLog.filter((e) => e.event === 'daemon_started').length, 1, 'one attempt, no retry');
+  await waitFor(async () => (await processesOf(n!.dir)).length === 0, { timeoutMs: 30_000, message: 'nothing left running' });
+});
+
+test('a fresh start ignores the state a previous angel left: start succeeds and status shows the new angel only', async (t) => {
+  const root = await tempDir(t);
+  const { n } = await makeNodes(root, ['n']);
+  // What a crashed, given-up angel leaves behind (its pid long gone).
+  await writeFile(join(n!.dir, 'angel.json'), JSON.stringify({ angelPid: 2 ** 22 + 7, daemonPid: null, restarts: 4, listen: null, state: 'failed', startedAt: new Date(0).toISOString(), lastExit: 'exit code 1' }));
+  const started = await start(t, n!.dir);
+  assert.equal(started.code, 0, started.stderr);
+  const s = await status(n!.dir);
+  assert.equal(s.running, true);
+  assert.equal(s.restarts, 0, 'not the previous angel\'s restarts');
+});
+
+test('SIGHUP to the angel reaches the daemon as a reload, killing neither; mqlog restart replaces both and the node serves again', async (t) => {
+  const root = await tempDir(t);
+  const { n } = await makeNodes(root, ['n']);
+  const started = await start(t, n!.dir);
+  assert.equal(started.code, 0, started.stderr);
+  const before = await status(n!.dir);
+  process.kill(before.angelPid!, 'SIGHUP');
+  await waitFor(async () => (await readFile(join(n!.dir, 'logs', 'daemon.log'), 'utf8')).includes('"event":"reloaded"'), { message: 'the daemon reloaded' });
+  assert.deepEqual(await status(n!.dir), before, 'the same angel and daemon run on');
+
+  const restarted = await mqlog(['restart', '--data', n!.dir], { timeoutMs: 90_000 });
+  assert.equal(restarted.code, 0, restarted.stderr);
+  assert.match(restarted.stdout, /^stopped\nstarted: /);
+  const after = await status(n!.dir);
+  assert.equal(after.running, true);
+  assert.notEqual(after.daemonPid, before.daemonPid);
+  assert.equal(after.restarts, 0);
+  assert.ok(gone(before.angelPid!) && gone(before.daemonPid!), 'the old processes are gone');
+  assert.equal(await healthz(n!.url), 200);
 });
