@@ -123,6 +123,10 @@ export class Daemon {
           metrics.tornTails.inc();
           logger.warn({ event: 'torn_tail', stream, path: tail.path, position: tail.position, bytes: tail.bytes, reason: tail.reason, savedAs: tail.savedAs ?? null }, 'cut off a torn tail (a write that never completed its fsync)');
         },
+        onDamaged: (queue, range) => {
+          metrics.damagedRanges.inc();
+          logger.warn({ event: 'damaged_range', queue, stream: range.stream, path: range.path, position: range.position, bytes: range.bytes, reason: range.reason }, 'passed over damaged bytes; reading went on after them');
+        },
       });
     } catch (err) {
       await lock.release();

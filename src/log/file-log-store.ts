@@ -16,6 +16,7 @@ import { Lock } from './lock.js';
 import type {
   ChangeFeed,
   CompactOptions,
+  DamagedRange,
   FrameHint,
   KeepFrame,
   LogReader,
@@ -51,6 +52,11 @@ export interface FileLogStoreOptions {
   readonly segmentBytes?: number;
   /** Idle time after which a writer seals its open segment (WriterOptions.rollIdleMs). */
   readonly rollIdleMs?: number;
+  /**
+   * Called for each damaged range one of this store's readers passes over (spec/log-format.md §3.4), in
+   * addition to the reader's own `onDamaged`: for the owner's log and counters.
+   */
+  readonly onDamaged?: (queue: string, range: DamagedRange) => void;
 }
 
 export class FileLogStore implements LogStore {
@@ -109,7 +115,13 @@ export class FileLogStore implements LogStore {
   }
 
   reader(queue: string, stream: string, from?: StreamPosition, options: ReaderOptions = {}): LogReader {
-    return new StreamReader(this.streamDir(queue, stream), from, options, this.indexes);
+    const own = this.options.onDamaged;
+    const theirs = options.onDamaged;
+    const onDamaged = own === undefined ? theirs : (range: DamagedRange): void => {
+      own(queue, range);
+      theirs?.(range);
+    };
+    return new StreamReader(this.streamDir(queue, stream), from, onDamaged === undefined ? options : { ...options, onDamaged }, this.indexes);
   }
 
   async frameAt(queue: string, stream: string, offset: number, hint?: FrameHint): Promise<StoredFrame | undefined> {

@@ -108,11 +108,29 @@ export interface TruncatedTail extends TornTail {
   readonly savedAs: string | undefined;
 }
 
+/**
+ * Bytes of a segment that hold no readable frame, passed over by a reader (spec/log-format.md §3.4):
+ * from the start of a corrupt frame (or a torn end of a sealed segment) to the next valid frame, or to
+ * the end of the segment.
+ */
+export interface DamagedRange {
+  readonly stream: string;
+  /** Base offset of the segment. */
+  readonly segment: number;
+  readonly path: string;
+  /** File byte offset where the damaged frame starts. */
+  readonly position: number;
+  readonly bytes: number;
+  readonly reason: string;
+}
+
 export interface StreamRead {
   readonly frames: StoredFrame[];
   /** `more`: a limit stopped the read; `end`: all data read; `torn`: the data ends in a torn (or in-progress) write. */
   readonly state: 'more' | 'end' | 'torn';
   readonly torn?: TornTail;
+  /** Damaged ranges this read passed over (resynchronising after each), in stream order. */
+  readonly damaged?: readonly DamagedRange[];
 }
 
 export interface ReadLimits {
@@ -135,6 +153,8 @@ export interface ReaderOptions {
    * (up to 256 KiB) in memory.
    */
   readonly lend?: boolean;
+  /** Called for each damaged range the reader passes over (also listed in its read's `damaged`). */
+  readonly onDamaged?: (range: DamagedRange) => void;
 }
 
 /** Sequential reading of one stream; pulls what is stored now and remembers where it stopped. */
@@ -143,8 +163,8 @@ export interface LogReader {
   /** The position after the last frame returned. */
   readonly position: StreamPosition;
   /**
-   * Reads the frames available now, from the current position, up to the limits.
-   * @throws ERR_CORRUPT_FRAME (details: path, position, reason) at damaged data; the position stays before it.
+   * Reads the frames available now, from the current position, up to the limits. Damaged data does not
+   * stop it: it resynchronises after it and lists what it passed over in the result's `damaged`.
    */
   read(limits?: ReadLimits): Promise<StreamRead>;
   /**
