@@ -29,6 +29,7 @@ import type {
   StreamCompaction,
   StreamId,
   StreamPosition,
+  StreamRepair,
   VerifyEvent,
   WriterOptions,
 } from './log-store.js';
@@ -36,6 +37,7 @@ import { compactStream } from './segment-compactor.js';
 import { parseSegmentFileName } from './segment.js';
 import { summarize } from './segment-index.js';
 import { SegmentIndexes } from './segment-index-file.js';
+import { repairStream } from './segment-repair.js';
 import { SegmentSet } from './segment-set.js';
 import { verifyStream } from './segment-verifier.js';
 import { SlotWriter } from './slot-writer.js';
@@ -178,6 +180,10 @@ export class FileLogStore implements LogStore {
       }
     }
     return { bytes, segments };
+  }
+
+  repair(queue: string, stream: string): Promise<StreamRepair> {
+    return repairStream(this.streamDir(queue, stream));
   }
 
   async *verify(queue: string, only: { readonly stream?: string; readonly segment?: number } = {}): AsyncGenerator<VerifyEvent> {

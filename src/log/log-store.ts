@@ -124,6 +124,19 @@ export interface DamagedRange {
   readonly reason: string;
 }
 
+/** A damaged range repair moved out of its segment (spec/log-format.md §3.4), and where its bytes are kept. */
+export interface RepairedRange extends DamagedRange {
+  /** The `.bad` file beside the segment. */
+  readonly savedAs: string;
+}
+
+/** What repairing one stream did. */
+export interface StreamRepair {
+  readonly repaired: readonly RepairedRange[];
+  /** Damaged ranges left in place (the last segment while a writer holds its slot), with why. */
+  readonly left: readonly { readonly range: DamagedRange; readonly why: string }[];
+}
+
 export interface StreamRead {
   readonly frames: StoredFrame[];
   /** `more`: a limit stopped the read; `end`: all data read; `torn`: the data ends in a torn (or in-progress) write. */
@@ -332,6 +345,13 @@ export interface LogStore {
    */
   compact(queue: string, stream: string, keep: KeepFrame, options?: CompactOptions): Promise<StreamCompaction>;
   usage(queue: string): Promise<QueueUsage>;
+  /**
+   * Moves every damaged range of a stream out of its segment into a `.bad` file beside it (spec/log-format.md
+   * §3.4): nothing deleted, offsets unchanged, recorded in the stream's `repairs.log`. The last segment is
+   * left alone while a writer holds the stream's slot. MemoryLogStore: nothing is ever damaged.
+   * @throws ERR_IO when a file cannot be written.
+   */
+  repair(queue: string, stream: string): Promise<StreamRepair>;
   /** Checks every frame of a queue's logs (or of one stream, or one segment of it). */
   verify(queue: string, only?: { readonly stream?: string; readonly segment?: number }): AsyncIterable<VerifyEvent>;
   /** A change feed of one queue; close it when done. */
