@@ -179,6 +179,10 @@ export class Daemon {
           logger.info({ event: 'receipt', id: report.id, peer: report.destination, from, state: report.state, changed }, 'receipt');
         },
         onBatch: (result) => this.metrics.duplicates.inc(result.duplicates),
+        onDedupGap: (gap) => {
+          this.metrics.dedupGaps.inc();
+          logger.warn({ event: 'dedup_gap', node: gap.node, sender: gap.name, stream: gap.stream, offset: gap.offset, id: gap.id }, "a sender's offsets went back (a lost outbox or a restored backup): a new message at an offset already received was stored, not dropped");
+        },
         onStored: (channel, count, from) => {
           logger.debug({ event: 'received', channel, count, from }, 'received');
           this.metrics.received.inc({ channel }, count);

@@ -112,7 +112,7 @@ export class MqlogNode {
    * What arrives from peers: checks, duplicate detection and storage into this node's inboxes. Opened
    * once per daemon (it recovers its duplicate table from the inboxes).
    */
-  openIntake(limits: IntakeLimits, hooks: Pick<IntakeOptions, 'onReceipt' | 'onBatch' | 'onStored'> = {}): Promise<Intake> {
+  openIntake(limits: IntakeLimits, hooks: Pick<IntakeOptions, 'onReceipt' | 'onBatch' | 'onStored' | 'onDedupGap'> = {}): Promise<Intake> {
     return Intake.open({ ...limits, ...hooks, dataDir: this.dataDir, store: this.store, inboxFor: (channel) => this.inbox(channel) });
   }
 
