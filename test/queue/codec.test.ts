@@ -40,14 +40,15 @@ test('fields are decoded without copying the body', () => {
   assert.equal(body[0], 7, 'the body shares the payload bytes');
 });
 
+/** A MESSAGE payload whose meta is `map` as given (no checks), with an empty body. */
+function frame(map: unknown): Buffer {
+  const m = new Packr({ useRecords: false }).pack(map);
+  const prefix = Buffer.alloc(4);
+  prefix.writeUInt32LE(m.length);
+  return Buffer.concat([prefix, m]);
+}
+
 test('decoded header and priority problems are data errors: ERR_HEADERS_TOO_LARGE past the format limits, else ERR_INVALID_MESSAGE', () => {
-  const packr = new Packr({ useRecords: false });
-  const frame = (map: unknown): Buffer => {
-    const m = packr.pack(map);
-    const prefix = Buffer.alloc(4);
-    prefix.writeUInt32LE(m.length);
-    return Buffer.concat([prefix, m]);
-  };
   const base = { i: meta.id, t: meta.ts, c: 'jobs', p: 4, d: ['b'], f: 'a' };
   const many = Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`k${i}`, 'v']));
   assert.throws(() => decodeMeta(frame({ ...base, h: many })), { code: 'ERR_HEADERS_TOO_LARGE' });
@@ -59,13 +60,6 @@ test('decoded header and priority problems are data errors: ERR_HEADERS_TOO_LARG
 });
 
 test('garbage and wrong field types are ERR_INVALID_MESSAGE or ERR_INVALID_NAME, never a crash', () => {
-  const packr = new Packr({ useRecords: false });
-  const frame = (map: unknown): Buffer => {
-    const m = packr.pack(map);
-    const prefix = Buffer.alloc(4);
-    prefix.writeUInt32LE(m.length);
-    return Buffer.concat([prefix, m]);
-  };
   const good = { i: meta.id, t: 1, c: 'x', p: 1, d: ['b'], f: 'a' };
   assert.doesNotThrow(() => decodeMeta(frame(good)));
   const cases: unknown[] = [
