@@ -1,17 +1,24 @@
 /**
  * The consume benchmark: how fast applications drain an inbox, compared with how fast forwarding fills
- * it, and how long a "job done" receipt takes to come back.
+ * it, how that scales with consumer processes, what lease renewal costs, and how long a "job done"
+ * receipt takes to come back.
  *
- * Two daemons run as child processes (`node dist/cli/main.js daemon`). This process fills two channels
- * of B's inbox by sending N × 1 KiB messages each from A (library, 64 concurrent callers); each fill is
+ * Two daemons run as child processes (`node dist/cli/main.js daemon`). This process fills channels of
+ * B's inbox by sending N × 1 KiB messages each from A (library, 64 concurrent callers); each fill is
  * timed from the first append to the moment B stored the last message (B's counter
  * `mqlog_received_messages_total`), which gives the end-to-end forwarding rate of this run.
  *
  * Then each channel is drained by consumer processes that use the library as an application would
  * (`openNode({ data: B }).tail({ channel })`, ack each message after it was handled, up to 256 acks in
- * flight so that they share fsyncs, as `mqlog tail --ack` does): one process for the first channel,
- * eight in parallel for the second. The consumers start, open the node, and wait for a go; the rate is
- * timed from the go to the last consumer done (all acks durable). Targets: ≥ 2× the forwarding rate.
+ * flight so that they share fsyncs, as `mqlog tail --ack` does): one process, four, and eight in
+ * parallel, each on a channel of its own. The consumers start, open the node, and wait for a go; the rate
+ * is timed from the go to the last consumer done (all acks durable). Targets: one process ≥ 2× the
+ * forwarding rate; four and eight processes ≥ 1.5× one.
+ *
+ * Lease renewal: one process drains a channel with a 1 s visibility timeout (so renewals come every
+ * few hundred ms), once as it is and once while it holds 1,000 messages of the channel unacked (taken
+ * first, acked at the end: their claims are renewed all along); twice each, alternating. Target: holding
+ * them costs < 5% of the rate.
  *
  * Finally the receipt round trip: A sends with `receipt: true`, a consumer on B (in this process) acks,
  * B reports back through its outbox, A's `waitFor(id, 'processed')` resolves; repeated, p50 and p99.
@@ -25,13 +32,18 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { openNode, type MqlogNode } from '../dist/daemon/node.js';
+import type { Delivery } from '../dist/queue/consumer.js';
 import { KiB, median, type BenchContext } from './harness.ts';
 import { endToEnd, percentile, startPair } from './pair.ts';
 
 const BODY_BYTES = KiB;
 const RATIO_TARGET = 2;
+const SCALE_TARGET = 1.5;
+const RENEWAL_TARGET = 0.95;
 const ACK_WINDOW = 256;
 const PREFETCH = 64;
+const HELD = 1000;
+const RENEWAL_VISIBILITY_MS = 1000;
 
 interface Plan {
   readonly messages: number;
@@ -50,33 +62,52 @@ export async function bench(ctx: BenchContext): Promise<void> {
   let nodeB: MqlogNode | undefined;
   try {
     nodeA = await openNode({ data: pair.a.node.dir });
+    const dir = pair.b.node.dir;
     ctx.progress(`warm-up: ${plan.warmupMessages} messages A → B, then consumed`);
     await endToEnd(ctx, nodeA, pair.b, plan.warmupMessages, body, { channel: 'warmup' });
-    await consume(ctx, pair.b.node.dir, 'warmup', 1, plan.warmupMessages);
+    await consume(ctx, { dir, channel: 'warmup' }, 1, plan.warmupMessages);
 
     const fills: number[] = [];
-    for (const channel of ['one', 'eight']) {
+    const channels = ['one', 'four', 'eight', 'plain1', 'held1', 'plain2', 'held2'];
+    for (const channel of channels) {
       ctx.progress(`filling channel ${channel}: ${plan.messages} messages A → B`);
       fills.push((await endToEnd(ctx, nodeA, pair.b, plan.messages, body, { channel })).rate);
     }
-    ctx.progress('draining channel one with 1 consumer process');
-    const one = await consume(ctx, pair.b.node.dir, 'one', 1, plan.messages);
-    ctx.progress('draining channel eight with 8 consumer processes');
-    const eight = await consume(ctx, pair.b.node.dir, 'eight', 8, plan.messages);
+    const drained = new Map<number, { rate: number; consumed: number }>();
+    for (const [processes, channel] of [[1, 'one'], [4, 'four'], [8, 'eight']] as const) {
+      ctx.progress(`draining channel ${channel} with ${processes} consumer process(es)`);
+      drained.set(processes, await consume(ctx, { dir, channel }, processes, plan.messages));
+    }
+    const plain: number[] = [];
+    const held: number[] = [];
+    for (const [runs, channel, hold] of [[plain, 'plain1', 0], [held, 'held1', HELD], [plain, 'plain2', 0], [held, 'held2', HELD]] as const) {
+      ctx.progress(`draining channel ${channel} with a ${RENEWAL_VISIBILITY_MS} ms visibility timeout${hold > 0 ? `, holding ${hold} messages` : ''}`);
+      runs.push((await consume(ctx, { dir, channel, hold, visibilityTimeoutMs: RENEWAL_VISIBILITY_MS }, 1, plan.messages)).rate);
+    }
 
     ctx.progress(`receipt round trips: ${plan.receiptSamples}`);
-    nodeB = await openNode({ data: pair.b.node.dir });
+    nodeB = await openNode({ data: dir });
     const roundTrips = await receiptRoundTrips(ctx, nodeA, nodeB, plan.receiptSamples, body);
 
     const forwarding = median(fills);
+    const one = drained.get(1) as { rate: number; consumed: number };
     ctx.section(`forwarding into the inbox (reference): ${plan.messages.toLocaleString('en-US')} × 1 KiB, 64 callers on A, first append to last inbox fsync`);
     ctx.figure({ id: 'forward.rate', label: 'end-to-end forwarding A → B', value: forwarding, unit: 'msgs/s', runs: fills });
 
-    ctx.section(`consume + ack from a full inbox: ${plan.messages.toLocaleString('en-US')} × 1 KiB, library tail, ≤ ${ACK_WINDOW} acks in flight per process`);
-    ctx.figure({ id: 'consume.c1.rate', label: '1 consumer process', value: one.rate, unit: 'msgs/s', detail: `(${one.consumed.toLocaleString('en-US')} handed out)` });
+    ctx.section(`consume + ack from a full inbox: ${plan.messages.toLocaleString('en-US')} × 1 KiB, library tail, prefetch ${PREFETCH}, ≤ ${ACK_WINDOW} acks in flight per process`);
+    for (const [processes, result] of drained) {
+      ctx.figure({ id: `consume.c${processes}.rate`, label: `${processes} consumer process${processes === 1 ? '' : 'es'}`, value: result.rate, unit: 'msgs/s', detail: `(${result.consumed.toLocaleString('en-US')} handed out)` });
+    }
     ctx.figure({ id: 'consume.c1.ratio', label: '1 consumer ÷ forwarding', value: one.rate / forwarding, unit: '×', target: { op: '>=', value: RATIO_TARGET } });
-    ctx.figure({ id: 'consume.c8.rate', label: '8 consumer processes', value: eight.rate, unit: 'msgs/s', detail: `(${eight.consumed.toLocaleString('en-US')} handed out)` });
-    ctx.figure({ id: 'consume.c8.ratio', label: '8 consumers ÷ forwarding', value: eight.rate / forwarding, unit: '×', target: { op: '>=', value: RATIO_TARGET } });
+    for (const processes of [4, 8]) {
+      const result = drained.get(processes) as { rate: number };
+      ctx.figure({ id: `consume.c${processes}.scale`, label: `${processes} consumers ÷ 1 consumer`, value: result.rate / one.rate, unit: '×', target: { op: '>=', value: SCALE_TARGET } });
+    }
+
+    ctx.section(`lease renewal: 1 consumer process, visibility timeout ${RENEWAL_VISIBILITY_MS} ms, with and without ${HELD.toLocaleString('en-US')} messages held unacked (renewed) meanwhile`);
+    ctx.figure({ id: 'consume.renew.plain', label: 'consume + ack, nothing held', value: median(plain), unit: 'msgs/s', runs: plain });
+    ctx.figure({ id: 'consume.renew.held', label: `consume + ack, ${HELD.toLocaleString('en-US')} held`, value: median(held), unit: 'msgs/s', runs: held });
+    ctx.figure({ id: 'consume.renew.ratio', label: `with ${HELD.toLocaleString('en-US')} held ÷ without`, value: median(held) / median(plain), unit: '×', target: { op: '>=', value: RENEWAL_TARGET } });
 
     ctx.section(`receipt round trip on loopback: send(receipt) on A → consume + ack on B → waitFor(processed) on A; ${roundTrips.length} samples`);
     ctx.figure({ id: 'receipt.p50', label: 'receipt round trip, p50', value: percentile(roundTrips, 50), unit: 'ms' });
@@ -94,11 +125,11 @@ interface ConsumerResult {
 }
 
 /**
- * Drains `channel` with `processes` consumer processes; resolves with the messages handed out and the
+ * Drains a channel with `processes` consumer processes; resolves with the messages handed out and the
  * rate from the go to the last process done. Fails unless at least `expected` were handed out.
  */
-async function consume(ctx: BenchContext, dir: string, channel: string, processes: number, expected: number): Promise<{ rate: number; consumed: number }> {
-  const children = Array.from({ length: processes }, () => startConsumer(ctx, { dir, channel }));
+async function consume(ctx: BenchContext, args: ConsumerArgs, processes: number, expected: number): Promise<{ rate: number; consumed: number }> {
+  const children = Array.from({ length: processes }, () => startConsumer(ctx, args));
   // One abort listener for all of them (a signal per spawn would pass the listener limit).
   const onAbort = (): void => {
     for (const c of children) c.child.kill('SIGKILL');
@@ -111,7 +142,7 @@ async function consume(ctx: BenchContext, dir: string, channel: string, processe
     const results = await Promise.all(children.map((c) => c.result));
     const ms = performance.now() - startedMs;
     const consumed = results.reduce((n, r) => n + r.consumed, 0);
-    if (consumed < expected) throw new Error(`${processes} consumer(s) of ${channel} handed out ${consumed} messages, ${expected} were sent`);
+    if (consumed < expected) throw new Error(`${processes} consumer(s) of ${args.channel} handed out ${consumed} messages, ${expected} were sent`);
     return { rate: expected / (ms / 1000), consumed };
   } finally {
     ctx.signal.removeEventListener('abort', onAbort);
@@ -122,6 +153,9 @@ async function consume(ctx: BenchContext, dir: string, channel: string, processe
 interface ConsumerArgs {
   readonly dir: string;
   readonly channel: string;
+  /** Messages to take first and hold unacked (renewed) until the channel is drained. */
+  readonly hold?: number;
+  readonly visibilityTimeoutMs?: number;
 }
 
 const CONSUMER_FLAG = '--consumer-child';
@@ -147,9 +181,12 @@ function startConsumer(ctx: BenchContext, args: ConsumerArgs): { child: ChildPro
   return { child, ready: Promise.race([ready, result.then(() => undefined)]), result };
 }
 
-/** The consumer process: open the node, say ready, wait for go, drain the channel, print the result. */
+/**
+ * The consumer process: open the node, say ready, wait for go, (take and hold `hold` messages,) drain
+ * the channel, (ack the held ones,) print the result.
+ */
 async function consumerChild(args: ConsumerArgs): Promise<ConsumerResult> {
-  const node = await openNode({ data: args.dir });
+  const node = await openNode({ data: args.dir, ...(args.visibilityTimeoutMs === undefined ? {} : { config: { visibilityTimeoutMs: args.visibilityTimeoutMs } }) });
   try {
     await node.inbox(args.channel);
     const go = createInterface({ input: process.stdin });
@@ -159,6 +196,11 @@ async function consumerChild(args: ConsumerArgs): Promise<ConsumerResult> {
     go.close();
     const startedMs = performance.now();
     let consumed = 0;
+    const held: Delivery[] = [];
+    if (args.hold !== undefined && args.hold > 0) {
+      for await (const message of node.tail({ channel: args.channel, limit: args.hold, prefetch: PREFETCH })) held.push(message);
+      consumed += held.length;
+    }
     const acks: Promise<void>[] = [];
     for await (const message of node.tail({ channel: args.channel, prefetch: PREFETCH })) {
       consumed++;
@@ -168,6 +210,7 @@ async function consumerChild(args: ConsumerArgs): Promise<ConsumerResult> {
       if (acks.length >= ACK_WINDOW) await Promise.all(acks.splice(0));
     }
     await Promise.all(acks);
+    await Promise.all(held.map((message) => message.ack()));
     return { consumed, ms: performance.now() - startedMs };
   } finally {
     await node.close();

@@ -55,6 +55,7 @@ export const ERRORS = {
   ERR_PEER_UNREACHABLE: { message: 'the peer could not be reached', httpStatus: 502, retryable: true },
   ERR_PEER_REJECTED: { message: 'the peer rejected the request', httpStatus: 502, retryable: false },
   ERR_PEER_FAILED: { message: 'the peer failed to store the request', httpStatus: 502, retryable: true },
+  ERR_STREAM_CONFLICT: { message: 'an existing JetStream stream or bucket has other settings than configured', httpStatus: 409, retryable: false },
 
   // --- security and limits
   ERR_UNAUTHORIZED: { message: 'missing or invalid proof of identity', httpStatus: 401, retryable: false },

@@ -6,6 +6,7 @@
  */
 import { openNode } from '../daemon/node.js';
 import { boolFlag, dataDir, jsonLine, stringFlag, usageError, writeLine, type Command, type ParsedArgs } from './args.js';
+import { requireChannel, requireNode } from './targets.js';
 
 export const purgeCommand: Command = {
   name: 'purge',
@@ -23,6 +24,8 @@ async function run(args: ParsedArgs): Promise<number> {
   const dir = dataDir(args);
   const channel = stringFlag(args, 'channel');
   if (channel === undefined || channel.length === 0) throw usageError('--channel NAME is required');
+  await requireNode(dir);
+  await requireChannel(dir, channel);
   // Through the node, so that purged messages asking for a receipt are reported to their sender.
   const node = await openNode({ data: dir, onWarning: (message) => process.stderr.write(`mqlog: warning: ${message}\n`) });
   try {

@@ -7,6 +7,7 @@ import { openNode } from '../daemon/node.js';
 import { MqlogError } from '../errors.js';
 import { RECEIPT_STATES, type ReceiptState, type ReceiptStatus } from '../queue/receipts.js';
 import { boolFlag, dataDir, durationFlag, jsonLine, stringFlag, usageError, writeLine, type Command, type ParsedArgs } from './args.js';
+import { requireNode } from './targets.js';
 
 export const receiptCommand: Command = {
   name: 'receipt',
@@ -28,6 +29,7 @@ async function run(args: ParsedArgs): Promise<number> {
     throw usageError(`--wait must be one of ${RECEIPT_STATES.join(', ')}, got ${JSON.stringify(wait)}`);
   }
   const timeoutMs = durationFlag(args, 'timeout');
+  await requireNode(dataDir(args));
   const node = await openNode({ data: dataDir(args) });
   try {
     let status: ReceiptStatus | undefined;

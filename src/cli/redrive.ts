@@ -6,6 +6,7 @@
 import { openNode } from '../daemon/node.js';
 import { DEAD_REASON_HEADER } from '../queue/codec.js';
 import { dataDir, stringFlag, usageError, writeLine, type Command, type ParsedArgs } from './args.js';
+import { requireChannel, requireNode } from './targets.js';
 
 export const redriveCommand: Command = {
   name: 'redrive',
@@ -21,6 +22,8 @@ async function run(args: ParsedArgs): Promise<number> {
   const dir = dataDir(args);
   const only = stringFlag(args, 'channel');
   if (only !== undefined && only.length === 0) throw usageError('--channel must not be empty');
+  await requireNode(dir);
+  if (only !== undefined) await requireChannel(dir, only);
   const node = await openNode({ data: dir });
   let total = 0;
   try {

@@ -6,18 +6,28 @@
  */
 import { MqlogNode, inspectQueue } from '../daemon/node.js';
 import { Outbox } from '../queue/outbox.js';
+import { transports } from '../transport/registry.js';
 import type { QueueStat } from '../queue/queue-scan.js';
 import { boolFlag, dataDir, jsonLine, writeLine, type Command, type ParsedArgs } from './args.js';
+import { formatTable } from './table.js';
+import { requireNode } from './targets.js';
 
 export const statCommand: Command = {
   name: 'stat',
   summary: 'show the queues of a node and the backlog per peer',
   usage: `--data DIR [--json]
-  --json   one JSON object per line: queues first, then peers`,
+  --json   one JSON object per line: queues first ("type": "queue"), then peers ("type": "peer")`,
   options: { data: { type: 'string' }, json: { type: 'boolean' } },
   allowPositionals: false,
   run,
 };
+
+/** The queue as users name it: its kind's folder and the channel as typed, not its encoded directory name. */
+function shownQueue(q: QueueStat): string {
+  if (q.channel === null) return q.queue;
+  const slash = q.queue.indexOf('/');
+  return slash < 0 ? q.queue : `${q.queue.slice(0, slash)}/${q.channel}`;
+}
 
 export interface PeerStat {
   peer: string;
@@ -30,29 +40,40 @@ export interface PeerStat {
 async function run(args: ParsedArgs): Promise<number> {
   const dir = dataDir(args);
   const json = boolFlag(args, 'json');
+  await requireNode(dir);
   const node = await MqlogNode.inspect(dir);
   try {
     const outbox = await node.outbox.stat();
-    const show = (s: QueueStat): Promise<void> =>
-      json ? jsonLine(s) : writeLine(`${s.queue.padEnd(24)} ${s.kind.padEnd(7)} ${String(s.channel ?? '-').padEnd(16)} messages=${s.messages} pending=${s.pending} bytes=${s.bytes} segments=${s.segments}`);
+    const queues: QueueStat[] = [];
     for (const info of await node.queues()) {
-      if (info.kind === 'outbox') await show(outbox.queue);
+      if (info.kind === 'outbox') queues.push(outbox.queue);
       else {
         const queue = await inspectQueue(info);
-        await show(queue instanceof Outbox ? (await queue.stat()).queue : await queue.stat());
+        queues.push(queue instanceof Outbox ? (await queue.stat()).queue : await queue.stat());
       }
     }
-    const peers = new Set([...Object.keys(node.config.peers), ...(await node.outbox.destinations()), ...outbox.state.destinations()]);
-    for (const peer of [...peers].sort()) {
+    const peers: PeerStat[] = [];
+    for (const peer of [...new Set([...Object.keys(node.config.peers), ...(await node.outbox.destinations()), ...outbox.state.destinations()])].sort()) {
       const status = outbox.state.cursor(peer).status();
-      const p: PeerStat = {
+      peers.push({
         peer,
-        url: node.config.peers[peer]?.url ?? (peer.includes('://') ? peer : null),
+        url: transports.display(node.config.peers[peer]?.url ?? (peer.includes('://') ? peer : '')) || null,
         backlog: outbox.backlog.get(peer) ?? 0,
         lastError: status.lastError,
         lastSentAt: status.lastSentAt,
-      };
-      await (json ? jsonLine(p) : writeLine(`peer ${p.peer.padEnd(18)} ${String(p.url ?? '-').padEnd(28)} backlog=${p.backlog} lastError=${p.lastError ?? '-'} lastSentAt=${p.lastSentAt === null ? '-' : new Date(p.lastSentAt).toISOString()}`));
+      });
+    }
+    if (json) {
+      for (const q of queues) await jsonLine({ type: 'queue', ...q });
+      for (const p of peers) await jsonLine({ type: 'peer', ...p });
+    } else {
+      const queueRows = queues.map((q) => [shownQueue(q), q.kind, q.channel ?? '-', String(q.messages), String(q.pending), String(q.bytes), String(q.segments)]);
+      for (const line of formatTable(['QUEUE', 'KIND', 'CHANNEL', 'MESSAGES', 'PENDING', 'BYTES', 'SEGMENTS'], queueRows)) await writeLine(line);
+      if (peers.length > 0) {
+        await writeLine('');
+        const peerRows = peers.map((p) => [p.peer, p.url ?? '-', String(p.backlog), p.lastSentAt === null ? '-' : new Date(p.lastSentAt).toISOString(), p.lastError ?? '-']);
+        for (const line of formatTable(['PEER', 'URL', 'BACKLOG', 'LAST SENT', 'LAST ERROR'], peerRows)) await writeLine(line);
+      }
     }
   } finally {
     await node.close();

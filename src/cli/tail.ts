@@ -14,6 +14,7 @@ import { DEFAULT_CHANNEL } from '../queue/codec.js';
 import type { Delivery, PeekedMessage } from '../queue/consumer.js';
 import { ensureDir } from '../util/fs.js';
 import { boolFlag, dataDir, durationFlag, flushStdout, intFlag, jsonLine, stringFlag, usageError, type Command, type ParsedArgs } from './args.js';
+import { missingChannel, nodeChannels, requireNode } from './targets.js';
 import { bodyField } from './dump.js';
 
 const ACK_WINDOW = 256;
@@ -57,6 +58,13 @@ async function run(args: ParsedArgs): Promise<number> {
   if (peek && (ack || boolFlag(args, 'follow'))) throw usageError('--peek only looks: it cannot be combined with --ack or --follow');
   const bodyTo = stringFlag(args, 'body-to');
   if (bodyTo !== undefined) await ensureDir(resolve(bodyTo));
+  await requireNode(dir);
+  const channels = await nodeChannels(dir);
+  if (!channels.includes(channel)) {
+    // A follower may well start before its channel's first message; anything else names a typo.
+    if (!boolFlag(args, 'follow')) throw missingChannel(dir, channel, channels);
+    process.stderr.write(`mqlog: warning: ${missingChannel(dir, channel, channels).message}; waiting for its first message\n`);
+  }
   // Through the node, so that acks of messages asking for a receipt report back to their sender.
   const node = await openNode({ data: dir, onWarning: (message) => process.stderr.write(`mqlog: warning: ${message}\n`) });
   const inbox = await node.inbox(channel);

@@ -63,6 +63,39 @@ async function findNodes(root: string, dir: string, depth: number): Promise<Targ
   return out;
 }
 
+/**
+ * For commands that only read or act on what a node holds: DIR must be a node's data directory (one
+ * that `send`, `daemon` or `start` made), so that a mistyped `--data` is an error, not a new empty node.
+ * @throws ERR_NOT_FOUND
+ */
+export async function requireNode(dir: string): Promise<void> {
+  if (await isNodeDir(dir)) return;
+  const exists = await stat(dir).then(() => true, () => false);
+  throw new MqlogError('ERR_NOT_FOUND', exists ? `${dir} is not an mqlog node (it has no ${NODE_FILE} or ${CONFIG_FILE}); check --data or MQLOG_DATA` : `no mqlog node at ${dir} (it does not exist); check --data or MQLOG_DATA`, { details: { path: dir } });
+}
+
+/**
+ * The channels whose inbox exists on a node, sorted; and an error naming them when CHANNEL is not one of
+ * them (a mistyped `--channel` must not create a queue).
+ * @throws ERR_NOT_FOUND
+ */
+export async function requireChannel(dir: string, channel: string): Promise<void> {
+  const channels = await nodeChannels(dir);
+  if (channels.includes(channel)) return;
+  throw missingChannel(dir, channel, channels);
+}
+
+export async function nodeChannels(dir: string): Promise<string[]> {
+  const found = new Set<string>();
+  for (const info of await listQueues(dir)) if (info.channel !== null) found.add(info.channel);
+  return [...found].sort();
+}
+
+export function missingChannel(dir: string, channel: string, channels: readonly string[]): MqlogError {
+  const here = channels.length === 0 ? 'it has none yet' : `its channels: ${channels.join(', ')}`;
+  return new MqlogError('ERR_NOT_FOUND', `no channel ${JSON.stringify(channel)} on the node at ${dir} (${here})`, { details: { channel, channels } });
+}
+
 async function isNodeDir(dir: string): Promise<boolean> {
   for (const name of [NODE_FILE, CONFIG_FILE]) if (await stat(join(dir, name)).then(() => true, () => false)) return true;
   return false;

@@ -10,7 +10,6 @@
  */
 import { resolve } from 'node:path';
 import { inspectQueue } from '../daemon/node.js';
-import { isMqlogError } from '../errors.js';
 import { verifyQueue } from '../queue/queue-scan.js';
 import { usageError, writeLine, type Command, type ParsedArgs } from './args.js';
 import { progress } from './progress.js';
@@ -30,13 +29,8 @@ async function run(args: ParsedArgs): Promise<number> {
   if (args.positionals.length !== 1) throw usageError('verify needs exactly one PATH');
   const root = resolve(args.positionals[0] as string);
   const totals = { segments: 0, frames: 0, bytes: 0, problems: 0, torn: 0, indexes: 0 };
-  let targets;
-  try {
-    targets = await resolveTargets(root);
-  } catch (err) {
-    if (isMqlogError(err, 'ERR_NOT_FOUND')) throw usageError(err.message);
-    throw err;
-  }
+  // A PATH that does not exist is a problem found (exit 1), as with dump.
+  const targets = await resolveTargets(root);
   const line = progress();
   for (const target of targets) {
     const queue = await inspectQueue(target.info);

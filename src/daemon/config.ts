@@ -6,15 +6,25 @@
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { MqlogError } from '../errors.js';
+import { parseNatsUrl } from '../transport/nats-address.js';
+import type { NatsSettings, StreamSettings } from '../transport/nats-settings.js';
+import { transports } from '../transport/registry.js';
 import { readFileIfExists } from '../util/fs.js';
 
 export const CONFIG_FILE = 'mqlog.json';
 
 export interface PeerConfig {
-  /** `http://HOST:PORT` or `https://HOST:PORT`. */
+  /**
+   * `http://HOST:PORT`, `https://HOST:PORT`, `nats://[user:pass@]HOST:PORT/STREAM`, `tls://…/STREAM`, or
+   * a URL of a transport an application registered.
+   */
   readonly url: string;
   /** Shared secret both nodes hold for this pair. */
   readonly key?: string | undefined;
+  /** NATS settings of this peer, over the node's `nats` settings. */
+  readonly nats?: NatsSettings | undefined;
+  /** Settings handed as they are to the transport of an application's scheme. */
+  readonly options?: Readonly<Record<string, unknown>> | undefined;
 }
 
 export interface TlsConfig {
@@ -102,6 +112,8 @@ export interface Config {
   readonly admin: AdminConfig;
   /** JetStream streams this node takes messages from into its inbox. */
   readonly sources: readonly SourceConfig[];
+  /** How to reach NATS (servers, credentials, TLS, stream settings), for every NATS peer, URL and source. */
+  readonly nats: NatsSettings;
 }
 
 export const DEFAULT_LIMITS: Limits = {
@@ -141,6 +153,7 @@ export const DEFAULTS: Omit<Config, 'name'> = {
   limits: DEFAULT_LIMITS,
   admin: {},
   sources: [],
+  nats: {},
 };
 
 type Check = (value: unknown, key: string) => unknown;
@@ -164,6 +177,7 @@ const KEYS: Record<keyof Config, Check> = {
   compactIntervalMs: (v, k) => checkInt(v, k, 0, 86_400_000),
   allowUnauthenticated: (v, k) => checkBool(v, k),
   sources: (v, k) => checkSources(v, k),
+  nats: (v, k) => checkNats(v, k),
   tls: (v, k) => checkObject<TlsConfig>(v, k, {
     cert: (x, kk) => checkPath(x, kk),
     key: (x, kk) => checkPath(x, kk),
@@ -319,36 +333,90 @@ function checkUrl(value: unknown, key: string): string | undefined {
   return url.origin;
 }
 
-/** A peer address: an http(s) origin, or `nats://HOST:PORT/STREAM` for a JetStream stream. */
+/**
+ * A peer address: a URL of a registered transport (http(s), nats, tls, or an application's), in its
+ * canonical form. A peer's URL may carry credentials (mqlog.json holds secrets anyway); they are never shown.
+ */
 function checkPeerUrl(value: unknown, key: string): string {
-  if (typeof value === 'string' && /^nats:\/\//i.test(value)) {
-    const match = /^nats:\/\/([A-Za-z0-9.-]+|\[[0-9a-fA-F:.]+\]):(\d{1,5})\/([A-Za-z0-9_-]{1,64})$/.exec(value);
-    if (match === null) throw bad(key, 'nats://HOST:PORT/STREAM');
-    return value;
+  if (typeof value !== 'string') throw bad(key, `a URL (${transports.schemes().join(', ')})`);
+  let canonical: string | undefined;
+  try {
+    canonical = transports.canonical(value, false);
+  } catch (err) {
+    throw bad(key, `a valid URL: ${(err as Error).message}`);
   }
-  const url = checkUrl(value, key);
-  if (url === undefined) throw bad(key, 'an http:// or https:// URL, or nats://HOST:PORT/STREAM');
-  return url;
+  if (canonical === undefined) throw bad(key, `a URL of a known transport (${transports.schemes().join(', ')})`);
+  return canonical;
+}
+
+/** A file path, a string of 1-4096 characters. */
+function checkString(value: unknown, key: string, what = 'a non-empty string'): string {
+  if (typeof value !== 'string' || value.length === 0 || value.length > 4096) throw bad(key, what);
+  return value;
+}
+
+const NATS_SERVER = /^(nats|tls):\/\/([A-Za-z0-9.-]+|\[[0-9a-fA-F:.]+\]):(\d{1,5})$/;
+
+/** The `nats` settings (spec/transports.md §3.5); values are never echoed in errors (some are secrets). */
+function checkNats(value: unknown, key: string): NatsSettings {
+  return checkObject<NatsSettings>(value, key, {
+    servers: (x, k) => {
+      if (!Array.isArray(x) || x.length > 64 || x.some((s) => typeof s !== 'string' || !NATS_SERVER.test(s))) throw bad(k, 'a list of nats://HOST:PORT or tls://HOST:PORT');
+      return x as string[];
+    },
+    user: (x, k) => checkString(x, k),
+    pass: (x, k) => checkString(x, k),
+    token: (x, k) => checkString(x, k),
+    nkeySeed: (x, k) => checkPath(x, k),
+    creds: (x, k) => checkPath(x, k),
+    tls: (x, k) => checkObject(x, k, { ca: (y, kk) => checkPath(y, kk), cert: (y, kk) => checkPath(y, kk), key: (y, kk) => checkPath(y, kk) }),
+    stream: (x, k) =>
+      checkObject<StreamSettings>(x, k, {
+        replicas: (y, kk) => checkInt(y, kk, 1, 5),
+        maxBytes: (y, kk) => checkInt(y, kk, 1024, Number.MAX_SAFE_INTEGER),
+        maxAgeMs: (y, kk) => checkInt(y, kk, 1000, 100 * 365 * 86_400_000),
+        storage: (y, kk) => {
+          if (y !== 'file' && y !== 'memory') throw bad(kk, '"file" or "memory"');
+          return y;
+        },
+        duplicateWindowMs: (y, kk) => checkInt(y, kk, 100, 7 * 86_400_000),
+      }),
+    format: (x, k) => {
+      if (x !== 'headers' && x !== 'frame') throw bad(k, '"headers" or "frame"');
+      return x;
+    },
+    bucket: (x, k) => {
+      if (typeof x !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(x)) throw bad(k, 'a bucket name of 1-64 letters, digits, _ and -');
+      return x;
+    },
+  });
 }
 
 export interface SourceConfig {
-  /** `nats://HOST:PORT/STREAM`: a JetStream stream to take messages from into this node's inbox. */
+  /** `nats://[user:pass@]HOST:PORT/STREAM` (or tls://): a JetStream stream to take messages from into this node's inbox. */
   readonly url: string;
   /** Name of the durable consumer JetStream keeps for this node. */
   readonly durable: string;
   /** Only messages on this subject (default: the whole stream). */
   readonly subject?: string | undefined;
-  /** Inbox channel for messages that are not mqlog frames (default: from the subject). */
+  /** Inbox channel for messages that are not mqlog's (default: from the subject). */
   readonly channel?: string | undefined;
+  /** NATS settings of this source, over the node's `nats` settings. */
+  readonly nats?: NatsSettings | undefined;
 }
 
 function checkSources(value: unknown, key: string): SourceConfig[] {
-  if (!Array.isArray(value)) throw bad(key, 'a list of { url, durable, subject?, channel? }');
+  if (!Array.isArray(value)) throw bad(key, 'a list of { url, durable, subject?, channel?, nats? }');
   return value.map((source, i) =>
     checkObject<SourceConfig>(source, `${key}[${i}]`, {
       url: (x, k) => {
-        if (typeof x !== 'string' || !/^nats:\/\//.test(x)) throw bad(k, 'nats://HOST:PORT/STREAM');
-        return checkPeerUrl(x, k);
+        if (typeof x !== 'string') throw bad(k, 'nats://HOST:PORT/STREAM');
+        try {
+          parseNatsUrl(x);
+        } catch (err) {
+          throw bad(k, (err as Error).message);
+        }
+        return x;
       },
       durable: (x, k) => checkName(x, k),
       subject: (x, k) => {
@@ -359,6 +427,7 @@ function checkSources(value: unknown, key: string): SourceConfig[] {
         if (typeof x !== 'string' || x.length === 0 || Buffer.byteLength(x) > 255) throw bad(k, 'a channel name of 1-255 bytes');
         return x;
       },
+      nats: (x, k) => checkNats(x, k),
     }),
   ).map((source, i) => {
     if (source.durable === undefined || source.url === undefined) throw bad(`${key}[${i}]`, 'an object with url and durable');
@@ -374,38 +443,65 @@ function checkPeers(value: unknown, key: string): Record<string, PeerConfig> {
     checkName(name, `${key} name "${name}"`);
     if (peer === null || typeof peer !== 'object' || Array.isArray(peer)) throw bad(at, 'an object { url, key }');
     const p = peer as Record<string, unknown>;
-    for (const k of Object.keys(p)) if (k !== 'url' && k !== 'key') throw new MqlogError('ERR_CONFIG', `unknown key "${at}.${k}"`, { details: { key: `${at}.${k}` } });
+    for (const k of Object.keys(p)) if (k !== 'url' && k !== 'key' && k !== 'nats' && k !== 'options') throw new MqlogError('ERR_CONFIG', `unknown key "${at}.${k}"`, { details: { key: `${at}.${k}` } });
     const url = checkPeerUrl(p.url, `${at}.url`);
     if (p.key !== undefined && (typeof p.key !== 'string' || p.key.length < 16)) throw bad(`${at}.key`, 'a string of at least 16 characters');
-    peers[name] = { url, key: p.key };
+    if (p.options !== undefined && (p.options === null || typeof p.options !== 'object' || Array.isArray(p.options))) throw bad(`${at}.options`, 'an object');
+    peers[name] = {
+      url,
+      key: p.key,
+      ...(p.nats === undefined ? {} : { nats: checkNats(p.nats, `${at}.nats`) }),
+      ...(p.options === undefined ? {} : { options: p.options as Record<string, unknown> }),
+    };
   }
   return peers;
 }
 
 /**
- * Resolves a destination given by a user: a configured peer name, or an http(s) URL (normalized to its
- * origin, or to the peer name when it is a configured peer's URL).
- * @throws ERR_UNKNOWN_PEER otherwise.
+ * Resolves a destination given by a user, once, when a message is appended (spec/transports.md §1.2):
+ * a configured peer name, or a URL of a registered transport in its canonical form (an http(s) URL is
+ * its origin, a nats URL `nats://host:port/STREAM`) — the peer's name when it is a configured peer's URL.
+ * What it returns is what the outbox records and what the daemon forwards to.
+ * @throws ERR_UNKNOWN_PEER otherwise, saying why.
  */
 export function resolveDestination(config: Config, to: string): string {
   if (Object.hasOwn(config.peers, to)) return to;
-  if (/^nats:\/\//i.test(to)) {
-    try {
-      return checkPeerUrl(to, '--to');
-    } catch (err) {
-      throw new MqlogError('ERR_UNKNOWN_PEER', `destination ${JSON.stringify(to)} is not nats://HOST:PORT/STREAM`, { details: { to }, cause: err });
-    }
+  let canonical: string | undefined;
+  try {
+    canonical = transports.canonical(to, true);
+  } catch (err) {
+    throw new MqlogError('ERR_UNKNOWN_PEER', `destination ${JSON.stringify(transports.display(to))}: ${(err as Error).message}`, { details: { to: transports.display(to) }, cause: err });
   }
-  if (/^https?:\/\//i.test(to)) {
-    let url: URL;
-    try {
-      url = new URL(to);
-    } catch {
-      throw new MqlogError('ERR_UNKNOWN_PEER', `destination ${JSON.stringify(to)} is not a valid URL`, { details: { to } });
-    }
-    const origin = url.origin;
-    for (const [name, peer] of Object.entries(config.peers)) if (peer.url === origin) return name;
-    return origin;
+  if (canonical === undefined) {
+    throw new MqlogError('ERR_UNKNOWN_PEER', `unknown peer ${JSON.stringify(to)}: not in the peers of mqlog.json and not a URL of a known transport (${transports.schemes().join(', ')})`, { details: { to } });
   }
-  throw new MqlogError('ERR_UNKNOWN_PEER', `unknown peer ${JSON.stringify(to)}: not in the peers of mqlog.json and not an http(s) URL`, { details: { to } });
+  for (const [name, peer] of Object.entries(config.peers)) if (peer.url === canonical || withoutCredentials(peer.url) === canonical) return name;
+  return canonical;
+}
+
+/** A configured peer's URL as a message would name it (no credentials), or undefined when it has none to drop. */
+function withoutCredentials(url: string): string | undefined {
+  if (!/^[a-z][a-z0-9+.-]*:\/\/[^/]*@/i.test(url)) return undefined;
+  try {
+    const parsed = new URL(url);
+    parsed.username = '';
+    parsed.password = '';
+    return transports.canonical(parsed.href, true);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Where a destination the outbox names is reached: a configured peer's URL, or the destination itself
+ * when it is a URL of a registered transport; undefined for neither (a peer removed from mqlog.json).
+ */
+export function destinationUrl(config: Config, destination: string): string | undefined {
+  const peer = Object.hasOwn(config.peers, destination) ? config.peers[destination] : undefined;
+  if (peer !== undefined) return peer.url;
+  try {
+    return transports.canonical(destination, true) === undefined ? undefined : destination;
+  } catch {
+    return undefined;
+  }
 }

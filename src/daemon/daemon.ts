@@ -14,19 +14,20 @@ import type { Intake } from '../queue/intake.js';
 import { deadInfo, inboxInfo } from '../queue/layout.js';
 import { OutboxBacklog } from '../queue/outbox-backlog.js';
 import type { ReceiptState } from '../queue/receipts.js';
-import { HttpSender } from '../transport/http-sender.js';
-import { signRequest } from '../transport/auth.js';
-import { NatsSender, NatsSource, parseNatsUrl } from '../transport/nats.js';
+import { parseNatsUrl } from '../transport/nats-address.js';
+import { mergeNatsSettings } from '../transport/nats-settings.js';
+import { NatsSource } from '../transport/nats-source.js';
+import { transports } from '../transport/registry.js';
 import type { Transport } from '../transport/transport.js';
 import { ensureDir } from '../util/fs.js';
-import { checkListen, loadConfig, type Config } from './config.js';
+import { checkListen, destinationUrl, loadConfig, type Config } from './config.js';
+import { sourceCodec, unpackFrame } from './frame-codec.js';
 import { Forwarder } from './forwarder.js';
 import { HandlerRunner, loadHandler } from './handler.js';
 import { createServers, loadTls, scheme, type TlsMaterial } from './http-server.js';
 import { Metrics } from './metrics.js';
 import { MqlogNode } from './node.js';
 import { IntakeSink } from './receiver.js';
-import { adoptNatsMessage } from './sources.js';
 import { STATUS_PAGE, type StatusSnapshot } from './status-page.js';
 import { createLogger, type Logger } from './logger.js';
 import { maxFrameBytesFor } from '../queue/body.js';
@@ -74,6 +75,8 @@ export class Daemon {
   private readonly compactStop = new AbortController();
   private readonly forwarders = new Map<string, { forwarder: Forwarder; sender: Transport }>();
   private readonly sources: NatsSource[] = [];
+  /** Destinations already reported as unknown. */
+  private readonly unknown = new Set<string>();
   private syncing: Promise<void> | undefined;
   private timers: NodeJS.Timeout[] = [];
   private compacting: Promise<void> | undefined;
@@ -267,7 +270,7 @@ export class Daemon {
       const f = forwarders.get(peer);
       return {
         peer,
-        url: f?.url ?? this.config.peers[peer]?.url ?? peer,
+        url: f?.url ?? transports.display(this.config.peers[peer]?.url ?? peer),
         backlog: this.backlog?.of(peer) ?? 0,
         forwarded: f?.sentMessages ?? 0,
         lastError: f?.lastError ?? null,
@@ -293,10 +296,10 @@ export class Daemon {
       for (const info of await this.node.queues()) {
         if (info.kind !== 'inbox' || info.channel === null || this.channels.has(info.channel)) continue;
         const channel = info.channel;
-        this.channels.set(channel, new ChannelCounts(this.node.store, inboxInfo(this.dataDir, channel), deadInfo(this.dataDir, channel), (record) => {
-          if (record.k === 'A') this.metrics.acked.inc({ channel });
-          else if (record.k === 'D') this.metrics.dead.inc({ channel, peer: '' });
-          else if (record.k === 'X') this.metrics.expired.inc({ channel, peer: '' });
+        this.channels.set(channel, new ChannelCounts(this.node.store, inboxInfo(this.dataDir, channel), deadInfo(this.dataDir, channel), (kind, count) => {
+          if (kind === 'acked') this.metrics.acked.inc({ channel }, count);
+          else if (kind === 'dead') this.metrics.dead.inc({ channel, peer: '' }, count);
+          else this.metrics.expired.inc({ channel, peer: '' }, count);
         }));
       }
       // Records already in the journal of a channel that existed when the daemon started happened before it.
@@ -313,14 +316,23 @@ export class Daemon {
       .finally(() => (this.counting = undefined));
   }
 
-  /** The transport to a destination: JetStream for `nats://` URLs, HTTP(S) otherwise. */
-  private transportFor(destination: string, url: string): Transport {
-    if (url.startsWith('nats:')) return new NatsSender(url);
-    const key = this.config.peers[destination]?.key;
-    const tls = this.tls;
-    return new HttpSender(url, {
-      ...(key === undefined ? {} : { sign: (method: string, path: string, body: readonly Buffer[]) => signRequest(this.config.name, key, method, path, body) }),
-      ...(url.startsWith('https:') ? { connect: { ...(tls.ca === undefined ? {} : { ca: tls.ca }), ...(tls.cert === undefined || tls.key === undefined ? {} : { cert: tls.cert, key: tls.key }) } } : {}),
+  /**
+   * The transport to a destination, from the transport registry (spec/transports.md §1.2): the settings
+   * a built-in transport needs (a peer's key and the node's TLS material for http(s), the merged `nats`
+   * settings for nats and tls), a peer's `options` for an application's.
+   */
+  private transportFor(destination: string, url: string): Promise<Transport> {
+    const peer = Object.hasOwn(this.config.peers, destination) ? this.config.peers[destination] : undefined;
+    const scheme = url.slice(0, url.indexOf(':')).toLowerCase();
+    const settings =
+      scheme === 'http' || scheme === 'https' ? { key: peer?.key, tls: this.tls } : scheme === 'nats' || scheme === 'tls' ? mergeNatsSettings(this.config.nats, peer?.nats) : (peer?.options ?? {});
+    return transports.create({
+      destination,
+      url,
+      node: { id: this.nodeId, name: this.config.name },
+      settings,
+      unpack: unpackFrame,
+      log: (level, event, fields, message) => this.logger[level]({ event, peer: destination, ...fields }, message),
     });
   }
 
@@ -330,19 +342,21 @@ export class Daemon {
     if (intake === undefined) return;
     const sink = new IntakeSink(intake);
     for (const source of this.config.sources) {
-      const stream = parseNatsUrl(source.url).stream;
+      const address = parseNatsUrl(source.url);
+      const shown = transports.display(source.url);
       const natsSource = new NatsSource({
         url: source.url,
+        settings: mergeNatsSettings(this.config.nats, source.nats),
         durable: source.durable,
         ...(source.subject === undefined ? {} : { subject: source.subject }),
         sink,
-        adopt: adoptNatsMessage(source, this.config.name, stream),
-        onError: (error) => this.logger.warn({ event: 'source_failed', source: source.url, durable: source.durable, code: error.code, error: error.message }, 'cannot take messages from the source'),
-        onRefused: (sequence, error) => this.logger.error({ event: 'source_refused', source: source.url, sequence, code: error.code, error: error.message }, 'refused a message from the source for good; terminated it in JetStream'),
+        codec: sourceCodec(this.config.name, address.stream, source.channel),
+        onError: (error) => this.logger.warn({ event: 'source_failed', source: shown, durable: source.durable, code: error.code, error: error.message }, 'cannot take messages from the source'),
+        onRefused: (sequence, error) => this.logger.error({ event: 'source_refused', source: shown, sequence, code: error.code, error: error.message }, 'refused a message from the source for good; terminated it in JetStream'),
       });
       natsSource.start();
       this.sources.push(natsSource);
-      this.logger.info({ event: 'source_started', source: source.url, durable: source.durable }, 'taking messages from a JetStream stream');
+      this.logger.info({ event: 'source_started', source: shown, durable: source.durable }, 'taking messages from a JetStream stream');
     }
   }
 
@@ -365,18 +379,29 @@ export class Daemon {
     const destinations = new Set([...Object.keys(this.config.peers), ...(await outbox.destinations())]);
     for (const destination of destinations) {
       if (this.forwarders.has(destination)) continue;
-      const url = this.config.peers[destination]?.url ?? (/^https?:\/\//.test(destination) ? destination : undefined);
+      const url = destinationUrl(this.config, destination);
       if (url === undefined) {
-        this.logger.warn({ event: 'unknown_destination', destination }, 'messages name a destination that is neither a peer nor a URL');
+        if (!this.unknown.has(destination)) this.logger.warn({ event: 'unknown_destination', destination }, 'messages name a destination that is neither a peer nor a URL of a known transport');
+        this.unknown.add(destination);
         continue;
       }
-      const sender = this.transportFor(destination, url);
+      let sender: Transport;
+      try {
+        sender = await this.transportFor(destination, url);
+      } catch (err) {
+        this.logger.error({ event: 'transport', peer: destination, err }, 'cannot make the transport of a destination');
+        continue;
+      }
+      if (this.stopping !== undefined) {
+        await sender.close();
+        return;
+      }
       const queue = await outbox.destinationQueue(destination, (stream, offset, reason) =>
         this.logger.error({ event: 'undecodable', peer: destination, stream, offset, reason }, 'an outbox frame holds no valid message: it can never be forwarded'),
       );
       const forwarder = new Forwarder({
         destination,
-        url,
+        url: transports.display(url),
         nodeId: this.nodeId,
         nodeName: this.config.name,
         queue,
@@ -411,7 +436,7 @@ export class Daemon {
       });
       this.forwarders.set(destination, { forwarder, sender });
       forwarder.start();
-      this.logger.info({ event: 'forwarder_started', peer: destination, url }, 'forwarding');
+      this.logger.info({ event: 'forwarder_started', peer: destination, url: transports.display(url) }, 'forwarding');
     }
   }
 

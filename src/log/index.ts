@@ -8,6 +8,7 @@ export { FileLogStore, type FileLogStoreOptions } from './file-log-store.js';
 export { MemoryLogStore } from './memory-log-store.js';
 export { FrameType, type Payload } from './frame.js';
 export { Lock, type LockOptions } from './lock.js';
+export { ShortLock, type ShortLockOptions } from './short-lock.js';
 export { RecordLog } from './record-log.js';
 export { parseStreamName, streamName } from './stream-id.js';
 export { segmentFileName } from './segment.js';

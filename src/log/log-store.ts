@@ -146,6 +146,25 @@ export interface StreamRead {
   readonly damaged?: readonly DamagedRange[];
 }
 
+/** A frame passed over by its header alone (LogReader.skim): what it is and where it lies, not what it holds. */
+export interface SkimmedFrame {
+  readonly type: number;
+  readonly offset: number;
+  /** Base offset of the segment holding it. */
+  readonly segment: number;
+  /** Byte position of the frame in its segment. */
+  readonly position: number;
+  /** Header plus payload bytes. */
+  readonly bytes: number;
+}
+
+export interface StreamSkim {
+  readonly frames: SkimmedFrame[];
+  /** As StreamRead's. */
+  readonly state: 'more' | 'end' | 'torn';
+  readonly torn?: TornTail;
+}
+
 export interface ReadLimits {
   readonly maxFrames?: number;
   readonly maxBytes?: number;
@@ -160,6 +179,11 @@ export interface ReaderOptions {
    * be reused by another frame.
    */
   readonly durable?: boolean;
+  /**
+   * Bytes read from a file at a time (the file store; default 256 KiB). A reader that is moved around
+   * (seek) and reads a little at each place wants less: what it reads ahead is read again after a move.
+   */
+  readonly bufferBytes?: number;
   /**
    * Frames may be views into the reader's read blocks rather than copies (a block is never reused once
    * a frame came from it). For callers that let go of frames soon: a frame kept long keeps its block
@@ -180,6 +204,20 @@ export interface LogReader {
    * stop it: it resynchronises after it and lists what it passed over in the result's `damaged`.
    */
   read(limits?: ReadLimits): Promise<StreamRead>;
+  /**
+   * Passes over the frames available now, from the current position, by their headers alone (payloads
+   * are neither returned nor checked), up to the limits (`maxBytes` counts whole frames), and moves the
+   * position past them: where a stream's frames lie, without the cost of reading them. SYNC frames are
+   * never returned (as by read). Frames of every type are listed, `skipTypes` ones included.
+   * @throws ERR_CORRUPT_FRAME as read() does, for a header that cannot be passed over.
+   */
+  skim(limits?: ReadLimits): Promise<StreamSkim>;
+  /**
+   * Moves the reader to `to` (a position a reader of this stream reported, or an offset alone): the next
+   * read or skim goes on from there, as a new reader from `to` would, reusing the open segment when the
+   * hint lies in it. A hint that no longer checks out (the segment was rewritten) is not trusted.
+   */
+  seek(to: StreamPosition): Promise<void>;
   /**
    * Makes every frame this reader returned so far durable (the file store: fdatasync of the segment it
    * reads; earlier segments were sealed, so fsync'd). For callers that act on frames in batches.

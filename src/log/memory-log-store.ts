@@ -18,7 +18,7 @@ import { MqlogError, abortError, withDetails } from '../errors.js';
 import { FRAME_HEADER_BYTES, encodeFrameHeader, frameChecksum, payloadLength, type Payload } from './frame.js';
 import { DEFAULT_ROLL_IDLE_MS } from './log-store.js';
 import type { AppendResult, FrameToAppend, ChangeFeed, CompactOptions, FrameHint, KeepFrame, LogReader, LogStore, LogWriter, QueueUsage } from './log-store.js';
-import type { ReadLimits, ReaderOptions, SegmentSummary, StoredFrame, StreamCompaction, StreamId, StreamPosition, StreamRead, StreamRepair, VerifyEvent, WriterOptions } from './log-store.js';
+import type { ReadLimits, ReaderOptions, SegmentSummary, SkimmedFrame, StoredFrame, StreamCompaction, StreamId, StreamPosition, StreamRead, StreamRepair, StreamSkim, VerifyEvent, WriterOptions } from './log-store.js';
 import { IndexBuilder, summarize } from './segment-index.js';
 import { STREAM_KEY, compareStreams, parseStreamName, streamName } from './stream-id.js';
 
@@ -378,29 +378,48 @@ class MemoryLogReader implements LogReader {
    * @throws ERR_CLOSED after close().
    */
   async read(limits: ReadLimits = {}): Promise<StreamRead> {
+    // Passed over, but the position moves past it (as the file store's reader does).
+    const { items: frames, state } = this.walk(limits, (frame) => (this.skipTypes?.has(frame.type) === true ? undefined : frame));
+    return { frames, state };
+  }
+
+  /** Lists the frames stored now from the position, up to the limits, and moves past them (see LogReader.skim). */
+  async skim(limits: ReadLimits = {}): Promise<StreamSkim> {
+    const { items: frames, state } = this.walk(limits, (frame): SkimmedFrame => ({ type: frame.type, offset: frame.offset, segment: frame.segment, position: frame.position, bytes: frame.bytes }));
+    return { frames, state };
+  }
+
+  /** The frames stored now from the position as `pick` makes them (undefined: passed over), up to the limits. */
+  private walk<T extends { readonly bytes: number }>(limits: ReadLimits, pick: (frame: StoredFrame) => T | undefined): { items: T[]; state: 'more' | 'end' } {
     if (this.closed) throw new MqlogError('ERR_CLOSED', 'stream reader is closed');
     const maxFrames = limits.maxFrames ?? Number.POSITIVE_INFINITY;
     const maxBytes = limits.maxBytes ?? Number.POSITIVE_INFINITY;
-    const frames: StoredFrame[] = [];
+    const items: T[] = [];
     const stream = this.lookup();
-    if (stream === undefined) return { frames, state: 'end' };
+    if (stream === undefined) return { items, state: 'end' };
     const source = framesFrom(stream, this.next);
     let bytes = 0;
-    while (frames.length < maxFrames && bytes < maxBytes) {
+    while (items.length < maxFrames && bytes < maxBytes) {
       const step = source.next();
-      if (step.done === true) return { frames, state: 'end' };
+      if (step.done === true) return { items, state: 'end' };
       const frame = step.value;
       this.next = frame.offset + 1;
-      // Passed over, but the position moves past it (as the file store's reader does).
-      if (this.skipTypes?.has(frame.type) === true) continue;
-      frames.push(frame);
-      bytes += frame.bytes;
+      const item = pick(frame);
+      if (item === undefined) continue;
+      items.push(item);
+      bytes += item.bytes;
       this.hint = { segment: frame.segment, position: frame.position, offset: frame.offset };
     }
-    return { frames, state: 'more' };
+    return { items, state: 'more' };
   }
 
-  /** Idempotent: a reader holds nothing. */
+  /** Moves to `to`: each read finds its place by offset, so the hint is only kept for `position`. */
+  async seek(to: StreamPosition): Promise<void> {
+    if (this.closed) throw new MqlogError('ERR_CLOSED', 'stream reader is closed');
+    this.next = to.offset;
+    this.hint = to.hint;
+  }
+
   /** Memory holds nothing that a crash could lose and a sync keep: nothing to do. */
   async sync(): Promise<void> {
     if (this.closed) throw new MqlogError('ERR_CLOSED', 'log reader is closed');

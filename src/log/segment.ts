@@ -63,7 +63,7 @@ export type ReadStep =
    */
   | { readonly kind: 'torn'; readonly position: number; readonly reason: string; readonly tornBytes: number }
   /** A frame of a type the caller asked to skip: passed over by its header, its payload neither read nor checked. */
-  | { readonly kind: 'skipped'; readonly offset: number; readonly position: number; readonly bytes: number };
+  | { readonly kind: 'skipped'; readonly type: number; readonly offset: number; readonly position: number; readonly bytes: number };
 
 export interface SegmentReaderOptions {
   /** Frame types to pass over without reading their payload (their CRC is then not checked). */
@@ -303,7 +303,7 @@ export class SegmentReader {
       this.bufferStart = end;
       this.bufferLength = 0;
     }
-    return { kind: 'skipped', offset: check.header.offset, position: at, bytes };
+    return { kind: 'skipped', type: check.header.type, offset: check.header.offset, position: at, bytes };
   }
 
   /** Forgets buffered bytes past the end of data: a writer may fill them in before the next call. */

@@ -14,16 +14,20 @@
  * segment, it resynchronises at the next valid frame (whole header, CRC) of the segment, or at the next
  * segment, and reports the range passed over in its read's `damaged` list and to `onDamaged`.
  */
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { MqlogError, isMqlogError } from '../errors.js';
-import type { DamagedRange, FrameHint, LogReader, ReadLimits, ReaderOptions, StoredFrame, StreamPosition, StreamRead } from './log-store.js';
+import type { DamagedRange, FrameHint, LogReader, ReadLimits, ReaderOptions, SkimmedFrame, StoredFrame, StreamPosition, StreamRead, StreamSkim, TornTail } from './log-store.js';
+import { FRAME_HEADER_BYTES, FrameType, parseFrameHeader } from './frame.js';
 import { SegmentReader, findNextFrame, storedFrame, type ReadStep, type SegmentReaderOptions } from './segment.js';
 import type { SegmentIndexes } from './segment-index-file.js';
 import { SegmentSet, type SegmentInfo } from './segment-set.js';
 
 /** How long frames may stay without a sync mark before a durable reader fsyncs them itself. */
 const UNMARKED_SYNC_AFTER_MS = 20;
+/** Bytes one synchronous skim reads at most. */
+const SKIM_READ_BYTES = 256 * 1024;
 
 export class StreamReader implements LogReader {
   readonly stream: string;
@@ -32,12 +36,16 @@ export class StreamReader implements LogReader {
   private hint: StreamPosition['hint'];
   private reader: SegmentReader | undefined;
   private segment: number | undefined;
+  /** The open segment's file, for skims read synchronously. */
+  private skimFd: { readonly path: string; readonly fd: number } | undefined;
   private closed = false;
   /** Corruption met after some frames were already collected: thrown by the next read(). */
   private deferredError: Error | undefined;
-  private readonly skipTypes: ReadonlySet<number> | undefined;
+  /** What the segment reader passes over by header: the caller's skipTypes, and every type while skimming. */
+  private skip: SkipSet | undefined;
   private readonly lend: boolean;
   private readonly durable: boolean;
+  private readonly bufferBytes: number | undefined;
   private readonly indexes: SegmentIndexes | undefined;
   private readonly onDamaged: ((range: DamagedRange) => void) | undefined;
   /** Damaged ranges passed over since the last read() returned. */
@@ -53,9 +61,10 @@ export class StreamReader implements LogReader {
     this.stream = basename(dir);
     this.next = from.offset;
     this.hint = from.hint;
-    this.skipTypes = options.skipTypes;
+    this.skip = options.skipTypes === undefined ? undefined : new SkipSet(options.skipTypes);
     this.lend = options.lend === true;
     this.durable = options.durable === true;
+    this.bufferBytes = options.bufferBytes;
     this.indexes = indexes;
     this.onDamaged = options.onDamaged;
   }
@@ -153,7 +162,152 @@ export class StreamReader implements LogReader {
     return { frames: frames.slice(0, covered), state: read.state === 'more' && covered > 0 ? 'more' : 'end' };
   }
 
+  /**
+   * Passes over the frames available now by their headers alone, up to the limits (see LogReader.skim).
+   * @throws ERR_CORRUPT_FRAME as read() does.
+   */
+  async skim(limits: ReadLimits = {}): Promise<StreamSkim> {
+    if (this.skip === undefined) {
+      // The open segment reader was made without a skip set: the next one gets it (the hint finds the place).
+      this.skip = new SkipSet(new Set());
+      await this.sync();
+      await this.drop();
+    }
+    // The plain case in one synchronous read: whole frames in the open segment, read just now.
+    const fast = this.skimSync(limits);
+    if (fast !== undefined && fast.done) return { frames: fast.frames, state: 'more' };
+    this.skip.all = true;
+    try {
+      const walked = await this.walk(fast === undefined ? limits : { ...limits, maxFrames: (limits.maxFrames ?? Number.POSITIVE_INFINITY) - fast.frames.length }, true);
+      // Damaged ranges passed over while skimming went to onDamaged; a skim lists none.
+      this.damaged = [];
+      const frames = fast === undefined ? walked.skimmed : [...fast.frames, ...walked.skimmed];
+      return { frames, state: walked.state, ...(walked.torn === undefined ? {} : { torn: walked.torn }) };
+    } finally {
+      this.skip.all = false;
+    }
+  }
+
+  /**
+   * Skims the open segment from where its reader stands with one synchronous read, as long as what it
+   * finds is plain: whole frames with sane headers (SYNC frames are passed over). `done` when `maxFrames`
+   * were found; otherwise the async walk goes on from where this stopped (the end of the data, a segment
+   * boundary, a doubtful spot, `maxBytes`) and judges it. Undefined when there is no open segment reader.
+   */
+  private skimSync(limits: ReadLimits): { frames: SkimmedFrame[]; done: boolean } | undefined {
+    const reader = this.reader;
+    const segment = this.segment;
+    if (reader === undefined || segment === undefined || this.deferredError !== undefined) return undefined;
+    const maxFrames = limits.maxFrames ?? Number.POSITIVE_INFINITY;
+    const maxBytes = limits.maxBytes ?? Number.POSITIVE_INFINITY;
+    const chunk = this.bufferBytes ?? SKIM_READ_BYTES;
+    const frames: SkimmedFrame[] = [];
+    let position = reader.nextPosition;
+    let total = 0;
+    // Chunk by chunk, as long as each ends in the middle of a whole frame of the data.
+    for (let more = true; more && frames.length < maxFrames && total < maxBytes; ) {
+      let bytes: Buffer;
+      try {
+        if (this.skimFd === undefined || this.skimFd.path !== reader.path) {
+          this.closeSkimFd();
+          this.skimFd = { path: reader.path, fd: openSync(reader.path, 'r') };
+        }
+        const length = Math.min(fstatSync(this.skimFd.fd).size - position, chunk);
+        if (length <= FRAME_HEADER_BYTES) break;
+        bytes = Buffer.allocUnsafe(length);
+        bytes = bytes.subarray(0, readSync(this.skimFd.fd, bytes, 0, length, position));
+      } catch {
+        break;
+      }
+      let at = 0;
+      more = false;
+      while (frames.length < maxFrames && total < maxBytes) {
+        if (at + FRAME_HEADER_BYTES > bytes.length) {
+          more = bytes.length === chunk;
+          break;
+        }
+        const check = parseFrameHeader(bytes, at);
+        if (!check.ok) break;
+        const size = FRAME_HEADER_BYTES + check.header.payloadBytes;
+        // A frame not wholly read: the next chunk, or (at the end of the data) the async walk judges it.
+        if (at + size > bytes.length) {
+          more = bytes.length === chunk && size <= chunk;
+          break;
+        }
+        const framePosition = position + at;
+        at += size;
+        if (check.header.type === FrameType.SYNC) continue;
+        const offset = check.header.offset;
+        if (offset < this.next) continue;
+        frames.push({ type: check.header.type, offset, segment, position: framePosition, bytes: size });
+        total += size;
+        this.next = offset + 1;
+        this.hint = { segment, position: framePosition, offset };
+      }
+      position += at;
+    }
+    reader.seek(position);
+    return { frames, done: frames.length >= maxFrames || total >= maxBytes };
+  }
+
+  /** Where the frame with `offset` that starts at `position` of the file ends, if its header says so. */
+  private frameEndSync(path: string, position: number, offset: number): number | undefined {
+    try {
+      if (this.skimFd === undefined || this.skimFd.path !== path) {
+        this.closeSkimFd();
+        this.skimFd = { path, fd: openSync(path, 'r') };
+      }
+      const header = Buffer.allocUnsafe(FRAME_HEADER_BYTES);
+      if (readSync(this.skimFd.fd, header, 0, FRAME_HEADER_BYTES, position) < FRAME_HEADER_BYTES) return undefined;
+      const check = parseFrameHeader(header);
+      return check.ok && check.header.offset === offset ? position + FRAME_HEADER_BYTES + check.header.payloadBytes : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private closeSkimFd(): void {
+    if (this.skimFd !== undefined) closeSync(this.skimFd.fd);
+    this.skimFd = undefined;
+  }
+
+  /** Moves the reader to `to`; the open segment is kept when the hint lies in it and checks out. */
+  async seek(to: StreamPosition): Promise<void> {
+    if (this.closed) throw new MqlogError('ERR_CLOSED', 'stream reader is closed');
+    this.next = to.offset;
+    this.hint = to.hint;
+    this.deferredError = undefined;
+    const hint = to.hint;
+    const reader = this.reader;
+    if (reader !== undefined && hint !== undefined && hint.segment === this.segment && hint.offset < to.offset) {
+      // The hinted frame's header, read synchronously where the hint says it is: the reader then stands
+      // right after it.
+      const after = this.frameEndSync(reader.path, hint.position, hint.offset);
+      if (after !== undefined) {
+        reader.seek(after);
+        return;
+      }
+      reader.seek(hint.position);
+      try {
+        const step = await reader.next();
+        if ((step.kind === 'frame' && step.frame.offset === hint.offset) || (step.kind === 'skipped' && step.offset === hint.offset)) return;
+      } catch (err) {
+        if (!isMqlogError(err, 'ERR_CORRUPT_FRAME') && !isMqlogError(err, 'ERR_UNSUPPORTED_VERSION') && !isMqlogError(err, 'ERR_NOT_FOUND')) throw err;
+      }
+    }
+    // Another segment, no hint, or a hint that no longer checks out: the next read finds the place anew
+    // (what was returned from the segment left is made durable first, as sync() would).
+    await this.sync();
+    await this.drop();
+  }
+
   private async readAvailable(limits: ReadLimits): Promise<StreamRead> {
+    const walked = await this.walk(limits, false);
+    return { frames: walked.frames, state: walked.state, ...(walked.torn === undefined ? {} : { torn: walked.torn }) };
+  }
+
+  /** Reads (or, `skimming`, passes over) the frames available now, up to the limits. */
+  private async walk(limits: ReadLimits, skimming: boolean): Promise<{ frames: StoredFrame[]; skimmed: SkimmedFrame[]; state: StreamRead['state']; torn?: TornTail }> {
     if (this.closed) throw new MqlogError('ERR_CLOSED', 'stream reader is closed');
     if (this.deferredError !== undefined) {
       const error = this.deferredError;
@@ -163,11 +317,12 @@ export class StreamReader implements LogReader {
     const maxFrames = limits.maxFrames ?? Number.POSITIVE_INFINITY;
     const maxBytes = limits.maxBytes ?? Number.POSITIVE_INFINITY;
     const frames: StoredFrame[] = [];
+    const skimmed: SkimmedFrame[] = [];
     let bytes = 0;
     let recheckedEnd = false;
-    while (frames.length < maxFrames && bytes < maxBytes) {
+    while (frames.length + skimmed.length < maxFrames && bytes < maxBytes) {
       const reader = this.reader ?? (await this.openReader());
-      if (reader === undefined) return { frames, state: 'end' };
+      if (reader === undefined) return { frames, skimmed, state: 'end' };
       let step;
       try {
         step = await reader.next();
@@ -182,11 +337,21 @@ export class StreamReader implements LogReader {
           continue;
         }
         // Hand out what came before the failure first; the position stays right before it.
-        if (frames.length > 0 && err instanceof Error) {
+        if (frames.length + skimmed.length > 0 && err instanceof Error) {
           this.deferredError = err;
-          return { frames, state: 'more' };
+          return { frames, skimmed, state: 'more' };
         }
         throw err;
+      }
+      if (step.kind === 'skipped' && skimming) {
+        recheckedEnd = false;
+        if (step.offset < this.next) continue;
+        const segment = this.segment ?? 0;
+        skimmed.push({ type: step.type, offset: step.offset, segment, position: step.position, bytes: step.bytes });
+        bytes += step.bytes;
+        this.next = step.offset + 1;
+        this.hint = { segment, position: step.position, offset: step.offset };
+        continue;
       }
       if (step.kind === 'skipped') {
         recheckedEnd = false;
@@ -197,8 +362,14 @@ export class StreamReader implements LogReader {
         recheckedEnd = false;
         if (step.frame.offset < this.next) continue;
         const frame = storedFrame(this.stream, this.segment ?? 0, step.frame);
-        frames.push(frame);
-        this.returnedEnd = { segment: frame.segment, end: frame.position + frame.bytes };
+        // A frame the segment reader would not pass over by its header (it read it whole): listed all the same.
+        if (skimming) skimmed.push({ type: frame.type, offset: frame.offset, segment: frame.segment, position: frame.position, bytes: frame.bytes });
+        else {
+          frames.push(frame);
+          // The furthest frame returned from its segment (a reader moved back by seek returns earlier ones).
+          const end = frame.position + frame.bytes;
+          if (this.returnedEnd === undefined || this.returnedEnd.segment !== frame.segment || this.returnedEnd.end < end) this.returnedEnd = { segment: frame.segment, end };
+        }
         bytes += frame.bytes;
         this.next = frame.offset + 1;
         this.hint = { segment: frame.segment, position: frame.position, offset: frame.offset };
@@ -206,13 +377,13 @@ export class StreamReader implements LogReader {
       }
       // Zeros reserved after the data: the writer is still appending here (it cuts them off before it
       // seals the segment and starts the next), so there is no successor to look for.
-      if (step.kind === 'end' && step.zeroTail === true) return { frames, state: 'end' };
+      if (step.kind === 'end' && step.zeroTail === true) return { frames, skimmed, state: 'end' };
       const successor = await this.successorOf(this.segment ?? 0);
       if (successor === undefined) {
         if (step.kind === 'torn') {
-          return { frames, state: 'torn', torn: { path: reader.path, position: step.position, bytes: step.tornBytes, reason: step.reason } };
+          return { frames, skimmed, state: 'torn', torn: { path: reader.path, position: step.position, bytes: step.tornBytes, reason: step.reason } };
         }
-        return { frames, state: 'end' };
+        return { frames, skimmed, state: 'end' };
       }
       // A successor exists, so this segment was sealed before it was created: read its end once more
       // to catch frames written between our last read and the seal.
@@ -227,11 +398,12 @@ export class StreamReader implements LogReader {
       await this.drop();
       this.next = Math.max(this.next, successor.baseOffset);
     }
-    return { frames, state: 'more' };
+    return { frames, skimmed, state: 'more' };
   }
 
   async close(): Promise<void> {
     this.closed = true;
+    this.closeSkimFd();
     await this.drop();
   }
 
@@ -312,7 +484,23 @@ export class StreamReader implements LogReader {
   }
 
   private segmentOptions(): SegmentReaderOptions {
-    return { ...(this.skipTypes === undefined ? {} : { skipTypes: this.skipTypes }), lend: this.lend };
+    return { ...(this.skip === undefined ? {} : { skipTypes: this.skip }), ...(this.bufferBytes === undefined ? {} : { bufferBytes: this.bufferBytes }), lend: this.lend };
+  }
+}
+
+/**
+ * The frame types a segment reader passes over by their header: the reader's own skipTypes, or, while
+ * it skims, every type (SYNC frames excepted: the segment reader never passes over those).
+ */
+class SkipSet extends Set<number> {
+  all = false;
+
+  constructor(types: ReadonlySet<number>) {
+    super(types);
+  }
+
+  override has(type: number): boolean {
+    return this.all || super.has(type);
   }
 }
 

@@ -338,19 +338,17 @@ export class StreamWriter {
         position,
       );
       this.onFlush?.(run.length, runBytes, performance.now() - started);
-      // Callers go first (the mark adds nothing to what they were promised); the next run waits for it.
-      for (const r of run) r.pending.resolve(r.result);
       await this.markSynced(handle);
+      for (const r of run) r.pending.resolve(r.result);
     }
     this.armIdleRoll();
   }
 
   /**
-   * After a run's fsync (and its callers' resolution): a SYNC frame stating the new end of data, so that
-   * followers (in any process) see that the run is durable without an fsync of their own
-   * (spec/log-format.md §3.3). It is the next run's opening mark, written early; not fsync'd itself (the
-   * next run's fsync covers it). Best effort: without it (no room, a full disk) the next run opens with
-   * the mark as before.
+   * After a run's fsync: a SYNC frame stating the new end of data, so that followers (in any process)
+   * see that the run is durable without an fsync of their own (spec/log-format.md §3.3). It is the next
+   * run's opening mark, written early; not fsync'd itself (the next run's fsync covers it). Best
+   * effort: without it (no room, a full disk) the next run opens with the mark as before.
    */
   private async markSynced(handle: FileHandle): Promise<void> {
     // Room for it and for what the segment keeps for its closing mark after the next frame (handleFor).

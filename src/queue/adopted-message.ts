@@ -6,7 +6,7 @@
  */
 import { FrameType, decodeFrame, encodeFrame } from '../log/frame.js';
 import { isId, newId } from '../util/ids.js';
-import { DEFAULT_CHANNEL, DEFAULT_PRIORITY, checkChannel, decodeChunk, decodeMeta, encodeMessagePayload } from './codec.js';
+import { DEFAULT_CHANNEL, DEFAULT_PRIORITY, MAX_HEADERS, MAX_HEADER_KEY_BYTES, MAX_HEADER_VALUE_BYTES, checkChannel, decodeChunk, decodeMeta, encodeChunk, encodeMessagePayload, type ChunkMeta, type MessageMeta } from './codec.js';
 
 export interface ForeignMessage {
   readonly data: Uint8Array;
@@ -24,6 +24,8 @@ export interface ForeignMessage {
   readonly to: string;
   /** Where it came from, as the `from` of a wrapped message. */
   readonly from: string;
+  /** Headers to keep on a wrapped message (those beyond the format's limits are left out). */
+  readonly headers?: Readonly<Record<string, string>> | undefined;
 }
 
 /** The frame to store for a message from a source. */
@@ -46,10 +48,24 @@ export function adoptMessage(m: ForeignMessage): Buffer {
       priority: Number.isInteger(priority) && priority >= 0 && priority <= 9 ? priority : DEFAULT_PRIORITY,
       to: [m.to],
       from: m.from,
+      ...(m.headers === undefined ? {} : { headers: keepable(m.headers) }),
     },
     bytes,
   );
   return encodeFrame(FrameType.MESSAGE, m.sequence, payload);
+}
+
+function keepable(headers: Readonly<Record<string, string>>): Record<string, string> {
+  const out: Record<string, string> = {};
+  let count = 0;
+  for (const [key, value] of Object.entries(headers)) {
+    if (count === MAX_HEADERS) break;
+    const keyBytes = Buffer.byteLength(key);
+    if (keyBytes === 0 || keyBytes > MAX_HEADER_KEY_BYTES || Buffer.byteLength(value) > MAX_HEADER_VALUE_BYTES) continue;
+    out[key] = value;
+    count++;
+  }
+  return out;
 }
 
 function readable(type: number, payload: Buffer): boolean {
@@ -70,4 +86,28 @@ function pickChannel(channel: string): string {
   } catch {
     return DEFAULT_CHANNEL;
   }
+}
+
+/** A frame published as it is by another node (JetStream format `frame`): the frame and its offset, if it is a sound one. */
+export function adoptFrame(data: Uint8Array): { frame: Buffer; offset: number } | undefined {
+  const bytes = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  const decoded = decodeFrame(bytes);
+  if (!decoded.ok || decoded.bytes !== bytes.length || !readable(decoded.frame.type, decoded.frame.payload)) return undefined;
+  return { frame: Buffer.from(bytes), offset: decoded.frame.offset };
+}
+
+/**
+ * The MESSAGE frame of a message another node published with its fields apart from its body (JetStream
+ * format `headers`), at the offset it had in its sender's stream. A streamed body's message declares
+ * its size and SHA-256 (its chunks come as chunk frames; the intake finds where they were stored).
+ * Fields are checked when the frame is (by the intake): nothing is validated here.
+ */
+export function adoptFields(offset: number, meta: Omit<MessageMeta, 'streamed' | 'origin'>, body: Uint8Array, streamed?: { readonly size: number; readonly sha256: string }): Buffer {
+  const payload = encodeMessagePayload(streamed === undefined ? meta : { ...meta, streamed: { ...streamed, parts: [] } }, streamed === undefined ? body : new Uint8Array(0));
+  return encodeFrame(FrameType.MESSAGE, offset, payload);
+}
+
+/** A piece of such a message's streamed body, as a BODY_CHUNK frame at `offset`. */
+export function adoptChunk(offset: number, meta: Omit<ChunkMeta, 'origin'>, data: Uint8Array): Buffer {
+  return encodeFrame(FrameType.BODY_CHUNK, offset, Buffer.concat(encodeChunk(meta, data)));
 }

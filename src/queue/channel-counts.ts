@@ -2,15 +2,15 @@
  * What the daemon's metrics and status page show of one channel, kept up to date without rereading its
  * files: the messages in its inbox and dead letters (from the log's segment summaries, plus the frames
  * appended since, read once: stored-messages.ts) and their consumer states (re-read as they grow, by
- * whichever process wrote them). Pending = messages not done; dead letters = dead-letter messages not
+ * whichever process wrote them, the acks in consumers' own journals included). Pending = messages not done; dead letters = dead-letter messages not
  * redriven; acks made since this object started are counted. Starting costs a look at each segment's
  * index, never a read of the queue.
  *
  * Memory: a few ranges per segment, and the consumer states' own (gaps and messages in flight).
  */
 import type { LogStore } from '../log/log-store.js';
-import type { StateRecord } from './acks.js';
 import { ConsumerJournal } from './consumer-journal.js';
+import type { DoneKind } from './consumer-state.js';
 import type { QueueInfo } from './layout.js';
 import { StoredMessages } from './stored-messages.js';
 
@@ -32,8 +32,8 @@ class FollowedQueue {
     this.messages = new StoredMessages(store, info.queue);
   }
 
-  async refresh(onApplied?: (record: StateRecord) => void): Promise<void> {
-    this.journal ??= await ConsumerJournal.open(this.info.dir, onApplied === undefined ? {} : { onApplied });
+  async refresh(onDone?: (kind: DoneKind, count: number) => void): Promise<void> {
+    this.journal ??= await ConsumerJournal.open(this.info.dir, onDone === undefined ? {} : { onDone });
     await this.journal.refresh();
     await this.messages.refresh();
   }
@@ -54,24 +54,25 @@ export class ChannelCounts {
   readonly channel: string;
   private readonly inbox: FollowedQueue;
   private readonly dead: FollowedQueue;
-  private readonly onAck: ((record: StateRecord) => void) | undefined;
-  /** Acks applied since the first refresh (records already there before are history). */
+  private readonly onDone: ((kind: DoneKind, count: number) => void) | undefined;
+  /** Acks seen since the first refresh (those already there before are history). */
   acked = 0;
   private started = false;
 
-  constructor(store: LogStore, inbox: QueueInfo, dead: QueueInfo, onRecord?: (record: StateRecord) => void) {
+  /** `onDone` hears how many inbox messages became done, and how, as they are seen. */
+  constructor(store: LogStore, inbox: QueueInfo, dead: QueueInfo, onDone?: (kind: DoneKind, count: number) => void) {
     this.channel = inbox.channel ?? '';
     this.inbox = new FollowedQueue(store, inbox);
     this.dead = new FollowedQueue(store, dead);
-    this.onAck = onRecord;
+    this.onDone = onDone;
   }
 
-  /** Re-reads what changed. `counting`: records found now happened while this daemon ran. */
+  /** Re-reads what changed. `counting`: what is found now happened while this daemon ran. */
   async refresh(counting: boolean): Promise<void> {
-    await this.inbox.refresh((record) => {
+    await this.inbox.refresh((kind, count) => {
       if (!this.started && !counting) return;
-      if (record.k === 'A') this.acked++;
-      this.onAck?.(record);
+      if (kind === 'acked') this.acked += count;
+      this.onDone?.(kind, count);
     });
     this.started = true;
     await this.dead.refresh();

@@ -4,7 +4,7 @@
  * offsets. The same numbers as a read of every message with its state (queue-scan.ts statQueue).
  */
 import type { LogStore } from '../log/log-store.js';
-import type { ConsumerState } from './acks.js';
+import type { ConsumerState } from './consumer-state.js';
 import type { QueueInfo } from './layout.js';
 import type { QueueStat } from './queue-scan.js';
 import { StoredMessages } from './stored-messages.js';

@@ -10,7 +10,7 @@
  */
 import { MqlogError } from '../errors.js';
 import { FrameType, type Payload } from '../log/frame.js';
-import type { AppendResult, ChangeFeed, LogStore, LogWriter, WriterOptions } from '../log/log-store.js';
+import type { AppendResult, ChangeFeed, LogStore, LogWriter, TruncatedTail, WriterOptions } from '../log/log-store.js';
 import { DEAD_REASON_HEADER, checkChannel, encodeChunk, encodeMessage, type ChunkMeta, type MessageMeta, type MessageRecord } from './codec.js';
 import { readStreamedBody } from './body.js';
 import { ConsumerJournal } from './consumer-journal.js';
@@ -119,10 +119,10 @@ export class Inbox {
     return (await this.consumer()).purge(signal);
   }
 
-  /** The shared consumer state of this queue. */
+  /** The shared consumer state of this queue, as this process's consumer uses it (without the claims' acks of others). */
   state(): Promise<ConsumerJournal> {
     const onTruncated = this.options.onTruncated;
-    this.journal ??= ConsumerJournal.open(this.info.dir, onTruncated === undefined ? {} : { onTruncated: (tail) => onTruncated('consumer journal', tail) });
+    this.journal ??= ConsumerJournal.open(this.info.dir, { claimAcks: false, ...(onTruncated === undefined ? {} : { onTruncated: (tail: TruncatedTail) => onTruncated('consumer journal', tail) }) });
     return this.journal;
   }
 

@@ -35,12 +35,16 @@ export interface IncomingFrames {
   readonly destination: string;
   /** The peer the transport authenticated, if it authenticates. */
   readonly peer: string | undefined;
-  readonly frames: readonly { readonly stream: string; readonly frame: Buffer }[];
+  readonly frames: readonly { readonly stream: string; readonly frame: Buffer; readonly coversFrom?: number | undefined }[];
   /** Per sender stream, the range of offsets `[from, to)` the batch covers (see dedup-table.ts). */
   readonly covers?: ReadonlyMap<string, { readonly from: number; readonly to: number }> | undefined;
   /** Where the sender takes receipts now, if the transport says (its messages' own replyTo is where it took them when they were sent). */
   readonly replyTo?: string | undefined;
-  /** Set by sources that do not deliver in order: duplicates are recognised by exact offset, everything up to `floor` was delivered before. */
+  /**
+   * Set by sources that do not deliver in order: duplicates are recognised by exact offset, everything up
+   * to `floor` was delivered before, and a frame's `coversFrom` says its sender sends nothing else of that
+   * stream from there up to the frame.
+   */
   readonly unordered?: { readonly floor: number } | undefined;
 }
 
@@ -376,6 +380,11 @@ export class Intake {
       // No order to rely on: remember exactly what is stored, and what the source says is behind it.
       for (const c of fresh) this.dedup.stored(c.key, c.offset);
       for (const key of new Set(checked.map((c) => c.key))) this.dedup.cover(key, 0, batch.unordered.floor + 1);
+      // A frame that says what its sender skipped before it covers that range too (no gaps left behind).
+      for (const c of checked) {
+        const coversFrom = batch.frames[c.index]?.coversFrom;
+        if (coversFrom !== undefined && coversFrom < c.offset) this.dedup.cover(c.key, coversFrom, c.offset);
+      }
     } else {
       const highest = new Map<string, { stream: string; max: number }>();
       for (const c of checked) highest.set(c.key, { stream: c.stream, max: Math.max(highest.get(c.key)?.max ?? -1, c.offset) });

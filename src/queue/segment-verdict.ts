@@ -12,7 +12,7 @@
  */
 import { FrameType } from '../log/frame.js';
 import type { SegmentDecision, SegmentSummary } from '../log/log-store.js';
-import type { ConsumerState } from './acks.js';
+import type { ConsumerState } from './consumer-state.js';
 import type { SegmentMessages } from './message-blocks.js';
 import type { OutboxState } from './outbox-state.js';
 

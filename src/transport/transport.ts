@@ -22,6 +22,12 @@ export interface WireFrame {
 
 export interface ReceivedFrame extends WireFrame {
   readonly frame: Buffer;
+  /**
+   * For sources that do not deliver in order (`IncomingBatch.unordered`): every frame of the sender
+   * stream for this destination in `[coversFrom, offset)` is not one the sender will deliver (refused,
+   * expired, or sent another way), so once this frame is stored that whole range counts as stored.
+   */
+  readonly coversFrom?: number | undefined;
 }
 
 export interface OutgoingBatch {

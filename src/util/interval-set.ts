@@ -13,6 +13,111 @@ export class IntervalSet {
     return set;
   }
 
+  /** From flat runs `[start0, end0, start1, end1, …]` (any order, may overlap). */
+  static fromFlat(flat: readonly number[]): IntervalSet {
+    const set = new IntervalSet();
+    for (let i = 0; i + 1 < flat.length; i += 2) set.addRange(flat[i] as number, flat[i + 1] as number);
+    return set;
+  }
+
+  /** Flat runs `[start0, end0, start1, end1, …]`, sorted (a copy). */
+  toFlat(): number[] {
+    return this.ranges.slice();
+  }
+
+  clone(): IntervalSet {
+    const copy = new IntervalSet();
+    copy.ranges = this.ranges.slice();
+    return copy;
+  }
+
+  get isEmpty(): boolean {
+    return this.ranges.length === 0;
+  }
+
+  /** The smallest member, if any. */
+  get first(): number | undefined {
+    return this.ranges[0];
+  }
+
+  /** The largest member, if any. */
+  get last(): number | undefined {
+    const end = this.ranges[this.ranges.length - 1];
+    return end === undefined ? undefined : end - 1;
+  }
+
+  /** Every member, in order. */
+  *values(): Generator<number> {
+    for (let i = 0; i < this.ranges.length; i += 2) {
+      for (let v = this.ranges[i] as number; v < (this.ranges[i + 1] as number); v++) yield v;
+    }
+  }
+
+  /** Removes [start, end). */
+  removeRange(start: number, end: number): void {
+    if (end <= start || this.ranges.length === 0) return;
+    const out: number[] = [];
+    const r = this.ranges;
+    for (let i = 0; i < r.length; i += 2) {
+      const s = r[i] as number;
+      const e = r[i + 1] as number;
+      if (e <= start || s >= end) {
+        out.push(s, e);
+        continue;
+      }
+      if (s < start) out.push(s, start);
+      if (e > end) out.push(end, e);
+    }
+    this.ranges = out;
+  }
+
+  /** Adds every member of `other`. */
+  addAll(other: IntervalSet): void {
+    for (let i = 0; i < other.ranges.length; i += 2) this.addRange(other.ranges[i] as number, other.ranges[i + 1] as number);
+  }
+
+  /** Removes every member of `other`. */
+  removeAll(other: IntervalSet): void {
+    for (let i = 0; i < other.ranges.length && !this.isEmpty; i += 2) this.removeRange(other.ranges[i] as number, other.ranges[i + 1] as number);
+  }
+
+  /** The members that are also members of `other`. */
+  intersection(other: IntervalSet): IntervalSet {
+    const out = new IntervalSet();
+    const a = this.ranges;
+    const b = other.ranges;
+    let i = 0;
+    let j = 0;
+    while (i < a.length && j < b.length) {
+      const s = Math.max(a[i] as number, b[j] as number);
+      const e = Math.min(a[i + 1] as number, b[j + 1] as number);
+      if (e > s) out.ranges.push(s, e);
+      if ((a[i + 1] as number) < (b[j + 1] as number)) i += 2;
+      else j += 2;
+    }
+    return out;
+  }
+
+  /** Removes the `count` smallest members and returns them. */
+  takeFirst(count: number): IntervalSet {
+    const out = new IntervalSet();
+    let left = count;
+    while (left > 0 && this.ranges.length > 0) {
+      const s = this.ranges[0] as number;
+      const e = this.ranges[1] as number;
+      if (e - s <= left) {
+        out.ranges.push(s, e);
+        this.ranges.splice(0, 2);
+        left -= e - s;
+      } else {
+        out.ranges.push(s, s + left);
+        this.ranges[0] = s + left;
+        left = 0;
+      }
+    }
+    return out;
+  }
+
   get rangeCount(): number {
     return this.ranges.length / 2;
   }

@@ -121,7 +121,7 @@ test('stat counts messages and the backlog per destination', async (t) => {
   );
   assert.ok((outbox?.bytes as number) > 0);
   const peerB = rows.find((r) => r.peer === 'b');
-  assert.deepEqual(peerB, { peer: 'b', url: 'http://127.0.0.1:7999', backlog: 3, lastError: null, lastSentAt: null });
+  assert.deepEqual(peerB, { type: 'peer', peer: 'b', url: 'http://127.0.0.1:7999', backlog: 3, lastError: null, lastSentAt: null });
   assert.equal(rows.find((r) => r.peer === TO)?.backlog, 1);
 });
 

@@ -86,11 +86,12 @@ test('a power cut while consuming never bricks the inbox, and no acknowledged me
     }
     await opened.close();
 
-    // A consumer that leases ahead (lease records are written without fsync) and prints each ack once
-    // it resolved, killed mid-way; then the cut tears what its journal had not fsync'd.
+    // A consumer that claims ahead (claims are written without fsync) and prints each ack once it
+    // resolved, killed while an fsync of the shared journal or of its own ack journal hangs; then the cut
+    // tears what those journals had not fsync'd.
     const log = join(root, `${round}.sync.log`);
     const consumer = spawnChild(t, process.execPath, ['--import', 'tsx', '--import', RECORDER, join(FIXTURES, 'lease-consumer.ts'), '--data', dir, '--channel', 'jobs', '--follow', '--ack', '--ack-window', '4', '--prefetch', '16'], {
-      env: { ...process.env, MQLOG_SYNC_LOG: log, MQLOG_SYNC_HANG_AFTER: String(logUniformInt(random, 1, 60)), MQLOG_SYNC_HANG_PATH: '/journal-\\d+\\.log$' },
+      env: { ...process.env, MQLOG_SYNC_LOG: log, MQLOG_SYNC_HANG_AFTER: String(logUniformInt(random, 1, 60)), MQLOG_SYNC_HANG_PATH: '/(journal-\\d+|c-[0-9a-f]+)\\.log$' },
     });
     const stdout = new LineCollector(consumer.stdout!);
     const stderr = new LineCollector(consumer.stderr!);

@@ -1,17 +1,22 @@
 /**
- * A real nats-server with JetStream for end-to-end tests of the JetStream transport
- * (spec/transports.md §3). Each server listens on loopback on a port picked free up front, so a
- * restarted server comes back on the address the nodes know, and keeps its store in a temporary
- * directory, so a restarted server finds its streams again. The server binary is `/usr/sbin/nats-server`
- * (CI installs it), or `$NATS_SERVER`; a missing binary fails the test with a message saying so.
+ * Real nats-servers with JetStream for end-to-end tests of the JetStream transport
+ * (spec/transports.md §3): one server, or a cluster of three on loopback. Each server listens on a port
+ * picked free up front, so a restarted server comes back on the address the nodes know, and keeps its
+ * store in a temporary directory, so a restarted server finds its streams again. A server runs from a
+ * config file (`server.conf` in its directory) to which a test may add lines (authorization, TLS,
+ * limits). The binary is `/usr/sbin/nats-server` (CI installs it), or `$NATS_SERVER`; a missing binary
+ * fails the test with a message saying so.
  *
  * `start()` and `restart()` resolve only once the server accepts connections and JetStream answers;
- * the server is SIGKILLed after the test (before its store directory is removed).
+ * servers are SIGKILLed after the test (before their directories are removed).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { TestContext } from 'node:test';
-import { connect, type ConsumerInfo, type JsMsg, type NatsConnection } from 'nats';
+import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
+import { jetstream, jetstreamManager, type ConsumerInfo, type JsMsg, type StreamConfig } from '@nats-io/jetstream';
 import { defer, exited, tempDir, track, waitFor } from './index.js';
 import { freePort } from './daemon.js';
 
@@ -27,36 +32,58 @@ export function natsServerMissing(): string | undefined {
   }
 }
 
+export interface NatsServerOptions {
+  /** Lines added to the server's config (authorization, tls, max_payload…). */
+  readonly config?: string;
+  /** How the test's own connections authenticate and reach it (user/pass, TLS). */
+  readonly client?: Partial<ConnectionOptions>;
+  /** `tls` when clients must use TLS. */
+  readonly scheme?: 'nats' | 'tls';
+  /** false: a server without JetStream. */
+  readonly jetstream?: boolean;
+}
+
+function isNotFound(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return code === 10059 || code === 10014;
+}
+
 export class NatsServer {
   readonly port: number;
-  /** JetStream store directory (`-sd`), kept across restarts. */
+  readonly dir: string;
+  /** JetStream store directory, kept across restarts. */
   readonly storeDir: string;
+  readonly options: NatsServerOptions;
+  /** Other config text (a cluster's), written before `options.config`. */
+  clusterConfig = '';
+  name = 'n1';
   child: ChildProcess | undefined;
   /** Everything the current process printed. */
   output = '';
 
-  private constructor(port: number, storeDir: string) {
+  constructor(port: number, dir: string, options: NatsServerOptions = {}) {
     this.port = port;
-    this.storeDir = storeDir;
+    this.dir = dir;
+    this.storeDir = join(dir, 'store');
+    this.options = options;
   }
 
   /**
    * Starts a nats-server with JetStream on a free loopback port, its store in a new temporary directory.
    * @throws Error naming the missing binary when nats-server is not installed.
    */
-  static async start(t: TestContext): Promise<NatsServer> {
+  static async start(t: TestContext, options: NatsServerOptions = {}): Promise<NatsServer> {
     const missing = natsServerMissing();
     if (missing !== undefined) throw new Error(missing);
-    const storeDir = await tempDir(t, 'mqlog-nats-');
-    const server = new NatsServer(await freePort(), storeDir);
+    const server = new NatsServer(await freePort(), await tempDir(t, 'mqlog-nats-'), options);
     defer(t, () => server.stop('SIGKILL'));
     await server.start();
     return server;
   }
 
-  /** `nats://127.0.0.1:PORT` */
+  /** `nats://127.0.0.1:PORT` (or tls://) */
   get url(): string {
-    return `nats://127.0.0.1:${this.port}`;
+    return `${this.options.scheme ?? 'nats'}://127.0.0.1:${this.port}`;
   }
 
   /** `nats://127.0.0.1:PORT/STREAM`: an mqlog destination or source. */
@@ -69,22 +96,30 @@ export class NatsServer {
   }
 
   /** Starts the server (same port, same store) and waits until it accepts connections and JetStream answers. */
-  async start(): Promise<void> {
+  async start(wait = true): Promise<void> {
     if (this.running) return;
-    const child = track(spawn(NATS_SERVER_BIN, ['-js', '-sd', this.storeDir, '-a', '127.0.0.1', '-p', String(this.port)], { stdio: ['ignore', 'pipe', 'pipe'] }));
+    const conf = join(this.dir, 'server.conf');
+    await writeFile(conf, [`server_name: ${this.name}`, `listen: "127.0.0.1:${this.port}"`, this.options.jetstream === false ? '' : `jetstream { store_dir: ${JSON.stringify(this.storeDir)} }`, this.clusterConfig, this.options.config ?? ''].join('\n'));
+    const child = track(spawn(NATS_SERVER_BIN, ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] }));
     this.child = child;
     this.output = '';
     child.stdout?.on('data', (b: Buffer) => (this.output += b.toString()));
     child.stderr?.on('data', (b: Buffer) => (this.output += b.toString()));
     child.on('error', (err) => (this.output += `spawn failed: ${err.message}\n`));
+    if (wait) await this.ready();
+  }
+
+  /** Waits until the server accepts connections and JetStream answers. */
+  async ready(): Promise<void> {
+    const child = this.child;
     await waitFor(
       async () => {
-        if (!this.running) throw new Error(`nats-server exited with ${child.exitCode ?? child.signalCode}: ${this.output}`);
+        if (!this.running) throw new Error(`nats-server exited with ${child?.exitCode ?? child?.signalCode}: ${this.output}`);
         // Accepting connections is not enough: JetStream recovers its streams before it answers.
-        await this.withConnection(async (nc) => (await nc.jetstreamManager()).getAccountInfo());
+        await this.withConnection(async (nc) => (this.options.jetstream === false ? undefined : (await jetstreamManager(nc)).getAccountInfo()));
         return true;
       },
-      { timeoutMs: 30_000, intervalMs: 50, message: `nats-server on port ${this.port} to accept connections` },
+      { timeoutMs: 60_000, intervalMs: 100, message: `nats-server on port ${this.port} to accept connections` },
     );
   }
 
@@ -103,7 +138,7 @@ export class NatsServer {
 
   /** Runs `fn` with a fresh connection (no reconnecting: fails fast while the server is down), closed afterwards. */
   async withConnection<T>(fn: (nc: NatsConnection) => Promise<T>): Promise<T> {
-    const nc = await connect({ servers: `127.0.0.1:${this.port}`, reconnect: false, timeout: 2000, name: 'mqlog-test' });
+    const nc = await connect({ servers: `127.0.0.1:${this.port}`, reconnect: false, timeout: 2000, name: 'mqlog-test', ...this.options.client });
     try {
       return await fn(nc);
     } finally {
@@ -114,11 +149,10 @@ export class NatsServer {
   /** Messages in `stream` (0 when it does not exist yet). */
   async streamCount(stream: string): Promise<number> {
     return this.withConnection(async (nc) => {
-      const jsm = await nc.jetstreamManager();
       try {
-        return (await jsm.streams.info(stream)).state.messages;
+        return (await (await jetstreamManager(nc)).streams.info(stream)).state.messages;
       } catch (err) {
-        if ((err as { code?: string }).code === '404') return 0;
+        if (isNotFound(err)) return 0;
         throw err;
       }
     });
@@ -128,28 +162,28 @@ export class NatsServer {
   async consumerInfo(stream: string, durable: string): Promise<ConsumerInfo | undefined> {
     return this.withConnection(async (nc) => {
       try {
-        return await (await nc.jetstreamManager()).consumers.info(stream, durable);
+        return await (await jetstreamManager(nc)).consumers.info(stream, durable);
       } catch (err) {
-        if ((err as { code?: string }).code === '404') return undefined;
+        if (isNotFound(err)) return undefined;
         throw err;
       }
     });
   }
 
-  /** Creates `stream` the way mqlog does (subjects `STREAM.>`, two-minute duplicate window). */
-  async addStream(stream: string): Promise<void> {
+  /** Creates `stream` the way mqlog does (subjects `STREAM.>`, two-minute duplicate window), with `config` on top. */
+  async addStream(stream: string, config: Partial<StreamConfig> = {}): Promise<void> {
     await this.withConnection(async (nc) => {
-      await (await nc.jetstreamManager()).streams.add({ name: stream, subjects: [`${stream}.>`], duplicate_window: 2 * 60 * 1_000_000_000 });
+      await (await jetstreamManager(nc)).streams.add({ name: stream, subjects: [`${stream}.>`], duplicate_window: 2 * 60 * 1_000_000_000, ...config });
     });
   }
 
   /** Every message of `stream`, in stream order, read with an ordered consumer. */
   async readStream(stream: string): Promise<StreamMessage[]> {
     return this.withConnection(async (nc) => {
-      const info = await (await nc.jetstreamManager()).streams.info(stream);
+      const info = await (await jetstreamManager(nc)).streams.info(stream);
       const out: StreamMessage[] = [];
       if (info.state.messages === 0) return out;
-      const consumer = await nc.jetstream().consumers.get(stream);
+      const consumer = await jetstream(nc).consumers.get(stream);
       const messages = await consumer.consume({ max_messages: 1000 });
       const timer = setTimeout(() => messages.stop(), 30_000);
       try {
@@ -163,6 +197,42 @@ export class NatsServer {
       }
       return out;
     });
+  }
+}
+
+/** Three JetStream servers routed to each other on loopback (cluster `mqlog`). */
+export class NatsCluster {
+  readonly servers: NatsServer[];
+
+  private constructor(servers: NatsServer[]) {
+    this.servers = servers;
+  }
+
+  static async start(t: TestContext, size = 3): Promise<NatsCluster> {
+    const missing = natsServerMissing();
+    if (missing !== undefined) throw new Error(missing);
+    const servers: NatsServer[] = [];
+    const routePorts: number[] = [];
+    for (let i = 0; i < size; i++) {
+      const server = new NatsServer(await freePort(), await tempDir(t, 'mqlog-nats-'));
+      defer(t, () => server.stop('SIGKILL'));
+      servers.push(server);
+      routePorts.push(await freePort());
+    }
+    servers.forEach((server, i) => {
+      server.name = `n${i + 1}`;
+      const routes = routePorts.filter((_, j) => j !== i).map((p) => `"nats-route://127.0.0.1:${p}"`);
+      server.clusterConfig = `cluster { name: mqlog, listen: "127.0.0.1:${routePorts[i]}", routes: [${routes.join(', ')}] }`;
+    });
+    // Started together: JetStream waits for a quorum of the cluster before it answers.
+    for (const server of servers) await server.start(false);
+    for (const server of servers) await server.ready();
+    return new NatsCluster(servers);
+  }
+
+  /** `nats://127.0.0.1:PORT` of each server. */
+  get urls(): string[] {
+    return this.servers.map((s) => s.url);
   }
 }
 

@@ -214,6 +214,65 @@ for (const { name, make } of STORES) {
     assert.deepEqual(offsets((await stale.read()).frames), range(5, 10));
   });
 
+  test(`${name}: skim lists where each frame lies (skipTypes ones too) without reading it, across segments, and read goes on after it`, async (t) => {
+    const store = await open(t, make);
+    const writer = await claim(t, store, { segmentBytes: SEGMENT_BYTES });
+    const results: AppendResult[] = [];
+    for (let i = 0; i < 10; i++) results.push(await writer.append('a', i % 3 === 2 ? FrameType.BODY_CHUNK : FrameType.MESSAGE, body(i)));
+    const reader = store.reader(Q, 'a.w0', { offset: 1 }, { skipTypes: new Set([FrameType.BODY_CHUNK]) });
+    defer(t, () => reader.close());
+    const first = await reader.skim({ maxFrames: 4 });
+    assert.equal(first.state, 'more');
+    assert.deepEqual(first.frames, results.slice(1, 5).map((r, i) => ({ type: (i + 1) % 3 === 2 ? FrameType.BODY_CHUNK : FrameType.MESSAGE, offset: r.offset, segment: r.segment, position: r.position, bytes: r.bytes })));
+    const four = results[4]!;
+    assert.deepEqual(reader.position, { offset: 5, hint: { segment: four.segment, position: four.position, offset: 4 } });
+    // Reading goes on right after what was skimmed (skipTypes still apply to read).
+    assert.deepEqual(offsets((await reader.read({ maxFrames: 2 })).frames), [6, 7]);
+    const rest = await reader.skim({ maxBytes: 1 });
+    assert.deepEqual(offsets(rest.frames), [8], 'maxBytes stops after the frame that crosses it');
+    const end = await reader.skim();
+    assert.deepEqual([offsets(end.frames), end.state], [[9], 'end']);
+    await writer.append('a', FrameType.MESSAGE, body(10));
+    assert.deepEqual(offsets((await reader.skim()).frames), [10], 'frames appended later are listed by the next skim');
+  });
+
+  test(`${name}: a reader that reads little at a time (bufferBytes) skims and reads the same frames`, async (t) => {
+    const store = await open(t, make);
+    const writer = await claim(t, store, { segmentBytes: 4 * SEGMENT_BYTES });
+    const results = await appendMany(writer, 'a', 0, 20);
+    const small = store.reader(Q, 'a.w0', { offset: 0 }, { bufferBytes: 400 });
+    defer(t, () => small.close());
+    const first = await small.read({ maxFrames: 1 });
+    assert.deepEqual(offsets(first.frames), [0]);
+    const skimmed = await small.skim({ maxFrames: 12 });
+    assert.deepEqual(skimmed.frames.map((f) => [f.offset, f.segment, f.position]), results.slice(1, 13).map((r) => [r.offset, r.segment, r.position]));
+    const rest = await small.read();
+    assert.deepEqual(offsets(rest.frames), range(13, 20));
+    assert.deepEqual(rest.frames.map((f) => f.payload.readUInt32LE(0)), range(13, 20));
+  });
+
+  test(`${name}: seek moves a reader to a reported position, back or forth, and does not trust a stale hint`, async (t) => {
+    const store = await open(t, make);
+    const writer = await claim(t, store, { segmentBytes: SEGMENT_BYTES });
+    const results = await appendMany(writer, 'a', 0, 10);
+    const reader = store.reader(Q, 'a.w0');
+    defer(t, () => reader.close());
+    const at = (n: number): { segment: number; position: number; offset: number } => ({ segment: results[n]!.segment, position: results[n]!.position, offset: n });
+    assert.deepEqual(offsets((await reader.read({ maxFrames: 6 })).frames), range(0, 6));
+    await reader.seek({ offset: 4, hint: at(3) });
+    assert.deepEqual(offsets((await reader.read({ maxFrames: 3 })).frames), [4, 5, 6], 'back, within the open segment');
+    await reader.seek({ offset: 3, hint: at(2) });
+    assert.deepEqual(offsets((await reader.read({ maxFrames: 2 })).frames), [3, 4], 'back, to another segment');
+    await reader.seek({ offset: 8, hint: at(7) });
+    assert.deepEqual(offsets((await reader.read()).frames), [8, 9], 'forth, to another segment');
+    await reader.seek({ offset: 1 });
+    assert.deepEqual(offsets((await reader.read({ maxFrames: 1 })).frames), [1], 'an offset alone');
+    await reader.seek({ offset: 6, hint: { ...at(5), position: at(5).position + 7 } });
+    assert.deepEqual(offsets((await reader.read()).frames), range(6, 10), 'a hint into the middle of a frame falls back to the offset');
+    await reader.seek({ offset: 2, hint: at(1) });
+    assert.deepEqual(offsets((await reader.skim({ maxFrames: 2 })).frames), [2, 3], 'skim goes on from a seek too');
+  });
+
   test(`${name}: frameAt returns the frame with exactly that offset, with or without a hint, or undefined`, async (t) => {
     const store = await open(t, make);
     const writer = await claim(t, store, { segmentBytes: SEGMENT_BYTES });

@@ -1,0 +1,71 @@
+/**
+ * Frames to and from transports that carry messages rather than frames (JetStream: spec/transports.md
+ * §3.2). The forwarder hands a transport frames as stored; `unpackFrame` tells it their fields and body.
+ * A JetStream source hands the daemon what it read; `sourceCodec` makes the inbox frames of it, through
+ * the queue layer's adoption (queue/adopted-message.ts). Holds no format of its own.
+ */
+import { FRAME_HEADER_BYTES, FrameType, parseFrameHeader } from '../log/frame.js';
+import { adoptChunk, adoptFields, adoptFrame, adoptMessage } from '../queue/adopted-message.js';
+import { decodeChunk, decodeMeta } from '../queue/codec.js';
+import type { FrameContents } from '../transport/frame-contents.js';
+import { H, tokenChannel } from '../transport/nats-headers.js';
+import type { SourceCodec } from '../transport/nats-source.js';
+import type { WireFrame } from '../transport/transport.js';
+
+/** A frame the forwarder read from the outbox (already checked when read), unpacked. */
+export function unpackFrame(wire: WireFrame): FrameContents {
+  const raw = Buffer.isBuffer(wire.frame) ? wire.frame : Buffer.concat(wire.frame);
+  const header = parseFrameHeader(raw);
+  if (!header.ok) throw new Error(`an outbox frame handed to a transport has a bad header: ${header.reason}`);
+  const { type, offset, payloadBytes } = header.header;
+  const payload = raw.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + payloadBytes);
+  if (type === FrameType.MESSAGE) {
+    const { meta, bodyStart } = decodeMeta(payload);
+    const fields = {
+      id: meta.id,
+      ts: meta.ts,
+      channel: meta.channel,
+      priority: meta.priority,
+      from: meta.from,
+      node: meta.node,
+      expiresAt: meta.expiresAt,
+      notBefore: meta.notBefore,
+      headers: meta.headers,
+      receipt: meta.receipt,
+      replyTo: meta.replyTo,
+      kind: meta.kind,
+    };
+    return { type: 'message', offset, fields, body: payload.subarray(bodyStart), ...(meta.streamed === undefined ? {} : { streamed: { size: meta.streamed.size, sha256: meta.streamed.sha256 } }) };
+  }
+  if (type === FrameType.BODY_CHUNK) {
+    const { meta, data } = decodeChunk(payload);
+    return { type: 'chunk', offset, id: meta.id, channel: meta.channel, priority: meta.priority, position: meta.position, data };
+  }
+  return { type: 'other', offset };
+}
+
+/**
+ * How a JetStream source's messages become inbox frames of this node (`nodeName`): a plain message
+ * is wrapped (channel: the source's `channel`, else `Mqlog-Channel`, else the subject's last token;
+ * its other headers kept), an mqlog message keeps its fields.
+ */
+export function sourceCodec(nodeName: string, stream: string, channel: string | undefined): SourceCodec {
+  const from = `nats:${stream}`;
+  return {
+    adopt: (data, subject, sequence, headers) =>
+      adoptMessage({
+        data,
+        sequence,
+        isFrame: headers.get(H.frame) === '1',
+        channel: channel ?? headers.get(H.channel) ?? tokenChannel(subject),
+        priority: headers.get(H.priority),
+        id: headers.get(H.msgId),
+        to: nodeName,
+        from,
+        headers: Object.fromEntries([...headers].filter(([key]) => !/^(nats|mqlog)-/i.test(key))),
+      }),
+    frame: (data) => adoptFrame(data),
+    message: (offset, fields, body, streamed) => adoptFields(offset, { ...fields, from, to: [nodeName] }, body, streamed),
+    chunk: (offset, of, position, data) => adoptChunk(offset, { id: of.id, ts: of.ts, channel: of.channel, priority: of.priority, position, to: [nodeName] }, data),
+  };
+}
