@@ -78,18 +78,31 @@ export interface ErrorDetails {
 }
 
 /**
+ * Marks an MqlogError. `Symbol.for` returns the same symbol in every copy of this package loaded in a
+ * process (two versions in node_modules, a bundle beside the package), where `instanceof` would not.
+ */
+const MQLOG_ERROR: unique symbol = Symbol.for('mqlog.error') as never;
+
+/**
  * The one error class of mqlog. Branch on `code`, never on `message`.
  * `details` names what the error is about (a path, a byte offset, a peer); `cause` wraps a foreign error.
  */
 export class MqlogError extends Error {
   readonly code: ErrorCode;
   readonly details: ErrorDetails | undefined;
+  /** The brand isMqlogError looks for: shared by every copy of this module (a registered symbol). */
+  readonly [MQLOG_ERROR] = true as const;
 
   constructor(code: ErrorCode, message?: string, options?: { details?: ErrorDetails; cause?: unknown }) {
     super(message ?? ERRORS[code].message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'MqlogError';
     this.code = code;
     this.details = options?.details;
+  }
+
+  /** `instanceof` agrees with isMqlogError: an MqlogError of another copy of the package is one too. */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return isMqlogError(value);
   }
 
   get httpStatus(): number {
@@ -107,9 +120,14 @@ export class MqlogError extends Error {
   }
 }
 
-/** True when `err` is an MqlogError, optionally with the given code. */
+/**
+ * True when `err` is an MqlogError — of this copy of the package or of any other loaded in the process
+ * (by its `Symbol.for` brand) — optionally with the given code.
+ */
 export function isMqlogError(err: unknown, code?: ErrorCode): err is MqlogError {
-  return err instanceof MqlogError && (code === undefined || err.code === code);
+  if (typeof err !== 'object' || err === null || (err as { [MQLOG_ERROR]?: unknown })[MQLOG_ERROR] !== true) return false;
+  const found = (err as { code?: unknown }).code;
+  return isErrorCode(found) && (code === undefined || found === code);
 }
 
 /** An ERR_ABORTED error for a signal, with the signal's reason as cause. */

@@ -16,6 +16,7 @@ export const COMMANDS: readonly { readonly name: string; readonly hidden?: boole
   { name: 'reload', load: async () => (await import('./start.js')).reloadCommand },
   { name: 'dump', load: async () => (await import('./dump.js')).dumpCommand },
   { name: 'verify', load: async () => (await import('./verify.js')).verifyCommand },
+  { name: 'repair', load: async () => (await import('./repair.js')).repairCommand },
   { name: 'stat', load: async () => (await import('./stat.js')).statCommand },
   { name: 'redrive', load: async () => (await import('./redrive.js')).redriveCommand },
   { name: 'purge', load: async () => (await import('./purge.js')).purgeCommand },

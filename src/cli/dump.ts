@@ -1,7 +1,8 @@
 /**
  * `mqlog dump PATH [--json]`: one line per stored message, in log order, with its delivery state.
- * Read-only, safe while a daemon runs. Where reading of a stream stops (torn tail, corruption) it says
- * so on stderr; corruption makes the exit code 1.
+ * Read-only, safe while a daemon runs. A torn tail is a note on stderr. Damaged data is passed over
+ * (spec/log-format.md §3.4): every intact message is shown, each damaged range is a line on stderr in
+ * verify's format (`CORRUPT <file> <byte offset> <reason>`), and the exit code is 1.
  */
 import { isUtf8 } from 'node:buffer';
 import { createWriteStream } from 'node:fs';
@@ -56,6 +57,9 @@ async function run(args: ParsedArgs): Promise<number> {
           `mqlog: note: ${event.torn.path} ends in a torn or unfinished frame at byte ${event.torn.position} ` +
             `(${event.torn.bytes} bytes: ${event.torn.reason}); not shown, the next writer of ${event.stream} cuts it off\n`,
         );
+      } else if (event.kind === 'damaged') {
+        problems++;
+        process.stderr.write(`CORRUPT ${event.range.path} ${event.range.position} ${event.range.reason}\n`);
       } else if (event.kind === 'corrupt') {
         problems++;
         process.stderr.write(`mqlog: ${event.error.code}: ${event.error.message}; dump of ${join(target.label, event.stream)} stopped there\n`);

@@ -145,6 +145,10 @@ export class Daemon {
           metrics.tornTails.inc();
           logger.warn({ event: 'torn_tail', stream, path: tail.path, position: tail.position, bytes: tail.bytes, reason: tail.reason, savedAs: tail.savedAs ?? null }, 'cut off a torn tail (a write that never completed its fsync)');
         },
+        onDamaged: (queue, range) => {
+          metrics.damagedRanges.inc();
+          logger.warn({ event: 'damaged_range', queue, stream: range.stream, path: range.path, position: range.position, bytes: range.bytes, reason: range.reason }, 'passed over damaged bytes; reading went on after them');
+        },
       });
     } catch (err) {
       await lock.release();
@@ -203,6 +207,10 @@ export class Daemon {
           logger.info({ event: 'receipt', id: report.id, peer: report.destination, from, state: report.state, changed }, 'receipt');
         },
         onBatch: (result) => this.metrics.duplicates.inc(result.duplicates),
+        onDedupGap: (gap) => {
+          this.metrics.dedupGaps.inc();
+          logger.warn({ event: 'dedup_gap', node: gap.node, sender: gap.name, stream: gap.stream, offset: gap.offset, id: gap.id }, "a sender's offsets went back (a lost outbox or a restored backup): a new message at an offset already received was stored, not dropped");
+        },
         onStored: (channel, count, from) => {
           logger.debug({ event: 'received', channel, count, from }, 'received');
           this.metrics.received.inc({ channel }, count);

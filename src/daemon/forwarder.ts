@@ -84,7 +84,15 @@ const STOP_GRACE_MS = 10_000;
 const DEFAULT_MAX_IN_FLIGHT = 3;
 const DEFAULT_MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024;
 const DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024;
-const MIN_BATCH_BYTES = 64 * 1024;
+const DEFAULT_MAX_BATCH_FRAMES = 1000;
+/**
+ * How often one frame, sent alone, may be refused with a 4xx that does not say it is refused for good
+ * (a frame the peer calls damaged on the way, a refusal naming no frame) before it is dead-lettered
+ * with the peer's reason: a poison frame must not stop its stream forever.
+ */
+const MAX_SINGLE_FRAME_REFUSALS = 5;
+/** 4xx answers that are about the request's credentials or pace, never about the frames: retried, never dead-lettered. */
+const NOT_ABOUT_FRAMES = new Set([401, 403, 408, 429]);
 
 export class Forwarder {
   readonly destination: string;
@@ -96,6 +104,10 @@ export class Forwarder {
   private running: Promise<void> | undefined;
   private cursorWrittenAt = 0;
   private maxBatchBytes: number;
+  /** Frames per batch now: halved (down to 1) while the peer refuses batches as a whole, restored as they pass. */
+  private maxBatchFrames: number;
+  /** Refusals of the one frame last sent alone ("stream@offset"), for MAX_SINGLE_FRAME_REFUSALS. */
+  private singleRefusals: { readonly frame: string; count: number } | undefined;
   private sentMessages = 0;
 
   constructor(options: ForwarderOptions) {
@@ -103,6 +115,7 @@ export class Forwarder {
     this.destination = options.destination;
     this.queue = options.queue;
     this.maxBatchBytes = options.maxBatchBytes ?? DEFAULT_MAX_BATCH_BYTES;
+    this.maxBatchFrames = options.maxBatchFrames ?? DEFAULT_MAX_BATCH_FRAMES;
   }
 
   status(): ForwarderStatus {
@@ -144,7 +157,7 @@ export class Forwarder {
       try {
         // Keep the pipeline full: read the next batches while the earlier ones are on their way.
         while (!this.stopping && inFlight.length < maxInFlight && bytesInFlight() < maxInFlightBytes) {
-          const batch = await this.queue.take(this.options.maxBatchFrames ?? 1000, this.maxBatchBytes);
+          const batch = await this.queue.take(this.maxBatchFrames, this.maxBatchBytes);
           if (batch === undefined) break;
           this.report(batch);
           const sending = batch.items.length === 0 ? Promise.resolve(undefined) : this.send(batch);
@@ -172,7 +185,9 @@ export class Forwarder {
         const error = asMqlogError(err);
         if (this.stopping) break;
         failures++;
-        const retryInMs = error.details?.status === 413 ? 0 : backoffMs(failures, this.options.initialBackoffMs ?? 100, this.options.maxBackoffMs ?? 30_000);
+        // A batch refused as a whole is sent again split: soon, but never at once (no loop without backoff).
+        const initialMs = this.options.initialBackoffMs ?? 100;
+        const retryInMs = error.details?.split === true ? initialMs : backoffMs(failures, initialMs, this.options.maxBackoffMs ?? 30_000);
         this.queue.noteError(error.message);
         await this.flushCursor(true).catch(() => undefined);
         this.options.events?.failed?.(this.destination, error, retryInMs);
@@ -210,6 +225,10 @@ export class Forwarder {
         );
         const messages = items.filter((item) => item.meta !== undefined);
         this.sentMessages += messages.length;
+        this.singleRefusals = undefined;
+        // Batches pass again: let them grow back towards the configured size.
+        this.maxBatchFrames = Math.min(this.options.maxBatchFrames ?? DEFAULT_MAX_BATCH_FRAMES, this.maxBatchFrames * 2);
+        this.maxBatchBytes = Math.min(this.options.maxBatchBytes ?? DEFAULT_MAX_BATCH_BYTES, this.maxBatchBytes * 2);
         return { messages, bytes: items.reduce((n, item) => n + item.frame.bytes, 0), durationMs: performance.now() - started, duplicates: result.duplicates };
       } catch (err) {
         const error = asMqlogError(err);
@@ -220,13 +239,28 @@ export class Forwarder {
           items = items.filter((item) => item !== refused);
           continue;
         }
-        if (error.details?.status === 413 && items.length === 1 && items[0] !== undefined) {
-          await this.refuse(items[0], `${this.destination} refused it as too large: ${error.message}`);
+        const status = error.details?.status;
+        if (typeof status !== 'number' || status < 400 || status >= 500 || NOT_ABOUT_FRAMES.has(status)) throw error;
+        // Refused for what the request holds. Several frames: split the batch (down to one frame) to find
+        // the one refused, and send again after a short pause.
+        if (items.length > 1) {
+          const bytes = items.reduce((n, item) => n + item.frame.bytes, 0);
+          this.maxBatchFrames = Math.max(1, Math.floor(items.length / 2));
+          this.maxBatchBytes = Math.max(1, Math.min(this.maxBatchBytes, Math.floor(bytes / 2)));
+          throw new MqlogError(error.code, error.message, { details: { ...error.details, split: true }, cause: error });
+        }
+        const only = items[0];
+        if (only === undefined) throw error;
+        // One frame refused as too large, or refused again and again: dead-lettered with the peer's reason.
+        const frame = `${only.frame.stream}@${only.frame.offset}`;
+        this.singleRefusals = this.singleRefusals?.frame === frame ? this.singleRefusals : { frame, count: 0 };
+        this.singleRefusals.count++;
+        if (status === 413 || this.singleRefusals.count >= MAX_SINGLE_FRAME_REFUSALS) {
+          this.singleRefusals = undefined;
+          await this.refuse(only, `${this.destination} refused it${status === 413 ? ' as too large' : ` ${MAX_SINGLE_FRAME_REFUSALS} times`}: ${error.message}`);
           items = [];
           continue;
         }
-        // The peer takes smaller requests: halve the batches and read again.
-        if (error.details?.status === 413) this.maxBatchBytes = Math.max(MIN_BATCH_BYTES, Math.floor(this.maxBatchBytes / 2));
         throw error;
       }
     }

@@ -18,6 +18,8 @@ export class Metrics {
   readonly expired: Counter<'channel' | 'peer'>;
   readonly receipts: Counter<'state'>;
   readonly tornTails: Counter;
+  readonly damagedRanges: Counter;
+  readonly dedupGaps: Counter;
   readonly handled: Counter<'channel' | 'outcome'>;
   readonly backlog: Gauge<'peer'>;
   readonly pending: Gauge<'channel'>;
@@ -41,6 +43,8 @@ export class Metrics {
     this.expired = new Counter({ name: 'mqlog_expired_messages_total', help: 'Messages whose time to live passed before delivery: per channel (inbox) or peer (outbox).', labelNames: ['channel', 'peer'], registers });
     this.receipts = new Counter({ name: 'mqlog_receipts_total', help: 'Receipt reports received from peers, per state.', labelNames: ['state'], registers });
     this.tornTails = new Counter({ name: 'mqlog_torn_tails_total', help: 'Torn final frames cut off by recovery.', registers });
+    this.dedupGaps = new Counter({ name: 'mqlog_dedup_gap_total', help: "Frames stored although their sender offset was already received: the sender's offsets went back (a lost outbox, a restored backup).", registers });
+    this.damagedRanges = new Counter({ name: 'mqlog_damaged_ranges_total', help: 'Damaged byte ranges the daemon\'s log readers passed over, resynchronising after each (see mqlog verify).', registers });
     this.handled = new Counter({ name: 'mqlog_handler_calls_total', help: 'Handler calls, per channel and outcome.', labelNames: ['channel', 'outcome'], registers });
     this.backlog = new Gauge({ name: 'mqlog_backlog_messages', help: 'Outbox messages waiting for a peer.', labelNames: ['peer'], registers });
     this.pending = new Gauge({ name: 'mqlog_inbox_pending_messages', help: 'Inbox messages not yet acked, dead-lettered or expired, per channel.', labelNames: ['channel'], registers });

@@ -8,7 +8,7 @@
  */
 import { resolve } from 'node:path';
 import { MqlogError } from '../errors.js';
-import { FileLogStore, type LogStore, type TruncatedTail } from '../log/index.js';
+import { FileLogStore, type DamagedRange, type LogStore, type TruncatedTail } from '../log/index.js';
 import { DEFAULT_CHANNEL, type MessageMeta } from '../queue/codec.js';
 import type { ReceiptState, ReceiptStatus } from '../queue/receipts.js';
 import type { Delivery, PeekedMessage } from '../queue/consumer.js';
@@ -35,6 +35,11 @@ export interface NodeOptions {
   readonly onFlush?: (frames: number, bytes: number, durationMs: number) => void;
   /** Called when opening a stream cut off a torn tail left by a killed writer. Default: a warning. */
   readonly onTruncated?: (stream: string, tail: TruncatedTail) => void;
+  /**
+   * Called when a reader of this node's file store passes over damaged bytes (spec/log-format.md §3.4)
+   * and goes on after them. Default: a warning.
+   */
+  readonly onDamaged?: (queue: string, range: DamagedRange) => void;
 }
 
 export class MqlogNode {
@@ -68,7 +73,7 @@ export class MqlogNode {
     const config = await loadConfig(dataDir, options.config);
     const warn = options.onWarning ?? ((message: string) => process.emitWarning(message, 'MqlogWarning'));
     const nodeId = await loadNodeId(dataDir);
-    const store = options.store ?? new FileLogStore(dataDir, { rollIdleMs: config.segmentRollIdleMs });
+    const store = options.store ?? new FileLogStore(dataDir, { rollIdleMs: config.segmentRollIdleMs, onDamaged: options.onDamaged ?? ((queue, range) => warn(damageNote(queue, range))) });
     const outbox = await Outbox.open({
       store,
       dataDir,
@@ -107,7 +112,7 @@ export class MqlogNode {
    * What arrives from peers: checks, duplicate detection and storage into this node's inboxes. Opened
    * once per daemon (it recovers its duplicate table from the inboxes).
    */
-  openIntake(limits: IntakeLimits, hooks: Pick<IntakeOptions, 'onReceipt' | 'onBatch' | 'onStored'> = {}): Promise<Intake> {
+  openIntake(limits: IntakeLimits, hooks: Pick<IntakeOptions, 'onReceipt' | 'onBatch' | 'onStored' | 'onDedupGap'> = {}): Promise<Intake> {
     return Intake.open({ ...limits, ...hooks, dataDir: this.dataDir, store: this.store, inboxFor: (channel) => this.inbox(channel) });
   }
 
@@ -225,6 +230,11 @@ export class MqlogNode {
     })();
     return this.closing;
   }
+}
+
+/** What a damaged range a reader passed over is reported as: never silently. */
+export function damageNote(queue: string, range: DamagedRange): string {
+  return `passed over ${range.bytes} damaged bytes of ${queue}/${range.stream} at byte ${range.position} of ${range.path} (${range.reason}); reading went on after them (see mqlog verify, mqlog repair)`;
 }
 
 /** What a cut-off torn tail is reported as: never silently. */

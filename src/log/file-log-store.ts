@@ -16,6 +16,7 @@ import { Lock } from './lock.js';
 import type {
   ChangeFeed,
   CompactOptions,
+  DamagedRange,
   FrameHint,
   KeepFrame,
   LogReader,
@@ -28,6 +29,7 @@ import type {
   StreamCompaction,
   StreamId,
   StreamPosition,
+  StreamRepair,
   VerifyEvent,
   WriterOptions,
 } from './log-store.js';
@@ -35,6 +37,7 @@ import { compactStream } from './segment-compactor.js';
 import { parseSegmentFileName } from './segment.js';
 import { summarize } from './segment-index.js';
 import { SegmentIndexes } from './segment-index-file.js';
+import { repairStream } from './segment-repair.js';
 import { SegmentSet } from './segment-set.js';
 import { verifyStream } from './segment-verifier.js';
 import { SlotWriter } from './slot-writer.js';
@@ -51,6 +54,11 @@ export interface FileLogStoreOptions {
   readonly segmentBytes?: number;
   /** Idle time after which a writer seals its open segment (WriterOptions.rollIdleMs). */
   readonly rollIdleMs?: number;
+  /**
+   * Called for each damaged range one of this store's readers passes over (spec/log-format.md §3.4), in
+   * addition to the reader's own `onDamaged`: for the owner's log and counters.
+   */
+  readonly onDamaged?: (queue: string, range: DamagedRange) => void;
 }
 
 export class FileLogStore implements LogStore {
@@ -109,7 +117,13 @@ export class FileLogStore implements LogStore {
   }
 
   reader(queue: string, stream: string, from?: StreamPosition, options: ReaderOptions = {}): LogReader {
-    return new StreamReader(this.streamDir(queue, stream), from, options, this.indexes);
+    const own = this.options.onDamaged;
+    const theirs = options.onDamaged;
+    const onDamaged = own === undefined ? theirs : (range: DamagedRange): void => {
+      own(queue, range);
+      theirs?.(range);
+    };
+    return new StreamReader(this.streamDir(queue, stream), from, onDamaged === undefined ? options : { ...options, onDamaged }, this.indexes);
   }
 
   async frameAt(queue: string, stream: string, offset: number, hint?: FrameHint): Promise<StoredFrame | undefined> {
@@ -166,6 +180,10 @@ export class FileLogStore implements LogStore {
       }
     }
     return { bytes, segments };
+  }
+
+  repair(queue: string, stream: string): Promise<StreamRepair> {
+    return repairStream(this.streamDir(queue, stream));
   }
 
   async *verify(queue: string, only: { readonly stream?: string; readonly segment?: number } = {}): AsyncGenerator<VerifyEvent> {

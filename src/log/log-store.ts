@@ -108,11 +108,42 @@ export interface TruncatedTail extends TornTail {
   readonly savedAs: string | undefined;
 }
 
+/**
+ * Bytes of a segment that hold no readable frame, passed over by a reader (spec/log-format.md §3.4):
+ * from the start of a corrupt frame (or a torn end of a sealed segment) to the next valid frame, or to
+ * the end of the segment.
+ */
+export interface DamagedRange {
+  readonly stream: string;
+  /** Base offset of the segment. */
+  readonly segment: number;
+  readonly path: string;
+  /** File byte offset where the damaged frame starts. */
+  readonly position: number;
+  readonly bytes: number;
+  readonly reason: string;
+}
+
+/** A damaged range repair moved out of its segment (spec/log-format.md §3.4), and where its bytes are kept. */
+export interface RepairedRange extends DamagedRange {
+  /** The `.bad` file beside the segment. */
+  readonly savedAs: string;
+}
+
+/** What repairing one stream did. */
+export interface StreamRepair {
+  readonly repaired: readonly RepairedRange[];
+  /** Damaged ranges left in place (the last segment while a writer holds its slot), with why. */
+  readonly left: readonly { readonly range: DamagedRange; readonly why: string }[];
+}
+
 export interface StreamRead {
   readonly frames: StoredFrame[];
   /** `more`: a limit stopped the read; `end`: all data read; `torn`: the data ends in a torn (or in-progress) write. */
   readonly state: 'more' | 'end' | 'torn';
   readonly torn?: TornTail;
+  /** Damaged ranges this read passed over (resynchronising after each), in stream order. */
+  readonly damaged?: readonly DamagedRange[];
 }
 
 /** A frame passed over by its header alone (LogReader.skim): what it is and where it lies, not what it holds. */
@@ -159,6 +190,8 @@ export interface ReaderOptions {
    * (up to 256 KiB) in memory.
    */
   readonly lend?: boolean;
+  /** Called for each damaged range the reader passes over (also listed in its read's `damaged`). */
+  readonly onDamaged?: (range: DamagedRange) => void;
 }
 
 /** Sequential reading of one stream; pulls what is stored now and remembers where it stopped. */
@@ -167,8 +200,8 @@ export interface LogReader {
   /** The position after the last frame returned. */
   readonly position: StreamPosition;
   /**
-   * Reads the frames available now, from the current position, up to the limits.
-   * @throws ERR_CORRUPT_FRAME (details: path, position, reason) at damaged data; the position stays before it.
+   * Reads the frames available now, from the current position, up to the limits. Damaged data does not
+   * stop it: it resynchronises after it and lists what it passed over in the result's `damaged`.
    */
   read(limits?: ReadLimits): Promise<StreamRead>;
   /**
@@ -350,6 +383,13 @@ export interface LogStore {
    */
   compact(queue: string, stream: string, keep: KeepFrame, options?: CompactOptions): Promise<StreamCompaction>;
   usage(queue: string): Promise<QueueUsage>;
+  /**
+   * Moves every damaged range of a stream out of its segment into a `.bad` file beside it (spec/log-format.md
+   * §3.4): nothing deleted, offsets unchanged, recorded in the stream's `repairs.log`. The last segment is
+   * left alone while a writer holds the stream's slot. MemoryLogStore: nothing is ever damaged.
+   * @throws ERR_IO when a file cannot be written.
+   */
+  repair(queue: string, stream: string): Promise<StreamRepair>;
   /** Checks every frame of a queue's logs (or of one stream, or one segment of it). */
   verify(queue: string, only?: { readonly stream?: string; readonly segment?: number }): AsyncIterable<VerifyEvent>;
   /** A change feed of one queue; close it when done. */

@@ -18,7 +18,7 @@ import { MqlogError, abortError, withDetails } from '../errors.js';
 import { FRAME_HEADER_BYTES, encodeFrameHeader, frameChecksum, payloadLength, type Payload } from './frame.js';
 import { DEFAULT_ROLL_IDLE_MS } from './log-store.js';
 import type { AppendResult, FrameToAppend, ChangeFeed, CompactOptions, FrameHint, KeepFrame, LogReader, LogStore, LogWriter, QueueUsage } from './log-store.js';
-import type { ReadLimits, ReaderOptions, SegmentSummary, SkimmedFrame, StoredFrame, StreamCompaction, StreamId, StreamPosition, StreamRead, StreamSkim, VerifyEvent, WriterOptions } from './log-store.js';
+import type { ReadLimits, ReaderOptions, SegmentSummary, SkimmedFrame, StoredFrame, StreamCompaction, StreamId, StreamPosition, StreamRead, StreamRepair, StreamSkim, VerifyEvent, WriterOptions } from './log-store.js';
 import { IndexBuilder, summarize } from './segment-index.js';
 import { STREAM_KEY, compareStreams, parseStreamName, streamName } from './stream-id.js';
 
@@ -194,6 +194,11 @@ export class MemoryLogStore implements LogStore {
   }
 
   /** Every frame of each segment, then the segment's totals. Memory holds nothing corrupt or torn. */
+  /** Memory holds nothing damaged: nothing to repair. */
+  repair(): Promise<StreamRepair> {
+    return Promise.resolve({ repaired: [], left: [] });
+  }
+
   async *verify(queue: string, only: { readonly stream?: string; readonly segment?: number } = {}): AsyncGenerator<VerifyEvent> {
     const names = only.stream === undefined ? (await this.streams(queue)).map((s) => s.name) : [checkStreamName(only.stream)];
     for (const name of names) {

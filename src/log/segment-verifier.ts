@@ -14,10 +14,11 @@ import { isMqlogError } from '../errors.js';
 import { frameChecksum } from './frame.js';
 import type { VerifyEvent } from './log-store.js';
 import { parseTornFileName } from './recovery.js';
-import { SegmentReader, findNextFrame, storedFrame } from './segment.js';
+import { SegmentReader, storedFrame } from './segment.js';
 import { IndexBuilder, type SegmentIndex } from './segment-index.js';
 import { indexPathOf, loadSegmentIndex } from './segment-index-file.js';
 import { SegmentSet } from './segment-set.js';
+import { nextValidFrame } from './stream-reader.js';
 
 /** Checks the segments of the stream in `dir` (or only the one with base offset `onlySegment`). */
 export async function* verifyStream(dir: string, onlySegment?: number): AsyncGenerator<VerifyEvent> {
@@ -57,7 +58,7 @@ export async function* verifyStream(dir: string, onlySegment?: number): AsyncGen
           } catch (err) {
             if (!isMqlogError(err) || (err.code !== 'ERR_CORRUPT_FRAME' && err.code !== 'ERR_UNSUPPORTED_VERSION')) throw err;
             const at = Number(err.details?.position ?? reader.nextPosition);
-            const next = await nextValidFrameIn(segment.path, at + 1);
+            const { next } = await nextValidFrame(segment.path, at + 1);
             const reason = typeof err.details?.reason === 'string' ? err.details.reason : err.message;
             yield { kind: 'corrupt', path: segment.path, position: at, reason: `${reason}${next === undefined ? '; no valid frame after it' : `; ${next - at} bytes unreadable up to the next valid frame at ${next}`}` };
             resumeAt = next;
@@ -138,13 +139,4 @@ async function storedIndex(path: string, base: number): Promise<{ readonly index
 
 function describe(index: SegmentIndex): string {
   return `${index.state}, ${index.frames} frames up to offset ${index.lastOffset ?? '-'} in ${index.coveredBytes} bytes`;
-}
-
-async function nextValidFrameIn(path: string, from: number): Promise<number | undefined> {
-  const handle = await open(path, 'r');
-  try {
-    return await findNextFrame(handle, from, (await handle.stat()).size);
-  } finally {
-    await handle.close();
-  }
 }

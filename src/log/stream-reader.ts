@@ -9,13 +9,18 @@
  * is re-found by offset, and a position hint is trusted only after the frame it names is re-read.
  * Opening at an offset inside a segment seeks with the segment's index (spec/log-format.md §16) and
  * re-checks the frame it lands on, so a stale index costs a scan, never a wrong frame.
+ *
+ * Damaged data never stops it (spec/log-format.md §3.4): at a corrupt frame, or a torn end of a sealed
+ * segment, it resynchronises at the next valid frame (whole header, CRC) of the segment, or at the next
+ * segment, and reports the range passed over in its read's `damaged` list and to `onDamaged`.
  */
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { MqlogError, isMqlogError } from '../errors.js';
-import type { FrameHint, LogReader, ReadLimits, ReaderOptions, SkimmedFrame, StoredFrame, StreamPosition, StreamRead, StreamSkim, TornTail } from './log-store.js';
+import type { DamagedRange, FrameHint, LogReader, ReadLimits, ReaderOptions, SkimmedFrame, StoredFrame, StreamPosition, StreamRead, StreamSkim, TornTail } from './log-store.js';
 import { FRAME_HEADER_BYTES, FrameType, parseFrameHeader } from './frame.js';
-import { SegmentReader, corrupt, storedFrame, type ReadStep, type SegmentReaderOptions } from './segment.js';
+import { SegmentReader, findNextFrame, storedFrame, type ReadStep, type SegmentReaderOptions } from './segment.js';
 import type { SegmentIndexes } from './segment-index-file.js';
 import { SegmentSet, type SegmentInfo } from './segment-set.js';
 
@@ -42,6 +47,9 @@ export class StreamReader implements LogReader {
   private readonly durable: boolean;
   private readonly bufferBytes: number | undefined;
   private readonly indexes: SegmentIndexes | undefined;
+  private readonly onDamaged: ((range: DamagedRange) => void) | undefined;
+  /** Damaged ranges passed over since the last read() returned. */
+  private damaged: DamagedRange[] = [];
   /** Where the last frame returned ends (its segment and byte), until a sync made it durable. */
   private returnedEnd: { segment: number; end: number } | undefined;
   /** The first frame a durable read gave back as not yet covered by a sync mark, and since when. */
@@ -58,6 +66,7 @@ export class StreamReader implements LogReader {
     this.durable = options.durable === true;
     this.bufferBytes = options.bufferBytes;
     this.indexes = indexes;
+    this.onDamaged = options.onDamaged;
   }
 
   /** The position after the last frame returned. */
@@ -66,15 +75,37 @@ export class StreamReader implements LogReader {
   }
 
   /**
-   * Reads the frames available now, from the current position, up to the limits.
-   * @throws ERR_CORRUPT_FRAME with details { path, position, reason } at corrupt data; the position stays
-   *   before it, so the caller can report where reading stopped.
+   * Reads the frames available now, from the current position, up to the limits. Damaged data is passed
+   * over (resynchronised after) and listed in the result's `damaged`.
    */
   async read(limits: ReadLimits = {}): Promise<StreamRead> {
     const before = this.position;
     const read = await this.readAvailable(limits);
-    if (!this.durable || read.frames.length === 0) return read;
-    return this.durablePart(read, before);
+    const damaged = this.damaged;
+    this.damaged = [];
+    const result = !this.durable || read.frames.length === 0 ? read : await this.durablePart(read, before);
+    return damaged.length === 0 ? result : { ...result, damaged };
+  }
+
+  /**
+   * Passes over damaged bytes of the open segment that start at `position` (spec/log-format.md §3.4):
+   * the reader goes on at the next valid frame of the segment, or at its end when there is none. The
+   * range is reported, never skipped silently.
+   */
+  private async resync(reader: SegmentReader, position: number, reason: string): Promise<void> {
+    const { next, size } = await nextValidFrame(reader.path, position + 1);
+    const end = next ?? Math.max(size, position);
+    const range: DamagedRange = {
+      stream: this.stream,
+      segment: this.segment ?? 0,
+      path: reader.path,
+      position,
+      bytes: end - position,
+      reason: `${reason}${next === undefined ? '; no valid frame after it' : `; ${next - position} bytes unreadable up to the next valid frame at ${next}`}`,
+    };
+    this.damaged.push(range);
+    this.onDamaged?.(range);
+    reader.seek(end);
   }
 
   /**
@@ -148,6 +179,8 @@ export class StreamReader implements LogReader {
     this.skip.all = true;
     try {
       const walked = await this.walk(fast === undefined ? limits : { ...limits, maxFrames: (limits.maxFrames ?? Number.POSITIVE_INFINITY) - fast.frames.length }, true);
+      // Damaged ranges passed over while skimming went to onDamaged; a skim lists none.
+      this.damaged = [];
       const frames = fast === undefined ? walked.skimmed : [...fast.frames, ...walked.skimmed];
       return { frames, state: walked.state, ...(walked.torn === undefined ? {} : { torn: walked.torn }) };
     } finally {
@@ -298,7 +331,12 @@ export class StreamReader implements LogReader {
           await this.drop();
           continue;
         }
-        // Hand out what came before the bad frame first; the position stays right before it.
+        if (isMqlogError(err, 'ERR_CORRUPT_FRAME') || isMqlogError(err, 'ERR_UNSUPPORTED_VERSION')) {
+          const at = Number(err.details?.position ?? reader.nextPosition);
+          await this.resync(reader, at, typeof err.details?.reason === 'string' ? err.details.reason : err.message);
+          continue;
+        }
+        // Hand out what came before the failure first; the position stays right before it.
         if (frames.length + skimmed.length > 0 && err instanceof Error) {
           this.deferredError = err;
           return { frames, skimmed, state: 'more' };
@@ -353,7 +391,10 @@ export class StreamReader implements LogReader {
         recheckedEnd = true;
         continue;
       }
-      if (step.kind === 'torn') throw corrupt(reader.path, step.position, `${step.reason} in a sealed segment`);
+      if (step.kind === 'torn') {
+        await this.resync(reader, step.position, `${step.reason} in a sealed segment`);
+        continue;
+      }
       await this.drop();
       this.next = Math.max(this.next, successor.baseOffset);
     }
@@ -510,5 +551,16 @@ export async function readFrameAt(dir: string, offset: number, hint?: FrameHint,
     return frame?.offset === offset ? frame : undefined;
   } finally {
     await reader.close();
+  }
+}
+
+/** The position of the first valid frame at or after `from` in the file at `path` (if any), and its size. */
+export async function nextValidFrame(path: string, from: number): Promise<{ next: number | undefined; size: number }> {
+  const handle = await open(path, 'r');
+  try {
+    const size = (await handle.stat()).size;
+    return { next: await findNextFrame(handle, from, size), size };
+  } finally {
+    await handle.close();
   }
 }

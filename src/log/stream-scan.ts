@@ -4,14 +4,16 @@
  * memory, and releases its reader in `finally`, also when the caller leaves the loop early.
  */
 import { isMqlogError, type MqlogError } from '../errors.js';
-import type { LogReader, LogStore, ReadLimits, StoredFrame, StreamPosition, TornTail } from './log-store.js';
+import type { DamagedRange, LogReader, LogStore, ReadLimits, StoredFrame, StreamPosition, TornTail } from './log-store.js';
 
 export type ScanEvent =
   | { readonly kind: 'frame'; readonly frame: StoredFrame }
   /** The stream's data ends in a torn (or unfinished) write: reading stopped there. */
   | { readonly kind: 'torn'; readonly torn: TornTail }
   /** Damaged data: reading of the stream stopped there. */
-  | { readonly kind: 'corrupt'; readonly error: MqlogError };
+  | { readonly kind: 'corrupt'; readonly error: MqlogError }
+  /** Damaged bytes passed over (spec/log-format.md §3.4): reading went on after them. */
+  | { readonly kind: 'damaged'; readonly range: DamagedRange };
 
 export interface ScanOptions {
   readonly from?: StreamPosition;
@@ -39,6 +41,7 @@ export async function* scanStream(store: LogStore, queue: string, stream: string
         }
         throw err;
       }
+      for (const range of read.damaged ?? []) yield { kind: 'damaged', range };
       for (const frame of read.frames) yield { kind: 'frame', frame };
       if (read.state === 'torn' && read.torn !== undefined) yield { kind: 'torn', torn: read.torn };
       if (read.state !== 'more') return;
@@ -49,8 +52,8 @@ export async function* scanStream(store: LogStore, queue: string, stream: string
 }
 
 /**
- * The frames of a stream from `from` to the end of its data (stopping quietly at a torn tail).
- * @throws ERR_CORRUPT_FRAME at damaged data.
+ * The frames of a stream from `from` to the end of its data (stopping quietly at a torn tail; damaged
+ * ranges are passed over and reported to the store's and the caller's `onDamaged`).
  */
 export async function* readFrames(store: LogStore, queue: string, stream: string, options: ScanOptions = {}): AsyncGenerator<StoredFrame> {
   for await (const event of scanStream(store, queue, stream, options)) {
@@ -60,8 +63,8 @@ export async function* readFrames(store: LogStore, queue: string, stream: string
 }
 
 /**
- * The frames a reader finds now, batch by batch, to the end of what is stored; stops quietly at damaged
- * data (the reader's position stays before it: verify reports it). The reader stays the caller's (a
+ * The frames a reader finds now, batch by batch, to the end of what is stored; damaged data is passed
+ * over by the reader (and reported to its `onDamaged`). The reader stays the caller's (a
  * follower calls this again after a change); leaving the loop early leaves it where it stopped.
  */
 export async function* readAvailable(reader: LogReader, limits: ReadLimits = BATCH): AsyncGenerator<StoredFrame[]> {

@@ -285,8 +285,9 @@ function validateMeta(raw: unknown): MessageMeta {
   if (!isTime(ts)) throw invalid('ts is not a timestamp');
   const channel = m[KEYS.channel];
   checkChannel(channel);
-  const priority = m[KEYS.priority];
-  checkPriority(priority);
+  const priority = m[KEYS.priority] as number;
+  // Decoded data: a wrong value is a bad message (ERR_INVALID_MESSAGE), not a bad argument of the caller.
+  if (!Number.isInteger(priority) || priority < MIN_PRIORITY || priority > MAX_PRIORITY) throw invalid(`priority ${String(priority)} is not an integer ${MIN_PRIORITY}-${MAX_PRIORITY}`);
   const to = m[KEYS.to];
   checkDestinations(to);
   const from = m[KEYS.from];
@@ -309,7 +310,7 @@ function validateMeta(raw: unknown): MessageMeta {
   }
   const headers = m[KEYS.headers];
   if (headers !== undefined) {
-    checkHeaders(headers);
+    checkHeaders(headers, 'ERR_INVALID_MESSAGE');
     meta.headers = headers;
   }
   const receipt = m[KEYS.receipt];
@@ -438,18 +439,21 @@ function checkDestinations(to: unknown): asserts to is string[] {
   }
 }
 
-/** @throws ERR_INVALID_ARG unless headers is a map of at most 64 string keys to string values within the size limits. */
-export function checkHeaders(headers: unknown): asserts headers is Record<string, string> {
-  if (headers === null || typeof headers !== 'object' || Array.isArray(headers)) throw invalid('headers is not a map');
+/**
+ * Checks a header map: at most 64 string keys (1-MAX_HEADER_KEY_BYTES bytes) to string values (at most
+ * MAX_HEADER_VALUE_BYTES bytes).
+ * @throws ERR_HEADERS_TOO_LARGE past a count or size limit; `fault` (ERR_INVALID_ARG for an argument of
+ *   the caller, ERR_INVALID_MESSAGE for decoded data) when it is not a map of strings.
+ */
+export function checkHeaders(headers: unknown, fault: 'ERR_INVALID_ARG' | 'ERR_INVALID_MESSAGE' = 'ERR_INVALID_ARG'): asserts headers is Record<string, string> {
+  if (headers === null || typeof headers !== 'object' || Array.isArray(headers)) throw new MqlogError(fault, 'headers is not a map');
   const entries = Object.entries(headers);
-  if (entries.length > MAX_HEADERS) throw new MqlogError('ERR_INVALID_ARG', `more than ${MAX_HEADERS} headers`);
+  if (entries.length > MAX_HEADERS) throw new MqlogError('ERR_HEADERS_TOO_LARGE', `${entries.length} headers: more than ${MAX_HEADERS}`);
   for (const [key, value] of entries) {
-    if (key.length === 0 || Buffer.byteLength(key) > MAX_HEADER_KEY_BYTES) {
-      throw new MqlogError('ERR_INVALID_ARG', `header key must be 1-${MAX_HEADER_KEY_BYTES} bytes`);
-    }
-    if (typeof value !== 'string' || Buffer.byteLength(value) > MAX_HEADER_VALUE_BYTES) {
-      throw new MqlogError('ERR_INVALID_ARG', `header ${key} must be a string of at most ${MAX_HEADER_VALUE_BYTES} bytes`);
-    }
+    if (key.length === 0) throw new MqlogError(fault, 'a header key is empty');
+    if (Buffer.byteLength(key) > MAX_HEADER_KEY_BYTES) throw new MqlogError('ERR_HEADERS_TOO_LARGE', `header key must be 1-${MAX_HEADER_KEY_BYTES} bytes`);
+    if (typeof value !== 'string') throw new MqlogError(fault, `header ${key} is not a string`);
+    if (Buffer.byteLength(value) > MAX_HEADER_VALUE_BYTES) throw new MqlogError('ERR_HEADERS_TOO_LARGE', `header ${key} must be a string of at most ${MAX_HEADER_VALUE_BYTES} bytes`);
   }
 }
 

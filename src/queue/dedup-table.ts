@@ -13,7 +13,12 @@
  * are recovered by scanning only the inbox frames written since the checkpoint — never a whole inbox.
  *
  *   DIR/receiver/dedup.json   {"version": 2, "covered": {key: [[from, to)…]}, "transfers": {…},
- *                              "inbox": {"<queue>/<stream>": nextOffset}}
+ *                              "inbox": {"<queue>/<stream>": nextOffset}, "ids": {key: greatest id}}
+ *
+ * A sender whose offsets went back (a lost outbox, a restored backup) sends new messages at covered
+ * offsets. Message ids are time-ordered (UUIDv7): a message at a covered offset whose id is above every
+ * id stored from its key cannot have been stored before, so it is a **gap**, stored and reported, not a
+ * duplicate (spec/http-protocol.md §5.1).
  *
  * Concurrency: batches never wait for a checkpoint. A frame's origin is recorded covered the moment the
  * frame is durable in the inbox, together with the inbox end, so a checkpoint taken between any two
@@ -41,6 +46,8 @@ interface DedupFile {
   /** Streamed bodies whose message has not arrived yet: where each chunk was stored, `[position, stream, offset]`. */
   readonly transfers?: Record<string, [number, string, number][]>;
   readonly inbox: Record<string, number>;
+  /** Per key, the greatest message id stored from it (spec/http-protocol.md §5.1). */
+  readonly ids?: Record<string, string>;
 }
 
 /** The key of one sender stream, as sent to this node under one destination name. */
@@ -57,6 +64,8 @@ export class DedupTable {
   private readonly path: string;
   private readonly covered = new Map<string, IntervalSet>();
   private readonly inboxEnds = new Map<string, number>();
+  /** Per key, the greatest message id stored from it. */
+  private readonly lastIds = new Map<string, string>();
   /** Per transfer, where each chunk was stored, by its position in the body. */
   private readonly transfers = new Map<string, Map<number, { stream: string; offset: number }>>();
   private dirty = false;
@@ -88,6 +97,7 @@ export class DedupTable {
       // Version 1 kept no chunk positions: such transfers are sent again (their message is refused until then).
       if (file.version === 2) for (const [k, chunks] of Object.entries(file.transfers ?? {})) table.transfers.set(k, new Map(chunks.map(([position, stream, offset]) => [position, { stream, offset }])));
       for (const [k, v] of Object.entries(file.inbox)) table.inboxEnds.set(k, v);
+      for (const [k, id] of Object.entries(file.ids ?? {})) if (typeof id === 'string') table.lastIds.set(k, id);
     }
     await table.recover(store, inboxes);
     await table.checkpoint();
@@ -97,6 +107,25 @@ export class DedupTable {
   /** True when the frame was stored before. */
   seen(key: string, offset: number): boolean {
     return this.covered.get(key)?.has(offset) ?? false;
+  }
+
+  /**
+   * True when a frame at an offset already covered is new all the same: the sender's offsets went back
+   * (spec/http-protocol.md §5.1). A message is new when its id is above every id stored from the key; a
+   * body chunk when its body's id is, and no chunk at its position of that body was stored.
+   */
+  isGap(key: string, id: string, chunk?: { readonly transfer: string; readonly position: number }): boolean {
+    const last = this.lastIds.get(key);
+    if (last === undefined || id <= last) return false;
+    return chunk === undefined || this.transfers.get(chunk.transfer)?.has(chunk.position) !== true;
+  }
+
+  /** Records the id of a message stored (or a receipt applied) from `key`. */
+  storedId(key: string, id: string): void {
+    const last = this.lastIds.get(key);
+    if (last !== undefined && id <= last) return;
+    this.lastIds.set(key, id);
+    this.dirty = true;
   }
 
   /** Records a stored batch's range: every frame of the key in [from, to) is stored. */
@@ -180,6 +209,7 @@ export class DedupTable {
         covered: Object.fromEntries([...this.covered].map(([k, set]) => [k, set.toPairs()])),
         transfers: Object.fromEntries([...this.transfers].map(([k, chunks]) => [k, [...chunks].map(([position, { stream, offset }]): [number, string, number] => [position, stream, offset])])),
         inbox: Object.fromEntries(this.inboxEnds),
+        ids: Object.fromEntries(this.lastIds),
       };
       this.dirty = false;
       try {
@@ -221,7 +251,10 @@ export class DedupTable {
             } else if (frame.type === FrameType.MESSAGE) {
               const { meta } = decodeMeta(frame.payload);
               origin = meta.origin;
-              if (origin !== undefined) this.finishTransfer(transferKey(origin.node, origin.destination ?? '', meta.id));
+              if (origin !== undefined) {
+                this.finishTransfer(transferKey(origin.node, origin.destination ?? '', meta.id));
+                this.storedId(dedupKey(origin.node, origin.destination ?? '', origin.stream), meta.id);
+              }
             }
           } catch {
             continue; // verify reports it; it cannot be a duplicate of anything

@@ -74,6 +74,11 @@ export interface IntakeOptions extends IntakeLimits {
   readonly onBatch?: (result: IntakeResult) => void;
   /** Called after messages were stored, per channel. */
   readonly onStored?: (channel: string, count: number, from: string) => void;
+  /**
+   * Called for each frame of a sender stream whose offsets went back (a lost outbox, a restored backup):
+   * at an offset already covered, but new (spec/http-protocol.md §5.1). It is stored, not dropped.
+   */
+  readonly onDedupGap?: (gap: { readonly node: string; readonly name: string; readonly stream: string; readonly offset: number; readonly id: string }) => void;
 }
 
 interface Checked {
@@ -279,7 +284,15 @@ export class Intake {
    */
   private async store(batch: IncomingFrames, checked: Checked[]): Promise<IntakeResult> {
     const from = batch.peer ?? batch.name;
-    const fresh = checked.filter((c) => !this.dedup.seen(c.key, c.offset));
+    const fresh = checked.filter((c) => {
+      if (!this.dedup.seen(c.key, c.offset)) return true;
+      const id = c.message?.id ?? c.chunk?.meta.id;
+      if (id === undefined) return false;
+      const chunk = c.chunk === undefined ? undefined : { transfer: transferKey(batch.node, batch.destination, c.chunk.meta.id), position: c.chunk.meta.position };
+      if (!this.dedup.isGap(c.key, id, chunk)) return false;
+      this.options.onDedupGap?.({ node: batch.node, name: batch.name, stream: c.stream, offset: c.offset, id });
+      return true;
+    });
     const origin = (c: Checked): Origin => ({ node: batch.node, stream: c.stream, offset: c.offset, destination: batch.destination });
     const done: Checked[] = [];
     // Runs stores side by side; each notes in `done` what it stored. Throws the first failure once all ended.
@@ -343,6 +356,7 @@ export class Intake {
           for (const c of group) {
             this.dedup.stored(c.key, c.offset);
             const message = c.message as MessageMeta;
+            this.dedup.storedId(c.key, message.id);
             if (message.streamed !== undefined) this.dedup.finishTransfer(transferKey(batch.node, batch.destination, message.id));
             done.push(c);
           }
@@ -350,10 +364,14 @@ export class Intake {
       );
       await run(fresh.filter((c) => c.receipt !== undefined), async (c) => {
         await this.options.onReceipt?.(c.receipt as ReceiptReport, from, batch.peer !== undefined);
+        this.dedup.storedId(c.key, (c.message as MessageMeta).id);
       });
     } catch (err) {
       // Remember exactly what did get stored, so the retry stores only the rest.
-      for (const c of done) this.dedup.stored(c.key, c.offset);
+      for (const c of done) {
+        this.dedup.stored(c.key, c.offset);
+        if (c.message !== undefined) this.dedup.storedId(c.key, c.message.id);
+      }
       // Running digests may now include chunks that were not stored: check those bodies by reading back.
       for (const c of fresh) if (c.chunk !== undefined) this.hashing.delete(transferKey(batch.node, batch.destination, c.chunk.meta.id));
       throw err;

@@ -6,7 +6,7 @@
  */
 import { MqlogError, isMqlogError } from '../errors.js';
 import { FrameType } from '../log/frame.js';
-import type { LogStore, StoredFrame, TornTail, VerifyEvent } from '../log/log-store.js';
+import type { DamagedRange, LogStore, StoredFrame, TornTail, VerifyEvent } from '../log/log-store.js';
 import { scanStream } from '../log/stream-scan.js';
 import { decodeMessage, type MessageMeta, type MessageRecord } from './codec.js';
 import type { QueueInfo } from './layout.js';
@@ -17,7 +17,9 @@ export type QueueEvent =
   /** A frame of another type (body chunk): counted, not shown as a message. */
   | { readonly kind: 'frame'; readonly frame: StoredFrame }
   | { readonly kind: 'torn'; readonly stream: string; readonly torn: TornTail }
-  | { readonly kind: 'corrupt'; readonly stream: string; readonly error: MqlogError };
+  | { readonly kind: 'corrupt'; readonly stream: string; readonly error: MqlogError }
+  /** Damaged bytes passed over: reading of the stream went on after them (spec/log-format.md §3.4). */
+  | { readonly kind: 'damaged'; readonly stream: string; readonly range: DamagedRange };
 
 export type StateOf = (stream: string, offset: number, meta: MessageMeta) => MessageState;
 
@@ -35,6 +37,7 @@ export async function* scanQueue(store: LogStore, queue: string, stateOf: StateO
     for await (const event of scanStream(store, queue, stream, { from: { offset: options.segment ?? 0 } })) {
       if (event.kind === 'torn') yield { kind: 'torn', stream, torn: event.torn };
       else if (event.kind === 'corrupt') yield { kind: 'corrupt', stream, error: event.error };
+      else if (event.kind === 'damaged') yield { kind: 'damaged', stream, range: event.range };
       else {
         const { frame } = event;
         if (options.segment !== undefined && frame.segment !== options.segment) break;

@@ -175,10 +175,12 @@ export interface ReceiptReport {
   readonly reason?: string;
 }
 
-const reportPackr = new Packr({ useRecords: false, mapsAsObjects: true });
+/** 64-bit integers are read as numbers (a BigInt past 2^53 fails the range check): any integer encoding of `at` is accepted. */
+const reportPackr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' });
 
+/** The body of a receipt report (spec/log-format.md §12): `at` written as an int64, never as a float64. */
 export function encodeReceiptReport(report: ReceiptReport): Buffer {
-  return reportPackr.pack(report);
+  return reportPackr.pack({ ...report, at: BigInt(report.at) });
 }
 
 /** @throws ERR_INVALID_MESSAGE for a body that is not a receipt report. */
@@ -190,7 +192,7 @@ export function decodeReceiptReport(body: Buffer): ReceiptReport {
     throw new MqlogError('ERR_INVALID_MESSAGE', 'receipt body is not valid msgpack', { cause: err });
   }
   const r = (raw ?? {}) as Record<string, unknown>;
-  if (!isId(r.id) || typeof r.destination !== 'string' || (r.state !== 'processed' && r.state !== 'dead' && r.state !== 'expired') || !Number.isSafeInteger(r.at)) {
+  if (!isId(r.id) || typeof r.destination !== 'string' || (r.state !== 'processed' && r.state !== 'dead' && r.state !== 'expired') || !Number.isSafeInteger(r.at) || (r.at as number) < 0) {
     throw new MqlogError('ERR_INVALID_MESSAGE', 'receipt body lacks id, destination, state or time');
   }
   return { id: r.id, destination: r.destination, state: r.state, at: r.at as number, ...(typeof r.reason === 'string' ? { reason: r.reason } : {}) };

@@ -218,11 +218,12 @@ test('a flipped payload byte in a frame before the end of its stream makes verif
   assert.match(problems[0]?.reason ?? '', new RegExp(`next valid frame at ${following.position}\\b`));
   assert.match(verified.stderr, /^mqlog: ERR_CORRUPT_FRAME: 1 problem\(s\); verified 1 segments, 9 frames/m, 'verify checked the frames after the bad one');
 
-  // dump stops at the bad frame and says where, rather than skipping it silently.
+  // dump passes over the bad frame, says where in verify's format, and shows every other message.
   const dumped = await dump(dir);
   assert.equal(dumped.code, 1, dumped.stderr);
-  assert.match(dumped.stderr, new RegExp(`^mqlog: ERR_CORRUPT_FRAME: ${seg} at byte ${bad.position}: .*stopped there`, 'm'));
-  assert.ok(dumped.records.every((r) => r.offset < 4), 'dump shows nothing from the bad frame on');
+  assert.deepEqual(corruptLines(dumped.stderr).map((p) => [p.file, p.position]), [[seg, bad.position]], dumped.stderr);
+  assert.match(corruptLines(dumped.stderr)[0]?.reason ?? '', new RegExp(`next valid frame at ${following.position}\\b`));
+  assert.deepEqual(dumped.records.map((r) => r.offset), [0, 1, 2, 3, 5, 6, 7, 8, 9], 'dump shows every intact message');
 
   // A writer must not "recover" by cutting off the valid frames after the bad one.
   const before = await readFile(seg);
@@ -231,16 +232,17 @@ test('a flipped payload byte in a frame before the end of its stream makes verif
   assert.ok(after.length >= before.length && after.subarray(0, before.length).equals(before), 'the damaged segment was changed by the next send');
 });
 
-test('dump shows every message before a damaged frame, then stops there', async (t) => {
+test('dump shows every message before and after a damaged frame', async (t) => {
   const { dir, ids, bodies, seg, frames } = await logWith(t, 10);
   await flipByte(seg, frameAt(frames, 4).position + FRAME_HEADER_BYTES + 10, 0x10);
 
   const dumped = await dump(dir);
   assert.equal(dumped.code, 1, dumped.stderr);
+  const sound = [0, 1, 2, 3, 5, 6, 7, 8, 9];
   assert.deepEqual(
     dumped.records.map((r) => [r.offset, r.id, r.body]),
-    ids.slice(0, 4).map((id, i) => [i, id, bodies[i]]),
-    `dump must show the 4 sound messages before the damaged frame; it showed ${dumped.records.length}. stderr: ${dumped.stderr}`,
+    sound.map((i) => [i, ids[i], bodies[i]]),
+    `dump must show the 9 sound messages around the damaged frame; it showed ${dumped.records.length}. stderr: ${dumped.stderr}`,
   );
 });
 
@@ -262,8 +264,9 @@ test('a damaged last frame of a sealed segment is corruption, not a torn tail', 
   assert.doesNotMatch(verified.stdout, /^TORN /m);
   const dumped = await dump(dir);
   assert.equal(dumped.code, 1, dumped.stderr);
-  assert.match(dumped.stderr, new RegExp(`^mqlog: ERR_CORRUPT_FRAME: ${sealed} at byte ${last.position}: `, 'm'));
-  assert.ok(dumped.records.every((r) => r.offset < last.offset), 'dump shows nothing from the bad frame on');
+  assert.deepEqual(corruptLines(dumped.stderr).map((p) => [p.file, p.position]), [[sealed, last.position]], dumped.stderr);
+  assert.ok(!dumped.records.some((r) => r.offset === last.offset), 'the damaged message is not shown');
+  assert.equal(dumped.records.length, 39, 'every other message is shown, the later segments included');
 });
 
 /** Header damage that the header checks or the CRC catch; the frame's extent stays inside the file. */
@@ -294,8 +297,8 @@ for (const damage of HEADER_DAMAGE) {
 
     const dumped = await dump(dir);
     assert.equal(dumped.code, 1, dumped.stderr);
-    assert.match(dumped.stderr, new RegExp(`^mqlog: ERR_\\w+: ${seg} at byte ${bad.position}: .*stopped there`, 'm'));
-    assert.ok(dumped.records.every((r) => r.offset < 4), 'dump shows nothing from the bad frame on');
+    assert.deepEqual(corruptLines(dumped.stderr).map((p) => [p.file, p.position]), [[seg, bad.position]], dumped.stderr);
+    assert.deepEqual(dumped.records.map((r) => r.offset), [0, 1, 2, 3, 5, 6, 7, 8, 9], 'dump shows every intact message');
   });
 }
 
@@ -354,3 +357,30 @@ for (const damage of LENGTH_PAST_END) {
     );
   });
 }
+
+// --- resynchronisation and repair ------------------------------------------------------------------
+
+test('dump of a stream with a sealed segment truncated mid-frame shows every intact message and reports the damaged range', async (t) => {
+  const { dir, ids, stream } = await logWith(t, 40, { bodyBytes: 200, config: { segmentBytes: 4096 } });
+  const segments = await segmentFiles(stream);
+  assert.ok(segments.length >= 3, `expected several segments, got ${segments.length}`);
+  const sealed = segments[1] as string;
+  const { frames, size } = await framesOf(sealed);
+  const cut = frameAt(frames, frames.length - 2);
+  await truncate(sealed, cut.position + 30);
+  const lost = new Set([frameAt(frames, frames.length - 2).offset, frameAt(frames, frames.length - 1).offset]);
+
+  const dumped = await dump(dir);
+  assert.equal(dumped.code, 1, dumped.stderr);
+  assert.deepEqual(
+    dumped.records.map((r) => r.id),
+    ids.filter((_, i) => !lost.has(i)),
+    `dump must show all ${ids.length - lost.size} intact messages; stderr: ${dumped.stderr}`,
+  );
+  const problems = corruptLines(dumped.stderr);
+  assert.deepEqual(problems.map((p) => [p.file, p.position]), [[sealed, cut.position]], dumped.stderr);
+  assert.ok(size > cut.position + 30);
+
+  const verified = await verify(dir);
+  assert.deepEqual(corruptLines(verified.stdout).map((p) => [p.file, p.position]), [[sealed, cut.position]], 'verify names the same range');
+});

@@ -44,10 +44,14 @@ test('ERR_ALREADY_ACKED: a second ack of the same delivery is refused', async (t
   defer(t, () => node.close());
   const inbox = await node.inbox('c');
   await inbox.append({ id: newId(), ts: Date.now(), channel: 'c', priority: 4, to: ['me'], from: 'x' }, Buffer.from('m'));
+  let delivered = 0;
   for await (const message of node.tail({ channel: 'c', limit: 1 })) {
+    delivered++;
     await message.ack();
     await assert.rejects(message.ack(), { code: 'ERR_ALREADY_ACKED' });
   }
+  // The assertion above runs inside the loop: it proves nothing unless the loop ran.
+  assert.equal(delivered, 1, 'the message was delivered, so the second ack was tried');
 });
 
 test('ERR_FORBIDDEN: a node without peer keys refuses requests from other addresses than loopback', async (t) => {

@@ -102,7 +102,7 @@ function badCases(): BadCase[] {
   });
   cases.push({ name: 'a message on the empty channel', body: envelope([{ stream: 'p4.w0', frame: frame(messagePayload({ channel: '' }), 0) }]), status: 400, code: 'ERR_INVALID_NAME', frame: 0 });
   cases.push({ name: 'a message whose id is not a UUID', body: envelope([{ stream: 'p4.w0', frame: frame(messagePayload({ id: 'not-an-id' }), 0) }]), status: 400, code: 'ERR_INVALID_MESSAGE', frame: 0 });
-  cases.push({ name: 'a message with priority 12', body: envelope([{ stream: 'p4.w0', frame: frame(messagePayload({ priority: 12 }), 0) }]), status: 400, code: 'ERR_INVALID_ARG', frame: 0 });
+  cases.push({ name: 'a message with priority 12', body: envelope([{ stream: 'p4.w0', frame: frame(messagePayload({ priority: 12 }), 0) }]), status: 400, code: 'ERR_INVALID_MESSAGE', frame: 0 });
   const garbageMeta = Buffer.concat([Buffer.from([5, 0, 0, 0]), Buffer.from([0xc1, 0xc1, 0xc1, 0xc1, 0xc1])]);
   cases.push({ name: 'a message whose meta is not msgpack', body: envelope([{ stream: 'p4.w0', frame: frame(garbageMeta, 0) }]), status: 400, code: 'ERR_INVALID_MESSAGE', frame: 0 });
   cases.push({ name: 'a RECORD frame instead of a message', body: envelope([{ stream: 'p4.w0', frame: frame(messagePayload(), 0, 3) }]), status: 400, code: 'ERR_INVALID_MESSAGE', frame: 0 });

@@ -32,16 +32,34 @@ test('fields are decoded without copying the body', () => {
   const payload = encodeMessagePayload(meta, Buffer.alloc(1000, 1));
   const { bodyStart } = decodeMeta(payload);
   assert.equal(payload.length - bodyStart, 1000);
+  const { body } = decodeMessage(payload);
+  // A view into the payload, not a copy: same memory, at the body's place; a write through one shows in the other.
+  assert.equal(body.buffer, payload.buffer);
+  assert.equal(body.byteOffset, payload.byteOffset + bodyStart);
+  payload[bodyStart] = 7;
+  assert.equal(body[0], 7, 'the body shares the payload bytes');
+});
+
+/** A MESSAGE payload whose meta is `map` as given (no checks), with an empty body. */
+function frame(map: unknown): Buffer {
+  const m = new Packr({ useRecords: false }).pack(map);
+  const prefix = Buffer.alloc(4);
+  prefix.writeUInt32LE(m.length);
+  return Buffer.concat([prefix, m]);
+}
+
+test('decoded header and priority problems are data errors: ERR_HEADERS_TOO_LARGE past the format limits, else ERR_INVALID_MESSAGE', () => {
+  const base = { i: meta.id, t: meta.ts, c: 'jobs', p: 4, d: ['b'], f: 'a' };
+  const many = Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`k${i}`, 'v']));
+  assert.throws(() => decodeMeta(frame({ ...base, h: many })), { code: 'ERR_HEADERS_TOO_LARGE' });
+  assert.throws(() => decodeMeta(frame({ ...base, h: { k: 'v'.repeat(64 * 1024) } })), { code: 'ERR_HEADERS_TOO_LARGE' });
+  assert.throws(() => decodeMeta(frame({ ...base, h: { k: 1 } })), { code: 'ERR_INVALID_MESSAGE' });
+  assert.throws(() => decodeMeta(frame({ ...base, h: [] })), { code: 'ERR_INVALID_MESSAGE' });
+  assert.throws(() => decodeMeta(frame({ ...base, p: 12 })), { code: 'ERR_INVALID_MESSAGE' });
+  assert.doesNotThrow(() => decodeMeta(frame({ ...base, h: Object.fromEntries(Object.entries(many).slice(0, 64)) })));
 });
 
 test('garbage and wrong field types are ERR_INVALID_MESSAGE or ERR_INVALID_NAME, never a crash', () => {
-  const packr = new Packr({ useRecords: false });
-  const frame = (map: unknown): Buffer => {
-    const m = packr.pack(map);
-    const prefix = Buffer.alloc(4);
-    prefix.writeUInt32LE(m.length);
-    return Buffer.concat([prefix, m]);
-  };
   const good = { i: meta.id, t: 1, c: 'x', p: 1, d: ['b'], f: 'a' };
   assert.doesNotThrow(() => decodeMeta(frame(good)));
   const cases: unknown[] = [

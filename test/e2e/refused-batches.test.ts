@@ -1,0 +1,46 @@
+/**
+ * A peer that refuses a batch as a whole (413 for a request over its limit) gets it again split, down
+ * to one frame, with a pause between tries: small enough frames arrive, a frame too large alone goes to
+ * the outbox's dead letters with the peer's reason. Real daemons.
+ */
+import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { daemons, inboxDump, makeNodes } from '../helpers/daemon.js';
+import { jsonLines, mqlog, tempDir, waitFor } from '../helpers/index.js';
+
+test('a batch the peer refuses as too large is split down to single frames; a frame too large alone is dead-lettered', async (t) => {
+  const root = await tempDir(t);
+  const nodes = await makeNodes(root, ['a', 'b']);
+  const { a, b } = nodes;
+  assert.ok(a !== undefined && b !== undefined);
+  // b takes requests of at most 2 KiB: one 900-byte message fits, five of them together do not.
+  const bConfig = JSON.parse(await readFile(join(b.dir, 'mqlog.json'), 'utf8')) as Record<string, unknown>;
+  await writeFile(join(b.dir, 'mqlog.json'), JSON.stringify({ ...bConfig, limits: { maxRequestBytes: 2048 } }));
+  const bodies = Array.from({ length: 5 }, (_, i) => `m${i}-`.padEnd(900, 'x'));
+  const sent = await mqlog(['send', '--data', a.dir, '--to', 'b', '--lines'], { input: `${bodies.join('\n')}\n` });
+  assert.equal(sent.code, 0, sent.stderr);
+  const big = await mqlog(['send', '--data', a.dir, '--to', 'b', 'y'.repeat(3000)]);
+  assert.equal(big.code, 0, big.stderr);
+  const [da, db] = daemons(t, [a, b]);
+  await db!.start();
+  await da!.start();
+
+  await waitFor(async () => (await inboxDump(b.dir)).length === 5, { timeoutMs: 60_000, message: 'the five small messages to arrive one by one' });
+  assert.deepEqual((await inboxDump(b.dir)).map((r) => r.body).sort(), [...bodies].sort());
+  await waitFor(
+    async () => {
+      const dumped = await mqlog(['dump', a.dir, '--json']);
+      return jsonLines<{ queue: string; state: string }>(dumped.stdout).some((r) => r.queue === 'outbox-dead');
+    },
+    { timeoutMs: 60_000, message: 'the message too large alone to be dead-lettered' },
+  );
+  const dead = jsonLines<{ queue: string; size: number; headers?: Record<string, string> }>((await mqlog(['dump', a.dir, '--json'])).stdout).filter((r) => r.queue === 'outbox-dead');
+  assert.equal(dead.length, 1);
+  assert.equal(dead[0]?.size, 3000);
+  assert.match(JSON.stringify(dead[0]?.headers ?? {}), /too large|ERR_REQUEST_TOO_LARGE/);
+  // Never a loop without pause: the tries are few (each split halves the batch, then a pause).
+  const failures = (da!.output.match(/forward_failed/g) ?? []).length;
+  assert.ok(failures < 20, `${failures} failed tries`);
+});
