@@ -306,7 +306,8 @@ export const CONFIG_SCHEMA = object({
     type: 'object',
     propertyNames: { pattern: NAME_PATTERN },
     // nats and options (per-transport settings) are checked in detail by checkPeers.
-    additionalProperties: object({ url: str({ pattern: '^(https?|nats)://', description: 'an http:// or https:// URL, or nats://HOST:PORT/STREAM' }), key: str({ minLength: 16 }), nats: {}, options: {} }, { required: ['url'] }),
+    // The url is checked by the transport registry (an application may register its own schemes).
+    additionalProperties: object({ url: str({ minLength: 1 }), key: str({ minLength: 16 }), nats: {}, options: {} }, { required: ['url'] }),
   },
   segmentBytes: int(1024, 2 ** 40),
   segmentRollIdleMs: int(0, 2 ** 31),
@@ -338,7 +339,8 @@ export const CONFIG_SCHEMA = object({
   admin: object({ listen: str({ pattern: LISTEN_PATTERN, description: 'a HOST:PORT string' }), token: str({ minLength: 16 }) }),
   sources: {
     type: 'array',
-    items: object({ url: str({ pattern: '^nats://', description: 'nats://HOST:PORT/STREAM' }), durable: str({ pattern: NAME_PATTERN, description: NAME_RULE }), subject: str({ pattern: '^[A-Za-z0-9_.*>%-]{1,255}$', description: 'a NATS subject' }), channel: str({ minLength: 1 }) }, { required: ['url', 'durable'] }),
+    // nats (the source's connection settings) is checked in detail by checkSources.
+    items: object({ url: str({ pattern: '^(nats|tls)://', description: 'nats://HOST:PORT/STREAM or tls://HOST:PORT/STREAM' }), durable: str({ pattern: NAME_PATTERN, description: NAME_RULE }), subject: str({ pattern: '^[A-Za-z0-9_.*>%-]{1,255}$', description: 'a NATS subject' }), channel: str({ minLength: 1 }), nats: {} }, { required: ['url', 'durable'] }),
   },
 });
 

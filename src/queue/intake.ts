@@ -286,6 +286,9 @@ export class Intake {
     const from = batch.peer ?? batch.name;
     const fresh = checked.filter((c) => {
       if (!this.dedup.seen(c.key, c.offset)) return true;
+      // Only a sender that delivers in offset order (a peer over HTTP) can be judged by its ids: a source
+      // that redelivers out of order (JetStream) would have stored copies taken for new messages.
+      if (batch.unordered !== undefined) return false;
       const id = c.message?.id ?? c.chunk?.meta.id;
       if (id === undefined) return false;
       const chunk = c.chunk === undefined ? undefined : { transfer: transferKey(batch.node, batch.destination, c.chunk.meta.id), position: c.chunk.meta.position };
