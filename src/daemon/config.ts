@@ -306,8 +306,8 @@ export const CONFIG_SCHEMA = object({
     type: 'object',
     propertyNames: { pattern: NAME_PATTERN },
     // nats and options (per-transport settings) are checked in detail by checkPeers.
-    // The url is checked by the transport registry (an application may register its own schemes).
-    additionalProperties: object({ url: str({ minLength: 1 }), key: str({ minLength: 16 }), nats: {}, options: {} }, { required: ['url'] }),
+    // The url's format asks the transport registry (an application may register its own schemes).
+    additionalProperties: object({ url: str({ format: 'peer-url', description: 'a URL of a known transport (http, https, nats, tls or a registered scheme)' }), key: str({ minLength: 16 }), nats: {}, options: {} }, { required: ['url'] }),
   },
   segmentBytes: int(1024, 2 ** 40),
   segmentRollIdleMs: int(0, 2 ** 31),
@@ -352,7 +352,9 @@ function schemaProblems(input: Record<string, unknown>): Problem[] {
   // Keys the schema does not describe in detail are still known keys: KEYS checks them.
   const schema = CONFIG_SCHEMA as { properties: Record<string, object> };
   const properties = { ...Object.fromEntries(Object.keys(KEYS).map((key) => [key, {}])), ...schema.properties };
-  validator ??= new Ajv({ allErrors: true, strict: true, verbose: true }).compile({ ...schema, properties });
+  validator ??= new Ajv({ allErrors: true, strict: true, verbose: true })
+    .addFormat('peer-url', { type: 'string', validate: isPeerUrl })
+    .compile({ ...schema, properties });
   if (validator(input)) return [];
   const problems: Problem[] = [];
   for (const error of validator.errors ?? []) {
@@ -380,6 +382,8 @@ function describe(error: ErrorObject): Problem | undefined {
       // Reported with the name by propertyNames.
       if (error.propertyName !== undefined) return undefined;
       return { key: at, message: `${at} must be ${String((error.parentSchema as { description?: string } | undefined)?.description ?? `a string matching ${String(params.pattern)}`)}` };
+    case 'format':
+      return { key: at, message: `${at} must be ${String((error.parentSchema as { description?: string } | undefined)?.description ?? `a ${String(params.format)}`)}` };
     case 'required':
       return { key: at === '' ? String(params.missingProperty) : `${at}.${String(params.missingProperty)}`, message: `${at === '' ? '' : `${at}.`}${String(params.missingProperty)} is missing` };
     default:
@@ -459,6 +463,15 @@ function checkPeerUrl(value: unknown, key: string): string {
   }
   if (canonical === undefined) throw bad(key, `a URL of a known transport (${transports.schemes().join(', ')})`);
   return canonical;
+}
+
+/** A URL the transport registry knows (at the moment of the check: applications register schemes first). */
+function isPeerUrl(value: string): boolean {
+  try {
+    return transports.canonical(value, false) !== undefined;
+  } catch {
+    return false;
+  }
 }
 
 /** A file path, a string of 1-4096 characters. */
