@@ -9,17 +9,22 @@ import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { CLI, ROOT, defer, exited, jsonLines, mqlog, track, waitFor } from './index.js';
 
-/** A TCP port that was free a moment ago. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      server.close(() => resolve(port));
+/**
+ * A TCP port that was free a moment ago, picked at random below the kernel's ephemeral range (32768 and
+ * up on Linux): a port from bind(0) is an ephemeral one, which any outgoing connection of a test running
+ * alongside may take as its source port before the daemon listens on it.
+ */
+export async function freePort(): Promise<number> {
+  for (let attempt = 0; ; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const free = await new Promise<boolean>((resolve, reject) => {
+      const server = createServer();
+      server.once('error', (err: NodeJS.ErrnoException) => (err.code === 'EADDRINUSE' || err.code === 'EACCES' ? resolve(false) : reject(err)));
+      server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
     });
-  });
+    if (free) return port;
+    if (attempt > 100) throw new Error('no free port between 20000 and 32000');
+  }
 }
 
 export interface NodeSpec {
