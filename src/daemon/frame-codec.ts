@@ -4,9 +4,8 @@
  * A JetStream source hands the daemon what it read; `sourceCodec` makes the inbox frames of it, through
  * the queue layer's adoption (queue/adopted-message.ts). Holds no format of its own.
  */
-import { FRAME_HEADER_BYTES, FrameType, parseFrameHeader } from '../log/frame.js';
 import { adoptChunk, adoptFields, adoptFrame, adoptMessage } from '../queue/adopted-message.js';
-import { decodeChunk, decodeMeta } from '../queue/codec.js';
+import { decodeStoredFrame } from '../queue/codec.js';
 import type { FrameContents } from '../transport/frame-contents.js';
 import { H, tokenChannel } from '../transport/nats-headers.js';
 import type { SourceCodec } from '../transport/nats-source.js';
@@ -14,13 +13,9 @@ import type { WireFrame } from '../transport/transport.js';
 
 /** A frame the forwarder read from the outbox (already checked when read), unpacked. */
 export function unpackFrame(wire: WireFrame): FrameContents {
-  const raw = Buffer.isBuffer(wire.frame) ? wire.frame : Buffer.concat(wire.frame);
-  const header = parseFrameHeader(raw);
-  if (!header.ok) throw new Error(`an outbox frame handed to a transport has a bad header: ${header.reason}`);
-  const { type, offset, payloadBytes } = header.header;
-  const payload = raw.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + payloadBytes);
-  if (type === FrameType.MESSAGE) {
-    const { meta, bodyStart } = decodeMeta(payload);
+  const frame = decodeStoredFrame(Buffer.isBuffer(wire.frame) ? wire.frame : Buffer.concat(wire.frame));
+  if (frame.type === 'message') {
+    const { meta, offset, body } = frame;
     const fields = {
       id: meta.id,
       ts: meta.ts,
@@ -35,13 +30,13 @@ export function unpackFrame(wire: WireFrame): FrameContents {
       replyTo: meta.replyTo,
       kind: meta.kind,
     };
-    return { type: 'message', offset, fields, body: payload.subarray(bodyStart), ...(meta.streamed === undefined ? {} : { streamed: { size: meta.streamed.size, sha256: meta.streamed.sha256 } }) };
+    return { type: 'message', offset, fields, body, ...(meta.streamed === undefined ? {} : { streamed: { size: meta.streamed.size, sha256: meta.streamed.sha256 } }) };
   }
-  if (type === FrameType.BODY_CHUNK) {
-    const { meta, data } = decodeChunk(payload);
+  if (frame.type === 'chunk') {
+    const { meta, offset, data } = frame;
     return { type: 'chunk', offset, id: meta.id, channel: meta.channel, priority: meta.priority, position: meta.position, data };
   }
-  return { type: 'other', offset };
+  return frame;
 }
 
 /**

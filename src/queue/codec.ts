@@ -10,6 +10,7 @@
  */
 import { Packr } from 'msgpackr';
 import { MqlogError } from '../errors.js';
+import { FRAME_HEADER_BYTES, FrameType, parseFrameHeader } from '../log/frame.js';
 import { isId } from '../util/ids.js';
 import { MsgpackCursor } from './msgpack-cursor.js';
 
@@ -463,4 +464,27 @@ function isTime(value: unknown): value is number {
 
 function invalid(reason: string, cause?: unknown): MqlogError {
   return new MqlogError('ERR_INVALID_MESSAGE', `invalid message: ${reason}`, cause === undefined ? undefined : { cause });
+}
+
+/** A whole stored frame (header and payload, already checked when read), decoded by its type. */
+export type StoredFrame =
+  | { readonly type: 'message'; readonly offset: number; readonly meta: MessageMeta; readonly body: Buffer }
+  | { readonly type: 'chunk'; readonly offset: number; readonly meta: ChunkMeta; readonly data: Buffer }
+  | { readonly type: 'other'; readonly offset: number };
+
+/** Decodes a whole frame as the log stores it: a message, a body chunk, or another type (only its offset). */
+export function decodeStoredFrame(raw: Buffer): StoredFrame {
+  const header = parseFrameHeader(raw);
+  if (!header.ok) throw new Error(`a stored frame has a bad header: ${header.reason}`);
+  const { type, offset, payloadBytes } = header.header;
+  const payload = raw.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + payloadBytes);
+  if (type === FrameType.MESSAGE) {
+    const { meta, bodyStart } = decodeMeta(payload);
+    return { type: 'message', offset, meta, body: payload.subarray(bodyStart) };
+  }
+  if (type === FrameType.BODY_CHUNK) {
+    const { meta, data } = decodeChunk(payload);
+    return { type: 'chunk', offset, meta, data };
+  }
+  return { type: 'other', offset };
 }
