@@ -155,9 +155,12 @@ export class Forwarder {
     while (!this.stopping || inFlight.length > 0) {
       const seen = this.options.feed.generation;
       try {
-        // Keep the pipeline full: read the next batches while the earlier ones are on their way.
-        while (!this.stopping && inFlight.length < maxInFlight && bytesInFlight() < maxInFlightBytes) {
+        // Keep the pipeline full: read the next batches while the earlier ones are on their way, as long
+        // as there is more to read (an idle outbox is not read again until it changes).
+        let drained = false;
+        while (!this.stopping && !drained && inFlight.length < maxInFlight && bytesInFlight() < maxInFlightBytes) {
           const batch = await this.queue.take(this.maxBatchFrames, this.maxBatchBytes);
+          drained = batch?.drained ?? true;
           if (batch === undefined) break;
           this.report(batch);
           const sending = batch.items.length === 0 ? Promise.resolve(undefined) : this.send(batch);
@@ -171,6 +174,8 @@ export class Forwarder {
           await this.options.feed.changedSince(seen, this.stopController.signal).catch(() => undefined);
           continue;
         }
+        // Read all there was: the head's answer or a change of the outbox, whichever comes first.
+        if (drained && !this.stopping && inFlight.length < maxInFlight && (await this.answerOrChange(head, seen)) === 'changed') continue;
         const sent = await head.sending;
         inFlight.shift();
         this.queue.delivered(head.batch, sent !== undefined);
@@ -195,6 +200,19 @@ export class Forwarder {
       }
     }
     await this.flushCursor(true);
+  }
+
+  private async answerOrChange(head: InFlight, seen: number): Promise<'answered' | 'changed'> {
+    const waiting = new AbortController();
+    const changed = this.options.feed.changedSince(seen, AbortSignal.any([waiting.signal, this.stopController.signal])).then(
+      () => 'changed' as const,
+      () => 'answered' as const,
+    );
+    try {
+      return await Promise.race([head.sending.then(() => 'answered' as const, () => 'answered' as const), changed]);
+    } finally {
+      waiting.abort();
+    }
   }
 
   /** Expired messages found in a batch (recorded as such when read) are reported once. */

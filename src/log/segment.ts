@@ -86,6 +86,8 @@ const MIN_TAIL_READ_BYTES = 16 * 1024;
 /** Pause before re-reading a spot that looked corrupt (a concurrent write finishes well within it). */
 const RECHECK_DELAY_MS = 20;
 const ZERO_SCAN_BYTES = 64 * 1024;
+/** How far past its position a reader looks for a sync mark before it fsyncs a segment itself. */
+const LOOK_AHEAD_BYTES = 64 * 1024;
 const ZEROS = Buffer.alloc(ZERO_SCAN_BYTES);
 /** A SYNC frame that was read (internal: next() reads on). */
 const SYNC_STEP = { kind: 'sync' } as const;
@@ -191,17 +193,30 @@ export class SegmentReader {
         step = await this.step();
       } catch (err) {
         if (!(err instanceof MqlogError) || err.details?.position !== this.position) throw err;
-        // A writer in another process may have been writing right here while we looked (we saw its zeros,
-        // or half its frame, and then its next write). Look once more before calling it corruption.
-        await new Promise((resolve) => setTimeout(resolve, RECHECK_DELAY_MS));
-        this.atEnd(undefined);
-        step = await this.step();
+        // A writer in another process may have been writing right here while we looked: the buffer held
+        // its zeros from an earlier read, or half its frame. Read the spot again from the file at once,
+        // and once more after a pause (a concurrent write finishes well within it) before calling it
+        // corruption.
+        step = await this.recheck(err);
       }
       if (step.kind !== 'sync') return step;
     }
   }
 
-  private async step(): Promise<ReadStep | typeof SYNC_STEP> {
+  private async recheck(err: MqlogError): Promise<ReadStep | typeof SYNC_STEP> {
+    this.seek(this.position);
+    try {
+      return await this.step();
+    } catch (again) {
+      if (!(again instanceof MqlogError) || again.details?.position !== err.details?.position) throw again;
+    }
+    await new Promise((resolve) => setTimeout(resolve, RECHECK_DELAY_MS));
+    this.seek(this.position);
+    return this.step();
+  }
+
+  /** Reads the next frame; `reread`: the buffer was just filled from the file at the reader's position. */
+  private async step(reread = false): Promise<ReadStep | typeof SYNC_STEP> {
     const at = this.position;
     const available = await this.fill(FRAME_HEADER_BYTES);
     if (available === 0) return this.atEnd({ kind: 'end', position: at });
@@ -214,6 +229,11 @@ export class SegmentReader {
       if (await this.zerosFrom(at, fileSize)) {
         this.zerosChecked = { from: at, size: fileSize };
         return this.atEnd({ kind: 'end', position: at, zeroTail: true });
+      }
+      if (!reread) {
+        // The zero may be from an earlier read of the preallocation that a writer has filled in since.
+        this.seek(at);
+        return this.step(true);
       }
       return this.damaged(at, 'non-zero data after a zero byte where a frame should start', 'ERR_CORRUPT_FRAME', fileSize);
     }
@@ -269,6 +289,33 @@ export class SegmentReader {
     this.buffer = this.freshBlock();
     this.bufferStart = this.position;
     this.bufferLength = 0;
+  }
+
+  /**
+   * Whether a sync mark says the bytes up to `end` were fsync'd: one read before, or one among the whole
+   * frames that follow the reader's position now (up to LOOK_AHEAD_BYTES of them, looked at without
+   * moving the reader). A writer puts its mark right after the frames of its fsync, so a reader that
+   * stopped at a limit just before it finds it here instead of fsyncing the segment itself.
+   */
+  async markCovers(end: number): Promise<boolean> {
+    if (this.synced >= end) return true;
+    const ahead = Buffer.allocUnsafe(LOOK_AHEAD_BYTES);
+    const { bytesRead } = await this.readAt(ahead, 0, ahead.length, this.position);
+    for (let at = 0; at + FRAME_HEADER_BYTES <= bytesRead; ) {
+      const check = parseFrameHeader(ahead, at, this.maxPayloadBytes);
+      if (!check.ok) break;
+      const bytes = FRAME_HEADER_BYTES + check.header.payloadBytes;
+      if (at + bytes > bytesRead) break;
+      if (check.header.type === FrameType.SYNC) {
+        const decoded = decodeFrame(ahead.subarray(0, bytesRead), at, this.maxPayloadBytes);
+        if (!decoded.ok) break;
+        const stated = decodeSyncPayload(decoded.frame.payload);
+        if (stated !== undefined && stated <= this.position + at) this.synced = Math.max(this.synced, stated);
+        if (this.synced >= end) return true;
+      }
+      at += bytes;
+    }
+    return false;
   }
 
   /** fdatasyncs the segment: every frame read from it so far is durable when this resolves. */

@@ -114,7 +114,7 @@ export class StreamReader implements LogReader {
    */
   async sync(): Promise<void> {
     if (this.returnedEnd === undefined || this.covered(this.returnedEnd.segment, this.returnedEnd.end)) return;
-    await this.reader?.sync();
+    if (this.returnedEnd.segment !== this.segment || !(await this.reader?.markCovers(this.returnedEnd.end))) await this.reader?.sync();
     this.returnedEnd = undefined;
   }
 

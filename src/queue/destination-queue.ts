@@ -43,6 +43,8 @@ export interface OutgoingBatch {
   readonly expired: readonly { readonly meta: MessageMeta; readonly stream: string; readonly offset: number }[];
   /** Frames read, whatever became of them. */
   readonly taken: number;
+  /** Nothing more was ready when it was read: the next take finds only what is appended since. */
+  readonly drained: boolean;
 }
 
 type Described = { readonly kind: 'message'; readonly meta: MessageMeta } | { readonly kind: 'chunk'; readonly chunk: ChunkMeta } | { readonly kind: 'other' };
@@ -121,7 +123,7 @@ export class DestinationQueue {
       covers.set(stream, { from: this.coveredTo.get(stream) ?? cursor.offsetOf(stream), to });
       this.coveredTo.set(stream, to);
     }
-    return { items, streams, covers, expired, taken: taken.length };
+    return { items, streams, covers, expired, taken: taken.length, drained: this.reader.drained };
   }
 
   /** The destination's last success and error, for stat and the status page. */

@@ -85,6 +85,7 @@ export class PriorityReader<T> {
   private readonly lanes = new Map<string, Lane<T>>();
   private discoveredAt = Number.NEGATIVE_INFINITY;
   private closed = false;
+  private emptied = false;
 
   /** `start` gives the position each stream is read from when the reader first meets it. */
   constructor(store: LogStore, queue: string, start: (stream: string) => StreamPosition, options: PriorityReaderOptions<T>) {
@@ -111,6 +112,11 @@ export class PriorityReader<T> {
     return out;
   }
 
+  /** Whether the last take() stopped because every stream had nothing more ready (not at a limit). */
+  get drained(): boolean {
+    return this.emptied;
+  }
+
   /** Forgets read-ahead and positions; streams are re-read from `start` on the next take(). */
   async reset(): Promise<void> {
     const lanes = [...this.lanes.values()];
@@ -129,9 +135,13 @@ export class PriorityReader<T> {
     const out: QueuedFrame<T>[] = [];
     const used = new Set<Lane<T>>();
     let bytes = 0;
+    this.emptied = false;
     while (out.length < maxFrames && bytes < maxBytes) {
       const lane = await this.mostUrgent();
-      if (lane === undefined) break;
+      if (lane === undefined) {
+        this.emptied = true;
+        break;
+      }
       if (this.options.onePriorityPerTake === true && out.length > 0 && lane.priority !== (out[0] as QueuedFrame<T>).priority) break;
       const queued = lane.ahead.shift() as QueuedFrame<T>;
       out.push(queued);

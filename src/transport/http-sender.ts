@@ -64,7 +64,8 @@ export class HttpSender implements Transport {
         method: 'POST',
         path: MESSAGES_PATH,
         headers: { 'content-type': CONTENT_TYPE, 'content-length': String(length), ...this.options.sign?.('POST', MESSAGES_PATH, parts) },
-        body: Readable.from(coalesce(parts, WRITE_BYTES), { objectMode: false }),
+        // A small batch goes out in one write with its headers; a large one as a stream of its parts.
+        body: length <= WRITE_BYTES ? Buffer.concat(parts, length) : Readable.from(coalesce(parts, WRITE_BYTES), { objectMode: false }),
         ...(signal === undefined ? {} : { signal }),
       });
       statusCode = response.statusCode;

@@ -1,12 +1,29 @@
 import assert from 'node:assert/strict';
 import { open, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { FrameType, encodeFrame, encodeSyncFrame } from '../../src/log/frame.js';
 import { SegmentReader } from '../../src/log/segment.js';
 import { StreamReader } from '../../src/log/stream-reader.js';
 import { StreamWriter } from '../../src/log/stream-writer.js';
 import { tempDir } from '../helpers/index.js';
+
+/**
+ * A stream of one frame (offset 0), closed by its writer, with `tail(end)` written after the end of its
+ * data (a torn write, a frame without a mark, …).
+ */
+async function streamWithTail(t: TestContext, tail: (end: number) => Buffer): Promise<{ dir: string; end: number }> {
+  const dir = join(await tempDir(t), 's');
+  const writer = await StreamWriter.open(dir);
+  await writer.append(FrameType.MESSAGE, Buffer.from('m0'));
+  await writer.close();
+  const segment = join(dir, '00000000000000000000.seg');
+  const end = (await stat(segment)).size;
+  const handle = await open(segment, 'r+');
+  await handle.write(tail(end), 0, undefined, end);
+  await handle.close();
+  return { dir, end };
+}
 
 test('a reader picks up frames appended after it reached the end, across segment rolls', async (t) => {
   const dir = join(await tempDir(t), 's');
@@ -69,15 +86,7 @@ test('a stale position hint (segment rewritten) falls back to scanning by offset
 });
 
 test('a torn final frame is reported as torn with its position and size', async (t) => {
-  const dir = join(await tempDir(t), 's');
-  const writer = await StreamWriter.open(dir);
-  await writer.append(FrameType.MESSAGE, Buffer.from('whole'));
-  await writer.close();
-  const segment = join(dir, '00000000000000000000.seg');
-  const end = (await stat(segment)).size;
-  const handle = await open(segment, 'a');
-  await handle.write(encodeFrame(FrameType.MESSAGE, 1, Buffer.alloc(64, 1)).subarray(0, 30));
-  await handle.close();
+  const { dir, end } = await streamWithTail(t, () => encodeFrame(FrameType.MESSAGE, 1, Buffer.alloc(64, 1)).subarray(0, 30));
   const reader = new StreamReader(dir);
   const read = await reader.read();
   await reader.close();
@@ -232,22 +241,24 @@ test("a writer marks each write durable after its fsync, so a durable reader nee
     await original();
   };
   assert.deepEqual(read.frames.map((f) => f.offset), [0, 1, 2]);
-  await writer.append(FrameType.MESSAGE, Buffer.from('m3'));
+  const { position, bytes } = await writer.append(FrameType.MESSAGE, Buffer.from('m3'));
+  // The mark follows the caller's resolution (the next write opens with it when one comes at once).
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const look = await SegmentReader.open(join(dir, '00000000000000000000.seg'));
+    for (let step = await look.next(); step.kind === 'frame'; step = await look.next());
+    await look.close();
+    if (look.syncedBytes >= position + bytes) break;
+    assert.ok(Date.now() < deadline, 'no mark came after the write');
+    await new Promise((resolve) => setImmediate(resolve));
+  }
   assert.deepEqual((await reader.read()).frames.map((f) => f.offset), [3]);
   assert.equal(fsyncs, 0);
 });
 
 test('a durable reader gives back frames no sync mark covers yet, and fsyncs them itself when no mark comes', async (t) => {
-  const dir = join(await tempDir(t), 's');
-  const writer = await StreamWriter.open(dir);
-  await writer.append(FrameType.MESSAGE, Buffer.from('m0'));
-  await writer.close();
   // A killed writer's last write: fsync'd, maybe, but followed by no mark.
-  const segment = join(dir, '00000000000000000000.seg');
-  const end = (await stat(segment)).size;
-  const handle = await open(segment, 'r+');
-  await handle.write(encodeFrame(FrameType.MESSAGE, 1, Buffer.from('m1')), 0, undefined, end);
-  await handle.close();
+  const { dir } = await streamWithTail(t, () => encodeFrame(FrameType.MESSAGE, 1, Buffer.from('m1')));
 
   const reader = new StreamReader(dir, { offset: 0 }, { durable: true });
   t.after(() => reader.close());
@@ -263,3 +274,51 @@ test('a durable reader gives back frames no sync mark covers yet, and fsyncs the
   }
   assert.deepEqual(later, [1], 'handed out once fsync\'d by the reader, and only once');
 });
+
+/** Counts the fdatasyncs a stream reader makes of its segment from now on. */
+function countFsyncs(reader: StreamReader): { readonly count: number } {
+  const counter = { count: 0 };
+  const segmentReader = (reader as unknown as { reader: { sync: () => Promise<void> } }).reader;
+  const original = segmentReader.sync.bind(segmentReader);
+  segmentReader.sync = async () => {
+    counter.count++;
+    await original();
+  };
+  return counter;
+}
+
+test('a reader that stopped at a limit before the writer\'s sync mark finds the mark instead of fsyncing', async (t) => {
+  const dir = join(await tempDir(t), 's');
+  const writer = await StreamWriter.open(dir);
+  t.after(() => writer.close());
+  await writer.appendMany(Array.from({ length: 5 }, (_, i) => ({ type: FrameType.MESSAGE, payload: Buffer.from(`m${i}`) })));
+  const reader = new StreamReader(dir);
+  t.after(() => reader.close());
+  const read = await reader.read({ maxFrames: 2 });
+  assert.deepEqual(read.frames.map((f) => f.offset), [0, 1]);
+  const fsyncs = countFsyncs(reader);
+  await reader.sync();
+  assert.equal(fsyncs.count, 0, 'the mark after frames 2–4 covers what was read');
+  assert.deepEqual((await reader.read()).frames.map((f) => f.offset), [2, 3, 4], 'the look ahead did not move the reader');
+});
+
+for (const [name, damage] of [
+  ['a mark whose CRC does not match', (mark: Buffer) => void (mark[mark.length - 1] ^= 0xff)],
+  ['a mark that states bytes after itself', (mark: Buffer) => void encodeSyncFrame(1, 1 << 20).copy(mark)],
+] as const) {
+  test(`a reader does not trust ${name}: it fsyncs the segment itself`, async (t) => {
+    const { dir } = await streamWithTail(t, (end) => {
+      const frame = encodeFrame(FrameType.MESSAGE, 1, Buffer.from('m1'));
+      const mark = encodeSyncFrame(1, end + frame.length);
+      damage(mark);
+      return Buffer.concat([frame, mark]);
+    });
+
+    const reader = new StreamReader(dir);
+    t.after(() => reader.close());
+    assert.deepEqual((await reader.read({ maxFrames: 2 })).frames.map((f) => f.offset), [0, 1]);
+    const fsyncs = countFsyncs(reader);
+    await reader.sync();
+    assert.equal(fsyncs.count, 1);
+  });
+}
