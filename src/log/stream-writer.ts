@@ -338,8 +338,13 @@ export class StreamWriter {
         position,
       );
       this.onFlush?.(run.length, runBytes, performance.now() - started);
-      await this.markSynced(handle);
       for (const r of run) r.pending.resolve(r.result);
+      // The mark that tells followers the run is durable: the next run opens with it when one follows
+      // at once (callers that append again as they resolve are queued after a turn of the event loop),
+      // else it is written on its own (on close, close() writes it).
+      if (index < batch.length) continue;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      if (this.queue.length === 0 && this.closing === undefined) await this.markSynced(handle);
     }
     this.armIdleRoll();
   }
