@@ -251,15 +251,18 @@ export class StreamWriter {
 
   private async flushLoop(): Promise<void> {
     try {
-      while (this.queue.length > 0) {
+      for (let first = true; this.queue.length > 0; first = false) {
         const head = this.queue[0];
         if (head !== undefined && 'roll' in head) {
           this.queue.shift();
           await this.sealAndStartNext(false).then(head.resolve, head.reject);
           continue;
         }
-        // Let callers that were woken by the previous batch (through several promise hops) join this one.
-        await new Promise<void>((resolve) => setImmediate(resolve));
+        // An idle writer writes at once (callers that append in the same tick are queued by then, after
+        // the appends their calls go through); after a batch, callers woken by it (through several promise
+        // hops) are let join the next one.
+        if (first) await new Promise<void>((resolve) => process.nextTick(resolve));
+        else await new Promise<void>((resolve) => setImmediate(resolve));
         let bytes = 0;
         let count = 0;
         for (const pending of this.queue) {

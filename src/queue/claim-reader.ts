@@ -65,7 +65,9 @@ export class ClaimReader {
     const now = this.options.now();
     for (const { claim, members, frame } of claimed) {
       claim.unsettled = members.size;
-      const frames = frame !== undefined && members.size === 1 ? await this.frameAt(claim.stream, members.first as number, frame) : await this.readRange(claim, members, used);
+      // One message read where its claim says it is, unless this stream's reader stands right there.
+      const single = frame !== undefined && members.size === 1 && this.readers.get(claim.stream)?.position.offset !== members.first;
+      const frames = single ? await this.frameAt(claim.stream, members.first as number, frame) : await this.readRange(claim, members, used);
       for (const stored of frames) {
         if (!members.has(stored.offset)) continue;
         members.removeRange(stored.offset, stored.offset + 1);
@@ -120,7 +122,13 @@ export class ClaimReader {
 
   private async frameAt(stream: string, offset: number, frame: FrameHint): Promise<StoredFrame[]> {
     const stored = await this.options.store.frameAt(this.options.info.queue, stream, offset, { ...frame, offset });
-    return stored === undefined ? [] : [stored];
+    if (stored === undefined) return [];
+    // Messages of a stream tend to be claimed in order: the next one is read by a reader standing after this one.
+    if (!this.readers.has(stream)) {
+      const hint = { segment: stored.segment, position: stored.position, offset };
+      this.readers.set(stream, this.options.store.reader(this.options.info.queue, stream, { offset: offset + 1, hint }, { skipTypes: CHUNKS, bufferBytes: CLAIM_READ_BYTES }));
+    }
+    return [stored];
   }
 
   /** A claimed message's fields when it can go out now, else the record that ends it. */

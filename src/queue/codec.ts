@@ -227,7 +227,7 @@ export function decodeMeta(payload: Buffer): { meta: MessageMeta; bodyStart: num
   return { meta: validateMeta(raw), bodyStart: 4 + metaBytes };
 }
 
-const [TS_KEY, CHANNEL_KEY, TO_KEY, EXPIRES_KEY, KIND_KEY, FROM_KEY, ORIGIN_KEY, REPLY_KEY] = [KEYS.ts, KEYS.channel, KEYS.to, KEYS.expiresAt, KEYS.kind, KEYS.from, KEYS.origin, KEYS.replyTo].map((k) => k.charCodeAt(0));
+const [TS_KEY, CHANNEL_KEY, TO_KEY, EXPIRES_KEY, KIND_KEY, FROM_KEY, ORIGIN_KEY, REPLY_KEY, RECEIPT_KEY, STREAMED_KEY] = [KEYS.ts, KEYS.channel, KEYS.to, KEYS.expiresAt, KEYS.kind, KEYS.from, KEYS.origin, KEYS.replyTo, KEYS.receipt, KEYS.streamed].map((k) => k.charCodeAt(0));
 
 /** What a counter of the outbox needs of a message: read without decoding the rest of its fields. */
 export interface MessageRouting {
@@ -236,6 +236,10 @@ export interface MessageRouting {
   readonly to: readonly string[];
   readonly expiresAt?: number | undefined;
   readonly kind?: string | undefined;
+  /** The sender asked for a receipt. */
+  readonly receipt: boolean;
+  /** The body was streamed as chunk frames (only whether it was: the body's fields are not read). */
+  readonly streamed: boolean;
 }
 
 /**
@@ -254,6 +258,8 @@ export function decodeRouting(payload: Buffer): MessageRouting {
   let to: unknown;
   let expiresAt: unknown;
   let kind: unknown;
+  let receipt: unknown;
+  let streamed = false;
   for (let entries = reader.mapHeader(); entries > 0; entries--) {
     // Keys are one character (spec/log-format.md §8.1): compared by their code, no string made.
     const key = reader.keyCode();
@@ -262,14 +268,19 @@ export function decodeRouting(payload: Buffer): MessageRouting {
     else if (key === TO_KEY) to = reader.value();
     else if (key === EXPIRES_KEY) expiresAt = reader.value();
     else if (key === KIND_KEY) kind = reader.value();
-    else reader.skip();
+    else if (key === RECEIPT_KEY) receipt = reader.value();
+    else {
+      if (key === STREAMED_KEY) streamed = true;
+      reader.skip();
+    }
   }
   if (!isTime(ts)) throw invalid('ts is not a timestamp');
   if (typeof channel !== 'string') throw invalid('channel is not a string');
   if (!Array.isArray(to) || !to.every((d) => typeof d === 'string')) throw invalid('to is not a list of names');
   if (expiresAt !== undefined && !isTime(expiresAt)) throw invalid('expiresAt is not a timestamp');
   if (kind !== undefined && typeof kind !== 'string') throw invalid('kind is not a string');
-  return { ts, channel, to: to, expiresAt, kind };
+  if (receipt !== undefined && typeof receipt !== 'boolean') throw invalid('receipt is not a boolean');
+  return { ts, channel, to: to, expiresAt, kind, receipt: receipt === true, streamed };
 }
 
 export function decodeMessage(payload: Buffer): MessageRecord {

@@ -9,7 +9,7 @@
  * This module is the pure part: building blocks from messages, and the summary file's JSON. Files are
  * written and checked in outbox-counts.ts.
  */
-import type { MessageMeta } from './codec.js';
+import type { MessageRouting } from './codec.js';
 
 /** A block ends after this many messages, or once its messages take this many bytes. */
 export const BLOCK_MESSAGES = 512;
@@ -18,7 +18,7 @@ export const BLOCK_BYTES = 256 * 1024;
 /** One message as the summaries need it. */
 export interface SummarisedMessage {
   readonly offset: number;
-  readonly meta: Pick<MessageMeta, 'to' | 'expiresAt' | 'receipt' | 'streamed' | 'ts' | 'id'>;
+  readonly meta: Pick<MessageRouting, 'to' | 'expiresAt' | 'receipt' | 'streamed' | 'ts'>;
 }
 
 /** The messages of a block that name one set of destinations. */
@@ -166,7 +166,7 @@ function blockOf(messages: readonly SummarisedMessage[], bytes: number): Message
       group.ttl++;
     }
     if (meta.receipt === true) receipts++;
-    if (meta.streamed !== undefined) streamed++;
+    if (meta.streamed) streamed++;
     maxTs = Math.max(maxTs, meta.ts);
   }
   const first = messages[0] as SummarisedMessage;

@@ -20,7 +20,7 @@
 import { FrameType, frameChecksum } from '../log/frame.js';
 import type { LogReader, LogStore, SegmentSummary, StoredFrame } from '../log/log-store.js';
 import { readAvailable } from '../log/stream-scan.js';
-import { decodeMeta, type MessageMeta } from './codec.js';
+import { decodeRouting, type MessageRouting } from './codec.js';
 import type { QueueInfo } from './layout.js';
 import { BlockBuilder, destinationSet, type MessageBlock, type SegmentMessages, type SummarisedMessage } from './message-blocks.js';
 import { OutboxSummaries } from './outbox-summaries.js';
@@ -44,7 +44,7 @@ export interface OutboxCounterOptions {
   /** Write summary files (default true); false for a caller that must change nothing. */
   readonly persist?: boolean;
   /** Called with each message the followers read, in log order per stream (the daemon's appended counter). */
-  readonly onMessage?: (meta: MessageMeta) => void;
+  readonly onMessage?: (meta: MessageRouting) => void;
 }
 
 /** The follower of a stream's open segment: one block builder per segment it read into. */
@@ -68,7 +68,7 @@ export class OutboxCounter {
   private readonly store: LogStore;
   private readonly info: QueueInfo;
   private readonly persist: boolean;
-  private readonly onMessage: ((meta: MessageMeta) => void) | undefined;
+  private readonly onMessage: ((meta: MessageRouting) => void) | undefined;
   private readonly streams = new Map<string, StreamView>();
   private readonly blocks = new Map<string, readonly SummarisedMessage[]>();
   private readonly files: OutboxSummaries;
@@ -321,9 +321,9 @@ function nextAfter(base: number, from: SegmentMessages | undefined): { offset: n
   return last === undefined ? { offset: base } : { offset: last.offset + 1, hint: { segment: base, position: last.position, offset: last.offset } };
 }
 
-function metaOf(frame: StoredFrame): MessageMeta | undefined {
+function metaOf(frame: StoredFrame): MessageRouting | undefined {
   try {
-    return decodeMeta(frame.payload).meta;
+    return decodeRouting(frame.payload);
   } catch {
     return undefined;
   }

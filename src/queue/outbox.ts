@@ -92,6 +92,8 @@ export class Outbox {
   private loadedState: Promise<OutboxState> | undefined;
   private writer: Promise<LogWriter> | undefined;
   private readonly knownDestinations = new Set<string>();
+  /** Files of the destinations directory read so far, by name (destinations()). */
+  private readonly destinationNames = new Map<string, string>();
   private closing: Promise<void> | undefined;
   private ordered: Promise<unknown> = Promise.resolve();
   /** Sends waiting in the preparation chain. */
@@ -309,7 +311,7 @@ export class Outbox {
 
   /** Destinations ever named by a message of this outbox (the forwarder's work list). */
   async destinations(): Promise<string[]> {
-    return listDestinations(this.options.dataDir);
+    return listDestinations(this.options.dataDir, this.destinationNames);
   }
 
   /** Waits for pending sends and releases the writer slot. Idempotent. */
@@ -360,12 +362,18 @@ export class Outbox {
 const DESTINATIONS_DIR = 'destinations';
 
 /** Destinations recorded in an outbox, in name order. */
-export async function listDestinations(dataDir: string): Promise<string[]> {
+export async function listDestinations(dataDir: string, known = new Map<string, string>()): Promise<string[]> {
   const dir = join(outboxInfo(dataDir).dir, DESTINATIONS_DIR);
   const found: string[] = [];
   for (const name of await readdirIfExists(dir)) {
     if (name.endsWith('.tmp')) continue;
-    found.push((await readFile(join(dir, name))).toString('utf8'));
+    // A file's name is its destination's encoded name: what it holds never changes (read once, kept in `known`).
+    let destination = known.get(name);
+    if (destination === undefined) {
+      destination = (await readFile(join(dir, name))).toString('utf8');
+      known.set(name, destination);
+    }
+    found.push(destination);
   }
   return found;
 }
