@@ -4,8 +4,8 @@
  * (0 success, 1 the command ran and found a problem, 2 usage error). Every error is one stderr line
  * `mqlog: ERR_CODE: message`.
  */
-import { readFileSync } from 'node:fs';
 import { MqlogError, isErrorCode } from '../errors.js';
+import { packageVersion } from '../util/version.js';
 import { parse, type Command } from './args.js';
 import { COMMANDS } from './commands.js';
 /** Errors that mean the command line itself was wrong. */
@@ -31,16 +31,11 @@ function commandHelp(command: Command): string {
   return `usage: mqlog ${command.name} ${command.usage}\n\n${command.summary}`;
 }
 
-/** The package's version (package.json beside dist/). */
-function version(): string {
-  const manifest = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: unknown };
-  return String(manifest.version);
-}
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (name === '--version' || name === '-V' || name === 'version') {
-    process.stdout.write(`mqlog ${version()}\n`);
+    process.stdout.write(`mqlog ${packageVersion()}\n`);
     return 0;
   }
   // `mqlog help send` is `mqlog send --help`.

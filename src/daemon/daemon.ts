@@ -331,8 +331,8 @@ export class Daemon {
         const channel = info.channel;
         this.channels.set(channel, new ChannelCounts(this.node.store, inboxInfo(this.dataDir, channel), deadInfo(this.dataDir, channel), (kind, count) => {
           if (kind === 'acked') this.metrics.acked.inc({ channel }, count);
-          else if (kind === 'dead') this.metrics.dead.inc({ channel, peer: '' }, count);
-          else this.metrics.expired.inc({ channel, peer: '' }, count);
+          else if (kind === 'dead') this.metrics.dead.inc({ channel }, count);
+          else this.metrics.expired.inc({ channel }, count);
         }));
       }
       // Records already in the journal of a channel that existed when the daemon started happened before it.
@@ -456,12 +456,12 @@ export class Daemon {
             this.logger.warn({ event: 'forward_failed', peer, code: error.code, error: error.message, retryInMs }, 'forwarding failed');
           },
           deadLettered: (peer, { meta }, reason) => {
-            this.metrics.dead.inc({ peer, channel: '' });
+            this.metrics.refused.inc({ peer });
             this.logger.error({ event: 'dead_lettered', peer, id: meta.id, reason }, 'peer refused a message for good');
             if (meta.receipt === true) this.receipt(meta.id, peer, 'dead', reason);
           },
           expired: (peer, { meta }) => {
-            this.metrics.expired.inc({ peer, channel: '' });
+            this.metrics.expiredUnsent.inc({ peer });
             this.logger.info({ event: 'expired', peer, id: meta.id }, 'message expired before it could be forwarded');
             if (meta.receipt === true) this.receipt(meta.id, peer, 'expired', 'time to live passed before it was forwarded');
           },

@@ -4,6 +4,7 @@
  * Labels are channel and peer names only: never message contents or secrets.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { packageVersion } from '../util/version.js';
 
 export class Metrics {
   readonly registry = new Registry();
@@ -14,8 +15,10 @@ export class Metrics {
   readonly forwardedBytes: Counter<'peer'>;
   readonly forwardErrors: Counter<'peer' | 'code'>;
   readonly acked: Counter<'channel'>;
-  readonly dead: Counter<'channel' | 'peer'>;
-  readonly expired: Counter<'channel' | 'peer'>;
+  readonly dead: Counter<'channel'>;
+  readonly expired: Counter<'channel'>;
+  readonly refused: Counter<'peer'>;
+  readonly expiredUnsent: Counter<'peer'>;
   readonly receipts: Counter<'state'>;
   readonly tornTails: Counter;
   readonly damagedRanges: Counter;
@@ -39,8 +42,10 @@ export class Metrics {
     this.forwardedBytes = new Counter({ name: 'mqlog_forwarded_bytes_total', help: 'Frame bytes a peer acknowledged, per peer.', labelNames: ['peer'], registers });
     this.forwardErrors = new Counter({ name: 'mqlog_forward_errors_total', help: 'Failed forwarding attempts, per peer and error code.', labelNames: ['peer', 'code'], registers });
     this.acked = new Counter({ name: 'mqlog_acked_messages_total', help: 'Inbox messages acknowledged by consumers or the handler, per channel.', labelNames: ['channel'], registers });
-    this.dead = new Counter({ name: 'mqlog_dead_messages_total', help: 'Messages moved to dead letters: per channel (inbox) or per peer (refused by the peer).', labelNames: ['channel', 'peer'], registers });
-    this.expired = new Counter({ name: 'mqlog_expired_messages_total', help: 'Messages whose time to live passed before delivery: per channel (inbox) or peer (outbox).', labelNames: ['channel', 'peer'], registers });
+    this.dead = new Counter({ name: 'mqlog_dead_messages_total', help: 'Inbox messages moved to dead letters, per channel.', labelNames: ['channel'], registers });
+    this.expired = new Counter({ name: 'mqlog_expired_messages_total', help: 'Inbox messages whose time to live passed before a consumer took them, per channel.', labelNames: ['channel'], registers });
+    this.refused = new Counter({ name: 'mqlog_refused_messages_total', help: "Outbox messages a peer refused for good, moved to the outbox's dead letters, per peer.", labelNames: ['peer'], registers });
+    this.expiredUnsent = new Counter({ name: 'mqlog_unsent_expired_messages_total', help: 'Outbox messages whose time to live passed before they were forwarded, per peer.', labelNames: ['peer'], registers });
     this.receipts = new Counter({ name: 'mqlog_receipts_total', help: 'Receipt reports received from peers, per state.', labelNames: ['state'], registers });
     this.tornTails = new Counter({ name: 'mqlog_torn_tails_total', help: 'Torn final frames cut off by recovery.', registers });
     this.dedupGaps = new Counter({ name: 'mqlog_dedup_gap_total', help: "Frames stored although their sender offset was already received: the sender's offsets went back (a lost outbox, a restored backup).", registers });
@@ -52,7 +57,7 @@ export class Metrics {
     this.restarts = new Gauge({ name: 'mqlog_restarts', help: 'Times the angel restarted this daemon.', registers });
     this.fsyncSeconds = new Histogram({
       name: 'mqlog_fsync_duration_seconds',
-      help: 'Write plus fdatasync of one group commit to an inbox.',
+      help: "Write plus fdatasync of one group commit made by this daemon (inbox, dead letters, receipts). Appends of library processes to the outbox are made and timed there: a daemon that only forwards observes none.",
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
       registers,
     });
@@ -71,7 +76,12 @@ export class Metrics {
       registers,
     });
     this.restarts.set(restarts);
-    collectDefaultMetrics({ register: this.registry, prefix: 'mqlog_process_' });
+    const buildInfo = new Gauge({ name: 'mqlog_build_info', help: 'Always 1; the labels say which mqlog and which Node.js run this daemon.', labelNames: ['version', 'nodejs'], registers });
+    buildInfo.set({ version: packageVersion(), nodejs: process.versions.node }, 1);
+    // process_cpu_seconds_total and the like become mqlog_process_cpu_seconds_total, mqlog_nodejs_heap_size_total_bytes, …
+    collectDefaultMetrics({ register: this.registry, prefix: 'mqlog_' });
+    // Gauges named like counters (the format's linter refuses them); their per-type siblings stay.
+    for (const name of ['active_handles_total', 'active_requests_total', 'active_resources_total']) this.registry.removeSingleMetric(`mqlog_nodejs_${name}`);
   }
 
   text(): Promise<string> {

@@ -3,10 +3,14 @@
  * prefixed `mqlog_`, and counters and gauges that match the traffic the test made. GET /healthz too.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { CLI, exited, jsonLines, mqlog, spawnChild, tempDir, waitFor } from '../helpers/index.js';
 import { daemons, makeNodes, type NodeSpec } from '../helpers/daemon.js';
+
+const packageVersion = String((JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: unknown }).version);
 
 interface Sample {
   readonly name: string;
@@ -143,7 +147,7 @@ async function metricsWhen(node: NodeSpec, what: string, check: (e: Exposition) 
       { timeoutMs, intervalMs, message: `${node.name}'s metrics: ${what}` },
     );
   } catch (err) {
-    const mqlogSamples = last?.samples.filter((s) => !s.name.startsWith('mqlog_process_')) ?? [];
+    const mqlogSamples = last?.samples.filter((s) => !s.name.startsWith('mqlog_process_') && !s.name.startsWith('mqlog_nodejs_')) ?? [];
     throw new Error(`${(err as Error).message}\nlast samples: ${JSON.stringify(mqlogSamples)}`, { cause: err });
   }
 }
@@ -220,6 +224,15 @@ test('GET /metrics on two daemons is valid Prometheus text whose counters and ga
     }
     assert.ok(!text.includes(marker), `${name}: a message body appears in /metrics`);
     for (const family of exposition.types.keys()) assert.ok(exposition.help.has(family), `${name}: ${family} has a HELP line`);
+    // Process metrics carry the prefix once; no label is empty; the build is named.
+    assert.deepEqual(names.filter((n) => /^mqlog_(process|nodejs)_(process|nodejs)_/.test(n)), [], `${name}: a doubled prefix`);
+    assert.ok(exposition.types.has('mqlog_process_cpu_seconds_total'), `${name}: process metrics are there`);
+    for (const s of exposition.samples) for (const [label, value] of Object.entries(s.labels)) assert.notEqual(value, '', `${name}: ${s.name} has an empty ${label} label`);
+    assert.equal(sample(exposition, 'mqlog_build_info', { version: packageVersion, nodejs: process.versions.node }), 1, `${name}: mqlog_build_info`);
+    // The reference linter of the format agrees (Debian package prometheus; .ci/run installs it).
+    const lint = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' });
+    assert.equal(lint.error, undefined, 'promtool is needed to check the metrics (Debian package prometheus; .ci/run installs it)');
+    assert.equal(lint.status, 0, `${name}: promtool check metrics: ${lint.stdout}${lint.stderr}`);
   }
   // The final scrape still agrees (counters do not move without traffic).
   assert.equal(sample(finalA.exposition, 'mqlog_forwarded_messages_total', { peer: 'b' }), total);
@@ -255,4 +268,17 @@ test('the backlog gauge of a down peer counts every message, also one appended t
   const stat = await mqlog(['stat', '--data', a!.dir, '--json']);
   assert.equal(stat.code, 0, stat.stderr);
   assert.equal(jsonLines<{ peer?: string; backlog?: number }>(stat.stdout).find((r) => r.peer === 'b')?.backlog, count, 'mqlog stat counts them all');
+});
+
+test('a message that expires before its peer is reached is counted per peer, with no empty label', async (t) => {
+  const root = await tempDir(t);
+  const { a } = await makeNodes(root, ['a', 'b']); // b is a configured peer that stays down
+  const [da] = daemons(t, [a!]);
+  await da!.start();
+  const sent = await mqlog(['send', '--data', a!.dir, '--to', 'b', '--ttl', '300ms', 'short-lived']);
+  assert.equal(sent.code, 0, sent.stderr);
+  const e = await metricsWhen(a!, 'one message expired unsent for b', (x) => sample(x, 'mqlog_unsent_expired_messages_total', { peer: 'b' }) === 1);
+  assert.equal(sample(e, 'mqlog_backlog_messages', { peer: 'b' }), 0);
+  for (const s of e.samples) for (const [label, value] of Object.entries(s.labels)) assert.notEqual(value, '', `${s.name} has an empty ${label} label`);
+  assert.equal(e.samples.filter((s) => s.name === 'mqlog_expired_messages_total').length, 0, 'the inbox counter counts inbox messages only');
 });
