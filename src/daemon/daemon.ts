@@ -200,11 +200,12 @@ export class Daemon {
           // An authenticated peer reports only on messages sent to it, not on those of another peer.
           if (authenticated && Object.hasOwn(this.config.peers, report.destination) && report.destination !== from) {
             logger.warn({ event: 'receipt_refused', id: report.id, peer: report.destination, from }, 'a peer reported on a message sent to another peer');
-            return;
+            return false;
           }
           const changed = await receipts.update(report.id, report.destination, report.state, report.at, report.reason);
           this.metrics.receipts.inc({ state: report.state });
           logger.info({ event: 'receipt', id: report.id, peer: report.destination, from, state: report.state, changed }, 'receipt');
+          return changed;
         },
         onBatch: (result) => this.metrics.duplicates.inc(result.duplicates),
         onDedupGap: (gap) => {

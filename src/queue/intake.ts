@@ -49,8 +49,12 @@ export interface IncomingFrames {
 }
 
 export interface IntakeResult {
+  /** Frames stored now (receipt reports applied count as stored). */
   readonly stored: number;
+  /** Frames stored before. */
   readonly duplicates: number;
+  /** Receipt reports taken but not applied: on a message this node holds no receipt for, or a state it already passed (absent when none). */
+  readonly ignored?: number;
 }
 
 export interface IntakeLimits {
@@ -68,8 +72,11 @@ export interface IntakeOptions extends IntakeLimits {
   readonly store: LogStore;
   /** The inbox of a channel (the node's, shared with its consumers). */
   readonly inboxFor: (channel: string) => Promise<Inbox>;
-  /** Applies a receipt a peer reported back (durably, before the batch is acknowledged). */
-  readonly onReceipt?: (report: ReceiptReport, from: string, authenticated: boolean) => Promise<void>;
+  /**
+   * Applies a receipt a peer reported back (durably, before the batch is acknowledged); false when it
+   * changed nothing (an unknown message, a state already passed, a report refused).
+   */
+  readonly onReceipt?: (report: ReceiptReport, from: string, authenticated: boolean) => Promise<boolean>;
   /** Called with the result of every accepted batch. */
   readonly onBatch?: (result: IntakeResult) => void;
   /** Called after messages were stored, per channel. */
@@ -298,6 +305,7 @@ export class Intake {
     });
     const origin = (c: Checked): Origin => ({ node: batch.node, stream: c.stream, offset: c.offset, destination: batch.destination });
     const done: Checked[] = [];
+    let ignored = 0;
     // Runs stores side by side; each notes in `done` what it stored. Throws the first failure once all ended.
     const settle = async (stores: Promise<void>[]): Promise<void> => {
       const failed = (await Promise.allSettled(stores)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -366,7 +374,7 @@ export class Intake {
         }),
       );
       await run(fresh.filter((c) => c.receipt !== undefined), async (c) => {
-        await this.options.onReceipt?.(c.receipt as ReceiptReport, from, batch.peer !== undefined);
+        if ((await this.options.onReceipt?.(c.receipt as ReceiptReport, from, batch.peer !== undefined)) === false) ignored++;
         this.dedup.storedId(c.key, (c.message as MessageMeta).id);
       });
     } catch (err) {
@@ -400,7 +408,7 @@ export class Intake {
     const perChannel = new Map<string, number>();
     for (const c of fresh) if (c.message !== undefined && c.receipt === undefined) perChannel.set(c.message.channel, (perChannel.get(c.message.channel) ?? 0) + 1);
     for (const [channel, count] of perChannel) this.options.onStored?.(channel, count, from);
-    const result = { stored: fresh.length, duplicates: checked.length - fresh.length };
+    const result = { stored: fresh.length - ignored, duplicates: checked.length - fresh.length, ...(ignored === 0 ? {} : { ignored }) };
     this.options.onBatch?.(result);
     return result;
   }

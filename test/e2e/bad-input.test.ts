@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomUUID } from 'node:crypto';
 import { test, type TestContext } from 'node:test';
+import { Packr } from 'msgpackr';
 import { mqlog, tempDir } from '../helpers/index.js';
 import { allInbox, daemons, makeNodes, type NodeSpec } from '../helpers/daemon.js';
 import { envelope, firstFrameAt, frame, healthz, messagePayload, postBatch, resealFrame, uuidV7, type RawFrame } from '../helpers/wire.js';
@@ -203,4 +204,14 @@ test('a valid hand-built batch is stored once, and the same body again counts as
   );
   const verify = await mqlog(['verify', b.dir]);
   assert.equal(verify.code, 0, verify.stderr);
+});
+
+test('a receipt report about a message the receiver holds no receipt for is taken but counted as ignored, not stored', async (t) => {
+  const b = await receiver(t);
+  const report = new Packr({ useRecords: false }).pack({ id: uuidV7(), destination: 'b', state: 'processed', at: Date.now() });
+  const body = envelope([{ stream: 'p4.w0', frame: frame(messagePayload({ kind: 'receipt', to: ['a'], from: 'b', body: report }), 0) }]);
+  const response = await postBatch(b.url, body);
+  assert.equal(response.status, 200);
+  assert.deepEqual(response.json, { stored: 0, duplicates: 0, ignored: 1 });
+  assert.deepEqual(await allInbox(b.dir), [], 'a receipt report is never stored as a message');
 });

@@ -44,3 +44,26 @@ test('a batch the peer refuses as too large is split down to single frames; a fr
   const failures = (da!.output.match(/forward_failed/g) ?? []).length;
   assert.ok(failures < 20, `${failures} failed tries`);
 });
+
+test('a request the peer refuses before reading its body (413 on its length) is dead-lettered with the reason, not retried as unreachable', async (t) => {
+  const root = await tempDir(t);
+  const { a, b } = await makeNodes(root, ['a', 'b']);
+  assert.ok(a !== undefined && b !== undefined);
+  // 900 KiB in one request against a 64 KiB limit: b answers at once and closes while a still writes.
+  const bConfig = JSON.parse(await readFile(join(b.dir, 'mqlog.json'), 'utf8')) as Record<string, unknown>;
+  await writeFile(join(b.dir, 'mqlog.json'), JSON.stringify({ ...bConfig, limits: { maxRequestBytes: 64 * 1024 } }));
+  const file = join(root, 'body');
+  await writeFile(file, Buffer.alloc(900 * 1024, 0x61));
+  const sent = await mqlog(['send', '--data', a.dir, '--to', 'b', '--file', file]);
+  assert.equal(sent.code, 0, sent.stderr);
+  const [da, db] = daemons(t, [a, b]);
+  await db!.start();
+  await da!.start();
+  const dead = await waitFor(
+    async () => jsonLines<{ queue: string; size: number; headers?: Record<string, string> }>((await mqlog(['dump', a.dir, '--json'])).stdout).filter((r) => r.queue === 'outbox-dead')[0],
+    { timeoutMs: 60_000, message: 'the message to be dead-lettered' },
+  );
+  assert.equal(dead.size, 900 * 1024);
+  assert.match(JSON.stringify(dead.headers ?? {}), /413 ERR_REQUEST_TOO_LARGE/);
+  assert.doesNotMatch(da!.output, /ERR_PEER_UNREACHABLE/, 'the early answer was read, not taken for a broken connection');
+});

@@ -39,6 +39,8 @@ export interface RawMessage {
   readonly priority?: number;
   readonly to?: readonly string[];
   readonly from?: string;
+  /** `receipt` for a receipt report (its body then the report's msgpack map). */
+  readonly kind?: string;
   readonly body?: string | Buffer;
 }
 
@@ -51,6 +53,7 @@ export function messagePayload(message: RawMessage = {}): Buffer {
     p: message.priority ?? 4,
     d: message.to ?? ['b'],
     f: message.from ?? 'a',
+    ...(message.kind === undefined ? {} : { k: message.kind }),
   });
   const prefix = Buffer.alloc(4);
   prefix.writeUInt32LE(meta.length, 0);
