@@ -69,6 +69,15 @@ export const ERRORS = {
 
 export type ErrorCode = keyof typeof ERRORS;
 
+/**
+ * Codes with which a peer refuses a frame for how it arrived, not for what it says: the sender's copy is
+ * CRC-checked on its disk, so the frame was damaged on the way (or the peer was busy) and is sent again.
+ * A peer's refusal of a frame with any other 4xx code is for good (the frame goes to the dead letters).
+ * This is the sender's reading of a peer's answer; `retryable` above stays the one notion for an
+ * operation of this process.
+ */
+export const RESENT_WHEN_REFUSED: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['ERR_CORRUPT_FRAME', 'ERR_TRUNCATED_FRAME', 'ERR_BAD_REQUEST', 'ERR_UNSUPPORTED_VERSION', 'ERR_TOO_MANY_REQUESTS']);
+
 export function isErrorCode(value: unknown): value is ErrorCode {
   return typeof value === 'string' && Object.hasOwn(ERRORS, value);
 }

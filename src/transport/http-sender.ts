@@ -10,7 +10,7 @@
  */
 import { Readable } from 'node:stream';
 import { Pool, errors as undiciErrors } from 'undici';
-import { MqlogError, abortError } from '../errors.js';
+import { MqlogError, RESENT_WHEN_REFUSED, abortError, isErrorCode } from '../errors.js';
 import type { BatchResult, OutgoingBatch, Transport } from './transport.js';
 import { CONTENT_TYPE, encodeBatch } from './wire.js';
 
@@ -30,7 +30,6 @@ export const MESSAGES_PATH = '/v1/messages';
 /** Small parts (prefixes, headers, small frames) are joined into writes of about this size; large ones go as they are. */
 const WRITE_BYTES = 64 * 1024;
 
-const RETRYABLE_FRAME_CODES = new Set(['ERR_CORRUPT_FRAME', 'ERR_TRUNCATED_FRAME', 'ERR_BAD_REQUEST', 'ERR_UNSUPPORTED_VERSION', 'ERR_TOO_MANY_REQUESTS']);
 
 export class HttpSender implements Transport {
   readonly url: string;
@@ -82,15 +81,17 @@ export class HttpSender implements Transport {
       return { stored: result.stored, duplicates: result.duplicates };
     }
     const error = (parseJson(text) ?? {}) as { code?: unknown; message?: unknown; frame?: unknown };
-    const code = typeof error.code === 'string' ? error.code : `HTTP_${statusCode}`;
-    const message = typeof error.message === 'string' ? error.message : text.slice(0, 200);
-    const details = { url: this.url, status: statusCode, code, ...(typeof error.frame === 'number' ? { frame: error.frame } : {}) };
+    // The peer's code when it answered as an mqlog receiver does; none is made up for other answers (a proxy's 502).
+    const code = typeof error.code === 'string' && /^ERR_[A-Z0-9_]{1,60}$/.test(error.code) ? error.code : undefined;
+    const message = typeof error.message === 'string' ? error.message : `not an mqlog answer: ${text.slice(0, 200)}`;
+    const details = { url: this.url, status: statusCode, ...(code === undefined ? {} : { code }), ...(typeof error.frame === 'number' ? { frame: error.frame } : {}) };
+    const answered = `${this.url} answered ${statusCode}${code === undefined ? '' : ` ${code}`}: ${message}`;
     // A frame refused for what it says (not for how it arrived: the copy on disk is CRC-checked, so a
     // corrupt or truncated frame was damaged on the way and is worth sending again).
-    if (statusCode >= 400 && statusCode < 500 && typeof error.frame === 'number' && !RETRYABLE_FRAME_CODES.has(code)) {
-      throw new MqlogError('ERR_PEER_REJECTED', `${this.url} rejected frame ${error.frame}: ${code}: ${message}`, { details });
+    if (statusCode >= 400 && statusCode < 500 && typeof error.frame === 'number' && !(isErrorCode(code) && RESENT_WHEN_REFUSED.has(code))) {
+      throw new MqlogError('ERR_PEER_REJECTED', `${this.url} rejected frame ${error.frame}: ${code ?? statusCode}: ${message}`, { details });
     }
-    throw new MqlogError('ERR_PEER_FAILED', `${this.url} answered ${statusCode} ${code}: ${message}`, { details });
+    throw new MqlogError('ERR_PEER_FAILED', answered, { details });
   }
 
   /** Closes the connections after in-flight requests. Idempotent. */

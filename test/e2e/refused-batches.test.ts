@@ -5,6 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { daemons, inboxDump, makeNodes } from '../helpers/daemon.js';
@@ -66,4 +68,30 @@ test('a request the peer refuses before reading its body (413 on its length) is 
   assert.equal(dead.size, 900 * 1024);
   assert.match(JSON.stringify(dead.headers ?? {}), /413 ERR_REQUEST_TOO_LARGE/);
   assert.doesNotMatch(da!.output, /ERR_PEER_UNREACHABLE/, 'the early answer was read, not taken for a broken connection');
+});
+
+test('an answer that is not from an mqlog receiver (a proxy\'s 502 page) is reported as it came, with no made-up code, and retried', async (t) => {
+  const root = await tempDir(t);
+  const { a } = await makeNodes(root, ['a', 'b']);
+  assert.ok(a !== undefined);
+  const proxy = createServer((request, response) => {
+    request.resume();
+    response.writeHead(502, { 'content-type': 'text/html' }).end('<html><body>Bad Gateway</body></html>');
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => proxy.close(() => resolve())));
+  const config = JSON.parse(await readFile(join(a.dir, 'mqlog.json'), 'utf8')) as { peers: Record<string, { url: string }> };
+  config.peers.b = { url: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}` };
+  await writeFile(join(a.dir, 'mqlog.json'), JSON.stringify(config));
+  assert.equal((await mqlog(['send', '--data', a.dir, '--to', 'b', 'through a proxy'])).code, 0);
+  const [da] = daemons(t, [a]);
+  await da!.start();
+  const peer = await waitFor(
+    async () => jsonLines<{ peer?: string; lastError?: string | null; backlog?: number }>((await mqlog(['stat', '--data', a.dir, '--json'])).stdout).find((r) => r.peer === 'b' && typeof r.lastError === 'string'),
+    { timeoutMs: 60_000, message: "b's first failure" },
+  );
+  assert.match(peer.lastError ?? '', /answered 502: not an mqlog answer: <html><body>Bad Gateway/);
+  assert.doesNotMatch(peer.lastError ?? '', /HTTP_/);
+  assert.equal(peer.backlog, 1, 'kept for the next try, not dead-lettered');
+  assert.match(da!.output, /"code":"ERR_PEER_FAILED"/);
 });

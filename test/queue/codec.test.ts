@@ -103,7 +103,7 @@ test('the routing fields read from the map alone match the decoded message, what
         const payload = encodeMessagePayload(m, Buffer.from('body'));
         const full = decodeMeta(payload).meta;
         const routing = decodeRouting(payload);
-        assert.deepEqual(routing, { ts: full.ts, channel: full.channel, to: full.to, expiresAt: full.expiresAt, kind: full.kind });
+        assert.deepEqual(routing, { ts: full.ts, channel: full.channel, to: full.to, expiresAt: full.expiresAt, kind: full.kind, receipt: full.receipt === true, streamed: full.streamed !== undefined });
       },
     ),
     { numRuns: 300 },
