@@ -50,6 +50,7 @@ async function run(args: ParsedArgs): Promise<number> {
         const { frame, message, state } = event;
         const record = dumpRecord(target.label, frame.stream, frame.segment, frame.offset, message, state);
         if (bodyTo !== undefined) await pipeline(Readable.from(queue.body(message)), createWriteStream(join(resolve(bodyTo), message.id), { mode: 0o600 }));
+        if (!json && shown === 0) await writeLine(PLAIN_HEADER);
         await (json ? jsonLine(record) : writeLine(plainLine(record)));
         if (++shown % 1000 === 0) line.update(`dumping ${target.label}: ${shown} messages`);
       } else if (event.kind === 'torn') {
@@ -121,6 +122,9 @@ export function dumpRecord(queue: string, stream: string, segment: number, offse
 export function bodyField(body: Buffer): { body: string } | { bodyBase64: string } {
   return isUtf8(body) ? { body: body.toString('utf8') } : { bodyBase64: body.toString('base64') };
 }
+
+/** The first line of the plain output: what each column of plainLine() is. */
+const PLAIN_HEADER = 'QUEUE STREAM@OFFSET ID TIME CHANNEL PRIORITY FROM->TO STATE SIZE BODY';
 
 function plainLine(r: DumpRecord): string {
   const body = r.sha256 !== undefined ? `<${r.size} bytes streamed, sha256 ${r.sha256}>` : r.body !== undefined ? JSON.stringify(r.body.length > 200 ? `${r.body.slice(0, 200)}…` : r.body) : `<${r.size} bytes binary>`;

@@ -377,6 +377,7 @@ test('dump shows a streamed body as size and sha256 without a body field, and du
   const plain = await mqlog(['dump', a.dir]);
   assert.equal(plain.code, 0, plain.stderr);
   assert.match(plain.stdout, new RegExp(`${id}.*<${size} bytes streamed, sha256 ${sha256}>`));
+  assert.equal(plain.stdout.split('\n')[0], 'QUEUE STREAM@OFFSET ID TIME CHANNEL PRIORITY FROM->TO STATE SIZE BODY', 'a header row names the columns');
 
   await Promise.all([da.start(), db.start()]);
   const inboxRecord = await waitFor(async () => {
