@@ -125,24 +125,32 @@ const KEYS = {
   streamed: 'z',
 } as const;
 
+/**
+ * An integer field as msgpackr should write it: a MessagePack integer whatever its size (msgpackr writes a
+ * JS number beyond 32 bits as float64; a BigInt goes out as int64). spec/log-format.md §8.1.
+ */
+export function int(value: number): number | bigint {
+  return Number.isInteger(value) && (value > 0xffff_ffff || value < -0x8000_0000) ? BigInt(value) : value;
+}
+
 export function encodeMeta(meta: MessageMeta): Buffer {
   const map: Record<string, unknown> = {
     [KEYS.id]: meta.id,
-    [KEYS.ts]: meta.ts,
+    [KEYS.ts]: int(meta.ts),
     [KEYS.channel]: meta.channel,
     [KEYS.priority]: meta.priority,
     [KEYS.to]: meta.to,
     [KEYS.from]: meta.from,
   };
   if (meta.node !== undefined) map[KEYS.node] = meta.node;
-  if (meta.expiresAt !== undefined) map[KEYS.expiresAt] = meta.expiresAt;
-  if (meta.notBefore !== undefined) map[KEYS.notBefore] = meta.notBefore;
+  if (meta.expiresAt !== undefined) map[KEYS.expiresAt] = int(meta.expiresAt);
+  if (meta.notBefore !== undefined) map[KEYS.notBefore] = int(meta.notBefore);
   if (meta.headers !== undefined && Object.keys(meta.headers).length > 0) map[KEYS.headers] = meta.headers;
   if (meta.receipt === true) map[KEYS.receipt] = true;
   if (meta.replyTo !== undefined) map[KEYS.replyTo] = meta.replyTo;
   if (meta.origin !== undefined) map[KEYS.origin] = encodeOrigin(meta.origin);
   if (meta.kind !== undefined) map[KEYS.kind] = meta.kind;
-  if (meta.streamed !== undefined) map[KEYS.streamed] = [meta.streamed.size, meta.streamed.sha256, meta.streamed.parts.map((p) => [p.stream, p.first, p.last])];
+  if (meta.streamed !== undefined) map[KEYS.streamed] = [int(meta.streamed.size), meta.streamed.sha256, meta.streamed.parts.map((p) => [p.stream, int(p.first), int(p.last)])];
   return packr.pack(map);
 }
 
@@ -349,7 +357,7 @@ function validateMeta(raw: unknown): MessageMeta {
 
 function encodeOrigin(origin: Origin): unknown[] {
   const { node, stream, offset, destination } = origin;
-  return destination === undefined ? [node, stream, offset] : [node, stream, offset, destination];
+  return destination === undefined ? [node, stream, int(offset)] : [node, stream, int(offset), destination];
 }
 
 function decodeOrigin(origin: unknown): Origin {
@@ -381,8 +389,8 @@ function checkStreamedBody(value: unknown): StreamedBody {
 
 /** The payload of a BODY_CHUNK frame: u32 LE metaBytes | msgpack chunk fields | data. */
 export function encodeChunk(meta: ChunkMeta, data: Uint8Array): Buffer[] {
-  const map: Record<string, unknown> = { i: meta.id, p: meta.position, t: meta.ts, c: meta.channel, r: meta.priority, d: meta.to };
-  if (meta.expiresAt !== undefined) map.x = meta.expiresAt;
+  const map: Record<string, unknown> = { i: meta.id, p: int(meta.position), t: int(meta.ts), c: meta.channel, r: meta.priority, d: meta.to };
+  if (meta.expiresAt !== undefined) map.x = int(meta.expiresAt);
   if (meta.origin !== undefined) map.o = encodeOrigin(meta.origin);
   const packed = packr.pack(map);
   const prefix = Buffer.allocUnsafe(4);

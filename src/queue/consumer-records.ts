@@ -7,6 +7,7 @@
  */
 import { Packr } from 'msgpackr';
 import { MqlogError } from '../errors.js';
+import { int } from './codec.js';
 
 /** Runs of offsets, flat: `[from0, to0, from1, to1, …]`, each run half-open. */
 export type Runs = number[];
@@ -49,10 +50,18 @@ export type StateRecord =
   /** The ack journal `c-<j>.log` holds nothing in force any more and is removed. */
   | { readonly k: 'K'; readonly j: string };
 
-const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' });
 
 export function encodeRecord(record: StateRecord): Buffer {
-  return packr.pack(record);
+  // Integers beyond 32 bits (times, large offsets) go out as MessagePack integers, not float64 (§11.3).
+  let wide: Record<string, unknown> | undefined;
+  for (const [key, value] of Object.entries(record)) {
+    const fixed = typeof value === 'number' ? int(value) : Array.isArray(value) && value.some((v) => typeof v === 'number' && int(v) !== v) ? value.map((v: unknown) => (typeof v === 'number' ? int(v) : v)) : value;
+    if (fixed === value) continue;
+    wide ??= { ...record };
+    wide[key] = fixed;
+  }
+  return packr.pack(wide ?? record);
 }
 
 /** @throws ERR_CORRUPT_STATE for a record that does not decode or validate. */

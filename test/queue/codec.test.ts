@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import { Packr } from 'msgpackr';
 import fc from 'fast-check';
 import { decodeMessage, decodeMeta, decodeRouting, encodeMessagePayload, inboxCopyPayload, type MessageMeta } from '../../src/queue/codec.js';
+import { decodeRecord, encodeRecord } from '../../src/queue/consumer-records.js';
 import { newId } from '../../src/util/ids.js';
 
 const meta: MessageMeta = {
@@ -159,4 +160,31 @@ test('an inbox copy made from the payload as it came has the set sender and orig
     ),
     { numRuns: 300 },
   );
+});
+
+test('times and other integers beyond 32 bits are written as MessagePack integers, and float64 ones of earlier versions are still read', () => {
+  const at = Date.UTC(2026, 11, 6);
+  const payload = encodeMessagePayload({ ...meta, ts: at, expiresAt: at + 1000 }, Buffer.from('x'));
+  const metaBytes = payload.subarray(4, 4 + payload.readUInt32LE(0));
+  // `t` (0xa1 0x74) and `x` (0xa1 0x78) are followed by int64 (0xd3), not float64 (0xcb).
+  for (const key of ['t', 'x']) {
+    const at = metaBytes.indexOf(Buffer.from([0xa1, key.charCodeAt(0)]));
+    assert.ok(at >= 0, key);
+    assert.equal(metaBytes[at + 2], 0xd3, `${key} is an int64`);
+  }
+  assert.equal(decodeMeta(payload).meta.ts, at);
+  assert.equal(decodeRouting(payload).expiresAt, at + 1000);
+  // An earlier version's float64 time.
+  const legacy = frame({ i: meta.id, t: at, c: 'x', p: 1, d: ['b'], f: 'a' });
+  assert.equal(legacy[legacy.indexOf(Buffer.from([0xa1, 0x74])) + 2], 0xcb, 'the legacy encoding is a float64');
+  assert.equal(decodeMeta(legacy).meta.ts, at);
+  assert.throws(() => decodeMeta(frame({ i: meta.id, t: at + 0.5, c: 'x', p: 1, d: ['b'], f: 'a' })), { code: 'ERR_INVALID_MESSAGE' });
+});
+
+test('state records write times as MessagePack integers and read them back as numbers', () => {
+  const until = Date.UTC(2026, 11, 6, 12);
+  const bytes = encodeRecord({ k: 'R', t: 'tok', u: until });
+  assert.ok(bytes.includes(Buffer.from([0xd3])), 'an int64 in the record');
+  assert.ok(!bytes.includes(Buffer.from([0xcb])), 'no float64 in the record');
+  assert.deepEqual(decodeRecord(bytes), { k: 'R', t: 'tok', u: until });
 });
