@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomUUID } from 'node:crypto';
+import { readFile, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { Packr } from 'msgpackr';
 import { mqlog, tempDir } from '../helpers/index.js';
@@ -147,8 +149,25 @@ async function postAll(node: NodeSpec, cases: BadCase[]): Promise<string[]> {
       failures.push(`${c.name}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)} ${response.text.slice(0, 200)}`);
     }
     assert.equal(await healthz(node.url), 200, `healthz after ${c.name}`);
+    // Each refusal on its own stores nothing: no byte in any inbox segment.
+    const written = await inboxSegmentsWithData(node.dir);
+    if (written.length > 0) failures.push(`${c.name}: stored something in ${written.join(', ')}`);
   }
   return failures;
+}
+
+/** Inbox segment files of a node that hold a byte other than zero (a frame or a mark was written). */
+async function inboxSegmentsWithData(dir: string): Promise<string[]> {
+  const found: string[] = [];
+  const walk = async (at: string): Promise<void> => {
+    for (const entry of await readdir(at, { withFileTypes: true }).catch(() => [])) {
+      const path = join(at, entry.name);
+      if (entry.isDirectory()) await walk(path);
+      else if (entry.name.endsWith('.seg') && (await readFile(path)).some((byte) => byte !== 0)) found.push(path);
+    }
+  };
+  await walk(join(dir, 'inbox'));
+  return found;
 }
 
 async function assertNothingStored(node: NodeSpec): Promise<void> {
