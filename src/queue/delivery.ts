@@ -8,6 +8,8 @@ import type { IntervalSet } from '../util/interval-set.js';
 
 /** A message handed to a consumer. Ack it when done; nack it to have it back later. */
 export interface Delivery extends MessageRecord {
+  /** The message's headers; `{}` when it has none (the same shape as `mqlog tail --json`). */
+  readonly headers: Readonly<Record<string, string>>;
   readonly stream: string;
   readonly offset: number;
   /** How many times the message was handed out, this time included. */
@@ -87,6 +89,7 @@ export interface DeliveryOwner {
 export interface ClaimDelivery extends MessageMeta {}
 // eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging
 export class ClaimDelivery implements Delivery {
+  readonly headers: Readonly<Record<string, string>>;
   readonly body: Buffer;
   readonly stream: string;
   readonly offset: number;
@@ -101,6 +104,7 @@ export class ClaimDelivery implements Delivery {
 
   constructor(owner: DeliveryOwner, claim: HeldClaim, meta: MessageMeta, body: Buffer, offset: number, frame: FrameHint) {
     Object.assign(this, meta);
+    this.headers = meta.headers ?? {};
     this.#owner = owner;
     this.body = body;
     this.stream = claim.stream;

@@ -395,6 +395,11 @@ for (const kind of STORES) {
       deliveries.map((d) => d.deliveries),
       [1, 1, 1],
     );
+    assert.deepEqual(
+      deliveries.map((d) => d.headers),
+      [{}, {}, {}],
+      'a message without headers has {} (as tail --json shows it)',
+    );
     assert.deepEqual([...(await statesById(inbox.messages())).values()], ['pending', 'pending', 'pending']);
     for (const d of deliveries) await d.ack();
     const states = await statesById(inbox.messages());
