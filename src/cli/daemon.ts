@@ -26,6 +26,7 @@ async function run(args: ParsedArgs): Promise<number> {
   let lostLock = false;
   const daemon = await Daemon.start({
     data: dataDir(args),
+    logger: 'stdout',
     ...(listen === undefined ? {} : { listen }),
     ...(handler === undefined ? {} : { handler }),
     onLockLost: () => {

@@ -33,7 +33,7 @@ import { Metrics } from './metrics.js';
 import { MqlogNode } from './node.js';
 import { IntakeSink } from './receiver.js';
 import { STATUS_PAGE, type StatusSnapshot } from './status-page.js';
-import { createLogger, type Logger } from './logger.js';
+import { createLogger, silentLogger, type Logger } from './logger.js';
 import { maxFrameBytesFor } from '../queue/body.js';
 
 export const DAEMON_LOCK = 'daemon.lock';
@@ -48,13 +48,19 @@ export interface DaemonOptions {
   readonly listen?: string;
   /** Path of an ES module whose default (or `handle`) export processes inbox messages. */
   readonly handler?: string;
-  readonly logger?: Logger;
+  /**
+   * Where the daemon logs: a pino logger, or `'stdout'` for JSON lines on stdout named after the node (what
+   * `mqlog daemon` does). Default: nothing is logged (a daemon inside an application stays quiet).
+   */
+  readonly logger?: Logger | 'stdout';
   /**
    * Called when the daemon lost its lock (`DIR/daemon.lock` could not be kept fresh or was removed):
    * the daemon has begun to stop, and another daemon may now run on the directory. Default: nothing more.
    */
   readonly onLockLost?: (err: MqlogError) => void;
 }
+
+const DAEMON_OPTIONS: ReadonlySet<string> = new Set(['data', 'store', 'listen', 'handler', 'logger', 'onLockLost']);
 
 export class Daemon {
   readonly dataDir: string;
@@ -117,6 +123,11 @@ export class Daemon {
    * @throws ERR_LOCKED when another daemon runs on the same directory, ERR_CONFIG, ERR_ADDRESS_IN_USE, ERR_IO.
    */
   static async start(options: DaemonOptions): Promise<Daemon> {
+    // An option this version does not know would be ignored silently: a typo, or a setting that belongs in mqlog.json.
+    const unknown = Object.keys(options).filter((key) => !DAEMON_OPTIONS.has(key));
+    if (unknown.length > 0) {
+      throw new MqlogError('ERR_INVALID_ARG', `unknown option${unknown.length === 1 ? '' : 's'} of Daemon.start: ${unknown.join(', ')} (options: ${[...DAEMON_OPTIONS].join(', ')}; everything else goes in mqlog.json)`);
+    }
     const dataDir = resolve(options.data);
     const config = await loadConfig(dataDir, options.listen === undefined ? {} : { listen: options.listen });
     await ensureDir(dataDir);
@@ -131,7 +142,7 @@ export class Daemon {
       }
       throw err;
     }
-    const logger = options.logger ?? createLogger({ name: config.name });
+    const logger = options.logger === 'stdout' ? createLogger({ name: config.name }) : (options.logger ?? silentLogger());
     const metrics = new Metrics(Number(process.env.MQLOG_RESTARTS ?? 0) || 0);
     let node: MqlogNode;
     try {
