@@ -32,6 +32,7 @@ async function run(args: ParsedArgs): Promise<number> {
       dataDir: node.dataDir,
       retainDoneMs: olderThan ?? node.config.retainDoneMs,
       retainReceiptsMs: olderThan ?? node.config.retainReceiptsMs,
+      orphanChunkMs: node.config.orphanChunkMs,
       onSegment: (queue) => line.update(`compacting ${queue}: ${++segments} segment(s) looked at`),
     });
   } finally {

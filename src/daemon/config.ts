@@ -106,6 +106,11 @@ export interface Config {
   readonly retainDoneMs: number;
   /** Settled receipts (processed, dead, expired) are kept this long for `mqlog receipt`. Default 7 days. */
   readonly retainReceiptsMs: number;
+  /**
+   * Chunks of a streamed body whose message never came (the sender died mid-body, or the peer refused
+   * the body) are removed by compaction once this much older than their send time. Default 1 hour.
+   */
+  readonly orphanChunkMs: number;
   /** How often the daemon compacts its queues; 0 turns background compaction off. Default 10 s. */
   readonly compactIntervalMs: number;
   /** Accept unsigned requests from any address (only when no peer has a key). Default false: loopback only. */
@@ -150,6 +155,7 @@ export const DEFAULTS: Omit<Config, 'name'> = {
   handlerRetryDelayMs: 1000,
   retainDoneMs: 0,
   retainReceiptsMs: 7 * 24 * 3_600_000,
+  orphanChunkMs: 3_600_000,
   compactIntervalMs: 10_000,
   allowUnauthenticated: false,
   tls: {},
@@ -177,6 +183,7 @@ const KEYS: Record<keyof Config, Check> = {
   handlerRetryDelayMs: (v, k) => checkInt(v, k, 0, 3_600_000),
   retainDoneMs: (v, k) => checkInt(v, k, 0, Number.MAX_SAFE_INTEGER),
   retainReceiptsMs: (v, k) => checkInt(v, k, 0, Number.MAX_SAFE_INTEGER),
+  orphanChunkMs: (v, k) => checkInt(v, k, 0, Number.MAX_SAFE_INTEGER),
   compactIntervalMs: (v, k) => checkInt(v, k, 0, 86_400_000),
   allowUnauthenticated: (v, k) => checkBool(v, k),
   sources: (v, k) => checkSources(v, k),
@@ -320,6 +327,7 @@ export const CONFIG_SCHEMA = object({
   handlerRetryDelayMs: int(0, 3_600_000),
   retainDoneMs: int(0, Number.MAX_SAFE_INTEGER),
   retainReceiptsMs: int(0, Number.MAX_SAFE_INTEGER),
+  orphanChunkMs: int(0, Number.MAX_SAFE_INTEGER),
   compactIntervalMs: int(0, 86_400_000),
   allowUnauthenticated: { type: 'boolean' },
   tls: object({ cert: str({ minLength: 1 }), key: str({ minLength: 1 }), ca: str({ minLength: 1 }), requireClientCert: { type: 'boolean' } }),

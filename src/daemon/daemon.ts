@@ -538,6 +538,7 @@ export class Daemon {
       dataDir: this.dataDir,
       retainDoneMs: this.config.retainDoneMs,
       retainReceiptsMs: this.config.retainReceiptsMs,
+      orphanChunkMs: this.config.orphanChunkMs,
       ...(this.backlog === undefined ? {} : { outboxCounter: this.backlog.counter }),
     });
     this.compacting = this.compactor

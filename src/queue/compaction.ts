@@ -6,7 +6,7 @@
  * destination (sent, expired or refused) and, when it asked for a receipt, with its receipt settled; in
  * a channel's dead letters, redriven. A done message is removed once it is older than `retainDoneMs`.
  * The chunks of a streamed body go with their message; chunks whose message never came (the sender died
- * mid-body, or the body was refused) go after ORPHAN_CHUNK_MS.
+ * mid-body, or the body was refused) go after `orphanChunkMs` (default ORPHAN_CHUNK_MS).
  *
  * A round does work in proportion to what changed since the last one: each segment is first judged from
  * its summary and the state (segment-verdict.ts) — dropped unread when all of it is removable, kept
@@ -44,6 +44,8 @@ export interface CompactionOptions {
   readonly dataDir: string;
   /** Done messages younger than this (by send time) are kept. Default 0. */
   readonly retainDoneMs?: number;
+  /** Chunks whose message never came are removed once this much older than their send time. Default ORPHAN_CHUNK_MS. */
+  readonly orphanChunkMs?: number;
   /** Rewrite a sealed segment when its live bytes are below this share of it. Default 0.5. */
   readonly rewriteBelowShare?: number;
   readonly now?: number;
@@ -149,6 +151,7 @@ export class Compactor {
       if (judge === undefined) return result;
       const { store } = this.options;
       const retainDoneMs = this.options.retainDoneMs ?? 0;
+      const orphanMs = this.options.orphanChunkMs ?? ORPHAN_CHUNK_MS;
       const removable: IsDone = async (stream, offset, meta) => {
         if (!(await judge.isDone(stream, offset, meta))) return false;
         if (meta.ts + retainDoneMs <= now) return true;
@@ -156,19 +159,22 @@ export class Compactor {
         return false;
       };
       // Chunks of streamed bodies go with their message, never before it: a first pass removes messages
-      // (and chunks whose message never came, after ORPHAN_CHUNK_MS); a second pass removes the chunks of
+      // (and chunks whose message never came, after orphanMs); a second pass removes the chunks of
       // the bodies whose message the first pass removed. Which message owns a body is looked up only
       // once a chunk is met.
       let owners: Promise<Map<string, boolean>> | undefined;
       const ownersNow = (): Promise<Map<string, boolean>> => (owners ??= streamedOwners(store, info.queue, removable, signal));
-      const pass = async (chunkGone: (id: string, ts: number) => Promise<boolean>): Promise<void> => {
+      const pass = async (chunkGone: (id: string, ts: number) => Promise<boolean>, fresh = false): Promise<void> => {
         const keep: KeepFrame = async (frame) => {
           if (frame.type === FrameType.BODY_CHUNK) {
             const chunk = safeChunk(frame);
             if (chunk === undefined) return true;
             if (await chunkGone(chunk.id, chunk.ts)) return false;
-            // Kept with its message (which may go in another segment) or as a young orphan.
-            later((await ownersNow()).has(chunk.id) ? now : chunk.ts + ORPHAN_CHUNK_MS);
+            // Kept with its message (which may go in another segment: looked at again in this round, or
+            // when the stream's state moves, which the segment's fingerprint covers) or as a young orphan.
+            const owner = (await ownersNow()).get(chunk.id);
+            if (owner === undefined) later(chunk.ts + orphanMs);
+            else if (owner) later(now);
             return true;
           }
           if (frame.type !== FrameType.MESSAGE) return true;
@@ -190,8 +196,8 @@ export class Compactor {
               reading = undefined;
               if (decision !== 'read') return decision;
               const memo = this.memo.get(key);
-              // Read before with the state as it is: it would decide the same.
-              if (memo !== undefined && fingerprint !== undefined && memo.fingerprint === fingerprint && now < memo.recheckAt) return 'keep';
+              // Read before with the state as it is: it would decide the same (unless bodies just lost their message).
+              if (!fresh && memo !== undefined && fingerprint !== undefined && memo.fingerprint === fingerprint && now < memo.recheckAt) return 'keep';
               reading = { key, fingerprint };
               recheckAt = Number.POSITIVE_INFINITY;
               return 'read';
@@ -213,12 +219,12 @@ export class Compactor {
         }
       };
       // An owner scan cut short by the signal knows too little to call any chunk an orphan.
-      const orphan = async (id: string, ts: number): Promise<boolean> => ts + ORPHAN_CHUNK_MS <= now && !(await ownersNow()).has(id) && signal?.aborted !== true;
+      const orphan = async (id: string, ts: number): Promise<boolean> => ts + orphanMs <= now && !(await ownersNow()).has(id) && signal?.aborted !== true;
       await pass(orphan);
       const before = owners === undefined ? undefined : await owners;
       if (before !== undefined && [...before.values()].some((removed) => removed) && signal?.aborted !== true) {
         const after = await streamedOwners(store, info.queue, removable, signal);
-        await pass(async (id, ts) => (await orphan(id, ts)) || (before.get(id) === true && !after.has(id)));
+        await pass(async (id, ts) => (await orphan(id, ts)) || (before.get(id) === true && !after.has(id)), true);
       }
       if (info.kind === 'outbox' && result.segmentsDeleted > 0 && signal?.aborted !== true) await new OutboxSummaries(store, info).prune();
       return result;

@@ -31,11 +31,14 @@ const UNTIL = Number.MAX_SAFE_INTEGER;
  * consumer state counts as many done offsets in it.
  */
 export function inboxVerdict(summary: SegmentSummary, state: Pick<ConsumerState, 'doneCount'>, kind: 'inbox' | 'dead', retainDoneMs: number): SegmentVerdict {
+  const chunks = hasChunks(summary);
   if (!summary.complete) {
     // The last segment: what it holds past its summary is not known, but nothing in it is removable
-    // while nothing from its base on is done, and nothing changes while it neither grows nor more is done.
+    // while nothing from its base on is done (and no chunk may be an orphan), and nothing changes while it
+    // neither grows nor more is done.
     const done = state.doneCount(summary.stream, summary.base, UNTIL);
-    return done === 0 ? { decision: 'keep', fingerprint: undefined } : { decision: 'read', fingerprint: `${summary.bytes}|${done}` };
+    if (done === 0 && !chunks) return { decision: 'keep', fingerprint: undefined };
+    return { decision: 'read', fingerprint: `${summary.bytes}|${done}|${chunks ? state.doneCount(summary.stream, 0, UNTIL) : ''}` };
   }
   let messages = 0;
   let done = 0;
@@ -45,8 +48,11 @@ export function inboxVerdict(summary: SegmentSummary, state: Pick<ConsumerState,
     done += state.doneCount(summary.stream, run.from, run.to);
   }
   const fingerprint = String(done);
-  // Frames of other types go only with a removed message (chunks): with none done, none go.
-  if (done === 0) return { decision: 'keep', fingerprint };
+  // Frames of other types go only with a removed message, or as orphans (chunks whose message never
+  // came, once old enough): with none done and no chunk, none go. Chunks are judged again when the
+  // stream's messages move on (their owner may be elsewhere in it) or an orphan comes of age.
+  if (done === 0 && !chunks) return { decision: 'keep', fingerprint };
+  if (chunks) return { decision: 'read', fingerprint: `${fingerprint}|${state.doneCount(summary.stream, 0, UNTIL)}` };
   // Done means acked in the dead letters, and the count does not tell acked from other ends there; a
   // kept done message may become old enough: read.
   const allGone = kind === 'inbox' && retainDoneMs === 0 && done === messages && messages === summary.frames;
@@ -88,10 +94,19 @@ export function outboxVerdict(summary: SegmentSummary, messages: SegmentMessages
     }
   }
   const fingerprint = [...destinations].sort().map((d) => Math.min(state.cursor(d).offsetOf(summary.stream), end)).join(',');
-  // Chunks and frames that do not decode go only with a removed message, or are kept: with no message
-  // done, nothing goes.
+  // Chunks and frames that do not decode go only with a removed message, or are kept, and chunks also as
+  // orphans: with no message done and no chunk, nothing goes. Chunks are judged again when a cursor of
+  // the stream moves (their owner may be elsewhere in it) or an orphan comes of age.
+  if (hasChunks(summary)) {
+    const cursors = state.destinations().map((d) => state.cursor(d).offsetOf(summary.stream));
+    return { decision: 'read', fingerprint: `${fingerprint}|${cursors.join(',')}` };
+  }
   if (!anyDone) return { decision: 'keep', fingerprint };
   const wholeSegment = messages.blocks.reduce((n, b) => n + b.messages, 0) === summary.frames;
   if (allDone && receipts === 0 && maxTs + retainDoneMs <= now && wholeSegment) return { decision: 'drop', fingerprint };
   return { decision: 'read', fingerprint };
+}
+
+function hasChunks(summary: SegmentSummary): boolean {
+  return (summary.types.get(FrameType.BODY_CHUNK)?.frames ?? 0) > 0;
 }

@@ -6,13 +6,13 @@
  */
 import assert from 'node:assert/strict';
 import type { Dirent } from 'node:fs';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { openNode } from '../../src/daemon/node.ts';
 import { newId } from '../../src/util/ids.ts';
 import { daemons, makeNodes, type NodeSpec } from '../helpers/daemon.ts';
-import { jsonLines, mqlog, tempDir, waitFor } from '../helpers/index.ts';
+import { CLI, exited, jsonLines, mqlog, spawnChild, tempDir, waitFor } from '../helpers/index.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -276,3 +276,64 @@ test('a queue drained to the end leaves almost nothing on disk, whatever the seg
   await verifyClean(a!.dir);
   await verifyClean(b!.dir);
 });
+
+test('the chunks of a body whose sender died mid-body are removed by compaction once older than orphanChunkMs, on both nodes, not before', async (t) => {
+  const root = await tempDir(t, 'mqlog-orphans-');
+  const { a, b } = await makeNodes(root, ['a', 'b']);
+  const [da, db] = daemons(t, [a!, b!]);
+  await Promise.all([da!.start(), db!.start()]);
+  // A body from stdin, 12 MiB of it written (past the 8 MiB kept inline) and the rest never coming: the
+  // sender is SIGKILLed once its first chunks were forwarded to B.
+  const sender = spawnChild(t, process.execPath, [CLI, 'send', '--data', a!.dir, '--to', 'b', '--file', '-']);
+  sender.stdin!.on('error', () => undefined); // the part still unwritten when it dies
+  sender.stdin!.write(Buffer.alloc(12 * MiB, 0x62));
+  await waitFor(async () => (await chunkBytes(join(b!.dir, 'inbox'))) >= 4 * MiB, { timeoutMs: 60_000, message: "four chunks in B's inbox" });
+  sender.kill('SIGKILL');
+  await exited(sender);
+  await waitFor(async () => (await peerStat(a!, 'b'))?.backlog === 0 && (await chunkFrames(join(b!.dir, 'inbox'))) === (await chunkFrames(join(a!.dir, 'outbox'))), {
+    timeoutMs: 60_000,
+    message: 'every chunk A stored forwarded to B',
+  });
+  assert.equal(await da!.stop(), 0);
+  assert.equal(await db!.stop(), 0);
+
+  for (const [node, queue] of [[a!, 'outbox'], [b!, 'inbox']] as const) {
+    const stored = await chunkBytes(join(node.dir, queue));
+    assert.ok(stored >= 4 * MiB, `${node.name}: ${stored} bytes of chunks`);
+    // Young orphans stay (their message may still come)…
+    const early = await mqlog(['compact', '--data', node.dir]);
+    assert.equal(early.code, 0, early.stderr);
+    assert.equal(await chunkBytes(join(node.dir, queue)), stored, `${node.name}: chunks younger than orphanChunkMs are kept`);
+    // …and go once older than orphanChunkMs.
+    const config = JSON.parse(await readFile(join(node.dir, 'mqlog.json'), 'utf8')) as Record<string, unknown>;
+    await writeFile(join(node.dir, 'mqlog.json'), JSON.stringify({ ...config, orphanChunkMs: 1 }));
+    const late = await mqlog(['compact', '--data', node.dir]);
+    assert.equal(late.code, 0, late.stderr);
+    assert.equal(await chunkBytes(join(node.dir, queue)), 0, `${node.name}: no chunk left (compact said ${late.stdout.trim()})`);
+    await verifyClean(node.dir);
+  }
+});
+
+/** Bytes of BODY_CHUNK frames (type 2) under `dir`, headers included, walking the frame headers of its segments. */
+async function chunkBytes(dir: string): Promise<number> {
+  return (await chunks(dir)).bytes;
+}
+
+async function chunkFrames(dir: string): Promise<number> {
+  return (await chunks(dir)).frames;
+}
+
+async function chunks(dir: string): Promise<{ frames: number; bytes: number }> {
+  let frames = 0;
+  let bytes = 0;
+  for (const entry of await entries(dir)) {
+    if (!entry.isFile() || !entry.name.endsWith('.seg')) continue;
+    const data = await readFile(join(entry.parentPath, entry.name)).catch(() => Buffer.alloc(0));
+    for (let at = 0; at + 20 <= data.length && data[at] === 0xa7; at += 20 + data.readUInt32LE(at + 4)) {
+      if (data[at + 2] !== 2) continue;
+      frames++;
+      bytes += 20 + data.readUInt32LE(at + 4);
+    }
+  }
+  return { frames, bytes };
+}
