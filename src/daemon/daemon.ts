@@ -440,6 +440,8 @@ export class Daemon {
         queue,
         feed: this.feed,
         transport: sender,
+        initialBackoffMs: this.config.forwardRetryDelayMs,
+        maxBackoffMs: this.config.forwardMaxRetryDelayMs,
         // The address this daemon really listens on (a --listen flag included), or the one it advertises.
         replyTo: () => this.config.advertise ?? this.url,
         deadLetter: (item, reason) => outbox.deadLetters.append(decodeMessage(item.frame.payload), { stream: item.frame.stream, offset: item.frame.offset, destination, node: this.nodeId }, reason),

@@ -40,7 +40,9 @@ export interface ForwarderOptions {
    * how long a more urgent message waits behind a large transfer.
    */
   readonly maxInFlightBytes?: number;
+  /** First delay after a failed batch (doubling per consecutive failure). Default 100. */
   readonly initialBackoffMs?: number;
+  /** Cap of the delay after failed batches. Default 30 s. */
   readonly maxBackoffMs?: number;
   readonly events?: ForwarderEvents;
 }
@@ -85,6 +87,10 @@ const DEFAULT_MAX_IN_FLIGHT = 3;
 const DEFAULT_MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024;
 const DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024;
 const DEFAULT_MAX_BATCH_FRAMES = 1000;
+const DEFAULT_INITIAL_BACKOFF_MS = 100;
+const DEFAULT_MAX_BACKOFF_MS = 30_000;
+/** The pause before a batch refused as a whole is sent again split: short, but never none (spec/http-protocol.md §6). */
+const SPLIT_RETRY_MS = 100;
 /**
  * How often one frame, sent alone, may be refused with a 4xx that does not say it is refused for good
  * (a frame the peer calls damaged on the way, a refusal naming no frame) before it is dead-lettered
@@ -191,8 +197,10 @@ export class Forwarder {
         if (this.stopping) break;
         failures++;
         // A batch refused as a whole is sent again split: soon, but never at once (no loop without backoff).
-        const initialMs = this.options.initialBackoffMs ?? 100;
-        const retryInMs = error.details?.split === true ? initialMs : backoffMs(failures, initialMs, this.options.maxBackoffMs ?? 30_000);
+        const retryInMs =
+          error.details?.split === true
+            ? SPLIT_RETRY_MS
+            : backoffMs(failures, this.options.initialBackoffMs ?? DEFAULT_INITIAL_BACKOFF_MS, this.options.maxBackoffMs ?? DEFAULT_MAX_BACKOFF_MS);
         this.queue.noteError(error.message);
         await this.flushCursor(true).catch(() => undefined);
         this.options.events?.failed?.(this.destination, error, retryInMs);
