@@ -14,6 +14,8 @@ export const COMMANDS: readonly { readonly name: string; readonly hidden?: boole
   { name: 'status', load: async () => (await import('./start.js')).statusCommand },
   { name: 'restart', load: async () => (await import('./start.js')).restartCommand },
   { name: 'reload', load: async () => (await import('./start.js')).reloadCommand },
+  { name: 'peers', load: async () => (await import('./peers.js')).peersCommand },
+  { name: 'retry', load: async () => (await import('./retry.js')).retryCommand },
   { name: 'dump', load: async () => (await import('./dump.js')).dumpCommand },
   { name: 'verify', load: async () => (await import('./verify.js')).verifyCommand },
   { name: 'repair', load: async () => (await import('./repair.js')).repairCommand },

@@ -1,7 +1,9 @@
 /**
  * `mqlog daemon`: runs the node in the foreground (receiver, forwarders) until SIGTERM/SIGINT, then
  * finishes in-flight work and exits 0. Prints `listening on http://HOST:PORT` once it accepts connections.
- * SIGHUP reloads the configuration's peers and keys (Daemon.reload) and keeps running.
+ * SIGHUP reloads the configuration's peers and keys (Daemon.reload) and keeps running. SIGUSR2 takes
+ * the retry requests of DIR/control/ (`mqlog retry`); its handler is in place before the daemon takes
+ * the lock, so that a signal sent to a daemon still starting never kills it (SIGUSR2's default action).
  */
 import { Daemon } from '../daemon/daemon.js';
 import { checkListen } from '../daemon/config.js';
@@ -24,6 +26,14 @@ async function run(args: ParsedArgs): Promise<number> {
   const handler = stringFlag(args, 'handler');
   let lockLost: (() => void) | undefined;
   let lostLock = false;
+  // Requests made before the daemon is up are taken at the end of its start; one signalled during the
+  // last moments of the start is taken just after.
+  const retrying: { daemon?: Daemon; asked?: boolean } = {};
+  const retry = (): void => {
+    if (retrying.daemon === undefined) retrying.asked = true;
+    else void retrying.daemon.takeRetryRequests();
+  };
+  process.on('SIGUSR2', retry);
   const daemon = await Daemon.start({
     data: dataDir(args),
     logger: 'stdout',
@@ -33,7 +43,12 @@ async function run(args: ParsedArgs): Promise<number> {
       lostLock = true;
       lockLost?.();
     },
+  }).catch((err: unknown) => {
+    process.off('SIGUSR2', retry);
+    throw err;
   });
+  retrying.daemon = daemon;
+  if (retrying.asked === true) void daemon.takeRetryRequests();
   await writeLine(`listening on ${daemon.url}`);
   // SIGHUP re-reads mqlog.json (peers and keys) without stopping: what `mqlog reload` sends.
   const reload = (): void => {
@@ -58,6 +73,7 @@ async function run(args: ParsedArgs): Promise<number> {
     if (lostLock) lockLost();
   });
   process.off('SIGHUP', reload);
+  process.off('SIGUSR2', retry);
   await daemon.stop();
   daemon.logger.flush();
   if (lostLock) {

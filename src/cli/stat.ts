@@ -37,6 +37,26 @@ export interface PeerStat {
   lastSentAt: number | null;
 }
 
+/**
+ * One row per peer, sorted: every configured peer and every destination messages name or the outbox
+ * state records, with its backlog and what its cursor file says (last error, last send). `outbox` is
+ * what `node.outbox.stat()` returned.
+ */
+export async function peerStats(node: MqlogNode, outbox: Awaited<ReturnType<Outbox['stat']>>): Promise<PeerStat[]> {
+  const peers: PeerStat[] = [];
+  for (const peer of [...new Set([...Object.keys(node.config.peers), ...(await node.outbox.destinations()), ...outbox.state.destinations()])].sort()) {
+    const status = outbox.state.cursor(peer).status();
+    peers.push({
+      peer,
+      url: transports.display(node.config.peers[peer]?.url ?? (peer.includes('://') ? peer : '')) || null,
+      backlog: outbox.backlog.get(peer) ?? 0,
+      lastError: status.lastError,
+      lastSentAt: status.lastSentAt,
+    });
+  }
+  return peers;
+}
+
 async function run(args: ParsedArgs): Promise<number> {
   const dir = dataDir(args);
   const json = boolFlag(args, 'json');
@@ -52,17 +72,7 @@ async function run(args: ParsedArgs): Promise<number> {
         queues.push(queue instanceof Outbox ? (await queue.stat()).queue : await queue.stat());
       }
     }
-    const peers: PeerStat[] = [];
-    for (const peer of [...new Set([...Object.keys(node.config.peers), ...(await node.outbox.destinations()), ...outbox.state.destinations()])].sort()) {
-      const status = outbox.state.cursor(peer).status();
-      peers.push({
-        peer,
-        url: transports.display(node.config.peers[peer]?.url ?? (peer.includes('://') ? peer : '')) || null,
-        backlog: outbox.backlog.get(peer) ?? 0,
-        lastError: status.lastError,
-        lastSentAt: status.lastSentAt,
-      });
-    }
+    const peers = await peerStats(node, outbox);
     if (json) {
       for (const q of queues) await jsonLine({ type: 'queue', ...q });
       for (const p of peers) await jsonLine({ type: 'peer', ...p });

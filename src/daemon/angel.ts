@@ -2,7 +2,8 @@
  * The angel: a small supervisor that keeps a node's daemon alive. It runs the daemon as its child, sends
  * the daemon's output to DIR/logs/daemon.log (rotated), restarts it when it exits abnormally (with a
  * capped backoff), and gives up — saying so in DIR/logs/angel.log — after repeated fast crashes.
- * SIGTERM/SIGINT stop the daemon gracefully, then the angel.
+ * SIGTERM/SIGINT stop the daemon gracefully, then the angel. SIGHUP (reload) and SIGUSR2 (take the retry
+ * requests) are passed on to the daemon.
  *
  * A daemon that cannot work as configured is not restarted: when it exits after printing
  * `mqlog: ERR_CONFIG: …` (or `ERR_ADDRESS_IN_USE` before it ever listened), the angel records that error
@@ -138,9 +139,15 @@ class Supervisor {
       this.logger.info({ event: 'signal', signal: 'SIGHUP' }, 'passing SIGHUP (reload) to the daemon');
       this.child?.kill('SIGHUP');
     };
+    // SIGUSR2 too (mqlog retry signals the daemon itself; one sent to the angel must not kill it).
+    const onRetry = (): void => {
+      this.logger.info({ event: 'signal', signal: 'SIGUSR2' }, 'passing SIGUSR2 (retry requests) to the daemon');
+      this.child?.kill('SIGUSR2');
+    };
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
     process.on('SIGHUP', onHangup);
+    process.on('SIGUSR2', onRetry);
     const fastCrashes: number[] = [];
     try {
       for (;;) {
@@ -184,6 +191,7 @@ class Supervisor {
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);
       process.off('SIGHUP', onHangup);
+      process.off('SIGUSR2', onRetry);
     }
   }
 

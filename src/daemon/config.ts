@@ -102,6 +102,13 @@ export interface Config {
   readonly handlerTimeoutMs: number;
   /** First retry delay after a handler failure; doubles per delivery, capped at 60 s. Default 1000. */
   readonly handlerRetryDelayMs: number;
+  /**
+   * First delay before a forwarder sends again after a failed batch; doubles per consecutive failure
+   * (equal jitter, spec/http-protocol.md §6), capped at `forwardMaxRetryDelayMs`. Default 100.
+   */
+  readonly forwardRetryDelayMs: number;
+  /** Longest delay between a forwarder's attempts while its peer keeps failing. Default 30 s. */
+  readonly forwardMaxRetryDelayMs: number;
   /** Done messages (sent, acked, dead-lettered, expired) are kept this long for dump before compaction removes them. Default 0. */
   readonly retainDoneMs: number;
   /** Settled receipts (processed, dead, expired) are kept this long for `mqlog receipt`. Default 7 days. */
@@ -153,6 +160,8 @@ export const DEFAULTS: Omit<Config, 'name'> = {
   handlerConcurrency: 4,
   handlerTimeoutMs: 30_000,
   handlerRetryDelayMs: 1000,
+  forwardRetryDelayMs: 100,
+  forwardMaxRetryDelayMs: 30_000,
   retainDoneMs: 0,
   retainReceiptsMs: 7 * 24 * 3_600_000,
   orphanChunkMs: 3_600_000,
@@ -181,6 +190,8 @@ const KEYS: Record<keyof Config, Check> = {
   handlerConcurrency: (v, k) => checkInt(v, k, 1, 1024),
   handlerTimeoutMs: (v, k) => checkInt(v, k, 1, 2 ** 31),
   handlerRetryDelayMs: (v, k) => checkInt(v, k, 0, 3_600_000),
+  forwardRetryDelayMs: (v, k) => checkInt(v, k, 10, 3_600_000),
+  forwardMaxRetryDelayMs: (v, k) => checkInt(v, k, 10, 86_400_000),
   retainDoneMs: (v, k) => checkInt(v, k, 0, Number.MAX_SAFE_INTEGER),
   retainReceiptsMs: (v, k) => checkInt(v, k, 0, Number.MAX_SAFE_INTEGER),
   orphanChunkMs: (v, k) => checkInt(v, k, 0, Number.MAX_SAFE_INTEGER),
@@ -325,6 +336,8 @@ export const CONFIG_SCHEMA = object({
   handlerConcurrency: int(1, 1024),
   handlerTimeoutMs: int(1, 2 ** 31),
   handlerRetryDelayMs: int(0, 3_600_000),
+  forwardRetryDelayMs: int(10, 3_600_000),
+  forwardMaxRetryDelayMs: int(10, 86_400_000),
   retainDoneMs: int(0, Number.MAX_SAFE_INTEGER),
   retainReceiptsMs: int(0, Number.MAX_SAFE_INTEGER),
   orphanChunkMs: int(0, Number.MAX_SAFE_INTEGER),

@@ -6,6 +6,9 @@
  * forwarder finishes its batch in flight and stops, a new one starts; the receiver checks signatures
  * against the new keys from the next request on. Keys baked into the listening servers (listen, tls,
  * limits, admin, …) are reported as needing a restart.
+ *
+ * While it runs it publishes its peers' live state in `DIR/peers.json` (PeersFile) and takes the
+ * requests of `DIR/control/` (RetryRequests) when told to (`takeRetryRequests`, on SIGUSR2 in the CLI).
  */
 import type { FastifyInstance } from 'fastify';
 import { join, resolve } from 'node:path';
@@ -31,6 +34,8 @@ import { HandlerRunner, loadHandler } from './handler.js';
 import { createServers, loadTls, scheme, type TlsMaterial } from './http-server.js';
 import { Metrics } from './metrics.js';
 import { MqlogNode } from './node.js';
+import { PeersFile, type PeerEntry } from './peers-file.js';
+import { RetryRequests } from './retry-requests.js';
 import { IntakeSink } from './receiver.js';
 import { STATUS_PAGE, type StatusSnapshot } from './status-page.js';
 import { createLogger, silentLogger, type Logger } from './logger.js';
@@ -105,6 +110,10 @@ export class Daemon {
   private reloading: Promise<ReloadResult> | undefined;
   /** True once the peer server listens (for /readyz). */
   private listening = false;
+  private peersFile: PeersFile | undefined;
+  private readonly retryRequests: RetryRequests;
+  /** The round of retry requests being taken; the next round waits for it. */
+  private takingRequests: Promise<void> = Promise.resolve();
 
   private constructor(node: MqlogNode, lock: Lock, logger: Logger, handlerPath: string | undefined, metrics: Metrics, listenOverride: string | undefined) {
     this.listenOverride = listenOverride;
@@ -116,6 +125,7 @@ export class Daemon {
     this.lock = lock;
     this.logger = logger;
     this.handlerPath = handlerPath;
+    this.retryRequests = new RetryRequests(this.dataDir);
   }
 
   /**
@@ -258,6 +268,7 @@ export class Daemon {
           await this.backlog?.caughtUp();
           return this.statusSnapshot();
         },
+        retry: async (peer) => this.retry(peer),
         page: STATUS_PAGE,
       },
     });
@@ -305,28 +316,21 @@ export class Daemon {
         this.intake?.dedup.checkpoint().catch((err: unknown) => logger.error({ event: 'dedup_checkpoint', err }, 'cannot write the dedup checkpoint'));
       }, DEDUP_CHECKPOINT_MS).unref(),
     );
+    // The peers' state is published once their forwarders run; requests made while no daemon took them are taken now.
+    await this.syncing;
+    this.peersFile = new PeersFile(dataDir, () => this.peerEntries(), (err) => logger.error({ event: 'peers_file', err }, 'cannot write the peers\' state file'));
+    await this.peersFile.start();
+    await this.retryRequests.clearReplies();
+    await this.takeRetryRequests();
     logger.info({ event: 'started', url: this.url, nodeId: this.nodeId, data: dataDir }, 'daemon started');
   }
 
   /** What the status page shows (no message contents, no secrets). */
   statusSnapshot(): StatusSnapshot {
-    const forwarders = new Map(this.forwarderStatus().map((f) => [f.destination, f]));
-    const peers = [...new Set([...Object.keys(this.config.peers), ...forwarders.keys()])].sort().map((peer) => {
-      const f = forwarders.get(peer);
-      return {
-        peer,
-        url: f?.url ?? transports.display(this.config.peers[peer]?.url ?? peer),
-        backlog: this.backlog?.of(peer) ?? 0,
-        forwarded: f?.sentMessages ?? 0,
-        lastError: f?.lastError ?? null,
-        lastErrorAt: f?.lastErrorAt ?? null,
-        lastSentAt: f?.lastSentAt ?? null,
-      };
-    });
     return {
       node: { name: this.config.name, id: this.nodeId, url: this.url, startedAt: this.startedAt, restarts: Number(process.env.MQLOG_RESTARTS ?? 0) || 0 },
       now: Date.now(),
-      peers,
+      peers: this.peerEntries(),
       channels: [...this.channels.values()].map((c) => ({ ...c.status(), received: this.received.get(c.channel) ?? 0 })),
     };
   }
@@ -405,6 +409,61 @@ export class Daemon {
     }
   }
 
+  /** Every configured peer and every destination with a forwarder, as the status page and `DIR/peers.json` show them. */
+  peerEntries(): PeerEntry[] {
+    const forwarders = new Map(this.forwarderStatus().map((f) => [f.destination, f]));
+    return [...new Set([...Object.keys(this.config.peers), ...forwarders.keys()])].sort().map((peer) => {
+      const f = forwarders.get(peer);
+      return {
+        peer,
+        url: f?.url ?? transports.display(this.config.peers[peer]?.url ?? peer),
+        state: f?.state ?? 'stopped',
+        backlog: this.backlog?.of(peer) ?? 0,
+        lastError: f?.lastError ?? null,
+        lastErrorAt: f?.lastErrorAt ?? null,
+        lastSentAt: f?.lastSentAt ?? null,
+        nextAttemptAt: f?.nextAttemptAt ?? null,
+        forwarded: f?.sentMessages ?? 0,
+      };
+    });
+  }
+
+  /**
+   * Cuts short the backoff of one peer's forwarder (or of every forwarder) that is waiting to retry, so
+   * that it sends now. Returns the peers woken (none when the peer was not waiting).
+   * @throws ERR_NOT_FOUND when `peer` is neither a configured peer nor a destination with a forwarder
+   * (the error lists the known peers).
+   */
+  retry(peer?: string): string[] {
+    let woken: string[];
+    if (peer === undefined) {
+      woken = [...this.forwarders.values()].filter(({ forwarder }) => forwarder.retryNow()).map(({ forwarder }) => forwarder.destination);
+    } else {
+      const entry = this.forwarders.get(peer);
+      if (entry === undefined && !Object.hasOwn(this.config.peers, peer)) {
+        const known = this.peerEntries().map((p) => p.peer);
+        throw new MqlogError('ERR_NOT_FOUND', `no peer ${JSON.stringify(peer)} on this node (${known.length === 0 ? 'it has none' : `its peers: ${known.join(', ')}`})`, { details: { peer, peers: known } });
+      }
+      woken = entry?.forwarder.retryNow() === true ? [peer] : [];
+    }
+    this.logger.info({ event: 'retry_now', peer: peer ?? null, woken }, woken.length === 0 ? 'retry asked: no forwarder was waiting' : 'retry asked: sending now');
+    return woken;
+  }
+
+  /**
+   * Takes the retry requests waiting in `DIR/control/` (spec/log-format.md §1.3) and answers them; one
+   * round at a time. Never rejects: failures are logged.
+   */
+  takeRetryRequests(): Promise<void> {
+    this.takingRequests = this.takingRequests
+      .then(async () => {
+        if (this.stopping !== undefined) return;
+        await this.retryRequests.take((peer) => this.retry(peer ?? undefined));
+      })
+      .catch((err: unknown) => this.logger.error({ event: 'retry_requests', err }, 'cannot take the retry requests'));
+    return this.takingRequests;
+  }
+
   /** Forwarder statuses, for stat and the status page. */
   forwarderStatus(): ReturnType<Forwarder['status']>[] {
     return [...this.forwarders.values()].map(({ forwarder }) => forwarder.status());
@@ -452,6 +511,8 @@ export class Daemon {
         queue,
         feed: this.feed,
         transport: sender,
+        initialBackoffMs: this.config.forwardRetryDelayMs,
+        maxBackoffMs: this.config.forwardMaxRetryDelayMs,
         // The address this daemon really listens on (a --listen flag included), or the one it advertises.
         replyTo: () => this.config.advertise ?? this.url,
         deadLetter: (item, reason) => outbox.deadLetters.append(decodeMessage(item.frame.payload), { stream: item.frame.stream, offset: item.frame.offset, destination, node: this.nodeId }, reason),
@@ -466,6 +527,10 @@ export class Daemon {
           failed: (peer, error, retryInMs) => {
             this.metrics.forwardErrors.inc({ peer, code: error.code });
             this.logger.warn({ event: 'forward_failed', peer, code: error.code, error: error.message, retryInMs }, 'forwarding failed');
+          },
+          // A failure and a recovery are published at once; other changes with the next periodic write.
+          stateChanged: (_peer, state, previous) => {
+            if (state === 'retrying' || previous === 'retrying') this.peersFile?.publish();
           },
           deadLettered: (peer, { meta }, reason) => {
             this.metrics.refused.inc({ peer });
@@ -575,6 +640,9 @@ export class Daemon {
       await this.syncing;
       await Promise.all([...this.forwarders.values()].map(({ forwarder }) => forwarder.stop()));
       await Promise.all([...this.forwarders.values()].map(({ sender }) => sender.close()));
+      await this.takingRequests;
+      // No daemon, no live state: mqlog peers reads the queues' state instead.
+      await this.peersFile?.close();
       await this.intake?.close();
       await this.counting;
       for (const counts of this.channels.values()) await counts.close();

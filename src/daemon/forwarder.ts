@@ -11,6 +11,10 @@
  * file watch for others) and catches up on start. Each destination has its own forwarder, cursor and
  * backoff, so a peer that is down or slow never delays another. Frames a peer refuses for good go to
  * `outbox-dead` with the peer's reason; everything else is retried with capped exponential backoff.
+ *
+ * Its state (`idle`, `sending`, `retrying` with the time of the next attempt) is what `mqlog peers` and
+ * the status page show; `retryNow()` cuts a backoff short (an operator's "now"). Everything runs on the
+ * event loop: status() and retryNow() may be called at any time, between the run loop's awaits.
  */
 import { MqlogError } from '../errors.js';
 import type { ChangeFeed } from '../log/index.js';
@@ -40,10 +44,18 @@ export interface ForwarderOptions {
    * how long a more urgent message waits behind a large transfer.
    */
   readonly maxInFlightBytes?: number;
+  /** First delay after a failed batch (doubling per consecutive failure). Default 100. */
   readonly initialBackoffMs?: number;
+  /** Cap of the delay after failed batches. Default 30 s. */
   readonly maxBackoffMs?: number;
   readonly events?: ForwarderEvents;
 }
+
+/**
+ * `idle`: everything for the peer was sent, waiting for the outbox to change; `sending`: batches are on
+ * their way; `retrying`: the last attempt failed, waiting until `nextAttemptAt`.
+ */
+export type ForwarderState = 'idle' | 'sending' | 'retrying';
 
 /** What the forwarder reports, each event after the outbox state recorded it. */
 export interface ForwarderEvents {
@@ -52,6 +64,8 @@ export interface ForwarderEvents {
   failed?(destination: string, error: MqlogError, retryInMs: number): void;
   deadLettered?(destination: string, item: OutgoingItem & { readonly meta: MessageMeta }, reason: string): void;
   expired?(destination: string, expired: { readonly meta: MessageMeta; readonly stream: string; readonly offset: number }): void;
+  /** The state changed (from `previous`); status() already reports the new one. */
+  stateChanged?(destination: string, state: ForwarderState, previous: ForwarderState): void;
 }
 
 export interface ForwarderStatus {
@@ -61,6 +75,11 @@ export interface ForwarderStatus {
   readonly lastErrorAt: number | null;
   readonly lastSentAt: number | null;
   readonly sentMessages: number;
+  readonly state: ForwarderState;
+  /** When the next attempt is due (ms since the epoch) while `retrying`; null otherwise. */
+  readonly nextAttemptAt: number | null;
+  /** Consecutive failed attempts (0 after a batch went through). */
+  readonly failures: number;
 }
 
 /** What reached the peer of one batch. */
@@ -85,6 +104,10 @@ const DEFAULT_MAX_IN_FLIGHT = 3;
 const DEFAULT_MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024;
 const DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024;
 const DEFAULT_MAX_BATCH_FRAMES = 1000;
+const DEFAULT_INITIAL_BACKOFF_MS = 100;
+const DEFAULT_MAX_BACKOFF_MS = 30_000;
+/** The pause before a batch refused as a whole is sent again split: short, but never none (spec/http-protocol.md §6). */
+const SPLIT_RETRY_MS = 100;
 /**
  * How often one frame, sent alone, may be refused with a 4xx that does not say it is refused for good
  * (a frame the peer calls damaged on the way, a refusal naming no frame) before it is dead-lettered
@@ -109,6 +132,11 @@ export class Forwarder {
   /** Refusals of the one frame last sent alone ("stream@offset"), for MAX_SINGLE_FRAME_REFUSALS. */
   private singleRefusals: { readonly frame: string; count: number } | undefined;
   private sentMessages = 0;
+  private state: ForwarderState = 'idle';
+  private nextAttemptAt: number | null = null;
+  private failures = 0;
+  /** Ends the current backoff sleep early (retryNow); one per sleep, apart from stop's. */
+  private wake: AbortController | undefined;
 
   constructor(options: ForwarderOptions) {
     this.options = options;
@@ -119,7 +147,26 @@ export class Forwarder {
   }
 
   status(): ForwarderStatus {
-    return { destination: this.destination, url: this.options.url, ...this.queue.status(), sentMessages: this.sentMessages };
+    return {
+      destination: this.destination,
+      url: this.options.url,
+      ...this.queue.status(),
+      sentMessages: this.sentMessages,
+      state: this.state,
+      nextAttemptAt: this.nextAttemptAt,
+      failures: this.failures,
+    };
+  }
+
+  /**
+   * Ends the backoff of a forwarder that is `retrying`: it reads from its cursor and sends at once (the
+   * count of failures stays, so a peer still down is not tried in a tight loop). Returns whether it was
+   * waiting; when it was idle or sending, nothing changes.
+   */
+  retryNow(): boolean {
+    if (this.state !== 'retrying' || this.wake === undefined || this.wake.signal.aborted) return false;
+    this.wake.abort();
+    return true;
   }
 
   start(): void {
@@ -147,7 +194,6 @@ export class Forwarder {
   }
 
   private async run(): Promise<void> {
-    let failures = 0;
     let inFlight: InFlight[] = [];
     const maxInFlight = this.options.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
     const maxInFlightBytes = this.options.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES;
@@ -163,6 +209,7 @@ export class Forwarder {
           drained = batch?.drained ?? true;
           if (batch === undefined) break;
           this.report(batch);
+          if (batch.items.length > 0) this.setState('sending');
           const sending = batch.items.length === 0 ? Promise.resolve(undefined) : this.send(batch);
           sending.catch(() => undefined);
           inFlight.push({ batch, sending, bytes: batch.items.reduce((n, item) => n + item.frame.bytes, 0) });
@@ -170,6 +217,7 @@ export class Forwarder {
         const head = inFlight[0];
         if (head === undefined) {
           if (this.stopping) break;
+          this.setState('idle');
           await this.flushCursor(false);
           await this.options.feed.changedSince(seen, this.stopController.signal).catch(() => undefined);
           continue;
@@ -180,7 +228,7 @@ export class Forwarder {
         inFlight.shift();
         this.queue.delivered(head.batch, sent !== undefined);
         if (sent !== undefined) this.options.events?.sent?.(this.destination, sent.messages, sent.bytes, sent.durationMs, sent.duplicates);
-        failures = 0;
+        this.failures = 0;
         await this.flushCursor(false);
       } catch (err) {
         // Whatever was in flight may still land at the peer; it recognises it when it comes again.
@@ -189,17 +237,33 @@ export class Forwarder {
         await this.queue.rewind();
         const error = asMqlogError(err);
         if (this.stopping) break;
-        failures++;
+        this.failures++;
         // A batch refused as a whole is sent again split: soon, but never at once (no loop without backoff).
-        const initialMs = this.options.initialBackoffMs ?? 100;
-        const retryInMs = error.details?.split === true ? initialMs : backoffMs(failures, initialMs, this.options.maxBackoffMs ?? 30_000);
+        const retryInMs =
+          error.details?.split === true
+            ? SPLIT_RETRY_MS
+            : backoffMs(this.failures, this.options.initialBackoffMs ?? DEFAULT_INITIAL_BACKOFF_MS, this.options.maxBackoffMs ?? DEFAULT_MAX_BACKOFF_MS);
         this.queue.noteError(error.message);
         await this.flushCursor(true).catch(() => undefined);
+        const wake = new AbortController();
+        this.wake = wake;
+        this.setState('retrying', Date.now() + retryInMs);
         this.options.events?.failed?.(this.destination, error, retryInMs);
-        await sleep(retryInMs, this.stopController.signal);
+        await sleep(retryInMs, AbortSignal.any([this.stopController.signal, wake.signal]));
+        this.wake = undefined;
+        // Reading again from the cursor: sending (or idle at once when nothing is left for the peer).
+        this.setState('sending');
       }
     }
     await this.flushCursor(true);
+  }
+
+  private setState(state: ForwarderState, nextAttemptAt: number | null = null): void {
+    const previous = this.state;
+    this.nextAttemptAt = nextAttemptAt;
+    if (previous === state) return;
+    this.state = state;
+    this.options.events?.stateChanged?.(this.destination, state, previous);
   }
 
   private async answerOrChange(head: InFlight, seen: number): Promise<'answered' | 'changed'> {

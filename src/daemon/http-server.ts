@@ -1,8 +1,9 @@
 /**
  * The daemon's HTTP servers: the peer endpoint (POST /v1/messages, GET /healthz) with authentication,
- * TLS and limits from the config, and the read-only endpoints (/metrics, /status.json, /) — on the same
- * server, or on their own address (`admin.listen`), optionally behind a bearer token (`admin.token`).
- * They never reveal message bodies or secrets.
+ * TLS and limits from the config, and the operator's endpoints — read-only (/metrics, /status.json, /)
+ * and one action (POST /peers/:name/retry) — on the same server, or on their own address
+ * (`admin.listen`), all behind the same bearer token check (`admin.token`). They never reveal message
+ * bodies or secrets.
  */
 import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from 'fastify';
 import { readFile } from 'node:fs/promises';
@@ -80,6 +81,8 @@ function createApp(config: Config, logger: Logger, tls: TlsMaterial, https: bool
 export interface ReadOnlyRoutes {
   metrics(): Promise<{ contentType: string; text: string }>;
   status(): Promise<unknown>;
+  /** Wakes a peer's forwarder waiting to retry; returns the peers woken. @throws ERR_NOT_FOUND for an unknown peer. */
+  retry?(peer: string): Promise<readonly string[]>;
   page: string;
 }
 
@@ -151,6 +154,12 @@ function registerReadOnly(app: FastifyInstance, routes: ReadOnlyRoutes, token: s
   });
   app.get('/status.json', { onRequest: guard }, async (_request, reply) => reply.header('cache-control', 'no-store').send(await routes.status()));
   app.get('/', { onRequest: guard }, async (_request, reply) => reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(routes.page));
+  // The one action among them: it changes no data, it only ends a forwarder's backoff (spec/http-protocol.md §10).
+  if (routes.retry !== undefined) {
+    app.post<{ Params: { name: string } }>('/peers/:name/retry', { onRequest: guard }, async (request, reply) =>
+      reply.header('cache-control', 'no-store').send({ woken: await routes.retry?.(request.params.name) }),
+    );
+  }
 }
 
 function sameSecret(a: string, b: string): boolean {

@@ -1,22 +1,17 @@
 /**
  * The status page served at GET /: one self-contained HTML document (no build step, no external assets)
- * that polls GET /status.json every two seconds and shows this node, its peers (backlog, last error,
- * rate) and its channels (pending, dead letters, rates), with a banner that says at a glance whether
- * messages are flowing. It never shows message bodies or secrets.
+ * that polls GET /status.json every two seconds and shows this node, its peers (state, backlog, last
+ * error, rate) and its channels (pending, dead letters, rates), with a banner that says at a glance
+ * whether messages are flowing. A peer waiting to retry has a "Retry now" button (POST
+ * /peers/NAME/retry). It never shows message bodies or secrets. Opened as `/?token=…` (admin.token), it
+ * passes the token on to its own requests.
  */
+import type { PeerEntry } from './peers-file.js';
 
 export interface StatusSnapshot {
   readonly node: { readonly name: string; readonly id: string; readonly url: string; readonly startedAt: number; readonly restarts: number };
   readonly now: number;
-  readonly peers: readonly {
-    readonly peer: string;
-    readonly url: string;
-    readonly backlog: number;
-    readonly forwarded: number;
-    readonly lastError: string | null;
-    readonly lastErrorAt: number | null;
-    readonly lastSentAt: number | null;
-  }[];
+  readonly peers: readonly PeerEntry[];
   readonly channels: readonly { readonly channel: string; readonly pending: number; readonly dead: number; readonly received: number; readonly acked: number }[];
 }
 
@@ -41,6 +36,7 @@ export const STATUS_PAGE = `<!doctype html>
   th { color: var(--idle); font-weight: 500; }
   td.num { font-variant-numeric: tabular-nums; text-align: right; } th.num { text-align: right; }
   .err { color: var(--bad); } .okc { color: var(--ok); } .empty { color: var(--idle); padding: 12px 16px; }
+  button.retry { font: inherit; font-size: 13px; padding: 2px 10px; border: 1px solid var(--line); border-radius: 6px; background: #fff; cursor: pointer; }
   footer { margin: 16px 24px; color: var(--idle); font-size: 12px; }
 </style>
 </head>
@@ -56,7 +52,7 @@ export const STATUS_PAGE = `<!doctype html>
 <section>
   <h2>Peers</h2>
   <table>
-    <thead><tr><th>Peer</th><th>Address</th><th class="num">Backlog</th><th class="num">Sent/s</th><th class="num">Sent</th><th>Last sent</th><th>Last error</th></tr></thead>
+    <thead><tr><th>Peer</th><th>Address</th><th class="num">Backlog</th><th class="num">Sent/s</th><th class="num">Sent</th><th>Last sent</th><th>Last error</th><th>State</th><th></th></tr></thead>
     <tbody id="peers"></tbody>
   </table>
 </section>
@@ -71,6 +67,17 @@ export const STATUS_PAGE = `<!doctype html>
 <script>
 (function () {
   var previous = null;
+  // Opened with ?token=… (admin.token): the page's own requests carry it too.
+  var token = new URLSearchParams(location.search).get('token');
+  function authed(path) { return token ? path + '?token=' + encodeURIComponent(token) : path; }
+  function retryNow(peer, button) {
+    button.disabled = true; button.textContent = 'Retrying…';
+    fetch(authed('/peers/' + encodeURIComponent(peer) + '/retry'), { method: 'POST', cache: 'no-store' })
+      .then(function (r) { button.textContent = r.ok ? 'Asked' : 'Failed (' + r.status + ')'; })
+      .catch(function () { button.textContent = 'Failed'; })
+      .then(tick);
+  }
+  function until(ms, now) { if (ms === null) return ''; var s = Math.max(0, Math.round((ms - now) / 1000)); return s < 60 ? 'in ' + s + ' s' : 'in ' + Math.round(s / 60) + ' min'; }
   function el(tag, text, cls) { var e = document.createElement(tag); if (text !== undefined) e.textContent = String(text); if (cls) e.className = cls; return e; }
   function ago(ms, now) { if (ms === null) return 'never'; var s = Math.max(0, Math.round((now - ms) / 1000)); return s < 60 ? s + ' s ago' : s < 3600 ? Math.round(s / 60) + ' min ago' : Math.round(s / 3600) + ' h ago'; }
   function rate(now, key, value) {
@@ -98,9 +105,17 @@ export const STATUS_PAGE = `<!doctype html>
       var f = el('td', p.forwarded, 'num'); f.setAttribute('data-field', 'forwarded'); tr.appendChild(f);
       tr.appendChild(el('td', ago(p.lastSentAt, s.now)));
       var e = el('td', p.lastError ? p.lastError + ' (' + ago(p.lastErrorAt, s.now) + ')' : 'none', p.lastError ? 'err' : 'okc'); e.setAttribute('data-field', 'lastError'); tr.appendChild(e);
+      var st = el('td', p.state === 'retrying' ? 'retrying ' + until(p.nextAttemptAt, s.now) : p.state, p.state === 'retrying' ? 'err' : ''); st.setAttribute('data-field', 'state'); tr.appendChild(st);
+      var action = el('td');
+      if (p.state === 'retrying') {
+        var button = el('button', 'Retry now', 'retry'); button.type = 'button'; button.setAttribute('data-action', 'retry');
+        button.addEventListener('click', retryNow.bind(null, p.peer, button));
+        action.appendChild(button);
+      }
+      tr.appendChild(action);
       peers.appendChild(tr);
     });
-    if (s.peers.length === 0) { var none = el('tr'); var td = el('td', 'No peers configured and no destinations used yet.', 'empty'); td.colSpan = 7; none.appendChild(td); peers.appendChild(none); }
+    if (s.peers.length === 0) { var none = el('tr'); var td = el('td', 'No peers configured and no destinations used yet.', 'empty'); td.colSpan = 9; none.appendChild(td); peers.appendChild(none); }
     var channels = document.getElementById('channels'); channels.textContent = '';
     var inbound = 0, pending = 0;
     s.channels.forEach(function (c) {
@@ -127,7 +142,7 @@ export const STATUS_PAGE = `<!doctype html>
     previous = { now: s.now, values: values };
   }
   function tick() {
-    fetch('/status.json', { cache: 'no-store' }).then(function (r) { return r.json(); }).then(render).catch(function () {
+    fetch(authed('/status.json'), { cache: 'no-store' }).then(function (r) { return r.json(); }).then(render).catch(function () {
       var banner = document.getElementById('banner'); banner.className = 'stuck'; banner.textContent = 'This node does not answer'; banner.setAttribute('data-state', 'unreachable');
     });
   }

@@ -60,5 +60,7 @@ test('the bash completion script completes commands and the options of the comma
   assert.deepEqual(await complete('mqlog', 'st'), ['start', 'stop', 'status', 'stat']);
   assert.deepEqual(await complete('mqlog', 'purge', '--d'), ['--data', '--dead']);
   assert.ok((await complete('mqlog', 'send', '--')).includes('--lines'));
+  assert.deepEqual(await complete('mqlog', 'pe'), ['peers']);
+  assert.deepEqual(await complete('mqlog', 'retry', '--'), ['--help', '--data', '--peer', '--json']);
   assert.equal((await mqlog(['completion', 'fish'])).code, 2);
 });

@@ -31,6 +31,8 @@ test('commands that read a node refuse a --data that is no node, with ERR_NOT_FO
     ['receipt', '--data', missing, '00000000-0000-7000-8000-000000000000'],
     ['redrive', '--data', missing],
     ['purge', '--data', missing, '--channel', 'common'],
+    ['peers', '--data', missing],
+    ['retry', '--data', missing, '--peer', 'b'],
   ];
   for (const args of commands) {
     const result = await mqlog(args);
