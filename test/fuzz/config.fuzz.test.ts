@@ -20,7 +20,7 @@ import { MqlogError } from '../../src/errors.js';
 import { mqlog, tempDir } from '../helpers/index.js';
 import { fuzzRuns, fuzzSeed } from '../helpers/security.js';
 
-const TOP_KEYS = ['name', 'listen', 'advertise', 'peers', 'segmentBytes', 'segmentRollIdleMs', 'maxQueueBytes', 'visibilityTimeoutMs', 'renewLeases', 'maxDeliveries', 'handlerConcurrency', 'handlerTimeoutMs', 'handlerRetryDelayMs', 'forwardRetryDelayMs', 'forwardMaxRetryDelayMs', 'retainDoneMs', 'retainReceiptsMs', 'compactIntervalMs', 'allowUnauthenticated', 'tls', 'limits', 'admin', 'sources', 'nats'];
+const TOP_KEYS = ['name', 'listen', 'advertise', 'peers', 'segmentBytes', 'segmentRollIdleMs', 'maxQueueBytes', 'visibilityTimeoutMs', 'renewLeases', 'maxDeliveries', 'handlerConcurrency', 'handlerTimeoutMs', 'handlerRetryDelayMs', 'forwardRetryDelayMs', 'forwardMaxRetryDelayMs', 'retainDoneMs', 'retainReceiptsMs', 'orphanChunkMs', 'compactIntervalMs', 'allowUnauthenticated', 'tls', 'limits', 'admin', 'sources', 'nats'];
 const LIMIT_KEYS = Object.keys(DEFAULT_LIMITS);
 const TLS_KEYS = ['cert', 'key', 'ca', 'requireClientCert'];
 const ADMIN_KEYS = ['listen', 'token'];
@@ -82,6 +82,7 @@ function checkConfig(config: Config, input: Record<string, unknown>): void {
   assert.ok(inRange(config.handlerTimeoutMs, 1, 2 ** 31));
   assert.ok(inRange(config.forwardRetryDelayMs, 10, 3_600_000));
   assert.ok(inRange(config.forwardMaxRetryDelayMs, 10, 86_400_000));
+  assert.ok(inRange(config.orphanChunkMs, 0, Number.MAX_SAFE_INTEGER));
   assert.ok(config.maxQueueBytes === null || inRange(config.maxQueueBytes, 1024, Number.MAX_SAFE_INTEGER));
   assert.equal(typeof config.allowUnauthenticated, 'boolean');
   assert.equal(typeof config.renewLeases, 'boolean');
