@@ -46,11 +46,14 @@ export async function peerStats(node: MqlogNode, outbox: Awaited<ReturnType<Outb
   const peers: PeerStat[] = [];
   for (const peer of [...new Set([...Object.keys(node.config.peers), ...(await node.outbox.destinations()), ...outbox.state.destinations()])].sort()) {
     const status = outbox.state.cursor(peer).status();
+    const url = transports.display(node.config.peers[peer]?.url ?? (peer.includes('://') ? peer : '')) || null;
+    const backlog = outbox.backlog.get(peer) ?? 0;
     peers.push({
       peer,
-      url: transports.display(node.config.peers[peer]?.url ?? (peer.includes('://') ? peer : '')) || null,
-      backlog: outbox.backlog.get(peer) ?? 0,
-      lastError: status.lastError,
+      url,
+      backlog,
+      // Messages name it, but no daemon can forward to it: said here, not only in the daemon's log.
+      lastError: url === null && backlog > 0 ? `unknown destination: ${peer} is not a peer in mqlog.json (add it, then mqlog reload); ${backlog} message(s) wait for it` : status.lastError,
       lastSentAt: status.lastSentAt,
     });
   }

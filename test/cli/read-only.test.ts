@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readdir, stat } from 'node:fs/promises';
+import { readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import stringWidth from 'string-width';
@@ -84,4 +84,17 @@ test('stat prints a header row, aligns columns whatever the names, shows channel
   const rows = jsonLines((await mqlog(['stat', '--data', dir, '--json'])).stdout);
   assert.deepEqual(rows.map((r) => r.type), ['queue', 'queue', 'queue', 'queue', 'peer']);
   assert.ok(rows.filter((r) => r.type === 'queue').every((r) => typeof r.queue === 'string' && typeof r.pending === 'number'));
+});
+
+test('stat names a destination that messages wait for but no peer in mqlog.json is, as its last error', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(join(dir, 'mqlog.json'), JSON.stringify({ name: 'a', peers: { b: { url: 'http://127.0.0.1:9' } } }));
+  assert.equal((await mqlog(['send', '--data', dir, '--to', 'b', 'for b'])).code, 0);
+  // b is dropped from the configuration while a message still waits for it.
+  await writeFile(join(dir, 'mqlog.json'), JSON.stringify({ name: 'a' }));
+  const rows = jsonLines<{ type: string; peer?: string; url?: string | null; backlog?: number; lastError?: string | null }>((await mqlog(['stat', '--data', dir, '--json'])).stdout);
+  const b = rows.find((r) => r.type === 'peer' && r.peer === 'b');
+  assert.equal(b?.url, null);
+  assert.equal(b?.backlog, 1);
+  assert.match(b?.lastError ?? '', /^unknown destination: b is not a peer in mqlog\.json/);
 });
