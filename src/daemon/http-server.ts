@@ -153,7 +153,8 @@ function registerReadOnly(app: FastifyInstance, routes: ReadOnlyRoutes, token: s
     return reply.type(contentType).send(text);
   });
   app.get('/status.json', { onRequest: guard }, async (_request, reply) => reply.header('cache-control', 'no-store').send(await routes.status()));
-  app.get('/', { onRequest: guard }, async (_request, reply) => reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(routes.page));
+  // The page holds no data (it asks for the token itself when /status.json wants one).
+  app.get('/', async (_request, reply) => reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(routes.page));
   // The one action among them: it changes no data, it only ends a forwarder's backoff (spec/http-protocol.md §10).
   if (routes.retry !== undefined) {
     app.post<{ Params: { name: string } }>('/peers/:name/retry', { onRequest: guard }, async (request, reply) =>

@@ -3,8 +3,9 @@
  * that polls GET /status.json every two seconds and shows this node, its peers (state, backlog, last
  * error, rate) and its channels (pending, dead letters, rates), with a banner that says at a glance
  * whether messages are flowing. A peer waiting to retry has a "Retry now" button (POST
- * /peers/NAME/retry). It never shows message bodies or secrets. Opened as `/?token=…` (admin.token), it
- * passes the token on to its own requests.
+ * /peers/NAME/retry). It never shows message bodies or secrets. With `admin.token` set, the page (which
+ * holds no data itself) asks for the token when /status.json answers 401, or takes it from `/?token=…`;
+ * it keeps it in the tab's sessionStorage and sends it as a bearer header.
  */
 import type { PeerEntry } from './peers-file.js';
 
@@ -49,6 +50,7 @@ export const STATUS_PAGE = `<!doctype html>
   <span class="meta">restarts <span id="restarts"></span></span>
 </header>
 <div id="banner">Loading…</div>
+<form id="login" hidden><label>Admin token <input id="token" type="password" autocomplete="current-password"></label> <button type="submit">Show</button></form>
 <section>
   <h2>Peers</h2>
   <table>
@@ -67,12 +69,21 @@ export const STATUS_PAGE = `<!doctype html>
 <script>
 (function () {
   var previous = null;
-  // Opened with ?token=… (admin.token): the page's own requests carry it too.
-  var token = new URLSearchParams(location.search).get('token');
-  function authed(path) { return token ? path + '?token=' + encodeURIComponent(token) : path; }
+  // The admin token (admin.token): from ?token=… or the login form, kept for this tab in sessionStorage
+  // and sent as a bearer header (the address bar forgets it).
+  var given = new URLSearchParams(location.search).get('token');
+  if (given) { sessionStorage.setItem('mqlog-token', given); history.replaceState(null, '', location.pathname); }
+  function options(method) {
+    var token = sessionStorage.getItem('mqlog-token');
+    return { method: method, cache: 'no-store', headers: token ? { authorization: 'Bearer ' + token } : {} };
+  }
+  var login = document.getElementById('login');
+  login.addEventListener('submit', function (e) {
+    e.preventDefault(); sessionStorage.setItem('mqlog-token', document.getElementById('token').value); login.hidden = true; tick();
+  });
   function retryNow(peer, button) {
     button.disabled = true; button.textContent = 'Retrying…';
-    fetch(authed('/peers/' + encodeURIComponent(peer) + '/retry'), { method: 'POST', cache: 'no-store' })
+    fetch('/peers/' + encodeURIComponent(peer) + '/retry', options('POST'))
       .then(function (r) { button.textContent = r.ok ? 'Asked' : 'Failed (' + r.status + ')'; })
       .catch(function () { button.textContent = 'Failed'; })
       .then(tick);
@@ -142,7 +153,14 @@ export const STATUS_PAGE = `<!doctype html>
     previous = { now: s.now, values: values };
   }
   function tick() {
-    fetch(authed('/status.json'), { cache: 'no-store' }).then(function (r) { return r.json(); }).then(render).catch(function () {
+    fetch('/status.json', options('GET')).then(function (r) {
+      if (r.status === 401) {
+        // This node wants its admin token: ask for it (once it is given, the next tick uses it).
+        login.hidden = false; var banner = document.getElementById('banner'); banner.className = 'waiting'; banner.textContent = 'This node asks for its admin token'; banner.setAttribute('data-state', 'login');
+        return undefined;
+      }
+      return r.json().then(render);
+    }).catch(function () {
       var banner = document.getElementById('banner'); banner.className = 'stuck'; banner.textContent = 'This node does not answer'; banner.setAttribute('data-state', 'unreachable');
     });
   }

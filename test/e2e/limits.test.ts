@@ -240,10 +240,14 @@ async function waitForStatus(base: string, headers: Record<string, string>): Pro
   }
 }
 
-test('with admin.token, /metrics, /status.json and / answer 401 without the token and 200 with it, and show no body, header value or secret', async (t) => {
+test('with admin.token, /metrics and /status.json answer 401 without the token and 200 with it, / holds no data, and none shows a body, header value or secret', async (t) => {
   const { b, daemon } = await receiver(t, { peers: { a: { url: UNREACHABLE, key: PEER_KEY } }, admin: { token: ADMIN_TOKEN } });
   const hidden = await secrets(b);
-  for (const path of READ_ONLY) {
+  // The page is served to anyone: it asks for the token itself, and shows nothing of the node without it.
+  const page = await getText(`${b.url}/`);
+  assert.equal(page.status, 200);
+  for (const shown of ['visible-channel', UNREACHABLE, PEER_KEY, ADMIN_TOKEN, ...hidden]) assert.ok(!page.text.includes(shown), `the page alone shows ${shown.slice(0, 24)}`);
+  for (const path of READ_ONLY.filter((p) => p !== '/')) {
     const wrong: Record<string, string>[] = [{}, { authorization: `Bearer ${ADMIN_TOKEN}x` }, { authorization: ADMIN_TOKEN }, { authorization: `Basic ${ADMIN_TOKEN}` }];
     for (const headers of wrong) {
       const page = await getText(`${b.url}${path}`, headers);

@@ -259,4 +259,16 @@ test('POST /peers/NAME/retry wakes a peer waiting to retry, answers 404 for an u
     { timeoutMs: 30_000, intervalMs: 100, message: 'the button woke b' },
   );
   assert.equal(da!.output.split('\n').filter((line) => line.includes('"event":"retry_now"') && line.includes('"woken":["b"]')).length, 2, 'two retries woke b: the POST and the button');
+  assert.equal(page.url(), `${a!.url}/`, 'the token left the address bar');
+
+  // Opened without the token (a new tab of its own): the page asks for it, then shows the node.
+  const fresh = await (await browser.newContext()).newPage();
+  await fresh.goto(`${a!.url}/`);
+  await fresh.waitForSelector('#login:not([hidden])', { timeout: 30_000 });
+  assert.equal(await fresh.getAttribute('#banner', 'data-state'), 'login');
+  assert.equal(await fresh.$('tr[data-peer="b"]'), null, 'nothing of the node is shown before the token');
+  await fresh.fill('#token', ADMIN_TOKEN);
+  await fresh.click('#login button[type="submit"]');
+  await fresh.waitForSelector('tr[data-peer="b"]', { timeout: 30_000 });
+  assert.equal(await fresh.isHidden('#login'), true);
 });
