@@ -69,8 +69,13 @@ export interface Limits {
 export interface AdminConfig {
   /** Serve /metrics, /status.json and / on this `HOST:PORT` instead of the peer port. */
   readonly listen?: string | undefined;
-  /** Require `Authorization: Bearer <token>` (or `?token=`) on /metrics, /status.json and /. */
+  /** Require `Authorization: Bearer <token>` (or `?token=`) on /metrics, /status.json and the actions. */
   readonly token?: string | undefined;
+  /**
+   * Serve the admin address over HTTPS with the node's `tls.cert` and `tls.key` (client certificates are
+   * not asked for there). Needs `listen` and the certificate.
+   */
+  readonly tls?: boolean | undefined;
 }
 
 export interface Config {
@@ -227,6 +232,7 @@ const KEYS: Record<keyof Config, Check> = {
       if (typeof x !== 'string' || x.length < 16) throw bad(kk, 'a string of at least 16 characters');
       return x;
     },
+    tls: (x, kk) => checkBool(x, kk),
   }),
 };
 
@@ -357,7 +363,7 @@ export const CONFIG_SCHEMA = object({
     maxConcurrentRequestsPerPeer: int(1, 1024),
     maxClockSkewMs: int(1000, 86_400_000),
   }),
-  admin: object({ listen: str({ pattern: LISTEN_PATTERN, description: 'a HOST:PORT string' }), token: str({ minLength: 16 }) }),
+  admin: object({ listen: str({ pattern: LISTEN_PATTERN, description: 'a HOST:PORT string' }), token: str({ minLength: 16 }), tls: { type: 'boolean' } }),
   sources: {
     type: 'array',
     // nats (the source's connection settings) is checked in detail by checkSources.

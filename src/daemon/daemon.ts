@@ -298,7 +298,7 @@ export class Daemon {
     this.url = await listen(servers.peer, config.listen, scheme(this.tls));
     this.listening = true;
     if (servers.admin !== undefined && config.admin.listen !== undefined) {
-      this.adminUrl = await listen(servers.admin, config.admin.listen, 'http');
+      this.adminUrl = await listen(servers.admin, config.admin.listen, config.admin.tls === true ? 'https' : 'http');
       logger.info({ event: 'admin', url: this.adminUrl }, 'read-only endpoints on their own address');
     }
     if (config.compactIntervalMs > 0) {

@@ -46,7 +46,8 @@ export function authMode(config: Config): AuthMode {
   return config.allowUnauthenticated ? 'open' : 'loopback';
 }
 
-function createApp(config: Config, logger: Logger, tls: TlsMaterial, https: boolean): FastifyInstance {
+/** `https`: serve over TLS when the node has a certificate; `peers`: the peer app (client certificates as configured). */
+function createApp(config: Config, logger: Logger, tls: TlsMaterial, https: boolean, peers = https): FastifyInstance {
   const limits = config.limits;
   // Given to Node.js when the server is created: set later (as fastify does), the request timeout is
   // never checked.
@@ -57,7 +58,7 @@ function createApp(config: Config, logger: Logger, tls: TlsMaterial, https: bool
           cert: tls.cert,
           key: tls.key,
           ...(tls.ca === undefined ? {} : { ca: tls.ca }),
-          ...(config.tls.requireClientCert === true ? { requestCert: true, rejectUnauthorized: true } : {}),
+          ...(peers && config.tls.requireClientCert === true ? { requestCert: true, rejectUnauthorized: true } : {}),
           ...timeouts,
         },
       }
@@ -127,7 +128,10 @@ export function createServers(options: {
       return undefined;
     },
   });
-  const admin = config.admin.listen === undefined ? undefined : createApp(config, logger, tls, false);
+  if (config.admin.tls === true && (config.admin.listen === undefined || scheme(tls) !== 'https')) {
+    throw new MqlogError('ERR_CONFIG', 'admin.tls needs admin.listen and the node\'s tls.cert and tls.key', { details: { key: 'admin.tls', keys: ['admin.tls'] } });
+  }
+  const admin = config.admin.listen === undefined ? undefined : createApp(config, logger, tls, config.admin.tls === true, false);
   registerReadOnly(admin ?? peer, options.readOnly, config.admin.token);
   if (admin !== undefined) admin.get('/healthz', async (_request, reply) => reply.code(options.healthy() ? 200 : 503).send({ ok: options.healthy() }));
   // Readiness beside liveness: /healthz says the process serves, /readyz that it can take work now.

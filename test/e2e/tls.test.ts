@@ -6,10 +6,12 @@
  * signed by the CA gets through.
  */
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { jsonLines, mqlog, tempDir, waitFor } from '../helpers/index.js';
-import { allInbox, type NodeSpec } from '../helpers/daemon.js';
+import { allInbox, freePort, type NodeSpec } from '../helpers/daemon.js';
 import { anyDaemons, makeCertificates, nodeSpec, writeConfig, type AnyDaemon, type Certificates } from '../helpers/security.js';
 
 const KEY = 'shared-by-a-and-b-over-tls-01';
@@ -155,4 +157,41 @@ test('with requireClientCert, A without a client certificate or with one from an
   const inbox = await waitForDrained(p, 1);
   assert.deepEqual(inbox.map((m) => [m.id, m.from, m.body]), [[id, 'a', 'needs a client certificate']]);
   assert.equal((await peerStat(p.a, 'b'))?.lastError, null);
+});
+
+/** GET over https trusting `ca` (PEM); resolves with the status, or rejects when no TLS answer comes. */
+function httpsGet(url: string, ca: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const request = httpsRequest(url, { ca, headers }, (response) => {
+      let body = '';
+      response.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, body }));
+    });
+    request.on('error', reject);
+    request.end();
+  });
+}
+
+test('with admin.tls, the admin address serves over https with the node\'s certificate (and its token), and plain http gets no answer there', async (t) => {
+  const p = await pair(t);
+  const adminPort = await freePort();
+  const token = 'admin-token-over-tls-0123456789';
+  await configureB(p, KEY);
+  const config = JSON.parse(await readFile(join(p.b.dir, 'mqlog.json'), 'utf8')) as Record<string, unknown>;
+  await writeConfig(p.b, { ...config, admin: { listen: `127.0.0.1:${adminPort}`, tls: true, token } });
+  await p.db.start();
+  const admin = `https://127.0.0.1:${adminPort}`;
+  const ca = await readFile(p.certs.ca, 'utf8');
+  assert.equal((await httpsGet(`${admin}/readyz`, ca)).status, 200);
+  assert.equal((await httpsGet(`${admin}/metrics`, ca)).status, 401, 'the token is still needed');
+  const metrics = await httpsGet(`${admin}/metrics`, ca, { authorization: `Bearer ${token}` });
+  assert.equal(metrics.status, 200);
+  assert.match(metrics.body, /^mqlog_build_info/m);
+  await assert.rejects(fetch(`http://127.0.0.1:${adminPort}/readyz`), 'plain http on the admin address');
+  // admin.tls without a certificate is a configuration error, named at start.
+  const c = await nodeSpec(join(p.b.dir, '..'), 'c');
+  await writeConfig(c, { admin: { listen: `127.0.0.1:${await freePort()}`, tls: true } });
+  const start = await mqlog(['daemon', '--data', c.dir], { timeoutMs: 30_000 });
+  assert.equal(start.code, 1);
+  assert.match(start.stderr, /ERR_CONFIG: admin\.tls needs admin\.listen and the node's tls\.cert and tls\.key/);
 });

@@ -23,7 +23,7 @@ import { fuzzRuns, fuzzSeed } from '../helpers/security.js';
 const TOP_KEYS = ['name', 'listen', 'advertise', 'peers', 'segmentBytes', 'segmentRollIdleMs', 'maxQueueBytes', 'visibilityTimeoutMs', 'renewLeases', 'maxDeliveries', 'handlerConcurrency', 'handlerTimeoutMs', 'handlerRetryDelayMs', 'forwardRetryDelayMs', 'forwardMaxRetryDelayMs', 'retainDoneMs', 'retainReceiptsMs', 'orphanChunkMs', 'compactIntervalMs', 'allowUnauthenticated', 'tls', 'limits', 'admin', 'sources', 'nats'];
 const LIMIT_KEYS = Object.keys(DEFAULT_LIMITS);
 const TLS_KEYS = ['cert', 'key', 'ca', 'requireClientCert'];
-const ADMIN_KEYS = ['listen', 'token'];
+const ADMIN_KEYS = ['listen', 'token', 'tls'];
 /** Names every plain object inherits: a lookup table keyed by user input must not find them. */
 const INHERITED = ['__proto__', 'constructor', 'toString', 'toLocaleString', 'valueOf', 'hasOwnProperty', 'isPrototypeOf', 'propertyIsEnumerable', '__defineGetter__', '__lookupGetter__'];
 
