@@ -4,7 +4,6 @@
  * appended to the inbox, so a crash can redrive a message twice, never lose it.
  */
 import { openNode } from '../daemon/node.js';
-import { DEAD_REASON_HEADER } from '../queue/codec.js';
 import { dataDir, stringFlag, usageError, writeLine, type Command, type ParsedArgs } from './args.js';
 import { requireChannel, requireNode } from './targets.js';
 
@@ -29,20 +28,7 @@ async function run(args: ParsedArgs): Promise<number> {
   try {
     const channels = only !== undefined ? [only] : (await node.queues()).filter((q) => q.kind === 'dead' && q.channel !== null).map((q) => q.channel as string);
     for (const channel of channels) {
-      const inbox = await node.inbox(channel);
-      const dead = await inbox.deadLetters();
-      let count = 0;
-      try {
-        for await (const letter of dead.consume({ prefetch: 64 })) {
-          const { body, headers, ...meta } = letter;
-          const rest = Object.fromEntries(Object.entries(headers ?? {}).filter(([k]) => k !== DEAD_REASON_HEADER));
-          await inbox.append({ ...stripDelivery(meta), headers: rest }, body);
-          await letter.ack();
-          count++;
-        }
-      } finally {
-        await dead.close();
-      }
+      const count = await (await node.inbox(channel)).redrive();
       total += count;
       await writeLine(`${channel}: ${count} message(s) redriven`);
     }
@@ -53,10 +39,3 @@ async function run(args: ParsedArgs): Promise<number> {
   return 0;
 }
 
-/** The message fields of a delivery, without the delivery's own ones. */
-function stripDelivery<T extends { stream: string; offset: number; deliveries: number; leaseUntil: number; ack: unknown; nack: unknown; extend: unknown }>(
-  delivery: T,
-): Omit<T, 'stream' | 'offset' | 'deliveries' | 'leaseUntil' | 'ack' | 'nack' | 'extend'> {
-  const { stream: _s, offset: _o, deliveries: _d, leaseUntil: _l, ack: _a, nack: _n, extend: _e, ...meta } = delivery;
-  return meta;
-}

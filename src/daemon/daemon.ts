@@ -269,6 +269,8 @@ export class Daemon {
           return this.statusSnapshot();
         },
         retry: async (peer) => this.retry(peer),
+        redrive: (channel) => this.redrive(channel),
+        purgeDeadLetters: (channel) => this.purgeDeadLetters(channel),
         page: STATUS_PAGE,
       },
     });
@@ -332,6 +334,8 @@ export class Daemon {
       now: Date.now(),
       peers: this.peerEntries(),
       channels: [...this.channels.values()].map((c) => ({ ...c.status(), received: this.received.get(c.channel) ?? 0 })),
+      // Actions that change data are offered only behind the admin token.
+      actions: this.config.admin.token !== undefined,
     };
   }
 
@@ -434,6 +438,36 @@ export class Daemon {
    * @throws ERR_NOT_FOUND when `peer` is neither a configured peer nor a destination with a forwarder
    * (the error lists the known peers).
    */
+  /**
+   * Puts a channel's dead letters back into its inbox (as `mqlog redrive --channel`); returns how many.
+   * @throws ERR_NOT_FOUND for a channel this node has no inbox of.
+   */
+  async redrive(channel: string): Promise<number> {
+    const inbox = await this.knownInbox(channel);
+    const count = await inbox.redrive(this.compactStop.signal);
+    this.logger.info({ event: 'redriven', channel, count }, 'dead letters put back into the inbox');
+    return count;
+  }
+
+  /**
+   * Empties a channel's dead letters (as `mqlog purge --dead`); returns how many went.
+   * @throws ERR_NOT_FOUND for a channel this node has no inbox of.
+   */
+  async purgeDeadLetters(channel: string): Promise<number> {
+    const inbox = await this.knownInbox(channel);
+    const count = await (await inbox.deadLetters()).purge(this.compactStop.signal);
+    this.logger.info({ event: 'dead_letters_purged', channel, count }, 'dead letters purged');
+    return count;
+  }
+
+  private async knownInbox(channel: string): Promise<Awaited<ReturnType<MqlogNode['inbox']>>> {
+    const channels = (await this.node.queues()).filter((q) => q.kind === 'inbox' && q.channel !== null).map((q) => q.channel as string);
+    if (!channels.includes(channel)) {
+      throw new MqlogError('ERR_NOT_FOUND', `no channel ${JSON.stringify(channel)} on this node (${channels.length === 0 ? 'it has none' : `its channels: ${channels.join(', ')}`})`, { details: { channel, channels } });
+    }
+    return this.node.inbox(channel);
+  }
+
   retry(peer?: string): string[] {
     let woken: string[];
     if (peer === undefined) {

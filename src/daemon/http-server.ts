@@ -84,6 +84,10 @@ export interface ReadOnlyRoutes {
   status(): Promise<unknown>;
   /** Wakes a peer's forwarder waiting to retry; returns the peers woken. @throws ERR_NOT_FOUND for an unknown peer. */
   retry?(peer: string): Promise<readonly string[]>;
+  /** Puts a channel's dead letters back (served only behind the admin token). @throws ERR_NOT_FOUND for an unknown channel. */
+  redrive?(channel: string): Promise<number>;
+  /** Empties a channel's dead letters (served only behind the admin token). @throws ERR_NOT_FOUND for an unknown channel. */
+  purgeDeadLetters?(channel: string): Promise<number>;
   page: string;
 }
 
@@ -163,6 +167,15 @@ function registerReadOnly(app: FastifyInstance, routes: ReadOnlyRoutes, token: s
   if (routes.retry !== undefined) {
     app.post<{ Params: { name: string } }>('/peers/:name/retry', { onRequest: guard }, async (request, reply) =>
       reply.header('cache-control', 'no-store').send({ woken: await routes.retry?.(request.params.name) }),
+    );
+  }
+  // Actions that change data: only where an operator proves who they are (admin.token).
+  if (token !== undefined && routes.redrive !== undefined && routes.purgeDeadLetters !== undefined) {
+    app.post<{ Params: { channel: string } }>('/channels/:channel/redrive', { onRequest: guard }, async (request, reply) =>
+      reply.header('cache-control', 'no-store').send({ redriven: await routes.redrive?.(request.params.channel) }),
+    );
+    app.post<{ Params: { channel: string } }>('/channels/:channel/dead/purge', { onRequest: guard }, async (request, reply) =>
+      reply.header('cache-control', 'no-store').send({ purged: await routes.purgeDeadLetters?.(request.params.channel) }),
     );
   }
 }

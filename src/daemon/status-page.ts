@@ -14,6 +14,8 @@ export interface StatusSnapshot {
   readonly now: number;
   readonly peers: readonly PeerEntry[];
   readonly channels: readonly { readonly channel: string; readonly pending: number; readonly dead: number; readonly received: number; readonly acked: number }[];
+  /** Whether the actions that change data (redrive, purge dead letters) are served: behind admin.token only. */
+  readonly actions: boolean;
 }
 
 export const STATUS_PAGE = `<!doctype html>
@@ -61,7 +63,7 @@ export const STATUS_PAGE = `<!doctype html>
 <section>
   <h2>Channels</h2>
   <table>
-    <thead><tr><th>Channel</th><th class="num">Pending</th><th class="num">Dead letters</th><th class="num">Received/s</th><th class="num">Acked/s</th><th class="num">Received</th><th class="num">Acked</th></tr></thead>
+    <thead><tr><th>Channel</th><th class="num">Pending</th><th class="num">Dead letters</th><th class="num">Received/s</th><th class="num">Acked/s</th><th class="num">Received</th><th class="num">Acked</th><th></th></tr></thead>
     <tbody id="channels"></tbody>
   </table>
 </section>
@@ -85,6 +87,15 @@ export const STATUS_PAGE = `<!doctype html>
     button.disabled = true; button.textContent = 'Retrying…';
     fetch('/peers/' + encodeURIComponent(peer) + '/retry', options('POST'))
       .then(function (r) { button.textContent = r.ok ? 'Asked' : 'Failed (' + r.status + ')'; })
+      .catch(function () { button.textContent = 'Failed'; })
+      .then(tick);
+  }
+  // Redrive or purge a channel's dead letters (offered behind the admin token only; a purge asks first).
+  function deadAction(channel, what, button) {
+    if (what === 'purge' && !confirm('Purge every dead letter of ' + channel + '? They are gone for good.')) return;
+    button.disabled = true;
+    fetch('/channels/' + encodeURIComponent(channel) + (what === 'purge' ? '/dead/purge' : '/redrive'), options('POST'))
+      .then(function (r) { return r.json().then(function (j) { button.textContent = r.ok ? (what === 'purge' ? j.purged + ' purged' : j.redriven + ' redriven') : 'Failed (' + r.status + ')'; }); })
       .catch(function () { button.textContent = 'Failed'; })
       .then(tick);
   }
@@ -140,9 +151,18 @@ export const STATUS_PAGE = `<!doctype html>
       tr.appendChild(el('td', fmt(ra), 'num'));
       var rc = el('td', c.received, 'num'); rc.setAttribute('data-field', 'received'); tr.appendChild(rc);
       var ac = el('td', c.acked, 'num'); ac.setAttribute('data-field', 'acked'); tr.appendChild(ac);
+      var act = el('td');
+      if (s.actions && c.dead > 0) {
+        [['redrive', 'Redrive'], ['purge', 'Purge dead letters']].forEach(function (a) {
+          var b = el('button', a[1]); b.setAttribute('data-action', a[0]);
+          b.addEventListener('click', function () { deadAction(c.channel, a[0], b); });
+          act.appendChild(b);
+        });
+      }
+      tr.appendChild(act);
       channels.appendChild(tr);
     });
-    if (s.channels.length === 0) { var none2 = el('tr'); var td2 = el('td', 'No inbox yet.', 'empty'); td2.colSpan = 7; none2.appendChild(td2); channels.appendChild(none2); }
+    if (s.channels.length === 0) { var none2 = el('tr'); var td2 = el('td', 'No inbox yet.', 'empty'); td2.colSpan = 8; none2.appendChild(td2); channels.appendChild(none2); }
     var banner = document.getElementById('banner');
     if (failing.length > 0) { banner.className = 'stuck'; banner.textContent = 'Not flowing to ' + failing.join(', ') + ': ' + backlog + ' message(s) waiting'; }
     else if (out + inbound > 0) { banner.className = 'flowing'; banner.textContent = 'Flowing: ' + fmt(out) + ' msg/s out, ' + fmt(inbound) + ' msg/s in'; }

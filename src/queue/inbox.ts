@@ -195,6 +195,25 @@ export class Inbox {
     return this.dead;
   }
 
+  /**
+   * Puts the channel's dead letters back into the inbox as new deliveries (the hand-out count starts
+   * again, the dead-letter reason is dropped). Each is marked done in the dead letters only after it
+   * was appended here, so a crash can redrive a message twice, never lose it. Returns how many went.
+   */
+  async redrive(signal?: AbortSignal): Promise<number> {
+    const dead = await this.deadLetters();
+    let count = 0;
+    for await (const letter of dead.consume({ prefetch: 64, ...(signal === undefined ? {} : { signal }) })) {
+      // The message's own fields (a delivery's own are left behind: encodeMeta takes only message fields).
+      const { body, headers, stream: _stream, offset: _offset, deliveries: _deliveries, ...meta } = letter;
+      const { [DEAD_REASON_HEADER]: _reason, ...rest } = headers;
+      await this.append({ ...meta, headers: rest }, body);
+      await letter.ack();
+      count++;
+    }
+    return count;
+  }
+
   close(): Promise<void> {
     this.closing ??= (async () => {
       const settle = async <T>(p: Promise<T> | undefined, fn: (v: T) => Promise<void>): Promise<void> => {

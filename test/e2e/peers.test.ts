@@ -14,14 +14,13 @@ import { access, readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { chromium } from 'playwright-core';
+import { CHROMIUM, CHROMIUM_ARGS } from '../helpers/browser.js';
 import { defer, jsonLines, mqlog, tempDir, waitFor } from '../helpers/index.js';
 import { allInbox, daemons, makeNodes, type NodeSpec } from '../helpers/daemon.js';
 
 /** First retry delay 4 min, cap 8 min: the first failure waits 2 to 4 min (equal jitter). */
 const SLOW_RETRIES = { forwardRetryDelayMs: 240_000, forwardMaxRetryDelayMs: 480_000 };
 const ADMIN_TOKEN = 'admin-token-0123456789abcdef';
-const CHROMIUM = '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
 interface PeerRow {
   readonly type: string;

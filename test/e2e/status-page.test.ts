@@ -11,11 +11,13 @@ import { join } from 'node:path';
 import { inflateSync } from 'node:zlib';
 import { test } from 'node:test';
 import { chromium, type Page } from 'playwright-core';
+import { openNode } from '../../src/daemon/node.js';
+import { DEAD_REASON_HEADER } from '../../src/queue/codec.js';
+import { newId } from '../../src/util/ids.js';
+import { CHROMIUM, CHROMIUM_ARGS } from '../helpers/browser.js';
 import { defer, jsonLines, mqlog, tempDir, waitFor } from '../helpers/index.js';
 import { daemons, makeNodes, type NodeSpec } from '../helpers/daemon.js';
 
-const CHROMIUM = '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 const VIEWPORT = { width: 1280, height: 800 };
 const SECRET = '0123456789abcdef-secret';
 
@@ -242,4 +244,64 @@ test('the status page, /status.json and mqlog stat say "never" for the last send
     { statusJson: null, stat: null, page: 'never' },
     'nothing was ever sent to c',
   );
+});
+
+test("behind admin.token the page redrives and purges a channel's dead letters; the endpoints need the token and a channel there, and without a token they are not served", async (t) => {
+  assert.ok(existsSync(CHROMIUM), `Chromium is not installed at ${CHROMIUM}: this test needs it (apt-get install chromium; .ci/run installs it)`);
+  const root = await tempDir(t);
+  const { a, b } = await makeNodes(root, ['a', 'b'], { admin: { token: SECRET } });
+  const bearer = { authorization: `Bearer ${SECRET}` };
+  const deadLetters = async (count: number, tag: string): Promise<void> => {
+    const node = await openNode({ data: b!.dir });
+    try {
+      const inbox = await node.inbox('jobs');
+      // The channel exists by a message of its own (dead letters come from an inbox).
+      if (tag === 'first') await inbox.append({ id: newId(), ts: Date.now(), channel: 'jobs', priority: 4, to: ['b'], from: 'a' }, Buffer.from('live'));
+      const dead = await inbox.deadLetters();
+      for (let i = 0; i < count; i++) await dead.append({ id: newId(), ts: Date.now(), channel: 'jobs', priority: 4, to: ['b'], from: 'a', headers: { [DEAD_REASON_HEADER]: 'failed in a test' } }, Buffer.from(`${tag} ${i}`));
+    } finally {
+      await node.close();
+    }
+  };
+  await deadLetters(3, 'first');
+  const [db] = daemons(t, [b!]);
+  await db!.start();
+  const jobs = async (): Promise<{ pending: number; dead: number } | undefined> => {
+    const response = await fetch(`${b!.url}/status.json`, { headers: bearer });
+    return ((await response.json()) as StatusJson).channels.find((c) => c.channel === 'jobs');
+  };
+  const post = (path: string, headers: Record<string, string> = {}): Promise<Response> => fetch(`${b!.url}${path}`, { method: 'POST', headers });
+  assert.equal((await post('/channels/jobs/redrive')).status, 401);
+  assert.equal((await post('/channels/jobs/dead/purge')).status, 401);
+  const unknown = await post('/channels/nosuch/redrive', bearer);
+  assert.deepEqual([unknown.status, ((await unknown.json()) as { code?: string }).code], [404, 'ERR_NOT_FOUND']);
+  await waitFor(async () => (await jobs())?.dead === 3, { timeoutMs: 30_000, message: 'three dead letters counted' });
+
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: 60_000 });
+  defer(t, () => browser.close());
+  const page = await browser.newPage({ viewport: VIEWPORT });
+  page.on('dialog', (dialog) => void dialog.accept());
+  await page.goto(`${b!.url}/?token=${SECRET}`);
+  await page.click('tr[data-channel="jobs"] button[data-action="redrive"]', { timeout: 30_000 });
+  await waitFor(async () => {
+    const c = await jobs();
+    return c?.dead === 0 && c.pending === 4;
+  }, { timeoutMs: 30_000, message: 'the three dead letters back in the inbox' });
+  const tail = await mqlog(['tail', '--data', b!.dir, '--channel', 'jobs', '--json', '--limit', '4']);
+  assert.deepEqual(jsonLines<{ body: string; headers: Record<string, string> }>(tail.stdout).map((m) => [m.body, m.headers[DEAD_REASON_HEADER]]).sort(), [['first 0', undefined], ['first 1', undefined], ['first 2', undefined], ['live', undefined]]);
+
+  await deadLetters(2, 'second');
+  await waitFor(async () => (await jobs())?.dead === 2, { timeoutMs: 30_000, message: 'two new dead letters counted' });
+  await page.click('tr[data-channel="jobs"] button[data-action="purge"]', { timeout: 30_000 });
+  await waitFor(async () => {
+    const c = await jobs();
+    return c?.dead === 0 && c.pending === 4;
+  }, { timeoutMs: 30_000, message: 'the two new dead letters purged, the inbox untouched' });
+  await waitFor(() => /"event":"dead_letters_purged","channel":"jobs","count":2/.test(db!.output), { timeoutMs: 30_000, message: 'the purge logged' });
+
+  // A node without admin.token does not serve them at all.
+  const [da] = daemons(t, [a!]);
+  await writeFile(join(a!.dir, 'mqlog.json'), JSON.stringify({ ...JSON.parse(await readFile(join(a!.dir, 'mqlog.json'), 'utf8')), admin: {} }));
+  await da!.start();
+  assert.equal((await fetch(`${a!.url}/channels/jobs/redrive`, { method: 'POST' })).status, 404);
 });
