@@ -299,23 +299,33 @@ export class SegmentReader {
    */
   async markCovers(end: number): Promise<boolean> {
     if (this.synced >= end) return true;
+    // What the read block already holds past the position first (the mark was often read with the frames).
+    const local = this.position - this.bufferStart;
+    if (local >= 0 && local < this.bufferLength && this.marksIn(this.buffer.subarray(local, this.bufferLength), this.position) >= end) return true;
     const ahead = Buffer.allocUnsafe(LOOK_AHEAD_BYTES);
     const { bytesRead } = await this.readAt(ahead, 0, ahead.length, this.position);
-    for (let at = 0; at + FRAME_HEADER_BYTES <= bytesRead; ) {
-      const check = parseFrameHeader(ahead, at, this.maxPayloadBytes);
+    return this.marksIn(ahead.subarray(0, bytesRead), this.position) >= end;
+  }
+
+  /**
+   * Takes in what the sync marks among the whole frames of `bytes` (read from file position `base`)
+   * state, stopping at the first doubtful spot; returns the synced length known now.
+   */
+  private marksIn(bytes: Buffer, base: number): number {
+    for (let at = 0; at + FRAME_HEADER_BYTES <= bytes.length; ) {
+      const check = parseFrameHeader(bytes, at, this.maxPayloadBytes);
       if (!check.ok) break;
-      const bytes = FRAME_HEADER_BYTES + check.header.payloadBytes;
-      if (at + bytes > bytesRead) break;
+      const size = FRAME_HEADER_BYTES + check.header.payloadBytes;
+      if (at + size > bytes.length) break;
       if (check.header.type === FrameType.SYNC) {
-        const decoded = decodeFrame(ahead.subarray(0, bytesRead), at, this.maxPayloadBytes);
+        const decoded = decodeFrame(bytes, at, this.maxPayloadBytes);
         if (!decoded.ok) break;
         const stated = decodeSyncPayload(decoded.frame.payload);
-        if (stated !== undefined && stated <= this.position + at) this.synced = Math.max(this.synced, stated);
-        if (this.synced >= end) return true;
+        if (stated !== undefined && stated <= base + at) this.synced = Math.max(this.synced, stated);
       }
-      at += bytes;
+      at += size;
     }
-    return false;
+    return this.synced;
   }
 
   /** fdatasyncs the segment: every frame read from it so far is durable when this resolves. */

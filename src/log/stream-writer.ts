@@ -258,11 +258,9 @@ export class StreamWriter {
           await this.sealAndStartNext(false).then(head.resolve, head.reject);
           continue;
         }
-        // An idle writer writes at once (callers that append in the same tick are queued by then, after
-        // the appends their calls go through); after a batch, callers woken by it (through several promise
-        // hops) are let join the next one.
+        // An idle writer writes at once: callers that append in the same tick are queued by then, after
+        // the appends their calls go through. (After a batch, the turn below let its callers join.)
         if (first) await new Promise<void>((resolve) => process.nextTick(resolve));
-        else await new Promise<void>((resolve) => setImmediate(resolve));
         let bytes = 0;
         let count = 0;
         for (const pending of this.queue) {
@@ -272,6 +270,11 @@ export class StreamWriter {
         }
         const batch = this.queue.splice(0, count) as PendingAppend[];
         await this.writeBatch(batch);
+        // One turn of the event loop lets callers woken by the batch (through several promise hops)
+        // append again: the next run then opens with the mark that tells followers the batch is durable.
+        // Nothing came: the mark is written on its own (on close, close() writes it).
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        if (this.queue.length === 0 && this.unmarked && this.closing === undefined && this.handle !== undefined) await this.markSynced(this.handle);
       }
     } finally {
       this.flushing = undefined;
@@ -341,13 +344,8 @@ export class StreamWriter {
         position,
       );
       this.onFlush?.(run.length, runBytes, performance.now() - started);
+      // Their mark comes with the next run, or on its own once nothing follows (flushLoop).
       for (const r of run) r.pending.resolve(r.result);
-      // The mark that tells followers the run is durable: the next run opens with it when one follows
-      // at once (callers that append again as they resolve are queued after a turn of the event loop),
-      // else it is written on its own (on close, close() writes it).
-      if (index < batch.length) continue;
-      await new Promise<void>((resolve) => setImmediate(resolve));
-      if (this.queue.length === 0 && this.closing === undefined) await this.markSynced(handle);
     }
     this.armIdleRoll();
   }
