@@ -88,13 +88,23 @@ export class BlockBuilder {
   /** `last` and `undecodable` as they were when the last block was finished. */
   private doneLast: LastMessage | undefined;
   private doneUndecodable = 0;
+  /**
+   * The last block of the summary this builder went on from, when it was not full (written by a process
+   * that stopped while it was open): the next block finished is merged into it, so that summaries
+   * written by short-lived processes do not leave a trail of small blocks.
+   */
+  private carried: MessageBlock | undefined;
+  private finishes = 0;
 
-  /** A builder for the segment `base` of `stream`, going on after what `from` (its finished blocks) says. */
+  /** A builder for the segment `base` of `stream`, going on after what `from` (its first blocks) says. */
   constructor(stream: string, base: number, from?: SegmentMessages) {
     this.stream = stream;
     this.base = base;
     if (from === undefined) return;
     this.done.push(...from.blocks);
+    this.finishes = from.blocks.length;
+    const tail = from.blocks.at(-1);
+    if (tail !== undefined && tail.messages < BLOCK_MESSAGES && tail.bytes < BLOCK_BYTES) this.carried = tail;
     this.last = this.doneLast = from.last;
     this.undecodable = this.doneUndecodable = from.undecodable;
   }
@@ -104,17 +114,27 @@ export class BlockBuilder {
     return this.done.reduce((n, b) => n + b.messages, 0) + this.open.length + this.undecodable;
   }
 
-  /** Blocks finished so far. */
+  /** Grows each time a block is finished (new, or merged into the carried one): what finishedSummary() holds changed. */
   get finishedBlocks(): number {
-    return this.done.length;
+    return this.finishes;
+  }
+
+  /** Messages added since the last finished block. */
+  get openCount(): number {
+    return this.open.length;
   }
 
   add(message: SummarisedMessage, bytes: number, at: LastMessage): void {
     this.open.push(message);
     this.openBytes += bytes;
     this.last = at;
-    if (this.open.length >= BLOCK_MESSAGES || this.openBytes >= BLOCK_BYTES) {
-      this.done.push(blockOf(this.open, this.openBytes));
+    const carried = this.carried;
+    if (this.open.length + (carried?.messages ?? 0) >= BLOCK_MESSAGES || this.openBytes + (carried?.bytes ?? 0) >= BLOCK_BYTES) {
+      const block = blockOf(this.open, this.openBytes);
+      if (carried === undefined) this.done.push(block);
+      else this.done[this.done.length - 1] = mergeBlocks(carried, block);
+      this.carried = undefined;
+      this.finishes++;
       this.open = [];
       this.openBytes = 0;
       this.doneLast = this.last;
@@ -136,11 +156,19 @@ export class BlockBuilder {
 
   /** The summary of what was added: finished blocks and the one being filled. `id`: the segment is complete. */
   summary(id?: string): SegmentMessages {
-    const blocks = this.open.length === 0 ? [...this.done] : [...this.done, blockOf(this.open, this.openBytes)];
+    const blocks = [...this.done];
+    if (this.open.length > 0) {
+      const block = blockOf(this.open, this.openBytes);
+      if (this.carried === undefined) blocks.push(block);
+      else blocks[blocks.length - 1] = mergeBlocks(this.carried, block);
+    }
     return { stream: this.stream, base: this.base, id, last: this.last, undecodable: this.undecodable, blocks };
   }
 
-  /** Only the finished blocks: what is kept of an open segment (a reader goes on after their last message). */
+  /**
+   * Only the finished blocks: what is kept of an open segment by a process that follows it (a reader
+   * goes on after their last message). One that stops keeps summary() instead.
+   */
   finishedSummary(): SegmentMessages {
     return { stream: this.stream, base: this.base, id: undefined, last: this.doneLast, undecodable: this.doneUndecodable, blocks: [...this.done] };
   }
@@ -172,6 +200,35 @@ function blockOf(messages: readonly SummarisedMessage[], bytes: number): Message
   const first = messages[0] as SummarisedMessage;
   const last = messages[messages.length - 1] as SummarisedMessage;
   return { from: first.offset, to: last.offset + 1, messages: messages.length, bytes, receipts, streamed, maxTs, groups: [...groups.values()] };
+}
+
+/** One block of the messages of two consecutive ones. */
+function mergeBlocks(a: MessageBlock, b: MessageBlock): MessageBlock {
+  const groups = new Map<string, OpenGroup>();
+  for (const g of [...a.groups, ...b.groups]) {
+    const key = JSON.stringify(g.to);
+    const group = groups.get(key);
+    if (group === undefined) {
+      groups.set(key, { ...g });
+      continue;
+    }
+    group.messages += g.messages;
+    if (g.ttl > 0) {
+      group.minExpiresAt = group.ttl === 0 ? g.minExpiresAt : Math.min(group.minExpiresAt, g.minExpiresAt);
+      group.maxExpiresAt = group.ttl === 0 ? g.maxExpiresAt : Math.max(group.maxExpiresAt, g.maxExpiresAt);
+      group.ttl += g.ttl;
+    }
+  }
+  return {
+    from: a.from,
+    to: b.to,
+    messages: a.messages + b.messages,
+    bytes: a.bytes + b.bytes,
+    receipts: a.receipts + b.receipts,
+    streamed: a.streamed + b.streamed,
+    maxTs: Math.max(a.maxTs, b.maxTs),
+    groups: [...groups.values()],
+  };
 }
 
 /** A message's destinations as a set: sorted, each once. */

@@ -154,10 +154,20 @@ export class OutboxCounter {
     return { messages, pending, destinations: per };
   }
 
+  /**
+   * Stops following. With `persist`, what was read of each open segment is kept whole — the block being
+   * filled too — so that the next process (a `stat`, a daemon starting) reads only what came after it.
+   */
   async close(): Promise<void> {
     this.closed = true;
     await this.turn;
-    for (const view of this.streams.values()) await view.follower?.reader.close();
+    for (const view of this.streams.values()) {
+      const follower = view.follower;
+      if (follower === undefined) continue;
+      await follower.reader.close();
+      const open = [...follower.builders.values()].at(-1);
+      if (this.persist && open !== undefined && open.openCount > 0) await this.files.write(open.summary());
+    }
   }
 
   private inTurn<T>(task: () => Promise<T>): Promise<T> {
