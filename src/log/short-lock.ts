@@ -134,7 +134,9 @@ function takeOverStale(path: string, staleMs: number): void {
 /** Ms since the lock was made (or, for a directory of before, last refreshed); undefined when there is none. */
 function ageMs(path: string): number | undefined {
   try {
-    return Date.now() - statSync(path).mtimeMs;
+    // No exception for the usual answer (a free lock): building one costs more than the look.
+    const s = statSync(path, { throwIfNoEntry: false });
+    return s === undefined ? undefined : Date.now() - s.mtimeMs;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw ioError(err, `cannot look at lock ${path}`, { path });

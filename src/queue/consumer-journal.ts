@@ -283,8 +283,8 @@ export class ConsumerJournal {
     let stamp = 'none';
     try {
       // Synchronous: a lock holder looks at it in every transaction, and spends no event-loop turn on it.
-      const s = statSync(path);
-      stamp = `${s.ino}:${s.mtimeMs}:${s.size}`;
+      const s = statSync(path, { throwIfNoEntry: false });
+      if (s !== undefined) stamp = `${s.ino}:${s.mtimeMs}:${s.size}`;
     } catch (err) {
       if (!isNotFound(err)) throw ioError(err, `cannot stat ${path}`);
     }
