@@ -190,6 +190,13 @@ export interface ReaderOptions {
    * (up to 256 KiB) in memory.
    */
   readonly lend?: boolean;
+  /**
+   * Read the file store's blocks with synchronous reads (the page cache copied on the caller's thread)
+   * instead of a round trip through the thread pool. For a reader of recently written data whose
+   * latency matters (a consumer's claimed messages): a block not in the page cache blocks the event
+   * loop for the disk read.
+   */
+  readonly syncReads?: boolean;
   /** Called for each damaged range the reader passes over (also listed in its read's `damaged`). */
   readonly onDamaged?: (range: DamagedRange) => void;
 }

@@ -14,6 +14,7 @@
  * A SegmentReader belongs to one caller at a time. It reads through the page cache and may run while a
  * writer appends to the same file in another process.
  */
+import { fstatSync, readSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { MqlogError, ioError } from '../errors.js';
 import type { StoredFrame } from './log-store.js';
@@ -78,6 +79,8 @@ export interface SegmentReaderOptions {
    * let go of frames soon (a forwarder, a counter): a frame kept long keeps its whole block in memory.
    */
   readonly lend?: boolean;
+  /** Blocks are read with synchronous reads (see ReaderOptions.syncReads in log-store.ts). */
+  readonly syncReads?: boolean;
 }
 
 const DEFAULT_BUFFER_BYTES = 256 * 1024;
@@ -102,6 +105,7 @@ export class SegmentReader {
   private block: Buffer;
   private readonly blockBytes: number;
   private readonly lend: boolean;
+  private readonly syncReads: boolean;
   /** A frame handed out is a view into `block` (lending): the block must not be written again. */
   private blockLent = false;
   /** File position of buffer[0]. */
@@ -137,6 +141,7 @@ export class SegmentReader {
     this.block = Buffer.allocUnsafe(this.blockBytes);
     this.buffer = this.block;
     this.lend = options.lend === true;
+    this.syncReads = options.syncReads === true;
     this.position = options.position ?? 0;
     this.bufferStart = this.position;
   }
@@ -437,6 +442,7 @@ export class SegmentReader {
 
   private async readAt(buffer: Buffer, offset: number, length: number, position: number): Promise<{ bytesRead: number }> {
     try {
+      if (this.syncReads) return { bytesRead: readSync(this.handle.fd, buffer, offset, length, position) };
       return await this.handle.read(buffer, offset, length, position);
     } catch (err) {
       throw ioError(err, `cannot read segment ${this.path}`, { path: this.path, position });
@@ -445,6 +451,7 @@ export class SegmentReader {
 
   private async stat(): Promise<{ size: number }> {
     try {
+      if (this.syncReads) return fstatSync(this.handle.fd);
       return await this.handle.stat();
     } catch (err) {
       throw ioError(err, `cannot stat segment ${this.path}`, { path: this.path });

@@ -44,6 +44,7 @@ export class StreamReader implements LogReader {
   /** What the segment reader passes over by header: the caller's skipTypes, and every type while skimming. */
   private skip: SkipSet | undefined;
   private readonly lend: boolean;
+  private readonly syncReads: boolean;
   private readonly durable: boolean;
   private readonly bufferBytes: number | undefined;
   private readonly indexes: SegmentIndexes | undefined;
@@ -63,6 +64,7 @@ export class StreamReader implements LogReader {
     this.hint = from.hint;
     this.skip = options.skipTypes === undefined ? undefined : new SkipSet(options.skipTypes);
     this.lend = options.lend === true;
+    this.syncReads = options.syncReads === true;
     this.durable = options.durable === true;
     this.bufferBytes = options.bufferBytes;
     this.indexes = indexes;
@@ -484,7 +486,7 @@ export class StreamReader implements LogReader {
   }
 
   private segmentOptions(): SegmentReaderOptions {
-    return { ...(this.skip === undefined ? {} : { skipTypes: this.skip }), ...(this.bufferBytes === undefined ? {} : { bufferBytes: this.bufferBytes }), lend: this.lend };
+    return { ...(this.skip === undefined ? {} : { skipTypes: this.skip }), ...(this.bufferBytes === undefined ? {} : { bufferBytes: this.bufferBytes }), lend: this.lend, syncReads: this.syncReads };
   }
 }
 

@@ -103,7 +103,7 @@ export class ClaimReader {
     if (first === undefined || last === undefined) return [];
     let reader = this.readers.get(claim.stream);
     if (reader === undefined) {
-      reader = this.options.store.reader(this.options.info.queue, claim.stream, { offset: first, hint: claim.hint }, { skipTypes: CHUNKS, bufferBytes: CLAIM_READ_BYTES });
+      reader = this.options.store.reader(this.options.info.queue, claim.stream, { offset: first, hint: claim.hint }, { skipTypes: CHUNKS, bufferBytes: CLAIM_READ_BYTES, syncReads: true });
       this.readers.set(claim.stream, reader);
     } else if (reader.position.offset !== first) {
       await reader.seek({ offset: first, hint: claim.hint });
@@ -126,7 +126,7 @@ export class ClaimReader {
     // Messages of a stream tend to be claimed in order: the next one is read by a reader standing after this one.
     if (!this.readers.has(stream)) {
       const hint = { segment: stored.segment, position: stored.position, offset };
-      this.readers.set(stream, this.options.store.reader(this.options.info.queue, stream, { offset: offset + 1, hint }, { skipTypes: CHUNKS, bufferBytes: CLAIM_READ_BYTES }));
+      this.readers.set(stream, this.options.store.reader(this.options.info.queue, stream, { offset: offset + 1, hint }, { skipTypes: CHUNKS, bufferBytes: CLAIM_READ_BYTES, syncReads: true }));
     }
     return [stored];
   }
