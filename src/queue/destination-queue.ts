@@ -86,6 +86,8 @@ export class DestinationQueue {
       onePriorityPerTake: true,
       // Frames live until their batch is sent (a bounded number of batches in flight).
       lend: true,
+      // What it forwards was appended moments ago: in the page cache, read without thread-pool round trips.
+      syncReads: true,
     });
     const taken = await this.reader.take(maxFrames, maxBytes);
     if (taken.length === 0) return undefined;

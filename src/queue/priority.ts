@@ -48,6 +48,8 @@ export interface PriorityReaderOptions<T> {
   readonly onTorn?: (stream: string, torn: TornTail) => void;
   /** Frame types never handed out, passed over without reading them (consumers skip body chunks). */
   readonly skipTypes?: ReadonlySet<number>;
+  /** Read with synchronous reads (see ReaderOptions.syncReads). */
+  readonly syncReads?: boolean;
   /**
    * Hand out only durable frames (see ReaderOptions.durable): one sync per stream per take. `'later'`:
    * take() does not wait for it; the caller calls sync() before it lets anything out (and may do other
@@ -167,7 +169,7 @@ export class PriorityReader<T> {
       if (this.lanes.has(id.name)) continue;
       const priority = priorityOfKey(id.key);
       if (priority === undefined) continue;
-      const reader = this.store.reader(this.queue, id.name, this.start(id.name), { ...(this.options.skipTypes === undefined ? {} : { skipTypes: this.options.skipTypes }), lend: this.options.lend === true });
+      const reader = this.store.reader(this.queue, id.name, this.start(id.name), { ...(this.options.skipTypes === undefined ? {} : { skipTypes: this.options.skipTypes }), lend: this.options.lend === true, syncReads: this.options.syncReads === true });
       this.lanes.set(id.name, { id, priority, reader, ahead: [], drained: false, unsynced: false });
     }
   }
