@@ -246,7 +246,7 @@ export class ClaimChooser {
     const frontier = state.frontier(stream) ?? { offset: state.firstNotDone(stream, 0), hint: undefined };
     let lane = this.lanes.get(stream);
     if (lane === undefined) {
-      lane = { reader: this.options.store.reader(this.options.info.queue, stream, frontier, { bufferBytes: CLAIM_READ_BYTES }), ahead: [] };
+      lane = { reader: this.options.store.reader(this.options.info.queue, stream, frontier, { bufferBytes: CLAIM_READ_BYTES, syncReads: true }), ahead: [] };
       this.lanes.set(stream, lane);
       return lane;
     }
