@@ -14,6 +14,11 @@
  * A directory that does not exist yet (a channel with no message so far) is waited for by watching its
  * nearest existing ancestor; every event there re-checks the way down, so its creation and what follows
  * are seen.
+ *
+ * A watch follows the directory it was put on, not its name: a directory removed and made again (or made
+ * between a look and its watch) leaves a watch that hears nothing more. Each watch keeps the identity of
+ * its directory, and every wait (not only the fallback, which a caller's own deadline may always come
+ * before) first puts back the watches whose directory is gone or another one.
  */
 import { existsSync, readdirSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { dirname, join, relative, sep } from 'node:path';
@@ -42,9 +47,9 @@ export class ChangeWatcher implements ChangeFeed {
   private readonly depth: number;
   private readonly ignore: (path: string) => boolean;
   /** Watched directories (the queue directory and its streams), by path. */
-  private readonly watches = new Map<string, FSWatcher>();
+  private readonly watches = new Map<string, Watch>();
   /** The nearest existing ancestor, watched while `dir` does not exist. */
-  private anchor: { readonly path: string; readonly watcher: FSWatcher } | undefined;
+  private anchor: { readonly path: string; readonly watch: Watch } | undefined;
   private changes = 0;
   private waiters = new Set<() => void>();
   private readonly listeners = new Set<() => void>();
@@ -93,12 +98,15 @@ export class ChangeWatcher implements ChangeFeed {
   async changedSince(seen: number, signal?: AbortSignal): Promise<void> {
     if (this.closing !== undefined) throw new MqlogError('ERR_CLOSED', 'watcher is closed');
     if (signal?.aborted === true) throw abortError(signal);
-    if (this.changes !== seen) return;
+    // A watch lost without an event is put back here too, not only by the fallback: a caller whose own
+    // deadline ends every wait first would otherwise never have it back. What happened meanwhile went
+    // unseen: the caller looks again.
+    if (this.changes !== seen || this.repair()) return;
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         // Nothing reported for a while: a watch may have been lost (its directory removed and made
         // again). Put the watches back in place before the caller looks again.
-        this.attach();
+        this.repair();
         done();
       }, this.fallbackMs);
       const onAbort = (): void => {
@@ -134,19 +142,42 @@ export class ChangeWatcher implements ChangeFeed {
   /** Watches `dir` and its subdirectories, or its nearest existing ancestor while it does not exist. */
   private attach(): void {
     if (this.closing !== undefined) return;
-    if (this.watches.has(this.dir) || !this.watchTree(this.dir, this.depth)) {
-      if (!this.watches.has(this.dir)) this.watchAnchor();
+    if (!this.watchTree(this.dir, this.depth)) {
+      this.watchAnchor();
       return;
     }
     // The queue directory exists now: the ancestor's watch has done its work.
-    this.anchor?.watcher.close();
+    this.anchor?.watch.watcher.close();
     this.anchor = undefined;
   }
 
+  /**
+   * Drops the watches whose directory is gone or is another one now (removed and made again before
+   * the watch reported it: a watch follows the directory it was put on, not its name), and watches
+   * what is there instead. Returns true when a watch was dropped or the queue directory came.
+   */
+  private repair(): boolean {
+    if (this.closing !== undefined) return false;
+    let changed = false;
+    for (const [path, watch] of [...this.watches]) {
+      if (!this.watches.has(path) || identityOf(path) === watch.identity) continue;
+      this.unwatch(path);
+      changed = true;
+    }
+    if (this.anchor !== undefined && identityOf(this.anchor.path) !== this.anchor.watch.identity) {
+      this.anchor.watch.watcher.close();
+      this.anchor = undefined;
+      changed = true;
+    }
+    const watched = this.watches.has(this.dir);
+    if (changed || !watched) this.attach();
+    return changed || (!watched && this.watches.has(this.dir));
+  }
+
   private detach(): void {
-    for (const watcher of this.watches.values()) watcher.close();
+    for (const watch of this.watches.values()) watch.watcher.close();
     this.watches.clear();
-    this.anchor?.watcher.close();
+    this.anchor?.watch.watcher.close();
     this.anchor = undefined;
   }
 
@@ -157,9 +188,9 @@ export class ChangeWatcher implements ChangeFeed {
    */
   private watchTree(path: string, depth: number): boolean {
     if (!this.watches.has(path)) {
-      const watcher = this.watchDir(path, (event, name) => this.onEvent(path, depth, event, name));
-      if (watcher === undefined) return false;
-      this.watches.set(path, watcher);
+      const watch = this.watchDir(path, (event, name) => this.onEvent(path, depth, event, name));
+      if (watch === undefined) return false;
+      this.watches.set(path, watch);
     }
     if (depth > 0) {
       let entries;
@@ -183,14 +214,20 @@ export class ChangeWatcher implements ChangeFeed {
     // Creations, removals and renames are 'rename' events; a new directory below gets its own watch
     // before anything else happens here (the follower woken below lists it only after this).
     if (event === 'rename') {
-      if (!existsSync(path)) {
-        // The watched directory itself went away (a removed stream, a removed queue): its watch is dead.
+      const watched = this.watches.get(path);
+      if (watched === undefined || identityOf(path) !== watched.identity) {
+        // The watched directory itself went away (a removed stream, a removed queue), or is another one
+        // by now: its watch is dead.
         this.unwatch(path);
         if (path === this.dir) this.attach();
+        else if (isDirectory(path)) this.watchTree(path, depth);
       } else if (name !== null && depth > 0) {
+        const known = this.watches.get(child);
         if (isDirectory(child)) {
+          // Made again under the same name before its removal was reported: the old watch follows the old one.
+          if (known !== undefined && identityOf(child) !== known.identity) this.unwatch(child);
           if (!this.watches.has(child)) this.watchTree(child, depth - 1);
-        } else if (this.watches.has(child)) {
+        } else if (known !== undefined) {
           this.unwatch(child);
         }
       }
@@ -200,9 +237,9 @@ export class ChangeWatcher implements ChangeFeed {
 
   /** Drops the watches of `path` and of everything below it. */
   private unwatch(path: string): void {
-    for (const [p, watcher] of this.watches) {
+    for (const [p, watch] of this.watches) {
       if (p !== path && !p.startsWith(path + sep)) continue;
-      watcher.close();
+      watch.watcher.close();
       this.watches.delete(p);
     }
   }
@@ -211,21 +248,33 @@ export class ChangeWatcher implements ChangeFeed {
   private watchAnchor(): void {
     const path = nearestExisting(this.dir);
     if (this.anchor?.path === path) return;
-    this.anchor?.watcher.close();
+    this.anchor?.watch.watcher.close();
     this.anchor = undefined;
-    const watcher = this.watchDir(path, (_event, name) => {
+    // Only the next component on the way down to `dir` matters; anything else here is another queue's.
+    const next = relative(path, this.dir).split(sep)[0] as string;
+    const watch = this.watchDir(path, (_event, name) => {
       if (this.closing !== undefined) return;
-      // Only the next component on the way down to `dir` matters; anything else here is another queue's.
-      const next = relative(path, this.dir).split(sep)[0];
       if (name !== null && name !== next) return;
       this.attach();
       this.bump();
     });
-    if (watcher !== undefined) this.anchor = { path, watcher };
+    if (watch === undefined) return;
+    this.anchor = { path, watch };
+    // Made between the look for the nearest existing directory and its watch: no event will say so.
+    if (existsSync(join(path, next))) {
+      this.attach();
+      this.bump();
+    }
   }
 
-  /** A directory watch; undefined when the directory is gone (or cannot be watched: the fallback covers it). */
-  private watchDir(path: string, onEvent: (event: string, name: string | null) => void): FSWatcher | undefined {
+  /**
+   * A directory watch, with the identity of the directory it was put on (looked at first: a directory made
+   * again in between is then taken for a replaced one, and watched again, never the other way round);
+   * undefined when the directory is gone (or cannot be watched: the fallback covers it).
+   */
+  private watchDir(path: string, onEvent: (event: string, name: string | null) => void): Watch | undefined {
+    const identity = identityOf(path);
+    if (identity === undefined) return undefined;
     let watcher: FSWatcher;
     try {
       watcher = watch(path, { persistent: true }, (event, name) => onEvent(event, name === null ? null : String(name)));
@@ -236,11 +285,30 @@ export class ChangeWatcher implements ChangeFeed {
       // The directory went away (or the watch broke): drop the watch; the next event above or the
       // fallback puts it back if the directory comes again.
       watcher.close();
-      for (const [p, w] of this.watches) if (w === watcher) this.watches.delete(p);
-      if (this.anchor?.watcher === watcher) this.anchor = undefined;
+      for (const [p, w] of this.watches) if (w.watcher === watcher) this.watches.delete(p);
+      if (this.anchor?.watch.watcher === watcher) this.anchor = undefined;
       this.bump();
     });
-    return watcher;
+    return { watcher, identity };
+  }
+}
+
+/** A directory watch and the identity of the directory it follows. */
+interface Watch {
+  readonly watcher: FSWatcher;
+  readonly identity: string;
+}
+
+/**
+ * What tells a directory from another one made under the same name: its inode number, which a file
+ * system may give again to the next directory made, and its birth time (where the file system keeps one).
+ */
+function identityOf(path: string): string | undefined {
+  try {
+    const s = statSync(path, { throwIfNoEntry: false });
+    return s === undefined ? undefined : `${s.ino}:${s.birthtimeMs}`;
+  } catch {
+    return undefined;
   }
 }
 
