@@ -54,8 +54,6 @@ export class HeldClaim {
   /** Taken over after it lapsed: acks are checked against what the taker found (`lostAcked`). */
   lost = false;
   lostAcked: IntervalSet | undefined;
-  /** Its `C` record made durable (an fdatasync of the shared journal started right after its transaction). */
-  durable: Promise<void> | undefined;
   /** Members not settled yet (reserved, handed out, being acked, or ended but not yet recorded). */
   unsettled = 0;
   /** Members acked durably through the ack journal. */
