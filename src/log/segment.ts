@@ -89,8 +89,10 @@ const MIN_TAIL_READ_BYTES = 16 * 1024;
 /** Pause before re-reading a spot that looked corrupt (a concurrent write finishes well within it). */
 const RECHECK_DELAY_MS = 20;
 const ZERO_SCAN_BYTES = 64 * 1024;
-/** How far past its position a reader looks for a sync mark before it fsyncs a segment itself. */
+/** A reader looks for a sync mark past its position this many bytes at a time... */
 const LOOK_AHEAD_BYTES = 64 * 1024;
+/** ...and this far at most before it fsyncs a segment itself (a large write's mark comes after it). */
+const LOOK_AHEAD_MAX_BYTES = 2 * 1024 * 1024;
 const ZEROS = Buffer.alloc(ZERO_SCAN_BYTES);
 /** A SYNC frame that was read (internal: next() reads on). */
 const SYNC_STEP = { kind: 'sync' } as const;
@@ -298,39 +300,56 @@ export class SegmentReader {
 
   /**
    * Whether a sync mark says the bytes up to `end` were fsync'd: one read before, or one among the whole
-   * frames that follow the reader's position now (up to LOOK_AHEAD_BYTES of them, looked at without
-   * moving the reader). A writer puts its mark right after the frames of its fsync, so a reader that
-   * stopped at a limit just before it finds it here instead of fsyncing the segment itself.
+   * frames that follow the reader's position now (looked at without moving the reader, by their headers,
+   * up to LOOK_AHEAD_MAX_BYTES). A writer puts its mark right after the frames of its fsync, so a reader
+   * that stopped at a limit inside a large write finds it here instead of fsyncing the segment itself;
+   * the mark found is kept, so the reads that follow inside the same write need no look at all.
    */
   async markCovers(end: number): Promise<boolean> {
     if (this.synced >= end) return true;
     // What the read block already holds past the position first (the mark was often read with the frames).
     const local = this.position - this.bufferStart;
-    if (local >= 0 && local < this.bufferLength && this.marksIn(this.buffer.subarray(local, this.bufferLength), this.position) >= end) return true;
-    const ahead = Buffer.allocUnsafe(LOOK_AHEAD_BYTES);
-    const { bytesRead } = await this.readAt(ahead, 0, ahead.length, this.position);
-    return this.marksIn(ahead.subarray(0, bytesRead), this.position) >= end;
+    let at = this.position;
+    if (local >= 0 && local < this.bufferLength) {
+      const looked = this.marksIn(this.buffer.subarray(local, this.bufferLength), this.position);
+      if (this.synced >= end) return true;
+      if (looked.doubtful) return false;
+      at = looked.next;
+    }
+    let ahead: Buffer | undefined;
+    while (at - this.position < LOOK_AHEAD_MAX_BYTES) {
+      ahead ??= Buffer.allocUnsafe(LOOK_AHEAD_BYTES);
+      const { bytesRead } = await this.readAt(ahead, 0, ahead.length, at);
+      const looked = this.marksIn(ahead.subarray(0, bytesRead), at);
+      if (this.synced >= end) return true;
+      // Damage, the end of the data, or a frame larger than a look: a mark past it is not looked for.
+      if (looked.doubtful || looked.next === at) return false;
+      at = looked.next;
+    }
+    return false;
   }
 
   /**
    * Takes in what the sync marks among the whole frames of `bytes` (read from file position `base`)
-   * state, stopping at the first doubtful spot; returns the synced length known now.
+   * state. `next`: the file position of the first frame not wholly in `bytes`; `doubtful`: the look
+   * stopped at something that is not a frame (zeros, damage) rather than at the end of `bytes`.
    */
-  private marksIn(bytes: Buffer, base: number): number {
-    for (let at = 0; at + FRAME_HEADER_BYTES <= bytes.length; ) {
+  private marksIn(bytes: Buffer, base: number): { next: number; doubtful: boolean } {
+    let at = 0;
+    while (at + FRAME_HEADER_BYTES <= bytes.length) {
       const check = parseFrameHeader(bytes, at, this.maxPayloadBytes);
-      if (!check.ok) break;
+      if (!check.ok) return { next: base + at, doubtful: true };
       const size = FRAME_HEADER_BYTES + check.header.payloadBytes;
       if (at + size > bytes.length) break;
       if (check.header.type === FrameType.SYNC) {
         const decoded = decodeFrame(bytes, at, this.maxPayloadBytes);
-        if (!decoded.ok) break;
+        if (!decoded.ok) return { next: base + at, doubtful: true };
         const stated = decodeSyncPayload(decoded.frame.payload);
         if (stated !== undefined && stated <= base + at) this.synced = Math.max(this.synced, stated);
       }
       at += size;
     }
-    return this.synced;
+    return { next: base + at, doubtful: false };
   }
 
   /** fdatasyncs the segment: every frame read from it so far is durable when this resolves. */

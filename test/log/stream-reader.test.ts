@@ -302,6 +302,24 @@ test('a reader that stopped at a limit before the writer\'s sync mark finds the 
   assert.deepEqual((await reader.read()).frames.map((f) => f.offset), [2, 3, 4], 'the look ahead did not move the reader');
 });
 
+test('a reader that stopped early in a large write finds the mark after it, and needs no look for the next reads of that write', async (t) => {
+  const dir = join(await tempDir(t), 's');
+  const writer = await StreamWriter.open(dir);
+  t.after(() => writer.close());
+  // One write of 1,000 frames of 1 KiB (about 1 MiB): its mark comes after all of them.
+  await writer.appendMany(Array.from({ length: 1000 }, (_, i) => ({ type: FrameType.MESSAGE, payload: Buffer.alloc(1024, i % 256) })));
+  const reader = new StreamReader(dir);
+  t.after(() => reader.close());
+  let fsyncs: { readonly count: number } | undefined;
+  for (let from = 0; from < 1000; from += 50) {
+    const read = await reader.read({ maxFrames: 50 });
+    assert.deepEqual([read.frames[0]?.offset, read.frames.length], [from, 50]);
+    fsyncs ??= countFsyncs(reader);
+    await reader.sync();
+  }
+  assert.equal(fsyncs?.count, 0, 'the mark after the write covers every read of it');
+});
+
 for (const [name, damage] of [
   ['a mark whose CRC does not match', (mark: Buffer) => void mark.writeUInt8(mark.readUInt8(mark.length - 1) ^ 0xff, mark.length - 1)],
   ['a mark that states bytes after itself', (mark: Buffer) => void encodeSyncFrame(1, 1 << 20).copy(mark)],
