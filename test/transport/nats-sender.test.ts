@@ -81,14 +81,16 @@ test('ERR_PEER_UNREACHABLE: a publish nobody answers times out, and no responder
   // Something that takes the subject and never answers: the publishes get no ack.
   const silent = await connect({ servers: `127.0.0.1:${nats.port}` });
   defer(t, () => silent.close());
-  silent.subscribe('GONE.>');
+  const listening = silent.subscribe('GONE.>');
   await silent.flush();
   await assert.rejects(s.send(batch(['two', 'three'], 1)), (err: Error & { code?: string }) => {
     assert.equal(err.code, 'ERR_PEER_UNREACHABLE', err.message);
     assert.match(err.message, /timeout/);
     return true;
   });
-  await silent.close();
+  // Gone once the server answered the PING after the UNSUB (its interest is updated in order).
+  listening.unsubscribe();
+  await silent.flush();
   await assert.rejects(s.send(batch(['two', 'three'], 1)), (err: Error & { code?: string }) => {
     assert.equal(err.code, 'ERR_PEER_UNREACHABLE', err.message);
     assert.match(err.message, /no responders/);
