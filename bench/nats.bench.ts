@@ -21,6 +21,7 @@
  *
  * Without nats-server (`/usr/sbin/nats-server`, or $NATS_SERVER) the module prints a `skipped:` note.
  * The daemons run from dist/ (`npm run bench` builds first).
+ * BENCH_DAEMON_NODE_ARGS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`) is passed to the daemons' node.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -230,7 +231,7 @@ class Daemon {
 
   /** Spawns `mqlog daemon --data dir` and waits until it listens. */
   static async start(ctx: BenchContext, dir: string): Promise<Daemon> {
-    const child = spawn(process.execPath, [join(ctx.root, 'dist', 'cli', 'main.js'), 'daemon', '--data', dir], { cwd: ctx.root, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MQLOG_LOG_LEVEL: 'warn' } });
+    const child = spawn(process.execPath, [...(process.env.BENCH_DAEMON_NODE_ARGS?.split(' ').filter(Boolean) ?? []), join(ctx.root, 'dist', 'cli', 'main.js'), 'daemon', '--data', dir], { cwd: ctx.root, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MQLOG_LOG_LEVEL: 'warn' } });
     const output = { text: '' };
     child.stdout?.on('data', (b: Buffer) => (output.text += b.toString()));
     child.stderr?.on('data', (b: Buffer) => (output.text += b.toString()));

@@ -6,7 +6,7 @@
  * Header values are text without CR/LF and without surrounding blanks; mqlog's own values are
  * percent-encoded where needed (`%`, control characters, blanks at either end) and decoded back.
  */
-import { headers as natsHeaders, type MsgHdrs } from '@nats-io/transport-node';
+import { MsgHdrsImpl, type MsgHdrs } from '@nats-io/transport-node';
 import type { MessageFields } from './frame-contents.js';
 
 export const H = {
@@ -103,49 +103,60 @@ const RESERVED = /^(nats|mqlog)-/i;
 // eslint-disable-next-line no-control-regex -- a value shown as it is holds no control character
 const BARE_VALUE = /^[^\u0000-\u001f\u007f \t](?:[^\u0000-\u001f\u007f]*[^\u0000-\u001f\u007f \t])?$/;
 
+/** Header values by name, in the order they go out. */
+type HeaderRecord = Record<string, string[]>;
+
 /**
  * The headers of a message published as itself (format `headers`): mqlog's fields, the application's
  * headers, the origin, and, for a body in the object store, where it is.
+ *
+ * Built as a record and handed to the client as it is (`MsgHdrsImpl.fromRecord`): every name here is a
+ * header token and every value is safe (encoded above, or checked by BARE_VALUE), so the client's
+ * checks per `set` (a scan of the names so far, each time) are not needed; they were a tenth of a
+ * forwarding daemon's CPU.
  */
 export function messageHeaders(fields: MessageFields, origin: NatsOrigin, object?: NatsObjectRef): MsgHdrs {
   const h = identityHeaders(fields, origin, false);
-  h.set(H.ts, String(fields.ts));
-  h.set(H.from, encodeValue(fields.from));
-  if (fields.expiresAt !== undefined) h.set(H.expiresAt, String(fields.expiresAt));
-  if (fields.notBefore !== undefined) h.set(H.notBefore, String(fields.notBefore));
-  if (fields.receipt === true) h.set(H.receipt, '1');
-  if (fields.replyTo !== undefined) h.set(H.replyTo, encodeValue(fields.replyTo));
-  if (fields.kind !== undefined) h.set(H.kind, fields.kind);
-  for (const [key, value] of Object.entries(fields.headers ?? {})) {
-    // A header any NATS client can read under its own name when it can be one; else encoded in Mqlog-Header.
-    if (TOKEN.test(key) && !RESERVED.test(key) && (value === '' || BARE_VALUE.test(value)) && !h.has(key)) h.set(key, value);
-    else h.append(H.header, `${encodeURIComponent(key)}=${encodeURIComponent(value)}`);
+  h[H.ts] = [String(fields.ts)];
+  h[H.from] = [encodeValue(fields.from)];
+  if (fields.expiresAt !== undefined) h[H.expiresAt] = [String(fields.expiresAt)];
+  if (fields.notBefore !== undefined) h[H.notBefore] = [String(fields.notBefore)];
+  if (fields.receipt === true) h[H.receipt] = ['1'];
+  if (fields.replyTo !== undefined) h[H.replyTo] = [encodeValue(fields.replyTo)];
+  if (fields.kind !== undefined) h[H.kind] = [fields.kind];
+  if (fields.headers !== undefined) {
+    for (const [key, value] of Object.entries(fields.headers)) {
+      // A header any NATS client can read under its own name when it can be one; else encoded in Mqlog-Header.
+      if (TOKEN.test(key) && !RESERVED.test(key) && (value === '' || BARE_VALUE.test(value)) && h[key] === undefined) h[key] = [value];
+      else (h[H.header] ??= []).push(`${encodeURIComponent(key)}=${encodeURIComponent(value)}`);
+    }
   }
   if (object !== undefined) {
-    h.set(H.object, `${object.bucket}/${object.name}`);
-    h.set(H.size, String(object.size));
-    h.set(H.sha256, object.sha256);
+    h[H.object] = [`${object.bucket}/${object.name}`];
+    h[H.size] = [String(object.size)];
+    h[H.sha256] = [object.sha256];
   }
-  return h;
+  return MsgHdrsImpl.fromRecord(h);
 }
 
 /** The headers of a frame published as it is stored (format `frame`). */
 export function frameHeaders(fields: { readonly id: string; readonly channel: string; readonly priority: number }, origin: NatsOrigin): MsgHdrs {
-  return identityHeaders(fields, origin, true);
+  return MsgHdrsImpl.fromRecord(identityHeaders(fields, origin, true));
 }
 
 /** What both formats carry: Nats-Msg-Id, the message's id, channel and priority, and its origin. */
-function identityHeaders(fields: { readonly id: string; readonly channel: string; readonly priority: number }, origin: NatsOrigin, frame: boolean): MsgHdrs {
-  const h = natsHeaders();
-  h.set(H.msgId, natsMsgId(origin));
-  if (frame) h.set(H.frame, '1');
-  h.set(H.id, fields.id);
-  h.set(H.channel, encodeValue(fields.channel));
-  h.set(H.priority, String(fields.priority));
-  h.set(H.node, origin.node);
-  h.set(H.stream, origin.stream);
-  h.set(H.offset, String(origin.offset));
-  if (origin.coversFrom !== undefined && origin.coversFrom < origin.offset) h.set(H.coversFrom, String(origin.coversFrom));
+function identityHeaders(fields: { readonly id: string; readonly channel: string; readonly priority: number }, origin: NatsOrigin, frame: boolean): HeaderRecord {
+  // No prototype: an application's header may be named `__proto__` or `constructor`.
+  const h = Object.create(null) as HeaderRecord;
+  h[H.msgId] = [natsMsgId(origin)];
+  if (frame) h[H.frame] = ['1'];
+  h[H.id] = [fields.id];
+  h[H.channel] = [encodeValue(fields.channel)];
+  h[H.priority] = [String(fields.priority)];
+  h[H.node] = [origin.node];
+  h[H.stream] = [origin.stream];
+  h[H.offset] = [String(origin.offset)];
+  if (origin.coversFrom !== undefined && origin.coversFrom < origin.offset) h[H.coversFrom] = [String(origin.coversFrom)];
   return h;
 }
 

@@ -16,10 +16,11 @@
  */
 import { createHash } from 'node:crypto';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { jetstream, jetstreamManager, type JetStreamClient, type PubAck, type StreamInfo } from '@nats-io/jetstream';
+import { jetstreamManager, type StreamInfo } from '@nats-io/jetstream';
 import { MqlogError, abortError } from '../errors.js';
 import type { FrameContents } from './frame-contents.js';
 import { parseNatsUrl, type NatsAddress } from './nats-address.js';
+import { NatsAcks, isNoResponders, type AckBatch } from './nats-acks.js';
 import { natsError, refused, jsErrorCode, JS_STREAM_NOT_FOUND } from './nats-errors.js';
 import { channelToken, frameHeaders, headerBytes, messageHeaders, type NatsObjectRef, type NatsOrigin } from './nats-headers.js';
 import { NatsLink, displayAddress } from './nats-link.js';
@@ -42,6 +43,12 @@ export interface NatsSenderOptions {
   readonly publishTimeoutMs?: number;
 }
 
+/** The connection in use, and its acks. */
+interface Client {
+  readonly nc: NatsConnection;
+  readonly acks: NatsAcks;
+}
+
 export class NatsSender implements Transport {
   readonly url: string;
   private readonly options: NatsSenderOptions;
@@ -53,7 +60,7 @@ export class NatsSender implements Transport {
   private stream: StreamInfo | undefined;
   private bucketInfo: StreamInfo | undefined;
   private readonly objects: NatsObjectWriter;
-  private js: { nc: NatsConnection; js: JetStreamClient } | undefined;
+  private js: Client | undefined;
   private closing: Promise<void> | undefined;
   /** The last batch's start of publishing (see send). */
   private order: Promise<void> = Promise.resolve();
@@ -92,7 +99,7 @@ export class NatsSender implements Transport {
       () => undefined,
       () => undefined,
     );
-    const publishes = await issued;
+    const { acks, batch: pending } = await issued;
     // The batch is delivered only when every publish was acked. A dropped connection or an abort fails
     // it at once: the publishes in flight will get no ack, and the retry is safe (JetStream recognises
     // the Nats-Msg-Ids, a sourcing node the origins).
@@ -107,26 +114,26 @@ export class NatsSender implements Transport {
       }
     });
     interrupted.catch(() => undefined);
-    let results: PromiseSettledResult<PubAck | undefined>[];
     try {
-      results = await Promise.race([Promise.allSettled(publishes), interrupted]);
+      await Promise.race([pending.done, interrupted]);
     } finally {
+      acks.forget(pending);
       dropped.cancel();
       if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort);
     }
     let stored = 0;
     let duplicates = 0;
     let retry: MqlogError | undefined;
-    for (const [index, r] of results.entries()) {
-      if (r.status === 'fulfilled') {
-        if (r.value?.duplicate === true) duplicates++;
-        else stored++;
-        continue;
-      }
-      const error = natsError(r.reason, this.where, 'publish not acknowledged');
+    for (const [index, outcome] of pending.outcomes.entries()) {
+      // A frame with nothing to publish (a piece of a body in the bucket) counts as stored, as before.
+      if (outcome === 'duplicate') duplicates++;
+      else if (typeof outcome === 'string') stored++;
+      if (typeof outcome !== 'object') continue;
+      const error = natsError(outcome.error, this.where, 'publish not acknowledged');
       // A message it can never take is named, so that it is dead-lettered and the rest goes on.
       if (error.code === 'ERR_PEER_REJECTED') throw refused(this.where, index, error.message.replace(`${this.where}: `, ''), error);
-      if (jsErrorCode(error.cause) === JS_STREAM_NOT_FOUND) this.stream = undefined;
+      // The stream may be gone (deleted meanwhile: no responders for its subjects): looked up, and made, again.
+      if (jsErrorCode(error.cause) === JS_STREAM_NOT_FOUND || isNoResponders(outcome.error)) this.stream = undefined;
       retry ??= error;
     }
     if (retry !== undefined) throw retry;
@@ -139,17 +146,15 @@ export class NatsSender implements Transport {
   }
 
   /** Connects (and checks the stream) if needed, then starts every publish of the batch, in frame order. */
-  private async issue(batch: OutgoingBatch): Promise<Promise<PubAck | undefined>[]> {
-    const { nc, js } = await this.client();
+  private async issue(batch: OutgoingBatch): Promise<{ acks: NatsAcks; batch: AckBatch }> {
+    const client = await this.client();
     // Unpacked first: a frame that cannot be is a bug to see at once, before anything goes out.
     const contents = batch.frames.map((frame) => withReplyTo(this.options.unpack(frame), batch.replyTo));
     const origins = this.origins(batch, contents);
-    const limit = this.messageLimit(nc);
-    return contents.map((c, index) => {
-      const publish = this.publish(nc, js, batch.frames[index] as WireFrame, c, origins[index], limit);
-      publish.catch(() => undefined); // settled by the caller
-      return publish;
-    });
+    const limit = this.messageLimit(client.nc);
+    const pending = client.acks.batch(contents.length, this.timeoutMs);
+    for (const [index, c] of contents.entries()) this.publish(client, pending, index, batch.frames[index] as WireFrame, c, origins[index], limit);
+    return { acks: client.acks, batch: pending };
   }
 
   /**
@@ -168,25 +173,30 @@ export class NatsSender implements Transport {
   }
 
   /**
-   * Publishes one frame's message (or stores its piece of a large body); resolves with JetStream's ack.
-   * Writes to the bucket are queued before this returns (no await before them), so they keep frame order.
+   * Publishes one frame's message (or stores its piece of a large body); its outcome goes to `pending`
+   * at `index`. Writes to the bucket are queued before this returns (no await before them), so they
+   * keep frame order.
    */
-  private publish(nc: NatsConnection, js: JetStreamClient, wire: WireFrame, c: FrameContents, origin: NatsOrigin | undefined, limit: number): Promise<PubAck | undefined> {
-    if (c.type === 'other') return Promise.resolve(undefined);
-    if (c.type === 'chunk') return this.objects.write(nc, c.id, c.position, c.data).then(() => undefined);
+  private publish(client: Client, pending: AckBatch, index: number, wire: WireFrame, c: FrameContents, origin: NatsOrigin | undefined, limit: number): void {
+    const { nc, acks } = client;
+    const failed = (error: unknown): void => pending.settle(index, { error });
+    if (c.type === 'other') return pending.settle(index, 'none');
+    if (c.type === 'chunk') {
+      this.objects.write(nc, c.id, c.position, c.data).then(() => pending.settle(index, 'none'), failed);
+      return;
+    }
     const o = origin as NatsOrigin;
     const subject = `${this.address.stream}.${channelToken(c.fields.channel)}`;
-    const options = { timeout: this.timeoutMs };
     let object: NatsObjectRef;
     let stored: Promise<void>;
     if (c.streamed === undefined) {
       if (this.options.settings?.format === 'frame') {
         const frame = Buffer.isBuffer(wire.frame) ? wire.frame : Buffer.concat(wire.frame);
-        if (frame.length + HEADER_ROOM_BYTES <= limit) return js.publish(subject, frame, { ...options, headers: frameHeaders(c.fields, o) });
+        if (frame.length + HEADER_ROOM_BYTES <= limit) return acks.publish(pending, index, subject, frame, frameHeaders(c.fields, o));
       } else {
         const headers = messageHeaders(c.fields, o);
         // Most bodies are small: the header bytes are only counted for those that might not fit.
-        if (c.body.length + HEADER_ROOM_BYTES <= limit || c.body.length + headerBytes(headers) <= limit) return js.publish(subject, c.body, { ...options, headers });
+        if (c.body.length + HEADER_ROOM_BYTES <= limit || c.body.length + headerBytes(headers) <= limit) return acks.publish(pending, index, subject, c.body, headers);
       }
       // Too large for one message: the body goes to the bucket, the message says where.
       object = { bucket: this.bucket, name: c.fields.id, size: c.body.length, sha256: createHash('sha256').update(c.body).digest('hex') };
@@ -196,7 +206,7 @@ export class NatsSender implements Transport {
       object = { bucket: this.bucket, name: c.fields.id, ...c.streamed };
       stored = this.objects.finish(nc, c.fields.id, object.size, object.sha256);
     }
-    return stored.then(() => js.publish(subject, Buffer.alloc(0), { ...options, headers: messageHeaders(c.fields, o, object) }));
+    stored.then(() => acks.publish(pending, index, subject, Buffer.alloc(0), messageHeaders(c.fields, o, object)), failed);
   }
 
   /** Largest message (payload and headers) the stream takes: the server's max_payload, or less when the stream says so. */
@@ -217,9 +227,12 @@ export class NatsSender implements Transport {
     return Math.max(1024, 2 ** Math.floor(Math.log2(Math.max(1, limit))));
   }
 
-  private async client(): Promise<{ nc: NatsConnection; js: JetStreamClient }> {
+  private async client(): Promise<Client> {
     const nc = await this.link.get();
-    if (this.js?.nc !== nc) this.js = { nc, js: jetstream(nc, { timeout: this.timeoutMs }) };
+    if (this.js?.nc !== nc) {
+      this.js?.acks.close();
+      this.js = { nc, acks: new NatsAcks(nc) };
+    }
     if (this.stream === undefined) {
       const jsm = await jetstreamManager(nc, { timeout: this.timeoutMs }).catch((err: unknown) => {
         throw natsError(err, this.where, 'JetStream does not answer');

@@ -144,7 +144,7 @@ export class NatsSource {
       throw natsError(err, this.where, 'JetStream does not answer');
     });
     await ensureStream(jsm, this.where, this.address.stream, this.options.settings?.stream);
-    await this.ensureConsumer(jsm);
+    const maxAckPending = await this.ensureConsumer(jsm);
     const consumer = await jetstream(nc).consumers.get(this.address.stream, this.options.durable);
     const messages = await consumer.consume({ max_bytes: PULL_BYTES });
     this.messages = messages;
@@ -156,7 +156,10 @@ export class NatsSource {
       );
     }, FLOOR_REFRESH_MS);
     floorTimer.unref();
-    const batchSize = this.options.batchSize ?? 1000;
+    // JetStream delivers no more while the consumer's max_ack_pending messages (1000 by default) wait
+    // for their acks: a group of at most half of it leaves room for the next one to arrive while it is
+    // stored (a group of all of it stalled the reader until its acks went out).
+    const batchSize = Math.min(this.options.batchSize ?? 1000, maxAckPending > 0 ? Math.max(1, Math.floor(maxAckPending / 2)) : Infinity);
     let waiting: JsMsg[] = [];
     let waitingBytes = 0;
     let storing: Promise<void> | undefined;
@@ -196,22 +199,23 @@ export class NatsSource {
   }
 
   /** Creates the durable consumer if it does not exist (explicit acks, all messages, 30 s ack wait). */
-  private async ensureConsumer(jsm: JetStreamManager): Promise<void> {
+  private async ensureConsumer(jsm: JetStreamManager): Promise<number> {
     try {
       const info = await jsm.consumers.info(this.address.stream, this.options.durable);
       this.floor = Math.max(this.floor, info.ack_floor.stream_seq);
-      return;
+      return info.config.max_ack_pending ?? -1;
     } catch (err) {
       if (jsErrorCode(err) === undefined) throw natsError(err, this.where, `cannot look up consumer ${this.options.durable}`);
     }
     try {
-      await jsm.consumers.add(this.address.stream, {
+      const info = await jsm.consumers.add(this.address.stream, {
         durable_name: this.options.durable,
         ack_policy: AckPolicy.Explicit,
         deliver_policy: DeliverPolicy.All,
         ack_wait: 30 * 1_000_000_000,
         ...(this.options.subject === undefined ? {} : { filter_subject: this.options.subject }),
       });
+      return info.config.max_ack_pending ?? -1;
     } catch (err) {
       throw natsError(err, this.where, `cannot create consumer ${this.options.durable}`);
     }

@@ -2,7 +2,8 @@
  * How the JetStream sender classifies failures (spec/transports.md §3.6), one test per class, each
  * against a real nats-server in the situation that produces it:
  *
- * - ERR_PEER_UNREACHABLE (retry): nothing listens; JetStream is not enabled (no responders);
+ * - ERR_PEER_UNREACHABLE (retry): nothing listens; JetStream is not enabled (no responders); a publish
+ *   nobody answers (timeout); a stream deleted meanwhile (no responders, then made again);
  * - ERR_PEER_FAILED (retry, nothing dropped): the stream is full (discard new: 10077), the user is not
  *   authorized;
  * - ERR_PEER_REJECTED with `details.frame` (dead letter): the stream's max_msg_size is below what the
@@ -14,7 +15,8 @@
  */
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
-import { DiscardPolicy } from '@nats-io/jetstream';
+import { DiscardPolicy, jetstreamManager } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
 import { unpackFrame } from '../../src/daemon/frame-codec.js';
 import { FrameType, encodeFrame } from '../../src/log/frame.js';
 import { encodeMessagePayload } from '../../src/queue/codec.js';
@@ -67,6 +69,35 @@ test('ERR_PEER_UNREACHABLE: nothing listens, or the server has no JetStream', as
     assert.equal(err.code, 'ERR_PEER_UNREACHABLE', err.message);
     return true;
   });
+});
+
+test('ERR_PEER_UNREACHABLE: a publish nobody answers times out, and no responders for a stream deleted meanwhile; the stream is made again on the next try', async (t) => {
+  const nats = await NatsServer.start(t);
+  const s = new NatsSender({ url: nats.streamUrl('GONE'), node: NODE, unpack: unpackFrame, publishTimeoutMs: 500 });
+  defer(t, () => s.close());
+  assert.deepEqual(await s.send(batch(['one'])), { stored: 1, duplicates: 0 });
+  const deleteStream = (): Promise<unknown> => nats.withConnection(async (nc) => (await jetstreamManager(nc)).streams.delete('GONE'));
+  await deleteStream();
+  // Something that takes the subject and never answers: the publishes get no ack.
+  const silent = await connect({ servers: `127.0.0.1:${nats.port}` });
+  defer(t, () => silent.close());
+  const listening = silent.subscribe('GONE.>');
+  await silent.flush();
+  await assert.rejects(s.send(batch(['two', 'three'], 1)), (err: Error & { code?: string }) => {
+    assert.equal(err.code, 'ERR_PEER_UNREACHABLE', err.message);
+    assert.match(err.message, /timeout/);
+    return true;
+  });
+  // Gone once the server answered the PING after the UNSUB (its interest is updated in order).
+  listening.unsubscribe();
+  await silent.flush();
+  await assert.rejects(s.send(batch(['two', 'three'], 1)), (err: Error & { code?: string }) => {
+    assert.equal(err.code, 'ERR_PEER_UNREACHABLE', err.message);
+    assert.match(err.message, /no responders/);
+    return true;
+  });
+  assert.deepEqual(await s.send(batch(['two', 'three'], 1)), { stored: 2, duplicates: 0 });
+  assert.equal(await nats.streamCount('GONE'), 2);
 });
 
 test('ERR_PEER_FAILED: a full stream (discard new) and a refused user are retried, naming no frame', async (t) => {
