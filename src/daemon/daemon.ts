@@ -85,7 +85,6 @@ export class Daemon {
   private readonly lock: Lock;
   private backlog: OutboxBacklog | undefined;
   private readonly channels = new Map<string, ChannelCounts>();
-  private readonly received = new Map<string, number>();
   private countedOnce = false;
   private counting: Promise<void> | undefined;
   private readonly handlerPath: string | undefined;
@@ -235,7 +234,6 @@ export class Daemon {
         onStored: (channel, count, from) => {
           logger.debug({ event: 'received', channel, count, from }, 'received');
           this.metrics.received.inc({ channel }, count);
-          this.received.set(channel, (this.received.get(channel) ?? 0) + count);
           if (this.handler !== undefined) {
             const handler = this.handler;
             node.inbox(channel).then((inbox) => handler.consume(inbox), (err: unknown) => logger.error({ event: 'handler', channel, err }, 'cannot open inbox'));
@@ -344,7 +342,8 @@ export class Daemon {
       node: { name: this.config.name, id: this.nodeId, url: this.url, startedAt: this.startedAt, restarts: Number(process.env.MQLOG_RESTARTS ?? 0) || 0 },
       now: Date.now(),
       peers: this.peerEntries(),
-      channels: [...this.channels.values()].map((c) => ({ ...c.status(), received: this.received.get(c.channel) ?? 0 })),
+      // Received and acked come from the queues: they go on from where they were across restarts.
+      channels: [...this.channels.values()].map((c) => c.status()),
       // Actions that change data are offered only behind the admin token.
       actions: this.config.admin.token !== undefined,
     };
