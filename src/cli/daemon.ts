@@ -54,12 +54,19 @@ async function run(args: ParsedArgs): Promise<number> {
   // SIGHUP re-reads mqlog.json without stopping: what `mqlog reload` sends.
   const reload = (): void => {
     daemon.logger.info({ event: 'signal', signal: 'SIGHUP' }, 'reloading the configuration');
-    daemon.reload().catch((err: unknown) => {
+    const before = daemon.url;
+    daemon.reload().then(
+      // A new address is announced as the first one was (the angel's `mqlog status` shows it).
+      async (result) => {
+        if (result.url !== before) await writeLine(`listening on ${result.url}`);
+      },
+      (err: unknown) => {
       // The code (ERR_ADDRESS_IN_USE, ERR_CONFIG, …) and the system's (EADDRINUSE) say why at a glance.
       const code = err instanceof MqlogError ? err.code : null;
       const errno = err instanceof MqlogError ? (err.details?.errno ?? null) : null;
       daemon.logger.error({ event: 'reload_failed', code, errno, err }, `cannot reload the configuration (${[code, errno].filter((c) => c !== null).map(String).join(', ')}); the running one stays`);
-    });
+      },
+    ).catch((err: unknown) => daemon.logger.error({ event: 'reload_failed', err }, 'cannot announce the new address'));
   };
   process.on('SIGHUP', reload);
   await new Promise<void>((resolve) => {
