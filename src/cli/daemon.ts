@@ -1,11 +1,12 @@
 /**
  * `mqlog daemon`: runs the node in the foreground (receiver, forwarders) until SIGTERM/SIGINT, then
  * finishes in-flight work and exits 0. Prints `listening on http://HOST:PORT` once it accepts connections.
- * SIGHUP reloads the configuration's peers and keys (Daemon.reload) and keeps running. SIGUSR2 takes
+ * SIGHUP reloads the configuration (Daemon.reload: peers, keys and the servers' settings) and keeps running. SIGUSR2 takes
  * the retry requests of DIR/control/ (`mqlog retry`); its handler is in place before the daemon takes
  * the lock, so that a signal sent to a daemon still starting never kills it (SIGUSR2's default action).
  */
 import { Daemon } from '../daemon/daemon.js';
+import { MqlogError } from '../errors.js';
 import { checkListen } from '../daemon/config.js';
 import { dataDir, listenFlag, stringFlag, writeLine, type Command, type ParsedArgs } from './args.js';
 
@@ -50,10 +51,22 @@ async function run(args: ParsedArgs): Promise<number> {
   retrying.daemon = daemon;
   if (retrying.asked === true) void daemon.takeRetryRequests();
   await writeLine(`listening on ${daemon.url}`);
-  // SIGHUP re-reads mqlog.json (peers and keys) without stopping: what `mqlog reload` sends.
+  // SIGHUP re-reads mqlog.json without stopping: what `mqlog reload` sends.
   const reload = (): void => {
     daemon.logger.info({ event: 'signal', signal: 'SIGHUP' }, 'reloading the configuration');
-    daemon.reload().catch((err: unknown) => daemon.logger.error({ event: 'reload_failed', err }, 'cannot reload the configuration; the running one stays'));
+    const before = daemon.url;
+    daemon.reload().then(
+      // A new address is announced as the first one was (the angel's `mqlog status` shows it).
+      async (result) => {
+        if (result.url !== before) await writeLine(`listening on ${result.url}`);
+      },
+      (err: unknown) => {
+      // The code (ERR_ADDRESS_IN_USE, ERR_CONFIG, …) and the system's (EADDRINUSE) say why at a glance.
+      const code = err instanceof MqlogError ? err.code : null;
+      const errno = err instanceof MqlogError ? (err.details?.errno ?? null) : null;
+      daemon.logger.error({ event: 'reload_failed', code, errno, err }, `cannot reload the configuration (${[code, errno].filter((c) => c !== null).map(String).join(', ')}); the running one stays`);
+      },
+    ).catch((err: unknown) => daemon.logger.error({ event: 'reload_failed', err }, 'cannot announce the new address'));
   };
   process.on('SIGHUP', reload);
   await new Promise<void>((resolve) => {

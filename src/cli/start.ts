@@ -118,10 +118,11 @@ export const restartCommand: Command = {
 
 export const reloadCommand: Command = {
   name: 'reload',
-  summary: 'make the running daemon re-read mqlog.json (peers and their keys) without a restart (SIGHUP)',
+  summary: 'make the running daemon re-read mqlog.json (peers, keys, limits, listen, tls, admin) without a restart (SIGHUP)',
   usage: `--data DIR
   works for a node under mqlog start and for a foreground mqlog daemon; the daemon logs a "reloaded"
-  event naming the peers it changed and any key that needs mqlog restart instead`,
+  event naming the peers and servers' settings it applied and any key that needs mqlog restart instead,
+  or "reload_failed" with the code (a new address that cannot listen leaves everything as it was)`,
   options: { data: { type: 'string' } },
   allowPositionals: false,
   async run(args) {

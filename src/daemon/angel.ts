@@ -10,7 +10,8 @@
  * as `lastError` and stops with state `failed` at once, so that `mqlog start` reports the daemon's own cause.
  *
  * It publishes its state in DIR/angel.json (replaced atomically), which `mqlog status` and `mqlog stop`
- * read. One angel per directory (DIR/angel.lock).
+ * read; its `listen` follows every `listening on` line of the daemon (a reload that moved the address
+ * prints one again). One angel per directory (DIR/angel.lock).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
@@ -208,15 +209,19 @@ class Supervisor {
     let pending = '';
     child.stdout.on('data', (chunk: Buffer) => {
       this.daemonLog.write(chunk);
-      if (this.state.listen !== null) return;
-      pending += chunk.toString('utf8');
-      const match = /listening on https?:\/\/(\S+)/.exec(pending);
-      if (match !== null) {
-        pending = '';
-        this.cameUp = true;
-        void this.publish({ listen: match[1] ?? null, state: 'running' });
-      } else if (pending.length > 65536) {
-        pending = pending.slice(-1024);
+      // Every `listening on` line counts: the daemon prints one again when a reload moved its address.
+      const lines = (pending + chunk.toString('utf8')).split('\n');
+      pending = (lines.pop() ?? '').slice(-65536);
+      for (const line of lines) {
+        const match = /^listening on https?:\/\/(\S+)$/.exec(line);
+        if (match === null) continue;
+        const listen = match[1] ?? null;
+        if (this.state.listen === null) {
+          this.cameUp = true;
+          void this.publish({ listen, state: 'running' });
+        } else if (listen !== this.state.listen) {
+          void this.publish({ listen });
+        }
       }
     });
     let errText = '';

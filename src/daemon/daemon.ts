@@ -2,15 +2,17 @@
  * The daemon: one per node directory (held by `DIR/daemon.lock`). It runs the HTTP receiver, one
  * forwarder per destination, and the periodic work (dedup checkpoints). `stop()` stops taking requests,
  * lets in-flight batches finish in both directions, saves state and releases the lock. `reload()`
- * re-reads mqlog.json and applies its peers (URLs and keys) while running: a changed or removed peer's
- * forwarder finishes its batch in flight and stops, a new one starts; the receiver checks signatures
- * against the new keys from the next request on. Keys baked into the listening servers (listen, tls,
- * limits, admin, …) are reported as needing a restart.
+ * re-reads mqlog.json and applies it while running: a changed or removed peer's forwarder finishes its
+ * batch in flight and stops, a new one starts; the receiver checks signatures against the new keys from
+ * the next request on. A change of the servers' settings (limits, listen, advertise, tls — the files'
+ * contents included, a certificate renewed in place — and admin) builds new servers: on the same address
+ * they take the next connections while the old ones finish what they serve (Listener); a new address
+ * listens before the old one closes, and when it cannot listen nothing of the servers' settings changes.
+ * What still needs a restart is reported.
  *
  * While it runs it publishes its peers' live state in `DIR/peers.json` (PeersFile) and takes the
  * requests of `DIR/control/` (RetryRequests) when told to (`takeRetryRequests`, on SIGUSR2 in the CLI).
  */
-import type { FastifyInstance } from 'fastify';
 import { join, resolve } from 'node:path';
 import { MqlogError } from '../errors.js';
 import { Lock, type ChangeFeed, type LogStore } from '../log/index.js';
@@ -27,11 +29,12 @@ import { NatsSource } from '../transport/nats-source.js';
 import { transports } from '../transport/registry.js';
 import type { Transport } from '../transport/transport.js';
 import { ensureDir } from '../util/fs.js';
-import { checkListen, destinationUrl, loadConfig, type Config } from './config.js';
+import { destinationUrl, loadConfig, type Config } from './config.js';
 import { sourceCodec, unpackFrame } from './frame-codec.js';
 import { Forwarder } from './forwarder.js';
 import { HandlerRunner, loadHandler } from './handler.js';
-import { createServers, loadTls, scheme, type TlsMaterial } from './http-server.js';
+import { createServers, loadTls, scheme, sameTls, type Servers, type TlsMaterial } from './http-server.js';
+import { Listener } from './listener.js';
 import { Metrics } from './metrics.js';
 import { MqlogNode } from './node.js';
 import { PeersFile, type PeerEntry } from './peers-file.js';
@@ -40,6 +43,7 @@ import { IntakeSink } from './receiver.js';
 import { STATUS_PAGE, type StatusSnapshot } from './status-page.js';
 import { createLogger, silentLogger, type Logger } from './logger.js';
 import { maxFrameBytesFor } from '../queue/body.js';
+import type { IntakeLimits } from '../queue/intake.js';
 
 export const DAEMON_LOCK = 'daemon.lock';
 const DEDUP_CHECKPOINT_MS = 1000;
@@ -81,13 +85,12 @@ export class Daemon {
   private readonly lock: Lock;
   private backlog: OutboxBacklog | undefined;
   private readonly channels = new Map<string, ChannelCounts>();
-  private readonly received = new Map<string, number>();
   private countedOnce = false;
   private counting: Promise<void> | undefined;
   private readonly handlerPath: string | undefined;
   private handler: HandlerRunner | undefined;
-  private app: FastifyInstance | undefined;
-  private adminApp: FastifyInstance | undefined;
+  private peerListener: Listener | undefined;
+  private adminListener: Listener | undefined;
   private tls: TlsMaterial = {};
   /** Where /metrics, /status.json and / are served when they have their own address. */
   adminUrl: string | undefined;
@@ -104,6 +107,8 @@ export class Daemon {
   /** Keeps what it learnt from round to round: each round does work in proportion to what changed. */
   private compactor: Compactor | undefined;
   private stopping: Promise<void> | undefined;
+  /** Listeners of addresses given up by a reload, closing once what they serve is answered. */
+  private readonly closingListeners = new Set<Promise<void>>();
   /** The peers' keys the receiver checks signatures with; reload() updates it in place. */
   private readonly peerKeys = new Map<string, string>();
   private readonly listenOverride: string | undefined;
@@ -208,14 +213,7 @@ export class Daemon {
       }
     }
     this.intake = await node.openIntake(
-      {
-        maxBodyBytes: config.limits.maxBodyBytes,
-        maxStreamedBodyBytes: config.limits.maxStreamedBodyBytes,
-        maxFrameBytes: maxFrameBytesFor(config.limits.maxBodyBytes),
-        maxHeaders: config.limits.maxHeaders,
-        maxHeaderBytes: config.limits.maxHeaderBytes,
-        maxChannelBytes: config.limits.maxChannelBytes,
-      },
+      intakeLimits(config),
       {
         onReceipt: async (report, from, authenticated) => {
           // An authenticated peer reports only on messages sent to it, not on those of another peer.
@@ -236,7 +234,6 @@ export class Daemon {
         onStored: (channel, count, from) => {
           logger.debug({ event: 'received', channel, count, from }, 'received');
           this.metrics.received.inc({ channel }, count);
-          this.received.set(channel, (this.received.get(channel) ?? 0) + count);
           if (this.handler !== undefined) {
             const handler = this.handler;
             node.inbox(channel).then((inbox) => handler.consume(inbox), (err: unknown) => logger.error({ event: 'handler', channel, err }, 'cannot open inbox'));
@@ -246,36 +243,7 @@ export class Daemon {
     );
     this.tls = await loadTls(config.tls);
     for (const [name, peer] of Object.entries(config.peers)) if (peer.key !== undefined) this.peerKeys.set(name, peer.key);
-    const servers = createServers({
-      config,
-      peerKeys: this.peerKeys,
-      logger,
-      tls: this.tls,
-      sink: new IntakeSink(this.intake),
-      healthy: () => this.stopping === undefined,
-      notReady: () => [
-        ...(this.listening ? [] : ['the receiver is not listening yet']),
-        ...(this.intake === undefined || this.backlog === undefined ? ['the queues are not open yet'] : []),
-        ...(this.stopping === undefined ? [] : ['the daemon is shutting down']),
-      ],
-      readOnly: {
-        // Counted up to the request: what was appended before it shows.
-        metrics: async () => {
-          await this.backlog?.caughtUp();
-          return { contentType: this.metrics.contentType, text: await this.metrics.text() };
-        },
-        status: async () => {
-          await this.backlog?.caughtUp();
-          return this.statusSnapshot();
-        },
-        retry: async (peer) => this.retry(peer),
-        redrive: (channel) => this.redrive(channel),
-        purgeDeadLetters: (channel) => this.purgeDeadLetters(channel),
-        page: STATUS_PAGE,
-      },
-    });
-    this.app = servers.peer;
-    this.adminApp = servers.admin;
+    const servers = this.createServers(config, this.tls);
     if (servers.mode === 'loopback') logger.warn({ event: 'auth', mode: servers.mode }, 'no peer keys configured: accepting unauthenticated requests from loopback only');
     else if (servers.mode === 'open') logger.warn({ event: 'auth', mode: servers.mode }, 'allowUnauthenticated: accepting unauthenticated requests from any address');
     else logger.info({ event: 'auth', mode: servers.mode }, 'peers must sign their requests');
@@ -297,10 +265,17 @@ export class Daemon {
     });
     this.syncForwardersSoon();
 
-    this.url = await listen(servers.peer, config.listen, scheme(this.tls));
+    try {
+      this.peerListener = await Listener.open(servers.peer, config.listen, scheme(this.tls), graceMs(config));
+    } catch (err) {
+      await closeApps(servers);
+      throw err;
+    }
+    this.url = this.peerListener.url;
     this.listening = true;
     if (servers.admin !== undefined && config.admin.listen !== undefined) {
-      this.adminUrl = await listen(servers.admin, config.admin.listen, config.admin.tls === true ? 'https' : 'http');
+      this.adminListener = await Listener.open(servers.admin, config.admin.listen, adminScheme(config), graceMs(config));
+      this.adminUrl = this.adminListener.url;
       logger.info({ event: 'admin', url: this.adminUrl }, 'read-only endpoints on their own address');
     }
     if (config.compactIntervalMs > 0) {
@@ -327,13 +302,48 @@ export class Daemon {
     logger.info({ event: 'started', url: this.url, nodeId: this.nodeId, data: dataDir }, 'daemon started');
   }
 
+  /** The peer server and the admin server (when it has its own address) of a configuration. @throws ERR_CONFIG */
+  private createServers(config: Config, tls: TlsMaterial): Servers {
+    const intake = this.intake;
+    if (intake === undefined) throw new MqlogError('ERR_CLOSED', 'the intake is not open');
+    return createServers({
+      config,
+      peerKeys: this.peerKeys,
+      logger: this.logger,
+      tls,
+      sink: new IntakeSink(intake, intakeLimits(config)),
+      healthy: () => this.stopping === undefined,
+      notReady: () => [
+        ...(this.listening ? [] : ['the receiver is not listening yet']),
+        ...(this.intake === undefined || this.backlog === undefined ? ['the queues are not open yet'] : []),
+        ...(this.stopping === undefined ? [] : ['the daemon is shutting down']),
+      ],
+      readOnly: {
+        // Counted up to the request: what was appended before it shows.
+        metrics: async () => {
+          await this.backlog?.caughtUp();
+          return { contentType: this.metrics.contentType, text: await this.metrics.text() };
+        },
+        status: async () => {
+          await this.backlog?.caughtUp();
+          return this.statusSnapshot();
+        },
+        retry: async (peer) => this.retry(peer),
+        redrive: (channel) => this.redrive(channel),
+        purgeDeadLetters: (channel) => this.purgeDeadLetters(channel),
+        page: STATUS_PAGE,
+      },
+    });
+  }
+
   /** What the status page shows (no message contents, no secrets). */
   statusSnapshot(): StatusSnapshot {
     return {
       node: { name: this.config.name, id: this.nodeId, url: this.url, startedAt: this.startedAt, restarts: Number(process.env.MQLOG_RESTARTS ?? 0) || 0 },
       now: Date.now(),
       peers: this.peerEntries(),
-      channels: [...this.channels.values()].map((c) => ({ ...c.status(), received: this.received.get(c.channel) ?? 0 })),
+      // Received and acked come from the queues: they go on from where they were across restarts.
+      channels: [...this.channels.values()].map((c) => c.status()),
       // Actions that change data are offered only behind the admin token.
       actions: this.config.admin.token !== undefined,
     };
@@ -585,11 +595,17 @@ export class Daemon {
   }
 
   /**
-   * Re-reads mqlog.json and applies its peers without a restart (one reload at a time). A forwarder whose
-   * peer changed (URL or key) or went away lets its batch in flight finish, then stops; forwarders for
-   * new or changed peers start, including for messages already waiting for a destination that was
-   * unknown until now. Other changed keys need a restart: they are returned (and logged), not applied.
-   * @throws ERR_CONFIG when the file is invalid; the running configuration is then kept unchanged.
+   * Re-reads mqlog.json and applies it without a restart (one reload at a time; spec/http-protocol.md
+   * §11). A forwarder whose peer changed (URL or key) or went away — or every HTTP forwarder, when the
+   * node's TLS material changed — lets its batch in flight finish, then stops; forwarders for new or
+   * changed peers start, including for messages already waiting for a destination that was unknown until
+   * now. A change of the servers' settings (`limits`, `listen`, `tls` and the contents of its files,
+   * `admin`, `allowUnauthenticated`, peers gaining or losing keys) builds new servers: requests that start
+   * after the reload meet them, requests in flight finish where they started. A new address listens
+   * before the old one closes. `advertise` applies to the next batch sent. Other changed keys need a
+   * restart: they are returned (and logged), not applied.
+   * @throws ERR_CONFIG when the file (or a TLS file) is invalid, ERR_ADDRESS_IN_USE or ERR_IO when a new
+   * address cannot listen: the running configuration is then kept unchanged, whole.
    */
   reload(): Promise<ReloadResult> {
     const previous = this.reloading ?? Promise.resolve(undefined);
@@ -601,22 +617,27 @@ export class Daemon {
   private async applyReload(): Promise<ReloadResult> {
     if (this.stopping !== undefined) throw new MqlogError('ERR_CLOSED', 'the daemon is stopping');
     const next = await loadConfig(this.dataDir, this.listenOverride === undefined ? {} : { listen: this.listenOverride });
+    // A certificate renewed in place changes no key of the file: the files are read again and compared.
+    const tls = await loadTls(next.tls);
     const old = this.config;
     const changed = (Object.keys(next) as (keyof Config)[]).filter((key) => JSON.stringify(next[key]) !== JSON.stringify(old[key]));
+    const tlsChanged = !sameTls(this.tls, tls);
     const hadKeys = Object.values(old.peers).some((p) => p.key !== undefined);
     const hasKeys = Object.values(next.peers).some((p) => p.key !== undefined);
-    // Going from no keys to keys (or back) changes how every request is authenticated: that needs a restart.
-    const needsRestart = changed.filter((key) => key !== 'peers' || hadKeys !== hasKeys);
+    const needsRestart = changed.filter((key) => !RELOADED_KEYS.has(key));
     const peersChanged = Object.keys({ ...old.peers, ...next.peers }).filter((name) => JSON.stringify(old.peers[name]) !== JSON.stringify(next.peers[name]));
-    this.config = { ...old, peers: next.peers };
+    const serversChanged = tlsChanged || hadKeys !== hasKeys || changed.some((key) => SERVER_KEYS.has(key));
+    const applied: Config = { ...old, ...Object.fromEntries([...RELOADED_KEYS].map((key) => [key, next[key]])) };
+    // When the new servers cannot be put in place, nothing of the file applies (the caller logs why).
+    if (serversChanged) await this.replaceServers(applied, tls);
+    this.config = applied;
+    this.intake?.setLimits(intakeLimits(applied));
+    this.tls = tls;
     this.peerKeys.clear();
     for (const [name, peer] of Object.entries(next.peers)) if (peer.key !== undefined) this.peerKeys.set(name, peer.key);
     await this.syncing;
     // Stopped while still in the map, so that no sync starts a second forwarder on the same queue meanwhile.
-    const stale = peersChanged.flatMap((name) => {
-      const entry = this.forwarders.get(name);
-      return entry === undefined ? [] : [[name, entry] as const];
-    });
+    const stale = [...this.forwarders].filter(([name]) => peersChanged.includes(name) || (tlsChanged && /^https?:/i.test(destinationUrl(old, name) ?? '')));
     await Promise.all(stale.map(async ([, { forwarder, sender }]) => {
       await forwarder.stop();
       await sender.close();
@@ -625,8 +646,63 @@ export class Daemon {
     await this.syncing;
     this.syncForwardersSoon();
     await this.syncing;
-    this.logger.info({ event: 'reloaded', peers: peersChanged, needsRestart }, needsRestart.length === 0 ? 'configuration reloaded' : `configuration reloaded; a restart applies ${needsRestart.join(', ')}`);
-    return { peers: peersChanged, needsRestart };
+    const servers = serversChanged ? changed.filter((key) => SERVER_KEYS.has(key)).concat(tlsChanged && !changed.includes('tls') ? ['tls'] : []) : [];
+    this.logger.info(
+      { event: 'reloaded', peers: peersChanged, servers, url: this.url, adminUrl: this.adminUrl ?? null, needsRestart },
+      needsRestart.length === 0 ? 'configuration reloaded' : `configuration reloaded; a restart applies ${needsRestart.join(', ')}`,
+    );
+    return { peers: peersChanged, servers, url: this.url, needsRestart };
+  }
+
+  /**
+   * Builds the servers of `config` and puts them in place of the running ones: on an unchanged address
+   * they take the next connections (Listener.use); a new address is listened on before the old one
+   * closes. When a new address cannot listen, everything new is closed and the running servers stay.
+   */
+  private async replaceServers(config: Config, tls: TlsMaterial): Promise<void> {
+    const peerListener = this.peerListener;
+    if (peerListener === undefined) throw new MqlogError('ERR_CLOSED', 'the daemon is not listening');
+    const servers = this.createServers(config, tls);
+    const adminAddress = servers.admin === undefined ? undefined : config.admin.listen;
+    const opened: Listener[] = [];
+    try {
+      if (peerListener.address !== config.listen) opened.push(await Listener.open(servers.peer, config.listen, scheme(tls), graceMs(config)));
+      if (servers.admin !== undefined && adminAddress !== undefined && this.adminListener?.address !== adminAddress) {
+        opened.push(await Listener.open(servers.admin, adminAddress, adminScheme(config), graceMs(config)));
+      }
+    } catch (err) {
+      await Promise.all(opened.map((listener) => listener.close()));
+      await closeApps(servers);
+      throw err;
+    }
+    // From here on nothing fails: the new servers take over.
+    const closing: Listener[] = [];
+    const newPeer = opened.find((listener) => listener.app === servers.peer);
+    if (newPeer === undefined) await peerListener.use(servers.peer, scheme(tls));
+    else {
+      this.peerListener = newPeer;
+      closing.push(peerListener);
+    }
+    this.url = (newPeer ?? peerListener).url;
+    const oldAdmin = this.adminListener;
+    if (servers.admin === undefined) {
+      this.adminListener = undefined;
+      if (oldAdmin !== undefined) closing.push(oldAdmin);
+    } else {
+      const newAdmin = opened.find((listener) => listener.app === servers.admin);
+      if (newAdmin === undefined) await oldAdmin?.use(servers.admin, adminScheme(config));
+      else {
+        this.adminListener = newAdmin;
+        if (oldAdmin !== undefined) closing.push(oldAdmin);
+      }
+    }
+    this.adminUrl = this.adminListener?.url;
+    // The old addresses close once what they serve is answered; stop() waits for them.
+    for (const listener of closing) {
+      const closed = listener.close().finally(() => this.closingListeners.delete(closed));
+      this.closingListeners.add(closed);
+    }
+    this.logger.info({ event: 'servers_replaced', url: this.url, adminUrl: this.adminUrl ?? null, closing: closing.map((listener) => listener.url) }, 'new servers in place');
   }
 
   /** One background compaction round at a time; appends and reads never wait for it. */
@@ -665,8 +741,7 @@ export class Daemon {
       for (const timer of this.timers) clearInterval(timer);
       // A compaction round stops at once (inside a segment too): a shutdown does not wait for it.
       this.compactStop.abort();
-      await this.app?.close();
-      await this.adminApp?.close();
+      await Promise.all([this.peerListener?.close(), this.adminListener?.close(), ...this.closingListeners]);
       await this.compacting;
       await this.compactor?.close();
       await this.handler?.close();
@@ -694,29 +769,41 @@ export class Daemon {
 export interface ReloadResult {
   /** Peers added, changed (URL or key) or removed. */
   readonly peers: readonly string[];
+  /** The servers' settings that changed and were applied with new servers (`tls` also for files renewed in place). */
+  readonly servers: readonly string[];
+  /** Where the peer server listens after the reload. */
+  readonly url: string;
   /** Changed top-level keys that take effect only after a restart. */
   readonly needsRestart: readonly string[];
 }
 
-/** Starts listening and returns the URL (with the real port when 0 was asked for). */
-async function listen(app: FastifyInstance, address: string, protocol: 'http' | 'https'): Promise<string> {
-  const [host, port] = splitListen(checkListen(address, 'listen'));
-  try {
-    await app.listen({ host, port });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
-      throw new MqlogError('ERR_ADDRESS_IN_USE', `cannot listen on ${address}: another process listens there`, { details: { listen: address }, cause: err });
-    }
-    throw new MqlogError('ERR_IO', `cannot listen on ${address}: ${(err as Error).message}`, { cause: err });
-  }
-  const bound = app.server.address();
-  const actualPort = typeof bound === 'object' && bound !== null ? bound.port : port;
-  return `${protocol}://${host.includes(':') && !host.startsWith('[') ? `[${host}]` : host}:${actualPort}`;
+/** Keys of mqlog.json that a reload applies. */
+const RELOADED_KEYS: ReadonlySet<keyof Config> = new Set(['peers', 'advertise', 'limits', 'listen', 'tls', 'admin', 'allowUnauthenticated']);
+/** Keys whose change needs new servers. */
+const SERVER_KEYS: ReadonlySet<keyof Config> = new Set(['limits', 'listen', 'tls', 'admin', 'allowUnauthenticated']);
+
+function intakeLimits(config: Config): IntakeLimits {
+  const limits = config.limits;
+  return {
+    maxBodyBytes: limits.maxBodyBytes,
+    maxStreamedBodyBytes: limits.maxStreamedBodyBytes,
+    maxFrameBytes: maxFrameBytesFor(limits.maxBodyBytes),
+    maxHeaders: limits.maxHeaders,
+    maxHeaderBytes: limits.maxHeaderBytes,
+    maxChannelBytes: limits.maxChannelBytes,
+  };
 }
 
-function splitListen(listen: string): [string, number] {
-  const at = listen.lastIndexOf(':');
-  let host = listen.slice(0, at);
-  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
-  return [host, Number(listen.slice(at + 1))];
+/** How long a closing server waits for the requests it serves before it ends their connections. */
+function graceMs(config: Config): number {
+  return config.limits.requestTimeoutMs + 10_000;
+}
+
+function adminScheme(config: Config): 'http' | 'https' {
+  return config.admin.tls === true ? 'https' : 'http';
+}
+
+async function closeApps(servers: Servers): Promise<void> {
+  await servers.peer.close();
+  await servers.admin?.close();
 }

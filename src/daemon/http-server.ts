@@ -38,6 +38,12 @@ export async function loadTls(tls: TlsConfig): Promise<TlsMaterial> {
   return Object.fromEntries(Object.entries(material).filter(([, v]) => v !== undefined));
 }
 
+/** True when two sets of TLS material hold the same bytes (a reload compares the files read again). */
+export function sameTls(a: TlsMaterial, b: TlsMaterial): boolean {
+  const same = (x: Buffer | undefined, y: Buffer | undefined): boolean => (x === undefined ? y === undefined : y !== undefined && x.equals(y));
+  return same(a.cert, b.cert) && same(a.key, b.key) && same(a.ca, b.ca);
+}
+
 /** How this node decides who may deliver messages (spec/http-protocol.md §8). */
 export type AuthMode = 'keys' | 'loopback' | 'open';
 

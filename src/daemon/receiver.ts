@@ -3,14 +3,17 @@
  * Intake (queue/intake.ts), which checks every frame, recognises what was stored before, stores the new
  * frames durably and only then lets the transport answer.
  */
-import type { Intake } from '../queue/intake.js';
+import type { Intake, IntakeLimits } from '../queue/intake.js';
 import type { BatchResult, BatchSink, IncomingBatch } from '../transport/transport.js';
 
 export class IntakeSink implements BatchSink {
   private readonly intake: Intake;
+  private readonly limits: IntakeLimits | undefined;
 
-  constructor(intake: Intake) {
+  /** `limits`: what every batch taken here is checked against (default: the intake's own). */
+  constructor(intake: Intake, limits?: IntakeLimits) {
     this.intake = intake;
+    this.limits = limits;
   }
 
   accept(batch: IncomingBatch): Promise<BatchResult> {
@@ -23,6 +26,7 @@ export class IntakeSink implements BatchSink {
       covers: batch.covers === undefined ? undefined : new Map(Object.entries(batch.covers).map(([stream, [from, to]]) => [stream, { from, to }])),
       unordered: batch.unordered,
       replyTo: batch.replyTo,
+      limits: this.limits,
     });
   }
 }

@@ -3,8 +3,11 @@
  * files: the messages in its inbox and dead letters (from the log's segment summaries, plus the frames
  * appended since, read once: stored-messages.ts) and their consumer states (re-read as they grow, by
  * whichever process wrote them, the acks in consumers' own journals included). Pending = messages not done; dead letters = dead-letter messages not
- * redriven; acks made since this object started are counted. Starting costs a look at each segment's
- * index, never a read of the queue.
+ * redriven. Received and acked count the inbox's whole life, from what the queue keeps (its consumer
+ * state's done offsets, never pruned, and its messages): received = messages done + messages pending
+ * (every message stored ever is one or the other), acked = messages done by an ack. They go on from where
+ * they were across restarts (a SIGKILL included: an ack and a stored message are durable before they are
+ * answered). Starting costs a look at each segment's index, never a read of the queue.
  *
  * Memory: a few ranges per segment, and the consumer states' own (gaps and messages in flight).
  */
@@ -18,6 +21,9 @@ export interface ChannelStatus {
   readonly channel: string;
   readonly pending: number;
   readonly dead: number;
+  /** Messages stored in the inbox in its whole life (a redriven dead letter again). */
+  readonly received: number;
+  /** Messages acked in the inbox's whole life. */
   readonly acked: number;
 }
 
@@ -38,6 +44,11 @@ class FollowedQueue {
     await this.messages.refresh();
   }
 
+  /** Messages done since the queue began, by how. */
+  doneTotals(): Record<DoneKind, number> {
+    return this.journal?.state.doneTotals() ?? { acked: 0, dead: 0, expired: 0 };
+  }
+
   /** Messages not done. */
   notDone(): number {
     const state = this.journal?.state;
@@ -55,8 +66,6 @@ export class ChannelCounts {
   private readonly inbox: FollowedQueue;
   private readonly dead: FollowedQueue;
   private readonly onDone: ((kind: DoneKind, count: number) => void) | undefined;
-  /** Acks seen since the first refresh (those already there before are history). */
-  acked = 0;
   private started = false;
 
   /** `onDone` hears how many inbox messages became done, and how, as they are seen. */
@@ -70,8 +79,8 @@ export class ChannelCounts {
   /** Re-reads what changed. `counting`: what is found now happened while this daemon ran. */
   async refresh(counting: boolean): Promise<void> {
     await this.inbox.refresh((kind, count) => {
+      // What is found at the first look happened before: onDone hears only what happens while it follows.
       if (!this.started && !counting) return;
-      if (kind === 'acked') this.acked += count;
       this.onDone?.(kind, count);
     });
     this.started = true;
@@ -79,7 +88,9 @@ export class ChannelCounts {
   }
 
   status(): ChannelStatus {
-    return { channel: this.channel, pending: this.inbox.notDone(), dead: this.dead.notDone(), acked: this.acked };
+    const pending = this.inbox.notDone();
+    const done = this.inbox.doneTotals();
+    return { channel: this.channel, pending, dead: this.dead.notDone(), received: done.acked + done.dead + done.expired + pending, acked: done.acked };
   }
 
   async close(): Promise<void> {

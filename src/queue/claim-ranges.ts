@@ -217,4 +217,11 @@ export class ClaimRanges {
   journalAckedIn(stream: string): IntervalSet | undefined {
     return this.journalAcked.get(stream);
   }
+
+  /** Messages acked in consumers' journals and not yet folded into the done sets, every stream. */
+  journalAckedCount(): number {
+    let count = 0;
+    for (const set of this.journalAcked.values()) count += set.size;
+    return count;
+  }
 }

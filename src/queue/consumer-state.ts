@@ -134,6 +134,21 @@ export class ConsumerState {
     return sets.acked.countIn(from, to) + sets.dead.countIn(from, to) + sets.expired.countIn(from, to) + inJournals;
   }
 
+  /**
+   * Messages done in the queue's whole life, by how they ended. The done sets are kept whole (compaction
+   * removes messages, never their done offsets), so these go on across restarts and compactions.
+   */
+  doneTotals(): Record<DoneKind, number> {
+    const totals = { acked: 0, dead: 0, expired: 0 };
+    for (const sets of this.done.values()) {
+      totals.acked += sets.acked.size;
+      totals.dead += sets.dead.size;
+      totals.expired += sets.expired.size;
+    }
+    totals.acked += this.claims.journalAckedCount();
+    return totals;
+  }
+
   /** The first offset >= from that is not done. */
   firstNotDone(stream: string, from: number): number {
     const sets = this.done.get(stream);

@@ -46,6 +46,12 @@ export interface IncomingFrames {
    * stream from there up to the frame.
    */
   readonly unordered?: { readonly floor: number } | undefined;
+  /**
+   * The limits this batch is checked against (default: the intake's). A receiver whose limits were
+   * reloaded passes those of the server the request came to: a request in flight keeps the limits it
+   * started with.
+   */
+  readonly limits?: IntakeLimits | undefined;
 }
 
 export interface IntakeResult {
@@ -112,7 +118,7 @@ interface Claim {
 
 export class Intake {
   readonly dedup: DedupTable;
-  private readonly options: IntakeOptions;
+  private options: IntakeOptions;
   /** Running digests of streamed bodies in transit, by transfer. */
   private readonly hashing = new Map<string, { hash: Hash; size: number }>();
   /** Ranges of sender streams being stored now, by key. */
@@ -123,6 +129,14 @@ export class Intake {
   private constructor(options: IntakeOptions, dedup: DedupTable) {
     this.options = options;
     this.dedup = dedup;
+  }
+
+  /**
+   * Replaces the limits a batch that names none is checked against (a reload): those that arrive after
+   * this call are checked against the new ones.
+   */
+  setLimits(limits: IntakeLimits): void {
+    this.options = { ...this.options, ...limits };
   }
 
   /** Opens the dedup table, recovering what the inboxes got since its last checkpoint. */
@@ -162,9 +176,10 @@ export class Intake {
   }
 
   private check(batch: IncomingFrames, wire: { stream: string; frame: Buffer }, index: number, keys: Map<string, string>): Checked {
+    const limits = batch.limits ?? this.options;
     try {
       if (parseStreamName(wire.stream) === undefined) throw new MqlogError('ERR_BAD_REQUEST', `stream name ${JSON.stringify(wire.stream)} is not valid`);
-      const decoded = decodeFrame(wire.frame, 0, this.options.maxFrameBytes);
+      const decoded = decodeFrame(wire.frame, 0, limits.maxFrameBytes);
       if (!decoded.ok) {
         if (decoded.incomplete) throw new MqlogError('ERR_TRUNCATED_FRAME', `frame is cut short (needs ${decoded.needed} bytes, has ${wire.frame.length})`);
         throw new MqlogError(decoded.code, `frame: ${decoded.reason}`);
@@ -181,20 +196,20 @@ export class Intake {
       }
       if (decoded.frame.type === FrameType.BODY_CHUNK) {
         const chunk = decodeChunk(decoded.frame.payload);
-        this.checkChannel(chunk.meta.channel);
+        this.checkChannel(chunk.meta.channel, limits);
         return { key, stream: wire.stream, offset: decoded.frame.offset, chunk, index };
       }
       if (decoded.frame.type !== FrameType.MESSAGE) throw new MqlogError('ERR_INVALID_MESSAGE', `frame type ${decoded.frame.type} is neither a message nor a body chunk`);
       const payload = decoded.frame.payload;
       const { meta: message, bodyStart } = decodeMeta(payload);
-      if (message.streamed !== undefined && message.streamed.size > this.options.maxStreamedBodyBytes) {
-        throw new MqlogError('ERR_BODY_TOO_LARGE', `streamed body of ${message.streamed.size} bytes exceeds this node's limit of ${this.options.maxStreamedBodyBytes}`);
+      if (message.streamed !== undefined && message.streamed.size > limits.maxStreamedBodyBytes) {
+        throw new MqlogError('ERR_BODY_TOO_LARGE', `streamed body of ${message.streamed.size} bytes exceeds this node's limit of ${limits.maxStreamedBodyBytes}`);
       }
       const bodyBytes = payload.length - bodyStart;
-      if (bodyBytes > this.options.maxBodyBytes) {
-        throw new MqlogError('ERR_BODY_TOO_LARGE', `body of ${bodyBytes} bytes exceeds this node's limit of ${this.options.maxBodyBytes}`);
+      if (bodyBytes > limits.maxBodyBytes) {
+        throw new MqlogError('ERR_BODY_TOO_LARGE', `body of ${bodyBytes} bytes exceeds this node's limit of ${limits.maxBodyBytes}`);
       }
-      this.checkLimits(message);
+      this.checkLimits(message, limits);
       const receipt = message.kind === 'receipt' ? decodeReceiptReport(payload.subarray(bodyStart)) : undefined;
       return { key, stream: wire.stream, offset: decoded.frame.offset, message, payload, bodyStart, index, ...(receipt === undefined ? {} : { receipt }) };
     } catch (err) {
@@ -203,22 +218,22 @@ export class Intake {
     }
   }
 
-  private checkChannel(channel: string): void {
+  private checkChannel(channel: string, limits: IntakeLimits): void {
     const channelBytes = Buffer.byteLength(channel);
-    if (this.options.maxChannelBytes !== undefined && channelBytes > this.options.maxChannelBytes) {
-      throw new MqlogError('ERR_INVALID_NAME', `channel name of ${channelBytes} bytes exceeds this node's limit of ${this.options.maxChannelBytes}`);
+    if (limits.maxChannelBytes !== undefined && channelBytes > limits.maxChannelBytes) {
+      throw new MqlogError('ERR_INVALID_NAME', `channel name of ${channelBytes} bytes exceeds this node's limit of ${limits.maxChannelBytes}`);
     }
   }
 
-  private checkLimits(message: MessageMeta): void {
-    this.checkChannel(message.channel);
+  private checkLimits(message: MessageMeta, limits: IntakeLimits): void {
+    this.checkChannel(message.channel, limits);
     const headers = Object.entries(message.headers ?? {});
-    if (this.options.maxHeaders !== undefined && headers.length > this.options.maxHeaders) {
-      throw new MqlogError('ERR_HEADERS_TOO_LARGE', `${headers.length} headers exceed this node's limit of ${this.options.maxHeaders}`);
+    if (limits.maxHeaders !== undefined && headers.length > limits.maxHeaders) {
+      throw new MqlogError('ERR_HEADERS_TOO_LARGE', `${headers.length} headers exceed this node's limit of ${limits.maxHeaders}`);
     }
     const headerBytes = headers.reduce((n, [k, v]) => n + Buffer.byteLength(k) + Buffer.byteLength(v), 0);
-    if (this.options.maxHeaderBytes !== undefined && headerBytes > this.options.maxHeaderBytes) {
-      throw new MqlogError('ERR_HEADERS_TOO_LARGE', `${headerBytes} bytes of headers exceed this node's limit of ${this.options.maxHeaderBytes}`);
+    if (limits.maxHeaderBytes !== undefined && headerBytes > limits.maxHeaderBytes) {
+      throw new MqlogError('ERR_HEADERS_TOO_LARGE', `${headerBytes} bytes of headers exceed this node's limit of ${limits.maxHeaderBytes}`);
     }
   }
 

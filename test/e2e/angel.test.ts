@@ -449,6 +449,22 @@ test('a fresh start ignores the state a previous angel left: start succeeds and 
   assert.equal(s.restarts, 0, 'not the previous angel\'s restarts');
 });
 
+test('a reload under mqlog start that moves the listen address: mqlog status shows the new one, and the node serves there', async (t) => {
+  const root = await tempDir(t);
+  const { n } = await makeNodes(root, ['n']);
+  const started = await start(t, n!.dir);
+  assert.equal(started.code, 0, started.stderr);
+  assert.equal((await status(n!.dir)).listen, `127.0.0.1:${n!.port}`);
+  const port = await freePort();
+  const config = JSON.parse(await readFile(join(n!.dir, 'mqlog.json'), 'utf8')) as Record<string, unknown>;
+  await writeFile(join(n!.dir, 'mqlog.json'), JSON.stringify({ ...config, listen: `127.0.0.1:${port}` }));
+  const reloaded = await mqlog(['reload', '--data', n!.dir]);
+  assert.equal(reloaded.code, 0, reloaded.stderr);
+  await waitFor(async () => (await status(n!.dir)).listen === `127.0.0.1:${port}`, { timeoutMs: 30_000, message: 'mqlog status to show the new address' });
+  assert.equal(await healthz(`http://127.0.0.1:${port}`), 200);
+  assert.equal((await status(n!.dir)).restarts, 0, 'no restart');
+});
+
 test('SIGHUP to the angel reaches the daemon as a reload, killing neither; mqlog restart replaces both and the node serves again', async (t) => {
   const root = await tempDir(t);
   const { n } = await makeNodes(root, ['n']);
