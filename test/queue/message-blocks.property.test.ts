@@ -31,7 +31,7 @@ const input: fc.Arbitrary<Input> = fc.record({
 });
 
 function add(builder: BlockBuilder, offset: number, m: Input): void {
-  const message: SummarisedMessage = { offset, meta: { to: m.to, ts: m.ts, receipt: m.receipt, ...(m.ttl === undefined ? {} : { expiresAt: m.ts + m.ttl }), ...(m.streamed ? { streamed: { size: 1, sha256: '', parts: [] } } : {}) } };
+  const message: SummarisedMessage = { offset, meta: { to: m.to, ts: m.ts, receipt: m.receipt, ...(m.ttl === undefined ? {} : { expiresAt: m.ts + m.ttl }), streamed: m.streamed } };
   builder.add(message, m.bytes, { offset, position: offset * 10, crc: offset });
 }
 
