@@ -51,6 +51,12 @@ export class ChangeWatcher implements ChangeFeed {
   /** The nearest existing ancestor, watched while `dir` does not exist. */
   private anchor: { readonly path: string; readonly watch: Watch } | undefined;
   private changes = 0;
+  /**
+   * A watch may have been lost since the last repair(): a directory was made or removed (a 'rename'
+   * event), a watch broke, or a wait ended without hearing anything. Waits repair only then, so a
+   * follower woken by appends does not look at every directory before each wait.
+   */
+  private suspect = true;
   private waiters = new Set<() => void>();
   private readonly listeners = new Set<() => void>();
   private readonly onClose: (() => void) | undefined;
@@ -101,7 +107,7 @@ export class ChangeWatcher implements ChangeFeed {
     // A watch lost without an event is put back here too, not only by the fallback: a caller whose own
     // deadline ends every wait first would otherwise never have it back. What happened meanwhile went
     // unseen: the caller looks again.
-    if (this.changes !== seen || this.repair()) return;
+    if (this.changes !== seen || (this.suspect && this.repair())) return;
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         // Nothing reported for a while: a watch may have been lost (its directory removed and made
@@ -110,6 +116,7 @@ export class ChangeWatcher implements ChangeFeed {
         done();
       }, this.fallbackMs);
       const onAbort = (): void => {
+        this.suspect = true;
         cleanup();
         waiters.delete(done);
         reject(abortError(signal as AbortSignal));
@@ -158,6 +165,7 @@ export class ChangeWatcher implements ChangeFeed {
    */
   private repair(): boolean {
     if (this.closing !== undefined) return false;
+    this.suspect = false;
     let changed = false;
     for (const [path, watch] of [...this.watches]) {
       if (!this.watches.has(path) || identityOf(path) === watch.identity) continue;
@@ -213,21 +221,17 @@ export class ChangeWatcher implements ChangeFeed {
     if (name !== null && this.ignore(child)) return;
     // Creations, removals and renames are 'rename' events; a new directory below gets its own watch
     // before anything else happens here (the follower woken below lists it only after this).
+    // (A directory made again under its old name keeps its dead watch here; the next wait's repair() finds it.)
     if (event === 'rename') {
-      const watched = this.watches.get(path);
-      if (watched === undefined || identityOf(path) !== watched.identity) {
-        // The watched directory itself went away (a removed stream, a removed queue), or is another one
-        // by now: its watch is dead.
+      this.suspect = true;
+      if (!existsSync(path)) {
+        // The watched directory itself went away (a removed stream, a removed queue): its watch is dead.
         this.unwatch(path);
         if (path === this.dir) this.attach();
-        else if (isDirectory(path)) this.watchTree(path, depth);
       } else if (name !== null && depth > 0) {
-        const known = this.watches.get(child);
         if (isDirectory(child)) {
-          // Made again under the same name before its removal was reported: the old watch follows the old one.
-          if (known !== undefined && identityOf(child) !== known.identity) this.unwatch(child);
           if (!this.watches.has(child)) this.watchTree(child, depth - 1);
-        } else if (known !== undefined) {
+        } else if (this.watches.has(child)) {
           this.unwatch(child);
         }
       }
@@ -258,13 +262,7 @@ export class ChangeWatcher implements ChangeFeed {
       this.attach();
       this.bump();
     });
-    if (watch === undefined) return;
-    this.anchor = { path, watch };
-    // Made between the look for the nearest existing directory and its watch: no event will say so.
-    if (existsSync(join(path, next))) {
-      this.attach();
-      this.bump();
-    }
+    if (watch !== undefined) this.anchor = { path, watch };
   }
 
   /**
@@ -282,6 +280,7 @@ export class ChangeWatcher implements ChangeFeed {
       return undefined;
     }
     watcher.on('error', () => {
+      this.suspect = true;
       // The directory went away (or the watch broke): drop the watch; the next event above or the
       // fallback puts it back if the directory comes again.
       watcher.close();
