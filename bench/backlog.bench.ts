@@ -23,7 +23,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openNode, type MqlogNode } from '../dist/daemon/node.js';
 import { newId } from '../dist/util/ids.js';
-import { GiB, KiB, formatBytes, freeBytes, median, type BenchContext } from './harness.ts';
+import { GiB, KiB, formatBytes, freeBytes, median, shared, type BenchContext } from './harness.ts';
 import { BenchDaemon, freePort, until } from './pair.ts';
 
 const FULL = 1_000_000;
@@ -101,12 +101,12 @@ async function fill(ctx: BenchContext, dir: string, count: number): Promise<void
   const node = await openNode({ data: dir });
   const body = randomBytes(BODY_BYTES);
   try {
-    await shared(count, async (n) => {
+    await shared(count, CONCURRENCY, async (n) => {
       await node.send('b', body, { channel: CHANNELS[n % CHANNELS.length] as string, priority: n % 10 });
       if (n % 100_000 === 0) ctx.progress(`outbox: ${n.toLocaleString('en-US')}`);
     });
     const inboxes = await Promise.all(CHANNELS.map((c) => node.inbox(c)));
-    await shared(count, async (n) => {
+    await shared(count, CONCURRENCY, async (n) => {
       const channel = n % CHANNELS.length;
       const ts = Date.now();
       await inboxes[channel]?.append({ id: newId(ts), ts, channel: CHANNELS[channel] as string, priority: n % 10, to: ['full'], from: 'b' }, body);
@@ -119,14 +119,6 @@ async function fill(ctx: BenchContext, dir: string, count: number): Promise<void
 
 async function closeNode(node: MqlogNode): Promise<void> {
   await node.close();
-}
-
-async function shared(count: number, task: (n: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  const caller = async (): Promise<void> => {
-    while (next < count) await task(next++);
-  };
-  await Promise.all(Array.from({ length: CONCURRENCY }, caller));
 }
 
 /** Runs `mqlog stat --json` and returns its wall time; checks the numbers it prints. */

@@ -30,7 +30,7 @@ import { openNode, type MqlogNode } from '../dist/daemon/node.js';
 import { FileLogStore } from '../dist/log/index.js';
 import { Compactor, compactNode } from '../dist/queue/compaction.js';
 import { OutboxState } from '../dist/queue/outbox-state.js';
-import { GiB, KiB, MiB, formatBytes, freeBytes, median, type BenchContext } from './harness.ts';
+import { GiB, KiB, MiB, formatBytes, freeBytes, median, shared, type BenchContext } from './harness.ts';
 
 /** Destinations: send() never touches the network, and nothing listens on these ports. */
 const DEST_X = 'http://127.0.0.1:9';
@@ -166,16 +166,11 @@ async function prepareBacklog(ctx: BenchContext, dir: string, bytes: number): Pr
   const body = randomBytes(BACKLOG_BODY_BYTES);
   const started = performance.now();
   try {
-    let next = 0;
-    const caller = async (): Promise<void> => {
-      while (next < count) {
-        const n = next++;
-        ctx.signal.throwIfAborted();
-        await node.send(n % 10 < 7 ? DEST_X : DEST_Y, body, { priority: BACKLOG_PRIORITY });
-        if (n % 10_000 === 0 && n > 0) ctx.progress(`backlog: ${n.toLocaleString('en-US')}/${count.toLocaleString('en-US')} messages`);
-      }
-    };
-    await Promise.all(Array.from({ length: CONCURRENCY }, caller));
+    await shared(count, CONCURRENCY, async (n) => {
+      ctx.signal.throwIfAborted();
+      await node.send(n % 10 < 7 ? DEST_X : DEST_Y, body, { priority: BACKLOG_PRIORITY });
+      if (n % 10_000 === 0 && n > 0) ctx.progress(`backlog: ${n.toLocaleString('en-US')}/${count.toLocaleString('en-US')} messages`);
+    });
   } finally {
     await node.close();
   }

@@ -36,7 +36,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { openNode, type MqlogNode } from '../dist/daemon/node.js';
 import type { Delivery } from '../dist/queue/consumer.js';
 import { newId } from '../dist/util/ids.js';
-import { KiB, median, type BenchContext } from './harness.ts';
+import { KiB, median, shared, type BenchContext } from './harness.ts';
 import { endToEnd, percentile, startPair } from './pair.ts';
 
 const BODY_BYTES = KiB;
@@ -233,16 +233,10 @@ async function warmUp(dir: string, visibilityTimeoutMs: number | undefined): Pro
   try {
     const inbox = await node.inbox('warm');
     const body = randomBytes(BODY_BYTES);
-    let next = 0;
-    await Promise.all(
-      Array.from({ length: 64 }, async () => {
-        while (next < WARM_UP_MESSAGES) {
-          next++;
-          const ts = Date.now();
-          await inbox.append({ id: newId(ts), ts, channel: 'warm', priority: next % 10, to: ['warm'], from: 'warm' }, body);
-        }
-      }),
-    );
+    await shared(WARM_UP_MESSAGES, 64, async (n) => {
+      const ts = Date.now();
+      await inbox.append({ id: newId(ts), ts, channel: 'warm', priority: n % 10, to: ['warm'], from: 'warm' }, body);
+    });
     const acks: Promise<void>[] = [];
     for await (const message of node.tail({ channel: 'warm', prefetch: PREFETCH })) {
       acks.push(message.ack());

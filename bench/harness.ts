@@ -62,6 +62,18 @@ export interface BenchContext {
 
 export type BenchFn = (ctx: BenchContext) => Promise<void>;
 
+/**
+ * Runs `task(0)` … `task(count - 1)` with `concurrency` callers, each taking the next number once its
+ * last task is done (as that many application threads sending one message after another).
+ */
+export async function shared(count: number, concurrency: number, task: (n: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  const caller = async (): Promise<void> => {
+    while (next < count) await task(next++);
+  };
+  await Promise.all(Array.from({ length: concurrency }, caller));
+}
+
 export function median(values: readonly number[]): number {
   if (values.length === 0) return Number.NaN;
   const sorted = [...values].sort((a, b) => a - b);

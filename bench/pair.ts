@@ -11,7 +11,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import type { MqlogNode } from '../dist/daemon/node.js';
 import type { SendOptions } from '../dist/queue/outbox.js';
-import type { BenchContext } from './harness.ts';
+import { shared, type BenchContext } from './harness.ts';
 
 /** Concurrent library callers in the throughput runs. */
 export const CONCURRENCY = 64;
@@ -202,14 +202,9 @@ export function percentile(values: readonly number[], p: number): number {
 
 /** `concurrency` callers share `count` sends. */
 export async function sendCount(node: MqlogNode, to: string, concurrency: number, count: number, body: Buffer, options: SendOptions = {}): Promise<void> {
-  let started = 0;
-  const caller = async (): Promise<void> => {
-    while (started < count) {
-      started++;
-      await node.send(to, body, options);
-    }
-  };
-  await Promise.all(Array.from({ length: concurrency }, caller));
+  await shared(count, concurrency, async () => {
+    await node.send(to, body, options);
+  });
 }
 
 /**
