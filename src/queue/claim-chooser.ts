@@ -46,6 +46,11 @@ const DISCOVER_EVERY_MS = 100;
  */
 const SKIM_BUDGET_FRAMES = 1024;
 const SKIM_BUDGET_MS = 50;
+/**
+ * New messages one transaction claims at most, in bytes of their frames (at least one message): what a
+ * consumer reads into memory at once stays bounded whatever the messages' size and its prefetch.
+ */
+export const CLAIM_BUDGET_BYTES = 4 * 1024 * 1024;
 
 /** A stream's frontier skimmed ahead: frames looked at but not claimed yet. */
 interface SkimLane {
@@ -113,13 +118,16 @@ export class ClaimChooser {
 
     const claimed: Claimed[] = [];
     let left = want;
+    let bytesLeft = CLAIM_BUDGET_BYTES;
     let ended = 0;
     let cut = false;
     for (const candidate of candidates) {
       if (left <= 0) break;
       if (candidate.kind === 'stream') {
-        const fresh = await this.claimFresh(state, candidate.stream, candidate.priority, left, records, journal, until);
+        if (bytesLeft <= 0) continue;
+        const fresh = await this.claimFresh(state, candidate.stream, candidate.priority, { messages: left, bytes: bytesLeft }, records, journal, until);
         cut ||= fresh.cut;
+        bytesLeft -= fresh.bytes;
         if (fresh.claimed !== undefined) {
           claimed.push(fresh.claimed);
           left -= fresh.claimed.members.size;
@@ -198,10 +206,11 @@ export class ClaimChooser {
   }
 
   /**
-   * Claims up to `want` new messages of a stream from its frontier, skimming their headers, within the
-   * skim budget (`cut`: the budget ended the skim).
+   * Claims up to `want.messages` new messages of a stream from its frontier, skimming their headers, within
+   * the skim budget (`cut`: the budget ended the skim), and stops once their frames reach `want.bytes`
+   * (`bytes`: what they take).
    */
-  private async claimFresh(state: ConsumerState, stream: string, priority: number, want: number, records: StateRecord[], journal: string, until: number): Promise<{ claimed: Claimed | undefined; cut: boolean }> {
+  private async claimFresh(state: ConsumerState, stream: string, priority: number, want: { messages: number; bytes: number }, records: StateRecord[], journal: string, until: number): Promise<{ claimed: Claimed | undefined; cut: boolean; bytes: number }> {
     const started = performance.now();
     const lane = await this.lane(state, stream);
     const frontier = state.frontier(stream);
@@ -209,14 +218,15 @@ export class ClaimChooser {
     let start: PositionHint | undefined;
     let last: SkimmedFrame | undefined;
     const members = new IntervalSet();
+    let bytes = 0;
     let looked = 0;
     let cut = false;
-    while (members.size < want) {
+    while (members.size < want.messages && bytes < want.bytes) {
       if (looked >= SKIM_BUDGET_FRAMES || (looked > 0 && performance.now() - started >= SKIM_BUDGET_MS)) {
         cut = true;
         break;
       }
-      if (lane.ahead.length === 0 && !(await skimMore(lane, Math.max(1, Math.min(want - members.size, SKIM_BUDGET_FRAMES - looked))))) break;
+      if (lane.ahead.length === 0 && !(await skimMore(lane, Math.max(1, Math.min(want.messages - members.size, SKIM_BUDGET_FRAMES - looked))))) break;
       looked++;
       const frame = lane.ahead.shift() as SkimmedFrame;
       last = frame;
@@ -225,20 +235,21 @@ export class ClaimChooser {
       if (!taken) {
         if (members.isEmpty) start = before;
         members.add(frame.offset);
+        bytes += frame.bytes;
       }
       before = hint;
     }
-    if (last === undefined) return { claimed: undefined, cut };
+    if (last === undefined) return { claimed: undefined, cut, bytes };
     const advance: StateRecord = { k: 'F', s: stream, o: last.offset + 1, h: [last.segment, last.position, last.offset] };
     if (members.isEmpty) {
       records.push(advance);
-      return { claimed: undefined, cut };
+      return { claimed: undefined, cut, bytes };
     }
     const token = randomUUID();
     // The claim before the frontier that passes its members: whatever prefix of the write survives a power
     // cut, no message is left behind the frontier outside a claim.
     records.push({ k: 'C', t: token, s: stream, j: journal, u: until, n: 1, p: priority, r: members.toFlat(), ...(start === undefined ? {} : { h: [start.segment, start.position, start.offset] as [number, number, number] }) }, advance);
-    return { claimed: { claim: new HeldClaim({ token, stream, priority, deliveries: 1, journal, hint: start, until }), members, frame: undefined }, cut };
+    return { claimed: { claim: new HeldClaim({ token, stream, priority, deliveries: 1, journal, hint: start, until }), members, frame: undefined }, cut, bytes };
   }
 
   /** The skim lane of a stream, standing at its frontier. */

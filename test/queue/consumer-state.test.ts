@@ -130,3 +130,34 @@ test('the layout of before claims (version-1 checkpoint, lease records) opens, a
     await view.close();
   }
 });
+
+test('a claim of new messages stops at 4 MiB of their frames, whatever the prefetch', async (t) => {
+  const dir = await tempDir(t);
+  const node = await openNode({ data: dir });
+  defer(t, () => node.close());
+  const inbox = await node.inbox('big');
+  const body = Buffer.alloc(1024 * 1024, 7);
+  const count = 24;
+  for (let i = 0; i < count; i++) await inbox.append({ id: newId(), ts: Date.now(), channel: 'big', priority: 0, to: ['b'], from: 'a' }, body);
+  let handed = 0;
+  for await (const d of node.tail({ channel: 'big' })) {
+    assert.equal(d.body.length, body.length);
+    handed++;
+    await d.ack();
+  }
+  assert.equal(handed, count);
+  // Every claim the consumer made, read back from the shared journal.
+  const sizes: number[] = [];
+  const view = await ConsumerJournal.open(inbox.info.dir, {
+    onApplied: (record) => {
+      if (record.k !== 'C') return;
+      let n = 0;
+      for (let i = 0; i < record.r.length; i += 2) n += (record.r[i + 1] as number) - (record.r[i] as number);
+      sizes.push(n);
+    },
+  });
+  await view.close();
+  assert.equal(sizes.reduce((a, b) => a + b, 0), count, 'each message claimed once');
+  assert.ok(Math.max(...sizes) > 1, `claims of more than one message once the caller's pace is known: ${sizes.join(', ')}`);
+  assert.ok(Math.max(...sizes) <= 4, `no claim holds more than 4 MiB of frames: ${sizes.join(', ')}`);
+});
