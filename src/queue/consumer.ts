@@ -99,7 +99,10 @@ export class Consumer {
   private readonly reader: ClaimReader;
   /** Claims, one at a time (they share the chooser's readers). */
   private claiming: Promise<unknown> = Promise.resolve();
-  /** The last claim got all it asked for: there is likely more, no need to look before the next. */
+  /**
+   * The last claim got all of several messages it asked for: there is likely more, no need to look before
+   * the next. A claim of one message that got it says nothing of what follows.
+   */
   private busy = false;
   private readonly reserves = new Set<Reserve>();
   private readonly renewLeases: boolean;
@@ -307,7 +310,10 @@ export class Consumer {
     // makes them durable (one fdatasync of the journal beside the acks' own, for every claim made by then).
     for (const { claim } of outcome.claimed) this.held.adopt(claim);
     const read = await this.reader.read(outcome.claimed);
-    this.busy = outcome.cut || read.deliveries.length + read.ended + outcome.ended >= max;
+    // A caller that takes one message at a time (prefetch 1, or a slow pace) waits for the next one with a
+    // look first: a transaction that finds nothing would take the lock and keep its process's event loop
+    // for a while — the time a sender in the same process waits for its append.
+    this.busy = outcome.cut || (max > 1 && read.deliveries.length + read.ended + outcome.ended >= max);
     if (outcome.claimed.length > 0) this.startTimer();
     return { deliveries: read.deliveries, more: outcome.cut || outcome.ended + read.ended > 0 };
   }
