@@ -11,16 +11,17 @@
  * Then each channel is drained by consumer processes that use the library as an application would
  * (`openNode({ data: B }).tail({ channel })`, ack each message after it was handled, up to 256 acks in
  * flight so that they share fsyncs, as `mqlog tail --ack` does): one process, four, and eight in
- * parallel, each on a channel of its own. The consumers start, warm up on a scratch node of their own
- * (warmUp: compiled code in every process), open the node, and wait for a go; the rate
- * is timed from the go to the last consumer done (all acks durable). Targets: one process ≥ 2× the
- * forwarding rate; four and eight processes ≥ 1.5× one.
+ * parallel, each on a channel of its own. The consumers start, open the node, drain a warm-up channel
+ * of it together (8,000 messages a process), and wait for a go; the rate is timed from the go to the
+ * last consumer done (all acks durable). Targets: one process ≥ 2× the forwarding rate; four and eight
+ * processes ≥ 1.5× one. Those three channels hold 200,000 messages each.
  *
- * Those three channels hold 200,000 messages each: the rate of a consumer that runs for a while is what
- * is measured. Even after its warm-up, every process recompiles about a hundred functions after the go
- * (V8 widens field types when objects of a second node appear, and the code that relied on them is
- * compiled again), some 0.3–0.6 s of CPU per process; in a drain of 50,000 messages that fixed cost was
- * most of the difference between one process and eight.
+ * The warm-up is what makes the figures those of compiled code, the rate of a consumer that has run
+ * for a while. A warm-up alone on a scratch node did not: V8 traced about a hundred and twenty
+ * functions compiled again after the go in every process (paths the scratch node never took: sharing a
+ * channel, several segments, another node's objects), some 0.3–0.6 s of CPU per process, which weighed
+ * eight times as much in the share of eight processes as in one's (8 processes: 48k msgs/s after the
+ * scratch warm-up, 119k after the shared one, in paired runs).
  *
  * Lease renewal: one process drains a channel with a 1 s visibility timeout (so renewals come every
  * few hundred ms), once as it is and once while it holds 1,000 messages of the channel unacked (taken
@@ -35,14 +36,12 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { openNode, type MqlogNode } from '../dist/daemon/node.js';
 import type { Delivery } from '../dist/queue/consumer.js';
-import { newId } from '../dist/util/ids.js';
-import { KiB, median, shared, type BenchContext } from './harness.ts';
+import { KiB, median, type BenchContext } from './harness.ts';
 import { endToEnd, percentile, startPair } from './pair.ts';
 
 const BODY_BYTES = KiB;
@@ -51,19 +50,20 @@ const SCALE_TARGET = 1.5;
 const RENEWAL_TARGET = 0.95;
 const ACK_WINDOW = 256;
 const HELD = 1000;
-const WARM_UP_MESSAGES = 5_000;
 const RENEWAL_VISIBILITY_MS = 1000;
 
 interface Plan {
   readonly messages: number;
   /** Messages of the channels drained by one, four and eight processes. */
   readonly scaleMessages: number;
+  /** Messages per consumer process of the channel drained together before each go. */
+  readonly warmPerProcess: number;
   readonly warmupMessages: number;
   readonly receiptSamples: number;
 }
 
-const FULL: Plan = { messages: 50_000, scaleMessages: 200_000, warmupMessages: 2_000, receiptSamples: 50 };
-const QUICK: Plan = { messages: 5_000, scaleMessages: 5_000, warmupMessages: 200, receiptSamples: 10 };
+const FULL: Plan = { messages: 50_000, scaleMessages: 200_000, warmPerProcess: 8_000, warmupMessages: 2_000, receiptSamples: 50 };
+const QUICK: Plan = { messages: 5_000, scaleMessages: 5_000, warmPerProcess: 500, warmupMessages: 200, receiptSamples: 10 };
 
 export async function bench(ctx: BenchContext): Promise<void> {
   const plan = ctx.quick ? QUICK : FULL;
@@ -79,23 +79,27 @@ export async function bench(ctx: BenchContext): Promise<void> {
     await consume(ctx, { dir, channel: 'warmup' }, 1, plan.warmupMessages);
 
     const fills: number[] = [];
-    const scaled = new Set(['one', 'four', 'eight']);
-    const channels = ['one', 'four', 'eight', 'plain1', 'held1', 'plain2', 'held2'];
-    for (const channel of channels) {
-      const count = scaled.has(channel) ? plan.scaleMessages : plan.messages;
-      ctx.progress(`filling channel ${channel}: ${count} messages A → B`);
+    const drains = [
+      { channel: 'one', processes: 1, count: plan.scaleMessages },
+      { channel: 'four', processes: 4, count: plan.scaleMessages },
+      { channel: 'eight', processes: 8, count: plan.scaleMessages },
+      ...['plain1', 'held1', 'plain2', 'held2'].map((channel) => ({ channel, processes: 1, count: plan.messages })),
+    ];
+    for (const { channel, processes, count } of drains) {
+      ctx.progress(`filling channel ${channel}: ${count} messages A → B, and ${channel}-warm: ${processes * plan.warmPerProcess}`);
       fills.push((await endToEnd(ctx, nodeA, pair.b, count, body, { channel })).rate);
+      await endToEnd(ctx, nodeA, pair.b, processes * plan.warmPerProcess, body, { channel: `${channel}-warm` });
     }
     const drained = new Map<number, { rate: number; consumed: number }>();
     for (const [processes, channel] of [[1, 'one'], [4, 'four'], [8, 'eight']] as const) {
       ctx.progress(`draining channel ${channel} with ${processes} consumer process(es)`);
-      drained.set(processes, await consume(ctx, { dir, channel }, processes, plan.scaleMessages));
+      drained.set(processes, await consume(ctx, { dir, channel, warmChannel: `${channel}-warm` }, processes, plan.scaleMessages));
     }
     const plain: number[] = [];
     const held: number[] = [];
     for (const [runs, channel, hold] of [[plain, 'plain1', 0], [held, 'held1', HELD], [plain, 'plain2', 0], [held, 'held2', HELD]] as const) {
       ctx.progress(`draining channel ${channel} with a ${RENEWAL_VISIBILITY_MS} ms visibility timeout${hold > 0 ? `, holding ${hold} messages` : ''}`);
-      runs.push((await consume(ctx, { dir, channel, hold, visibilityTimeoutMs: RENEWAL_VISIBILITY_MS }, 1, plan.messages)).rate);
+      runs.push((await consume(ctx, { dir, channel, hold, visibilityTimeoutMs: RENEWAL_VISIBILITY_MS, warmChannel: `${channel}-warm` }, 1, plan.messages)).rate);
     }
 
     ctx.progress(`receipt round trips: ${plan.receiptSamples}`);
@@ -149,6 +153,9 @@ async function consume(ctx: BenchContext, args: ConsumerArgs, processes: number,
   };
   ctx.signal.addEventListener('abort', onAbort, { once: true });
   try {
+    // All warm up together, as they then drain together.
+    await Promise.all(children.map((c) => c.opened));
+    for (const c of children) c.child.stdin?.write('warm\n');
     await Promise.all(children.map((c) => c.ready));
     const startedMs = performance.now();
     for (const c of children) c.child.stdin?.write('go\n');
@@ -169,45 +176,52 @@ interface ConsumerArgs {
   /** Messages to take first and hold unacked (renewed) until the channel is drained. */
   readonly hold?: number;
   readonly visibilityTimeoutMs?: number;
+  /** A channel the consumers drain together before the go (see warmChannel). */
+  readonly warmChannel?: string;
 }
 
 const CONSUMER_FLAG = '--consumer-child';
 const SELF = fileURLToPath(import.meta.url);
 
-function startConsumer(ctx: BenchContext, args: ConsumerArgs): { child: ChildProcess; ready: Promise<void>; result: Promise<ConsumerResult> } {
+function startConsumer(ctx: BenchContext, args: ConsumerArgs): { child: ChildProcess; opened: Promise<void>; ready: Promise<void>; result: Promise<ConsumerResult> } {
   const child = spawn(process.execPath, ['--import', 'tsx', SELF, CONSUMER_FLAG, JSON.stringify(args)], {
     cwd: ctx.root,
     stdio: ['pipe', 'pipe', 'inherit'],
   });
   child.on('error', () => undefined);
   const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
+  let onOpened: () => void = () => undefined;
   let onReady: () => void = () => undefined;
+  const opened = new Promise<void>((resolve) => (onOpened = resolve));
   const ready = new Promise<void>((resolve) => (onReady = resolve));
   const result = new Promise<ConsumerResult>((resolve, reject) => {
     lines.on('line', (line) => {
-      if (line === 'ready') onReady();
+      if (line === 'opened') onOpened();
+      else if (line === 'ready') onReady();
       else if (line.startsWith('{')) resolve(JSON.parse(line) as ConsumerResult);
     });
     child.on('exit', (code, signal) => reject(new Error(`consumer exited with ${code ?? signal} before its result`)));
   });
-  // A consumer that dies before it is ready fails the wait for readiness too.
-  return { child, ready: Promise.race([ready, result.then(() => undefined)]), result };
+  // A consumer that dies before a stage fails the wait for that stage too.
+  const failed = result.then(() => undefined);
+  return { child, opened: Promise.race([opened, failed]), ready: Promise.race([ready, failed]), result };
 }
 
 /**
- * The consumer process: open the node, say ready, wait for go, (take and hold `hold` messages,) drain
- * the channel, (ack the held ones,) print the result.
+ * The consumer process: open the node, say so, wait for the word, drain the warm-up channel with the
+ * others, say ready, wait for go, (take and hold `hold` messages,) drain the channel, (ack the held
+ * ones,) print the result.
  */
 async function consumerChild(args: ConsumerArgs): Promise<ConsumerResult> {
-  await warmUp(`${args.dir}.warm-${process.pid}`, args.visibilityTimeoutMs);
   const node = await openNode({ data: args.dir, ...(args.visibilityTimeoutMs === undefined ? {} : { config: { visibilityTimeoutMs: args.visibilityTimeoutMs } }) });
+  const words = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
   try {
     await node.inbox(args.channel);
-    const go = createInterface({ input: process.stdin });
-    const started = new Promise<void>((resolve) => go.once('line', () => resolve()));
+    process.stdout.write('opened\n');
+    await words.next();
+    if (args.warmChannel !== undefined) await drain(node, args.warmChannel);
     process.stdout.write('ready\n');
-    await started;
-    go.close();
+    await words.next();
     const startedMs = performance.now();
     let consumed = 0;
     const held: Delivery[] = [];
@@ -215,47 +229,28 @@ async function consumerChild(args: ConsumerArgs): Promise<ConsumerResult> {
       for await (const message of node.tail({ channel: args.channel, limit: args.hold })) held.push(message);
       consumed += held.length;
     }
-    const acks: Promise<void>[] = [];
-    for await (const message of node.tail({ channel: args.channel })) {
-      consumed++;
-      // "Handling" the message: touch its body.
-      if (message.body.length !== BODY_BYTES) throw new Error(`body of ${message.body.length} bytes`);
-      acks.push(message.ack());
-      if (acks.length >= ACK_WINDOW) await Promise.all(acks.splice(0));
-    }
-    await Promise.all(acks);
+    consumed += await drain(node, args.channel);
     await Promise.all(held.map((message) => message.ack()));
     return { consumed, ms: performance.now() - startedMs };
   } finally {
+    await words.return?.();
     await node.close();
   }
 }
 
-/**
- * Before its go, a consumer process runs the code it is timed on — append, claim, read, ack — over
- * WARM_UP_MESSAGES of a scratch node of its own, so that every figure is the rate of compiled code: a
- * process's first few thousand messages run in V8's interpreter at about a third of the speed, which
- * would weigh eight times as much in the share of eight processes as in one's.
- */
-async function warmUp(dir: string, visibilityTimeoutMs: number | undefined): Promise<void> {
-  const node = await openNode({ data: dir, ...(visibilityTimeoutMs === undefined ? {} : { config: { visibilityTimeoutMs } }) });
-  try {
-    const inbox = await node.inbox('warm');
-    const body = randomBytes(BODY_BYTES);
-    await shared(WARM_UP_MESSAGES, 64, async (n) => {
-      const ts = Date.now();
-      await inbox.append({ id: newId(ts), ts, channel: 'warm', priority: n % 10, to: ['warm'], from: 'warm' }, body);
-    });
-    const acks: Promise<void>[] = [];
-    for await (const message of node.tail({ channel: 'warm' })) {
-      acks.push(message.ack());
-      if (acks.length >= ACK_WINDOW) await Promise.all(acks.splice(0));
-    }
-    await Promise.all(acks);
-  } finally {
-    await node.close();
-    await rm(dir, { recursive: true, force: true });
+/** Takes every message of the channel there is for this process, acking each (≤ ACK_WINDOW in flight); resolves with how many. */
+async function drain(node: MqlogNode, channel: string): Promise<number> {
+  let consumed = 0;
+  const acks: Promise<void>[] = [];
+  for await (const message of node.tail({ channel })) {
+    consumed++;
+    // "Handling" the message: touch its body.
+    if (message.body.length !== BODY_BYTES) throw new Error(`body of ${message.body.length} bytes`);
+    acks.push(message.ack());
+    if (acks.length >= ACK_WINDOW) await Promise.all(acks.splice(0));
   }
+  await Promise.all(acks);
+  return consumed;
 }
 
 /** Round trips of messages asking for a receipt: send on A, ack on B (this process), processed on A. */
