@@ -7,7 +7,8 @@
  * one FileLogStore object wake that object's change feeds of the queue at once; other processes see them
  * through the file watch.
  */
-import { readdir, stat } from 'node:fs/promises';
+import { readdirSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { MqlogError, abortError, ioError } from '../errors.js';
 import { ensureDir, isNotFound, readFileIfExists } from '../util/fs.js';
@@ -103,7 +104,10 @@ export class FileLogStore implements LogStore {
     const dir = this.dirOf(queue);
     let names: string[];
     try {
-      names = await readdir(dir);
+      // A queue's directory holds a few entries (a stream per priority and writer): listed on this
+      // thread, which a consumer that looks before every claim would otherwise wait a thread-pool round
+      // trip for.
+      names = readdirSync(dir);
     } catch (err) {
       if (isNotFound(err)) return [];
       throw ioError(err, `cannot list ${dir}`, { path: dir });

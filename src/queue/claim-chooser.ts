@@ -77,13 +77,13 @@ export class ClaimChooser {
   async mayFind(state: ConsumerState, now: number): Promise<boolean> {
     if (state.readyRetries(now).next().done !== true) return true;
     for (const range of state.ranges()) if ((range.holder?.until ?? range.availableAt) <= now) return true;
-    await this.discover(false);
+    const looked = await this.discover(false);
     for (const { id } of this.streams) {
       const lane = await this.lane(state, id.name);
       if (lane.ahead.length > 0 || (await skimMore(lane, 1))) return true;
     }
-    // A stream that appeared since the last look.
-    if (performance.now() - this.discoveredAt < DISCOVER_EVERY_MS) {
+    // A stream that appeared since the last look (unless that look was just now).
+    if (!looked) {
       const known = this.streams.length;
       await this.discover(true);
       if (this.streams.length > known) return true;
@@ -271,8 +271,9 @@ export class ClaimChooser {
     return lane;
   }
 
-  private async discover(force: boolean): Promise<void> {
-    if (!force && performance.now() - this.discoveredAt < DISCOVER_EVERY_MS) return;
+  /** Lists the queue's streams again, unless that was done less than DISCOVER_EVERY_MS ago; true when it was done now. */
+  private async discover(force: boolean): Promise<boolean> {
+    if (!force && performance.now() - this.discoveredAt < DISCOVER_EVERY_MS) return false;
     this.discoveredAt = performance.now();
     const found: { id: StreamId; priority: number }[] = [];
     for (const id of await this.options.store.streams(this.options.info.queue)) {
@@ -280,6 +281,7 @@ export class ClaimChooser {
       if (priority !== undefined) found.push({ id, priority });
     }
     this.streams = found;
+    return true;
   }
 
   /** Under the lock: moves members handed out too often to the dead letters; returns how many went. */
