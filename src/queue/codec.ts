@@ -299,55 +299,77 @@ export function decodeMessage(payload: Buffer): MessageRecord {
 function validateMeta(raw: unknown): MessageMeta {
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw invalid('meta is not a map');
   const m = raw as Record<string, unknown>;
-  const id = m[KEYS.id];
-  if (!isId(id)) throw invalid('id is not a UUID');
-  const ts = m[KEYS.ts];
-  if (!isTime(ts)) throw invalid('ts is not a timestamp');
-  const channel = m[KEYS.channel];
-  checkChannel(channel);
-  const priority = m[KEYS.priority] as number;
-  // Decoded data: a wrong value is a bad message (ERR_INVALID_MESSAGE), not a bad argument of the caller.
-  if (!Number.isInteger(priority) || priority < MIN_PRIORITY || priority > MAX_PRIORITY) throw invalid(`priority ${String(priority)} is not an integer ${MIN_PRIORITY}-${MAX_PRIORITY}`);
-  const to = m[KEYS.to];
-  checkDestinations(to);
-  const from = m[KEYS.from];
-  if (typeof from !== 'string' || Buffer.byteLength(from) > MAX_DESTINATION_BYTES) throw invalid('from is not a name');
-  const meta: { -readonly [K in keyof MessageMeta]: MessageMeta[K] } = { id, ts, channel, priority, to, from };
-  const node = m[KEYS.node];
-  if (node !== undefined) {
-    if (typeof node !== 'string' || node.length > 64) throw invalid('node is not a node id');
-    meta.node = node;
-  }
-  const expiresAt = m[KEYS.expiresAt];
-  if (expiresAt !== undefined) {
-    if (!isTime(expiresAt)) throw invalid('expiresAt is not a timestamp');
-    meta.expiresAt = expiresAt;
-  }
-  const notBefore = m[KEYS.notBefore];
-  if (notBefore !== undefined) {
-    if (!isTime(notBefore)) throw invalid('notBefore is not a timestamp');
-    meta.notBefore = notBefore;
-  }
-  const headers = m[KEYS.headers];
-  if (headers !== undefined) {
-    checkHeaders(headers, 'ERR_INVALID_MESSAGE');
-    meta.headers = headers;
-  }
-  const receipt = m[KEYS.receipt];
-  if (receipt !== undefined) {
-    if (typeof receipt !== 'boolean') throw invalid('receipt is not a boolean');
-    meta.receipt = receipt;
-  }
-  const replyTo = m[KEYS.replyTo];
-  if (replyTo !== undefined) {
-    if (typeof replyTo !== 'string' || Buffer.byteLength(replyTo) > MAX_DESTINATION_BYTES) throw invalid('replyTo is not an address');
-    meta.replyTo = replyTo;
-  }
+  const meta = checkedMeta((key) => m[KEYS[key]]);
   const origin = m[KEYS.origin];
   if (origin !== undefined) meta.origin = decodeOrigin(origin);
   const streamed = m[KEYS.streamed];
   if (streamed !== undefined) meta.streamed = checkStreamedBody(streamed);
-  const kind = m[KEYS.kind];
+  return meta;
+}
+
+/** A message's fields as a source hands them over (not from a frame): no origin, a streamed body's size and digest without parts. */
+export type GivenMeta = Omit<MessageMeta, 'origin' | 'streamed'> & { readonly streamed?: { readonly size: number; readonly sha256: string } | undefined };
+
+/**
+ * Fields a source handed over as an object (a JetStream message's headers), checked as decodeMeta checks
+ * decoded ones; a streamed body gets no parts yet (the intake finds where its chunks were stored).
+ * @throws ERR_INVALID_MESSAGE naming the first field that is wrong.
+ */
+export function checkGivenMeta(given: GivenMeta): MessageMeta {
+  const meta = checkedMeta((key) => given[key]);
+  if (given.streamed !== undefined) meta.streamed = checkStreamedBody([given.streamed.size, given.streamed.sha256, []]);
+  return meta;
+}
+
+type CheckedKey = Exclude<keyof typeof KEYS, 'origin' | 'streamed'>;
+
+/** The fields every message has, read through `field`, checked (origin and streamed are the caller's). */
+function checkedMeta(field: (key: CheckedKey) => unknown): { -readonly [K in keyof MessageMeta]: MessageMeta[K] } {
+  const id = field('id');
+  if (!isId(id)) throw invalid('id is not a UUID');
+  const ts = field('ts');
+  if (!isTime(ts)) throw invalid('ts is not a timestamp');
+  const channel = field('channel');
+  checkChannel(channel);
+  const priority = field('priority') as number;
+  // Decoded data: a wrong value is a bad message (ERR_INVALID_MESSAGE), not a bad argument of the caller.
+  if (!Number.isInteger(priority) || priority < MIN_PRIORITY || priority > MAX_PRIORITY) throw invalid(`priority ${String(priority)} is not an integer ${MIN_PRIORITY}-${MAX_PRIORITY}`);
+  const to = field('to');
+  checkDestinations(to);
+  const from = field('from');
+  if (typeof from !== 'string' || Buffer.byteLength(from) > MAX_DESTINATION_BYTES) throw invalid('from is not a name');
+  const meta: { -readonly [K in keyof MessageMeta]: MessageMeta[K] } = { id, ts, channel, priority, to, from };
+  const node = field('node');
+  if (node !== undefined) {
+    if (typeof node !== 'string' || node.length > 64) throw invalid('node is not a node id');
+    meta.node = node;
+  }
+  const expiresAt = field('expiresAt');
+  if (expiresAt !== undefined) {
+    if (!isTime(expiresAt)) throw invalid('expiresAt is not a timestamp');
+    meta.expiresAt = expiresAt;
+  }
+  const notBefore = field('notBefore');
+  if (notBefore !== undefined) {
+    if (!isTime(notBefore)) throw invalid('notBefore is not a timestamp');
+    meta.notBefore = notBefore;
+  }
+  const headers = field('headers');
+  if (headers !== undefined) {
+    checkHeaders(headers, 'ERR_INVALID_MESSAGE');
+    meta.headers = headers;
+  }
+  const receipt = field('receipt');
+  if (receipt !== undefined) {
+    if (typeof receipt !== 'boolean') throw invalid('receipt is not a boolean');
+    meta.receipt = receipt;
+  }
+  const replyTo = field('replyTo');
+  if (replyTo !== undefined) {
+    if (typeof replyTo !== 'string' || Buffer.byteLength(replyTo) > MAX_DESTINATION_BYTES) throw invalid('replyTo is not an address');
+    meta.replyTo = replyTo;
+  }
+  const kind = field('kind');
   if (kind !== undefined) {
     if (kind !== 'receipt') throw invalid(`unknown message kind ${JSON.stringify(kind)}`);
     meta.kind = kind;

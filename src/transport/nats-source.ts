@@ -29,7 +29,7 @@ import { NatsLink, displayAddress } from './nats-link.js';
 import { chunkSubject, metaSubject } from './nats-object-writer.js';
 import type { NatsSettings } from './nats-settings.js';
 import { bucketStream, ensureStream } from './nats-stream.js';
-import type { BatchSink, IncomingBatch, ReceivedFrame } from './transport.js';
+import type { BatchSink, IncomingBatch, ReceivedFrame, ReceivedMessage } from './transport.js';
 
 /** Frames for the sink, made by the daemon (which knows the frame format). */
 export interface SourceCodec {
@@ -37,8 +37,8 @@ export interface SourceCodec {
   adopt(data: Uint8Array, subject: string, sequence: number, headers: ReadonlyMap<string, string>): Buffer;
   /** A frame published with format `frame`, checked, as it is (its own offset); undefined when it is not one. */
   frame(data: Uint8Array): { frame: Buffer; offset: number } | undefined;
-  /** A message published with format `headers`: its MESSAGE frame at `offset`, the body inline or streamed. */
-  message(offset: number, fields: Omit<MessageFields, 'from'>, body: Uint8Array, streamed?: { readonly size: number; readonly sha256: string }): Buffer;
+  /** A message published with format `headers`, as the sink takes it (fields and body, not a frame) at `offset`, the body inline or streamed. */
+  message(offset: number, fields: Omit<MessageFields, 'from'>, body: Uint8Array, streamed?: { readonly size: number; readonly sha256: string }): ReceivedMessage['message'];
   /** A piece of a streamed body as a BODY_CHUNK frame at `offset`. */
   chunk(offset: number, of: Pick<MessageFields, 'id' | 'channel' | 'priority' | 'ts'>, position: number, data: Uint8Array): Buffer;
 }
@@ -77,7 +77,8 @@ interface Entry {
   readonly offset: number;
   /** The group it is stored with: `seq` (stream sequence) or the origin's node. */
   readonly group: string;
-  readonly frame: ReceivedFrame;
+  /** What the sink takes: a frame, or a message as fields and body. */
+  readonly frame: ReceivedFrame | ReceivedMessage;
   /** Set when its body is in the object store. */
   readonly object?: { readonly ref: NatsObjectRef; readonly fields: Omit<MessageFields, 'from'>; readonly origin: NatsOrigin };
 }
@@ -284,7 +285,7 @@ export class NatsSource {
     this.options.onRefused?.(entry.seq, error);
   }
 
-  private batch(group: string, frames: ReceivedFrame[]): IncomingBatch {
+  private batch(group: string, frames: (ReceivedFrame | ReceivedMessage)[]): IncomingBatch {
     const bySequence = group === SEQUENCE_STREAM;
     return {
       node: bySequence ? this.sequenceNode : group,
@@ -311,8 +312,9 @@ export class NatsSource {
         const fields = readFields(h);
         if (fields !== undefined) {
           const ref = readObjectRef(h);
-          const frame = this.options.codec.message(origin.offset, fields, ref === undefined ? m.data : new Uint8Array(0), ref === undefined ? undefined : { size: ref.size, sha256: ref.sha256 });
-          return { m, seq, offset: origin.offset, group: origin.node, frame: this.frameOf(origin, frame), ...(ref === undefined ? {} : { object: { ref, fields, origin } }) };
+          const message = this.options.codec.message(origin.offset, fields, ref === undefined ? m.data : new Uint8Array(0), ref === undefined ? undefined : { size: ref.size, sha256: ref.sha256 });
+          const frame = { stream: origin.stream, message, ...(origin.coversFrom === undefined ? {} : { coversFrom: origin.coversFrom }) };
+          return { m, seq, offset: origin.offset, group: origin.node, frame, ...(ref === undefined ? {} : { object: { ref, fields, origin } }) };
         }
       }
     }
