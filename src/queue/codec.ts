@@ -299,7 +299,21 @@ export function decodeMessage(payload: Buffer): MessageRecord {
 function validateMeta(raw: unknown): MessageMeta {
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw invalid('meta is not a map');
   const m = raw as Record<string, unknown>;
-  const meta = checkedMeta((key) => m[KEYS[key]]);
+  const meta = checkedMeta({
+    id: m[KEYS.id],
+    ts: m[KEYS.ts],
+    channel: m[KEYS.channel],
+    priority: m[KEYS.priority],
+    to: m[KEYS.to],
+    from: m[KEYS.from],
+    node: m[KEYS.node],
+    expiresAt: m[KEYS.expiresAt],
+    notBefore: m[KEYS.notBefore],
+    headers: m[KEYS.headers],
+    receipt: m[KEYS.receipt],
+    replyTo: m[KEYS.replyTo],
+    kind: m[KEYS.kind],
+  });
   const origin = m[KEYS.origin];
   if (origin !== undefined) meta.origin = decodeOrigin(origin);
   const streamed = m[KEYS.streamed];
@@ -316,60 +330,61 @@ export type GivenMeta = Omit<MessageMeta, 'origin' | 'streamed'> & { readonly st
  * @throws ERR_INVALID_MESSAGE naming the first field that is wrong.
  */
 export function checkGivenMeta(given: GivenMeta): MessageMeta {
-  const meta = checkedMeta((key) => given[key]);
+  const meta = checkedMeta(given);
   if (given.streamed !== undefined) meta.streamed = checkStreamedBody([given.streamed.size, given.streamed.sha256, []]);
   return meta;
 }
 
-type CheckedKey = Exclude<keyof typeof KEYS, 'origin' | 'streamed'>;
+/** The fields every message has, under their long names (KEYS), not checked yet. */
+type UncheckedMeta = { readonly [K in Exclude<keyof typeof KEYS, 'origin' | 'streamed'>]?: unknown };
 
-/** The fields every message has, read through `field`, checked (origin and streamed are the caller's). */
-function checkedMeta(field: (key: CheckedKey) => unknown): { -readonly [K in keyof MessageMeta]: MessageMeta[K] } {
-  const id = field('id');
+/** The fields every message has, checked (origin and streamed are the caller's). */
+function checkedMeta(m: UncheckedMeta): { -readonly [K in keyof MessageMeta]: MessageMeta[K] } {
+  const id = m.id;
   if (!isId(id)) throw invalid('id is not a UUID');
-  const ts = field('ts');
+  const ts = m.ts;
   if (!isTime(ts)) throw invalid('ts is not a timestamp');
-  const channel = field('channel');
+  const channel = m.channel;
   checkChannel(channel);
-  const priority = field('priority') as number;
+  const priority = m.priority as number;
   // Decoded data: a wrong value is a bad message (ERR_INVALID_MESSAGE), not a bad argument of the caller.
   if (!Number.isInteger(priority) || priority < MIN_PRIORITY || priority > MAX_PRIORITY) throw invalid(`priority ${String(priority)} is not an integer ${MIN_PRIORITY}-${MAX_PRIORITY}`);
-  const to = field('to');
+  const to = m.to;
   checkDestinations(to);
-  const from = field('from');
+  const from = m.from;
   if (typeof from !== 'string' || Buffer.byteLength(from) > MAX_DESTINATION_BYTES) throw invalid('from is not a name');
   const meta: { -readonly [K in keyof MessageMeta]: MessageMeta[K] } = { id, ts, channel, priority, to, from };
-  const node = field('node');
+  const node = m.node;
   if (node !== undefined) {
     if (typeof node !== 'string' || node.length > 64) throw invalid('node is not a node id');
     meta.node = node;
   }
-  const expiresAt = field('expiresAt');
+  const expiresAt = m.expiresAt;
   if (expiresAt !== undefined) {
     if (!isTime(expiresAt)) throw invalid('expiresAt is not a timestamp');
     meta.expiresAt = expiresAt;
   }
-  const notBefore = field('notBefore');
+  const notBefore = m.notBefore;
   if (notBefore !== undefined) {
     if (!isTime(notBefore)) throw invalid('notBefore is not a timestamp');
     meta.notBefore = notBefore;
   }
-  const headers = field('headers');
+  const headers = m.headers;
   if (headers !== undefined) {
     checkHeaders(headers, 'ERR_INVALID_MESSAGE');
     meta.headers = headers;
   }
-  const receipt = field('receipt');
+  const receipt = m.receipt;
   if (receipt !== undefined) {
     if (typeof receipt !== 'boolean') throw invalid('receipt is not a boolean');
     meta.receipt = receipt;
   }
-  const replyTo = field('replyTo');
+  const replyTo = m.replyTo;
   if (replyTo !== undefined) {
     if (typeof replyTo !== 'string' || Buffer.byteLength(replyTo) > MAX_DESTINATION_BYTES) throw invalid('replyTo is not an address');
     meta.replyTo = replyTo;
   }
-  const kind = field('kind');
+  const kind = m.kind;
   if (kind !== undefined) {
     if (kind !== 'receipt') throw invalid(`unknown message kind ${JSON.stringify(kind)}`);
     meta.kind = kind;

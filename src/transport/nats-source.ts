@@ -24,7 +24,7 @@ import { backoffMs, sleep } from '../util/backoff.js';
 import type { MessageFields } from './frame-contents.js';
 import { parseNatsUrl, type NatsAddress } from './nats-address.js';
 import { jsErrorCode, natsError } from './nats-errors.js';
-import { H, readFields, readHeaders, readObjectRef, readOrigin, type NatsObjectRef, type NatsOrigin } from './nats-headers.js';
+import { H, readFields, readMessageHeaders, readObjectRef, readOrigin, type NatsObjectRef, type NatsOrigin } from './nats-headers.js';
 import { NatsLink, displayAddress } from './nats-link.js';
 import { chunkSubject, metaSubject } from './nats-object-writer.js';
 import type { NatsSettings } from './nats-settings.js';
@@ -301,7 +301,7 @@ export class NatsSource {
 
   /** What a JetStream message is, and the frame that stores it. */
   private classify(m: JsMsg): Entry {
-    const h = readHeaders(m.headers);
+    const h = readMessageHeaders(m);
     const seq = m.seq;
     const origin = readOrigin(h);
     if (origin !== undefined) {
