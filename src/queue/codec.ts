@@ -134,23 +134,22 @@ export function int(value: number): number | bigint {
 }
 
 export function encodeMeta(meta: MessageMeta): Buffer {
-  const map: Record<string, unknown> = {
-    [KEYS.id]: meta.id,
-    [KEYS.ts]: int(meta.ts),
-    [KEYS.channel]: meta.channel,
-    [KEYS.priority]: meta.priority,
-    [KEYS.to]: meta.to,
-    [KEYS.from]: meta.from,
-  };
-  if (meta.node !== undefined) map[KEYS.node] = meta.node;
-  if (meta.expiresAt !== undefined) map[KEYS.expiresAt] = int(meta.expiresAt);
-  if (meta.notBefore !== undefined) map[KEYS.notBefore] = int(meta.notBefore);
-  if (meta.headers !== undefined && Object.keys(meta.headers).length > 0) map[KEYS.headers] = meta.headers;
-  if (meta.receipt === true) map[KEYS.receipt] = true;
-  if (meta.replyTo !== undefined) map[KEYS.replyTo] = meta.replyTo;
-  if (meta.origin !== undefined) map[KEYS.origin] = encodeOrigin(meta.origin);
-  if (meta.kind !== undefined) map[KEYS.kind] = meta.kind;
-  if (meta.streamed !== undefined) map[KEYS.streamed] = [int(meta.streamed.size), meta.streamed.sha256, meta.streamed.parts.map((p) => [p.stream, int(p.first), int(p.last)])];
+  return packMeta(meta, meta.from, meta.origin, meta.replyTo);
+}
+
+/** The fields of `meta` with `from`, `origin` and `replyTo` as given, packed (no copy of `meta` made to set them). */
+function packMeta(meta: MessageMeta, from: string, origin: Origin | undefined, replyTo: string | undefined): Buffer {
+  // The keys of KEYS written as literals, values read once: cheaper than an object literal with computed keys.
+  const map: Record<string, unknown> = { i: meta.id, t: int(meta.ts), c: meta.channel, p: meta.priority, d: meta.to, f: from };
+  if (meta.node !== undefined) map.n = meta.node;
+  if (meta.expiresAt !== undefined) map.x = int(meta.expiresAt);
+  if (meta.notBefore !== undefined) map.b = int(meta.notBefore);
+  if (meta.headers !== undefined && Object.keys(meta.headers).length > 0) map.h = meta.headers;
+  if (meta.receipt === true) map.r = true;
+  if (replyTo !== undefined) map.a = replyTo;
+  if (origin !== undefined) map.o = encodeOrigin(origin);
+  if (meta.kind !== undefined) map.k = meta.kind;
+  if (meta.streamed !== undefined) map.z = [int(meta.streamed.size), meta.streamed.sha256, meta.streamed.parts.map((p) => [p.stream, int(p.first), int(p.last)])];
   return packr.pack(map);
 }
 
@@ -208,7 +207,18 @@ function mapHeader(entries: number): Buffer {
 
 /** The payload of a MESSAGE frame. */
 export function encodeMessage(meta: MessageMeta, body: Uint8Array): Buffer[] {
-  const metaBytes = encodeMeta(meta);
+  return messagePayload(encodeMeta(meta), body);
+}
+
+/**
+ * The payload of the inbox copy of a message whose fields came checked but not as a frame (a source's
+ * message): as inboxCopyPayload makes it of a frame, `from`, `origin` and (when given) `replyTo` set.
+ */
+export function inboxCopyMessage(meta: MessageMeta, body: Uint8Array, set: { readonly from: string; readonly origin: Origin; readonly replyTo?: string | undefined }): Buffer[] {
+  return messagePayload(packMeta(meta, set.from, set.origin, set.replyTo ?? meta.replyTo), body);
+}
+
+function messagePayload(metaBytes: Buffer, body: Uint8Array): Buffer[] {
   const prefix = Buffer.allocUnsafe(4);
   prefix.writeUInt32LE(metaBytes.length, 0);
   return [prefix, metaBytes, Buffer.from(body.buffer, body.byteOffset, body.byteLength)];
@@ -329,9 +339,9 @@ export type GivenMeta = Omit<MessageMeta, 'origin' | 'streamed'> & { readonly st
  * decoded ones; a streamed body gets no parts yet (the intake finds where its chunks were stored).
  * @throws ERR_INVALID_MESSAGE naming the first field that is wrong.
  */
-export function checkGivenMeta(given: GivenMeta): MessageMeta {
+export function checkGivenMeta(given: Omit<GivenMeta, 'streamed'>, streamed?: GivenMeta['streamed']): MessageMeta {
   const meta = checkedMeta(given);
-  if (given.streamed !== undefined) meta.streamed = checkStreamedBody([given.streamed.size, given.streamed.sha256, []]);
+  if (streamed !== undefined) meta.streamed = checkStreamedBody([streamed.size, streamed.sha256, []]);
   return meta;
 }
 

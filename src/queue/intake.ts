@@ -19,7 +19,7 @@ import type { AppendResult, LogStore } from '../log/log-store.js';
 import type { Payload } from '../log/frame.js';
 import { parseStreamName } from '../log/stream-id.js';
 import { digestStreamedBody } from './body.js';
-import { checkGivenMeta, decodeChunk, decodeMeta, encodeMessage, inboxCopyPayload, type ChunkMeta, type GivenMeta, type MessageMeta, type Origin } from './codec.js';
+import { checkGivenMeta, decodeChunk, decodeMeta, encodeMessage, inboxCopyMessage, inboxCopyPayload, type ChunkMeta, type GivenMeta, type MessageMeta, type Origin } from './codec.js';
 import { DedupTable, dedupKey, transferKey } from './dedup-table.js';
 import type { Inbox } from './inbox.js';
 import { listQueues } from './layout.js';
@@ -123,7 +123,7 @@ interface Checked {
   readonly bodyStart?: number;
   /** Set for a message with an inline body that came as fields and body: the payload of its inbox copy, made when it was checked. */
   readonly copy?: Buffer[];
-  readonly receipt?: ReceiptReport;
+  readonly receipt?: ReceiptReport | undefined;
   /** Set for a BODY_CHUNK frame. */
   readonly chunk?: { readonly meta: ChunkMeta; readonly data: Buffer };
   readonly index: number;
@@ -248,18 +248,20 @@ export class Intake {
     const { offset, fields, body, streamed } = wire.message;
     checkCovered(batch, wire.stream, offset);
     if (!Number.isSafeInteger(offset) || offset < 0) throw new MqlogError('ERR_BAD_REQUEST', `message offset ${offset} is not a safe non-negative integer`);
-    const message = checkGivenMeta(streamed === undefined ? fields : { ...fields, streamed });
+    const message = checkGivenMeta(fields, streamed);
     if (message.streamed !== undefined && message.streamed.size > limits.maxStreamedBodyBytes) {
       throw new MqlogError('ERR_BODY_TOO_LARGE', `streamed body of ${message.streamed.size} bytes exceeds this node's limit of ${limits.maxStreamedBodyBytes}`);
     }
     this.checkLimits(message, body.length, limits);
     const data = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
     const receipt = message.kind === 'receipt' ? decodeReceiptReport(data) : undefined;
-    if (message.streamed !== undefined) return { key, stream: wire.stream, offset, message, payload: EMPTY, bodyStart: 0, index, ...(receipt === undefined ? {} : { receipt }) };
-    const copy = encodeMessage({ ...message, from: batch.peer ?? batch.name, origin: { node: batch.node, stream: wire.stream, offset, destination: batch.destination }, ...(message.receipt === true && batch.replyTo !== undefined ? { replyTo: batch.replyTo } : {}) }, data);
+    // Built property by property, no spreads: this runs for every message of a source.
+    if (message.streamed !== undefined) return { key, stream: wire.stream, offset, message, payload: EMPTY, bodyStart: 0, index, receipt };
+    const origin = { node: batch.node, stream: wire.stream, offset, destination: batch.destination };
+    const copy = inboxCopyMessage(message, data, { from: batch.peer ?? batch.name, origin, replyTo: message.receipt === true ? batch.replyTo : undefined });
     const payloadBytes = payloadLength(copy);
     if (payloadBytes > limits.maxFrameBytes) throw new MqlogError('ERR_FRAME_TOO_LARGE', `frame payload of ${payloadBytes} bytes exceeds this node's limit of ${limits.maxFrameBytes}`);
-    return { key, stream: wire.stream, offset, message, copy, index, ...(receipt === undefined ? {} : { receipt }) };
+    return { key, stream: wire.stream, offset, message, copy, index, receipt };
   }
 
   private checkChannel(channel: string, limits: IntakeLimits): void {

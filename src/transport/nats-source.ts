@@ -80,7 +80,7 @@ interface Entry {
   /** What the sink takes: a frame, or a message as fields and body. */
   readonly frame: ReceivedFrame | ReceivedMessage;
   /** Set when its body is in the object store. */
-  readonly object?: { readonly ref: NatsObjectRef; readonly fields: Omit<MessageFields, 'from'>; readonly origin: NatsOrigin };
+  readonly object?: { readonly ref: NatsObjectRef; readonly fields: Omit<MessageFields, 'from'>; readonly origin: NatsOrigin } | undefined;
 }
 
 export class NatsSource {
@@ -313,8 +313,9 @@ export class NatsSource {
         if (fields !== undefined) {
           const ref = readObjectRef(h);
           const message = this.options.codec.message(origin.offset, fields, ref === undefined ? m.data : new Uint8Array(0), ref === undefined ? undefined : { size: ref.size, sha256: ref.sha256 });
-          const frame = { stream: origin.stream, message, ...(origin.coversFrom === undefined ? {} : { coversFrom: origin.coversFrom }) };
-          return { m, seq, offset: origin.offset, group: origin.node, frame, ...(ref === undefined ? {} : { object: { ref, fields, origin } }) };
+          // No spreads (objects slow to read later): this runs for every message.
+          const frame = { stream: origin.stream, message, coversFrom: origin.coversFrom };
+          return { m, seq, offset: origin.offset, group: origin.node, frame, object: ref === undefined ? undefined : { ref, fields, origin } };
         }
       }
     }
