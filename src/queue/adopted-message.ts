@@ -6,7 +6,7 @@
  */
 import { FrameType, decodeFrame, encodeFrame } from '../log/frame.js';
 import { isId, newId } from '../util/ids.js';
-import { DEFAULT_CHANNEL, DEFAULT_PRIORITY, MAX_HEADERS, MAX_HEADER_KEY_BYTES, MAX_HEADER_VALUE_BYTES, checkChannel, decodeChunk, decodeMeta, encodeChunk, encodeMessagePayload, type ChunkMeta, type MessageMeta } from './codec.js';
+import { DEFAULT_CHANNEL, DEFAULT_PRIORITY, MAX_HEADERS, MAX_HEADER_KEY_BYTES, MAX_HEADER_VALUE_BYTES, checkChannel, decodeChunk, decodeMeta, encodeChunk, encodeMessagePayload, type ChunkMeta } from './codec.js';
 
 export interface ForeignMessage {
   readonly data: Uint8Array;
@@ -97,17 +97,9 @@ export function adoptFrame(data: Uint8Array): { frame: Buffer; offset: number } 
 }
 
 /**
- * The MESSAGE frame of a message another node published with its fields apart from its body (JetStream
- * format `headers`), at the offset it had in its sender's stream. A streamed body's message declares
- * its size and SHA-256 (its chunks come as chunk frames; the intake finds where they were stored).
- * Fields are checked when the frame is (by the intake): nothing is validated here.
+ * A piece of the streamed body of a message another node published with its fields apart from its body
+ * (JetStream format `headers`), as a BODY_CHUNK frame at `offset`.
  */
-export function adoptFields(offset: number, meta: Omit<MessageMeta, 'streamed' | 'origin'>, body: Uint8Array, streamed?: { readonly size: number; readonly sha256: string }): Buffer {
-  const payload = encodeMessagePayload(streamed === undefined ? meta : { ...meta, streamed: { ...streamed, parts: [] } }, streamed === undefined ? body : new Uint8Array(0));
-  return encodeFrame(FrameType.MESSAGE, offset, payload);
-}
-
-/** A piece of such a message's streamed body, as a BODY_CHUNK frame at `offset`. */
 export function adoptChunk(offset: number, meta: Omit<ChunkMeta, 'origin'>, data: Uint8Array): Buffer {
   return encodeFrame(FrameType.BODY_CHUNK, offset, Buffer.concat(encodeChunk(meta, data)));
 }

@@ -134,23 +134,22 @@ export function int(value: number): number | bigint {
 }
 
 export function encodeMeta(meta: MessageMeta): Buffer {
-  const map: Record<string, unknown> = {
-    [KEYS.id]: meta.id,
-    [KEYS.ts]: int(meta.ts),
-    [KEYS.channel]: meta.channel,
-    [KEYS.priority]: meta.priority,
-    [KEYS.to]: meta.to,
-    [KEYS.from]: meta.from,
-  };
-  if (meta.node !== undefined) map[KEYS.node] = meta.node;
-  if (meta.expiresAt !== undefined) map[KEYS.expiresAt] = int(meta.expiresAt);
-  if (meta.notBefore !== undefined) map[KEYS.notBefore] = int(meta.notBefore);
-  if (meta.headers !== undefined && Object.keys(meta.headers).length > 0) map[KEYS.headers] = meta.headers;
-  if (meta.receipt === true) map[KEYS.receipt] = true;
-  if (meta.replyTo !== undefined) map[KEYS.replyTo] = meta.replyTo;
-  if (meta.origin !== undefined) map[KEYS.origin] = encodeOrigin(meta.origin);
-  if (meta.kind !== undefined) map[KEYS.kind] = meta.kind;
-  if (meta.streamed !== undefined) map[KEYS.streamed] = [int(meta.streamed.size), meta.streamed.sha256, meta.streamed.parts.map((p) => [p.stream, int(p.first), int(p.last)])];
+  return packMeta(meta, meta.from, meta.origin, meta.replyTo);
+}
+
+/** The fields of `meta` with `from`, `origin` and `replyTo` as given, packed (no copy of `meta` made to set them). */
+function packMeta(meta: MessageMeta, from: string, origin: Origin | undefined, replyTo: string | undefined): Buffer {
+  // The keys of KEYS written as literals, values read once: cheaper than an object literal with computed keys.
+  const map: Record<string, unknown> = { i: meta.id, t: int(meta.ts), c: meta.channel, p: meta.priority, d: meta.to, f: from };
+  if (meta.node !== undefined) map.n = meta.node;
+  if (meta.expiresAt !== undefined) map.x = int(meta.expiresAt);
+  if (meta.notBefore !== undefined) map.b = int(meta.notBefore);
+  if (meta.headers !== undefined && Object.keys(meta.headers).length > 0) map.h = meta.headers;
+  if (meta.receipt === true) map.r = true;
+  if (replyTo !== undefined) map.a = replyTo;
+  if (origin !== undefined) map.o = encodeOrigin(origin);
+  if (meta.kind !== undefined) map.k = meta.kind;
+  if (meta.streamed !== undefined) map.z = [int(meta.streamed.size), meta.streamed.sha256, meta.streamed.parts.map((p) => [p.stream, int(p.first), int(p.last)])];
   return packr.pack(map);
 }
 
@@ -208,7 +207,18 @@ function mapHeader(entries: number): Buffer {
 
 /** The payload of a MESSAGE frame. */
 export function encodeMessage(meta: MessageMeta, body: Uint8Array): Buffer[] {
-  const metaBytes = encodeMeta(meta);
+  return messagePayload(encodeMeta(meta), body);
+}
+
+/**
+ * The payload of the inbox copy of a message whose fields came checked but not as a frame (a source's
+ * message): as inboxCopyPayload makes it of a frame, `from`, `origin` and (when given) `replyTo` set.
+ */
+export function inboxCopyMessage(meta: MessageMeta, body: Uint8Array, set: { readonly from: string; readonly origin: Origin; readonly replyTo?: string | undefined }): Buffer[] {
+  return messagePayload(packMeta(meta, set.from, set.origin, set.replyTo ?? meta.replyTo), body);
+}
+
+function messagePayload(metaBytes: Buffer, body: Uint8Array): Buffer[] {
   const prefix = Buffer.allocUnsafe(4);
   prefix.writeUInt32LE(metaBytes.length, 0);
   return [prefix, metaBytes, Buffer.from(body.buffer, body.byteOffset, body.byteLength)];
@@ -299,55 +309,92 @@ export function decodeMessage(payload: Buffer): MessageRecord {
 function validateMeta(raw: unknown): MessageMeta {
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw invalid('meta is not a map');
   const m = raw as Record<string, unknown>;
-  const id = m[KEYS.id];
-  if (!isId(id)) throw invalid('id is not a UUID');
-  const ts = m[KEYS.ts];
-  if (!isTime(ts)) throw invalid('ts is not a timestamp');
-  const channel = m[KEYS.channel];
-  checkChannel(channel);
-  const priority = m[KEYS.priority] as number;
-  // Decoded data: a wrong value is a bad message (ERR_INVALID_MESSAGE), not a bad argument of the caller.
-  if (!Number.isInteger(priority) || priority < MIN_PRIORITY || priority > MAX_PRIORITY) throw invalid(`priority ${String(priority)} is not an integer ${MIN_PRIORITY}-${MAX_PRIORITY}`);
-  const to = m[KEYS.to];
-  checkDestinations(to);
-  const from = m[KEYS.from];
-  if (typeof from !== 'string' || Buffer.byteLength(from) > MAX_DESTINATION_BYTES) throw invalid('from is not a name');
-  const meta: { -readonly [K in keyof MessageMeta]: MessageMeta[K] } = { id, ts, channel, priority, to, from };
-  const node = m[KEYS.node];
-  if (node !== undefined) {
-    if (typeof node !== 'string' || node.length > 64) throw invalid('node is not a node id');
-    meta.node = node;
-  }
-  const expiresAt = m[KEYS.expiresAt];
-  if (expiresAt !== undefined) {
-    if (!isTime(expiresAt)) throw invalid('expiresAt is not a timestamp');
-    meta.expiresAt = expiresAt;
-  }
-  const notBefore = m[KEYS.notBefore];
-  if (notBefore !== undefined) {
-    if (!isTime(notBefore)) throw invalid('notBefore is not a timestamp');
-    meta.notBefore = notBefore;
-  }
-  const headers = m[KEYS.headers];
-  if (headers !== undefined) {
-    checkHeaders(headers, 'ERR_INVALID_MESSAGE');
-    meta.headers = headers;
-  }
-  const receipt = m[KEYS.receipt];
-  if (receipt !== undefined) {
-    if (typeof receipt !== 'boolean') throw invalid('receipt is not a boolean');
-    meta.receipt = receipt;
-  }
-  const replyTo = m[KEYS.replyTo];
-  if (replyTo !== undefined) {
-    if (typeof replyTo !== 'string' || Buffer.byteLength(replyTo) > MAX_DESTINATION_BYTES) throw invalid('replyTo is not an address');
-    meta.replyTo = replyTo;
-  }
+  const meta = checkedMeta({
+    id: m[KEYS.id],
+    ts: m[KEYS.ts],
+    channel: m[KEYS.channel],
+    priority: m[KEYS.priority],
+    to: m[KEYS.to],
+    from: m[KEYS.from],
+    node: m[KEYS.node],
+    expiresAt: m[KEYS.expiresAt],
+    notBefore: m[KEYS.notBefore],
+    headers: m[KEYS.headers],
+    receipt: m[KEYS.receipt],
+    replyTo: m[KEYS.replyTo],
+    kind: m[KEYS.kind],
+  });
   const origin = m[KEYS.origin];
   if (origin !== undefined) meta.origin = decodeOrigin(origin);
   const streamed = m[KEYS.streamed];
   if (streamed !== undefined) meta.streamed = checkStreamedBody(streamed);
-  const kind = m[KEYS.kind];
+  return meta;
+}
+
+/** A message's fields as a source hands them over (not from a frame): no origin, a streamed body's size and digest without parts. */
+export type GivenMeta = Omit<MessageMeta, 'origin' | 'streamed'> & { readonly streamed?: { readonly size: number; readonly sha256: string } | undefined };
+
+/**
+ * Fields a source handed over as an object (a JetStream message's headers), checked as decodeMeta checks
+ * decoded ones; a streamed body gets no parts yet (the intake finds where its chunks were stored).
+ * @throws ERR_INVALID_MESSAGE naming the first field that is wrong.
+ */
+export function checkGivenMeta(given: Omit<GivenMeta, 'streamed'>, streamed?: GivenMeta['streamed']): MessageMeta {
+  const meta = checkedMeta(given);
+  if (streamed !== undefined) meta.streamed = checkStreamedBody([streamed.size, streamed.sha256, []]);
+  return meta;
+}
+
+/** The fields every message has, under their long names (KEYS), not checked yet. */
+type UncheckedMeta = { readonly [K in Exclude<keyof typeof KEYS, 'origin' | 'streamed'>]?: unknown };
+
+/** The fields every message has, checked (origin and streamed are the caller's). */
+function checkedMeta(m: UncheckedMeta): { -readonly [K in keyof MessageMeta]: MessageMeta[K] } {
+  const id = m.id;
+  if (!isId(id)) throw invalid('id is not a UUID');
+  const ts = m.ts;
+  if (!isTime(ts)) throw invalid('ts is not a timestamp');
+  const channel = m.channel;
+  checkChannel(channel);
+  const priority = m.priority as number;
+  // Decoded data: a wrong value is a bad message (ERR_INVALID_MESSAGE), not a bad argument of the caller.
+  if (!Number.isInteger(priority) || priority < MIN_PRIORITY || priority > MAX_PRIORITY) throw invalid(`priority ${String(priority)} is not an integer ${MIN_PRIORITY}-${MAX_PRIORITY}`);
+  const to = m.to;
+  checkDestinations(to);
+  const from = m.from;
+  if (typeof from !== 'string' || Buffer.byteLength(from) > MAX_DESTINATION_BYTES) throw invalid('from is not a name');
+  const meta: { -readonly [K in keyof MessageMeta]: MessageMeta[K] } = { id, ts, channel, priority, to, from };
+  const node = m.node;
+  if (node !== undefined) {
+    if (typeof node !== 'string' || node.length > 64) throw invalid('node is not a node id');
+    meta.node = node;
+  }
+  const expiresAt = m.expiresAt;
+  if (expiresAt !== undefined) {
+    if (!isTime(expiresAt)) throw invalid('expiresAt is not a timestamp');
+    meta.expiresAt = expiresAt;
+  }
+  const notBefore = m.notBefore;
+  if (notBefore !== undefined) {
+    if (!isTime(notBefore)) throw invalid('notBefore is not a timestamp');
+    meta.notBefore = notBefore;
+  }
+  const headers = m.headers;
+  if (headers !== undefined) {
+    checkHeaders(headers, 'ERR_INVALID_MESSAGE');
+    meta.headers = headers;
+  }
+  const receipt = m.receipt;
+  if (receipt !== undefined) {
+    if (typeof receipt !== 'boolean') throw invalid('receipt is not a boolean');
+    meta.receipt = receipt;
+  }
+  const replyTo = m.replyTo;
+  if (replyTo !== undefined) {
+    if (typeof replyTo !== 'string' || Buffer.byteLength(replyTo) > MAX_DESTINATION_BYTES) throw invalid('replyTo is not an address');
+    meta.replyTo = replyTo;
+  }
+  const kind = m.kind;
   if (kind !== undefined) {
     if (kind !== 'receipt') throw invalid(`unknown message kind ${JSON.stringify(kind)}`);
     meta.kind = kind;

@@ -14,12 +14,12 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { MqlogError, isMqlogError } from '../errors.js';
-import { FrameType, decodeFrame } from '../log/frame.js';
+import { FrameType, decodeFrame, payloadLength } from '../log/frame.js';
 import type { AppendResult, LogStore } from '../log/log-store.js';
 import type { Payload } from '../log/frame.js';
 import { parseStreamName } from '../log/stream-id.js';
 import { digestStreamedBody } from './body.js';
-import { decodeChunk, decodeMeta, encodeMessage, inboxCopyPayload, type ChunkMeta, type MessageMeta, type Origin } from './codec.js';
+import { checkGivenMeta, decodeChunk, decodeMeta, encodeMessage, inboxCopyMessage, inboxCopyPayload, type ChunkMeta, type GivenMeta, type MessageMeta, type Origin } from './codec.js';
 import { DedupTable, dedupKey, transferKey } from './dedup-table.js';
 import type { Inbox } from './inbox.js';
 import { listQueues } from './layout.js';
@@ -35,7 +35,7 @@ export interface IncomingFrames {
   readonly destination: string;
   /** The peer the transport authenticated, if it authenticates. */
   readonly peer: string | undefined;
-  readonly frames: readonly { readonly stream: string; readonly frame: Buffer; readonly coversFrom?: number | undefined }[];
+  readonly frames: readonly (IncomingFrame | IncomingMessage)[];
   /** Per sender stream, the range of offsets `[from, to)` the batch covers (see dedup-table.ts). */
   readonly covers?: ReadonlyMap<string, { readonly from: number; readonly to: number }> | undefined;
   /** Where the sender takes receipts now, if the transport says (its messages' own replyTo is where it took them when they were sent). */
@@ -52,6 +52,25 @@ export interface IncomingFrames {
    * started with.
    */
   readonly limits?: IntakeLimits | undefined;
+}
+
+/** A frame as it arrived. */
+export interface IncomingFrame {
+  /** The sender stream it comes from. */
+  readonly stream: string;
+  readonly frame: Buffer;
+  /** For sources that do not deliver in order (see IncomingFrames.unordered). */
+  readonly coversFrom?: number | undefined;
+}
+
+/**
+ * A message a source received as its fields and body rather than as a frame (a JetStream message): its
+ * fields are checked as a frame's are, and the one frame stored is made of them.
+ */
+export interface IncomingMessage {
+  readonly stream: string;
+  readonly message: { readonly offset: number; readonly fields: GivenMeta; readonly body: Uint8Array; readonly streamed?: GivenMeta['streamed'] };
+  readonly coversFrom?: number | undefined;
 }
 
 export interface IntakeResult {
@@ -102,7 +121,9 @@ interface Checked {
   readonly message?: MessageMeta;
   readonly payload?: Buffer;
   readonly bodyStart?: number;
-  readonly receipt?: ReceiptReport;
+  /** Set for a message with an inline body that came as fields and body: the payload of its inbox copy, made when it was checked. */
+  readonly copy?: Buffer[];
+  readonly receipt?: ReceiptReport | undefined;
   /** Set for a BODY_CHUNK frame. */
   readonly chunk?: { readonly meta: ChunkMeta; readonly data: Buffer };
   readonly index: number;
@@ -175,25 +196,19 @@ export class Intake {
     return this.closing;
   }
 
-  private check(batch: IncomingFrames, wire: { stream: string; frame: Buffer }, index: number, keys: Map<string, string>): Checked {
+  private check(batch: IncomingFrames, wire: IncomingFrame | IncomingMessage, index: number, keys: Map<string, string>): Checked {
     const limits = batch.limits ?? this.options;
     try {
       if (parseStreamName(wire.stream) === undefined) throw new MqlogError('ERR_BAD_REQUEST', `stream name ${JSON.stringify(wire.stream)} is not valid`);
+      if ('message' in wire) return this.checkMessage(batch, wire, index, this.keyOf(batch, wire.stream, keys), limits);
       const decoded = decodeFrame(wire.frame, 0, limits.maxFrameBytes);
       if (!decoded.ok) {
         if (decoded.incomplete) throw new MqlogError('ERR_TRUNCATED_FRAME', `frame is cut short (needs ${decoded.needed} bytes, has ${wire.frame.length})`);
         throw new MqlogError(decoded.code, `frame: ${decoded.reason}`);
       }
       if (decoded.bytes !== wire.frame.length) throw new MqlogError('ERR_BAD_REQUEST', `${wire.frame.length - decoded.bytes} bytes after the frame`);
-      let key = keys.get(wire.stream);
-      if (key === undefined) {
-        key = dedupKey(batch.node, batch.destination, wire.stream);
-        keys.set(wire.stream, key);
-      }
-      const cover = batch.covers?.get(wire.stream);
-      if (cover !== undefined && (decoded.frame.offset < cover.from || decoded.frame.offset >= cover.to)) {
-        throw new MqlogError('ERR_BAD_REQUEST', `frame offset ${decoded.frame.offset} lies outside the range [${cover.from}, ${cover.to}) the batch covers`);
-      }
+      const key = this.keyOf(batch, wire.stream, keys);
+      checkCovered(batch, wire.stream, decoded.frame.offset);
       if (decoded.frame.type === FrameType.BODY_CHUNK) {
         const chunk = decodeChunk(decoded.frame.payload);
         this.checkChannel(chunk.meta.channel, limits);
@@ -205,17 +220,48 @@ export class Intake {
       if (message.streamed !== undefined && message.streamed.size > limits.maxStreamedBodyBytes) {
         throw new MqlogError('ERR_BODY_TOO_LARGE', `streamed body of ${message.streamed.size} bytes exceeds this node's limit of ${limits.maxStreamedBodyBytes}`);
       }
-      const bodyBytes = payload.length - bodyStart;
-      if (bodyBytes > limits.maxBodyBytes) {
-        throw new MqlogError('ERR_BODY_TOO_LARGE', `body of ${bodyBytes} bytes exceeds this node's limit of ${limits.maxBodyBytes}`);
-      }
-      this.checkLimits(message, limits);
+      this.checkLimits(message, payload.length - bodyStart, limits);
       const receipt = message.kind === 'receipt' ? decodeReceiptReport(payload.subarray(bodyStart)) : undefined;
       return { key, stream: wire.stream, offset: decoded.frame.offset, message, payload, bodyStart, index, ...(receipt === undefined ? {} : { receipt }) };
     } catch (err) {
       if (err instanceof MqlogError) throw new MqlogError(err.code, `frame ${index}: ${err.message}`, { details: { ...err.details, frame: index }, cause: err });
       throw err;
     }
+  }
+
+  /** The dedup key of a sender stream of this batch, made once per batch. */
+  private keyOf(batch: IncomingFrames, stream: string, keys: Map<string, string>): string {
+    let key = keys.get(stream);
+    if (key === undefined) {
+      key = dedupKey(batch.node, batch.destination, stream);
+      keys.set(stream, key);
+    }
+    return key;
+  }
+
+  /**
+   * A message that came as fields and body: the same checks as a MESSAGE frame's, and its inbox copy
+   * made now (encoded once here, its CRC computed once when it is written), which is what the frame
+   * size limit applies to.
+   */
+  private checkMessage(batch: IncomingFrames, wire: IncomingMessage, index: number, key: string, limits: IntakeLimits): Checked {
+    const { offset, fields, body, streamed } = wire.message;
+    checkCovered(batch, wire.stream, offset);
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new MqlogError('ERR_BAD_REQUEST', `message offset ${offset} is not a safe non-negative integer`);
+    const message = checkGivenMeta(fields, streamed);
+    if (message.streamed !== undefined && message.streamed.size > limits.maxStreamedBodyBytes) {
+      throw new MqlogError('ERR_BODY_TOO_LARGE', `streamed body of ${message.streamed.size} bytes exceeds this node's limit of ${limits.maxStreamedBodyBytes}`);
+    }
+    this.checkLimits(message, body.length, limits);
+    const data = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+    const receipt = message.kind === 'receipt' ? decodeReceiptReport(data) : undefined;
+    // Built property by property, no spreads: this runs for every message of a source.
+    if (message.streamed !== undefined) return { key, stream: wire.stream, offset, message, payload: EMPTY, bodyStart: 0, index, receipt };
+    const origin = { node: batch.node, stream: wire.stream, offset, destination: batch.destination };
+    const copy = inboxCopyMessage(message, data, { from: batch.peer ?? batch.name, origin, replyTo: message.receipt === true ? batch.replyTo : undefined });
+    const payloadBytes = payloadLength(copy);
+    if (payloadBytes > limits.maxFrameBytes) throw new MqlogError('ERR_FRAME_TOO_LARGE', `frame payload of ${payloadBytes} bytes exceeds this node's limit of ${limits.maxFrameBytes}`);
+    return { key, stream: wire.stream, offset, message, copy, index, receipt };
   }
 
   private checkChannel(channel: string, limits: IntakeLimits): void {
@@ -225,7 +271,10 @@ export class Intake {
     }
   }
 
-  private checkLimits(message: MessageMeta, limits: IntakeLimits): void {
+  private checkLimits(message: MessageMeta, bodyBytes: number, limits: IntakeLimits): void {
+    if (bodyBytes > limits.maxBodyBytes) {
+      throw new MqlogError('ERR_BODY_TOO_LARGE', `body of ${bodyBytes} bytes exceeds this node's limit of ${limits.maxBodyBytes}`);
+    }
     this.checkChannel(message.channel, limits);
     const headers = Object.entries(message.headers ?? {});
     if (limits.maxHeaders !== undefined && headers.length > limits.maxHeaders) {
@@ -351,7 +400,7 @@ export class Intake {
         const message = c.message as MessageMeta;
         // A receipt goes back to where the sender takes receipts now, when the batch says where.
         const replyTo = message.receipt === true ? batch.replyTo : undefined;
-        const copy = message.streamed === undefined ? inboxCopyPayload(c.payload as Buffer, { from, origin: origin(c), replyTo }) : await this.streamedPayload(batch, c, from, origin(c), replyTo);
+        const copy = c.copy ?? (message.streamed === undefined ? inboxCopyPayload(c.payload as Buffer, { from, origin: origin(c), replyTo }) : await this.streamedPayload(batch, c, from, origin(c), replyTo));
         prepared.set(c, copy);
       }
       // One group commit per inbox stream (channel and priority): one append call, one promise.
@@ -455,6 +504,14 @@ export class Intake {
       });
     }
     return encodeMessage({ ...meta, from, origin, ...(replyTo === undefined ? {} : { replyTo }), streamed: { ...meta.streamed, parts } }, EMPTY);
+  }
+}
+
+/** @throws ERR_BAD_REQUEST when the batch states the range it covers for `stream` and `offset` lies outside it. */
+function checkCovered(batch: IncomingFrames, stream: string, offset: number): void {
+  const cover = batch.covers?.get(stream);
+  if (cover !== undefined && (offset < cover.from || offset >= cover.to)) {
+    throw new MqlogError('ERR_BAD_REQUEST', `frame offset ${offset} lies outside the range [${cover.from}, ${cover.to}) the batch covers`);
   }
 }
 

@@ -185,6 +185,48 @@ export function readHeaders(h: MsgHdrs | undefined): ReadHeaders {
   return { first, encoded };
 }
 
+/**
+ * A received JetStream message's headers, read straight from the header block the client received
+ * (`NATS/1.0` line, then `Name: value` lines) when the client keeps it where the 3.x client does, else
+ * through the client's parsed headers. Both read the same: names exactly as sent, values trimmed, the
+ * first value of each name. Reading the block here spares the client's per-header checks and
+ * normalising (`MsgHdrsImpl.decode`), which were a tenth of a sourcing daemon's CPU.
+ */
+export function readMessageHeaders(m: { readonly headers?: MsgHdrs | undefined }): ReadHeaders {
+  const block = headerBlock(m);
+  return block === undefined ? readHeaders(m.headers) : readHeaderBlock(block);
+}
+
+/** The raw header block of a message, where the 3.x client keeps it (`msg._rdata` up to `msg._msg.hdr`), or undefined. */
+function headerBlock(m: object): Uint8Array | undefined {
+  const msg = (m as { msg?: { _rdata?: unknown; _msg?: { hdr?: unknown } } }).msg;
+  const data = msg?._rdata;
+  const end = msg?._msg?.hdr;
+  return data instanceof Uint8Array && typeof end === 'number' && end > 0 && end <= data.length ? data.subarray(0, end) : undefined;
+}
+
+/** Reads a header block as `MsgHdrsImpl.decode` does (lines split at CRLF, the first line skipped, `name:value` with the value trimmed). */
+export function readHeaderBlock(block: Uint8Array): ReadHeaders {
+  const text = Buffer.from(block.buffer, block.byteOffset, block.byteLength).toString('utf8');
+  const first = new Map<string, string>();
+  const encoded: string[] = [];
+  let at = text.indexOf('\r\n');
+  if (at < 0) return { first, encoded };
+  for (at += 2; at < text.length; ) {
+    let end = text.indexOf('\r\n', at);
+    if (end < 0) end = text.length;
+    const colon = text.indexOf(':', at);
+    if (colon >= 0 && colon < end) {
+      const key = text.slice(at, colon);
+      const value = text.slice(colon + 1, end).trim();
+      if (key === H.header) encoded.push(value);
+      else if (!first.has(key)) first.set(key, value);
+    }
+    at = end + 2;
+  }
+  return { first, encoded };
+}
+
 const INTEGER = /^(0|[1-9][0-9]{0,15})$/;
 
 function integer(value: string | undefined): number | undefined {
@@ -198,7 +240,9 @@ export function readOrigin(h: ReadHeaders): NatsOrigin | undefined {
   const offset = integer(h.first.get(H.offset));
   if (node === undefined || node === '' || stream === undefined || !/^[a-z0-9]{1,16}\.w\d{1,6}$/.test(stream) || offset === undefined) return undefined;
   const coversFrom = integer(h.first.get(H.coversFrom));
-  return { node, stream, offset, ...(coversFrom !== undefined && coversFrom < offset ? { coversFrom } : {}) };
+  const origin: { -readonly [K in keyof NatsOrigin]: NatsOrigin[K] } = { node, stream, offset };
+  if (coversFrom !== undefined && coversFrom < offset) origin.coversFrom = coversFrom;
+  return origin;
 }
 
 /**
@@ -214,21 +258,23 @@ export function readFields(h: ReadHeaders): Omit<MessageFields, 'from'> | undefi
     const at = pair.indexOf('=');
     if (at > 0) headers[decodeValue(pair.slice(0, at))] = decodeValue(pair.slice(at + 1));
   }
-  const expiresAt = integer(h.first.get(H.expiresAt));
-  const notBefore = integer(h.first.get(H.notBefore));
-  const replyTo = h.first.get(H.replyTo);
-  return {
+  // Set field by field, no spreads: this runs for every message a source takes.
+  const fields: { -readonly [K in keyof Omit<MessageFields, 'from'>]: Omit<MessageFields, 'from'>[K] } = {
     id,
     ts: integer(h.first.get(H.ts)) ?? Date.now(),
     channel: decodeValue(h.first.get(H.channel) ?? ''),
     priority: integer(h.first.get(H.priority)) ?? -1,
-    ...(expiresAt === undefined ? {} : { expiresAt }),
-    ...(notBefore === undefined ? {} : { notBefore }),
-    ...(Object.keys(headers).length === 0 ? {} : { headers }),
-    ...(h.first.get(H.receipt) === '1' ? { receipt: true } : {}),
-    ...(replyTo === undefined ? {} : { replyTo: decodeValue(replyTo) }),
-    ...(h.first.get(H.kind) === 'receipt' ? { kind: 'receipt' as const } : {}),
   };
+  const expiresAt = integer(h.first.get(H.expiresAt));
+  if (expiresAt !== undefined) fields.expiresAt = expiresAt;
+  const notBefore = integer(h.first.get(H.notBefore));
+  if (notBefore !== undefined) fields.notBefore = notBefore;
+  if (Object.keys(headers).length > 0) fields.headers = headers;
+  if (h.first.get(H.receipt) === '1') fields.receipt = true;
+  const replyTo = h.first.get(H.replyTo);
+  if (replyTo !== undefined) fields.replyTo = decodeValue(replyTo);
+  if (h.first.get(H.kind) === 'receipt') fields.kind = 'receipt';
+  return fields;
 }
 
 /** Where a message's body is when it went to the object store, or undefined. */

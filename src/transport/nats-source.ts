@@ -24,12 +24,12 @@ import { backoffMs, sleep } from '../util/backoff.js';
 import type { MessageFields } from './frame-contents.js';
 import { parseNatsUrl, type NatsAddress } from './nats-address.js';
 import { jsErrorCode, natsError } from './nats-errors.js';
-import { H, readFields, readHeaders, readObjectRef, readOrigin, type NatsObjectRef, type NatsOrigin } from './nats-headers.js';
+import { H, readFields, readMessageHeaders, readObjectRef, readOrigin, type NatsObjectRef, type NatsOrigin } from './nats-headers.js';
 import { NatsLink, displayAddress } from './nats-link.js';
 import { chunkSubject, metaSubject } from './nats-object-writer.js';
 import type { NatsSettings } from './nats-settings.js';
 import { bucketStream, ensureStream } from './nats-stream.js';
-import type { BatchSink, IncomingBatch, ReceivedFrame } from './transport.js';
+import type { BatchSink, IncomingBatch, ReceivedFrame, ReceivedMessage } from './transport.js';
 
 /** Frames for the sink, made by the daemon (which knows the frame format). */
 export interface SourceCodec {
@@ -37,8 +37,8 @@ export interface SourceCodec {
   adopt(data: Uint8Array, subject: string, sequence: number, headers: ReadonlyMap<string, string>): Buffer;
   /** A frame published with format `frame`, checked, as it is (its own offset); undefined when it is not one. */
   frame(data: Uint8Array): { frame: Buffer; offset: number } | undefined;
-  /** A message published with format `headers`: its MESSAGE frame at `offset`, the body inline or streamed. */
-  message(offset: number, fields: Omit<MessageFields, 'from'>, body: Uint8Array, streamed?: { readonly size: number; readonly sha256: string }): Buffer;
+  /** A message published with format `headers`, as the sink takes it (fields and body, not a frame) at `offset`, the body inline or streamed. */
+  message(offset: number, fields: Omit<MessageFields, 'from'>, body: Uint8Array, streamed?: { readonly size: number; readonly sha256: string }): ReceivedMessage['message'];
   /** A piece of a streamed body as a BODY_CHUNK frame at `offset`. */
   chunk(offset: number, of: Pick<MessageFields, 'id' | 'channel' | 'priority' | 'ts'>, position: number, data: Uint8Array): Buffer;
 }
@@ -77,9 +77,10 @@ interface Entry {
   readonly offset: number;
   /** The group it is stored with: `seq` (stream sequence) or the origin's node. */
   readonly group: string;
-  readonly frame: ReceivedFrame;
+  /** What the sink takes: a frame, or a message as fields and body. */
+  readonly frame: ReceivedFrame | ReceivedMessage;
   /** Set when its body is in the object store. */
-  readonly object?: { readonly ref: NatsObjectRef; readonly fields: Omit<MessageFields, 'from'>; readonly origin: NatsOrigin };
+  readonly object?: { readonly ref: NatsObjectRef; readonly fields: Omit<MessageFields, 'from'>; readonly origin: NatsOrigin } | undefined;
 }
 
 export class NatsSource {
@@ -284,7 +285,7 @@ export class NatsSource {
     this.options.onRefused?.(entry.seq, error);
   }
 
-  private batch(group: string, frames: ReceivedFrame[]): IncomingBatch {
+  private batch(group: string, frames: (ReceivedFrame | ReceivedMessage)[]): IncomingBatch {
     const bySequence = group === SEQUENCE_STREAM;
     return {
       node: bySequence ? this.sequenceNode : group,
@@ -300,7 +301,7 @@ export class NatsSource {
 
   /** What a JetStream message is, and the frame that stores it. */
   private classify(m: JsMsg): Entry {
-    const h = readHeaders(m.headers);
+    const h = readMessageHeaders(m);
     const seq = m.seq;
     const origin = readOrigin(h);
     if (origin !== undefined) {
@@ -311,8 +312,10 @@ export class NatsSource {
         const fields = readFields(h);
         if (fields !== undefined) {
           const ref = readObjectRef(h);
-          const frame = this.options.codec.message(origin.offset, fields, ref === undefined ? m.data : new Uint8Array(0), ref === undefined ? undefined : { size: ref.size, sha256: ref.sha256 });
-          return { m, seq, offset: origin.offset, group: origin.node, frame: this.frameOf(origin, frame), ...(ref === undefined ? {} : { object: { ref, fields, origin } }) };
+          const message = this.options.codec.message(origin.offset, fields, ref === undefined ? m.data : new Uint8Array(0), ref === undefined ? undefined : { size: ref.size, sha256: ref.sha256 });
+          // No spreads (objects slow to read later): this runs for every message.
+          const frame = { stream: origin.stream, message, coversFrom: origin.coversFrom };
+          return { m, seq, offset: origin.offset, group: origin.node, frame, object: ref === undefined ? undefined : { ref, fields, origin } };
         }
       }
     }

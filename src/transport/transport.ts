@@ -5,6 +5,7 @@
  * sender hands it bytes read from the outbox, the receiving side hands bytes to a BatchSink that
  * validates and stores them.
  */
+import type { MessageFields } from './frame-contents.js';
 
 /**
  * One frame as it travels: the name of the sender's stream it comes from, and its bytes as on disk —
@@ -30,6 +31,27 @@ export interface ReceivedFrame extends WireFrame {
   readonly coversFrom?: number | undefined;
 }
 
+/**
+ * A message a source received as its fields and body rather than as a frame (a JetStream message
+ * published with format `headers`): the sink checks the fields as it checks a frame's and makes the
+ * one frame it stores, so no frame is built here to be decoded and checked there again.
+ */
+export interface ReceivedMessage {
+  /** The sender stream it is keyed under, as for a frame. */
+  readonly stream: string;
+  readonly message: {
+    /** Its offset in that stream. */
+    readonly offset: number;
+    readonly fields: MessageFields & { readonly to: readonly string[] };
+    /** The inline body (empty for a streamed one). */
+    readonly body: Uint8Array;
+    /** Set when the body came before as chunk frames: its size and lower-case hex SHA-256. */
+    readonly streamed?: { readonly size: number; readonly sha256: string } | undefined;
+  };
+  /** As for a frame (ReceivedFrame.coversFrom). */
+  readonly coversFrom?: number | undefined;
+}
+
 export interface OutgoingBatch {
   /** Permanent id of the sending node (for duplicate detection). */
   readonly node: string;
@@ -51,8 +73,9 @@ export interface OutgoingBatch {
   readonly replyTo?: string | undefined;
 }
 
-export interface IncomingBatch extends OutgoingBatch {
-  readonly frames: readonly ReceivedFrame[];
+export interface IncomingBatch extends Omit<OutgoingBatch, 'frames'> {
+  /** Frames, or (from a source that receives messages rather than frames) messages. */
+  readonly frames: readonly (ReceivedFrame | ReceivedMessage)[];
   /**
    * Set by sources that do not deliver each stream in order (a broker redelivering): duplicates are then
    * recognised by exact offset, and `floor` says up to which offset everything was delivered before.

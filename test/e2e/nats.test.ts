@@ -226,24 +226,40 @@ test("a plain JetStream message with headers lands in B's inbox in the channel n
   assert.deepEqual(jsonLines(tailed.stdout).map((m) => m.body), ['order 1']);
 });
 
-// One frame the receiver refuses for good (here ERR_INVALID_NAME, a channel longer than
-// limits.maxChannelBytes) is terminated in JetStream; the rest of its batch is stored.
-test('a JetStream message B refuses does not hold up the messages behind it', async (t) => {
+// A message the receiver refuses for good (here ERR_INVALID_NAME, a channel longer than
+// limits.maxChannelBytes; ERR_INVALID_MESSAGE, mqlog headers whose id is not a UUID) is terminated in
+// JetStream and logged; the rest of its batch is stored.
+test('a JetStream message B refuses does not hold up the messages behind it, and is logged', async (t) => {
   const nats = await NatsServer.start(t);
   await nats.addStream(STREAM);
   const root = await tempDir(t);
   const { b } = await makeNodes(root, ['b'], { limits: { maxChannelBytes: 16 }, sources: [{ url: nats.streamUrl(STREAM), durable: 'b' }] });
   const [db] = daemons(t, [b!]);
+  // Format `headers` as another node's forwarder publishes it (spec/transports.md §3.2).
+  const mqlogHeaders = (id: string, offset: number) => {
+    const h = natsHeaders();
+    const fields: Record<string, string> = { 'Mqlog-Id': id, 'Mqlog-Channel': 'short', 'Mqlog-Priority': '4', 'Mqlog-Ts': String(Date.now()), 'Mqlog-From': 'a', 'Mqlog-Node': 'n0de', 'Mqlog-Stream': 'p4.w0', 'Mqlog-Offset': String(offset) };
+    for (const [k, v] of Object.entries(fields)) h.set(k, v);
+    return h;
+  };
   await nats.withConnection(async (nc) => {
     const js = jetstream(nc);
     await js.publish(`${STREAM}.short`, Buffer.from('before'));
     await js.publish(`${STREAM}.${'c'.repeat(40)}`, Buffer.from('channel longer than B takes'));
     await js.publish(`${STREAM}.short`, Buffer.from('after'));
+    await js.publish(`${STREAM}.short`, Buffer.from('mqlog 0'), { headers: mqlogHeaders(randomUUID(), 0) });
+    await js.publish(`${STREAM}.short`, Buffer.from('mqlog id not a UUID'), { headers: mqlogHeaders('not-a-uuid', 1) });
+    await js.publish(`${STREAM}.short`, Buffer.from('mqlog 2'), { headers: mqlogHeaders(randomUUID(), 2) });
   });
   await db!.start();
   const inbox = await waitFor(async () => {
     const messages = await allInbox(b!.dir);
-    return messages.length >= 2 ? messages : undefined;
-  }, { timeoutMs: 20_000, message: "the two acceptable messages in B's inbox (B's log: source_failed ERR_INVALID_NAME, retried forever)" });
-  assert.deepEqual(inbox.filter((m) => m.channel === 'short').map((m) => m.body).sort(), ['after', 'before']);
+    return messages.length >= 4 ? messages : undefined;
+  }, { timeoutMs: 20_000, message: "the four acceptable messages in B's inbox (B's log: source_failed, retried forever)" });
+  assert.deepEqual(inbox.filter((m) => m.channel === 'short').map((m) => m.body).sort(), ['after', 'before', 'mqlog 0', 'mqlog 2']);
+  const refused = await waitFor(() => {
+    const lines = jsonLines(db!.output.split('\n').filter((l) => l.startsWith('{')).join('\n')).filter((l) => l.event === 'source_refused');
+    return lines.length >= 2 ? lines : undefined;
+  }, { message: 'both refusals logged' });
+  assert.deepEqual(refused.map((l) => [l.sequence, l.code]), [[2, 'ERR_INVALID_NAME'], [5, 'ERR_INVALID_MESSAGE']]);
 });

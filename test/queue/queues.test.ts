@@ -20,7 +20,7 @@ import { DEAD_REASON_HEADER, decodeMessage, type MessageMeta } from '../../src/q
 import { compactNode } from '../../src/queue/compaction.ts';
 import type { Delivery } from '../../src/queue/consumer.ts';
 import type { DestinationQueue, OutgoingBatch } from '../../src/queue/destination-queue.ts';
-import type { IncomingFrames, Intake, IntakeLimits } from '../../src/queue/intake.ts';
+import type { IncomingFrame, IncomingFrames, Intake, IntakeLimits } from '../../src/queue/intake.ts';
 import type { QueueEvent } from '../../src/queue/queue-scan.ts';
 import { newId } from '../../src/util/ids.ts';
 import { defer, tempDir, waitFor } from '../helpers/index.ts';
@@ -106,7 +106,7 @@ async function takeBatch(queue: DestinationQueue, maxFrames = ALL_FRAMES, maxByt
 }
 
 /** What the forwarder hands a transport, and the receiver the intake. */
-function incoming(sender: MqlogNode, batch: OutgoingBatch, destination = 'b'): IncomingFrames {
+function incoming(sender: MqlogNode, batch: OutgoingBatch, destination = 'b'): IncomingFrames & { readonly frames: readonly IncomingFrame[] } {
   return {
     node: sender.nodeId,
     name: sender.config.name,
