@@ -217,9 +217,6 @@ export class Intake {
       if (decoded.frame.type !== FrameType.MESSAGE) throw new MqlogError('ERR_INVALID_MESSAGE', `frame type ${decoded.frame.type} is neither a message nor a body chunk`);
       const payload = decoded.frame.payload;
       const { meta: message, bodyStart } = decodeMeta(payload);
-      if (message.streamed !== undefined && message.streamed.size > limits.maxStreamedBodyBytes) {
-        throw new MqlogError('ERR_BODY_TOO_LARGE', `streamed body of ${message.streamed.size} bytes exceeds this node's limit of ${limits.maxStreamedBodyBytes}`);
-      }
       this.checkLimits(message, payload.length - bodyStart, limits);
       const receipt = message.kind === 'receipt' ? decodeReceiptReport(payload.subarray(bodyStart)) : undefined;
       return { key, stream: wire.stream, offset: decoded.frame.offset, message, payload, bodyStart, index, ...(receipt === undefined ? {} : { receipt }) };
@@ -249,16 +246,12 @@ export class Intake {
     checkCovered(batch, wire.stream, offset);
     if (!Number.isSafeInteger(offset) || offset < 0) throw new MqlogError('ERR_BAD_REQUEST', `message offset ${offset} is not a safe non-negative integer`);
     const message = checkGivenMeta(fields, streamed);
-    if (message.streamed !== undefined && message.streamed.size > limits.maxStreamedBodyBytes) {
-      throw new MqlogError('ERR_BODY_TOO_LARGE', `streamed body of ${message.streamed.size} bytes exceeds this node's limit of ${limits.maxStreamedBodyBytes}`);
-    }
     this.checkLimits(message, body.length, limits);
     const data = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
     const receipt = message.kind === 'receipt' ? decodeReceiptReport(data) : undefined;
     // Built property by property, no spreads: this runs for every message of a source.
     if (message.streamed !== undefined) return { key, stream: wire.stream, offset, message, payload: EMPTY, bodyStart: 0, index, receipt };
-    const origin = { node: batch.node, stream: wire.stream, offset, destination: batch.destination };
-    const copy = inboxCopyMessage(message, data, { from: batch.peer ?? batch.name, origin, replyTo: message.receipt === true ? batch.replyTo : undefined });
+    const copy = inboxCopyMessage(message, data, { from: senderOf(batch), origin: originOf(batch, wire.stream, offset), replyTo: replyToOf(batch, message) });
     const payloadBytes = payloadLength(copy);
     if (payloadBytes > limits.maxFrameBytes) throw new MqlogError('ERR_FRAME_TOO_LARGE', `frame payload of ${payloadBytes} bytes exceeds this node's limit of ${limits.maxFrameBytes}`);
     return { key, stream: wire.stream, offset, message, copy, index, receipt };
@@ -272,6 +265,9 @@ export class Intake {
   }
 
   private checkLimits(message: MessageMeta, bodyBytes: number, limits: IntakeLimits): void {
+    if (message.streamed !== undefined && message.streamed.size > limits.maxStreamedBodyBytes) {
+      throw new MqlogError('ERR_BODY_TOO_LARGE', `streamed body of ${message.streamed.size} bytes exceeds this node's limit of ${limits.maxStreamedBodyBytes}`);
+    }
     if (bodyBytes > limits.maxBodyBytes) {
       throw new MqlogError('ERR_BODY_TOO_LARGE', `body of ${bodyBytes} bytes exceeds this node's limit of ${limits.maxBodyBytes}`);
     }
@@ -354,7 +350,7 @@ export class Intake {
    * against its declared size and SHA-256 before its message is stored), then receipts are applied.
    */
   private async store(batch: IncomingFrames, checked: Checked[]): Promise<IntakeResult> {
-    const from = batch.peer ?? batch.name;
+    const from = senderOf(batch);
     const fresh = checked.filter((c) => {
       if (!this.dedup.seen(c.key, c.offset)) return true;
       // Only a sender that delivers in offset order (a peer over HTTP) can be judged by its ids: a source
@@ -367,7 +363,7 @@ export class Intake {
       this.options.onDedupGap?.({ node: batch.node, name: batch.name, stream: c.stream, offset: c.offset, id });
       return true;
     });
-    const origin = (c: Checked): Origin => ({ node: batch.node, stream: c.stream, offset: c.offset, destination: batch.destination });
+    const origin = (c: Checked): Origin => originOf(batch, c.stream, c.offset);
     const done: Checked[] = [];
     let ignored = 0;
     // Runs stores side by side; each notes in `done` what it stored. Throws the first failure once all ended.
@@ -398,8 +394,7 @@ export class Intake {
         // A body that came in the frame stays as it came, bytes and fields alike: only `from` (the sender)
         // and `origin` (where it came from) are set. A streamed body's message is made anew.
         const message = c.message as MessageMeta;
-        // A receipt goes back to where the sender takes receipts now, when the batch says where.
-        const replyTo = message.receipt === true ? batch.replyTo : undefined;
+        const replyTo = replyToOf(batch, message);
         const copy = c.copy ?? (message.streamed === undefined ? inboxCopyPayload(c.payload as Buffer, { from, origin: origin(c), replyTo }) : await this.streamedPayload(batch, c, from, origin(c), replyTo));
         prepared.set(c, copy);
       }
@@ -505,6 +500,21 @@ export class Intake {
     }
     return encodeMessage({ ...meta, from, origin, ...(replyTo === undefined ? {} : { replyTo }), streamed: { ...meta.streamed, parts } }, EMPTY);
   }
+}
+
+/** Where an inbox copy says its message came from. */
+function originOf(batch: IncomingFrames, stream: string, offset: number): Origin {
+  return { node: batch.node, stream, offset, destination: batch.destination };
+}
+
+/** The `from` of the batch's inbox copies: the peer the transport authenticated, else the name the sender gave. */
+function senderOf(batch: IncomingFrames): string {
+  return batch.peer ?? batch.name;
+}
+
+/** A receipt goes back to where the sender takes receipts now, when the batch says where. */
+function replyToOf(batch: IncomingFrames, message: MessageMeta): string | undefined {
+  return message.receipt === true ? batch.replyTo : undefined;
 }
 
 /** @throws ERR_BAD_REQUEST when the batch states the range it covers for `stream` and `offset` lies outside it. */
