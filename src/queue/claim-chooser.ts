@@ -101,6 +101,9 @@ export class ClaimChooser {
     const lapsed = await this.takeOver(state, now, records);
     const journal = this.options.held.journalForClaims(state);
     const until = now + this.options.visibilityTimeoutMs;
+    // Consumers that share the channel (each registers its ack journal at its first claim, and it stays
+    // registered while it claims): each takes only its share of a backlog's last messages.
+    const sharers = state.journals.size + (state.journals.has(journal) ? 0 : 1);
     await this.discover(false);
     type Candidate =
       | { readonly priority: number; readonly order: number; readonly kind: 'retry'; readonly stream: string; readonly offset: number; readonly retry: Retry }
@@ -125,7 +128,7 @@ export class ClaimChooser {
       if (left <= 0) break;
       if (candidate.kind === 'stream') {
         if (bytesLeft <= 0) continue;
-        const fresh = await this.claimFresh(state, candidate.stream, candidate.priority, { messages: left, bytes: bytesLeft }, records, journal, until);
+        const fresh = await this.claimFresh(state, candidate.stream, candidate.priority, { messages: left, bytes: bytesLeft, sharers }, records, journal, until);
         cut ||= fresh.cut;
         bytesLeft -= fresh.bytes;
         if (fresh.claimed !== undefined) {
@@ -208,37 +211,56 @@ export class ClaimChooser {
   /**
    * Claims up to `want.messages` new messages of a stream from its frontier, skimming their headers, within
    * the skim budget (`cut`: the budget ended the skim), and stops once their frames reach `want.bytes`
-   * (`bytes`: what they take).
+   * (`bytes`: what they take). When the skim reaches the stream's end and `want.sharers` consumers share
+   * the channel, only the first of every `sharers` messages found is claimed (rounded up): the rest of a
+   * backlog's end is left to the others.
    */
-  private async claimFresh(state: ConsumerState, stream: string, priority: number, want: { messages: number; bytes: number }, records: StateRecord[], journal: string, until: number): Promise<{ claimed: Claimed | undefined; cut: boolean; bytes: number }> {
+  private async claimFresh(state: ConsumerState, stream: string, priority: number, want: { messages: number; bytes: number; sharers: number }, records: StateRecord[], journal: string, until: number): Promise<{ claimed: Claimed | undefined; cut: boolean; bytes: number }> {
     const started = performance.now();
     const lane = await this.lane(state, stream);
     const frontier = state.frontier(stream);
     let before: PositionHint | undefined = frontier?.hint;
     let start: PositionHint | undefined;
-    let last: SkimmedFrame | undefined;
-    const members = new IntervalSet();
+    /** Frames skimmed, in order, and which of them are new messages to claim. */
+    const skimmed: { frame: SkimmedFrame; fresh: boolean; before: PositionHint | undefined }[] = [];
+    let found = 0;
     let bytes = 0;
-    let looked = 0;
     let cut = false;
-    while (members.size < want.messages && bytes < want.bytes) {
-      if (looked >= SKIM_BUDGET_FRAMES || (looked > 0 && performance.now() - started >= SKIM_BUDGET_MS)) {
+    let atEnd = false;
+    while (found < want.messages && bytes < want.bytes) {
+      if (skimmed.length >= SKIM_BUDGET_FRAMES || (skimmed.length > 0 && performance.now() - started >= SKIM_BUDGET_MS)) {
         cut = true;
         break;
       }
-      if (lane.ahead.length === 0 && !(await skimMore(lane, Math.max(1, Math.min(want.messages - members.size, SKIM_BUDGET_FRAMES - looked))))) break;
-      looked++;
+      if (lane.ahead.length === 0 && !(await skimMore(lane, Math.max(1, Math.min(want.messages - found, SKIM_BUDGET_FRAMES - skimmed.length))))) {
+        atEnd = true;
+        break;
+      }
       const frame = lane.ahead.shift() as SkimmedFrame;
-      last = frame;
-      const hint = { segment: frame.segment, position: frame.position, offset: frame.offset };
       const taken = frame.type !== FrameType.MESSAGE || state.isDone(stream, frame.offset) || state.rangeOf(stream, frame.offset) !== undefined || state.retryOf(stream, frame.offset) !== undefined || state.leaseOf(stream, frame.offset) !== undefined;
+      skimmed.push({ frame, fresh: !taken, before });
       if (!taken) {
-        if (members.isEmpty) start = before;
-        members.add(frame.offset);
+        found++;
         bytes += frame.bytes;
       }
-      before = hint;
+      before = { segment: frame.segment, position: frame.position, offset: frame.offset };
     }
+    if (atEnd && want.sharers > 1 && found > 1) {
+      // The end of the backlog: claim this consumer's share, put the rest back in the look-ahead.
+      let keep = Math.ceil(found / want.sharers);
+      let cutAt = 0;
+      while (keep > 0) if ((skimmed[cutAt++] as { fresh: boolean }).fresh) keep--;
+      lane.ahead.unshift(...skimmed.splice(cutAt).map((s) => s.frame));
+    }
+    const members = new IntervalSet();
+    bytes = 0;
+    for (const { frame, fresh, before: previous } of skimmed) {
+      if (!fresh) continue;
+      if (members.isEmpty) start = previous;
+      members.add(frame.offset);
+      bytes += frame.bytes;
+    }
+    const last = skimmed.at(-1)?.frame;
     if (last === undefined) return { claimed: undefined, cut, bytes };
     const advance: StateRecord = { k: 'F', s: stream, o: last.offset + 1, h: [last.segment, last.position, last.offset] };
     if (members.isEmpty) {

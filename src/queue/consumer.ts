@@ -27,11 +27,12 @@ export type { PeekedMessage } from './queue-peek.js';
 export const DEFAULT_VISIBILITY_TIMEOUT_MS = 30_000;
 export const DEFAULT_MAX_DELIVERIES = 5;
 /**
- * Messages a consumer claims ahead by default: enough to amortise a transaction, few enough that
- * consumers of one channel take turns at a backlog (claims of 1,024 let one `tail --follow --ack` take
- * 86 % of 2,000 messages from another). A claim also stops at CLAIM_BUDGET_BYTES of frames.
+ * Messages a consumer claims ahead by default: enough that a transaction (about the cost of reading and
+ * acking a hundred small messages) is amortised. Consumers of one channel still share a backlog: a claim
+ * that reaches the end of what is there takes only its share of it (claim-chooser.ts), and a claim also
+ * stops at CLAIM_BUDGET_BYTES of frames.
  */
-export const DEFAULT_PREFETCH = 128;
+export const DEFAULT_PREFETCH = 1024;
 
 export interface ConsumerOptions {
   readonly visibilityTimeoutMs?: number;
@@ -60,7 +61,7 @@ export interface MessagesOptions {
   readonly follow?: boolean;
   readonly limit?: number;
   readonly idleTimeoutMs?: number;
-  /** At most this many messages claimed ahead of the caller (default 128, and at most 4 MiB of them); fewer when the caller is slow. */
+  /** At most this many messages claimed ahead of the caller (default 1024, and at most 4 MiB of them); fewer when the caller is slow. */
   readonly prefetch?: number;
   readonly signal?: AbortSignal;
   readonly feed?: ChangeFeed;

@@ -161,3 +161,24 @@ test('a claim of new messages stops at 4 MiB of their frames, whatever the prefe
   assert.ok(Math.max(...sizes) > 1, `claims of more than one message once the caller's pace is known: ${sizes.join(', ')}`);
   assert.ok(Math.max(...sizes) <= 4, `no claim holds more than 4 MiB of frames: ${sizes.join(', ')}`);
 });
+
+test('consumers that share a channel split the end of a backlog between them; a lone consumer takes all it asks for', async (t) => {
+  const dir = await tempDir(t);
+  const a = await openNode({ data: dir });
+  defer(t, () => a.close());
+  const b = await openNode({ data: dir });
+  defer(t, () => b.close());
+  const inbox = await a.inbox('jobs');
+  await Promise.all(Array.from({ length: 1000 }, () => inbox.append({ id: newId(), ts: Date.now(), channel: 'jobs', priority: 0, to: ['b'], from: 'a' }, Buffer.from('job'))));
+  const first = await (await a.inbox('jobs')).consumer();
+  const second = await (await b.inbox('jobs')).consumer();
+  assert.equal((await second.take(1)).length, 1, 'the second consumer registers by claiming');
+  assert.equal((await first.take(1024)).length, 500, 'two sharers, the whole backlog (999) in reach: half of it');
+  assert.equal((await second.take(1024)).length, 250, 'half of the 499 left');
+  assert.equal((await first.take(1024)).length, 125, 'half of the 249 left');
+  assert.equal((await second.take(1)).length, 1, 'a claim of one is not split');
+
+  const lone = await a.inbox('alone');
+  await Promise.all(Array.from({ length: 300 }, () => lone.append({ id: newId(), ts: Date.now(), channel: 'alone', priority: 0, to: ['b'], from: 'a' }, Buffer.from('job'))));
+  assert.equal((await (await lone.consumer()).take(1024)).length, 300, 'a lone consumer takes the whole backlog');
+});
