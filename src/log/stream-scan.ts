@@ -4,7 +4,7 @@
  * memory, and releases its reader in `finally`, also when the caller leaves the loop early.
  */
 import { isMqlogError, type MqlogError } from '../errors.js';
-import type { DamagedRange, LogReader, LogStore, ReadLimits, StoredFrame, StreamPosition, TornTail } from './log-store.js';
+import type { DamagedRange, LogReader, LogStore, ReadLimits, SkimmedFrame, StoredFrame, StreamPosition, TornTail } from './log-store.js';
 
 export type ScanEvent =
   | { readonly kind: 'frame'; readonly frame: StoredFrame }
@@ -67,16 +67,28 @@ export async function* readFrames(store: LogStore, queue: string, stream: string
  * over by the reader (and reported to its `onDamaged`). The reader stays the caller's (a
  * follower calls this again after a change); leaving the loop early leaves it where it stopped.
  */
-export async function* readAvailable(reader: LogReader, limits: ReadLimits = BATCH): AsyncGenerator<StoredFrame[]> {
+export function readAvailable(reader: LogReader, limits: ReadLimits = BATCH): AsyncGenerator<StoredFrame[]> {
+  return available(() => reader.read(limits));
+}
+
+/**
+ * As readAvailable, by the frames' headers alone (LogReader.skim): where frames of which type lie, for a
+ * follower that needs no payload (counting a queue's messages).
+ */
+export function skimAvailable(reader: LogReader, limits: ReadLimits = BATCH): AsyncGenerator<SkimmedFrame[]> {
+  return available(() => reader.skim(limits));
+}
+
+async function* available<F>(next: () => Promise<{ readonly frames: F[]; readonly state: 'more' | 'end' | 'torn' }>): AsyncGenerator<F[]> {
   for (;;) {
-    let read;
+    let batch;
     try {
-      read = await reader.read(limits);
+      batch = await next();
     } catch (err) {
       if (isMqlogError(err) && (err.code === 'ERR_CORRUPT_FRAME' || err.code === 'ERR_UNSUPPORTED_VERSION')) return;
       throw err;
     }
-    yield read.frames;
-    if (read.state !== 'more') return;
+    yield batch.frames;
+    if (batch.state !== 'more') return;
   }
 }

@@ -1,8 +1,8 @@
 /**
  * Which offsets of a queue's streams hold messages, known without reading the queue: from the log's
  * segment summaries (each segment's runs of MESSAGE frames, log-store.md "Segment summaries"), and, for
- * what no summary describes yet — the end of each stream's open segment — from reading those frames,
- * once: a follower goes on with the frames appended later. With the done offsets of a consumer state,
+ * what no summary describes yet — the end of each stream's open segment — from those frames' headers
+ * (LogReader.skim), once: a follower goes on with the frames appended later. With the done offsets of a consumer state,
  * how many messages are not done.
  *
  * The counts equal those of a read of every message (a frame whose fields do not decode counts here
@@ -12,7 +12,7 @@
  */
 import { FrameType } from '../log/frame.js';
 import type { LogReader, LogStore, SegmentSummary } from '../log/log-store.js';
-import { readAvailable } from '../log/stream-scan.js';
+import { skimAvailable } from '../log/stream-scan.js';
 import { IntervalSet } from '../util/interval-set.js';
 
 const CHUNKS: ReadonlySet<number> = new Set([FrameType.BODY_CHUNK]);
@@ -106,14 +106,14 @@ export class StoredMessages {
   /** Reads the stream's new frames, noting the message offsets (up to damaged data, where it waits). */
   private async follow(s: FollowedStream): Promise<void> {
     if (s.reader === undefined) return;
-    for await (const frames of readAvailable(s.reader, READ)) for (const frame of frames) if (frame.type === FrameType.MESSAGE) s.followed.add(frame.offset);
+    for await (const frames of skimAvailable(s.reader, READ)) for (const frame of frames) if (frame.type === FrameType.MESSAGE) s.followed.add(frame.offset);
   }
 
   /** Adds the message offsets of one segment from `summary.next` up to `end` (the next segment's base). */
   private async readSegment(stream: string, summary: SegmentSummary, end: number, into: IntervalSet): Promise<void> {
     const reader = this.store.reader(this.queue, stream, summary.next, { skipTypes: CHUNKS, lend: true });
     try {
-      for await (const frames of readAvailable(reader, READ)) {
+      for await (const frames of skimAvailable(reader, READ)) {
         for (const frame of frames) {
           if (frame.offset >= end) return;
           if (frame.type === FrameType.MESSAGE) into.add(frame.offset);
