@@ -48,6 +48,11 @@ import type { IntakeLimits } from '../queue/intake.js';
 export const DAEMON_LOCK = 'daemon.lock';
 const DEDUP_CHECKPOINT_MS = 1000;
 const OBSERVE_MS = 2000;
+/**
+ * The outbox's destinations are listed again at most this often while it changes: a message to a new
+ * destination waits this long at worst for its forwarder, and a busy outbox is not listed at every append.
+ */
+const DESTINATIONS_LOOK_MS = 20;
 
 export interface DaemonOptions {
   readonly data: string;
@@ -102,6 +107,9 @@ export class Daemon {
   /** Destinations already reported as unknown. */
   private readonly unknown = new Set<string>();
   private syncing: Promise<void> | undefined;
+  /** When the outbox's destinations were last looked at for new ones (performance.now()), and the look waiting. */
+  private destinationsLookedAt = Number.NEGATIVE_INFINITY;
+  private destinationsLook: NodeJS.Timeout | undefined;
   private timers: NodeJS.Timeout[] = [];
   private compacting: Promise<void> | undefined;
   /** Keeps what it learnt from round to round: each round does work in proportion to what changed. */
@@ -261,7 +269,7 @@ export class Daemon {
     this.startSources();
     this.feed.onChange(() => {
       this.backlog?.poke();
-      this.syncForwardersSoon();
+      this.lookForDestinations();
     });
     this.syncForwardersSoon();
 
@@ -514,6 +522,19 @@ export class Daemon {
   }
 
   /** Starts the forwarders that are missing (one sync at a time). */
+  /** After an outbox change: new destinations are looked for, once per DESTINATIONS_LOOK_MS at most. */
+  private lookForDestinations(): void {
+    if (this.destinationsLook !== undefined || this.stopping !== undefined) return;
+    const look = (): void => {
+      this.destinationsLook = undefined;
+      this.destinationsLookedAt = performance.now();
+      this.syncForwardersSoon();
+    };
+    const wait = this.destinationsLookedAt + DESTINATIONS_LOOK_MS - performance.now();
+    if (wait <= 0) look();
+    else this.destinationsLook = setTimeout(look, wait).unref();
+  }
+
   private syncForwardersSoon(): void {
     this.syncing ??= this.syncForwarders()
       .catch((err: unknown) => this.logger.error({ event: 'forwarders', err }, 'cannot start forwarders'))
@@ -739,6 +760,7 @@ export class Daemon {
     this.stopping ??= (async () => {
       await this.reloading?.catch(() => undefined);
       for (const timer of this.timers) clearInterval(timer);
+      clearTimeout(this.destinationsLook);
       // A compaction round stops at once (inside a segment too): a shutdown does not wait for it.
       this.compactStop.abort();
       await Promise.all([this.peerListener?.close(), this.adminListener?.close(), ...this.closingListeners]);
