@@ -52,7 +52,7 @@ const OBSERVE_MS = 2000;
  * The outbox's destinations are listed again at most this often while it changes: a message to a new
  * destination waits this long at worst for its forwarder, and a busy outbox is not listed at every append.
  */
-const DESTINATIONS_LOOK_MS = 20;
+const DESTINATIONS_LOOK_MS = 100;
 
 export interface DaemonOptions {
   readonly data: string;
