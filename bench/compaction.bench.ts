@@ -9,7 +9,8 @@
  * backlog (so the segments behind it are 70 % done: rewritten), Y's cursor half a share behind (segments
  * behind both are all done: deleted, rewritten ones included), and runs another round of the same
  * Compactor as soon as a round ends, as the daemon does: each round reads only the segments a cursor
- * moved into since the last (the others are judged from their summaries, unread).
+ * moved into since the last (the others are judged from their summaries, unread), and works at most
+ * half of its time (BACKGROUND_BUSY_SHARE, the daemon's setting).
  *
  * Figures: append throughput and per-append latency (p50, p99, max = worst pause) alone and with
  * compaction, and the ratios with ÷ alone (targets: throughput ≥ 0.8×, p99 < 2×). The phases alternate,
@@ -28,7 +29,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { openNode, type MqlogNode } from '../dist/daemon/node.js';
 import { FileLogStore } from '../dist/log/index.js';
-import { Compactor, compactNode } from '../dist/queue/compaction.js';
+import { BACKGROUND_BUSY_SHARE, Compactor, compactNode } from '../dist/queue/compaction.js';
 import { OutboxState } from '../dist/queue/outbox-state.js';
 import { GiB, KiB, MiB, formatBytes, freeBytes, median, shared, type BenchContext } from './harness.ts';
 
@@ -263,7 +264,7 @@ async function compactionChild(args: ChildArgs): Promise<CompactionWork> {
   const state = await OutboxState.load(join(args.dir, 'outbox'));
   // As the daemon does: one Compactor, round after round. A first round (untimed) builds the outbox
   // summaries that a daemon's backlog counter builds as messages arrive.
-  const compactor = new Compactor({ store, dataDir: args.dir });
+  const compactor = new Compactor({ store, dataDir: args.dir, busyShare: BACKGROUND_BUSY_SHARE });
   await compactor.round();
   process.stdout.write('ready\n');
   const started = performance.now();

@@ -18,7 +18,7 @@ import { MqlogError } from '../errors.js';
 import { Lock, type ChangeFeed, type LogStore } from '../log/index.js';
 import { ChannelCounts } from '../queue/channel-counts.js';
 import { decodeMessage } from '../queue/codec.js';
-import { Compactor } from '../queue/compaction.js';
+import { BACKGROUND_BUSY_SHARE, Compactor } from '../queue/compaction.js';
 import type { Intake } from '../queue/intake.js';
 import { deadInfo, inboxInfo } from '../queue/layout.js';
 import { OutboxBacklog } from '../queue/outbox-backlog.js';
@@ -735,6 +735,7 @@ export class Daemon {
       retainDoneMs: this.config.retainDoneMs,
       retainReceiptsMs: this.config.retainReceiptsMs,
       orphanChunkMs: this.config.orphanChunkMs,
+      busyShare: BACKGROUND_BUSY_SHARE,
       ...(this.backlog === undefined ? {} : { outboxCounter: this.backlog.counter }),
     });
     this.compacting = this.compactor

@@ -19,6 +19,7 @@
  * abandoned), and resolves with what it did.
  */
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { isMqlogError } from '../errors.js';
 import { FrameType } from '../log/frame.js';
 import { Lock } from '../log/lock.js';
@@ -57,7 +58,19 @@ export interface CompactionOptions {
    * Compactor keeps its own.
    */
   readonly outboxCounter?: OutboxCounter;
+  /**
+   * At most this share of the time spent on reading, rewriting and removing segments (default 1: no
+   * pause): after each segment it worked on, the compactor pauses for as long as that took times
+   * (1 / busyShare − 1), so that appends and reads on the same disk and cores keep most of them. The
+   * daemon's background rounds use BACKGROUND_BUSY_SHARE.
+   */
+  readonly busyShare?: number;
 }
+
+/** The share of its time a daemon's background compaction works (CompactionOptions.busyShare). */
+export const BACKGROUND_BUSY_SHARE = 0.25;
+/** The longest timer there is (a longer one would fire at once). */
+const MAX_PAUSE_MS = 2 ** 31 - 1;
 
 export interface CompactionResult {
   readonly queue: string;
@@ -104,6 +117,8 @@ export class Compactor {
   private readonly memo = new Map<string, Memo>();
   /** The outbox counters this compactor made (one handed in is its owner's). */
   private readonly outboxCounters = new Map<string, OutboxCounter>();
+  /** Pause owed for the work done (busyShare), taken before the next segment. */
+  private pauseOwedMs = 0;
 
   constructor(options: CompactionOptions & { readonly retainReceiptsMs?: number }) {
     this.options = options;
@@ -120,6 +135,20 @@ export class Compactor {
     const retainReceiptsMs = this.options.retainReceiptsMs;
     const receiptsPruned = retainReceiptsMs === undefined || signal?.aborted === true ? 0 : await new ReceiptStore(this.options.dataDir).prune(now - retainReceiptsMs);
     return { queues, receiptsPruned, bytesReclaimed: queues.reduce((n, q) => n + q.bytesReclaimed, 0), durationMs: performance.now() - started };
+  }
+
+  /** Adds the pause that `workMs` of work on a segment calls for (busyShare). */
+  private owePause(workMs: number): void {
+    const share = this.options.busyShare ?? 1;
+    if (share < 1) this.pauseOwedMs += workMs * (1 / share - 1);
+  }
+
+  /** Takes the pause owed (cut short when the signal fires). */
+  private async pause(signal: AbortSignal | undefined): Promise<void> {
+    const ms = this.pauseOwedMs;
+    if (ms < 1) return;
+    this.pauseOwedMs = 0;
+    await sleep(Math.min(ms, MAX_PAUSE_MS), undefined, signal === undefined ? {} : { signal }).catch(() => undefined);
   }
 
   /** Releases the outbox summaries' readers it opened. Idempotent. */
@@ -186,11 +215,16 @@ export class Compactor {
           if (signal?.aborted === true) break;
           const keepFrom = judge.keepFrom(stream.name);
           let reading: { key: string; fingerprint: string | undefined } | undefined;
+          let segmentStarted = performance.now();
           const reclaimed = await store.compact(info.queue, stream.name, keep, {
             ...(this.options.rewriteBelowShare === undefined ? {} : { rewriteBelowShare: this.options.rewriteBelowShare }),
             ...(keepFrom === undefined ? {} : { keepFrom }),
             ...(signal === undefined ? {} : { signal }),
-            decide: (summary): SegmentDecision => {
+            decide: async (summary): Promise<SegmentDecision> => {
+              await this.pause(signal);
+              // Stopped during the pause: nothing more is done.
+              if (signal?.aborted === true) return 'keep';
+              segmentStarted = performance.now();
               const key = `${info.queue}\n${summary.stream}\n${summary.base}`;
               const { decision, fingerprint } = judge.verdict(summary);
               reading = undefined;
@@ -203,6 +237,7 @@ export class Compactor {
               return 'read';
             },
             onSegment: (segment, action) => {
+              if (action !== 'kept' || reading !== undefined) this.owePause(performance.now() - segmentStarted);
               // Called right after the segment just decided on: remember what its reading found.
               if (reading !== undefined && signal?.aborted !== true) {
                 if (action === 'deleted' || action === 'retired' || reading.fingerprint === undefined) this.memo.delete(reading.key);

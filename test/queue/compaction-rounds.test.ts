@@ -16,7 +16,7 @@ import { MemoryLogStore } from '../../src/log/memory-log-store.ts';
 import type { MessageMeta } from '../../src/queue/codec.ts';
 import { Compactor } from '../../src/queue/compaction.ts';
 import { newId } from '../../src/util/ids.ts';
-import { defer, tempDir } from '../helpers/index.ts';
+import { defer, tempDir, waitFor } from '../helpers/index.ts';
 
 const CHANNEL = 'jobs';
 const DEST = 'http://127.0.0.1:9';
@@ -172,4 +172,35 @@ test('a compaction round stops at once when its signal fires, inside a segment t
   const next = await compactor.round();
   assert.ok(next.bytesReclaimed > 0, 'the next round reclaims it');
   assert.ok(asked.length > 0, 'reading it again: the stopped round remembered nothing of it');
+});
+
+test('a compactor with busyShare pauses after each segment it worked on, and a stop ends the pause at once', async (t) => {
+  const dir = await tempDir(t);
+  const store = new FileLogStore(dir);
+  defer(t, () => store.close());
+  const node = await openNode({ data: dir, store, config: CONFIG });
+  defer(t, () => node.close());
+  const inbox = await node.inbox(CHANNEL);
+  for (let i = 0; i < 40; i++) await inbox.append(meta(), Buffer.alloc(200, i));
+  for await (const delivery of inbox.consume({ limit: 40 })) await delivery.ack();
+
+  // Working at most a billionth of the time: the pause after the first segment outlasts the test.
+  const worked: number[] = [];
+  const stop = new AbortController();
+  const compactor = new Compactor({ store, dataDir: dir, busyShare: 1e-9, onSegment: (_queue, _segment, action) => action !== 'kept' && worked.push(performance.now()) });
+  defer(t, () => compactor.close());
+  const round = compactor.round(stop.signal);
+  await waitFor(() => worked.length > 0, { message: 'the first segment to be removed' });
+  const firstAt = worked[0] as number;
+  await waitFor(() => performance.now() - firstAt > 500, { intervalMs: 50, message: 'half a second to pass' });
+  assert.equal(worked.length, 1, 'no segment worked on during the pause');
+  const stoppedAt = performance.now();
+  stop.abort();
+  const result = await round;
+  assert.ok(performance.now() - stoppedAt < 2000, `the round ended ${performance.now() - stoppedAt} ms after the stop`);
+  assert.equal(result.queues.reduce((n, q) => n + q.segmentsDeleted, 0), 1);
+
+  // The same backlog with the default (no pause): the rest goes in one round.
+  const full = await new Compactor({ store, dataDir: dir }).round();
+  assert.ok(full.queues.reduce((n, q) => n + q.segmentsDeleted, 0) > 3, 'the other segments are removed by a round without pauses');
 });
