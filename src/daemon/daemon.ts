@@ -14,7 +14,7 @@
  * requests of `DIR/control/` (RetryRequests) when told to (`takeRetryRequests`, on SIGUSR2 in the CLI).
  */
 import { join, resolve } from 'node:path';
-import { MqlogError } from '../errors.js';
+import { MqlogError, isMqlogError } from '../errors.js';
 import { Lock, type ChangeFeed, type LogStore } from '../log/index.js';
 import { ChannelCounts } from '../queue/channel-counts.js';
 import { decodeMessage } from '../queue/codec.js';
@@ -580,7 +580,19 @@ export class Daemon {
         maxBackoffMs: this.config.forwardMaxRetryDelayMs,
         // The address this daemon really listens on (a --listen flag included), or the one it advertises.
         replyTo: () => this.config.advertise ?? this.url,
-        deadLetter: (item, reason) => outbox.deadLetters.append(decodeMessage(item.frame.payload), { stream: item.frame.stream, offset: item.frame.offset, destination, node: this.nodeId }, reason),
+        deadLetter: async (item, reason) => {
+          let message;
+          try {
+            message = decodeMessage(item.frame.payload);
+          } catch (err) {
+            // Forwarded by its address alone (decodeAddress), a message whose other fields are bad can only
+            // be refused: there is no message to keep as a dead letter. Said, not skipped silently.
+            if (!isMqlogError(err, 'ERR_INVALID_MESSAGE')) throw err;
+            this.logger.error({ event: 'dead_letter_unreadable', peer: destination, stream: item.frame.stream, offset: item.frame.offset, error: err.message, reason }, 'a message the peer refused has fields that do not decode: not kept as a dead letter');
+            return;
+          }
+          await outbox.deadLetters.append(message, { stream: item.frame.stream, offset: item.frame.offset, destination, node: this.nodeId }, reason);
+        },
         events: {
           sent: (peer, messages, bytes, durationMs, duplicates) => {
             this.metrics.forwarded.inc({ peer }, messages.length);

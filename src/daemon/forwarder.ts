@@ -19,7 +19,7 @@
 import { MqlogError } from '../errors.js';
 import type { ChangeFeed } from '../log/index.js';
 import type { DestinationQueue, OutgoingBatch, OutgoingItem } from '../queue/destination-queue.js';
-import type { MessageMeta } from '../queue/codec.js';
+import type { MessageAddress } from '../queue/codec.js';
 import type { Transport } from '../transport/transport.js';
 import { backoffMs, sleep } from '../util/backoff.js';
 
@@ -62,8 +62,8 @@ export interface ForwarderEvents {
   /** A batch reached the destination: its messages (not the chunks), and the bytes of every frame sent. */
   sent?(destination: string, messages: readonly OutgoingItem[], bytes: number, durationMs: number, duplicates: number): void;
   failed?(destination: string, error: MqlogError, retryInMs: number): void;
-  deadLettered?(destination: string, item: OutgoingItem & { readonly meta: MessageMeta }, reason: string): void;
-  expired?(destination: string, expired: { readonly meta: MessageMeta; readonly stream: string; readonly offset: number }): void;
+  deadLettered?(destination: string, item: OutgoingItem & { readonly meta: MessageAddress }, reason: string): void;
+  expired?(destination: string, expired: { readonly meta: MessageAddress; readonly stream: string; readonly offset: number }): void;
   /** The state changed (from `previous`); status() already reports the new one. */
   stateChanged?(destination: string, state: ForwarderState, previous: ForwarderState): void;
 }

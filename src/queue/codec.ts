@@ -245,7 +245,7 @@ export function decodeMeta(payload: Buffer): { meta: MessageMeta; bodyStart: num
   return { meta: validateMeta(raw), bodyStart: 4 + metaBytes };
 }
 
-const [TS_KEY, CHANNEL_KEY, TO_KEY, EXPIRES_KEY, KIND_KEY, FROM_KEY, ORIGIN_KEY, REPLY_KEY, RECEIPT_KEY, STREAMED_KEY] = [KEYS.ts, KEYS.channel, KEYS.to, KEYS.expiresAt, KEYS.kind, KEYS.from, KEYS.origin, KEYS.replyTo, KEYS.receipt, KEYS.streamed].map((k) => k.charCodeAt(0));
+const [ID_KEY, PRIORITY_KEY, TS_KEY, CHANNEL_KEY, TO_KEY, EXPIRES_KEY, KIND_KEY, FROM_KEY, ORIGIN_KEY, REPLY_KEY, RECEIPT_KEY, STREAMED_KEY] = [KEYS.id, KEYS.priority, KEYS.ts, KEYS.channel, KEYS.to, KEYS.expiresAt, KEYS.kind, KEYS.from, KEYS.origin, KEYS.replyTo, KEYS.receipt, KEYS.streamed].map((k) => k.charCodeAt(0));
 
 /** What a counter of the outbox needs of a message: read without decoding the rest of its fields. */
 export interface MessageRouting {
@@ -267,10 +267,32 @@ export interface MessageRouting {
  * @throws ERR_INVALID_MESSAGE when the map cannot be read or a routing field has the wrong type.
  */
 export function decodeRouting(payload: Buffer): MessageRouting {
+  return readRouting(payload, false);
+}
+
+/** What a forwarder needs of a message: where it goes and until when, and what it is (id, channel, priority). */
+export interface MessageAddress extends MessageRouting {
+  readonly id: string;
+  readonly priority: number;
+}
+
+/**
+ * The routing fields of a MESSAGE payload and its id and priority, read as decodeRouting reads the
+ * routing fields: every other field is passed over unchecked. For forwarding a message stored by this
+ * node's own outbox (whose fields were checked when it was appended); the receiver checks every field.
+ * @throws ERR_INVALID_MESSAGE when the map cannot be read or one of these fields has the wrong type.
+ */
+export function decodeAddress(payload: Buffer): MessageAddress {
+  return readRouting(payload, true) as MessageAddress;
+}
+
+function readRouting(payload: Buffer, identity: boolean): MessageRouting | MessageAddress {
   if (payload.length < 4) throw invalid('payload shorter than its length prefix');
   const metaBytes = payload.readUInt32LE(0);
   if (metaBytes > MAX_META_BYTES || 4 + metaBytes > payload.length) throw invalid(`meta length ${metaBytes} out of range`);
   const reader = new MsgpackCursor(payload, 4, 4 + metaBytes);
+  let id: unknown;
+  let priority: unknown;
   let ts: unknown;
   let channel: unknown;
   let to: unknown;
@@ -287,6 +309,8 @@ export function decodeRouting(payload: Buffer): MessageRouting {
     else if (key === EXPIRES_KEY) expiresAt = reader.value();
     else if (key === KIND_KEY) kind = reader.value();
     else if (key === RECEIPT_KEY) receipt = reader.value();
+    else if (identity && key === ID_KEY) id = reader.value();
+    else if (identity && key === PRIORITY_KEY) priority = reader.value();
     else {
       if (key === STREAMED_KEY) streamed = true;
       reader.skip();
@@ -298,7 +322,10 @@ export function decodeRouting(payload: Buffer): MessageRouting {
   if (expiresAt !== undefined && !isTime(expiresAt)) throw invalid('expiresAt is not a timestamp');
   if (kind !== undefined && typeof kind !== 'string') throw invalid('kind is not a string');
   if (receipt !== undefined && typeof receipt !== 'boolean') throw invalid('receipt is not a boolean');
-  return { ts, channel, to: to, expiresAt, kind, receipt: receipt === true, streamed };
+  if (!identity) return { ts, channel, to: to, expiresAt, kind, receipt: receipt === true, streamed };
+  if (!isId(id)) throw invalid('id is not a UUID');
+  if (!Number.isInteger(priority) || (priority as number) < MIN_PRIORITY || (priority as number) > MAX_PRIORITY) throw invalid(`priority ${String(priority)} is not an integer ${MIN_PRIORITY}-${MAX_PRIORITY}`);
+  return { id, priority: priority as number, ts, channel, to: to, expiresAt, kind, receipt: receipt === true, streamed };
 }
 
 export function decodeMessage(payload: Buffer): MessageRecord {

@@ -14,15 +14,15 @@
 import type { LogStore, StoredFrame, StreamPosition } from '../log/log-store.js';
 import { FrameType } from '../log/frame.js';
 import { idTimestamp } from '../util/ids.js';
-import { decodeChunk, decodeMeta, type ChunkMeta, type MessageMeta } from './codec.js';
+import { decodeAddress, decodeChunk, type ChunkMeta, type MessageAddress } from './codec.js';
 import type { OutboxState } from './outbox-state.js';
 import { PriorityReader } from './priority.js';
 
 /** A frame to forward, with what a transport may need without decoding it. */
 export interface OutgoingItem {
   readonly frame: StoredFrame;
-  /** The message's fields; undefined for a chunk of a streamed body. */
-  readonly meta: MessageMeta | undefined;
+  /** Where the message goes and what it is (decodeAddress); undefined for a chunk of a streamed body. */
+  readonly meta: MessageAddress | undefined;
   readonly about: { readonly id: string; readonly channel: string; readonly priority: number; readonly position?: number };
 }
 
@@ -40,14 +40,14 @@ export interface OutgoingBatch {
    */
   readonly covers: ReadonlyMap<string, { readonly from: number; readonly to: number }>;
   /** Messages for this destination found expired (never sent), recorded as such. */
-  readonly expired: readonly { readonly meta: MessageMeta; readonly stream: string; readonly offset: number }[];
+  readonly expired: readonly { readonly meta: MessageAddress; readonly stream: string; readonly offset: number }[];
   /** Frames read, whatever became of them. */
   readonly taken: number;
   /** Nothing more was ready when it was read: the next take finds only what is appended since. */
   readonly drained: boolean;
 }
 
-type Described = { readonly kind: 'message'; readonly meta: MessageMeta } | { readonly kind: 'chunk'; readonly chunk: ChunkMeta } | { readonly kind: 'other' };
+type Described = { readonly kind: 'message'; readonly meta: MessageAddress } | { readonly kind: 'chunk'; readonly chunk: ChunkMeta } | { readonly kind: 'other' };
 
 export interface DestinationQueueOptions {
   readonly store: LogStore;
@@ -93,7 +93,7 @@ export class DestinationQueue {
     if (taken.length === 0) return undefined;
     const cursor = this.cursor;
     const items: OutgoingItem[] = [];
-    const expired: { meta: MessageMeta; stream: string; offset: number }[] = [];
+    const expired: { meta: MessageAddress; stream: string; offset: number }[] = [];
     const streams = new Map<string, { from: number; through: StreamPosition }>();
     for (const { frame, info } of taken) {
       const range = streams.get(frame.stream);
@@ -179,7 +179,7 @@ function after(frame: StoredFrame): StreamPosition {
 function describe(frame: StoredFrame, onUndecodable: DestinationQueueOptions['onUndecodable']): { order: number; tie?: string; info: Described } {
   try {
     if (frame.type === FrameType.MESSAGE) {
-      const { meta } = decodeMeta(frame.payload);
+      const meta = decodeAddress(frame.payload);
       return { order: idTimestamp(meta.id), tie: meta.id, info: { kind: 'message', meta } };
     }
     if (frame.type === FrameType.BODY_CHUNK) {

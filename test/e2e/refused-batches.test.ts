@@ -9,6 +9,11 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { FileLogStore } from '../../src/log/file-log-store.ts';
+import { FrameType } from '../../src/log/frame.ts';
+import { encodeMessagePayload } from '../../src/queue/codec.ts';
+import { outboxInfo } from '../../src/queue/layout.ts';
+import { newId } from '../../src/util/ids.ts';
 import { daemons, inboxDump, makeNodes } from '../helpers/daemon.js';
 import { jsonLines, mqlog, tempDir, waitFor } from '../helpers/index.js';
 
@@ -94,4 +99,32 @@ test('an answer that is not from an mqlog receiver (a proxy\'s 502 page) is repo
   assert.doesNotMatch(peer.lastError ?? '', /HTTP_/);
   assert.equal(peer.backlog, 1, 'kept for the next try, not dead-lettered');
   assert.match(da!.output, /"code":"ERR_PEER_FAILED"/);
+});
+
+test('an outbox message whose fields (other than its address) do not decode is forwarded, refused by the peer, and reported: never kept as a dead letter, never holding back the next', async (t) => {
+  const root = await tempDir(t);
+  const { a, b } = await makeNodes(root, ['a', 'b']);
+  assert.ok(a !== undefined && b !== undefined);
+  const before = await mqlog(['send', '--data', a.dir, '--to', 'b', 'before']);
+  assert.equal(before.code, 0, before.stderr);
+  // A frame with a good CRC and a good address, whose node id is too long: written as a damaged writer
+  // of an older version could have, past the checks of send().
+  const store = new FileLogStore(a.dir);
+  const writer = await store.claimWriter(outboxInfo(a.dir).queue);
+  const ts = Date.now();
+  await writer.append('p4', FrameType.MESSAGE, encodeMessagePayload({ id: newId(ts), ts, channel: 'common', priority: 4, to: ['b'], from: 'a', node: 'n'.repeat(100) }, Buffer.from('bad')));
+  await writer.close();
+  await store.close();
+  const after = await mqlog(['send', '--data', a.dir, '--to', 'b', 'after']);
+  assert.equal(after.code, 0, after.stderr);
+
+  const [da, db] = daemons(t, [a, b]);
+  await db!.start();
+  await da!.start();
+  await waitFor(async () => (await inboxDump(b.dir)).length === 2, { timeoutMs: 60_000, message: 'the two good messages to arrive' });
+  assert.deepEqual((await inboxDump(b.dir)).map((r) => r.body).sort(), ['after', 'before']);
+  await waitFor(() => da!.output.includes('dead_letter_unreadable'), { timeoutMs: 30_000, message: 'the refused message to be reported' });
+  assert.match(da!.output, /"event":"dead_letter_unreadable".*node is not a node id/);
+  const dumped = jsonLines<{ queue: string }>((await mqlog(['dump', a.dir, '--json'])).stdout);
+  assert.equal(dumped.filter((r) => r.queue === 'outbox-dead').length, 0, 'nothing to keep as a dead letter');
 });

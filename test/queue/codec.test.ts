@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Packr } from 'msgpackr';
 import fc from 'fast-check';
-import { decodeMessage, decodeMeta, decodeRouting, encodeMessagePayload, inboxCopyPayload, type MessageMeta } from '../../src/queue/codec.js';
+import { decodeAddress, decodeMessage, decodeMeta, decodeRouting, encodeMessagePayload, inboxCopyPayload, type MessageMeta } from '../../src/queue/codec.js';
 import { decodeRecord, encodeRecord } from '../../src/queue/consumer-records.js';
 import { newId } from '../../src/util/ids.js';
 
@@ -86,11 +86,12 @@ test('garbage and wrong field types are ERR_INVALID_MESSAGE or ERR_INVALID_NAME,
   assert.throws(() => decodeMeta(Buffer.from([3, 0, 0, 0, 0xc1, 0xc1, 0xc1])), { code: 'ERR_INVALID_MESSAGE' });
 });
 
-test('the routing fields read from the map alone match the decoded message, whatever else it holds', () => {
+test('the routing fields (and the address: id and priority) read from the map alone match the decoded message, whatever else it holds', () => {
   fc.assert(
     fc.property(
       fc.record({
         ts: fc.integer({ min: 0, max: 2 ** 53 - 1 }),
+        priority: fc.integer({ min: 0, max: 9 }),
         channel: fc.string({ minLength: 1, maxLength: 40 }).filter((c) => Buffer.byteLength(c) <= 255 && !/[\uD800-\uDFFF]/.test(c)),
         to: fc.array(fc.string({ minLength: 1, maxLength: 30 }).filter((d) => !/[\uD800-\uDFFF]/.test(d)), { minLength: 1, maxLength: 5 }),
         expiresAt: fc.option(fc.integer({ min: 0, max: 2 ** 53 - 1 }), { nil: undefined }),
@@ -105,6 +106,7 @@ test('the routing fields read from the map alone match the decoded message, what
         const full = decodeMeta(payload).meta;
         const routing = decodeRouting(payload);
         assert.deepEqual(routing, { ts: full.ts, channel: full.channel, to: full.to, expiresAt: full.expiresAt, kind: full.kind, receipt: full.receipt === true, streamed: full.streamed !== undefined });
+        assert.deepEqual(decodeAddress(payload), { ...routing, id: full.id, priority: full.priority });
       },
     ),
     { numRuns: 300 },
@@ -120,6 +122,7 @@ test('routing fields of a damaged map are ERR_INVALID_MESSAGE, never a read past
     damaged.writeUInt32LE(cut - 4, 0);
     try {
       decodeRouting(damaged);
+      decodeAddress(damaged);
     } catch (err) {
       assert.equal((err as { code?: string }).code, 'ERR_INVALID_MESSAGE', `cut at ${cut}: ${String(err)}`);
     }
@@ -129,6 +132,7 @@ test('routing fields of a damaged map are ERR_INVALID_MESSAGE, never a read past
     damaged[4 + ((i * 7919) % metaBytes)] = (i * 31) & 0xff;
     try {
       decodeRouting(damaged);
+      decodeAddress(damaged);
     } catch (err) {
       assert.equal((err as { code?: string }).code, 'ERR_INVALID_MESSAGE', `flip ${i}: ${String(err)}`);
     }
