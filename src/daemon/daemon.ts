@@ -521,7 +521,6 @@ export class Daemon {
     return [...this.forwarders.values()].map(({ forwarder }) => forwarder.status());
   }
 
-  /** Starts the forwarders that are missing (one sync at a time). */
   /** After an outbox change: new destinations are looked for, once per DESTINATIONS_LOOK_MS at most. */
   private lookForDestinations(): void {
     if (this.destinationsLook !== undefined || this.stopping !== undefined) return;
@@ -535,6 +534,7 @@ export class Daemon {
     else this.destinationsLook = setTimeout(look, wait).unref();
   }
 
+  /** Starts the forwarders that are missing (one sync at a time). */
   private syncForwardersSoon(): void {
     this.syncing ??= this.syncForwarders()
       .catch((err: unknown) => this.logger.error({ event: 'forwarders', err }, 'cannot start forwarders'))

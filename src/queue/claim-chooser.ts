@@ -221,46 +221,41 @@ export class ClaimChooser {
     const frontier = state.frontier(stream);
     let before: PositionHint | undefined = frontier?.hint;
     let start: PositionHint | undefined;
-    /** Frames skimmed, in order, and which of them are new messages to claim. */
-    const skimmed: { frame: SkimmedFrame; fresh: boolean; before: PositionHint | undefined }[] = [];
-    let found = 0;
+    /** Every frame skimmed, in order, and where the new messages among them are. */
+    const skimmed: SkimmedFrame[] = [];
+    const fresh: number[] = [];
+    let members = new IntervalSet();
     let bytes = 0;
     let cut = false;
     let atEnd = false;
-    while (found < want.messages && bytes < want.bytes) {
+    while (members.size < want.messages && bytes < want.bytes) {
       if (skimmed.length >= SKIM_BUDGET_FRAMES || (skimmed.length > 0 && performance.now() - started >= SKIM_BUDGET_MS)) {
         cut = true;
         break;
       }
-      if (lane.ahead.length === 0 && !(await skimMore(lane, Math.max(1, Math.min(want.messages - found, SKIM_BUDGET_FRAMES - skimmed.length))))) {
+      if (lane.ahead.length === 0 && !(await skimMore(lane, Math.max(1, Math.min(want.messages - members.size, SKIM_BUDGET_FRAMES - skimmed.length))))) {
         atEnd = true;
         break;
       }
       const frame = lane.ahead.shift() as SkimmedFrame;
+      skimmed.push(frame);
       const taken = frame.type !== FrameType.MESSAGE || state.isDone(stream, frame.offset) || state.rangeOf(stream, frame.offset) !== undefined || state.retryOf(stream, frame.offset) !== undefined || state.leaseOf(stream, frame.offset) !== undefined;
-      skimmed.push({ frame, fresh: !taken, before });
       if (!taken) {
-        found++;
+        if (members.isEmpty) start = before;
+        members.add(frame.offset);
+        fresh.push(skimmed.length - 1);
         bytes += frame.bytes;
       }
       before = { segment: frame.segment, position: frame.position, offset: frame.offset };
     }
-    if (atEnd && want.sharers > 1 && found > 1) {
+    if (atEnd && want.sharers > 1 && members.size > 1) {
       // The end of the backlog: claim this consumer's share, put the rest back in the look-ahead.
-      let keep = Math.ceil(found / want.sharers);
-      let cutAt = 0;
-      while (keep > 0) if ((skimmed[cutAt++] as { fresh: boolean }).fresh) keep--;
-      lane.ahead.unshift(...skimmed.splice(cutAt).map((s) => s.frame));
+      const keep = Math.ceil(members.size / want.sharers);
+      for (const i of fresh.slice(keep)) bytes -= (skimmed[i] as SkimmedFrame).bytes;
+      lane.ahead.unshift(...skimmed.splice((fresh[keep - 1] as number) + 1));
+      members = members.takeFirst(keep);
     }
-    const members = new IntervalSet();
-    bytes = 0;
-    for (const { frame, fresh, before: previous } of skimmed) {
-      if (!fresh) continue;
-      if (members.isEmpty) start = previous;
-      members.add(frame.offset);
-      bytes += frame.bytes;
-    }
-    const last = skimmed.at(-1)?.frame;
+    const last = skimmed.at(-1);
     if (last === undefined) return { claimed: undefined, cut, bytes };
     const advance: StateRecord = { k: 'F', s: stream, o: last.offset + 1, h: [last.segment, last.position, last.offset] };
     if (members.isEmpty) {

@@ -44,7 +44,7 @@ export interface ConsumeOptions {
   readonly limit?: number;
   /** With follow: stop after this long without a new message. */
   readonly idleTimeoutMs?: number;
-  /** At most this many messages claimed ahead of the caller (default 128, and at most 4 MiB of them); fewer when the caller is slow (see Consumer.messages). */
+  /** At most this many messages claimed ahead of the caller (default 1024, and at most 4 MiB of them); fewer when the caller is slow (see Consumer.messages). */
   readonly prefetch?: number;
   readonly signal?: AbortSignal;
 }

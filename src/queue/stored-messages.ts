@@ -2,8 +2,8 @@
  * Which offsets of a queue's streams hold messages, known without reading the queue: from the log's
  * segment summaries (each segment's runs of MESSAGE frames, log-store.md "Segment summaries"), and, for
  * what no summary describes yet — the end of each stream's open segment — from those frames' headers
- * (LogReader.skim), once: a follower goes on with the frames appended later. With the done offsets of a consumer state,
- * how many messages are not done.
+ * (LogReader.skim), once: a follower goes on with the frames appended later. With the done offsets of a
+ * consumer state, how many messages are not done.
  *
  * The counts equal those of a read of every message (a frame whose fields do not decode counts here
  * too). Memory: a few ranges per segment (its runs), plus the offsets followed in each open segment.
