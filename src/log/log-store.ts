@@ -226,6 +226,13 @@ export interface LogReader {
    */
   seek(to: StreamPosition): Promise<void>;
   /**
+   * The caller is done with these frames, which this reader returned: their memory may be used again
+   * for frames read later (the file store reuses the buffers of frames larger than a read block). A
+   * frame's bytes must not be touched once it is released. Releasing is optional; without it the
+   * memory is left to the GC.
+   */
+  release(frames: Iterable<StoredFrame>): void;
+  /**
    * Makes every frame this reader returned so far durable (the file store: fdatasync of the segment it
    * reads; earlier segments were sealed, so fsync'd). For callers that act on frames in batches.
    */

@@ -425,6 +425,9 @@ class MemoryLogReader implements LogReader {
     if (this.closed) throw new MqlogError('ERR_CLOSED', 'log reader is closed');
   }
 
+  /** Frames are views of the stored frames, which stay: nothing to take back. */
+  release(): void {}
+
   async close(): Promise<void> {
     this.closed = true;
   }

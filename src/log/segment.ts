@@ -17,6 +17,7 @@
 import { fstatSync, readSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { MqlogError, ioError } from '../errors.js';
+import type { FrameBufferPool } from './frame-buffers.js';
 import type { StoredFrame } from './log-store.js';
 import { FRAME_HEADER_BYTES, FRAME_MAGIC, FrameType, MAX_FRAME_PAYLOAD_BYTES, SYNC_PAYLOAD_BYTES, decodeFrame, decodeSyncPayload, parseFrameHeader, type Frame } from './frame.js';
 
@@ -81,6 +82,8 @@ export interface SegmentReaderOptions {
   readonly lend?: boolean;
   /** Blocks are read with synchronous reads (see ReaderOptions.syncReads in log-store.ts). */
   readonly syncReads?: boolean;
+  /** Where a frame larger than the read block gets its buffer (default: a new one each time). */
+  readonly largeFrames?: FrameBufferPool;
 }
 
 const DEFAULT_BUFFER_BYTES = 256 * 1024;
@@ -108,6 +111,7 @@ export class SegmentReader {
   private readonly blockBytes: number;
   private readonly lend: boolean;
   private readonly syncReads: boolean;
+  private readonly largeFrames: FrameBufferPool | undefined;
   /** A frame handed out is a view into `block` (lending): the block must not be written again. */
   private blockLent = false;
   /** File position of buffer[0]. */
@@ -144,6 +148,7 @@ export class SegmentReader {
     this.buffer = this.block;
     this.lend = options.lend === true;
     this.syncReads = options.syncReads === true;
+    this.largeFrames = options.largeFrames;
     this.position = options.position ?? 0;
     this.bufferStart = this.position;
   }
@@ -418,7 +423,7 @@ export class SegmentReader {
     // if frames were lent from it), or of a buffer of its own for a frame larger than the block.
     if (!(this.lend && local + wanted <= this.buffer.length)) {
       const unread = this.bufferLength - local;
-      const target = wanted > this.blockBytes ? Buffer.allocUnsafe(wanted) : this.freshBlock();
+      const target = wanted > this.blockBytes ? (this.largeFrames?.take(wanted) ?? Buffer.allocUnsafe(wanted)) : this.freshBlock();
       this.buffer.copy(target, 0, local, this.bufferLength);
       this.buffer = target;
       this.bufferStart = this.position;

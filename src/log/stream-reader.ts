@@ -22,6 +22,7 @@ import type { DamagedRange, FrameHint, LogReader, ReadLimits, ReaderOptions, Ski
 import { FRAME_HEADER_BYTES, FrameType, parseFrameHeader } from './frame.js';
 import { SegmentReader, findNextFrame, storedFrame, type ReadStep, type SegmentReaderOptions } from './segment.js';
 import type { SegmentIndexes } from './segment-index-file.js';
+import { FrameBufferPool } from './frame-buffers.js';
 import { SegmentSet, type SegmentInfo } from './segment-set.js';
 
 /** How long frames may stay without a sync mark before a durable reader fsyncs them itself. */
@@ -47,6 +48,8 @@ export class StreamReader implements LogReader {
   private readonly syncReads: boolean;
   private readonly durable: boolean;
   private readonly bufferBytes: number | undefined;
+  /** Buffers of frames larger than a read block, given back by release(). */
+  private readonly largeFrames = new FrameBufferPool();
   private readonly indexes: SegmentIndexes | undefined;
   private readonly onDamaged: ((range: DamagedRange) => void) | undefined;
   /** Damaged ranges passed over since the last read() returned. */
@@ -403,6 +406,10 @@ export class StreamReader implements LogReader {
     return { frames, skimmed, state: 'more' };
   }
 
+  release(frames: Iterable<StoredFrame>): void {
+    for (const frame of frames) this.largeFrames.give(frame.raw);
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     this.closeSkimFd();
@@ -486,7 +493,7 @@ export class StreamReader implements LogReader {
   }
 
   private segmentOptions(): SegmentReaderOptions {
-    return { ...(this.skip === undefined ? {} : { skipTypes: this.skip }), ...(this.bufferBytes === undefined ? {} : { bufferBytes: this.bufferBytes }), lend: this.lend, syncReads: this.syncReads };
+    return { ...(this.skip === undefined ? {} : { skipTypes: this.skip }), ...(this.bufferBytes === undefined ? {} : { bufferBytes: this.bufferBytes }), lend: this.lend, syncReads: this.syncReads, largeFrames: this.largeFrames };
   }
 }
 

@@ -134,11 +134,15 @@ export class DestinationQueue {
     return { lastSentAt, lastError, lastErrorAt };
   }
 
-  /** The peer has the batch (or nothing of it was for it): the cursor moves past it. */
+  /**
+   * The peer has the batch (or nothing of it was for it): the cursor moves past it. The batch's frames
+   * are let go: their bytes must not be used after this.
+   */
   delivered(batch: OutgoingBatch, sentSomething: boolean): void {
     const cursor = this.cursor;
     for (const [stream, { through }] of batch.streams) cursor.advance(stream, through);
     if (sentSomething) cursor.noteSent();
+    this.reader?.release(batch.items.map((item) => item.frame));
   }
 
   /** The peer refused a frame for good: it is recorded dead for this destination (never sent again). */

@@ -196,22 +196,28 @@ export class Outbox {
     const parts: BodyPart[] = [];
     const inFlight: Promise<void>[] = [];
     let size = 0;
-    let pending = Buffer.allocUnsafe(BODY_CHUNK_BYTES);
+    // Chunk buffers go back here once their append is durable: a body of any size uses a few. New
+    // ones for every chunk would each outlive a young-generation GC (they wait for the fsync) and
+    // be freed only by full collections, one every few dozen MiB.
+    const spare: Buffer[] = [];
+    let pending: Buffer = Buffer.allocUnsafe(BODY_CHUNK_BYTES);
     let filled = 0;
     const flush = async (): Promise<void> => {
       if (filled === 0) return;
-      const data = pending.subarray(0, filled);
+      const buffer = pending;
+      const data = buffer.subarray(0, filled);
       hash.update(data);
       const chunk = encodeChunk({ id: meta.id, position: size, ts: Date.now(), channel: meta.channel, priority: meta.priority, to: meta.to, expiresAt: meta.expiresAt }, data);
       size += filled;
       if (size > MAX_STREAMED_BODY_BYTES) throw new MqlogError('ERR_BODY_TOO_LARGE', `body larger than ${MAX_STREAMED_BODY_BYTES} bytes`);
-      pending = Buffer.allocUnsafe(BODY_CHUNK_BYTES);
+      pending = spare.pop() ?? Buffer.allocUnsafe(BODY_CHUNK_BYTES);
       filled = 0;
       inFlight.push(
         writer.append(key, FrameType.BODY_CHUNK, chunk).then((result) => {
           const last = parts.at(-1);
           if (last !== undefined && last.stream === result.stream) parts[parts.length - 1] = { ...last, last: result.offset };
           else parts.push({ stream: result.stream, first: result.offset, last: result.offset });
+          spare.push(buffer);
         }),
       );
       // A few chunks in flight share fsyncs; more would only hold memory.

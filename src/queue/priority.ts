@@ -119,6 +119,11 @@ export class PriorityReader<T> {
     return this.emptied;
   }
 
+  /** The caller is done with these frames, which take() returned (LogReader.release). */
+  release(frames: Iterable<StoredFrame>): void {
+    for (const frame of frames) this.lanes.get(frame.stream)?.reader.release([frame]);
+  }
+
   /** Forgets read-ahead and positions; streams are re-read from `start` on the next take(). */
   async reset(): Promise<void> {
     const lanes = [...this.lanes.values()];

@@ -204,6 +204,31 @@ test('frames larger than the read buffer are read whole', async (t) => {
   assert.ok(read.frames[1]!.payload.equals(big));
 });
 
+test('the buffer of a large frame released by the caller is used again for the next one, and only then', async (t) => {
+  const dir = join(await tempDir(t), 's');
+  const writer = await StreamWriter.open(dir);
+  const chunks = [0x11, 0x22, 0x33, 0x44].map((fill) => Buffer.alloc(1024 * 1024, fill));
+  for (const chunk of chunks) await writer.append(FrameType.BODY_CHUNK, chunk);
+  await writer.close();
+  const reader = new StreamReader(dir, { offset: 0 }, { lend: true });
+  t.after(() => reader.close());
+  const one = async () => (await reader.read({ maxFrames: 1 })).frames[0]!;
+  const first = await one();
+  const second = await one();
+  // Not released: the next large frame gets memory of its own, and the first keeps its bytes.
+  assert.notEqual(second.raw.buffer, first.raw.buffer);
+  reader.release([first]);
+  // Released twice, or something the reader never gave out: harmless.
+  reader.release([first, { ...second, raw: Buffer.alloc(16) }]);
+  const third = await one();
+  assert.equal(third.raw.buffer, first.raw.buffer);
+  const fourth = await one();
+  assert.notEqual(fourth.raw.buffer, first.raw.buffer, 'given back once, used once');
+  assert.ok(second.payload.equals(chunks[1]!));
+  assert.ok(third.payload.equals(chunks[2]!));
+  assert.ok(fourth.payload.equals(chunks[3]!));
+});
+
 test('frames of skipped types are passed over by their headers, and the position moves past them', async (t) => {
   const dir = join(await tempDir(t), 's');
   const writer = await StreamWriter.open(dir);
