@@ -9,6 +9,7 @@
  */
 import { crc32 } from 'node:zlib';
 import { MqlogError } from '../errors.js';
+import { crc32Combine, crc32Tail } from './crc-combine.js';
 
 /** First byte of every frame. Never 0x00: a zero byte where a frame should start means "no more data". */
 export const FRAME_MAGIC = 0xa7;
@@ -81,10 +82,40 @@ export function encodeFrameHeader(type: number, offset: number, payload: Payload
   header.writeUInt32LE(offset % 0x1_0000_0000, 8);
   header.writeUInt32LE(Math.floor(offset / 0x1_0000_0000), 12);
   let crc = crc32(header.subarray(0, 16));
-  if (payload instanceof Uint8Array) crc = crcOn(payload, crc);
-  else for (const part of payload) crc = crcOn(part, crc);
+  if (payload instanceof Uint8Array) crc = crcOnKnown(payload, crc);
+  else for (const part of payload) crc = crcOnKnown(part, crc);
   header.writeUInt32LE(crc, 16);
   return header;
+}
+
+/** A part this large whose CRC is known is combined into a frame's CRC, not read again. */
+const KNOWN_CRC_MIN_BYTES = 64 * 1024;
+/** Payload parts whose CRC is known (see withKnownCrc), by identity. */
+const knownCrcs = new WeakMap<Uint8Array, number>();
+
+/**
+ * Marks `bytes` as having the CRC `crc`, known because they were checked as part of a frame (see
+ * tailCrc): a frame written with `bytes` (this very object) as a payload part gets its CRC combined
+ * from it instead of reading the bytes again. `bytes` must not change afterwards. Returns `bytes`.
+ */
+export function withKnownCrc<T extends Uint8Array>(bytes: T, crc: number): T {
+  if (bytes.length >= KNOWN_CRC_MIN_BYTES) knownCrcs.set(bytes, crc);
+  return bytes;
+}
+
+/**
+ * The CRC of `raw[from…]` (`from` at or after the header), `raw` being a whole frame whose CRC was
+ * checked: from its header's CRC and the bytes before `from`, without reading the rest.
+ */
+export function tailCrc(raw: Uint8Array, from: number): number {
+  const head = crcOn(raw.subarray(FRAME_HEADER_BYTES, from), crc32(raw.subarray(0, 16)));
+  return crc32Tail(frameChecksum(raw), head, raw.length - from);
+}
+
+/** crcOn for a frame being written: a part with a known CRC is combined in. */
+function crcOnKnown(bytes: Uint8Array, running: number): number {
+  const known = bytes.length >= KNOWN_CRC_MIN_BYTES ? knownCrcs.get(bytes) : undefined;
+  return known === undefined ? crcOn(bytes, running) : crc32Combine(running, known, bytes.length);
 }
 
 /** One contiguous buffer holding header and payload. */

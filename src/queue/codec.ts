@@ -469,7 +469,8 @@ export function encodeChunk(meta: ChunkMeta, data: Uint8Array): Buffer[] {
   const packed = packr.pack(map);
   const prefix = Buffer.allocUnsafe(4);
   prefix.writeUInt32LE(packed.length, 0);
-  return [prefix, packed, Buffer.from(data.buffer, data.byteOffset, data.byteLength)];
+  // The data as given when it is a Buffer: a CRC known for it (withKnownCrc) is found by its identity.
+  return [prefix, packed, Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength)];
 }
 
 /** @throws ERR_INVALID_MESSAGE for a chunk payload whose fields do not decode or validate. */

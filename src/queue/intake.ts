@@ -14,7 +14,7 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { MqlogError, isMqlogError } from '../errors.js';
-import { FrameType, decodeFrame, payloadLength } from '../log/frame.js';
+import { FrameType, decodeFrame, payloadLength, tailCrc, withKnownCrc } from '../log/frame.js';
 import type { AppendResult, LogStore } from '../log/log-store.js';
 import type { Payload } from '../log/frame.js';
 import { parseStreamName } from '../log/stream-id.js';
@@ -212,6 +212,8 @@ export class Intake {
       if (decoded.frame.type === FrameType.BODY_CHUNK) {
         const chunk = decodeChunk(decoded.frame.payload);
         this.checkChannel(chunk.meta.channel, limits);
+        // Its data goes into the inbox copy as it is: that frame's CRC is combined from the one just checked.
+        withKnownCrc(chunk.data, tailCrc(wire.frame, wire.frame.length - chunk.data.length));
         return { key, stream: wire.stream, offset: decoded.frame.offset, chunk, index };
       }
       if (decoded.frame.type !== FrameType.MESSAGE) throw new MqlogError('ERR_INVALID_MESSAGE', `frame type ${decoded.frame.type} is neither a message nor a body chunk`);
