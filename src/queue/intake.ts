@@ -137,11 +137,23 @@ interface Claim {
   readonly done: Promise<void>;
 }
 
+/** A streamed body's SHA-256 so far: of its first `size` bytes, and chunks further on that came early. */
+interface RunningDigest {
+  readonly hash: Hash;
+  size: number;
+  /** Chunk data by position, waiting for the chunks before it. */
+  readonly early: Map<number, Buffer>;
+  earlyBytes: number;
+}
+
+/** Chunk data held for a running digest at most (a few batches of a pipelined sender). */
+const EARLY_CHUNK_BYTES = 16 * 1024 * 1024;
+
 export class Intake {
   readonly dedup: DedupTable;
   private options: IntakeOptions;
   /** Running digests of streamed bodies in transit, by transfer. */
-  private readonly hashing = new Map<string, { hash: Hash; size: number }>();
+  private readonly hashing = new Map<string, RunningDigest>();
   /** Ranges of sender streams being stored now, by key. */
   private readonly claims = new Map<string, Claim[]>();
   private readonly running = new Set<Promise<unknown>>();
@@ -331,20 +343,36 @@ export class Intake {
     }
   }
 
-  /** Keeps a running SHA-256 of a body whose chunks arrive in order; forgets it at the first gap. */
+  /**
+   * Keeps a running SHA-256 of a body as its chunks arrive. Batches of a pipelined sender may be taken
+   * in another order than they were sent (they come on several connections): a chunk that comes before
+   * the ones ahead of it is held (up to EARLY_CHUNK_BYTES) until they have come. Past that, or at a chunk
+   * that does not fit, the digest is forgotten, and the body is read back when its message comes.
+   */
   private hashAlong(key: string, position: number, data: Buffer): void {
     let running = this.hashing.get(key);
-    if (running === undefined && position === 0) {
-      running = { hash: createHash('sha256'), size: 0 };
+    if (running === undefined) {
+      // Met well past its start (its first chunks came before a restart): read back when its message comes.
+      if (position >= EARLY_CHUNK_BYTES) return;
+      running = { hash: createHash('sha256'), size: 0, early: new Map(), earlyBytes: 0 };
       this.hashing.set(key, running);
     }
-    if (running === undefined) return;
     if (position !== running.size) {
-      this.hashing.delete(key);
+      if (position < running.size || running.early.has(position) || running.earlyBytes + data.length > EARLY_CHUNK_BYTES) this.hashing.delete(key);
+      else {
+        running.early.set(position, data);
+        running.earlyBytes += data.length;
+      }
       return;
     }
-    running.hash.update(data);
-    running.size += data.length;
+    for (let next: Buffer | undefined = data; next !== undefined; next = running.early.get(running.size)) {
+      if (next !== data) {
+        running.early.delete(running.size);
+        running.earlyBytes -= next.length;
+      }
+      running.hash.update(next);
+      running.size += next.length;
+    }
   }
 
   /**

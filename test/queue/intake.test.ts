@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import { openNode, type MqlogNode } from '../../src/daemon/node.ts';
+import { MemoryLogStore } from '../../src/log/memory-log-store.ts';
 import { MqlogError } from '../../src/errors.ts';
 import { decodeStoredFrame, type MessageRecord } from '../../src/queue/codec.ts';
 import type { IncomingFrames, IncomingMessage, IntakeLimits } from '../../src/queue/intake.ts';
@@ -90,4 +91,45 @@ test('a message handed over with a bad field is refused naming it (ERR_INVALID_M
   }
   assert.deepEqual(await inboxes(b), [], 'nothing stored');
   assert.deepEqual(await intake.accept(messages), { stored: 2, duplicates: 0 });
+});
+
+test('a streamed body whose batches are taken out of order (a pipelined sender) is checked without reading it back', async (t) => {
+  const a = await node(t, 'a');
+  const body = Buffer.alloc(3 * 1024 * 1024 + 5, 0x61);
+  body.write('the start', 0);
+  body.write('the end', body.length - 7);
+  const pieces = async function* (): AsyncGenerator<Buffer> {
+    yield body.subarray(0, 1_000_000);
+    yield body.subarray(1_000_000);
+  };
+  const id = await a.sendStream('b', pieces());
+  const queue = await a.outbox.destinationQueue('b');
+  defer(t, () => queue.close());
+  // One frame a batch, as a sender with several batches in flight may have them taken.
+  const batches: IncomingFrames[] = [];
+  for (let batch = await queue.take(1, 8 * 1024 * 1024); batch !== undefined; batch = await queue.take(1, 8 * 1024 * 1024)) {
+    batches.push({ node: a.nodeId, name: 'a', destination: 'b', peer: undefined, frames: batch.items.map((i) => ({ stream: i.frame.stream, frame: i.frame.raw })), covers: batch.covers });
+  }
+  assert.equal(batches.length, 5, 'four chunks and the message');
+  const store = new MemoryLogStore();
+  defer(t, () => store.close());
+  let readers = 0;
+  const reader = store.reader.bind(store);
+  store.reader = (...args: Parameters<MemoryLogStore['reader']>) => {
+    readers++;
+    return reader(...args);
+  };
+  const b = await openNode({ data: await tempDir(t), store, config: { name: 'b', peers: PEERS } });
+  defer(t, () => b.close());
+  const intake = await b.openIntake({ ...LIMITS, maxStreamedBodyBytes: 16 * 1024 * 1024, maxFrameBytes: 2 * 1024 * 1024 });
+  defer(t, () => intake.close());
+  for (const i of [1, 0, 3, 2]) assert.deepEqual(await intake.accept(batches[i] as IncomingFrames), { stored: 1, duplicates: 0 }, `chunk ${i}`);
+  readers = 0;
+  assert.deepEqual(await intake.accept(batches[4] as IncomingFrames), { stored: 1, duplicates: 0 });
+  assert.equal(readers, 0, 'the digest was kept as the chunks came, in whatever order');
+  const [message] = await inboxes(b);
+  assert.equal(message?.id, id);
+  const chunks: Buffer[] = [];
+  for await (const piece of (await b.inbox('common')).body(message)) chunks.push(Buffer.from(piece));
+  assert.ok(Buffer.concat(chunks).equals(body));
 });
