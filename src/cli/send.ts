@@ -3,9 +3,8 @@
  * With --lines, every stdin line is a message; ids are printed in input order as each becomes durable,
  * while up to WINDOW sends are in flight so that they share fsyncs.
  */
-import { createReadStream } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
-import { INLINE_BODY_LIMIT } from '../queue/body.js';
+import { open, readFile, stat, type FileHandle } from 'node:fs/promises';
+import { BODY_CHUNK_BYTES, INLINE_BODY_LIMIT } from '../queue/body.js';
 import { createInterface } from 'node:readline';
 import { MqlogError } from '../errors.js';
 import { openNode, type MqlogNode } from '../daemon/node.js';
@@ -65,7 +64,7 @@ async function run(args: ParsedArgs): Promise<number> {
       await writeLine(rest === undefined ? await node.send(to, head, options) : await node.sendStream(to, prepend(head, rest), options));
     } else if (file !== undefined && (await fileSize(file)) > INLINE_BODY_LIMIT) {
       // Large files are streamed in chunks: never read whole into memory.
-      await writeLine(await node.sendStream(to, createReadStream(file, { highWaterMark: 1024 * 1024 }), options));
+      await writeLine(await node.sendStream(to, fileBlocks(file), options));
     } else {
       const body = file !== undefined ? await readBodyFile(file) : Buffer.from(args.positionals[0] ?? '', 'utf8');
       await writeLine(await node.send(to, body, options));
@@ -120,6 +119,29 @@ async function readUpTo(source: AsyncIterable<Buffer>, limit: number): Promise<{
 async function* prepend(head: Buffer, rest: AsyncIterator<Buffer>): AsyncGenerator<Buffer> {
   yield head;
   for (let next = await rest.next(); next.done !== true; next = await rest.next()) yield next.value;
+}
+
+/**
+ * A file's bytes, 1 MiB at a time, read into one buffer over and over (sendStream copies each piece
+ * before it asks for the next): no new memory per MiB, however large the file.
+ */
+async function* fileBlocks(path: string): AsyncGenerator<Buffer> {
+  let handle: FileHandle;
+  try {
+    handle = await open(path, 'r');
+  } catch (err) {
+    throw new MqlogError('ERR_INVALID_ARG', `cannot read --file ${path}: ${(err as Error).message}`, { cause: err });
+  }
+  try {
+    const block = Buffer.allocUnsafe(BODY_CHUNK_BYTES);
+    for (;;) {
+      const { bytesRead } = await handle.read(block, 0, block.length, null);
+      if (bytesRead === 0) return;
+      yield block.subarray(0, bytesRead);
+    }
+  } finally {
+    await handle.close();
+  }
 }
 
 async function fileSize(path: string): Promise<number> {

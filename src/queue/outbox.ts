@@ -184,7 +184,8 @@ export class Outbox {
    * Sends a body of any size read from `source` (a file stream, say), never holding it whole in memory:
    * it is appended as 1 MiB chunk frames, each durable, then the message frame that names them with the
    * body's size and SHA-256. Resolves with the id once the message frame is durable. If `source` fails,
-   * nothing becomes visible (the chunks written are reclaimed by compaction).
+   * nothing becomes visible (the chunks written are reclaimed by compaction). Each piece `source` yields
+   * is copied before the next is asked for: a source may fill one buffer over and over.
    */
   async sendStream(to: string | readonly string[], source: AsyncIterable<Uint8Array>, options: SendOptions = {}): Promise<string> {
     const meta = this.prepare(to, options);
