@@ -565,9 +565,12 @@ export class Daemon {
         await sender.close();
         return;
       }
-      const queue = await outbox.destinationQueue(destination, (stream, offset, reason) =>
-        this.logger.error({ event: 'undecodable', peer: destination, stream, offset, reason }, 'an outbox frame holds no valid message: it can never be forwarded'),
-      );
+      const queue = await outbox.destinationQueue(destination, {
+        onUndecodable: (stream, offset, reason) =>
+          this.logger.error({ event: 'undecodable', peer: destination, stream, offset, reason }, 'an outbox frame holds no valid message: it can never be forwarded'),
+        // The backlog's counter goes on from what the forwarder read rather than reading it again.
+        onRead: (frame, address) => this.backlog?.counter.observe(frame, address),
+      });
       const forwarder = new Forwarder({
         destination,
         url: transports.display(url),

@@ -56,6 +56,11 @@ export interface DestinationQueueOptions {
   readonly destination: string;
   /** A frame whose fields do not decode: it can never be forwarded (reported, then passed). */
   readonly onUndecodable?: (stream: string, offset: number, reason: string) => void;
+  /**
+   * Every frame as it is read (in offset order per stream; again after a rewind), with a message's
+   * address when it decoded: for a counter that would otherwise read the same frames (OutboxCounter.observe).
+   */
+  readonly onRead?: (frame: StoredFrame, address: MessageAddress | undefined) => void;
 }
 
 export class DestinationQueue {
@@ -79,7 +84,11 @@ export class DestinationQueue {
   /** Reads the next batch; undefined when nothing is waiting. */
   async take(maxFrames: number, maxBytes: number, now = Date.now()): Promise<OutgoingBatch | undefined> {
     this.reader ??= new PriorityReader<Described>(this.options.store, this.options.queue, (stream) => this.cursor.positionOf(stream), {
-      describe: (frame) => describe(frame, this.options.onUndecodable),
+      describe: (frame) => {
+        const described = describe(frame, this.options.onUndecodable);
+        this.options.onRead?.(frame, described.info.kind === 'message' ? described.info.meta : undefined);
+        return described;
+      },
       // Forwarded only once durable here: a frame lost in a power cut after the peer stored it would
       // let this node reuse its offset for another message, which the peer would take for a duplicate.
       durable: true,

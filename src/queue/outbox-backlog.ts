@@ -7,7 +7,8 @@
  * (once) and the few blocks a cursor is passing through.
  *
  * A count runs when asked (caughtUp), and after changes of the outbox (poke), at most every
- * POKE_INTERVAL_MS. The open segments' finished blocks are written as summary files as they come, so
+ * POKE_INTERVAL_MS. The frames the forwarders read are counted from their reading (OutboxCounter.observe);
+ * a count after a change reads the rest itself at most every READ_INTERVAL_MS; one when asked always does. The open segments' finished blocks are written as summary files as they come, so
  * that a restart reads only what came after them.
  *
  * One process (the daemon) at a time.
@@ -20,6 +21,11 @@ import type { OutboxState } from './outbox-state.js';
 
 /** Changes of the outbox trigger a count at most this often (a request for the numbers always gets a fresh one). */
 const POKE_INTERVAL_MS = 100;
+/**
+ * A count after a change reads the outbox itself at most this often; in between it takes what the
+ * forwarders read (OutboxCounter.observe), which is nearly everything while they keep up.
+ */
+const READ_INTERVAL_MS = 1000;
 
 export interface BacklogEvents {
   /** An application message sent since this object started (receipts do not count). */
@@ -37,6 +43,8 @@ export class OutboxBacklog {
   private readonly backlog = new Map<string, number>();
   private readonly startedAt = Date.now();
   private counting: Promise<void> | undefined;
+  /** When a count last read the outbox (performance.now()). */
+  private readAt = Number.NEGATIVE_INFINITY;
   private again = false;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
@@ -64,7 +72,7 @@ export class OutboxBacklog {
     await this.settled();
     if (this.closed) return;
     // One begun since (by another caller) did not.
-    this.counting ??= this.count();
+    this.counting ??= this.count(true);
     await this.settled();
   }
 
@@ -78,7 +86,7 @@ export class OutboxBacklog {
     this.timer ??= setTimeout(() => {
       this.timer = undefined;
       if (this.closed || this.counting !== undefined) return;
-      this.counting = this.count();
+      this.counting = this.count(performance.now() - this.readAt >= READ_INTERVAL_MS);
     }, POKE_INTERVAL_MS);
     this.timer.unref();
   }
@@ -99,9 +107,11 @@ export class OutboxBacklog {
     for (let counting = this.counting; counting !== undefined; counting = this.counting) await counting;
   }
 
-  private count(): Promise<void> {
+  /** `read`: read what the forwarders have not (else only what they read is counted). */
+  private count(read: boolean): Promise<void> {
     return (async () => {
-      await this.counter.refresh();
+      if (read) this.readAt = performance.now();
+      await this.counter.refresh(undefined, { read });
       const counts = await this.counter.count(this.state, Date.now(), [...this.state.destinations(), ...this.destinations()]);
       for (const [destination, c] of counts.destinations) {
         if (this.backlog.get(destination) === c.pending) continue;

@@ -40,6 +40,15 @@ export interface OutboxCounts {
   readonly destinations: ReadonlyMap<string, DeliveryCounts>;
 }
 
+export interface RefreshOptions {
+  /**
+   * Read what was appended to the open segments (default true). False: only what was seen (observe) is
+   * taken, and the counts may lag what is stored; for a refresh that runs often while a reader of this
+   * process keeps reading the outbox anyway.
+   */
+  readonly read?: boolean;
+}
+
 export interface OutboxCounterOptions {
   /** Write summary files (default true); false for a caller that must change nothing. */
   readonly persist?: boolean;
@@ -47,9 +56,28 @@ export interface OutboxCounterOptions {
   readonly onMessage?: (meta: MessageRouting) => void;
 }
 
+/** A frame someone else read (a forwarder), as the follower needs it. */
+interface SeenFrame {
+  readonly type: number;
+  readonly offset: number;
+  readonly segment: number;
+  readonly position: number;
+  readonly bytes: number;
+  readonly crc: number;
+  readonly meta: MessageRouting | undefined;
+}
+
+/** Frames seen (observe) kept per stream at most, waiting for the next refresh. */
+const MAX_SEEN = 64 * 1024;
+
 /** The follower of a stream's open segment: one block builder per segment it read into. */
 interface Follower {
   readonly reader: LogReader;
+  /**
+   * Frames another reader of this process read (observe), from where this reader stands on, one
+   * offset after another: taken as read at the next refresh, and not read again.
+   */
+  seen: SeenFrame[];
   /** By segment base, in the order read; the last one is being filled. */
   readonly builders: Map<number, BlockBuilder>;
   /** Finished blocks of each builder already written. */
@@ -89,11 +117,12 @@ export class OutboxCounter {
    * messages appended since the last look.
    * @throws ERR_ABORTED when `signal` fires; ERR_IO.
    */
-  refresh(signal?: AbortSignal): Promise<void> {
-    return this.inTurn(() => this.refreshStreams(signal));
+  refresh(signal?: AbortSignal, options: RefreshOptions = {}): Promise<void> {
+    const read = options.read ?? true;
+    return this.inTurn(() => this.refreshStreams(signal, read));
   }
 
-  private async refreshStreams(signal: AbortSignal | undefined): Promise<void> {
+  private async refreshStreams(signal: AbortSignal | undefined, read: boolean): Promise<void> {
     // Streams side by side: most of the time goes to waiting for small files.
     await Promise.all(
       (await this.store.streams(this.info.queue)).map(async ({ name }) => {
@@ -102,9 +131,29 @@ export class OutboxCounter {
           view = { sealed: new Map(), follower: undefined, current: [] };
           this.streams.set(name, view);
         }
-        if (signal?.aborted !== true) await this.refreshStream(name, view, signal);
+        if (signal?.aborted !== true) await this.refreshStream(name, view, signal, read);
       }),
     );
+  }
+
+  /**
+   * A frame another reader in this process read (in offset order per stream, a MESSAGE frame with its
+   * routing fields, undefined when they did not decode): the next refresh takes the frames seen, one
+   * offset after another from where this counter's follower stands, instead of reading them again. A
+   * line that starts further on is kept too: the follower then reads on from where it stands, and takes
+   * what it did not reach. Anything else (an earlier frame, one out of line, a stream not followed yet)
+   * is ignored, and read as before.
+   */
+  observe(frame: StoredFrame, meta: MessageRouting | undefined): void {
+    const follower = this.streams.get(frame.stream)?.follower;
+    if (follower === undefined) return;
+    const seen = follower.seen;
+    const last = seen.at(-1);
+    // One offset after another, from where this follower stands or further on (it reads the gap first).
+    const fits = last === undefined ? frame.offset >= follower.reader.position.offset : frame.offset === last.offset + 1;
+    // A message whose routing fields the other reader could not decode is left to this one's read.
+    if (!fits || seen.length >= MAX_SEEN || (frame.type === FrameType.MESSAGE && meta === undefined)) return;
+    seen.push({ type: frame.type, offset: frame.offset, segment: frame.segment, position: frame.position, bytes: frame.bytes, crc: frameChecksum(frame.raw), meta });
   }
 
   /** The summaries of a stream's segments as of the last refresh (for compaction). */
@@ -176,11 +225,11 @@ export class OutboxCounter {
     return run;
   }
 
-  private async refreshStream(stream: string, view: StreamView, signal: AbortSignal | undefined): Promise<void> {
+  private async refreshStream(stream: string, view: StreamView, signal: AbortSignal | undefined, read: boolean): Promise<void> {
     const summaries = await this.store.segments(this.info.queue, stream, signal === undefined ? {} : { signal });
     const last = summaries.at(-1);
     // The open segment first: its follower reads what was appended, finishing the segments sealed since.
-    const open = last !== undefined && !last.complete ? await this.follow(stream, view, last, signal) : [];
+    const open = last !== undefined && !last.complete ? await this.follow(stream, view, last, signal, read) : [];
     const current: SegmentMessages[] = [];
     for (const [i, segment] of summaries.entries()) {
       if (segment.complete) {
@@ -231,25 +280,37 @@ export class OutboxCounter {
    * Follows the open segment `last`: reads what was appended since the last look (also into segments
    * the writer started since) and returns the summaries of `last` and of those later segments.
    */
-  private async follow(stream: string, view: StreamView, last: SegmentSummary, signal: AbortSignal | undefined): Promise<SegmentMessages[]> {
+  private async follow(stream: string, view: StreamView, last: SegmentSummary, signal: AbortSignal | undefined, read: boolean): Promise<SegmentMessages[]> {
     let follower = view.follower;
     if (follower === undefined) {
       if (this.closed) return [];
       const file = await this.files.load(stream, last.base);
       const from = file?.id === undefined && file !== undefined && (await this.files.checks(file)) ? file : undefined;
-      follower = { reader: this.store.reader(this.info.queue, stream, nextAfter(last.base, from), { skipTypes: CHUNKS, lend: true }), builders: new Map([[last.base, new BlockBuilder(stream, last.base, from)]]), persisted: new Map([[last.base, from?.blocks.length ?? 0]]) };
+      follower = {
+        reader: this.store.reader(this.info.queue, stream, nextAfter(last.base, from), { skipTypes: CHUNKS, lend: true }),
+        seen: [],
+        builders: new Map([[last.base, new BlockBuilder(stream, last.base, from)]]),
+        persisted: new Map([[last.base, from?.blocks.length ?? 0]]),
+      };
       view.follower = follower;
     }
     const builders = follower.builders;
     // A segment that was retired or compacted away is left behind: the reader finds the next by offset.
-    await this.readFrames(follower.reader, signal, (base) => {
+    const builderOf = (base: number): BlockBuilder | undefined => {
       let builder = builders.get(base);
       if (builder === undefined && base > ([...builders.keys()].at(-1) ?? -1)) {
         builder = new BlockBuilder(stream, base);
         builders.set(base, builder);
       }
       return builder;
-    }, true);
+    };
+    // Also without `read` when what was seen starts past where the follower stands (it was seen before
+    // this follower began, or while it was away), and when the writer went on to a segment the follower
+    // has not reached (the one it is in is then complete, and summarised from what the follower read).
+    const gap = (follower.seen[0]?.offset ?? follower.reader.position.offset) > follower.reader.position.offset;
+    if (gap) await this.readFrames(follower.reader, signal, builderOf, true);
+    await this.takeSeen(follower, builderOf);
+    if (read || ([...builders.keys()].at(-1) ?? -1) < last.base) await this.readFrames(follower.reader, signal, builderOf, true);
     if (this.persist) {
       for (const [base, builder] of builders) {
         if (base < last.base || builder.finishedBlocks <= (follower.persisted.get(base) ?? 0)) continue;
@@ -258,6 +319,30 @@ export class OutboxCounter {
       }
     }
     return [...builders].filter(([base]) => base >= last.base).map(([, b]) => b.summary());
+  }
+
+  /** Adds the frames seen since the last refresh that go on from the follower's position, and moves it past them. */
+  private async takeSeen(follower: Follower, builderOf: (base: number) => BlockBuilder | undefined): Promise<void> {
+    const seen = follower.seen;
+    follower.seen = [];
+    let next = follower.reader.position.offset;
+    let last: SeenFrame | undefined;
+    for (const frame of seen) {
+      if (frame.offset < next) continue;
+      if (frame.offset > next) break;
+      // As readFrames takes what the follower reads (chunks are passed over unseen).
+      if (!CHUNKS.has(frame.type)) {
+        const builder = builderOf(frame.segment);
+        if (builder === undefined) break;
+        if (frame.type === FrameType.MESSAGE && frame.meta !== undefined) {
+          builder.add({ offset: frame.offset, meta: frame.meta }, frame.bytes, { offset: frame.offset, position: frame.position, crc: frame.crc });
+          this.onMessage?.(frame.meta);
+        }
+      }
+      next = frame.offset + 1;
+      last = frame;
+    }
+    if (last !== undefined) await follower.reader.seek({ offset: next, hint: { segment: last.segment, position: last.position, offset: last.offset } });
   }
 
   /** Reads a stream from `from` to its end (or to `end`), adding each message to the builder of its segment. */

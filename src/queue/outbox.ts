@@ -36,7 +36,7 @@ import {
   type MessageMeta,
   type MessageRecord,
 } from './codec.js';
-import { DestinationQueue } from './destination-queue.js';
+import { DestinationQueue, type DestinationQueueOptions } from './destination-queue.js';
 import { ensureQueue, outboxDeadInfo, outboxInfo, type QueueInfo } from './layout.js';
 import { OutboxDeadLetters } from './outbox-dead.js';
 import { OutboxCounter, type OutboxCounts } from './outbox-counts.js';
@@ -124,8 +124,8 @@ export class Outbox {
   }
 
   /** One destination's view of the outbox, for its forwarder. */
-  async destinationQueue(destination: string, onUndecodable?: (stream: string, offset: number, reason: string) => void): Promise<DestinationQueue> {
-    return new DestinationQueue({ store: this.store, queue: this.info.queue, state: await this.state(), destination, ...(onUndecodable === undefined ? {} : { onUndecodable }) });
+  async destinationQueue(destination: string, hooks: Pick<DestinationQueueOptions, 'onUndecodable' | 'onRead'> = {}): Promise<DestinationQueue> {
+    return new DestinationQueue({ ...hooks, store: this.store, queue: this.info.queue, state: await this.state(), destination });
   }
 
   /** Every stored message with its state (read from the state files now, not from this object's copy). */

@@ -251,7 +251,8 @@ class Run {
   private async queueOf(d: Dest): Promise<DestinationQueue> {
     let q = this.queues.get(d);
     if (q === undefined) {
-      q = await this.node.outbox.destinationQueue(d);
+      // As the daemon wires them: the backlog counter takes what the forwarders read (OutboxCounter.observe).
+      q = await this.node.outbox.destinationQueue(d, { onRead: (frame, address) => this.backlog?.counter.observe(frame, address) });
       this.queues.set(d, q);
     }
     return q;
@@ -508,6 +509,8 @@ class Run {
   /** Lets the backlog counter read everything appended (as the daemon does before it answers /metrics). */
   private async settleBacklog(): Promise<void> {
     const backlog = this.backlog as OutboxBacklog;
+    // First a refresh that only takes what the forwarders read (as the daemon's counts between reads).
+    await backlog.counter.refresh(undefined, { read: false });
     await backlog.caughtUp();
   }
 }
