@@ -64,16 +64,20 @@ export class SegmentIndex {
   readonly runs: readonly OffsetRun[];
   readonly last: LastFrame | undefined;
   /** The entries, offset and position after each other: no object per entry (thousands per segment). */
-  private readonly entryData: Float64Array;
+  private entryData: Float64Array | undefined;
+  /** Decodes the entries of an index read from a file, when they are first needed. */
+  private entrySource: (() => Float64Array) | undefined;
 
-  constructor(fields: Pick<SegmentIndex, 'base' | 'state' | 'coveredBytes' | 'types' | 'runs' | 'last'> & { readonly entries: readonly IndexEntry[] | Float64Array }) {
+  constructor(fields: Pick<SegmentIndex, 'base' | 'state' | 'coveredBytes' | 'types' | 'runs' | 'last'> & { readonly entries: readonly IndexEntry[] | Float64Array | (() => Float64Array) }) {
     this.base = fields.base;
     this.state = fields.state;
     this.coveredBytes = fields.coveredBytes;
     this.types = fields.types;
     this.runs = fields.runs;
     this.last = fields.last;
-    this.entryData = fields.entries instanceof Float64Array ? fields.entries : Float64Array.from(fields.entries.flatMap((e) => [e.offset, e.position]));
+    const entries = fields.entries;
+    if (typeof entries === 'function') this.entrySource = entries;
+    else this.entryData = entries instanceof Float64Array ? entries : Float64Array.from(entries.flatMap((e) => [e.offset, e.position]));
     let frames = 0;
     for (const totals of this.types.values()) frames += totals.frames;
     this.frames = frames;
@@ -82,16 +86,21 @@ export class SegmentIndex {
   /** Offsets rising; the first frame always has one. */
   get entries(): IndexEntry[] {
     const entries: IndexEntry[] = [];
-    for (let i = 0; i < this.entryData.length; i += 2) entries.push({ offset: this.entryData[i] as number, position: this.entryData[i + 1] as number });
+    const data = this.entryPairs;
+    for (let i = 0; i < data.length; i += 2) entries.push({ offset: data[i] as number, position: data[i + 1] as number });
     return entries;
   }
 
   get entryCount(): number {
-    return this.entryData.length / 2;
+    return this.entryPairs.length / 2;
   }
 
   /** The entries, offset and position after each other (for a builder that goes on from this index). */
   get entryPairs(): Float64Array {
+    if (this.entryData === undefined) {
+      this.entryData = (this.entrySource as () => Float64Array)();
+      this.entrySource = undefined;
+    }
     return this.entryData;
   }
 
@@ -119,7 +128,7 @@ export class SegmentIndex {
 
   /** The entry with the greatest offset at or below `offset`, or undefined when all are above. */
   seek(offset: number): IndexEntry | undefined {
-    const data = this.entryData;
+    const data = this.entryPairs;
     let low = 0;
     let high = data.length / 2;
     while (low < high) {
@@ -166,7 +175,8 @@ export class SegmentIndex {
       writeU64(out, at + 8, run.from);
       at += RUN_BYTES;
     }
-    for (let i = 0; i < this.entryData.length; i++, at += 8) writeU64(out, at, this.entryData[i] as number);
+    const entries = this.entryPairs;
+    for (let i = 0; i < entries.length; i++, at += 8) writeU64(out, at, entries[i] as number);
     out.writeUInt32LE(crc32(out.subarray(0, at)), at);
     return out;
   }
@@ -200,16 +210,36 @@ export class SegmentIndex {
       const from = readU64(bytes, at + 8);
       runs.push({ type: bytes.readUInt32LE(at), from, to: from + bytes.readUInt32LE(at + 4) });
     }
-    const entries = readU64s(bytes, at, 2 * entryCount);
+    const entriesAt = at;
+    const firstEntry = entryCount === 0 ? undefined : { offset: readU64(bytes, at), position: readU64(bytes, at + 8) };
+    // Thousands of entries, needed only to seek: decoded (and checked) when first used. Entries that do
+    // not fit together are not used (a seek then finds none: reading starts at the segment's start).
+    const entries = (): Float64Array => {
+      const pairs = readU64s(bytes, entriesAt, 2 * entryCount);
+      return entryDisorder(pairs, coveredBytes) === undefined ? pairs : new Float64Array(0);
+    };
     const last = frames === 0 ? undefined : { position: readU64(bytes, 32), offset: readU64(bytes, 40), crc: bytes.readUInt32LE(48) };
     const index = new SegmentIndex({ base, state, coveredBytes, types, runs, entries, last });
-    const problem = inconsistency(index, frames);
+    const problem = inconsistency(index, frames, entryCount, firstEntry);
     return problem ?? index;
   }
 }
 
-/** Why the parts of a decoded index do not fit together, or undefined when they do. */
-function inconsistency(index: SegmentIndex, frames: number): string | undefined {
+/** Why a decoded index's entries do not fit together (offsets and positions rising, within the covered bytes), or undefined. */
+function entryDisorder(entries: Float64Array, coveredBytes: number): string | undefined {
+  for (let i = 0; i < entries.length; i += 2) {
+    const [offset, position] = [entries[i] as number, entries[i + 1] as number];
+    if (i > 0 && (offset <= (entries[i - 2] as number) || position <= (entries[i - 1] as number))) return 'entries out of order';
+    if (position >= coveredBytes) return `entry at byte ${position} past the covered ${coveredBytes} bytes`;
+  }
+  return undefined;
+}
+
+/**
+ * Why the parts of a decoded index do not fit together, or undefined when they do. The entries are
+ * checked by their count and first one here; their order when they are decoded (entryDisorder).
+ */
+function inconsistency(index: SegmentIndex, frames: number, entryCount: number, firstEntry: IndexEntry | undefined): string | undefined {
   if (index.frames !== frames) return `type totals make ${index.frames} frames, the header says ${frames}`;
   let inRuns = 0;
   let previous = index.base - 1;
@@ -220,14 +250,9 @@ function inconsistency(index: SegmentIndex, frames: number): string | undefined 
   }
   if (inRuns !== frames) return `runs hold ${inRuns} frames, the header says ${frames}`;
   if (frames > 0 && index.last?.offset !== previous) return `last frame ${index.last?.offset} is not the last run's end ${previous}`;
-  const entries = index.entryPairs;
-  for (let i = 0; i < entries.length; i += 2) {
-    const [offset, position] = [entries[i] as number, entries[i + 1] as number];
-    if (i > 0 && (offset <= (entries[i - 2] as number) || position <= (entries[i - 1] as number))) return 'entries out of order';
-    if (position >= index.coveredBytes) return `entry at byte ${position} past the covered ${index.coveredBytes} bytes`;
-  }
-  if ((frames === 0) !== (entries.length === 0)) return 'entries do not match the frame count';
-  if (frames > 0 && entries[0] !== index.firstOffset) return 'the first frame has no entry';
+  if ((frames === 0) !== (entryCount === 0)) return 'entries do not match the frame count';
+  if (frames > 0 && firstEntry?.offset !== index.firstOffset) return 'the first frame has no entry';
+  if (firstEntry !== undefined && firstEntry.position >= index.coveredBytes) return `entry at byte ${firstEntry.position} past the covered ${index.coveredBytes} bytes`;
   if (index.last !== undefined && index.last.position >= index.coveredBytes) return 'last frame past the covered bytes';
   return undefined;
 }

@@ -220,3 +220,17 @@ test('the checkpoint of an open segment whose writer is still appending (or was 
   assert.equal(verified.code, 0, verified.stdout + verified.stderr);
   assert.doesNotMatch(verified.stdout, /^INDEX /m, 'the checkpoint describes the frames before its end');
 });
+
+test('an index is decoded for its summary without its entries; entries out of order are found when first used, and not used', () => {
+  const fields = { base: 100, state: 'sealed' as const, coveredBytes: 50_000, types: new Map([[FrameType.MESSAGE, { frames: 3, bytes: 45_000 }]]), runs: [{ type: FrameType.MESSAGE, from: 100, to: 103 }], last: { offset: 102, position: 40_000, crc: 7 } };
+  const good = SegmentIndex.decode(new SegmentIndex({ ...fields, entries: [{ offset: 100, position: 0 }, { offset: 101, position: 20_000 }, { offset: 102, position: 40_000 }] }).encode(), 100);
+  assert.ok(good instanceof SegmentIndex);
+  assert.deepEqual(good.seek(101), { offset: 101, position: 20_000 });
+  const disordered = SegmentIndex.decode(new SegmentIndex({ ...fields, entries: [{ offset: 100, position: 0 }, { offset: 102, position: 40_000 }, { offset: 101, position: 20_000 }] }).encode(), 100);
+  assert.ok(disordered instanceof SegmentIndex, 'its summary (types, runs, last frame) is usable');
+  assert.equal(disordered.id, good.id);
+  assert.equal(disordered.seek(102), undefined, 'no entry is trusted: a reader starts at the segment start');
+  assert.equal(disordered.entryCount, 0);
+  // What is checked at once: the entry count against the frames, and the first entry.
+  assert.equal(typeof SegmentIndex.decode(new SegmentIndex({ ...fields, entries: [{ offset: 101, position: 0 }] }).encode(), 100), 'string');
+});
