@@ -260,7 +260,7 @@ export class Daemon {
     await this.feed.whenReady();
     const recorded = await node.outbox.destinations();
     this.backlog = new OutboxBacklog(node.store, node.outbox.info, await node.outbox.state(), () => [...Object.keys(this.config.peers), ...recorded], {
-      appended: (meta) => this.metrics.appended.inc({ channel: meta.channel }),
+      appended: (channel, count) => this.metrics.appended.inc({ channel }, count),
       changed: (peer, backlog) => this.metrics.backlog.set({ peer }, backlog),
     });
     // The backlog is counted from the outbox summaries in the background; forwarders do not wait for it.

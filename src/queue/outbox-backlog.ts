@@ -14,7 +14,6 @@
  * One process (the daemon) at a time.
  */
 import type { LogStore } from '../log/log-store.js';
-import type { MessageRouting } from './codec.js';
 import type { QueueInfo } from './layout.js';
 import { OutboxCounter } from './outbox-counts.js';
 import type { OutboxState } from './outbox-state.js';
@@ -28,8 +27,8 @@ const POKE_INTERVAL_MS = 100;
 const READ_INTERVAL_MS = 1000;
 
 export interface BacklogEvents {
-  /** An application message sent since this object started (receipts do not count). */
-  appended?(meta: MessageRouting): void;
+  /** Application messages sent since this object started (receipts do not count), per channel, as each count finds them. */
+  appended?(channel: string, count: number): void;
   /** A destination's backlog changed. */
   changed?(destination: string, backlog: number): void;
 }
@@ -42,6 +41,8 @@ export class OutboxBacklog {
   readonly counter: OutboxCounter;
   private readonly backlog = new Map<string, number>();
   private readonly startedAt = Date.now();
+  /** Messages the counter met since the last count ended, per channel: reported once per count. */
+  private readonly appendedSince = new Map<string, number>();
   private counting: Promise<void> | undefined;
   /** When a count last read the outbox (performance.now()). */
   private readAt = Number.NEGATIVE_INFINITY;
@@ -56,7 +57,7 @@ export class OutboxBacklog {
     this.events = events;
     this.counter = new OutboxCounter(store, info, {
       onMessage: (meta) => {
-        if (meta.kind === undefined && meta.ts >= this.startedAt) this.events.appended?.(meta);
+        if (meta.kind === undefined && meta.ts >= this.startedAt) this.appendedSince.set(meta.channel, (this.appendedSince.get(meta.channel) ?? 0) + 1);
       },
     });
   }
@@ -112,6 +113,8 @@ export class OutboxBacklog {
     return (async () => {
       if (read) this.readAt = performance.now();
       await this.counter.refresh(undefined, { read });
+      for (const [channel, count] of this.appendedSince) this.events.appended?.(channel, count);
+      this.appendedSince.clear();
       const counts = await this.counter.count(this.state, Date.now(), [...this.state.destinations(), ...this.destinations()]);
       for (const [destination, c] of counts.destinations) {
         if (this.backlog.get(destination) === c.pending) continue;

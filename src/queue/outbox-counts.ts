@@ -10,8 +10,9 @@
  * A sealed segment's summary is built once (by reading its messages, or taken over from the follower
  * that read them as they were appended) and written with the log's id of the segment: a rewritten
  * segment has another id, and its summary is built again. The open segment of each stream is followed
- * (its new frames read once); with `persist`, its finished blocks are written as they come, so that the
- * next process reads only what came after them. Summary files are a cache: a missing or stale one is
+ * (its new frames read once, or taken from a forwarder that read them: observe); with `persist`, its
+ * finished blocks are written as they come (at most once a second), so that the next process reads
+ * only what came after them. Summary files are a cache: a missing or stale one is
  * built again, and failing to write one only costs the next caller a read.
  *
  * Several callers may share one counter (the daemon's backlog and its compactor): refresh() and count()
@@ -67,6 +68,11 @@ interface SeenFrame {
   readonly meta: MessageRouting | undefined;
 }
 
+/**
+ * A follower writes the finished blocks of the open segments it follows at most this often: a process
+ * that starts after a crash reads at most that much of the outbox again.
+ */
+const PERSIST_INTERVAL_MS = 1000;
 /** Frames seen (observe) kept per stream at most, waiting for the next refresh. */
 const MAX_SEEN = 64 * 1024;
 
@@ -82,6 +88,8 @@ interface Follower {
   readonly builders: Map<number, BlockBuilder>;
   /** Finished blocks of each builder already written. */
   readonly persisted: Map<number, number>;
+  /** When they were last written (performance.now()). */
+  persistedAt: number;
 }
 
 interface StreamView {
@@ -291,6 +299,7 @@ export class OutboxCounter {
         seen: [],
         builders: new Map([[last.base, new BlockBuilder(stream, last.base, from)]]),
         persisted: new Map([[last.base, from?.blocks.length ?? 0]]),
+        persistedAt: Number.NEGATIVE_INFINITY,
       };
       view.follower = follower;
     }
@@ -311,7 +320,9 @@ export class OutboxCounter {
     if (gap) await this.readFrames(follower.reader, signal, builderOf, true);
     await this.takeSeen(follower, builderOf);
     if (read || ([...builders.keys()].at(-1) ?? -1) < last.base) await this.readFrames(follower.reader, signal, builderOf, true);
-    if (this.persist) {
+    // At most every PERSIST_INTERVAL_MS: each write holds every finished block of the segment so far.
+    if (this.persist && performance.now() - follower.persistedAt >= PERSIST_INTERVAL_MS) {
+      follower.persistedAt = performance.now();
       for (const [base, builder] of builders) {
         if (base < last.base || builder.finishedBlocks <= (follower.persisted.get(base) ?? 0)) continue;
         follower.persisted.set(base, builder.finishedBlocks);
