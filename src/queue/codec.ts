@@ -181,14 +181,57 @@ export function inboxCopyPayload(payload: Buffer, set: { readonly from: string; 
     runStart = cursor.position;
   }
   if (cursor.position > runStart) kept.push(payload.subarray(runStart, cursor.position));
-  // The set fields, as a map whose header is dropped (they join the entries above).
-  const fields = packr.pack({ [KEYS.from]: from, [KEYS.origin]: encodeOrigin(origin), ...(replyTo === undefined ? {} : { [KEYS.replyTo]: replyTo }) });
+  const fields = packedSetFields(from, origin, replyTo);
   const setCount = replyTo === undefined ? 2 : 3;
   const header = mapHeader(entries + setCount);
-  const length = header.length + kept.reduce((n, b) => n + b.length, 0) + fields.length - 1;
+  const length = header.length + kept.reduce((n, b) => n + b.length, 0) + fields.length;
   const prefix = Buffer.allocUnsafe(4);
   prefix.writeUInt32LE(length, 0);
-  return [prefix, header, ...kept, fields.subarray(1), payload.subarray(4 + metaBytes)];
+  return [prefix, header, ...kept, fields, payload.subarray(4 + metaBytes)];
+}
+
+/** The set fields' bytes around the origin's offset, by sender, origin stream and reply address (a few hundred at most). */
+const setFieldsAround = new Map<string, { readonly head: Buffer; readonly tail: Buffer }>();
+const SET_FIELDS_KEPT = 256;
+
+/**
+ * The entries `from`, `origin` (and `replyTo` when given) of an inbox copy, packed as a map of them
+ * would be, without the map's header (they join the entries kept). All but the origin's offset are the
+ * same for every message of a sender stream: packed once, and the offset written between them.
+ */
+function packedSetFields(from: string, origin: Origin, replyTo: string | undefined): Buffer {
+  const key = JSON.stringify([from, origin.node, origin.stream, origin.destination ?? null, replyTo ?? null]);
+  let around = setFieldsAround.get(key);
+  if (around === undefined) {
+    const pack = (offset: number): Buffer => packr.pack({ [KEYS.from]: from, [KEYS.origin]: encodeOrigin({ ...origin, offset }), ...(replyTo === undefined ? {} : { [KEYS.replyTo]: replyTo }) });
+    // Offsets 0 and 1 are one byte each (positive fixint): the first byte that differs is the offset's.
+    const [zero, one] = [pack(0), pack(1)];
+    let at = 0;
+    while (zero[at] === one[at]) at++;
+    around = { head: zero.subarray(1, at), tail: zero.subarray(at + 1) };
+    if (setFieldsAround.size >= SET_FIELDS_KEPT) setFieldsAround.delete(setFieldsAround.keys().next().value as string);
+    setFieldsAround.set(key, around);
+  }
+  return Buffer.concat([around.head, packedUint(origin.offset), around.tail]);
+}
+
+/** A non-negative safe integer as msgpackr packs int(value): the smallest unsigned form, int64 past 32 bits. */
+function packedUint(value: number): Buffer {
+  if (value < 0x80) return Buffer.from([value]);
+  if (value < 0x100) return Buffer.from([0xcc, value]);
+  const out = Buffer.allocUnsafe(value < 0x1_0000 ? 3 : value <= 0xffff_ffff ? 5 : 9);
+  if (value < 0x1_0000) {
+    out[0] = 0xcd;
+    out.writeUInt16BE(value, 1);
+  } else if (value <= 0xffff_ffff) {
+    out[0] = 0xce;
+    out.writeUInt32BE(value, 1);
+  } else {
+    out[0] = 0xd3;
+    out.writeUInt32BE(Math.floor(value / 0x1_0000_0000), 1);
+    out.writeUInt32BE(value % 0x1_0000_0000, 5);
+  }
+  return out;
 }
 
 /** A msgpack map header for `entries` entries. */

@@ -166,6 +166,19 @@ test('an inbox copy made from the payload as it came has the set sender and orig
   );
 });
 
+test('inbox copies of one sender stream each carry their own origin offset, at every size of integer', () => {
+  const payload = encodeMessagePayload(meta, Buffer.from('body'));
+  for (const replyTo of [undefined, 'http://127.0.0.1:7421']) {
+    for (const offset of [0, 1, 127, 128, 255, 256, 65_535, 65_536, 2 ** 32 - 1, 2 ** 32, 2 ** 53 - 1, 5]) {
+      const origin = { node: 'n1', stream: 'p4.w0', offset, destination: 'b' };
+      const decoded = decodeMessage(Buffer.concat(inboxCopyPayload(payload, { from: 'a', origin, replyTo })));
+      assert.deepEqual(decoded.origin, origin, `offset ${offset}`);
+      assert.equal(decoded.from, 'a');
+      assert.equal(decoded.replyTo, replyTo ?? meta.replyTo);
+    }
+  }
+});
+
 test('times and other integers beyond 32 bits are written as MessagePack integers, and float64 ones of earlier versions are still read', () => {
   const at = Date.UTC(2026, 11, 6);
   const payload = encodeMessagePayload({ ...meta, ts: at, expiresAt: at + 1000 }, Buffer.from('x'));
