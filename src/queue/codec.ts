@@ -193,6 +193,7 @@ export function inboxCopyPayload(payload: Buffer, set: { readonly from: string; 
 /** The set fields' bytes around the origin's offset, by sender, origin stream and reply address (a few hundred at most). */
 const setFieldsAround = new Map<string, { readonly head: Buffer; readonly tail: Buffer }>();
 const SET_FIELDS_KEPT = 256;
+let lastSetFields: { readonly from: string; readonly node: string; readonly stream: string; readonly destination: string | undefined; readonly replyTo: string | undefined; readonly head: Buffer; readonly tail: Buffer } | undefined;
 
 /**
  * The entries `from`, `origin` (and `replyTo` when given) of an inbox copy, packed as a map of them
@@ -200,6 +201,11 @@ const SET_FIELDS_KEPT = 256;
  * same for every message of a sender stream: packed once, and the offset written between them.
  */
 function packedSetFields(from: string, origin: Origin, replyTo: string | undefined): Buffer {
+  // Messages of a batch mostly come from one sender stream: the last one's parts, without a lookup.
+  const last = lastSetFields;
+  if (last !== undefined && last.from === from && last.node === origin.node && last.stream === origin.stream && last.destination === origin.destination && last.replyTo === replyTo) {
+    return Buffer.concat([last.head, packedUint(origin.offset), last.tail]);
+  }
   const key = JSON.stringify([from, origin.node, origin.stream, origin.destination ?? null, replyTo ?? null]);
   let around = setFieldsAround.get(key);
   if (around === undefined) {
@@ -212,6 +218,7 @@ function packedSetFields(from: string, origin: Origin, replyTo: string | undefin
     if (setFieldsAround.size >= SET_FIELDS_KEPT) setFieldsAround.delete(setFieldsAround.keys().next().value as string);
     setFieldsAround.set(key, around);
   }
+  lastSetFields = { from, node: origin.node, stream: origin.stream, destination: origin.destination, replyTo, head: around.head, tail: around.tail };
   return Buffer.concat([around.head, packedUint(origin.offset), around.tail]);
 }
 

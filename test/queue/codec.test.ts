@@ -169,8 +169,9 @@ test('an inbox copy made from the payload as it came has the set sender and orig
 test('inbox copies of one sender stream each carry their own origin offset, at every size of integer', () => {
   const payload = encodeMessagePayload(meta, Buffer.from('body'));
   for (const replyTo of [undefined, 'http://127.0.0.1:7421']) {
-    for (const offset of [0, 1, 127, 128, 255, 256, 65_535, 65_536, 2 ** 32 - 1, 2 ** 32, 2 ** 53 - 1, 5]) {
-      const origin = { node: 'n1', stream: 'p4.w0', offset, destination: 'b' };
+    for (const [i, offset] of [0, 1, 127, 128, 255, 256, 65_535, 65_536, 2 ** 32 - 1, 2 ** 32, 2 ** 53 - 1, 5].entries()) {
+      // Two sender streams taking turns, and one message of another sender between.
+      const origin = { node: i === 7 ? 'n2' : 'n1', stream: i % 2 === 0 ? 'p4.w0' : 'p9.w1', offset, destination: 'b' };
       const decoded = decodeMessage(Buffer.concat(inboxCopyPayload(payload, { from: 'a', origin, replyTo })));
       assert.deepEqual(decoded.origin, origin, `offset ${offset}`);
       assert.equal(decoded.from, 'a');
