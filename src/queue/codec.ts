@@ -157,11 +157,12 @@ function packMeta(meta: MessageMeta, from: string, origin: Origin | undefined, r
  * The payload of a message's inbox copy made from the payload it arrived with: its fields with `from`,
  * `origin` and (when given) `replyTo` set, replacing any the sender put there, and every other field and
  * the body as they came, byte for byte — no decoding into an object and no encoding of the whole map
- * again. The caller has checked the payload with decodeMeta.
+ * again. The caller has checked the payload with decodeMeta. `fields`: the same set fields packed before,
+ * for the messages of one sender stream (InboxCopyFields).
  * @throws ERR_INVALID_MESSAGE when the map cannot be read.
  */
-export function inboxCopyPayload(payload: Buffer, set: { readonly from: string; readonly origin: Origin; readonly replyTo?: string | undefined }): Buffer[] {
-  const { from, origin, replyTo } = set;
+export function inboxCopyPayload(payload: Buffer, set: { readonly from: string; readonly origin: Origin; readonly replyTo?: string | undefined }, fields = new InboxCopyFields(set)): Buffer[] {
+  const { origin, replyTo } = set;
   const metaBytes = payload.readUInt32LE(0);
   const cursor = new MsgpackCursor(payload, 4, 4 + metaBytes);
   const count = cursor.mapHeader();
@@ -181,45 +182,39 @@ export function inboxCopyPayload(payload: Buffer, set: { readonly from: string; 
     runStart = cursor.position;
   }
   if (cursor.position > runStart) kept.push(payload.subarray(runStart, cursor.position));
-  const fields = packedSetFields(from, origin, replyTo);
+  const setBytes = fields.at(origin.offset);
   const setCount = replyTo === undefined ? 2 : 3;
   const header = mapHeader(entries + setCount);
-  const length = header.length + kept.reduce((n, b) => n + b.length, 0) + fields.length;
+  const length = header.length + kept.reduce((n, b) => n + b.length, 0) + setBytes.length;
   const prefix = Buffer.allocUnsafe(4);
   prefix.writeUInt32LE(length, 0);
-  return [prefix, header, ...kept, fields, payload.subarray(4 + metaBytes)];
+  return [prefix, header, ...kept, setBytes, payload.subarray(4 + metaBytes)];
 }
 
-/** The set fields' bytes around the origin's offset, by sender, origin stream and reply address (a few hundred at most). */
-const setFieldsAround = new Map<string, { readonly head: Buffer; readonly tail: Buffer }>();
-const SET_FIELDS_KEPT = 256;
-let lastSetFields: { readonly from: string; readonly node: string; readonly stream: string; readonly destination: string | undefined; readonly replyTo: string | undefined; readonly head: Buffer; readonly tail: Buffer } | undefined;
-
 /**
- * The entries `from`, `origin` (and `replyTo` when given) of an inbox copy, packed as a map of them
+ * The entries an inbox copy sets — `from`, `origin` and (when given) `replyTo` — packed as a map of them
  * would be, without the map's header (they join the entries kept). All but the origin's offset are the
- * same for every message of a sender stream: packed once, and the offset written between them.
+ * same for every message of a sender stream in a batch: packed once here, the offset written between.
  */
-function packedSetFields(from: string, origin: Origin, replyTo: string | undefined): Buffer {
-  // Messages of a batch mostly come from one sender stream: the last one's parts, without a lookup.
-  const last = lastSetFields;
-  if (last !== undefined && last.from === from && last.node === origin.node && last.stream === origin.stream && last.destination === origin.destination && last.replyTo === replyTo) {
-    return Buffer.concat([last.head, packedUint(origin.offset), last.tail]);
-  }
-  const key = JSON.stringify([from, origin.node, origin.stream, origin.destination ?? null, replyTo ?? null]);
-  let around = setFieldsAround.get(key);
-  if (around === undefined) {
+export class InboxCopyFields {
+  private readonly head: Buffer;
+  private readonly tail: Buffer;
+
+  constructor(set: { readonly from: string; readonly origin: Omit<Origin, 'offset'>; readonly replyTo?: string | undefined }) {
+    const { from, origin, replyTo } = set;
     const pack = (offset: number): Buffer => packr.pack({ [KEYS.from]: from, [KEYS.origin]: encodeOrigin({ ...origin, offset }), ...(replyTo === undefined ? {} : { [KEYS.replyTo]: replyTo }) });
     // Offsets 0 and 1 are one byte each (positive fixint): the first byte that differs is the offset's.
     const [zero, one] = [pack(0), pack(1)];
     let at = 0;
     while (zero[at] === one[at]) at++;
-    around = { head: zero.subarray(1, at), tail: zero.subarray(at + 1) };
-    if (setFieldsAround.size >= SET_FIELDS_KEPT) setFieldsAround.delete(setFieldsAround.keys().next().value as string);
-    setFieldsAround.set(key, around);
+    this.head = zero.subarray(1, at);
+    this.tail = zero.subarray(at + 1);
   }
-  lastSetFields = { from, node: origin.node, stream: origin.stream, destination: origin.destination, replyTo, head: around.head, tail: around.tail };
-  return Buffer.concat([around.head, packedUint(origin.offset), around.tail]);
+
+  /** The entries for the message at `offset` of the sender stream. */
+  at(offset: number): Buffer {
+    return Buffer.concat([this.head, packedUint(offset), this.tail]);
+  }
 }
 
 /** A non-negative safe integer as msgpackr packs int(value): the smallest unsigned form, int64 past 32 bits. */

@@ -19,7 +19,7 @@ import type { AppendResult, LogStore } from '../log/log-store.js';
 import type { Payload } from '../log/frame.js';
 import { parseStreamName } from '../log/stream-id.js';
 import { digestStreamedBody } from './body.js';
-import { checkGivenMeta, decodeChunk, decodeMeta, encodeMessage, inboxCopyMessage, inboxCopyPayload, type ChunkMeta, type GivenMeta, type MessageMeta, type Origin } from './codec.js';
+import { InboxCopyFields, checkGivenMeta, decodeChunk, decodeMeta, encodeMessage, inboxCopyMessage, inboxCopyPayload, type ChunkMeta, type GivenMeta, type MessageMeta, type Origin } from './codec.js';
 import { DedupTable, dedupKey, transferKey } from './dedup-table.js';
 import type { Inbox } from './inbox.js';
 import { listQueues } from './layout.js';
@@ -143,7 +143,6 @@ interface RunningDigest {
   size: number;
   /** Chunk data by position, waiting for the chunks before it. */
   readonly early: Map<number, Buffer>;
-  earlyBytes: number;
 }
 
 /** Chunk data held for a running digest at most (a few batches of a pipelined sender). */
@@ -354,22 +353,19 @@ export class Intake {
     if (running === undefined) {
       // Met well past its start (its first chunks came before a restart): read back when its message comes.
       if (position >= EARLY_CHUNK_BYTES) return;
-      running = { hash: createHash('sha256'), size: 0, early: new Map(), earlyBytes: 0 };
+      running = { hash: createHash('sha256'), size: 0, early: new Map() };
       this.hashing.set(key, running);
     }
     if (position !== running.size) {
-      if (position < running.size || running.early.has(position) || running.earlyBytes + data.length > EARLY_CHUNK_BYTES) this.hashing.delete(key);
-      else {
-        running.early.set(position, data);
-        running.earlyBytes += data.length;
-      }
+      let held = data.length;
+      for (const chunk of running.early.values()) held += chunk.length;
+      if (position < running.size || running.early.has(position) || held > EARLY_CHUNK_BYTES) this.hashing.delete(key);
+      else running.early.set(position, data);
       return;
     }
+    // This chunk, then those that came early and follow it.
     for (let next: Buffer | undefined = data; next !== undefined; next = running.early.get(running.size)) {
-      if (next !== data) {
-        running.early.delete(running.size);
-        running.earlyBytes -= next.length;
-      }
+      running.early.delete(running.size);
       running.hash.update(next);
       running.size += next.length;
     }
@@ -420,12 +416,21 @@ export class Intake {
       });
       const messages = fresh.filter((c) => c.message !== undefined && c.receipt === undefined);
       const prepared = new Map<Checked, Payload>();
+      // The set fields packed once per sender stream of the batch (and with or without replyTo).
+      const fieldsOf = new Map<string, InboxCopyFields>();
+      const copyOf = (c: Checked, replyTo: string | undefined): Buffer[] => {
+        const set = { from, origin: origin(c), replyTo };
+        const key = `${replyTo === undefined ? '-' : '+'}${c.stream}`;
+        let fields = fieldsOf.get(key);
+        if (fields === undefined) fieldsOf.set(key, (fields = new InboxCopyFields(set)));
+        return inboxCopyPayload(c.payload as Buffer, set, fields);
+      };
       for (const c of messages) {
         // A body that came in the frame stays as it came, bytes and fields alike: only `from` (the sender)
         // and `origin` (where it came from) are set. A streamed body's message is made anew.
         const message = c.message as MessageMeta;
         const replyTo = replyToOf(batch, message);
-        const copy = c.copy ?? (message.streamed === undefined ? inboxCopyPayload(c.payload as Buffer, { from, origin: origin(c), replyTo }) : await this.streamedPayload(batch, c, from, origin(c), replyTo));
+        const copy = c.copy ?? (message.streamed === undefined ? copyOf(c, replyTo) : await this.streamedPayload(batch, c, from, origin(c), replyTo));
         prepared.set(c, copy);
       }
       // One group commit per inbox stream (channel and priority): one append call, one promise.

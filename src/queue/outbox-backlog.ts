@@ -7,9 +7,10 @@
  * (once) and the few blocks a cursor is passing through.
  *
  * A count runs when asked (caughtUp), and after changes of the outbox (poke), at most every
- * POKE_INTERVAL_MS. The frames the forwarders read are counted from their reading (OutboxCounter.observe);
- * a count after a change reads the rest itself at most every READ_INTERVAL_MS; one when asked always does. The open segments' finished blocks are written as summary files as they come, so
- * that a restart reads only what came after them.
+ * POKE_INTERVAL_MS. The frames the forwarders read are counted from their reading
+ * (OutboxCounter.observe); a count after a change reads the rest itself at most every
+ * READ_INTERVAL_MS, one when asked always does. The open segments' finished blocks are written as
+ * summary files as they come (at most once a second), so that a restart reads only what came after them.
  *
  * One process (the daemon) at a time.
  */

@@ -313,13 +313,11 @@ export class OutboxCounter {
       }
       return builder;
     };
-    // Also without `read` when what was seen starts past where the follower stands (it was seen before
-    // this follower began, or while it was away), and when the writer went on to a segment the follower
-    // has not reached (the one it is in is then complete, and summarised from what the follower read).
-    const gap = (follower.seen[0]?.offset ?? follower.reader.position.offset) > follower.reader.position.offset;
-    if (gap) await this.readFrames(follower.reader, signal, builderOf, true);
-    await this.takeSeen(follower, builderOf);
-    if (read || ([...builders.keys()].at(-1) ?? -1) < last.base) await this.readFrames(follower.reader, signal, builderOf, true);
+    // Read also without `read` when not all that was seen went on from where the follower stood (it was
+    // seen before this follower began, or while it was away), and when the writer went on to a segment
+    // the follower has not reached (the one it is in is then complete, summarised from what it read).
+    const tookAll = await this.takeSeen(follower, builderOf);
+    if (read || !tookAll || ([...builders.keys()].at(-1) ?? -1) < last.base) await this.readFrames(follower.reader, signal, builderOf, true);
     // At most every PERSIST_INTERVAL_MS: each write holds every finished block of the segment so far.
     if (this.persist && performance.now() - follower.persistedAt >= PERSIST_INTERVAL_MS) {
       follower.persistedAt = performance.now();
@@ -332,28 +330,33 @@ export class OutboxCounter {
     return [...builders].filter(([base]) => base >= last.base).map(([, b]) => b.summary());
   }
 
-  /** Adds the frames seen since the last refresh that go on from the follower's position, and moves it past them. */
-  private async takeSeen(follower: Follower, builderOf: (base: number) => BlockBuilder | undefined): Promise<void> {
+  /**
+   * Adds the frames seen since the last refresh that go on from the follower's position, and moves it
+   * past them. False when some were left (a gap before them): the follower must read.
+   */
+  private async takeSeen(follower: Follower, builderOf: (base: number) => BlockBuilder | undefined): Promise<boolean> {
     const seen = follower.seen;
     follower.seen = [];
     let next = follower.reader.position.offset;
     let last: SeenFrame | undefined;
+    let tookAll = true;
     for (const frame of seen) {
       if (frame.offset < next) continue;
-      if (frame.offset > next) break;
       // As readFrames takes what the follower reads (chunks are passed over unseen).
-      if (!CHUNKS.has(frame.type)) {
-        const builder = builderOf(frame.segment);
-        if (builder === undefined) break;
-        if (frame.type === FrameType.MESSAGE && frame.meta !== undefined) {
-          builder.add({ offset: frame.offset, meta: frame.meta }, frame.bytes, { offset: frame.offset, position: frame.position, crc: frame.crc });
-          this.onMessage?.(frame.meta);
-        }
+      const builder = frame.offset === next && !CHUNKS.has(frame.type) ? builderOf(frame.segment) : undefined;
+      if (frame.offset > next || (builder === undefined && !CHUNKS.has(frame.type))) {
+        tookAll = false;
+        break;
+      }
+      if (builder !== undefined && frame.type === FrameType.MESSAGE && frame.meta !== undefined) {
+        builder.add({ offset: frame.offset, meta: frame.meta }, frame.bytes, { offset: frame.offset, position: frame.position, crc: frame.crc });
+        this.onMessage?.(frame.meta);
       }
       next = frame.offset + 1;
       last = frame;
     }
     if (last !== undefined) await follower.reader.seek({ offset: next, hint: { segment: last.segment, position: last.position, offset: last.offset } });
+    return tookAll;
   }
 
   /** Reads a stream from `from` to its end (or to `end`), adding each message to the builder of its segment. */
