@@ -152,41 +152,42 @@ export type HeaderCheck =
  * `bytes` must hold at least FRAME_HEADER_BYTES from `at`.
  */
 export function parseFrameHeader(bytes: Uint8Array, at = 0, maxPayloadBytes = MAX_FRAME_PAYLOAD_BYTES): HeaderCheck {
-  const view = Buffer.from(bytes.buffer, bytes.byteOffset + at, FRAME_HEADER_BYTES);
-  if (view[0] !== FRAME_MAGIC) {
-    return { ok: false, code: 'ERR_CORRUPT_FRAME', reason: `bad magic byte 0x${hex(view[0])}` };
+  // Read byte by byte: a view per header (Buffer.from) cost more than the whole check on the read path.
+  const magic = bytes[at];
+  if (magic !== FRAME_MAGIC) {
+    return { ok: false, code: 'ERR_CORRUPT_FRAME', reason: `bad magic byte 0x${hex(magic)}` };
   }
-  const version = view[1] ?? 0;
+  const version = bytes[at + 1] ?? 0;
   if (version !== FRAME_VERSION) {
     return { ok: false, code: 'ERR_UNSUPPORTED_VERSION', reason: `unsupported frame version ${version}` };
   }
-  const type = view[2] ?? 0;
+  const type = bytes[at + 2] ?? 0;
   if (type === 0) return { ok: false, code: 'ERR_CORRUPT_FRAME', reason: 'frame type 0' };
-  const flags = view[3] ?? 0;
+  const flags = bytes[at + 3] ?? 0;
   if (flags !== 0) return { ok: false, code: 'ERR_CORRUPT_FRAME', reason: `reserved flags set (0x${hex(flags)})` };
-  const payloadBytes = view.readUInt32LE(4);
+  const payloadBytes = uint32At(bytes, at + 4);
   if (payloadBytes > maxPayloadBytes) {
     return { ok: false, code: 'ERR_FRAME_TOO_LARGE', reason: `declared payload of ${payloadBytes} bytes exceeds ${maxPayloadBytes}` };
   }
-  const high = view.readUInt32LE(12);
+  const high = uint32At(bytes, at + 12);
   if (high > 0x1f_ffff) {
-    return { ok: false, code: 'ERR_CORRUPT_FRAME', reason: `offset ${view.readBigUInt64LE(8)} out of range` };
+    return { ok: false, code: 'ERR_CORRUPT_FRAME', reason: `offset ${(BigInt(high) << 32n) + BigInt(uint32At(bytes, at + 8))} out of range` };
   }
-  const offset = high * 0x1_0000_0000 + view.readUInt32LE(8);
+  const offset = high * 0x1_0000_0000 + uint32At(bytes, at + 8);
   return {
     ok: true,
-    header: { version, type, flags, payloadBytes, offset, crc: view.readUInt32LE(16) },
+    header: { version, type, flags, payloadBytes, offset, crc: uint32At(bytes, at + 16) },
   };
 }
 
 /** The CRC field of a whole frame's header (`raw` holds at least its 20 header bytes): what tells frames apart. */
 export function frameChecksum(raw: Uint8Array): number {
-  return Buffer.from(raw.buffer, raw.byteOffset, FRAME_HEADER_BYTES).readUInt32LE(16);
+  return uint32At(raw, 16);
 }
 
-/** True when the payload matches the CRC of its header. */
-export function frameCrcMatches(headerBytes: Uint8Array, payload: Uint8Array, expected: number): boolean {
-  return crcOn(payload, crc32(headerBytes.subarray(0, 16))) === expected;
+/** The little-endian unsigned 32-bit integer at `at` (the bytes must be there). */
+function uint32At(bytes: Uint8Array, at: number): number {
+  return ((bytes[at] as number) | ((bytes[at + 1] as number) << 8) | ((bytes[at + 2] as number) << 16)) + (bytes[at + 3] as number) * 0x100_0000;
 }
 
 /**
@@ -206,10 +207,10 @@ export type DecodeResult =
 /**
  * Decodes one frame starting at `at`. Never throws on bad bytes: it says whether the frame is whole,
  * incomplete (more bytes needed) or invalid, so that callers can tell a torn tail from corruption.
- * The returned payload is a view into `bytes`, not a copy.
+ * The returned payload is a view into `bytes`, not a copy. Bytes from `end` on are not looked at.
  */
-export function decodeFrame(bytes: Buffer, at = 0, maxPayloadBytes = MAX_FRAME_PAYLOAD_BYTES): DecodeResult {
-  const available = bytes.length - at;
+export function decodeFrame(bytes: Buffer, at = 0, maxPayloadBytes = MAX_FRAME_PAYLOAD_BYTES, end = bytes.length): DecodeResult {
+  const available = end - at;
   if (available < FRAME_HEADER_BYTES) {
     if (available > 0 && bytes[at] !== FRAME_MAGIC) {
       return { ok: false, incomplete: false, code: 'ERR_CORRUPT_FRAME', reason: `bad magic byte 0x${hex(bytes[at])}` };
@@ -220,9 +221,8 @@ export function decodeFrame(bytes: Buffer, at = 0, maxPayloadBytes = MAX_FRAME_P
   if (!check.ok) return { ok: false, incomplete: false, code: check.code, reason: check.reason };
   const total = FRAME_HEADER_BYTES + check.header.payloadBytes;
   if (available < total) return { ok: false, incomplete: true, needed: total };
-  const headerBytes = bytes.subarray(at, at + FRAME_HEADER_BYTES);
   const payload = bytes.subarray(at + FRAME_HEADER_BYTES, at + total);
-  if (!frameCrcMatches(headerBytes, payload, check.header.crc)) {
+  if (crcOn(payload, crc32(bytes.subarray(at, at + 16))) !== check.header.crc) {
     return { ok: false, incomplete: false, code: 'ERR_CORRUPT_FRAME', reason: 'CRC mismatch' };
   }
   return { ok: true, frame: { type: check.header.type, offset: check.header.offset, payload }, bytes: total };

@@ -19,7 +19,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { MqlogError, ioError } from '../errors.js';
 import type { FrameBufferPool } from './frame-buffers.js';
 import type { StoredFrame } from './log-store.js';
-import { FRAME_HEADER_BYTES, FRAME_MAGIC, FrameType, MAX_FRAME_PAYLOAD_BYTES, SYNC_PAYLOAD_BYTES, decodeFrame, decodeSyncPayload, parseFrameHeader, type Frame } from './frame.js';
+import { FRAME_HEADER_BYTES, FRAME_MAGIC, FrameType, MAX_FRAME_PAYLOAD_BYTES, SYNC_PAYLOAD_BYTES, decodeFrame, decodeSyncPayload, parseFrameHeader, type Frame, type FrameHeader } from './frame.js';
 
 export const SEGMENT_SUFFIX = '.seg';
 const SEGMENT_NAME = /^(\d{20})\.seg$/;
@@ -202,7 +202,7 @@ export class SegmentReader {
     for (;;) {
       let step: ReadStep | typeof SYNC_STEP;
       try {
-        step = await this.step();
+        step = this.bufferedStep() ?? (await this.step());
       } catch (err) {
         if (!(err instanceof MqlogError) || err.details?.position !== this.position) throw err;
         // A writer in another process may have been writing right here while we looked: the buffer held
@@ -212,6 +212,19 @@ export class SegmentReader {
         step = await this.recheck(err);
       }
       if (step.kind !== 'sync') return step;
+    }
+  }
+
+  /**
+   * The next frame (or skipped frame) when it lies wholly in what was read already and nothing about it
+   * needs the file (zeros, damage, a frame cut by the buffer's end); undefined otherwise, and next()
+   * then reads on. No promise per frame: a reader walking a buffered block stays on the same turn.
+   */
+  nextBuffered(): ReadStep | undefined {
+    if (this.closed) return undefined;
+    for (;;) {
+      const step = this.bufferedStep();
+      if (step === undefined || step.kind !== 'sync') return step;
     }
   }
 
@@ -253,35 +266,55 @@ export class SegmentReader {
       const skipped = await this.skip(at, local);
       if (skipped !== undefined) return skipped;
     }
-    let decoded = decodeFrame(this.buffer.subarray(0, this.bufferLength), local, this.maxPayloadBytes);
+    let decoded = decodeFrame(this.buffer, local, this.maxPayloadBytes, this.bufferLength);
     if (!decoded.ok && decoded.incomplete && decoded.needed > available) {
       await this.fill(decoded.needed);
-      decoded = decodeFrame(this.buffer.subarray(0, this.bufferLength), at - this.bufferStart, this.maxPayloadBytes);
+      decoded = decodeFrame(this.buffer, at - this.bufferStart, this.maxPayloadBytes, this.bufferLength);
     }
-    if (decoded.ok) {
-      this.position = at + decoded.bytes;
-      const { frame } = decoded;
-      if (frame.type === FrameType.SYNC) {
-        const stated = decodeSyncPayload(frame.payload);
-        // A mark can only speak of bytes before it; anything else is not a mark this reader trusts.
-        if (stated !== undefined && stated <= at) this.synced = Math.max(this.synced, stated);
-        this.releaseOwnBuffer();
-        return SYNC_STEP;
-      }
-      // A frame larger than the read block was read into a buffer of its own: handed out as it is (no
-      // copy). Smaller frames are lent from the block, or copied out of it, header and payload together.
-      const from = at - this.bufferStart;
-      const stored = this.buffer.subarray(from, from + decoded.bytes);
-      let raw = stored;
-      if (this.buffer === this.block) {
-        if (this.lend) this.blockLent = true;
-        else raw = Buffer.from(stored);
-      }
-      this.releaseOwnBuffer();
-      return { kind: 'frame', frame: { type: frame.type, offset: frame.offset, payload: raw.subarray(FRAME_HEADER_BYTES), raw, position: at, bytes: decoded.bytes } };
-    }
+    if (decoded.ok) return this.taken(at, decoded);
     const reason = decoded.incomplete ? 'incomplete frame at end of file' : decoded.reason;
     return this.damaged(at, reason, decoded.incomplete ? 'ERR_CORRUPT_FRAME' : decoded.code, (await this.stat()).size);
+  }
+
+  /** The frame just decoded at `at`: the reader moves past it (a SYNC frame is taken in and not returned). */
+  private taken(at: number, decoded: { readonly frame: Frame; readonly bytes: number }): ReadStep | typeof SYNC_STEP {
+    this.position = at + decoded.bytes;
+    const { frame } = decoded;
+    if (frame.type === FrameType.SYNC) {
+      const stated = decodeSyncPayload(frame.payload);
+      // A mark can only speak of bytes before it; anything else is not a mark this reader trusts.
+      if (stated !== undefined && stated <= at) this.synced = Math.max(this.synced, stated);
+      this.releaseOwnBuffer();
+      return SYNC_STEP;
+    }
+    // A frame larger than the read block was read into a buffer of its own: handed out as it is (no
+    // copy). Smaller frames are lent from the block, or copied out of it, header and payload together.
+    const from = at - this.bufferStart;
+    let raw = this.buffer.subarray(from, from + decoded.bytes);
+    // The payload decoded is a view of the same bytes: kept unless they are copied.
+    let payload = frame.payload;
+    if (this.buffer === this.block) {
+      if (this.lend) this.blockLent = true;
+      else {
+        raw = Buffer.from(raw);
+        payload = raw.subarray(FRAME_HEADER_BYTES);
+      }
+    }
+    this.releaseOwnBuffer();
+    return { kind: 'frame', frame: { type: frame.type, offset: frame.offset, payload, raw, position: at, bytes: decoded.bytes } };
+  }
+
+  /** step() for a frame wholly in the buffer that needs nothing else (see nextBuffered); undefined for any other case. */
+  private bufferedStep(): ReadStep | typeof SYNC_STEP | undefined {
+    const at = this.position;
+    const local = at - this.bufferStart;
+    if (local < 0 || this.bufferLength - local < FRAME_HEADER_BYTES || this.buffer[local] === 0) return undefined;
+    if (this.skipTypes !== undefined) {
+      const skipped = this.skipBuffered(at, local);
+      if (skipped !== undefined) return skipped;
+    }
+    const decoded = decodeFrame(this.buffer, local, this.maxPayloadBytes, this.bufferLength);
+    return decoded.ok ? this.taken(at, decoded) : undefined;
   }
 
   /**
@@ -377,10 +410,9 @@ export class SegmentReader {
    * Anything doubtful (a bad header, a frame not yet complete) is left to the normal path.
    */
   private async skip(at: number, local: number): Promise<ReadStep | undefined> {
-    const check = parseFrameHeader(this.buffer, local, this.maxPayloadBytes);
-    // SYNC frames are never passed over: the reader needs what they state.
-    if (!check.ok || check.header.type === FrameType.SYNC || this.skipTypes?.has(check.header.type) !== true) return undefined;
-    const bytes = FRAME_HEADER_BYTES + check.header.payloadBytes;
+    const header = this.skippedHeader(local);
+    if (header === undefined) return undefined;
+    const bytes = FRAME_HEADER_BYTES + header.payloadBytes;
     const end = at + bytes;
     if (end > this.bufferStart + this.bufferLength && end > (await this.stat()).size) return undefined;
     this.position = end;
@@ -389,7 +421,25 @@ export class SegmentReader {
       this.bufferStart = end;
       this.bufferLength = 0;
     }
-    return { kind: 'skipped', type: check.header.type, offset: check.header.offset, position: at, bytes };
+    return { kind: 'skipped', type: header.type, offset: header.offset, position: at, bytes };
+  }
+
+  /** skip() for a frame wholly in the buffer: no look at the file. */
+  private skipBuffered(at: number, local: number): ReadStep | undefined {
+    const header = this.skippedHeader(local);
+    if (header === undefined) return undefined;
+    const bytes = FRAME_HEADER_BYTES + header.payloadBytes;
+    if (local + bytes > this.bufferLength) return undefined;
+    this.position = at + bytes;
+    return { kind: 'skipped', type: header.type, offset: header.offset, position: at, bytes };
+  }
+
+  /** The header at `local` of the buffer when it is a sound one of a type passed over, else undefined. */
+  private skippedHeader(local: number): FrameHeader | undefined {
+    const check = parseFrameHeader(this.buffer, local, this.maxPayloadBytes);
+    // SYNC frames are never passed over: the reader needs what they state.
+    if (!check.ok || check.header.type === FrameType.SYNC || this.skipTypes?.has(check.header.type) !== true) return undefined;
+    return check.header;
   }
 
   /** Forgets buffered bytes past the end of data: a writer may fill them in before the next call. */

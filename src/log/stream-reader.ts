@@ -330,7 +330,7 @@ export class StreamReader implements LogReader {
       if (reader === undefined) return { frames, skimmed, state: 'end' };
       let step;
       try {
-        step = await reader.next();
+        step = reader.nextBuffered() ?? (await reader.next());
       } catch (err) {
         if (isMqlogError(err, 'ERR_NOT_FOUND')) {
           await this.drop();
