@@ -104,11 +104,11 @@ export class DestinationQueue {
     const items: OutgoingItem[] = [];
     const expired: { meta: MessageAddress; stream: string; offset: number }[] = [];
     const streams = new Map<string, { from: number; through: StreamPosition }>();
+    /** The last frame taken of each stream: the batch goes through it. */
+    const lastOf = new Map<string, StoredFrame>();
     for (const { frame, info } of taken) {
-      const range = streams.get(frame.stream);
-      if (range === undefined) streams.set(frame.stream, { from: this.next.get(frame.stream) ?? cursor.offsetOf(frame.stream), through: after(frame) });
-      else streams.set(frame.stream, { from: range.from, through: after(frame) });
-      this.next.set(frame.stream, frame.offset + 1);
+      if (!lastOf.has(frame.stream)) streams.set(frame.stream, { from: this.next.get(frame.stream) ?? cursor.offsetOf(frame.stream), through: after(frame) });
+      lastOf.set(frame.stream, frame);
       if (info.kind === 'other') continue;
       const to = info.kind === 'message' ? info.meta.to : info.chunk.to;
       if (!to.includes(this.destination)) continue;
@@ -125,6 +125,10 @@ export class DestinationQueue {
           ? { frame, meta: info.meta, about: { id: info.meta.id, channel: info.meta.channel, priority: info.meta.priority } }
           : { frame, meta: undefined, about: { id: info.chunk.id, channel: info.chunk.channel, priority: info.chunk.priority, position: info.chunk.position } },
       );
+    }
+    for (const [stream, frame] of lastOf) {
+      (streams.get(stream) as { through: StreamPosition }).through = after(frame);
+      this.next.set(stream, frame.offset + 1);
     }
     const covers = new Map<string, { from: number; to: number }>();
     for (const item of items) {

@@ -66,7 +66,8 @@ export class MsgpackCursor {
     if (n === 1) return this.bytes[at] as number;
     if (n === 2) return this.bytes.readUInt16BE(at);
     if (n === 4) return this.bytes.readUInt32BE(at);
-    return Number(this.bytes.readBigUInt64BE(at));
+    // Two halves rather than a BigInt (one per timestamp read): the same number, rounded once past 2^53.
+    return this.bytes.readUInt32BE(at) * 0x1_0000_0000 + this.bytes.readUInt32BE(at + 4);
   }
 
   private int(n: 1 | 2 | 4 | 8): number {
@@ -76,7 +77,7 @@ export class MsgpackCursor {
     if (n === 1) return this.bytes.readInt8(at);
     if (n === 2) return this.bytes.readInt16BE(at);
     if (n === 4) return this.bytes.readInt32BE(at);
-    return Number(this.bytes.readBigInt64BE(at));
+    return this.bytes.readInt32BE(at) * 0x1_0000_0000 + this.bytes.readUInt32BE(at + 4);
   }
 
   private string(length: number): string {

@@ -76,6 +76,8 @@ interface Lane<T> {
   drained: boolean;
 }
 
+/** What mostUrgentBuffered() says when a read must come first. */
+const NEEDS_READ = Symbol('needs read');
 /** New streams (another writer slot, a first message of a priority) are looked for at most this often while busy. */
 const DISCOVER_EVERY_MS = 100;
 
@@ -144,7 +146,8 @@ export class PriorityReader<T> {
     let bytes = 0;
     this.emptied = false;
     while (out.length < maxFrames && bytes < maxBytes) {
-      const lane = await this.mostUrgent();
+      const buffered = this.mostUrgentBuffered();
+      const lane = buffered === NEEDS_READ ? await this.mostUrgent() : buffered;
       if (lane === undefined) {
         this.emptied = true;
         break;
@@ -177,6 +180,27 @@ export class PriorityReader<T> {
       const reader = this.store.reader(this.queue, id.name, this.start(id.name), { ...(this.options.skipTypes === undefined ? {} : { skipTypes: this.options.skipTypes }), lend: this.options.lend === true, syncReads: this.options.syncReads === true });
       this.lanes.set(id.name, { id, priority, reader, ahead: [], drained: false, unsynced: false });
     }
+  }
+
+  /**
+   * mostUrgent() on what was read ahead, without a promise per frame: NEEDS_READ when a lane it would look
+   * at must be refilled first.
+   */
+  private mostUrgentBuffered(): Lane<T> | undefined | typeof NEEDS_READ {
+    for (let priority = MAX_PRIORITY; priority >= MIN_PRIORITY; priority--) {
+      let best: Lane<T> | undefined;
+      for (const lane of this.lanes.values()) {
+        if (lane.priority !== priority) continue;
+        const head = lane.ahead[0];
+        if (head === undefined) {
+          if (!lane.drained) return NEEDS_READ;
+          continue;
+        }
+        if (best === undefined || comesBefore(head, best.ahead[0] as QueuedFrame<T>)) best = lane;
+      }
+      if (best !== undefined) return best;
+    }
+    return undefined;
   }
 
   /** The lane whose head should go next, refilling read-ahead as needed. */
