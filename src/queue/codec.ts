@@ -166,8 +166,9 @@ export function inboxCopyPayload(payload: Buffer, set: { readonly from: string; 
   const metaBytes = payload.readUInt32LE(0);
   const cursor = new MsgpackCursor(payload, 4, 4 + metaBytes);
   const count = cursor.mapHeader();
-  // Runs of entries kept as they are, with the set fields left out.
-  const kept: Buffer[] = [];
+  // Runs of entries kept as they are, with the set fields left out: [start, end) pairs of `payload`.
+  const kept: number[] = [];
+  let keptBytes = 0;
   let runStart = cursor.position;
   let entries = 0;
   for (let i = 0; i < count; i++) {
@@ -178,17 +179,26 @@ export function inboxCopyPayload(payload: Buffer, set: { readonly from: string; 
       entries++;
       continue;
     }
-    if (entryStart > runStart) kept.push(payload.subarray(runStart, entryStart));
+    if (entryStart > runStart) {
+      kept.push(runStart, entryStart);
+      keptBytes += entryStart - runStart;
+    }
     runStart = cursor.position;
   }
-  if (cursor.position > runStart) kept.push(payload.subarray(runStart, cursor.position));
-  const setBytes = fields.at(origin.offset);
-  const setCount = replyTo === undefined ? 2 : 3;
-  const header = mapHeader(entries + setCount);
-  const length = header.length + kept.reduce((n, b) => n + b.length, 0) + setBytes.length;
-  const prefix = Buffer.allocUnsafe(4);
-  prefix.writeUInt32LE(length, 0);
-  return [prefix, header, ...kept, setBytes, payload.subarray(4 + metaBytes)];
+  if (cursor.position > runStart) {
+    kept.push(runStart, cursor.position);
+    keptBytes += cursor.position - runStart;
+  }
+  // The new meta in one buffer (its length prefix, map header, kept runs and set fields), the body as it came.
+  const mapEntries = entries + (replyTo === undefined ? 2 : 3);
+  const headerBytes = mapEntries < 16 ? 1 : mapEntries < 0x1_0000 ? 3 : 5;
+  const length = headerBytes + keptBytes + fields.bytesAt(origin.offset);
+  const meta = Buffer.allocUnsafe(4 + length);
+  meta.writeUInt32LE(length, 0);
+  let at = writeMapHeader(meta, 4, mapEntries);
+  for (let i = 0; i < kept.length; i += 2) at += payload.copy(meta, at, kept[i], kept[i + 1]);
+  fields.writeAt(meta, at, origin.offset);
+  return [meta, payload.subarray(4 + metaBytes)];
 }
 
 /**
@@ -211,43 +221,62 @@ export class InboxCopyFields {
     this.tail = zero.subarray(at + 1);
   }
 
-  /** The entries for the message at `offset` of the sender stream. */
-  at(offset: number): Buffer {
-    return Buffer.concat([this.head, packedUint(offset), this.tail]);
+  /** How many bytes the entries for the message at `offset` take. */
+  bytesAt(offset: number): number {
+    return this.head.length + uintBytes(offset) + this.tail.length;
+  }
+
+  /** Writes the entries for the message at `offset` of the sender stream into `target` at `at`. */
+  writeAt(target: Buffer, at: number, offset: number): void {
+    const next = at + this.head.copy(target, at);
+    this.tail.copy(target, writeUint(target, next, offset));
   }
 }
 
-/** A non-negative safe integer as msgpackr packs int(value): the smallest unsigned form, int64 past 32 bits. */
-function packedUint(value: number): Buffer {
-  if (value < 0x80) return Buffer.from([value]);
-  if (value < 0x100) return Buffer.from([0xcc, value]);
-  const out = Buffer.allocUnsafe(value < 0x1_0000 ? 3 : value <= 0xffff_ffff ? 5 : 9);
+/** The bytes writeUint takes for `value`. */
+function uintBytes(value: number): number {
+  return value < 0x80 ? 1 : value < 0x100 ? 2 : value < 0x1_0000 ? 3 : value <= 0xffff_ffff ? 5 : 9;
+}
+
+/**
+ * Writes a non-negative safe integer as msgpackr packs int(value) — the smallest unsigned form, int64
+ * past 32 bits — into `target` at `at`; returns where it ends.
+ */
+function writeUint(target: Buffer, at: number, value: number): number {
+  if (value < 0x80) {
+    target[at] = value;
+    return at + 1;
+  }
+  if (value < 0x100) {
+    target[at] = 0xcc;
+    target[at + 1] = value;
+    return at + 2;
+  }
   if (value < 0x1_0000) {
-    out[0] = 0xcd;
-    out.writeUInt16BE(value, 1);
-  } else if (value <= 0xffff_ffff) {
-    out[0] = 0xce;
-    out.writeUInt32BE(value, 1);
-  } else {
-    out[0] = 0xd3;
-    out.writeUInt32BE(Math.floor(value / 0x1_0000_0000), 1);
-    out.writeUInt32BE(value % 0x1_0000_0000, 5);
+    target[at] = 0xcd;
+    return target.writeUInt16BE(value, at + 1);
   }
-  return out;
+  if (value <= 0xffff_ffff) {
+    target[at] = 0xce;
+    return target.writeUInt32BE(value, at + 1);
+  }
+  target[at] = 0xd3;
+  target.writeUInt32BE(Math.floor(value / 0x1_0000_0000), at + 1);
+  return target.writeUInt32BE(value % 0x1_0000_0000, at + 5);
 }
 
-/** A msgpack map header for `entries` entries. */
-function mapHeader(entries: number): Buffer {
-  if (entries < 16) return Buffer.from([0x80 | entries]);
-  const header = Buffer.allocUnsafe(entries < 0x10000 ? 3 : 5);
-  if (entries < 0x10000) {
-    header[0] = 0xde;
-    header.writeUInt16BE(entries, 1);
-  } else {
-    header[0] = 0xdf;
-    header.writeUInt32BE(entries, 1);
+/** Writes a msgpack map header for `entries` entries into `target` at `at`; returns where it ends. */
+function writeMapHeader(target: Buffer, at: number, entries: number): number {
+  if (entries < 16) {
+    target[at] = 0x80 | entries;
+    return at + 1;
   }
-  return header;
+  if (entries < 0x1_0000) {
+    target[at] = 0xde;
+    return target.writeUInt16BE(entries, at + 1);
+  }
+  target[at] = 0xdf;
+  return target.writeUInt32BE(entries, at + 1);
 }
 
 /** The payload of a MESSAGE frame. */
