@@ -309,7 +309,8 @@ export class SegmentReader {
     const at = this.position;
     const local = at - this.bufferStart;
     if (local < 0 || this.bufferLength - local < FRAME_HEADER_BYTES || this.buffer[local] === 0) return undefined;
-    if (this.skipTypes !== undefined) {
+    // The type byte first: a frame of a type passed over has its header checked there, others in decodeFrame.
+    if (this.skipTypes?.has(this.buffer[local + 2] as number) === true) {
       const skipped = this.skipBuffered(at, local);
       if (skipped !== undefined) return skipped;
     }
