@@ -25,12 +25,12 @@ import { OutboxBacklog } from '../queue/outbox-backlog.js';
 import type { ReceiptState } from '../queue/receipts.js';
 import { parseNatsUrl } from '../transport/nats-address.js';
 import { mergeNatsSettings } from '../transport/nats-settings.js';
-import { NatsSource } from '../transport/nats-source.js';
+import type { NatsSource } from '../transport/nats-source.js';
 import { transports } from '../transport/registry.js';
 import type { Transport } from '../transport/transport.js';
 import { ensureDir } from '../util/fs.js';
 import { destinationUrl, loadConfig, type Config } from './config.js';
-import { sourceCodec, unpackFrame } from './frame-codec.js';
+import { unpackFrame } from './frame-codec.js';
 import { Forwarder } from './forwarder.js';
 import { HandlerRunner, loadHandler } from './handler.js';
 import { createServers, loadTls, scheme, sameTls, type Servers, type TlsMaterial } from './http-server.js';
@@ -266,7 +266,7 @@ export class Daemon {
     // The backlog is counted from the outbox summaries in the background; forwarders do not wait for it.
     this.backlog.start().catch((err: unknown) => logger.error({ event: 'backlog', err }, 'cannot count the backlog'));
     this.countInBackground();
-    this.startSources();
+    await this.startSources();
     this.feed.onChange(() => {
       this.backlog?.poke();
       this.lookForDestinations();
@@ -407,10 +407,14 @@ export class Daemon {
     });
   }
 
-  /** Starts a JetStream consumer per configured source, feeding the inbox through the receiver's checks. */
-  private startSources(): void {
+  /**
+   * Starts a JetStream consumer per configured source, feeding the inbox through the receiver's checks.
+   * The NATS client is loaded only then: a node without sources starts without it.
+   */
+  private async startSources(): Promise<void> {
     const intake = this.intake;
-    if (intake === undefined) return;
+    if (intake === undefined || this.config.sources.length === 0) return;
+    const [{ NatsSource }, { sourceCodec }] = await Promise.all([import('../transport/nats-source.js'), import('./source-codec.js')]);
     const sink = new IntakeSink(intake);
     for (const source of this.config.sources) {
       const address = parseNatsUrl(source.url);
