@@ -9,6 +9,9 @@ import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { CLI, ROOT, defer, exited, jsonLines, mqlog, track, waitFor } from './index.js';
 
+/** Ports freePort() returned in this process: never returned twice. */
+const handedOut = new Set<number>();
+
 /**
  * A TCP port that was free a moment ago, picked at random below the kernel's ephemeral range (32768 and
  * up on Linux): a port from bind(0) is an ephemeral one, which any outgoing connection of a test running
@@ -17,12 +20,17 @@ import { CLI, ROOT, defer, exited, jsonLines, mqlog, track, waitFor } from './in
 export async function freePort(): Promise<number> {
   for (let attempt = 0; ; attempt++) {
     const port = 20_000 + Math.floor(Math.random() * 12_000);
+    // A port handed out before may not be bound yet (a cluster asks for six before starting any server).
+    if (handedOut.has(port)) continue;
     const free = await new Promise<boolean>((resolve, reject) => {
       const server = createServer();
       server.once('error', (err: NodeJS.ErrnoException) => (err.code === 'EADDRINUSE' || err.code === 'EACCES' ? resolve(false) : reject(err)));
       server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
     });
-    if (free) return port;
+    if (free) {
+      handedOut.add(port);
+      return port;
+    }
     if (attempt > 100) throw new Error('no free port between 20000 and 32000');
   }
 }
