@@ -81,7 +81,7 @@ export function encodeFrameHeader(type: number, offset: number, payload: Payload
   // u64 offset as two u32 halves (no BigInt on the hot path).
   header.writeUInt32LE(offset % 0x1_0000_0000, 8);
   header.writeUInt32LE(Math.floor(offset / 0x1_0000_0000), 12);
-  let crc = crc32(header.subarray(0, 16));
+  let crc = headerCrc(header);
   if (payload instanceof Uint8Array) crc = crcOnKnown(payload, crc);
   else for (const part of payload) crc = crcOnKnown(part, crc);
   header.writeUInt32LE(crc, 16);
@@ -108,7 +108,7 @@ export function withKnownCrc<T extends Uint8Array>(bytes: T, crc: number): T {
  * checked: from its header's CRC and the bytes before `from`, without reading the rest.
  */
 export function tailCrc(raw: Uint8Array, from: number): number {
-  const head = crcOn(raw.subarray(FRAME_HEADER_BYTES, from), crc32(raw.subarray(0, 16)));
+  const head = crcOn(raw.subarray(FRAME_HEADER_BYTES, from), headerCrc(raw));
   return crc32Tail(frameChecksum(raw), head, raw.length - from);
 }
 
@@ -190,6 +190,11 @@ function uint32At(bytes: Uint8Array, at: number): number {
   return ((bytes[at] as number) | ((bytes[at + 1] as number) << 8) | ((bytes[at + 2] as number) << 16)) + (bytes[at + 3] as number) * 0x100_0000;
 }
 
+/** The CRC of the header at `at` up to its CRC field (its first 16 bytes): where a frame's CRC starts. */
+function headerCrc(bytes: Uint8Array, at = 0): number {
+  return crc32(bytes.subarray(at, at + 16));
+}
+
 /**
  * Continues a CRC over more bytes. Empty input leaves it unchanged — zlib.crc32 of Node.js returns 0 for
  * an empty buffer without backing memory, whatever the running value.
@@ -222,7 +227,7 @@ export function decodeFrame(bytes: Buffer, at = 0, maxPayloadBytes = MAX_FRAME_P
   const total = FRAME_HEADER_BYTES + check.header.payloadBytes;
   if (available < total) return { ok: false, incomplete: true, needed: total };
   const payload = bytes.subarray(at + FRAME_HEADER_BYTES, at + total);
-  if (crcOn(payload, crc32(bytes.subarray(at, at + 16))) !== check.header.crc) {
+  if (crcOn(payload, headerCrc(bytes, at)) !== check.header.crc) {
     return { ok: false, incomplete: false, code: 'ERR_CORRUPT_FRAME', reason: 'CRC mismatch' };
   }
   return { ok: true, frame: { type: check.header.type, offset: check.header.offset, payload }, bytes: total };

@@ -309,11 +309,8 @@ export class SegmentReader {
     const at = this.position;
     const local = at - this.bufferStart;
     if (local < 0 || this.bufferLength - local < FRAME_HEADER_BYTES || this.buffer[local] === 0) return undefined;
-    // The type byte first: a frame of a type passed over has its header checked there, others in decodeFrame.
-    if (this.skipTypes?.has(this.buffer[local + 2] as number) === true) {
-      const skipped = this.skipBuffered(at, local);
-      if (skipped !== undefined) return skipped;
-    }
+    const skipped = this.skipTypes === undefined ? undefined : this.skipBuffered(at, local);
+    if (skipped !== undefined) return skipped;
     const decoded = decodeFrame(this.buffer, local, this.maxPayloadBytes, this.bufferLength);
     return decoded.ok ? this.taken(at, decoded) : undefined;
   }
@@ -413,34 +410,41 @@ export class SegmentReader {
   private async skip(at: number, local: number): Promise<ReadStep | undefined> {
     const header = this.skippedHeader(local);
     if (header === undefined) return undefined;
-    const bytes = FRAME_HEADER_BYTES + header.payloadBytes;
-    const end = at + bytes;
-    if (end > this.bufferStart + this.bufferLength && end > (await this.stat()).size) return undefined;
-    this.position = end;
-    if (end > this.bufferStart + this.bufferLength) {
-      this.buffer = this.freshBlock();
-      this.bufferStart = end;
-      this.bufferLength = 0;
-    }
-    return { kind: 'skipped', type: header.type, offset: header.offset, position: at, bytes };
+    const end = at + FRAME_HEADER_BYTES + header.payloadBytes;
+    const inBuffer = end <= this.bufferStart + this.bufferLength;
+    if (!inBuffer && end > (await this.stat()).size) return undefined;
+    return this.passOver(at, header, inBuffer);
   }
 
   /** skip() for a frame wholly in the buffer: no look at the file. */
   private skipBuffered(at: number, local: number): ReadStep | undefined {
     const header = this.skippedHeader(local);
-    if (header === undefined) return undefined;
-    const bytes = FRAME_HEADER_BYTES + header.payloadBytes;
-    if (local + bytes > this.bufferLength) return undefined;
-    this.position = at + bytes;
-    return { kind: 'skipped', type: header.type, offset: header.offset, position: at, bytes };
+    if (header === undefined || local + FRAME_HEADER_BYTES + header.payloadBytes > this.bufferLength) return undefined;
+    return this.passOver(at, header, true);
   }
 
-  /** The header at `local` of the buffer when it is a sound one of a type passed over, else undefined. */
+  /**
+   * The header at `local` of the buffer when it is a sound one of a type passed over, else undefined.
+   * The type byte is looked at first: the header of any other frame is checked once, where it is decoded.
+   */
   private skippedHeader(local: number): FrameHeader | undefined {
-    const check = parseFrameHeader(this.buffer, local, this.maxPayloadBytes);
     // SYNC frames are never passed over: the reader needs what they state.
-    if (!check.ok || check.header.type === FrameType.SYNC || this.skipTypes?.has(check.header.type) !== true) return undefined;
-    return check.header;
+    const type = this.buffer[local + 2] as number;
+    if (type === FrameType.SYNC || this.skipTypes?.has(type) !== true) return undefined;
+    const check = parseFrameHeader(this.buffer, local, this.maxPayloadBytes);
+    return check.ok ? check.header : undefined;
+  }
+
+  /** Moves past the frame of `header` at `at` (its end beyond the buffer when not `inBuffer`). */
+  private passOver(at: number, header: FrameHeader, inBuffer: boolean): ReadStep {
+    const bytes = FRAME_HEADER_BYTES + header.payloadBytes;
+    this.position = at + bytes;
+    if (!inBuffer) {
+      this.buffer = this.freshBlock();
+      this.bufferStart = this.position;
+      this.bufferLength = 0;
+    }
+    return { kind: 'skipped', type: header.type, offset: header.offset, position: at, bytes };
   }
 
   /** Forgets buffered bytes past the end of data: a writer may fill them in before the next call. */

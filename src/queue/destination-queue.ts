@@ -103,11 +103,9 @@ export class DestinationQueue {
     const cursor = this.cursor;
     const items: OutgoingItem[] = [];
     const expired: { meta: MessageAddress; stream: string; offset: number }[] = [];
-    const streams = new Map<string, { from: number; through: StreamPosition }>();
     /** The last frame taken of each stream: the batch goes through it. */
     const lastOf = new Map<string, StoredFrame>();
     for (const { frame, info } of taken) {
-      if (!lastOf.has(frame.stream)) streams.set(frame.stream, { from: this.next.get(frame.stream) ?? cursor.offsetOf(frame.stream), through: after(frame) });
       lastOf.set(frame.stream, frame);
       if (info.kind === 'other') continue;
       const to = info.kind === 'message' ? info.meta.to : info.chunk.to;
@@ -126,8 +124,9 @@ export class DestinationQueue {
           : { frame, meta: undefined, about: { id: info.chunk.id, channel: info.chunk.channel, priority: info.chunk.priority, position: info.chunk.position } },
       );
     }
+    const streams = new Map<string, { from: number; through: StreamPosition }>();
     for (const [stream, frame] of lastOf) {
-      (streams.get(stream) as { through: StreamPosition }).through = after(frame);
+      streams.set(stream, { from: this.next.get(stream) ?? cursor.offsetOf(stream), through: after(frame) });
       this.next.set(stream, frame.offset + 1);
     }
     const covers = new Map<string, { from: number; to: number }>();

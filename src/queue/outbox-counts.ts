@@ -342,15 +342,21 @@ export class OutboxCounter {
     let tookAll = true;
     for (const frame of seen) {
       if (frame.offset < next) continue;
-      // As readFrames takes what the follower reads (chunks are passed over unseen).
-      const builder = frame.offset === next && !CHUNKS.has(frame.type) ? builderOf(frame.segment) : undefined;
-      if (frame.offset > next || (builder === undefined && !CHUNKS.has(frame.type))) {
+      if (frame.offset > next) {
         tookAll = false;
         break;
       }
-      if (builder !== undefined && frame.type === FrameType.MESSAGE && frame.meta !== undefined) {
-        builder.add({ offset: frame.offset, meta: frame.meta }, frame.bytes, { offset: frame.offset, position: frame.position, crc: frame.crc });
-        this.onMessage?.(frame.meta);
+      // As readFrames takes what the follower reads (chunks are passed over unseen).
+      if (!CHUNKS.has(frame.type)) {
+        const builder = builderOf(frame.segment);
+        if (builder === undefined) {
+          tookAll = false;
+          break;
+        }
+        if (frame.type === FrameType.MESSAGE && frame.meta !== undefined) {
+          builder.add({ offset: frame.offset, meta: frame.meta }, frame.bytes, { offset: frame.offset, position: frame.position, crc: frame.crc });
+          this.onMessage?.(frame.meta);
+        }
       }
       next = frame.offset + 1;
       last = frame;

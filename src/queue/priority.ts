@@ -76,8 +76,11 @@ interface Lane<T> {
   drained: boolean;
 }
 
-/** What mostUrgentBuffered() says when a read must come first. */
-const NEEDS_READ = Symbol('needs read');
+/** What mostUrgent() says when a lane must be read ahead before it can choose. */
+class Refill<T> {
+  constructor(readonly lane: Lane<T>) {}
+}
+
 /** New streams (another writer slot, a first message of a priority) are looked for at most this often while busy. */
 const DISCOVER_EVERY_MS = 100;
 
@@ -146,8 +149,12 @@ export class PriorityReader<T> {
     let bytes = 0;
     this.emptied = false;
     while (out.length < maxFrames && bytes < maxBytes) {
-      const buffered = this.mostUrgentBuffered();
-      const lane = buffered === NEEDS_READ ? await this.mostUrgent() : buffered;
+      // Refill only when the choice needs it: no promise per frame taken from what was read ahead.
+      let lane = this.mostUrgent();
+      while (lane instanceof Refill) {
+        await this.refill(lane.lane);
+        lane = this.mostUrgent();
+      }
       if (lane === undefined) {
         this.emptied = true;
         break;
@@ -183,35 +190,19 @@ export class PriorityReader<T> {
   }
 
   /**
-   * mostUrgent() on what was read ahead, without a promise per frame: NEEDS_READ when a lane it would look
-   * at must be refilled first.
+   * The lane whose head should go next, most urgent first, among what was read ahead; a Refill when a
+   * lane it must look at has nothing read ahead and may have more.
    */
-  private mostUrgentBuffered(): Lane<T> | undefined | typeof NEEDS_READ {
+  private mostUrgent(): Lane<T> | undefined | Refill<T> {
     for (let priority = MAX_PRIORITY; priority >= MIN_PRIORITY; priority--) {
       let best: Lane<T> | undefined;
       for (const lane of this.lanes.values()) {
         if (lane.priority !== priority) continue;
         const head = lane.ahead[0];
         if (head === undefined) {
-          if (!lane.drained) return NEEDS_READ;
+          if (!lane.drained) return new Refill(lane);
           continue;
         }
-        if (best === undefined || comesBefore(head, best.ahead[0] as QueuedFrame<T>)) best = lane;
-      }
-      if (best !== undefined) return best;
-    }
-    return undefined;
-  }
-
-  /** The lane whose head should go next, refilling read-ahead as needed. */
-  private async mostUrgent(): Promise<Lane<T> | undefined> {
-    for (let priority = MAX_PRIORITY; priority >= MIN_PRIORITY; priority--) {
-      let best: Lane<T> | undefined;
-      for (const lane of this.lanes.values()) {
-        if (lane.priority !== priority) continue;
-        if (lane.ahead.length === 0 && !lane.drained) await this.refill(lane);
-        const head = lane.ahead[0];
-        if (head === undefined) continue;
         if (best === undefined || comesBefore(head, best.ahead[0] as QueuedFrame<T>)) best = lane;
       }
       if (best !== undefined) return best;
@@ -228,7 +219,8 @@ export class PriorityReader<T> {
       const { order, tie, info } = this.options.describe(frame);
       lane.ahead.push({ frame, priority: lane.priority, order, tie, info });
     }
-    if (read.state !== 'more') lane.drained = true;
+    // Nothing read counts as nothing ready, whatever the reader says: mostUrgent() would ask again.
+    if (read.state !== 'more' || read.frames.length === 0) lane.drained = true;
     if (read.state === 'torn' && read.torn !== undefined) this.options.onTorn?.(lane.id.name, read.torn);
   }
 }
