@@ -5,8 +5,9 @@
  * for the shape, types, ranges and unknown keys; then KEYS below for what a schema cannot say (URLs
  * normalized to their origin, byte lengths). Every key, its default and its meaning is in KEYS and the README.
  */
+import type { ErrorObject, ValidateFunction } from 'ajv';
+import { createRequire } from 'node:module';
 import { hostname } from 'node:os';
-import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { join } from 'node:path';
 import { MqlogError } from '../errors.js';
 import { parseNatsUrl } from '../transport/nats-address.js';
@@ -330,8 +331,8 @@ export const CONFIG_SCHEMA = object({
     type: 'object',
     propertyNames: { pattern: NAME_PATTERN },
     // nats and options (per-transport settings) are checked in detail by checkPeers.
-    // The url's format asks the transport registry (an application may register its own schemes).
-    additionalProperties: object({ url: str({ format: 'peer-url', description: 'a URL of a known transport (http, https, nats, tls or a registered scheme)' }), key: str({ minLength: 16 }), nats: {}, options: {} }, { required: ['url'] }),
+    // The url asks the transport registry (an application may register its own schemes): schemaProblems.
+    additionalProperties: object({ url: str(), key: str({ minLength: 16 }), nats: {}, options: {} }, { required: ['url'] }),
   },
   segmentBytes: int(1024, 2 ** 40),
   segmentRollIdleMs: int(0, 2 ** 31),
@@ -371,22 +372,50 @@ export const CONFIG_SCHEMA = object({
   },
 });
 
+/** How ajv checks CONFIG_SCHEMA: every error, each with the schema that says what a pattern means. */
+export const AJV_OPTIONS = { allErrors: true, strict: true, verbose: true } as const;
+
+/** The schema ajv runs: CONFIG_SCHEMA, with the keys it does not describe in detail (KEYS checks them). */
+export function validatorSchema(): object {
+  const schema = CONFIG_SCHEMA as { properties: Record<string, object> };
+  return { ...schema, properties: { ...Object.fromEntries(Object.keys(KEYS).map((key) => [key, {}])), ...schema.properties } };
+}
+
 let validator: ValidateFunction | undefined;
 
-/** Every problem the schema finds (not only the first), each naming its key. */
+/**
+ * The schema's validator: the code `npm run build` generated beside this module (ajv's standalone code,
+ * so that a start neither loads ajv nor compiles the schema), else compiled now (running from the sources).
+ */
+function schemaValidator(): ValidateFunction {
+  if (validator !== undefined) return validator;
+  const require = createRequire(import.meta.url);
+  try {
+    validator = require('./config-validator.cjs') as ValidateFunction;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw err;
+    const { Ajv } = require('ajv') as typeof import('ajv');
+    validator = new Ajv(AJV_OPTIONS).compile(validatorSchema());
+  }
+  return validator;
+}
+
+/** Every problem the schema finds (not only the first), each naming its key; and peer URLs no transport knows. */
 function schemaProblems(input: Record<string, unknown>): Problem[] {
-  // verbose: errors carry their schema, whose description says what a pattern means.
-  // Keys the schema does not describe in detail are still known keys: KEYS checks them.
-  const schema = CONFIG_SCHEMA as { properties: Record<string, object> };
-  const properties = { ...Object.fromEntries(Object.keys(KEYS).map((key) => [key, {}])), ...schema.properties };
-  validator ??= new Ajv({ allErrors: true, strict: true, verbose: true })
-    .addFormat('peer-url', { type: 'string', validate: isPeerUrl })
-    .compile({ ...schema, properties });
-  if (validator(input)) return [];
+  const validate = schemaValidator();
   const problems: Problem[] = [];
-  for (const error of validator.errors ?? []) {
-    const problem = describe(error);
-    if (problem !== undefined && !problems.some((p) => p.message === problem.message)) problems.push(problem);
+  if (!validate(input)) {
+    for (const error of validate.errors ?? []) {
+      const problem = describe(error);
+      if (problem !== undefined && !problems.some((p) => p.message === problem.message)) problems.push(problem);
+    }
+  }
+  const { peers } = input;
+  if (peers !== null && typeof peers === 'object' && !Array.isArray(peers)) {
+    for (const [name, peer] of Object.entries(peers)) {
+      const url = (peer as { url?: unknown } | null)?.url;
+      if (typeof url === 'string' && !isPeerUrl(url)) problems.push({ key: `peers.${name}.url`, message: `peers.${name}.url must be a URL of a known transport (http, https, nats, tls or a registered scheme)` });
+    }
   }
   return problems;
 }
@@ -409,8 +438,6 @@ function describe(error: ErrorObject): Problem | undefined {
       // Reported with the name by propertyNames.
       if (error.propertyName !== undefined) return undefined;
       return { key: at, message: `${at} must be ${String((error.parentSchema as { description?: string } | undefined)?.description ?? `a string matching ${String(params.pattern)}`)}` };
-    case 'format':
-      return { key: at, message: `${at} must be ${String((error.parentSchema as { description?: string } | undefined)?.description ?? `a ${String(params.format)}`)}` };
     case 'required':
       return { key: at === '' ? String(params.missingProperty) : `${at}.${String(params.missingProperty)}`, message: `${at === '' ? '' : `${at}.`}${String(params.missingProperty)} is missing` };
     default:

@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
+import { Ajv, type ValidateFunction } from 'ajv';
 import { writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { DEFAULTS, loadConfig, resolveDestination } from '../../src/daemon/config.js';
+import { AJV_OPTIONS, DEFAULTS, loadConfig, resolveDestination, validatorSchema } from '../../src/daemon/config.js';
 import { tempDir } from '../helpers/index.js';
 
 test('a missing mqlog.json means defaults', async (t) => {
@@ -34,6 +36,27 @@ test('unknown keys and wrong values are ERR_CONFIG naming the key', async (t) =>
   }
   await writeFile(join(dir, 'mqlog.json'), '{ not json');
   await assert.rejects(loadConfig(dir), { code: 'ERR_CONFIG' });
+});
+
+test('the validator the build generates finds what the schema compiled now finds', () => {
+  const generated = createRequire(import.meta.url)('../../dist/daemon/config-validator.cjs') as ValidateFunction;
+  const compiled = new Ajv(AJV_OPTIONS).compile(validatorSchema());
+  const inputs: unknown[] = [
+    {},
+    { name: 'a', listen: '127.0.0.1:7100', peers: { b: { url: 'http://127.0.0.1:7200', key: 'k'.repeat(16) } }, segmentBytes: 4096, limits: { maxBodyBytes: 1024 } },
+    { segmentByts: 1 },
+    { segmentBytes: 'big', visibilityTimeoutMs: 0, maxQueueBytes: null },
+    { listen: 'nope', name: '-x' },
+    { peers: { b: { url: 'ftp://x' }, '../x': { url: 'http://x:1' } } },
+    { peers: { b: { extra: 1 } } },
+    { limits: { maxRequestBytes: 1, unknown: true }, admin: { token: 'short' } },
+    { sources: [{ url: 'http://x', durable: 'd' }, { durable: 'bad name' }] },
+    { tls: { cert: '' }, renewLeases: 'yes' },
+  ];
+  for (const input of inputs) {
+    assert.equal(generated(input), compiled(input), JSON.stringify(input));
+    assert.deepEqual(generated.errors ?? null, compiled.errors ?? null, JSON.stringify(input));
+  }
 });
 
 test('flags override the file', async (t) => {
