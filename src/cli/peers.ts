@@ -74,6 +74,6 @@ async function run(args: ParsedArgs): Promise<number> {
     p.lastSentAt === null ? '-' : new Date(p.lastSentAt).toISOString(),
     p.lastError ?? '-',
   ]);
-  for (const line of formatTable(['PEER', 'URL', 'STATE', 'BACKLOG', 'NEXT ATTEMPT', 'LAST SENT', 'LAST ERROR'], table)) await writeLine(line);
+  for (const line of await formatTable(['PEER', 'URL', 'STATE', 'BACKLOG', 'NEXT ATTEMPT', 'LAST SENT', 'LAST ERROR'], table)) await writeLine(line);
   return 0;
 }

@@ -81,11 +81,11 @@ async function run(args: ParsedArgs): Promise<number> {
       for (const p of peers) await jsonLine({ type: 'peer', ...p });
     } else {
       const queueRows = queues.map((q) => [shownQueue(q), q.kind, q.channel ?? '-', String(q.messages), String(q.pending), String(q.bytes), String(q.segments)]);
-      for (const line of formatTable(['QUEUE', 'KIND', 'CHANNEL', 'MESSAGES', 'PENDING', 'BYTES', 'SEGMENTS'], queueRows)) await writeLine(line);
+      for (const line of await formatTable(['QUEUE', 'KIND', 'CHANNEL', 'MESSAGES', 'PENDING', 'BYTES', 'SEGMENTS'], queueRows)) await writeLine(line);
       if (peers.length > 0) {
         await writeLine('');
         const peerRows = peers.map((p) => [p.peer, p.url ?? '-', String(p.backlog), p.lastSentAt === null ? '-' : new Date(p.lastSentAt).toISOString(), p.lastError ?? '-']);
-        for (const line of formatTable(['PEER', 'URL', 'BACKLOG', 'LAST SENT', 'LAST ERROR'], peerRows)) await writeLine(line);
+        for (const line of await formatTable(['PEER', 'URL', 'BACKLOG', 'LAST SENT', 'LAST ERROR'], peerRows)) await writeLine(line);
       }
     }
   } finally {
