@@ -236,7 +236,7 @@ export class FileLogStore implements LogStore {
     for (let slot = 0; slot < MAX_SLOTS; slot++) {
       if ((await readFileIfExists(join(dir, `w${slot}${BROKEN_SUFFIX}`))) !== undefined) continue;
       const lock = await Lock.tryAcquire(join(dir, `w${slot}.lock`));
-      if (lock !== undefined) return new SlotWriter(dir, slot, lock, options, () => this.bump(queue));
+      if (lock !== undefined) return new SlotWriter(dir, slot, lock, { ...options, indexes: this.indexes }, () => this.bump(queue));
     }
     throw new MqlogError('ERR_LOCKED', `no free writer slot in ${dir}`);
   }

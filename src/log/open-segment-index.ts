@@ -8,8 +8,8 @@
  * Index files are written in the background, one at a time and in order (a later one replaces an
  * earlier one), never in an append's way. Owned by one StreamWriter.
  */
-import { IndexBuilder, type IndexedFrame } from './segment-index.js';
-import { writeSegmentIndex } from './segment-index-file.js';
+import { IndexBuilder, type IndexedFrame, type SegmentIndex } from './segment-index.js';
+import { writeSegmentIndex, type SegmentIndexes } from './segment-index-file.js';
 import type { SegmentSet } from './segment-set.js';
 
 /**
@@ -31,20 +31,25 @@ export class OpenSegmentIndex {
   private timer: NodeJS.Timeout | undefined;
   private writes: Promise<void> = Promise.resolve();
   private closed = false;
+  /** Where this process's readers of the store find the index as it is now (none outside a store). */
+  private readonly indexes: SegmentIndexes | undefined;
+  private readonly current = (): SegmentIndex => this.builder.build('partial', this.syncedEnd);
 
   /**
    * The index of segment `base`: `builder` holds its frames up to `syncedEnd` (fsync'd), of which the
    * index on disk describes `checkpointed` (what recovery did not have to read). Takes a checkpoint at
    * once when recovery read frames.
    */
-  constructor(set: SegmentSet, base: number, builder: IndexBuilder, checkpointed: number, syncedEnd: number) {
+  constructor(set: SegmentSet, base: number, builder: IndexBuilder, checkpointed: number, syncedEnd: number, indexes?: SegmentIndexes) {
     this.set = set;
+    this.indexes = indexes;
     this.base = base;
     this.builder = builder;
     this.checkpointed = checkpointed;
     this.checkpointedBytes = syncedEnd;
     this.syncedEnd = syncedEnd;
     if (builder.frames > checkpointed) this.write('partial', syncedEnd);
+    indexes?.showLive(set.pathOf(base), this.current);
   }
 
   /** A run's frames were fsync'd; the data is durable up to `syncedEnd`. Arms the checkpoint. */
@@ -69,11 +74,13 @@ export class OpenSegmentIndex {
   /** The segment was sealed at `dataEnd` (truncated and fsync'd) and the next one is `nextBase`. */
   sealed(dataEnd: number, nextBase: number): void {
     this.write('sealed', dataEnd);
+    this.indexes?.hideLive(this.set.pathOf(this.base), this.current);
     this.base = nextBase;
     this.builder = new IndexBuilder(nextBase);
     this.checkpointed = 0;
     this.checkpointedBytes = 0;
     this.syncedEnd = 0;
+    if (!this.closed) this.indexes?.showLive(this.set.pathOf(nextBase), this.current);
   }
 
   /**
@@ -83,6 +90,7 @@ export class OpenSegmentIndex {
   async close(dataEnd?: number, changed = false): Promise<void> {
     if (!this.closed) {
       this.closed = true;
+      this.indexes?.hideLive(this.set.pathOf(this.base), this.current);
       clearTimeout(this.timer);
       if (dataEnd !== undefined && (changed || this.builder.frames > this.checkpointed)) this.write('partial', dataEnd);
     }

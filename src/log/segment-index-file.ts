@@ -143,9 +143,25 @@ interface Known {
 /** At most this many checked indexes are kept (a few MiB for the largest segments). */
 const MAX_KNOWN = 4096;
 
-/** The sealed indexes of one store, checked once per segment file and kept while the file is unchanged. */
+/**
+ * The sealed indexes of one store, checked once per segment file and kept while the file is unchanged;
+ * and the indexes of the open segments this process writes, as their writers keep them (every frame
+ * fsync'd so far), which stand in for the checkpoints on disk: a follower in the writer's process (a
+ * daemon counting what it received) learns what was appended without reading it.
+ */
 export class SegmentIndexes {
   private readonly known = new Map<string, Known>();
+  private readonly live = new Map<string, () => SegmentIndex>();
+
+  /** The writer of the open segment at `segmentPath` is in this process: `index` describes what it fsync'd. */
+  showLive(segmentPath: string, index: () => SegmentIndex): void {
+    this.live.set(segmentPath, index);
+  }
+
+  /** The writer of that segment sealed or closed it (its index on disk says the rest). */
+  hideLive(segmentPath: string, index: () => SegmentIndex): void {
+    if (this.live.get(segmentPath) === index) this.live.delete(segmentPath);
+  }
 
   /**
    * The index of a segment (a stream's last one: `sealed` false), checked against the file as it is now
@@ -155,6 +171,18 @@ export class SegmentIndexes {
    * @throws ERR_ABORTED when `signal` fires during a rebuild.
    */
   async of(segmentPath: string, base: number, sealed: boolean, options: { readonly rebuild?: boolean; readonly signal?: AbortSignal } = {}): Promise<{ readonly index: SegmentIndex | undefined; readonly bytes: number } | undefined> {
+    const live = sealed ? undefined : this.live.get(segmentPath);
+    if (live !== undefined) {
+      const index = live();
+      let bytes: number;
+      try {
+        bytes = (await stat(segmentPath)).size;
+      } catch (err) {
+        if (isNotFound(err)) return undefined;
+        throw err;
+      }
+      return { index, bytes: Math.max(bytes, index.coveredBytes) };
+    }
     let handle: FileHandle;
     try {
       handle = await open(segmentPath, 'r');

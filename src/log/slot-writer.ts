@@ -11,7 +11,7 @@ import type { Payload } from './frame.js';
 import type { Lock } from './lock.js';
 import type { AppendResult, FrameToAppend, WriterOptions } from './log-store.js';
 import { STREAM_KEY, streamName } from './stream-id.js';
-import { StreamWriter } from './stream-writer.js';
+import { StreamWriter, type StreamWriterOptions } from './stream-writer.js';
 
 export class SlotWriter {
   readonly slot: number;
@@ -19,7 +19,7 @@ export class SlotWriter {
   readonly brokenKeys = new Set<string>();
   private readonly dir: string;
   private readonly lock: Lock;
-  private readonly options: WriterOptions;
+  private readonly options: WriterOptions & Pick<StreamWriterOptions, 'indexes'>;
   private readonly onAppended: () => void;
   private readonly writers = new Map<string, Promise<StreamWriter>>();
   /** Writers already open, used synchronously so that appends keep the order of the calls. */
@@ -28,7 +28,7 @@ export class SlotWriter {
   private closing: Promise<void> | undefined;
 
   /** `onAppended` runs after every durable append (in-process followers wake without the file watch). */
-  constructor(dir: string, slot: number, lock: Lock, options: WriterOptions, onAppended: () => void) {
+  constructor(dir: string, slot: number, lock: Lock, options: WriterOptions & Pick<StreamWriterOptions, 'indexes'>, onAppended: () => void) {
     this.dir = dir;
     this.slot = slot;
     this.lock = lock;

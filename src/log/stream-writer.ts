@@ -24,6 +24,7 @@ import { DEFAULT_ROLL_IDLE_MS, type AppendResult, type FrameToAppend, type Trunc
 import { recoverStream } from './recovery.js';
 import { OpenSegmentIndex } from './open-segment-index.js';
 import { IndexBuilder } from './segment-index.js';
+import type { SegmentIndexes } from './segment-index-file.js';
 import { SegmentSet } from './segment-set.js';
 
 export const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
@@ -46,6 +47,8 @@ export interface StreamWriterOptions {
   readonly rollIdleMs?: number;
   /** Called once per flush with its size and duration, for metrics. */
   readonly onFlush?: (frames: number, bytes: number, durationMs: number) => void;
+  /** The store's indexes, where this process's readers find the open segment's index as it is now. */
+  readonly indexes?: SegmentIndexes;
 }
 
 
@@ -104,7 +107,7 @@ export class StreamWriter {
     this.handle = recovered.handle;
     this.recoveredTruncation = recovered.truncated;
     // What recovery had to read is not read again by the next one (a checkpoint at once); it fsync'd it.
-    this.index = new OpenSegmentIndex(set, recovered.base, recovered.index, recovered.checkpointed, recovered.dataEnd);
+    this.index = new OpenSegmentIndex(set, recovered.base, recovered.index, recovered.checkpointed, recovered.dataEnd, options.indexes);
   }
 
   /**

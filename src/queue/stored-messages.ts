@@ -95,6 +95,8 @@ export class StoredMessages {
     }
     if (last !== undefined) {
       if (s.reader === undefined && !this.closed) s.reader = this.store.reader(this.queue, stream, last.next, { skipTypes: CHUNKS, lend: true });
+      // The open segment's summary went on past the follower (its writer is in this process): no need to read that part.
+      else if (s.reader !== undefined && s.reader.position.offset < last.next.offset) await s.reader.seek(last.next);
       await this.follow(s);
       // What the follower found before the open segment is described by the summaries now (or gone).
       s.followed.deleteBelow(last.base);

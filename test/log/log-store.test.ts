@@ -85,3 +85,30 @@ test('waiting for a lock can be aborted', async (t) => {
   t.after(() => lock.release());
   await assert.rejects(Lock.acquire(path, { wait: true, signal: AbortSignal.timeout(100) }), { code: 'ERR_TIMEOUT' });
 });
+
+test('the open segment a writer of this process fills is summarised up to its last fsync, without waiting for a checkpoint', async (t) => {
+  const dir = await tempDir(t);
+  const store = new FileLogStore(dir, { segmentBytes: 4096 });
+  const writer = await store.claimWriter('q');
+  t.after(() => writer.close());
+  const body = Buffer.alloc(300, 1);
+  let last;
+  for (let i = 0; i < 30; i++) last = await writer.append('p4', FrameType.MESSAGE, body);
+  const summaries = await store.segments('q', 'p4.w0');
+  const open = summaries.at(-1);
+  assert.ok(open !== undefined && !open.sealed, 'the stream has an open segment');
+  assert.ok(summaries.length > 2, 'appends rolled segments');
+  // The checkpoint on disk lags (written at most once a second); the summary follows the writer.
+  assert.equal(open.next.offset, (last?.offset ?? 0) + 1);
+  assert.equal(open.lastOffset, last?.offset);
+  assert.deepEqual(open.runs.map((r) => [r.from, r.to]), [[open.base, (last?.offset ?? 0) + 1]]);
+  // Another store (another process) sees what the disk says, and the same frames once read.
+  const other = new FileLogStore(dir);
+  const seen = (await other.segments('q', 'p4.w0')).at(-1);
+  assert.equal(seen?.base, open.base);
+  assert.ok((seen?.next.offset ?? 0) <= open.next.offset);
+  // After the writer closes, its checkpoint on disk describes everything.
+  await writer.close();
+  assert.equal((await other.segments('q', 'p4.w0')).at(-1)?.next.offset, open.next.offset);
+  assert.equal((await store.segments('q', 'p4.w0')).at(-1)?.next.offset, open.next.offset);
+});
