@@ -16,8 +16,8 @@
  * open the node, take their first `warmPerProcess` messages of the channel together (30,000 a
  * process), and wait for a go; the rate is timed from the go over the channel's remaining 400,000
  * messages, to the moment the last ack of the last consumer was durable (each process reports that
- * moment on the host's clock; closing its node and exiting come after). Targets: one process ≥ 2× the forwarding rate; four and eight processes ≥
- * 1.5× one.
+ * moment on the host's clock; closing its node and exiting come after). Targets: one process ≥ 2× the
+ * forwarding rate; four and eight processes ≥ 1.5× one.
  *
  * The warm-up is what makes the figures those of a consumer that has run on its channel for a while,
  * not those of V8 compiling it. Each process pays for its own compilation: measured per 5,000 messages,

@@ -410,11 +410,18 @@ function schemaProblems(input: Record<string, unknown>): Problem[] {
       if (problem !== undefined && !problems.some((p) => p.message === problem.message)) problems.push(problem);
     }
   }
+  // Beside the schema, not after it: a peer URL is reported even when something else of `peers` is wrong.
   const { peers } = input;
   if (peers !== null && typeof peers === 'object' && !Array.isArray(peers)) {
     for (const [name, peer] of Object.entries(peers)) {
       const url = (peer as { url?: unknown } | null)?.url;
-      if (typeof url === 'string' && !isPeerUrl(url)) problems.push({ key: `peers.${name}.url`, message: `peers.${name}.url must be a URL of a known transport (http, https, nats, tls or a registered scheme)` });
+      if (typeof url !== 'string') continue;
+      try {
+        checkPeerUrl(url, `peers.${name}.url`);
+      } catch (err) {
+        if (!(err instanceof MqlogError)) throw err;
+        problems.push({ key: `peers.${name}.url`, message: err.message });
+      }
     }
   }
   return problems;
@@ -517,15 +524,6 @@ function checkPeerUrl(value: unknown, key: string): string {
   }
   if (canonical === undefined) throw bad(key, `a URL of a known transport (${transports.schemes().join(', ')})`);
   return canonical;
-}
-
-/** A URL the transport registry knows (at the moment of the check: applications register schemes first). */
-function isPeerUrl(value: string): boolean {
-  try {
-    return transports.canonical(value, false) !== undefined;
-  } catch {
-    return false;
-  }
 }
 
 /** A file path, a string of 1-4096 characters. */

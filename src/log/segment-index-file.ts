@@ -173,15 +173,12 @@ export class SegmentIndexes {
   async of(segmentPath: string, base: number, sealed: boolean, options: { readonly rebuild?: boolean; readonly signal?: AbortSignal } = {}): Promise<{ readonly index: SegmentIndex | undefined; readonly bytes: number } | undefined> {
     const live = sealed ? undefined : this.live.get(segmentPath);
     if (live !== undefined) {
-      const index = live();
-      let bytes: number;
       try {
-        bytes = (await stat(segmentPath)).size;
+        return { index: live(), bytes: (await stat(segmentPath)).size };
       } catch (err) {
         if (isNotFound(err)) return undefined;
         throw err;
       }
-      return { index, bytes: Math.max(bytes, index.coveredBytes) };
     }
     let handle: FileHandle;
     try {
