@@ -8,8 +8,9 @@
  *   dead letters;
  * - any other refusal (401, 403, 413, 5xx, 507…): ERR_PEER_FAILED, retry with backoff, nothing dropped.
  */
+import { createRequire } from 'node:module';
 import { Readable } from 'node:stream';
-import { Pool, errors as undiciErrors } from 'undici';
+import type { Dispatcher, Pool as UndiciPool, errors as UndiciErrors } from 'undici';
 import { MqlogError, RESENT_WHEN_REFUSED, abortError, isErrorCode } from '../errors.js';
 import type { BatchResult, OutgoingBatch, Transport } from './transport.js';
 import { CONTENT_TYPE, encodeBatch } from './wire.js';
@@ -30,10 +31,17 @@ export const MESSAGES_PATH = '/v1/messages';
 /** Small parts (prefixes, headers, small frames) are joined into writes of about this size; large ones go as they are. */
 const WRITE_BYTES = 64 * 1024;
 
+// undici's pool, its request call and its errors, without its index: that loads every dispatcher, fetch,
+// WebSocket and the caches too (~75 ms of every daemon start for nothing used here). The index would add
+// `request` to every dispatcher's prototype; it is called on the pool instead (`request.call(pool, …)`).
+const require = createRequire(import.meta.url);
+const Pool = require('undici/lib/dispatcher/pool.js') as typeof UndiciPool;
+const request = require('undici/lib/api/api-request.js') as (this: Dispatcher, options: Dispatcher.RequestOptions) => Promise<Dispatcher.ResponseData>;
+const undiciErrors = require('undici/lib/core/errors.js') as typeof UndiciErrors;
 
 export class HttpSender implements Transport {
   readonly url: string;
-  private readonly pool: Pool;
+  private readonly pool: UndiciPool;
   private readonly options: HttpSenderOptions;
   private closing: Promise<void> | undefined;
 
@@ -59,7 +67,7 @@ export class HttpSender implements Transport {
     let statusCode: number;
     let text: string;
     try {
-      const response = await this.pool.request({
+      const response = await request.call(this.pool, {
         method: 'POST',
         path: MESSAGES_PATH,
         headers: { 'content-type': CONTENT_TYPE, 'content-length': String(length), ...this.options.sign?.('POST', MESSAGES_PATH, parts) },

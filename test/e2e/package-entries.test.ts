@@ -21,8 +21,9 @@ async function staticImports(entry: string): Promise<{ files: Set<string>; packa
     if (files.has(file)) continue;
     files.add(file);
     const source = await readFile(file, 'utf8');
-    // Static `import … from '…'` and `export … from '…'` (not `import()` calls, which load on demand).
-    for (const match of source.matchAll(/^(?:import|export)\s[^;]*?\sfrom\s+'([^']+)';/gms)) {
+    // Static `import … from '…'` and `export … from '…'` (not `import()` calls, which load on demand), and
+    // module-level `require('…')` of a package through createRequire.
+    for (const match of source.matchAll(/^(?:(?:import|export)\s[^;]*?\sfrom\s+|const\s[^;=]*=\s*require\()'([^']+)'/gms)) {
       const spec = match[1] as string;
       if (/^import\s+type\s/.test(match[0]) || /^export\s+type\s/.test(match[0])) continue;
       if (spec.startsWith('.')) pending.push(join(dirname(file), spec));
