@@ -9,6 +9,8 @@
  * This module is the pure part: building blocks from messages, and the summary file's JSON. Files are
  * written and checked in outbox-counts.ts.
  */
+import { crc32 } from 'node:zlib';
+import { MqlogError } from '../errors.js';
 import type { MessageRouting } from './codec.js';
 
 /** A block ends after this many messages, or once its messages take this many bytes. */
@@ -236,9 +238,32 @@ export function destinationSet(to: readonly string[]): readonly string[] {
   return [...new Set(to)].sort();
 }
 
-const FILE_VERSION = 1;
+const FILE_VERSION = 2;
 
-/** The summary file's JSON (spec/log-format.md §17.1). */
+/** A block as the file has it: [from, to, messages, bytes, receipts, streamed, maxTs, [[set, messages, ttl, minExpiresAt, maxExpiresAt], …]]. */
+type BlockTuple = [number, number, number, number, number, number, number, [number, number, number, number, number][]];
+
+/** The totals of summaries: known from the file's first line for one read back, else added up once. */
+const totals = new WeakMap<SegmentMessages, MessageBlock | null>();
+
+/**
+ * All of a segment's messages as one block (from its first message to after its last, the groups of
+ * every block merged): counting decides a whole segment at once when no cursor, list or expiry time cuts
+ * through it (§17.2), without its blocks. Undefined when the summary holds no message.
+ */
+export function segmentTotal(summary: SegmentMessages): MessageBlock | undefined {
+  let total = totals.get(summary);
+  if (total === undefined) {
+    total = summary.blocks.length === 0 ? null : summary.blocks.reduce(mergeBlocks);
+    totals.set(summary, total);
+  }
+  return total ?? undefined;
+}
+
+/**
+ * The summary file (spec/log-format.md §17.1): a first line with the segment's totals, and a second with
+ * its blocks, which a reader parses only when it needs them.
+ */
 export function encodeSegmentMessages(summary: SegmentMessages): string {
   const sets = new Map<string, number>();
   const table: (readonly string[])[] = [];
@@ -252,39 +277,88 @@ export function encodeSegmentMessages(summary: SegmentMessages): string {
     }
     return i;
   };
-  const blocks = summary.blocks.map((b) => [b.from, b.to, b.messages, b.bytes, b.receipts, b.streamed, b.maxTs, b.groups.map((g) => [setIndex(g.to), g.messages, g.ttl, g.minExpiresAt, g.maxExpiresAt])]);
+  const tuple = (b: MessageBlock): BlockTuple => [b.from, b.to, b.messages, b.bytes, b.receipts, b.streamed, b.maxTs, b.groups.map((g) => [setIndex(g.to), g.messages, g.ttl, g.minExpiresAt, g.maxExpiresAt])];
+  const blocks = Buffer.from(JSON.stringify(summary.blocks.map(tuple)));
+  const total = segmentTotal(summary);
   const last = summary.last === undefined ? null : [summary.last.offset, summary.last.position, summary.last.crc];
-  return JSON.stringify({ version: FILE_VERSION, stream: summary.stream, base: summary.base, id: summary.id ?? null, last, undecodable: summary.undecodable, to: table, blocks });
+  const head = { version: FILE_VERSION, stream: summary.stream, base: summary.base, id: summary.id ?? null, last, undecodable: summary.undecodable, total: total === undefined ? null : tuple(total), to: table, blocksBytes: blocks.length, blocksCrc: crc32(blocks) };
+  return `${JSON.stringify(head)}\n${blocks.toString()}`;
 }
 
-/** Parses a summary file; undefined for anything that is not one of `stream`'s segment `base`. */
-export function decodeSegmentMessages(text: string, stream: string, base: number): SegmentMessages | undefined {
+/**
+ * Parses a summary file; undefined for anything that is not one of `stream`'s segment `base` (another
+ * version, a torn or damaged file). Its blocks are parsed when first asked for.
+ */
+export function decodeSegmentMessages(file: Buffer | string, stream: string, base: number): SegmentMessages | undefined {
+  const bytes = typeof file === 'string' ? Buffer.from(file) : file;
   try {
-    const file = JSON.parse(text) as {
+    const newline = bytes.indexOf(0x0a);
+    if (newline < 0) return undefined;
+    const head = JSON.parse(bytes.subarray(0, newline).toString()) as {
       version: number;
       stream: string;
       base: number;
       id: string | null;
       last: [number, number, number] | null;
       undecodable: number;
+      total: BlockTuple | null;
       to: string[][];
-      blocks: [number, number, number, number, number, number, number, [number, number, number, number, number][]][];
+      blocksBytes: number;
+      blocksCrc: number;
     };
-    if (file.version !== FILE_VERSION || file.stream !== stream || file.base !== base || !Array.isArray(file.blocks) || !Array.isArray(file.to)) return undefined;
-    const blocks = file.blocks.map(([from, to, messages, bytes, receipts, streamed, maxTs, groups]): MessageBlock => ({
-      from,
-      to,
-      messages,
-      bytes,
-      receipts,
-      streamed,
-      maxTs,
-      groups: groups.map(([set, count, ttl, minExpiresAt, maxExpiresAt]) => ({ to: file.to[set] as string[], messages: count, ttl, minExpiresAt, maxExpiresAt })),
-    }));
-    for (const block of blocks) if (block.groups.some((g) => !Array.isArray(g.to)) || !(block.to > block.from)) return undefined;
-    const last = file.last === null ? undefined : { offset: file.last[0], position: file.last[1], crc: file.last[2] };
-    return { stream, base, id: file.id ?? undefined, last, undecodable: Number(file.undecodable) || 0, blocks };
+    if (head.version !== FILE_VERSION || head.stream !== stream || head.base !== base || !Array.isArray(head.to)) return undefined;
+    const rest = bytes.subarray(newline + 1);
+    if (rest.length !== head.blocksBytes || crc32(rest) !== head.blocksCrc) return undefined;
+    const total = head.total === null ? null : blockOfTuple(head.total, head.to);
+    if (total === undefined) return undefined;
+    let blocks: readonly MessageBlock[] | undefined;
+    const summary: SegmentMessages = {
+      stream,
+      base,
+      id: head.id ?? undefined,
+      last: head.last === null ? undefined : { offset: head.last[0], position: head.last[1], crc: head.last[2] },
+      undecodable: Number(head.undecodable) || 0,
+      get blocks(): readonly MessageBlock[] {
+        blocks ??= parseBlocks(rest, head.to, `outbox summary of ${stream}@${base}`);
+        return blocks;
+      },
+    };
+    totals.set(summary, total);
+    return summary;
   } catch {
     return undefined;
   }
+}
+
+/** A block from its tuple; undefined when the tuple is not one. */
+function blockOfTuple(tuple: BlockTuple, table: readonly string[][]): MessageBlock | undefined {
+  if (!Array.isArray(tuple) || !Array.isArray(tuple[7])) return undefined;
+  const [from, to, messages, bytes, receipts, streamed, maxTs, groups] = tuple;
+  const block: MessageBlock = {
+    from,
+    to,
+    messages,
+    bytes,
+    receipts,
+    streamed,
+    maxTs,
+    groups: groups.map(([set, count, ttl, minExpiresAt, maxExpiresAt]) => ({ to: table[set] as string[], messages: count, ttl, minExpiresAt, maxExpiresAt })),
+  };
+  return block.groups.every((g) => Array.isArray(g.to)) && block.to > block.from ? block : undefined;
+}
+
+/**
+ * The blocks line of a file whose first line (and the CRC it gives for this line) was checked.
+ * @throws ERR_CORRUPT_STATE if they do not parse even so (a file written wrong).
+ */
+function parseBlocks(line: Buffer, table: readonly string[][], what: string): MessageBlock[] {
+  let tuples: unknown;
+  try {
+    tuples = JSON.parse(line.toString());
+  } catch (err) {
+    throw new MqlogError('ERR_CORRUPT_STATE', `${what}: its blocks do not parse (${(err as Error).message})`);
+  }
+  const blocks = Array.isArray(tuples) ? tuples.map((t) => blockOfTuple(t as BlockTuple, table)) : [undefined];
+  if (blocks.some((b) => b === undefined)) throw new MqlogError('ERR_CORRUPT_STATE', `${what}: a block that is not one`);
+  return blocks as MessageBlock[];
 }

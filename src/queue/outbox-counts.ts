@@ -23,7 +23,7 @@ import type { LogReader, LogStore, SegmentSummary, StoredFrame } from '../log/lo
 import { readAvailable } from '../log/stream-scan.js';
 import { decodeRouting, type MessageRouting } from './codec.js';
 import type { QueueInfo } from './layout.js';
-import { BlockBuilder, destinationSet, type MessageBlock, type SegmentMessages, type SummarisedMessage } from './message-blocks.js';
+import { BlockBuilder, destinationSet, segmentTotal, type MessageBlock, type SegmentMessages, type SummarisedMessage } from './message-blocks.js';
 import { OutboxSummaries } from './outbox-summaries.js';
 import type { DeliveryCounts, OutboxState } from './outbox-state.js';
 
@@ -190,16 +190,23 @@ export class OutboxCounter {
     for (const d of destinations) of(d);
     let messages = 0;
     let pending = 0;
+    /** Counts `block` if the rules decide it as a whole; false if something cuts through it. */
+    const decided = (stream: string, block: MessageBlock): boolean => {
+      const counts = decideBlock(state, stream, block, now);
+      if (counts === undefined) return false;
+      messages += block.messages;
+      pending += counts.pending;
+      for (const [d, c] of counts.destinations) add(of(d), c);
+      return true;
+    };
     for (const [stream, view] of this.streams) {
       for (const segment of view.current) {
+        // The whole segment at once when nothing cuts through it; else block by block.
+        const total = segmentTotal(segment);
+        if (total === undefined || decided(stream, total)) continue;
         for (const block of segment.blocks) {
+          if (decided(stream, block)) continue;
           messages += block.messages;
-          const decided = decideBlock(state, stream, block, now);
-          if (decided !== undefined) {
-            pending += decided.pending;
-            for (const [d, c] of decided.destinations) add(of(d), c);
-            continue;
-          }
           // A cursor, a list or an expiry time cuts through the block: each message by the rules.
           for (const { offset, meta } of await this.messagesOf(stream, view, segment, block)) {
             if (state.stateOf(stream, offset, meta, now) === 'pending') pending++;

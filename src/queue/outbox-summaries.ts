@@ -13,7 +13,7 @@ import { frameChecksum } from '../log/frame.js';
 import type { LogStore } from '../log/log-store.js';
 import { ensureDir, readFileIfExists, readdirIfExists, writeCacheFile } from '../util/fs.js';
 import type { QueueInfo } from './layout.js';
-import { decodeSegmentMessages, encodeSegmentMessages, type SegmentMessages } from './message-blocks.js';
+import { decodeSegmentMessages, encodeSegmentMessages, segmentTotal, type SegmentMessages } from './message-blocks.js';
 
 export const SUMMARIES_DIR = 'summaries';
 
@@ -32,13 +32,13 @@ export class OutboxSummaries {
   /** The summary file of a segment, if there is one that parses (not yet checked against the segment). */
   async load(stream: string, base: number): Promise<SegmentMessages | undefined> {
     const raw = await readFileIfExists(this.pathOf(stream, base)).catch(() => undefined);
-    return raw === undefined ? undefined : decodeSegmentMessages(raw.toString('utf8'), stream, base);
+    return raw === undefined ? undefined : decodeSegmentMessages(raw, stream, base);
   }
 
   /** Whether the last message a summary of an open segment names is still where it says (the segment was not replaced). */
   async checks(summary: SegmentMessages): Promise<boolean> {
     const last = summary.last;
-    if (last === undefined) return summary.blocks.length === 0;
+    if (last === undefined) return segmentTotal(summary) === undefined;
     const frame = await this.store.frameAt(this.info.queue, summary.stream, last.offset, { segment: summary.base, position: last.position, offset: last.offset }).catch(() => undefined);
     return frame !== undefined && frame.segment === summary.base && frame.position === last.position && frameChecksum(frame.raw) === last.crc;
   }

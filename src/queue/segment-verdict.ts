@@ -13,7 +13,7 @@
 import { FrameType } from '../log/frame.js';
 import type { SegmentDecision, SegmentSummary } from '../log/log-store.js';
 import type { ConsumerState } from './consumer-state.js';
-import type { SegmentMessages } from './message-blocks.js';
+import { segmentTotal, type SegmentMessages } from './message-blocks.js';
 import type { OutboxState } from './outbox-state.js';
 
 export interface SegmentVerdict {
@@ -102,7 +102,7 @@ export function outboxVerdict(summary: SegmentSummary, messages: SegmentMessages
     return { decision: 'read', fingerprint: `${fingerprint}|${cursors.join(',')}` };
   }
   if (!anyDone) return { decision: 'keep', fingerprint };
-  const wholeSegment = messages.blocks.reduce((n, b) => n + b.messages, 0) === summary.frames;
+  const wholeSegment = (segmentTotal(messages)?.messages ?? 0) === summary.frames;
   if (allDone && receipts === 0 && maxTs + retainDoneMs <= now && wholeSegment) return { decision: 'drop', fingerprint };
   return { decision: 'read', fingerprint };
 }

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { BLOCK_MESSAGES, BlockBuilder, decodeSegmentMessages, encodeSegmentMessages, type MessageBlock, type SegmentMessages, type SummarisedMessage } from '../../src/queue/message-blocks.ts';
+import { BLOCK_MESSAGES, BlockBuilder, decodeSegmentMessages, encodeSegmentMessages, segmentTotal, type MessageBlock, type SegmentMessages, type SummarisedMessage } from '../../src/queue/message-blocks.ts';
 import { fuzzRuns, fuzzSeed } from '../helpers/security.ts';
 
 interface Input {
@@ -71,3 +71,53 @@ test('summaries kept by processes that stop and go on give the blocks of one pas
     { numRuns: fuzzRuns(60), seed: fuzzSeed(t, 0x5eed17) },
   );
 });
+
+test('a summary file read back has the same blocks, and its first line alone the totals of all of them', (t) => {
+  fc.assert(
+    fc.property(fc.array(input, { minLength: 0, maxLength: 3 * BLOCK_MESSAGES }), (messages) => {
+      const builder = new BlockBuilder('p0.w0', 7);
+      messages.forEach((m, i) => add(builder, 7 + 2 * i, m));
+      const written = builder.summary('7:1:7:1');
+      const text = encodeSegmentMessages(written);
+      const read = decodeSegmentMessages(text, 'p0.w0', 7) as SegmentMessages;
+      assert.ok(read !== undefined);
+      // The totals come from the first line: the same whether or not the blocks were parsed.
+      const total = segmentTotal(read);
+      assert.equal(total?.messages ?? 0, messages.length);
+      assert.deepEqual(total === undefined ? undefined : normal(total), written.blocks.length === 0 ? undefined : normal(written.blocks.reduce((a, b) => ({ ...mergedOf(a, b) }))));
+      assert.deepEqual(read.blocks.map(normal), written.blocks.map(normal));
+      assert.deepEqual(read.last, written.last);
+      assert.equal(read.id, '7:1:7:1');
+    }),
+    { numRuns: fuzzRuns(30), seed: fuzzSeed(t, 0x5eed18) },
+  );
+});
+
+test('a summary file whose blocks line was cut or changed is not used', () => {
+  const builder = new BlockBuilder('p0.w0', 7);
+  for (let i = 0; i < 700; i++) add(builder, 7 + i, { to: ['b'], ttl: undefined, receipt: false, streamed: false, ts: i, bytes: 100 });
+  const text = encodeSegmentMessages(builder.summary());
+  assert.ok(decodeSegmentMessages(text, 'p0.w0', 7) !== undefined);
+  assert.equal(decodeSegmentMessages(text.slice(0, -10), 'p0.w0', 7), undefined, 'cut');
+  const at = text.lastIndexOf('512');
+  assert.equal(decodeSegmentMessages(`${text.slice(0, at)}513${text.slice(at + 3)}`, 'p0.w0', 7), undefined, 'a count changed');
+  assert.equal(decodeSegmentMessages(text.slice(0, text.indexOf('\n')), 'p0.w0', 7), undefined, 'first line only');
+  assert.equal(decodeSegmentMessages(text, 'p0.w0', 8), undefined, 'another segment');
+});
+
+/** Two blocks' counts added up, as one block spanning both (the groups merged by destination set). */
+function mergedOf(a: MessageBlock, b: MessageBlock): MessageBlock {
+  const groups = new Map<string, MessageBlock['groups'][number]>();
+  for (const g of [...a.groups, ...b.groups]) {
+    const key = JSON.stringify(g.to);
+    const had = groups.get(key);
+    groups.set(key, had === undefined ? g : {
+      to: g.to,
+      messages: had.messages + g.messages,
+      ttl: had.ttl + g.ttl,
+      minExpiresAt: had.ttl === 0 ? g.minExpiresAt : g.ttl === 0 ? had.minExpiresAt : Math.min(had.minExpiresAt, g.minExpiresAt),
+      maxExpiresAt: Math.max(had.maxExpiresAt, g.maxExpiresAt),
+    });
+  }
+  return { from: a.from, to: b.to, messages: a.messages + b.messages, bytes: a.bytes + b.bytes, receipts: a.receipts + b.receipts, streamed: a.streamed + b.streamed, maxTs: Math.max(a.maxTs, b.maxTs), groups: [...groups.values()] };
+}
