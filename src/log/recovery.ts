@@ -166,7 +166,7 @@ export async function recoverStream(set: SegmentSet): Promise<RecoveredStream> {
 async function checkpointOf(path: string, base: number): Promise<SegmentIndex | undefined> {
   const handle = await open(path, 'r');
   try {
-    const loaded = await loadSegmentIndex(path, handle, (await handle.stat()).size, base);
+    const loaded = loadSegmentIndex(path, handle.fd, (await handle.stat()).size, base);
     return 'index' in loaded ? loaded.index : undefined;
   } finally {
     await handle.close();

@@ -10,7 +10,8 @@
  * Safe from any process at any time: writers of the same index write the same bytes, each through a
  * temp file of its own, and readers check what they load.
  */
-import { open, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
+import { open, rename, rm, stat } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { dirname } from 'node:path';
 import { abortError, isMqlogError } from '../errors.js';
@@ -31,14 +32,16 @@ export type IndexLoad =
   | { readonly problem: string };
 
 /**
- * Loads the index of the segment at `segmentPath` (open as `handle`, `size` bytes long now) and checks
- * that it describes it: a sealed index covers exactly `size` bytes, a partial one no more, and the last
- * frame it names is where it says, with its offset and CRC.
+ * Loads the index of the segment at `segmentPath` (open as `fd`, `size` bytes long now) and checks that
+ * it describes it: a sealed index covers exactly `size` bytes, a partial one no more, and the last frame
+ * it names is where it says, with its offset and CRC. Synchronous reads: an index file and one frame,
+ * in the page cache when the segment is in use (a thread-pool round trip each would cost more than the
+ * read; a listing of a large queue loads dozens).
  */
-export async function loadSegmentIndex(segmentPath: string, handle: FileHandle, size: number, base: number): Promise<IndexLoad> {
+export function loadSegmentIndex(segmentPath: string, fd: number, size: number, base: number): IndexLoad {
   let bytes: Buffer;
   try {
-    bytes = await readFile(indexPathOf(segmentPath));
+    bytes = readFileSync(indexPathOf(segmentPath));
   } catch (err) {
     if (isNotFound(err)) return { missing: true };
     return { problem: `cannot be read: ${(err as Error).message}` };
@@ -53,14 +56,14 @@ export async function loadSegmentIndex(segmentPath: string, handle: FileHandle, 
   // describes is then the segment's, and reading may go on right after it.
   if (last !== undefined) {
     const header = Buffer.alloc(FRAME_HEADER_BYTES);
-    const { bytesRead } = await handle.read(header, 0, FRAME_HEADER_BYTES, last.position);
+    const bytesRead = readSync(fd, header, 0, FRAME_HEADER_BYTES, last.position);
     const check = bytesRead === FRAME_HEADER_BYTES ? parseFrameHeader(header) : undefined;
     const frameBytes = check?.ok === true ? FRAME_HEADER_BYTES + check.header.payloadBytes : 0;
     if (check?.ok !== true || check.header.offset !== last.offset || check.header.crc !== last.crc || last.position + frameBytes > index.coveredBytes) {
       return { problem: `stale: the frame at byte ${last.position} is not offset ${last.offset} it names` };
     }
     const whole = Buffer.alloc(frameBytes);
-    const { bytesRead: got } = await handle.read(whole, 0, frameBytes, last.position);
+    const got = readSync(fd, whole, 0, frameBytes, last.position);
     if (got !== frameBytes || !decodeFrame(whole).ok) return { problem: `stale: the frame at byte ${last.position} it names is damaged` };
   }
   return { index };
@@ -180,24 +183,25 @@ export class SegmentIndexes {
         throw err;
       }
     }
-    let handle: FileHandle;
+    // Synchronous, as the load: an open and a stat per segment, for every listing.
+    let fd: number;
     try {
-      handle = await open(segmentPath, 'r');
+      fd = openSync(segmentPath, 'r');
     } catch (err) {
       if (isNotFound(err)) return undefined;
       throw err;
     }
     try {
-      const file = await handle.stat();
+      const file = fstatSync(fd);
       const known = this.known.get(segmentPath);
       if (known !== undefined && known.ino === file.ino && known.size === file.size && known.mtimeMs === file.mtimeMs) return { index: known.index, bytes: file.size };
-      const loaded = await loadSegmentIndex(segmentPath, handle, file.size, base);
+      const loaded = loadSegmentIndex(segmentPath, fd, file.size, base);
       let index = 'index' in loaded ? loaded.index : undefined;
       if (sealed && options.rebuild === true && (index === undefined || index.state !== 'sealed')) index = await this.rebuild(segmentPath, base, index, file, options.signal);
       if (index?.state === 'sealed' && index.coveredBytes === file.size) this.remember(segmentPath, { ino: file.ino, size: file.size, mtimeMs: file.mtimeMs, index });
       return { index, bytes: file.size };
     } finally {
-      await handle.close();
+      closeSync(fd);
     }
   }
 

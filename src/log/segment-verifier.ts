@@ -130,7 +130,7 @@ async function storedIndex(path: string, base: number): Promise<{ readonly index
     return undefined;
   }
   try {
-    const loaded = await loadSegmentIndex(path, handle, (await handle.stat()).size, base);
+    const loaded = loadSegmentIndex(path, handle.fd, (await handle.stat()).size, base);
     return 'missing' in loaded ? undefined : loaded;
   } finally {
     await handle.close();
