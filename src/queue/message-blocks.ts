@@ -97,6 +97,8 @@ export class BlockBuilder {
    */
   private carried: MessageBlock | undefined;
   private finishes = 0;
+  /** Called with each block finished whole by this builder (not one merged into a carried block), and its messages. */
+  onFinished: ((block: MessageBlock, messages: readonly SummarisedMessage[]) => void) | undefined;
 
   /** A builder for the segment `base` of `stream`, going on after what `from` (its first blocks) says. */
   constructor(stream: string, base: number, from?: SegmentMessages) {
@@ -133,8 +135,10 @@ export class BlockBuilder {
     const carried = this.carried;
     if (this.open.length + (carried?.messages ?? 0) >= BLOCK_MESSAGES || this.openBytes + (carried?.bytes ?? 0) >= BLOCK_BYTES) {
       const block = blockOf(this.open, this.openBytes);
-      if (carried === undefined) this.done.push(block);
-      else this.done[this.done.length - 1] = mergeBlocks(carried, block);
+      if (carried === undefined) {
+        this.done.push(block);
+        this.onFinished?.(block, this.open);
+      } else this.done[this.done.length - 1] = mergeBlocks(carried, block);
       this.carried = undefined;
       this.finishes++;
       this.open = [];

@@ -9,8 +9,9 @@
  * A count runs when asked (caughtUp), and after changes of the outbox (poke), at most every
  * POKE_INTERVAL_MS. The frames the forwarders read are counted from their reading
  * (OutboxCounter.observe); a count after a change reads the rest itself at most every
- * READ_INTERVAL_MS, one when asked always does. The open segments' finished blocks are written as
- * summary files as they come (at most once a second), so that a restart reads only what came after them.
+ * READ_INTERVAL_MS (BUSY_READ_INTERVAL_MS while the forwarders are reading), one when asked always
+ * does. The open segments' finished blocks are written as summary files as they come (at most once a
+ * second), so that a restart reads only what came after them.
  *
  * One process (the daemon) at a time.
  */
@@ -26,6 +27,13 @@ const POKE_INTERVAL_MS = 100;
  * forwarders read (OutboxCounter.observe), which is nearly everything while they keep up.
  */
 const READ_INTERVAL_MS = 1000;
+/**
+ * While the forwarders are reading (they read frames since the last count), at most this often: they
+ * bring the counts up as they go, and a read of ours ahead of them would only make the blocks their
+ * cursors pass through be read once more. The backlog shown lags what was appended beyond the fastest
+ * forwarder by at most this long.
+ */
+const BUSY_READ_INTERVAL_MS = 10_000;
 
 export interface BacklogEvents {
   /** Application messages sent since this object started (receipts do not count), per channel, as each count finds them. */
@@ -47,6 +55,8 @@ export class OutboxBacklog {
   private counting: Promise<void> | undefined;
   /** When a count last read the outbox (performance.now()). */
   private readAt = Number.NEGATIVE_INFINITY;
+  /** The counter's observedFrames when the last count began. */
+  private observedAtCount = 0;
   private again = false;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
@@ -88,7 +98,8 @@ export class OutboxBacklog {
     this.timer ??= setTimeout(() => {
       this.timer = undefined;
       if (this.closed || this.counting !== undefined) return;
-      this.counting = this.count(performance.now() - this.readAt >= READ_INTERVAL_MS);
+      const busy = this.counter.observedFrames !== this.observedAtCount;
+      this.counting = this.count(performance.now() - this.readAt >= (busy ? BUSY_READ_INTERVAL_MS : READ_INTERVAL_MS));
     }, POKE_INTERVAL_MS);
     this.timer.unref();
   }
@@ -113,6 +124,7 @@ export class OutboxBacklog {
   private count(read: boolean): Promise<void> {
     return (async () => {
       if (read) this.readAt = performance.now();
+      this.observedAtCount = this.counter.observedFrames;
       await this.counter.refresh(undefined, { read });
       for (const [channel, count] of this.appendedSince) this.events.appended?.(channel, count);
       this.appendedSince.clear();

@@ -108,6 +108,8 @@ export class OutboxCounter {
   private readonly streams = new Map<string, StreamView>();
   private readonly blocks = new Map<string, readonly SummarisedMessage[]>();
   private readonly files: OutboxSummaries;
+  /** Frames other readers of this process read (observe calls, taken or not): they are moving through the outbox. */
+  observedFrames = 0;
   /** The call in progress: the next one waits for it. */
   private turn: Promise<unknown> = Promise.resolve();
   private closed = false;
@@ -153,6 +155,7 @@ export class OutboxCounter {
    * is ignored, and read as before.
    */
   observe(frame: StoredFrame, meta: MessageRouting | undefined): void {
+    this.observedFrames++;
     const follower = this.streams.get(frame.stream)?.follower;
     if (follower === undefined) return;
     const seen = follower.seen;
@@ -304,7 +307,7 @@ export class OutboxCounter {
       follower = {
         reader: this.store.reader(this.info.queue, stream, nextAfter(last.base, from), { skipTypes: CHUNKS, lend: true }),
         seen: [],
-        builders: new Map([[last.base, new BlockBuilder(stream, last.base, from)]]),
+        builders: new Map([[last.base, this.followed(new BlockBuilder(stream, last.base, from))]]),
         persisted: new Map([[last.base, from?.blocks.length ?? 0]]),
         persistedAt: Number.NEGATIVE_INFINITY,
       };
@@ -315,7 +318,7 @@ export class OutboxCounter {
     const builderOf = (base: number): BlockBuilder | undefined => {
       let builder = builders.get(base);
       if (builder === undefined && base > ([...builders.keys()].at(-1) ?? -1)) {
-        builder = new BlockBuilder(stream, base);
+        builder = this.followed(new BlockBuilder(stream, base));
         builders.set(base, builder);
       }
       return builder;
@@ -406,11 +409,10 @@ export class OutboxCounter {
   private async messagesOf(stream: string, view: StreamView, segment: SegmentMessages, block: MessageBlock): Promise<readonly SummarisedMessage[]> {
     const open = view.follower?.builders.get(segment.base)?.openMessages(block);
     if (open !== undefined) return open;
-    const key = `${stream}@${segment.base}/${segment.id ?? '-'}:${block.from}-${block.to}`;
+    const key = blockKey(stream, segment.base, block);
     const cached = this.blocks.get(key);
     if (cached !== undefined) {
-      this.blocks.delete(key);
-      this.blocks.set(key, cached);
+      this.cacheBlock(key, cached);
       return cached;
     }
     const messages: SummarisedMessage[] = [];
@@ -426,15 +428,40 @@ export class OutboxCounter {
     } finally {
       await reader.close();
     }
+    this.cacheBlock(key, messages);
+    return messages;
+  }
+
+  /** Keeps a block's messages for the counts to come (the most recently used BLOCK_CACHE blocks). */
+  private cacheBlock(key: string, messages: readonly SummarisedMessage[]): void {
+    this.blocks.delete(key);
     this.blocks.set(key, messages);
     if (this.blocks.size > BLOCK_CACHE) this.blocks.delete(this.blocks.keys().next().value as string);
-    return messages;
+  }
+
+  /**
+   * A follower's builder keeps the messages of each block it finishes: a forwarder's cursor goes through
+   * that block soon after (the follower goes on from what the forwarders read), and counting it then
+   * needs its messages, which would otherwise be read again.
+   */
+  private followed(builder: BlockBuilder): BlockBuilder {
+    builder.onFinished = (block, messages) => this.cacheBlock(blockKey(builder.stream, builder.base, block), messages);
+    return builder;
   }
 
   private async keep(summary: SegmentMessages): Promise<SegmentMessages> {
     if (this.persist) await this.files.write(summary);
     return summary;
   }
+}
+
+/**
+ * A block's key in the cache: its segment, its range and how many messages it holds. A rewrite of the
+ * segment (compaction) only drops messages, so a block of the rewritten segment with the same range and
+ * count holds the same messages.
+ */
+function blockKey(stream: string, base: number, block: MessageBlock): string {
+  return `${stream}@${base}:${block.from}-${block.to}#${block.messages}`;
 }
 
 /** Where reading a segment goes on after a summary of its first messages (its start without one). */

@@ -10,6 +10,7 @@ import type { LogStore, StoredFrame } from '../../src/log/log-store.ts';
 import { MemoryLogStore } from '../../src/log/memory-log-store.ts';
 import type { MessageAddress } from '../../src/queue/codec.ts';
 import { OutboxCounter } from '../../src/queue/outbox-counts.ts';
+import type { OutboxState } from '../../src/queue/outbox-state.ts';
 import { defer, tempDir } from '../helpers/index.ts';
 
 const PEERS = { b: { url: 'http://127.0.0.1:9' } };
@@ -19,6 +20,7 @@ interface Setup {
   readonly counter: OutboxCounter;
   /** Frames read by readers the counter opened. */
   readonly reads: { frames: number };
+  readonly state: OutboxState;
   pending(): Promise<number>;
 }
 
@@ -42,7 +44,7 @@ async function setUp(t: TestContext): Promise<Setup> {
   const counter = new OutboxCounter(counting, node.outbox.info, { persist: false });
   defer(t, () => counter.close());
   const state = await node.outbox.state();
-  return { node, counter, reads, pending: async () => (await counter.count(state)).destinations.get('b')?.pending ?? 0 };
+  return { node, counter, reads, state, pending: async () => (await counter.count(state)).destinations.get('b')?.pending ?? 0 };
 }
 
 async function send(node: MqlogNode, count: number): Promise<void> {
@@ -95,4 +97,24 @@ test('frames seen out of line are ignored, and frames seen past a gap are read, 
   assert.equal(s.reads.frames, 10);
   await s.counter.refresh();
   assert.equal(await s.pending(), 11);
+});
+
+test('a block a cursor is passing through is counted from the messages the follower kept, not read again', async (t) => {
+  const s = await setUp(t);
+  await send(s.node, 1);
+  await s.counter.refresh();
+  // More than two blocks of 512, all seen by the forwarder.
+  await send(s.node, 1200);
+  let stream: string | undefined;
+  await forward(s.node, (frame, address) => {
+    stream ??= frame.stream;
+    s.counter.observe(frame, address);
+  });
+  await s.counter.refresh(undefined, { read: false });
+  assert.equal(await s.pending(), 1201);
+  s.reads.frames = 0;
+  // The forwarder's peer stored the first 700: its cursor stands inside the second block.
+  s.state.cursor('b').advance(stream as string, { offset: 700 });
+  assert.equal(await s.pending(), 501);
+  assert.equal(s.reads.frames, 0, 'the block the cursor cuts was read again');
 });
