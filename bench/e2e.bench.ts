@@ -11,16 +11,20 @@
  *    one, compared with local durable append (the same 64 callers, the same N, a fresh node directory
  *    without daemon) measured in the same round. Rounds alternate local and end-to-end; figures are
  *    medians over the rounds, ratios taken within a round. Target: ≥ 0.5×.
- * 2. Latency of a lone message on an idle pair: one send, wait until a library consumer on B (in this
- *    process: `openNode({ data: B }).tail({ follow: true })`) is handed it, ack, pause, repeat; p50
- *    (target < 5 ms) and p99 (target < 20 ms). The messages go to a channel of their own, so the
- *    consumer sees only them.
+ * 2. Latency of a lone message on an idle pair: one send, wait until a library consumer on B (a process
+ *    of its own, as B's application: `openNode({ data: B }).tail({ follow: true })`) is handed it (it
+ *    acks it then), pause, repeat; p50 (target < 5 ms) and p99 (target < 20 ms). The messages go to a
+ *    channel of their own, so the consumer sees only them.
  *
- * The library is imported from dist/ (`npm run bench` builds first).
+ * The library is imported from dist/ (`npm run bench` builds first). This file is also the lone-message
+ * consumer's entry point (see the end of the file).
  */
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { openNode, type MqlogNode } from '../dist/daemon/node.js';
 import { KiB, median, type BenchContext } from './harness.ts';
 import { CONCURRENCY, endToEnd, percentile, sendCount, startPair, syncDir, type BenchDaemon } from './pair.ts';
@@ -32,6 +36,8 @@ const RATIO_TARGET = 0.5;
 const P50_TARGET_MS = 5;
 const P99_TARGET_MS = 20;
 const LATENCY_CHANNEL = 'lone';
+const LONE_CONSUMER_FLAG = '--lone-consumer';
+const SELF = fileURLToPath(import.meta.url);
 
 interface Plan {
   readonly rounds: number;
@@ -107,32 +113,69 @@ async function localAppend(ctx: BenchContext, dir: string, count: number, body: 
 }
 
 /**
- * Sends one message at a time to a channel of its own and waits until a library consumer of B's inbox
- * (in this process, following) is handed it, acks it, pauses (an idle pair: A's forwarder back to waiting
- * for outbox changes), and repeats.
+ * Sends one message at a time to a channel of its own and waits until a library consumer of B's inbox is
+ * handed it, pauses (an idle pair: A's forwarder back to waiting for outbox changes), and repeats. The
+ * consumer runs in a process of its own, as an application on B would (in this process, its claims and
+ * waits would share the event loop with the send being timed): it says on a line of its stdout that it
+ * was handed a message, then acks it; the message counts as handed when that line is here (the pipe's
+ * hop is included, no clocks of two processes compared).
  */
 async function loneMessages(ctx: BenchContext, sender: MqlogNode, b: BenchDaemon, samples: number, body: Buffer): Promise<{ total: number[]; append: number[] }> {
-  const consumer = await openNode({ data: b.node.dir });
-  const deliveries = consumer.tail({ channel: LATENCY_CHANNEL, follow: true, prefetch: 1 })[Symbol.asyncIterator]();
+  const child = spawn(process.execPath, ['--import', 'tsx', SELF, LONE_CONSUMER_FLAG, b.node.dir], { cwd: ctx.root, stdio: ['pipe', 'pipe', 'inherit'], signal: ctx.signal });
+  child.on('error', () => undefined);
+  const exited = new Promise<never>((_, reject) => child.on('exit', (code, signal) => reject(new Error(`the consumer on B exited with ${code ?? signal}`))));
+  exited.catch(() => undefined);
+  const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream })[Symbol.asyncIterator]();
+  const nextLine = async (what: string): Promise<string> => {
+    const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what}: nothing from the consumer on B in 30 s`)), 30_000).unref());
+    const line = await Promise.race([lines.next(), exited, timeout]);
+    if (line.done === true) throw new Error('the consumer on B stopped');
+    return line.value;
+  };
   const total: number[] = [];
   const append: number[] = [];
   try {
+    if ((await nextLine('start')) !== 'ready') throw new Error('the consumer on B did not start');
     for (let i = 0; i < samples; i++) {
       ctx.signal.throwIfAborted();
       await new Promise((resolve) => setTimeout(resolve, 50));
       const startedMs = performance.now();
-      const handed = deliveries.next();
-      await sender.send('b', body, { channel: LATENCY_CHANNEL });
+      // The sample's number at the start of the body, so that the consumer's line names it.
+      await sender.send('b', Buffer.concat([Buffer.from(`${i}:`), body]), { channel: LATENCY_CHANNEL });
       append.push(performance.now() - startedMs);
-      const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error('a lone message took more than 30 s to reach the consumer on B')), 30_000).unref());
-      const { value, done } = await Promise.race([handed, timeout]);
-      if (done === true || value === undefined) throw new Error('the consumer on B stopped');
+      const handed = await nextLine('a lone message');
       total.push(performance.now() - startedMs);
-      await value.ack();
+      if (handed !== String(i)) throw new Error(`the consumer on B was handed message ${handed}, ${i} was sent`);
     }
   } finally {
-    await deliveries.return?.(undefined);
-    await consumer.close();
+    child.stdin?.end();
+    await Promise.race([exited.catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 10_000).unref())]);
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   }
   return { total, append };
+}
+
+/** The lone messages' consumer: follows the channel, prints each message's number as it is handed out, acks it, and stops when stdin ends. */
+async function loneConsumer(dir: string): Promise<void> {
+  const node = await openNode({ data: dir });
+  const stop = new AbortController();
+  process.stdin.on('end', () => stop.abort());
+  process.stdin.resume();
+  try {
+    await node.inbox(LATENCY_CHANNEL);
+    process.stdout.write('ready\n');
+    for await (const message of node.tail({ channel: LATENCY_CHANNEL, follow: true, prefetch: 1, signal: stop.signal })) {
+      process.stdout.write(`${message.body.subarray(0, message.body.indexOf(0x3a)).toString()}\n`);
+      await message.ack();
+    }
+  } catch (err) {
+    if (!stop.signal.aborted) throw err;
+  } finally {
+    await node.close();
+  }
+}
+
+// Entry point of the consumer process: `node --import tsx bench/e2e.bench.ts --lone-consumer <B's dir>`.
+if (process.argv[2] === LONE_CONSUMER_FLAG && process.argv[1] !== undefined && pathToFileURL(process.argv[1]).href === import.meta.url) {
+  await loneConsumer(process.argv[3] ?? '');
 }
