@@ -123,6 +123,8 @@ export class Daemon {
   private reloading: Promise<ReloadResult> | undefined;
   /** True once the peer server listens (for /readyz). */
   private listening = false;
+  /** True once start-up is over: forwarders made from then on run at once (those made before, at its end). */
+  private booted = false;
   private peersFile: PeersFile | undefined;
   private readonly retryRequests: RetryRequests;
   /** The round of retry requests being taken; the next round waits for it. */
@@ -263,9 +265,6 @@ export class Daemon {
       appended: (channel, count) => this.metrics.appended.inc({ channel }, count),
       changed: (peer, backlog) => this.metrics.backlog.set({ peer }, backlog),
     });
-    // The backlog is counted from the outbox summaries in the background; forwarders do not wait for it.
-    this.backlog.start().catch((err: unknown) => logger.error({ event: 'backlog', err }, 'cannot count the backlog'));
-    this.countInBackground();
     await this.startSources();
     this.feed.onChange(() => {
       this.backlog?.poke();
@@ -307,6 +306,15 @@ export class Daemon {
     await this.peersFile.start();
     await this.retryRequests.clearReplies();
     await this.takeRetryRequests();
+    // The forwarders made above run from now on: the first batch of a large backlog is tens of ms of
+    // reading and decoding in steps on this thread, which the steps of starting up would each wait for.
+    this.booted = true;
+    for (const { forwarder } of this.forwarders.values()) forwarder.start();
+    // The backlog and the inboxes are counted from their summaries in the background: with a large
+    // backlog that is a few hundred ms of work on this thread, which neither the receiver nor the
+    // forwarders wait for (a /metrics request counts first, caughtUp()).
+    this.backlog.start().catch((err: unknown) => logger.error({ event: 'backlog', err }, 'cannot count the backlog'));
+    this.countInBackground();
     logger.info({ event: 'started', url: this.url, nodeId: this.nodeId, data: dataDir }, 'daemon started');
   }
 
@@ -629,7 +637,7 @@ export class Daemon {
         },
       });
       this.forwarders.set(destination, { forwarder, sender });
-      forwarder.start();
+      if (this.booted) forwarder.start();
       this.logger.info({ event: 'forwarder_started', peer: destination, url: transports.display(url) }, 'forwarding');
     }
   }

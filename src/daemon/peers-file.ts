@@ -3,7 +3,8 @@
  * published for `mqlog peers`, which cannot ask the daemon over HTTP (its listeners, TLS and admin token
  * are the operator's choice). Layout in spec/log-format.md §1.3.
  *
- * The daemon writes it (replaced atomically) at most about once a second when something in it changed,
+ * The daemon writes it (replaced atomically, not fsync'd: after a power cut no daemon runs, and the next
+ * one replaces it as it starts) at most about once a second when something in it changed,
  * at once when a peer's state enters or leaves `retrying` (a failure, a recovery), and removes it when it
  * stops. One write at a time; changes that come during a write are written after it. A reader trusts the
  * file only while its `pid` holds the daemon lock: a daemon that was killed leaves a stale one.
@@ -11,7 +12,7 @@
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MqlogError } from '../errors.js';
-import { readFileIfExists, writeFileAtomic } from '../util/fs.js';
+import { readFileIfExists, writeCacheFileSync } from '../util/fs.js';
 import type { ForwarderState } from './forwarder.js';
 
 export const PEERS_FILE = 'peers.json';
@@ -110,7 +111,7 @@ export class PeersFile {
     const peers = JSON.stringify(this.snapshot());
     if (peers === this.written) return;
     const content = `{"pid":${process.pid},"updatedAt":${Date.now()},"peers":${peers}}\n`;
-    await writeFileAtomic(this.path, content);
+    writeCacheFileSync(this.path, content);
     this.written = peers;
   }
 

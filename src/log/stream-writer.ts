@@ -18,6 +18,7 @@
 import { writevSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { MqlogError, ioError, withDetails } from '../errors.js';
+import { nextTurn } from '../util/backoff.js';
 import { basename } from 'node:path';
 import { FRAME_HEADER_BYTES, SYNC_PAYLOAD_BYTES, encodeFrameHeader, encodeSyncFrame, frameChecksum, payloadLength, type Payload } from './frame.js';
 import { DEFAULT_ROLL_IDLE_MS, type AppendResult, type FrameToAppend, type TruncatedTail } from './log-store.js';
@@ -279,7 +280,7 @@ export class StreamWriter {
         // One turn of the event loop lets callers woken by the batch (through several promise hops)
         // append again: the next run then opens with the mark that tells followers the batch is durable.
         // Nothing came: the mark is written on its own (on close, close() writes it).
-        await new Promise<void>((resolve) => setImmediate(resolve));
+        await nextTurn();
         if (this.queue.length === 0 && this.unmarked && this.closing === undefined && this.handle !== undefined) await this.markSynced(this.handle);
       }
     } finally {

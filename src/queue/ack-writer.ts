@@ -9,6 +9,7 @@ import { ACK_JOURNAL_ROLL_BYTES, AckJournal, newAckJournalId, type JournalAck } 
 import type { ConsumerJournal } from './consumer-journal.js';
 import type { ConsumerState, StateRecord } from './consumer-state.js';
 import type { ClaimDelivery, HeldClaim } from './delivery.js';
+import { nextTurn } from '../util/backoff.js';
 
 /** Acks written together; `written` has the clock read after the fdatasync. */
 interface AckBatch {
@@ -125,7 +126,7 @@ export class AckWriter {
   /** Resolves when the batch before the current one is written and the event loop has turned once. */
   private async afterPrevious(): Promise<void> {
     const previous = this.writing;
-    await new Promise<void>((go) => setImmediate(go));
+    await nextTurn();
     await previous?.catch(() => undefined);
   }
 

@@ -21,6 +21,7 @@
 import { FrameType, frameChecksum } from '../log/frame.js';
 import type { LogReader, LogStore, SegmentSummary, StoredFrame } from '../log/log-store.js';
 import { readAvailable } from '../log/stream-scan.js';
+import { nextTurn } from '../util/backoff.js';
 import { decodeRouting, type MessageRouting } from './codec.js';
 import type { QueueInfo } from './layout.js';
 import { BlockBuilder, destinationSet, segmentTotal, type MessageBlock, type SegmentMessages, type SummarisedMessage } from './message-blocks.js';
@@ -133,17 +134,18 @@ export class OutboxCounter {
   }
 
   private async refreshStreams(signal: AbortSignal | undefined, read: boolean): Promise<void> {
-    // Streams side by side: most of the time goes to waiting for small files.
-    await Promise.all(
-      (await this.store.streams(this.info.queue)).map(async ({ name }) => {
-        let view = this.streams.get(name);
-        if (view === undefined) {
-          view = { sealed: new Map(), follower: undefined, current: [] };
-          this.streams.set(name, view);
-        }
-        if (signal?.aborted !== true) await this.refreshStream(name, view, signal, read);
-      }),
-    );
+    // One stream after another, with a turn of the event loop between them: the segment listings are
+    // synchronous reads, and a daemon counting a large outbox as it starts keeps answering meanwhile.
+    for (const { name } of await this.store.streams(this.info.queue)) {
+      let view = this.streams.get(name);
+      if (view === undefined) {
+        view = { sealed: new Map(), follower: undefined, current: [] };
+        this.streams.set(name, view);
+      }
+      if (signal?.aborted === true) return;
+      await this.refreshStream(name, view, signal, read);
+      await nextTurn();
+    }
   }
 
   /**

@@ -14,6 +14,7 @@ import { FrameType } from '../log/frame.js';
 import type { LogReader, LogStore, SegmentSummary } from '../log/log-store.js';
 import { skimAvailable } from '../log/stream-scan.js';
 import { IntervalSet } from '../util/interval-set.js';
+import { nextTurn } from '../util/backoff.js';
 
 const CHUNKS: ReadonlySet<number> = new Set([FrameType.BODY_CHUNK]);
 const READ = { maxFrames: 4096, maxBytes: 8 * 1024 * 1024 };
@@ -47,17 +48,16 @@ export class StoredMessages {
    * @throws ERR_ABORTED when `signal` fires; ERR_IO.
    */
   async refresh(signal?: AbortSignal): Promise<void> {
-    // Streams side by side: most of the time goes to waiting for small files.
-    await Promise.all(
-      (await this.store.streams(this.queue)).map(async ({ name }) => {
-        let s = this.streams.get(name);
-        if (s === undefined) {
-          s = { reader: undefined, followed: new IntervalSet(), messages: new IntervalSet() };
-          this.streams.set(name, s);
-        }
-        await this.refreshStream(name, s, signal);
-      }),
-    );
+    // One stream after another, with a turn of the event loop between them (as OutboxCounter.refresh).
+    for (const { name } of await this.store.streams(this.queue)) {
+      let s = this.streams.get(name);
+      if (s === undefined) {
+        s = { reader: undefined, followed: new IntervalSet(), messages: new IntervalSet() };
+        this.streams.set(name, s);
+      }
+      await this.refreshStream(name, s, signal);
+      await nextTurn();
+    }
   }
 
   /** Messages stored, as of the last refresh. */

@@ -1,6 +1,7 @@
 /**
  * The one retry delay: capped exponential backoff with equal jitter, and an abortable sleep. Everything
- * that retries (forwarders, sources, the angel, lock waits) takes its delays from here.
+ * that retries (forwarders, sources, the angel, lock waits) takes its delays from here; and one turn of
+ * the event loop, for work that lets others go first.
  */
 
 /**
@@ -25,4 +26,9 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     }
     signal?.addEventListener('abort', done, { once: true });
   });
+}
+
+/** Resolves after one turn of the event loop: what was waiting (I/O callbacks, timers) goes first. */
+export function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }

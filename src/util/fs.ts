@@ -2,6 +2,7 @@
  * Small durable-file helpers shared by every layer that writes to disk.
  * Each helper states what is durable when its promise resolves.
  */
+import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, readFile, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { dirname } from 'node:path';
@@ -48,7 +49,7 @@ export async function ensureDir(path: string): Promise<void> {
  */
 export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
   // A name of its own per call: two processes replacing the same file must not share a temp file.
-  const tmp = `${path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
+  const tmp = tmpNameOf(path);
   try {
     const handle = await open(tmp, 'w', FILE_MODE);
     try {
@@ -70,7 +71,7 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array): 
  * when read. A crash may leave the old content, the new one, or an empty or cut file, never a mix.
  */
 export async function writeCacheFile(path: string, data: string | Uint8Array): Promise<void> {
-  const tmp = `${path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
+  const tmp = tmpNameOf(path);
   try {
     await writeFile(tmp, data, { mode: FILE_MODE });
     await rename(tmp, path);
@@ -78,6 +79,26 @@ export async function writeCacheFile(path: string, data: string | Uint8Array): P
     await rm(tmp, { force: true }).catch(() => undefined);
     throw ioError(err, `cannot write ${path}`, { path });
   }
+}
+
+/**
+ * writeCacheFile with synchronous calls, for a small file written while the event loop is busy (each
+ * await of the asynchronous one would wait for a turn of a loop that works in long steps).
+ */
+export function writeCacheFileSync(path: string, data: string | Uint8Array): void {
+  const tmp = tmpNameOf(path);
+  try {
+    writeFileSync(tmp, data, { mode: FILE_MODE });
+    renameSync(tmp, path);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw ioError(err, `cannot write ${path}`, { path });
+  }
+}
+
+/** A temp file's name beside `path`, of its own per call: two processes replacing one file never share one. */
+function tmpNameOf(path: string): string {
+  return `${path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
 }
 
 /** Reads a file, or returns undefined when it does not exist. */
