@@ -105,7 +105,7 @@ test('two consumer processes, 200 messages of 20 ms work: each gets at least 30%
   await assertShared(t, consumers, ids, 60);
 });
 
-test('two `mqlog tail --follow --ack` on one channel split 2,000 messages between them, each at least 30%', async (t) => {
+test('two `mqlog tail --follow --ack` piped into workers of 1 ms a message split 2,000 messages between them, each at least 30%', async (t) => {
   const dir = await nodeDir(t, 30_000);
   await append(dir, []);
   // Two shells, each running `mqlog tail --follow --ack`.
@@ -117,7 +117,12 @@ test('two `mqlog tail --follow --ack` on one channel split 2,000 messages betwee
     child.stdout!.on('data', (chunk: string) => {
       const parts = (partial + chunk).split('\n');
       partial = parts.pop() ?? '';
-      lines.push(...parts.filter((l) => l.length > 0));
+      const read = parts.filter((l) => l.length > 0);
+      lines.push(...read);
+      // A worker at the other end of the pipe that takes a millisecond a message
+      // (`mqlog tail --follow --ack | worker`): once the pipe is full, the tail's writes wait for it.
+      child.stdout!.pause();
+      setTimeout(() => child.stdout!.resume(), read.length);
     });
     return { child, lines };
   });
@@ -127,8 +132,8 @@ test('two `mqlog tail --follow --ack` on one channel split 2,000 messages betwee
     warmUp.push(...(await append(dir, ['warm-up'])));
     await waitFor(() => tails.reduce((n, tail) => n + tail.lines.length, 0) === warmUp.length, { message: 'the warm-up message to be printed' });
   }
-  // Enough for a backlog that lasts: a tail prints a message in microseconds, so a short burst would go to
-  // whichever process the scheduler happened to run.
+  // Enough for a backlog that lasts, with work per message: without it a tail prints a message in
+  // microseconds, and the split followed whichever process the scheduler happened to run.
   const ids = await append(dir, Array.from({ length: 2000 }, (_, i) => `line-${i}`));
   for (const tail of tails) assert.equal((await exited(tail.child)).code, 0);
   const fresh = new Set(ids);
