@@ -282,11 +282,11 @@ export function encodeSegmentMessages(summary: SegmentMessages): string {
     return i;
   };
   const tuple = (b: MessageBlock): BlockTuple => [b.from, b.to, b.messages, b.bytes, b.receipts, b.streamed, b.maxTs, b.groups.map((g) => [setIndex(g.to), g.messages, g.ttl, g.minExpiresAt, g.maxExpiresAt])];
-  const blocks = Buffer.from(JSON.stringify(summary.blocks.map(tuple)));
+  const blocks = JSON.stringify(summary.blocks.map(tuple));
   const total = segmentTotal(summary);
   const last = summary.last === undefined ? null : [summary.last.offset, summary.last.position, summary.last.crc];
-  const head = { version: FILE_VERSION, stream: summary.stream, base: summary.base, id: summary.id ?? null, last, undecodable: summary.undecodable, total: total === undefined ? null : tuple(total), to: table, blocksBytes: blocks.length, blocksCrc: crc32(blocks) };
-  return `${JSON.stringify(head)}\n${blocks.toString()}`;
+  const head = { version: FILE_VERSION, stream: summary.stream, base: summary.base, id: summary.id ?? null, last, undecodable: summary.undecodable, total: total === undefined ? null : tuple(total), to: table, blocksBytes: Buffer.byteLength(blocks), blocksCrc: crc32(blocks) };
+  return `${JSON.stringify(head)}\n${blocks}`;
 }
 
 /**

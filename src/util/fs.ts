@@ -48,7 +48,6 @@ export async function ensureDir(path: string): Promise<void> {
  * When the promise resolves, a crash leaves the new content; before, the old one (or none).
  */
 export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
-  // A name of its own per call: two processes replacing the same file must not share a temp file.
   const tmp = tmpNameOf(path);
   try {
     const handle = await open(tmp, 'w', FILE_MODE);
