@@ -21,7 +21,7 @@ import type { ChangeFeed } from '../log/index.js';
 import type { DestinationQueue, OutgoingBatch, OutgoingItem } from '../queue/destination-queue.js';
 import type { MessageAddress } from '../queue/codec.js';
 import type { Transport } from '../transport/transport.js';
-import { backoffMs, sleep } from '../util/backoff.js';
+import { backoffMs, nextTurn, sleep } from '../util/backoff.js';
 
 export interface ForwarderOptions {
   readonly destination: string;
@@ -213,6 +213,8 @@ export class Forwarder {
           const sending = batch.items.length === 0 ? Promise.resolve(undefined) : this.send(batch);
           sending.catch(() => undefined);
           inFlight.push({ batch, sending, bytes: batch.items.reduce((n, item) => n + item.frame.bytes, 0) });
+          // The request goes out on a later tick: let it, before reading the next batch on this thread.
+          if (batch.items.length > 0) await nextTurn();
         }
         const head = inFlight[0];
         if (head === undefined) {

@@ -277,11 +277,12 @@ export class StreamWriter {
         }
         const batch = this.queue.splice(0, count) as PendingAppend[];
         await this.writeBatch(batch);
-        // One turn of the event loop lets callers woken by the batch (through several promise hops)
-        // append again: the next run then opens with the mark that tells followers the batch is durable.
-        // Nothing came: the mark is written on its own (on close, close() writes it).
+        // Nothing queued behind the batch: the mark that tells followers it is durable is written now, on
+        // its own (a follower waiting for it hands the batch out at once, with no fdatasync of its own).
+        // Appends queued meanwhile form the next run, which opens with the mark. (On close, close() writes it.)
+        if (this.queue.length === 0 && this.unmarked && this.closing === undefined && this.handle !== undefined) this.markSynced(this.handle);
+        // One turn of the event loop lets callers woken by the batch (through several promise hops) append again.
         await nextTurn();
-        if (this.queue.length === 0 && this.unmarked && this.closing === undefined && this.handle !== undefined) await this.markSynced(this.handle);
       }
     } finally {
       this.flushing = undefined;
@@ -363,7 +364,7 @@ export class StreamWriter {
    * run's opening mark, written early; not fsync'd itself (the next run's fsync covers it). Best
    * effort: without it (no room, a full disk) the next run opens with the mark as before.
    */
-  private async markSynced(handle: FileHandle): Promise<void> {
+  private markSynced(handle: FileHandle): void {
     // Room for it and for what the segment keeps for its closing mark after the next frame (handleFor).
     if (this.dataEnd + 2 * SYNC_FRAME_BYTES > this.segmentBytes) return;
     try {

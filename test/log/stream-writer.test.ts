@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { readdir, readFile, rm, stat, truncate, appendFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -55,6 +56,24 @@ test('the zero-filled preallocation is trimmed on close, and a sync mark ends th
   assert.equal(image[bytes + 2], FrameType.SYNC);
   assert.equal(Number(image.readBigUInt64LE(bytes + 8)), 1, 'the mark carries the next offset');
   assert.equal(Number(image.readBigUInt64LE(bytes + 20)), bytes, 'the mark states the synced length');
+});
+
+test('a lone append is followed by its sync mark before the event loop turns', async (t) => {
+  // A follower in another process hands a frame out once a mark covers it; without one it fdatasyncs
+  // the segment itself. The writer's process may be busy after the fsync (a receiver answering its
+  // peer): the mark must not wait for a later turn.
+  const dir = join(await tempDir(t), 's');
+  const writer = await StreamWriter.open(dir);
+  t.after(() => writer.close());
+  const segment = join(dir, '00000000000000000000.seg');
+  const first = await writer.append(FrameType.MESSAGE, Buffer.from('first'));
+  const second = await writer.append(FrameType.MESSAGE, Buffer.from('second'));
+  // The first turn of the loop after the append resolved: I/O callbacks queued by then have not run.
+  await new Promise((resolve) => setImmediate(resolve));
+  const image = readFileSync(segment);
+  const end = second.position + second.bytes;
+  assert.equal(image[end + 2], FrameType.SYNC, `expected a sync mark right after the second frame (the first ended at ${first.position + first.bytes})`);
+  assert.equal(Number(image.readBigUInt64LE(end + 20)), end, 'the mark states the synced length');
 });
 
 test('a stream rolls to a new segment named by its base offset at segmentBytes', async (t) => {
