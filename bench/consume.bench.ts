@@ -37,6 +37,11 @@
  * first, acked at the end: their claims are renewed all along); twice each, alternating. Target: holding
  * them costs < 5% of the rate.
  *
+ * For the scale targets, what this machine gives several processes of consumer work without any I/O or
+ * coordination: processes that CRC-check frames held in memory and decode their messages' fields (the
+ * library's own functions), a fixed total split between them, 1, 4 and 8 at once, each warmed first.
+ * Four and eight consumers ÷ one cannot go past what this reference shows (two vCPUs here).
+ *
  * Finally the receipt round trip: A sends with `receipt: true`, a consumer on B (in this process) acks,
  * B reports back through its outbox, A's `waitFor(id, 'processed')` resolves; repeated, p50 and p99.
  *
@@ -44,11 +49,14 @@
  * processes' entry point (see the end of the file).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { openNode, type MqlogNode } from '../dist/daemon/node.js';
+import { FrameType, decodeFrame, encodeFrame } from '../dist/log/frame.js';
+import { decodeMeta, encodeMessagePayload } from '../dist/queue/codec.js';
+import { newId } from '../dist/util/ids.js';
 import type { Delivery } from '../dist/queue/consumer.js';
 import { KiB, median, type BenchContext } from './harness.ts';
 import { endToEnd, percentile, startPair } from './pair.ts';
@@ -63,6 +71,9 @@ const RENEWAL_VISIBILITY_MS = 1000;
 
 interface Plan {
   readonly messages: number;
+  /** Messages decoded in all by the processes of the decode reference (and by each before the go). */
+  readonly decodeMessages: number;
+  readonly decodeWarm: number;
   /** Messages of the channels drained by one, four and eight processes. */
   readonly scaleMessages: number;
   /** Messages each consumer process of the scale drains takes of its channel before the go. */
@@ -73,8 +84,8 @@ interface Plan {
   readonly receiptSamples: number;
 }
 
-const FULL: Plan = { messages: 50_000, scaleMessages: 400_000, warmPerProcess: 30_000, renewalWarm: 8_000, warmupMessages: 2_000, receiptSamples: 50 };
-const QUICK: Plan = { messages: 5_000, scaleMessages: 5_000, warmPerProcess: 500, renewalWarm: 500, warmupMessages: 200, receiptSamples: 10 };
+const FULL: Plan = { messages: 50_000, decodeMessages: 2_000_000, decodeWarm: 200_000, scaleMessages: 400_000, warmPerProcess: 30_000, renewalWarm: 8_000, warmupMessages: 2_000, receiptSamples: 50 };
+const QUICK: Plan = { messages: 5_000, decodeMessages: 100_000, decodeWarm: 20_000, scaleMessages: 5_000, warmPerProcess: 500, renewalWarm: 500, warmupMessages: 200, receiptSamples: 10 };
 
 export async function bench(ctx: BenchContext): Promise<void> {
   const plan = ctx.quick ? QUICK : FULL;
@@ -122,6 +133,13 @@ export async function bench(ctx: BenchContext): Promise<void> {
       runs.push((await consume(ctx, { dir, channel, hold, visibilityTimeoutMs: RENEWAL_VISIBILITY_MS, warm: plan.renewalWarm }, 1, plan.messages)).rate);
     }
 
+    const decoded = new Map<number, number>();
+    for (const processes of [1, 4, 8]) {
+      ctx.progress(`decode reference: ${plan.decodeMessages} messages in ${processes} process(es)`);
+      const count = Math.ceil(plan.decodeMessages / processes);
+      decoded.set(processes, (await consume(ctx, { dir: '', channel: 'decode', warm: plan.decodeWarm, count }, processes, count * processes, DECODE_FLAG)).rate);
+    }
+
     ctx.progress(`receipt round trips: ${plan.receiptSamples}`);
     nodeB = await openNode({ data: dir });
     const roundTrips = await receiptRoundTrips(ctx, nodeA, nodeB, plan.receiptSamples, body);
@@ -140,6 +158,10 @@ export async function bench(ctx: BenchContext): Promise<void> {
     for (const processes of [4, 8]) {
       const result = drained.get(processes) as { rate: number };
       ctx.figure({ id: `consume.c${processes}.scale`, label: `${processes} consumers ÷ 1 consumer`, value: result.rate / one.rate, unit: '×', target: { op: '>=', value: SCALE_TARGET } });
+    }
+    const decodeOne = decoded.get(1) as number;
+    for (const processes of [4, 8]) {
+      ctx.figure({ id: `decode.c${processes}.scale`, label: `decode only: ${processes} processes ÷ 1 (info)`, value: (decoded.get(processes) as number) / decodeOne, unit: '×', detail: `(1: ${Math.round(decodeOne).toLocaleString('en-US')} msgs/s)` });
     }
 
     ctx.section(`lease renewal: 1 consumer process, visibility timeout ${RENEWAL_VISIBILITY_MS} ms, with and without ${HELD.toLocaleString('en-US')} messages held unacked (renewed) meanwhile`);
@@ -172,8 +194,8 @@ function clock(): number {
  * Drains a channel with `processes` consumer processes; resolves with the messages handed out and the
  * rate from the go to the last process done. Fails unless at least `expected` were handed out.
  */
-async function consume(ctx: BenchContext, args: ConsumerArgs, processes: number, expected: number): Promise<{ rate: number; consumed: number }> {
-  const children = Array.from({ length: processes }, () => startConsumer(ctx, args));
+async function consume(ctx: BenchContext, args: ConsumerArgs, processes: number, expected: number, flag = CONSUMER_FLAG): Promise<{ rate: number; consumed: number }> {
+  const children = Array.from({ length: processes }, () => startConsumer(ctx, args, flag));
   // One abort listener for all of them (a signal per spawn would pass the listener limit).
   const onAbort = (): void => {
     for (const c of children) c.child.kill('SIGKILL');
@@ -206,13 +228,16 @@ interface ConsumerArgs {
   readonly visibilityTimeoutMs?: number;
   /** Messages each consumer takes (and acks) of the channel before the go. */
   readonly warm?: number;
+  /** Decode reference: messages to decode after the go. */
+  readonly count?: number;
 }
 
 const CONSUMER_FLAG = '--consumer-child';
+const DECODE_FLAG = '--decode-child';
 const SELF = fileURLToPath(import.meta.url);
 
-function startConsumer(ctx: BenchContext, args: ConsumerArgs): { child: ChildProcess; opened: Promise<void>; ready: Promise<void>; result: Promise<ConsumerResult> } {
-  const child = spawn(process.execPath, ['--import', 'tsx', SELF, CONSUMER_FLAG, JSON.stringify(args)], {
+function startConsumer(ctx: BenchContext, args: ConsumerArgs, flag: string): { child: ChildProcess; opened: Promise<void>; ready: Promise<void>; result: Promise<ConsumerResult> } {
+  const child = spawn(process.execPath, ['--import', 'tsx', SELF, flag, JSON.stringify(args)], {
     cwd: ctx.root,
     stdio: ['pipe', 'pipe', 'inherit'],
   });
@@ -283,6 +308,42 @@ async function drain(node: MqlogNode, channel: string, limit?: number): Promise<
   return consumed;
 }
 
+/**
+ * A process of the decode reference: the steps of consumerChild, with frames held in memory that are
+ * CRC-checked and whose messages' fields are decoded, `warm` of them before the go and `count` after.
+ */
+async function decodeChild(args: ConsumerArgs): Promise<ConsumerResult> {
+  const body = randomBytes(BODY_BYTES);
+  const now = Date.now();
+  const node = randomUUID();
+  const frames = Array.from({ length: 4096 }, (_, i) =>
+    encodeFrame(FrameType.MESSAGE, i, encodeMessagePayload({ id: newId(now), ts: now, channel: 'decode', priority: i % 10, to: ['b'], from: 'a', node, expiresAt: undefined, notBefore: undefined, headers: undefined, receipt: undefined, replyTo: undefined }, body)),
+  );
+  const decode = (count: number): number => {
+    let seen = 0;
+    for (let i = 0; i < count; i++) {
+      const decoded = decodeFrame(frames[i & 4095] as Buffer);
+      if (!decoded.ok) throw new Error('a frame held in memory did not decode');
+      const { meta, bodyStart } = decodeMeta(decoded.frame.payload);
+      if (decoded.frame.payload.length - bodyStart !== BODY_BYTES) throw new Error('wrong body length');
+      seen += meta.priority >= 0 ? 1 : 0;
+    }
+    return seen;
+  };
+  const words = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+  try {
+    process.stdout.write('opened\n');
+    await words.next();
+    decode(args.warm ?? 0);
+    process.stdout.write('ready\n');
+    await words.next();
+    const consumed = decode(args.count ?? 0);
+    return { consumed, doneAt: clock() };
+  } finally {
+    await words.return?.();
+  }
+}
+
 /** Round trips of messages asking for a receipt: send on A, ack on B (this process), processed on A. */
 async function receiptRoundTrips(ctx: BenchContext, nodeA: MqlogNode, nodeB: MqlogNode, samples: number, body: Buffer): Promise<number[]> {
   const stop = new AbortController();
@@ -314,5 +375,10 @@ async function receiptRoundTrips(ctx: BenchContext, nodeA: MqlogNode, nodeB: Mql
 // Entry point of a consumer process: `node --import tsx bench/consume.bench.ts --consumer-child '<json>'`.
 if (process.argv[2] === CONSUMER_FLAG && process.argv[1] !== undefined && pathToFileURL(process.argv[1]).href === import.meta.url) {
   const result = await consumerChild(JSON.parse(process.argv[3] ?? '') as ConsumerArgs);
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+}
+// Entry point of a process of the decode reference: `… --decode-child '<json>'`.
+if (process.argv[2] === DECODE_FLAG && process.argv[1] !== undefined && pathToFileURL(process.argv[1]).href === import.meta.url) {
+  const result = await decodeChild(JSON.parse(process.argv[3] ?? '') as ConsumerArgs);
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }
