@@ -14,7 +14,9 @@
  * 2. Latency of a lone message on an idle pair: one send, wait until a library consumer on B (a process
  *    of its own, as B's application: `openNode({ data: B }).tail({ follow: true })`) is handed it (it
  *    acks it then), pause, repeat; p50 (target < 5 ms) and p99 (target < 20 ms). The messages go to a
- *    channel of their own, so the consumer sees only them.
+ *    channel of their own, so the consumer sees only them. For information, the floor of that figure on
+ *    this machine: records through the same hops (fdatasync, a watch's wake-up, an HTTP POST, fdatasync,
+ *    a watch's wake-up, a pipe) with nothing of mqlog in them (hops.ts).
  *
  * The library is imported from dist/ (`npm run bench` builds first). This file is also the lone-message
  * consumer's entry point (see the end of the file).
@@ -27,6 +29,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { openNode, type MqlogNode } from '../dist/daemon/node.js';
 import { KiB, median, type BenchContext } from './harness.ts';
+import { hopsFloor } from './hops.ts';
 import { CONCURRENCY, endToEnd, percentile, sendCount, startPair, syncDir, type BenchDaemon } from './pair.ts';
 
 /** The discard port: send() never touches the network, nothing listens there. */
@@ -37,6 +40,8 @@ const P50_TARGET_MS = 5;
 const P99_TARGET_MS = 20;
 const LATENCY_CHANNEL = 'lone';
 const LONE_CONSUMER_FLAG = '--lone-consumer';
+/** The pause before each lone message: the pair is idle when it is sent. */
+const LONE_PAUSE_MS = 50;
 const SELF = fileURLToPath(import.meta.url);
 
 interface Plan {
@@ -71,6 +76,8 @@ export async function bench(ctx: BenchContext): Promise<void> {
 
     ctx.progress(`latency: ${plan.latencySamples} lone messages`);
     const latency = await loneMessages(ctx, sender, pair.b, plan.latencySamples, body);
+    ctx.progress(`latency floor: ${plan.latencySamples} records through the same hops with nothing of mqlog`);
+    const floor = await hopsFloor(ctx, ctx.dir, plan.latencySamples, LONE_PAUSE_MS);
 
     const runs = `median of ${plan.rounds} × ${plan.messages.toLocaleString('en-US')} messages`;
     ctx.section(`throughput, 1 KiB bodies, ${CONCURRENCY} concurrent library callers; ${runs}`);
@@ -87,6 +94,8 @@ export async function bench(ctx: BenchContext): Promise<void> {
     ctx.figure({ id: 'latency.p50', label: 'send() → handed to the consumer on B, p50', value: percentile(latency.total, 50), unit: 'ms', target: { op: '<', value: P50_TARGET_MS } });
     ctx.figure({ id: 'latency.p99', label: 'send() → handed to the consumer on B, p99', value: percentile(latency.total, 99), unit: 'ms', target: { op: '<', value: P99_TARGET_MS } });
     ctx.figure({ id: 'latency.append_p50', label: 'of which the local append (send() resolved), p50', value: percentile(latency.append, 50), unit: 'ms' });
+    ctx.figure({ id: 'latency.floor_p50', label: 'the same hops, nothing of mqlog, p50 (info)', value: percentile(floor, 50), unit: 'ms' });
+    ctx.figure({ id: 'latency.floor_p99', label: 'the same hops, nothing of mqlog, p99 (info)', value: percentile(floor, 99), unit: 'ms' });
   } finally {
     await sender?.close();
     await pair.stop();
@@ -138,7 +147,7 @@ async function loneMessages(ctx: BenchContext, sender: MqlogNode, b: BenchDaemon
     if ((await nextLine('start')) !== 'ready') throw new Error('the consumer on B did not start');
     for (let i = 0; i < samples; i++) {
       ctx.signal.throwIfAborted();
-      await new Promise((resolve) => setTimeout(resolve, 50));
+      await new Promise((resolve) => setTimeout(resolve, LONE_PAUSE_MS));
       const startedMs = performance.now();
       // The sample's number at the start of the body, so that the consumer's line names it.
       await sender.send('b', Buffer.concat([Buffer.from(`${i}:`), body]), { channel: LATENCY_CHANNEL });
