@@ -26,12 +26,12 @@ import { open } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { openNode, type MqlogNode } from '../dist/daemon/node.js';
 import { FileLogStore } from '../dist/log/index.js';
 import { BACKGROUND_BUSY_SHARE, Compactor, compactNode } from '../dist/queue/compaction.js';
 import { OutboxState } from '../dist/queue/outbox-state.js';
-import { GiB, KiB, MiB, formatBytes, freeBytes, median, shared, type BenchContext } from './harness.ts';
+import { GiB, KiB, MiB, formatBytes, freeBytes, median, runsAsChild, shared, type BenchContext } from './harness.ts';
 
 /** Destinations: send() never touches the network, and nothing listens on these ports. */
 const DEST_X = 'http://127.0.0.1:9';
@@ -303,7 +303,7 @@ async function syncDir(dir: string): Promise<void> {
 }
 
 // Entry point of the compaction child: `node --import tsx bench/compaction.bench.ts --compaction-child '<json>'`.
-if (process.argv[2] === CHILD_FLAG && process.argv[1] !== undefined && pathToFileURL(process.argv[1]).href === import.meta.url) {
+if (runsAsChild(import.meta.url, CHILD_FLAG)) {
   const result = await compactionChild(JSON.parse(process.argv[3] ?? '') as ChildArgs);
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }

@@ -52,13 +52,13 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { openNode, type MqlogNode } from '../dist/daemon/node.js';
 import { FrameType, decodeFrame, encodeFrame } from '../dist/log/frame.js';
 import { decodeMeta, encodeMessagePayload } from '../dist/queue/codec.js';
 import { newId } from '../dist/util/ids.js';
 import type { Delivery } from '../dist/queue/consumer.js';
-import { KiB, median, type BenchContext } from './harness.ts';
+import { KiB, median, runsAsChild, type BenchContext } from './harness.ts';
 import { endToEnd, percentile, startPair } from './pair.ts';
 
 const BODY_BYTES = KiB;
@@ -373,12 +373,12 @@ async function receiptRoundTrips(ctx: BenchContext, nodeA: MqlogNode, nodeB: Mql
 }
 
 // Entry point of a consumer process: `node --import tsx bench/consume.bench.ts --consumer-child '<json>'`.
-if (process.argv[2] === CONSUMER_FLAG && process.argv[1] !== undefined && pathToFileURL(process.argv[1]).href === import.meta.url) {
+if (runsAsChild(import.meta.url, CONSUMER_FLAG)) {
   const result = await consumerChild(JSON.parse(process.argv[3] ?? '') as ConsumerArgs);
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }
 // Entry point of a process of the decode reference: `… --decode-child '<json>'`.
-if (process.argv[2] === DECODE_FLAG && process.argv[1] !== undefined && pathToFileURL(process.argv[1]).href === import.meta.url) {
+if (runsAsChild(import.meta.url, DECODE_FLAG)) {
   const result = await decodeChild(JSON.parse(process.argv[3] ?? '') as ConsumerArgs);
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }

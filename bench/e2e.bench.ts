@@ -26,9 +26,9 @@ import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { openNode, type MqlogNode } from '../dist/daemon/node.js';
-import { KiB, median, type BenchContext } from './harness.ts';
+import { KiB, median, nextLine, runsAsChild, type BenchContext } from './harness.ts';
 import { hopsFloor } from './hops.ts';
 import { CONCURRENCY, endToEnd, percentile, sendCount, startPair, syncDir, type BenchDaemon } from './pair.ts';
 
@@ -135,16 +135,10 @@ async function loneMessages(ctx: BenchContext, sender: MqlogNode, b: BenchDaemon
   const exited = new Promise<never>((_, reject) => child.on('exit', (code, signal) => reject(new Error(`the consumer on B exited with ${code ?? signal}`))));
   exited.catch(() => undefined);
   const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream })[Symbol.asyncIterator]();
-  const nextLine = async (what: string): Promise<string> => {
-    const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what}: nothing from the consumer on B in 30 s`)), 30_000).unref());
-    const line = await Promise.race([lines.next(), exited, timeout]);
-    if (line.done === true) throw new Error('the consumer on B stopped');
-    return line.value;
-  };
   const total: number[] = [];
   const append: number[] = [];
   try {
-    if ((await nextLine('start')) !== 'ready') throw new Error('the consumer on B did not start');
+    if ((await nextLine(lines, 'the consumer on B starting', exited)) !== 'ready') throw new Error('the consumer on B did not start');
     for (let i = 0; i < samples; i++) {
       ctx.signal.throwIfAborted();
       await new Promise((resolve) => setTimeout(resolve, LONE_PAUSE_MS));
@@ -152,7 +146,7 @@ async function loneMessages(ctx: BenchContext, sender: MqlogNode, b: BenchDaemon
       // The sample's number at the start of the body, so that the consumer's line names it.
       await sender.send('b', Buffer.concat([Buffer.from(`${i}:`), body]), { channel: LATENCY_CHANNEL });
       append.push(performance.now() - startedMs);
-      const handed = await nextLine('a lone message');
+      const handed = await nextLine(lines, 'a lone message to the consumer on B', exited);
       total.push(performance.now() - startedMs);
       if (handed !== String(i)) throw new Error(`the consumer on B was handed message ${handed}, ${i} was sent`);
     }
@@ -185,6 +179,6 @@ async function loneConsumer(dir: string): Promise<void> {
 }
 
 // Entry point of the consumer process: `node --import tsx bench/e2e.bench.ts --lone-consumer <B's dir>`.
-if (process.argv[2] === LONE_CONSUMER_FLAG && process.argv[1] !== undefined && pathToFileURL(process.argv[1]).href === import.meta.url) {
+if (runsAsChild(import.meta.url, LONE_CONSUMER_FLAG)) {
   await loneConsumer(process.argv[3] ?? '');
 }

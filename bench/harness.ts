@@ -8,6 +8,7 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import { statfs } from 'node:fs/promises';
+import { pathToFileURL } from 'node:url';
 
 export const KiB = 1024;
 export const MiB = 1024 * 1024;
@@ -61,6 +62,32 @@ export interface BenchContext {
 }
 
 export type BenchFn = (ctx: BenchContext) => Promise<void>;
+
+/**
+ * True when the module at `moduleUrl` is this process's entry point, started as a module's child process
+ * with `flag` (`node --import tsx <module> <flag> …`).
+ */
+export function runsAsChild(moduleUrl: string, flag: string): boolean {
+  return process.argv[2] === flag && process.argv[1] !== undefined && pathToFileURL(process.argv[1]).href === moduleUrl;
+}
+
+/**
+ * The next line a child process printed; fails naming `what` when none comes within `timeoutMs`, when
+ * the output ends, or when `failed` (the child's exit) rejects first.
+ */
+export async function nextLine(lines: AsyncIterator<string>, what: string, failed?: Promise<never>, timeoutMs = 30_000): Promise<string> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: nothing from the child process in ${timeoutMs / 1000} s`)), timeoutMs);
+  });
+  try {
+    const line = await Promise.race([lines.next(), timeout, ...(failed === undefined ? [] : [failed])]);
+    if (line.done === true) throw new Error(`${what}: the child process's output ended`);
+    return line.value;
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 /**
  * Runs `task(0)` … `task(count - 1)` with `concurrency` callers, each taking the next number once its

@@ -20,8 +20,8 @@ import { open } from 'node:fs/promises';
 import { Agent, createServer, request } from 'node:http';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath, pathToFileURL } from 'node:url';
-import type { BenchContext } from './harness.ts';
+import { fileURLToPath } from 'node:url';
+import { nextLine, runsAsChild, type BenchContext } from './harness.ts';
 
 const RECORD_BYTES = 1024;
 const MARK_BYTES = 16;
@@ -45,11 +45,11 @@ export async function hopsFloor(ctx: BenchContext, dir: string, samples: number,
   };
   try {
     const b = start('b', bDir)[Symbol.asyncIterator]();
-    const port = (await b.next()).value as string;
+    const port = await nextLine(b, 'hops: "b" to listen');
     const c = start('c', bDir)[Symbol.asyncIterator]();
-    await c.next();
+    await nextLine(c, 'hops: "c" to watch');
     const a = start('a', aDir, port)[Symbol.asyncIterator]();
-    await a.next();
+    await nextLine(a, 'hops: "a" to watch');
     const file = await open(join(aDir, 'out.dat'), 'a+');
     const times: number[] = [];
     try {
@@ -62,8 +62,8 @@ export async function hopsFloor(ctx: BenchContext, dir: string, samples: number,
         await file.datasync();
         writeSync(file.fd, mark(at + RECORD_BYTES), 0, MARK_BYTES, at + RECORD_BYTES);
         at += RECORD_BYTES + MARK_BYTES;
-        const line = await Promise.race([c.next(), new Promise<never>((_, reject) => setTimeout(() => reject(new Error('hops: nothing from "c" in 30 s')), 30_000).unref())]);
-        if (line.value !== String(i)) throw new Error(`hops: "c" printed ${String(line.value)}, ${i} was written`);
+        const line = await nextLine(c, `hops: record ${i} to "c"`);
+        if (line !== String(i)) throw new Error(`hops: "c" printed ${line}, ${i} was written`);
         if (i >= WARM_RECORDS) times.push(performance.now() - startedMs);
       }
     } finally {
@@ -154,6 +154,6 @@ async function hop(role: string, dir: string, port: string | undefined): Promise
 }
 
 // Entry point of a hop: `node --import tsx bench/hops.ts --hop <a|b|c> <dir> [port]`.
-if (process.argv[2] === HOP_FLAG && process.argv[1] !== undefined && pathToFileURL(process.argv[1]).href === import.meta.url) {
+if (runsAsChild(import.meta.url, HOP_FLAG)) {
   await hop(process.argv[3] ?? '', process.argv[4] ?? '', process.argv[5]);
 }

@@ -21,9 +21,9 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { open, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { openNode, type MqlogNode } from '../dist/daemon/node.js';
-import { GiB, KiB, MiB, formatBytes, freeBytes, median, writeFully, type BenchContext } from './harness.ts';
+import { GiB, KiB, MiB, formatBytes, freeBytes, median, runsAsChild, writeFully, type BenchContext } from './harness.ts';
 
 /** The discard port: a valid URL destination; send() never touches the network, so nothing listens. */
 const DESTINATION = 'http://127.0.0.1:9';
@@ -479,7 +479,7 @@ function signedMiB(bytes: number): string {
 }
 
 // Entry point of the RSS child: `node --expose-gc --import tsx bench/log.bench.ts --rss-child '<json>'`.
-if (process.argv[2] === RSS_CHILD_FLAG && process.argv[1] !== undefined && pathToFileURL(process.argv[1]).href === import.meta.url) {
+if (runsAsChild(import.meta.url, RSS_CHILD_FLAG)) {
   const result = await rssChild(JSON.parse(process.argv[3] ?? '') as RssChildArgs);
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }

@@ -12,10 +12,9 @@
  */
 import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { open, rename, rm, stat } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
 import { dirname } from 'node:path';
 import { abortError, isMqlogError } from '../errors.js';
-import { FILE_MODE, fsyncDir, isNotFound } from '../util/fs.js';
+import { FILE_MODE, fsyncDir, isNotFound, tmpNameOf } from '../util/fs.js';
 import { FRAME_HEADER_BYTES, decodeFrame, frameChecksum, parseFrameHeader } from './frame.js';
 import { SegmentReader, SEGMENT_SUFFIX } from './segment.js';
 import { INDEX_SUFFIX, IndexBuilder, SegmentIndex } from './segment-index.js';
@@ -79,7 +78,7 @@ export type IndexSync = 'cache' | 'data' | 'durable';
 /** Writes the index of the segment at `segmentPath` through a temp file of its own, then a rename. */
 export async function writeSegmentIndex(segmentPath: string, index: SegmentIndex, sync: IndexSync): Promise<void> {
   const path = indexPathOf(segmentPath);
-  const tmp = `${path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
+  const tmp = tmpNameOf(path);
   try {
     const handle = await open(tmp, 'w', FILE_MODE);
     try {

@@ -96,7 +96,7 @@ export function writeCacheFileSync(path: string, data: string | Uint8Array): voi
 }
 
 /** A temp file's name beside `path`, of its own per call: two processes replacing one file never share one. */
-function tmpNameOf(path: string): string {
+export function tmpNameOf(path: string): string {
   return `${path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
 }
 
