@@ -39,9 +39,12 @@ export class BenchDaemon {
     return this.child?.pid;
   }
 
-  /** Starts `mqlog daemon` and resolves once it prints `listening on`. */
+  /**
+   * Starts `mqlog daemon` and resolves once it prints `listening on`. BENCH_DAEMON_NODE_ARGS (e.g.
+   * `--cpu-prof --cpu-prof-dir=/tmp/prof`) is passed to the daemon's node, as in the NATS bench.
+   */
   async start(ctx: BenchContext): Promise<void> {
-    const child = spawn(process.execPath, [join(ctx.root, 'dist', 'cli', 'main.js'), 'daemon', '--data', this.node.dir], {
+    const child = spawn(process.execPath, [...(process.env.BENCH_DAEMON_NODE_ARGS?.split(' ').filter(Boolean) ?? []), join(ctx.root, 'dist', 'cli', 'main.js'), 'daemon', '--data', this.node.dir], {
       cwd: ctx.root,
       stdio: ['ignore', 'pipe', 'pipe'],
       signal: ctx.signal,

@@ -258,7 +258,8 @@ export interface FrameToAppend {
 export interface LogWriter {
   readonly slot: number;
   /**
-   * Durable append: resolves after the frame is fsync'd (MemoryLogStore: at once).
+   * Durable append: resolves after the frame is fsync'd (MemoryLogStore: at once). Once it settled, the
+   * store holds no reference to `payload`: the caller may reuse its buffers.
    * @throws ERR_DISK_FULL, ERR_QUEUE_FULL, ERR_IO, ERR_CLOSED, ERR_INVALID_ARG (bad key).
    */
   append(key: string, type: number, payload: Payload): Promise<AppendResult>;

@@ -104,7 +104,9 @@ export interface MessageRecord extends MessageMeta {
   readonly body: Buffer;
 }
 
-const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', variableMapSize: true });
+// copyBuffers: a binary field decoded is a copy, never a view that would keep (or see the reuse of) the
+// buffer it was read from — a request body, a read block.
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, copyBuffers: true, int64AsType: 'number', variableMapSize: true });
 
 /** Short keys on disk, documented in spec/log-format.md §8.1. */
 const KEYS = {

@@ -360,7 +360,8 @@ export class Intake {
       let held = data.length;
       for (const chunk of running.early.values()) held += chunk.length;
       if (position < running.size || running.early.has(position) || held > EARLY_CHUNK_BYTES) this.hashing.delete(key);
-      else running.early.set(position, data);
+      // A copy: `data` is a view of the request's body, whose buffer is reused once the request is answered.
+      else running.early.set(position, Buffer.from(data));
       return;
     }
     // This chunk, then those that came early and follow it.

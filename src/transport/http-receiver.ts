@@ -4,13 +4,15 @@
  * (spec/http-protocol.md). Any request it cannot accept gets a 4xx with `{"code", "message"}` and
  * nothing of it is stored; 5xx only for the node's own faults.
  */
+import type { IncomingMessage } from 'node:http';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { ERRORS, MqlogError, isErrorCode } from '../errors.js';
 import type { BatchSink } from './transport.js';
+import { RequestBodies, type RequestBody } from './request-bodies.js';
 import { CONTENT_TYPE, decodeBatch } from './wire.js';
 
 export const DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024;
-const EMPTY = Buffer.alloc(0);
+const EMPTY: RequestBody = { bytes: Buffer.alloc(0), release: () => undefined };
 
 export interface HttpReceiverOptions {
   readonly sink: BatchSink;
@@ -33,15 +35,15 @@ export interface HttpReceiverOptions {
 export function registerHttpReceiver(app: FastifyInstance, options: HttpReceiverOptions): void {
   const maxRequestBytes = options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES;
   const inFlight = new Map<string, number>();
+  const bodies = new RequestBodies({ maxBytes: maxRequestBytes });
   // The route reads every body as bytes, whatever its declared type, in a scope of its own (the read-only
   // routes beside it keep fastify's parsers): the sender is authenticated before anything in the request
   // is looked at — its content type included — so an unsigned request always gets 401 where keys are
   // configured, never a hint about its contents.
   void app.register(async (scope) => {
     scope.removeAllContentTypeParsers();
-    scope.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: maxRequestBytes }, (_request, body, done) => {
-      done(null, body);
-    });
+    // Large bodies are read into reused buffers, handed back once the handler settled (request-bodies.ts).
+    scope.addContentTypeParser('*', { bodyLimit: maxRequestBytes }, (request: FastifyRequest, payload: IncomingMessage) => bodies.read(payload, Number(request.headers['content-length'] ?? Number.NaN)));
     scope.post('/v1/messages', {
       bodyLimit: maxRequestBytes,
       // Before any body is read: a peer gets only so many requests in flight, uploads included, and a
@@ -68,24 +70,37 @@ export function registerHttpReceiver(app: FastifyInstance, options: HttpReceiver
         });
       },
     }, async (request, reply) => {
-      const body = Buffer.isBuffer(request.body) ? request.body : EMPTY;
-      const peer = options.authenticate?.(request, body);
-      const type = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
-      if (type !== CONTENT_TYPE) throw new MqlogError('ERR_UNSUPPORTED_MEDIA_TYPE', `content type must be ${CONTENT_TYPE}, got ${JSON.stringify(type ?? '')}`);
-      if (body.length === 0) throw new MqlogError('ERR_BAD_REQUEST', 'malformed batch: empty body');
-      const decoded = decodeBatch(body, {
-        ...(options.maxFramesPerRequest === undefined ? {} : { maxFrames: options.maxFramesPerRequest }),
-        ...(options.maxFrameBytes === undefined ? {} : { maxFrameBytes: options.maxFrameBytes }),
-      });
-      const result = await options.sink.accept({ ...decoded, peer, remoteAddress: request.ip });
-      return reply.code(200).send(result);
+      const received = isRequestBody(request.body) ? request.body : EMPTY;
+      try {
+        return await answer(request, reply, received.bytes);
+      } finally {
+        // Every frame of the body was stored (copied) or refused by now: its buffer may be reused.
+        received.release();
+      }
     });
   });
+
+  async function answer(request: FastifyRequest, reply: FastifyReply, body: Buffer): Promise<FastifyReply> {
+    const peer = options.authenticate?.(request, body);
+    const type = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
+    if (type !== CONTENT_TYPE) throw new MqlogError('ERR_UNSUPPORTED_MEDIA_TYPE', `content type must be ${CONTENT_TYPE}, got ${JSON.stringify(type ?? '')}`);
+    if (body.length === 0) throw new MqlogError('ERR_BAD_REQUEST', 'malformed batch: empty body');
+    const decoded = decodeBatch(body, {
+      ...(options.maxFramesPerRequest === undefined ? {} : { maxFrames: options.maxFramesPerRequest }),
+      ...(options.maxFrameBytes === undefined ? {} : { maxFrameBytes: options.maxFrameBytes }),
+    });
+    const result = await options.sink.accept({ ...decoded, peer, remoteAddress: request.ip });
+    return reply.code(200).send(result);
+  }
 
   app.get('/healthz', async (_request, reply) => {
     const ok = options.healthy?.() ?? true;
     return reply.code(ok ? 200 : 503).send({ ok });
   });
+}
+
+function isRequestBody(value: unknown): value is RequestBody {
+  return typeof value === 'object' && value !== null && Buffer.isBuffer((value as RequestBody).bytes);
 }
 
 /**

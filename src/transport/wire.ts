@@ -26,7 +26,9 @@ const MAX_HEADER_BYTES = 64 * 1024;
 const MAX_STREAMS = 1024;
 const MAX_NAME_BYTES = 255;
 
-const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+// copyBuffers: a binary field decoded is a copy, never a view that would keep (or see the reuse of) the
+// buffer it was read from — a request body, a read block.
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, copyBuffers: true });
 
 export interface WireLimits {
   readonly maxFrames?: number;
