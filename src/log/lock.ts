@@ -16,12 +16,11 @@
  * removed) is compromised: it reports so through `compromised`, and its holder must stop writing.
  */
 import { chmod, mkdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
-import { basename, dirname } from 'node:path';
 import { hostname } from 'node:os';
 import lockfile from 'proper-lockfile';
 import { MqlogError, abortError, ioError } from '../errors.js';
 import { isNotFound, writeFileAtomic } from '../util/fs.js';
-import { DirChanges, sleep } from './dir-changes.js';
+import { RemovalWatch, sleep } from './removal-watch.js';
 
 export const DEFAULT_LOCK_STALE_MS = 5000;
 const UPDATE_EVERY_MS = 1000;
@@ -49,9 +48,9 @@ export interface LockOptions {
    */
   readonly maxRetryDelayMs?: number;
   /**
-   * With `wait`: while waiting, watch the lock's directory and try again as soon as the lock directory
-   * changes (the holder's release), instead of only at the next retry time: waiters of a lock held by
-   * turns get their turn rather than the holder taking it again and again.
+   * With `wait`: while waiting, watch the lock directory and try again as soon as it changes (the
+   * holder's release), instead of only at the next retry time: waiters of a lock held by turns get
+   * their turn rather than the holder taking it again and again.
    */
   readonly wakeOnChange?: boolean;
   /**
@@ -77,7 +76,7 @@ export class Lock {
    * @throws ERR_LOCKED when another live process holds it (and `wait` is false); ERR_ABORTED on abort.
    */
   static async acquire(path: string, options: LockOptions = {}): Promise<Lock> {
-    const changes = options.wakeOnChange === true && options.wait === true ? new DirChanges(dirname(path), basename(path)) : undefined;
+    const changes = options.wakeOnChange === true && options.wait === true ? new RemovalWatch(path) : undefined;
     try {
       return await Lock.take(path, options, changes);
     } finally {
@@ -85,7 +84,7 @@ export class Lock {
     }
   }
 
-  private static async take(path: string, options: LockOptions, changes: DirChanges | undefined): Promise<Lock> {
+  private static async take(path: string, options: LockOptions, changes: RemovalWatch | undefined): Promise<Lock> {
     const lock = new Lock(path);
     const staleMs = options.staleMs ?? DEFAULT_LOCK_STALE_MS;
     const recordOwner = options.recordOwner !== false;

@@ -6,7 +6,7 @@
  * empty file costs a fraction of a directory's (no data block is allocated and freed each time), and a
  * lock taken over and over pays it at every turn. Taking it costs no event-loop turn: one look (stat,
  * which takes no lock on the parent directory, unlike a failed create) and one synchronous create when
- * it is free. Waiters wake when it is removed (a watch of the directory), or after a short timer.
+ * it is free. Waiters wake when it is removed (a watch of the lock file itself), or after a short timer.
  *
  * It is never refreshed: a holder that kept it past half the stale time counts it as lost (assertHeld
  * throws, and release leaves it alone), because another process takes a lock whose file is older than
@@ -15,10 +15,9 @@
  * that name) is honoured, and taken over the same way once stale.
  */
 import { closeSync, mkdirSync, openSync, rmSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
-import { basename, dirname } from 'node:path';
 import { MqlogError, abortError, ioError } from '../errors.js';
 import { FILE_MODE } from '../util/fs.js';
-import { DirChanges, sleep } from './dir-changes.js';
+import { RemovalWatch, sleep } from './removal-watch.js';
 import { DEFAULT_LOCK_STALE_MS } from './lock.js';
 
 export interface ShortLockOptions {
@@ -49,7 +48,7 @@ export class ShortLock {
    */
   static async acquire(path: string, options: ShortLockOptions = {}): Promise<ShortLock> {
     const staleMs = options.staleMs ?? DEFAULT_LOCK_STALE_MS;
-    let changes: DirChanges | undefined;
+    let changes: RemovalWatch | undefined;
     let delayMs = 1;
     try {
       for (;;) {
@@ -60,7 +59,7 @@ export class ShortLock {
           takeOverStale(path, staleMs);
           continue;
         }
-        changes ??= new DirChanges(dirname(path), basename(path));
+        changes ??= new RemovalWatch(path);
         await sleep(delayMs, options.signal, changes);
         delayMs = Math.min(delayMs * 2, options.maxRetryDelayMs ?? 20);
       }
