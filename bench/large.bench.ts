@@ -15,7 +15,10 @@
  *    fastest a transfer between two nodes on this one disk can go, and the transfer is shown against it.
  *    For information: the rate of `send` alone, and of `mqlog tail --body-to` reading the body back out
  *    of B's inbox afterwards.
- * 3. Peak RSS (VmHWM, polled every 50 ms, and read once more before each process stops) of the two
+ * 3. For information, what bounds the transfer when the disk does not: the CPU time (user + system, all
+ *    threads, from /proc) that `send`, A and B spent on it, and their sum over the transfer's time (how
+ *    many of the machine's cores the three kept busy).
+ * 4. Peak RSS (VmHWM, polled every 50 ms, and read once more before each process stops) of the two
  *    daemons, `send` and `tail`. Target: < 200 MiB each.
  *
  * The random source file is written before anything is timed, and every file is removed afterwards.
@@ -23,9 +26,10 @@
 import { spawn } from 'node:child_process';
 import { randomFill, randomBytes } from 'node:crypto';
 import { open, rm } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { GiB, MiB, formatBytes, freeBytes, writeFully, type BenchContext } from './harness.ts';
-import { PeakRssSampler, RECEIVED, startPair, syncDir, until } from './pair.ts';
+import { PeakRssSampler, RECEIVED, cpuSeconds, startPair, syncDir, until } from './pair.ts';
 
 const RATIO_TARGET = 0.5;
 const RSS_TARGET_MIB = 200;
@@ -61,21 +65,24 @@ export async function bench(ctx: BenchContext): Promise<void> {
   const cli = join(ctx.root, 'dist', 'cli', 'main.js');
   const pair = await startPair(ctx, join(ctx.dir, 'pair'));
   const rss = new PeakRssSampler(50);
-  let transfer: { totalMs: number; sendMs: number; tailMs: number };
+  let transfer: { totalMs: number; sendMs: number; tailMs: number; cpu: Map<string, number | undefined> };
   try {
     rss.watch('daemon A', pair.a.pid);
     rss.watch('daemon B', pair.b.pid);
     const base = await pair.b.counter(RECEIVED);
     ctx.progress(`sending ${formatBytes(plan.bodyBytes)} A → B`);
+    const cpuBefore = { a: cpuSeconds(pair.a.pid), b: cpuSeconds(pair.b.pid), children: cpuSeconds() };
     const startedMs = performance.now();
     const sendMs = await runCli(ctx, cli, ['send', '--data', pair.a.node.dir, '--to', 'b', '--file', source], (pid) => rss.watch('send --file', pid)).then(() => performance.now() - startedMs);
+    const sendCpu = minus(cpuSeconds(), cpuBefore.children);
     await until(ctx, async () => (await pair.b.counter(RECEIVED)) > base, 'B to store the message', { intervalMs: 50 });
     const totalMs = performance.now() - startedMs;
+    const cpu = new Map([['send --file', sendCpu], ['daemon A', minus(cpuSeconds(pair.a.pid), cpuBefore.a)], ['daemon B', minus(cpuSeconds(pair.b.pid), cpuBefore.b)]]);
     ctx.progress('reading it back with tail --body-to');
     const tailStartedMs = performance.now();
     await runCli(ctx, cli, ['tail', '--data', pair.b.node.dir, '--limit', '1', '--ack', '--json', '--body-to', join(ctx.dir, 'out')], (pid) => rss.watch('tail --body-to', pid));
     const tailMs = performance.now() - tailStartedMs;
-    transfer = { totalMs, sendMs, tailMs };
+    transfer = { totalMs, sendMs, tailMs, cpu };
     rss.sample();
   } finally {
     rss.stop();
@@ -109,11 +116,25 @@ export async function bench(ctx: BenchContext): Promise<void> {
   ctx.figure({ id: 'send.rate', label: 'send --file alone (into A\'s outbox, info)', value: mibps(transfer.sendMs), unit: 'MiB/s', detail: `(${(transfer.sendMs / 1000).toFixed(1)} s)` });
   ctx.figure({ id: 'tail.rate', label: 'tail --body-to afterwards (out of B\'s inbox, info)', value: mibps(transfer.tailMs), unit: 'MiB/s', detail: `(${(transfer.tailMs / 1000).toFixed(1)} s)` });
 
+  // Where the transfer is bound when the disk is not: the CPU each process spent on it, against the
+  // two vCPUs' worth of the time it took.
+  const cpuTotal = [...transfer.cpu.values()].reduce<number | undefined>((sum, s) => (sum === undefined || s === undefined ? undefined : sum + s), 0);
+  if (cpuTotal !== undefined) {
+    ctx.section(`CPU time (user + system, all threads) spent on the transfer, from the start of send to the message stored at B`);
+    const ids: Record<string, string> = { 'send --file': 'cpu.send', 'daemon A': 'cpu.daemon_a', 'daemon B': 'cpu.daemon_b' };
+    for (const [label, seconds] of transfer.cpu) ctx.figure({ id: ids[label] ?? `cpu.${label}`, label: `${label} (info)`, value: seconds as number, unit: 's' });
+    ctx.figure({ id: 'cpu.cores_busy', label: 'the three together ÷ the transfer\'s time: cores kept busy (info)', value: cpuTotal / (transfer.totalMs / 1000), unit: '×', detail: `(of ${availableParallelism()})` });
+  }
+
   ctx.section('peak RSS (VmHWM) of each process');
   const ids: Record<string, string> = { 'daemon A': 'rss.daemon_a', 'daemon B': 'rss.daemon_b', 'send --file': 'rss.send', 'tail --body-to': 'rss.tail' };
   for (const [label, bytes] of rss.results()) {
     ctx.figure({ id: ids[label] ?? `rss.${label}`, label, value: bytes / MiB, unit: 'MiB', target: { op: '<', value: RSS_TARGET_MIB } });
   }
+}
+
+function minus(after: number | undefined, before: number | undefined): number | undefined {
+  return after === undefined || before === undefined ? undefined : after - before;
 }
 
 /** Runs a CLI command to completion; fails unless it exits 0. */

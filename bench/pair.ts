@@ -169,6 +169,26 @@ export function vmHWM(pid: number | undefined): number | undefined {
   }
 }
 
+/** Clock ticks a second of /proc's CPU times (USER_HZ: 100 on every Linux this runs on). */
+const TICKS_PER_SECOND = 100;
+
+/**
+ * CPU time (user + system, every thread) of a live process, or with `pid` undefined, of this process's
+ * children that exited and were waited for (/proc/self/stat cutime + cstime), in seconds; undefined
+ * where /proc cannot tell.
+ */
+export function cpuSeconds(pid?: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid ?? 'self'}/stat`, 'utf8');
+    // The fields after the command name (which may hold spaces) in parentheses; utime is field 14.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+    const [user, system] = pid === undefined ? [fields[13], fields[14]] : [fields[11], fields[12]];
+    return user === undefined || system === undefined ? undefined : (user + system) / TICKS_PER_SECOND;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Keeps the last VmHWM read of each process, polled every `intervalMs` (the last reading before exit is its peak). */
 export class PeakRssSampler {
   private readonly peaks = new Map<string, { pid: number | undefined; bytes: number }>();
