@@ -109,7 +109,7 @@ export async function bench(ctx: BenchContext): Promise<void> {
       { channel: 'four', processes: 4, count: plan.scaleMessages, warm: plan.warmPerProcess },
       { channel: 'eight', processes: 8, count: plan.scaleMessages, warm: plan.warmPerProcess },
       { channel: 'one-again', processes: 1, count: plan.scaleMessages, warm: plan.warmPerProcess },
-      ...RENEWAL_DRAINS.map(([, channel]) => channel).map((channel) => ({ channel, processes: 1, count: plan.messages, warm: plan.renewalWarm })),
+      ...RENEWAL_DRAINS.map(([, channel]) => ({ channel, processes: 1, count: plan.messages, warm: plan.renewalWarm })),
     ];
     for (const { channel, processes, count, warm } of drains) {
       // The warm-up's messages first: they are the first the consumers take.
@@ -194,6 +194,12 @@ interface ConsumerResult {
   readonly doneAt: number;
   /** CPU time (user + system) the process spent from the go to doneAt, ms. */
   readonly cpuMs: number;
+}
+
+/** CPU time (user + system) this process spent since `start` (a process.cpuUsage()), ms. */
+function cpuMsSince(start: NodeJS.CpuUsage): number {
+  const cpu = process.cpuUsage(start);
+  return (cpu.user + cpu.system) / 1000;
 }
 
 /** Now on the clock every process of the host shares, to a fraction of a millisecond. */
@@ -299,8 +305,7 @@ async function consumerChild(args: ConsumerArgs): Promise<ConsumerResult> {
     }
     consumed += await drain(node, args.channel);
     await Promise.all(held.map((message) => message.ack()));
-    const cpu = process.cpuUsage(cpuAtGo);
-    return { consumed, doneAt: clock(), cpuMs: (cpu.user + cpu.system) / 1000 };
+    return { consumed, doneAt: clock(), cpuMs: cpuMsSince(cpuAtGo) };
   } finally {
     await words.return?.();
     await node.close();
@@ -356,8 +361,7 @@ async function decodeChild(args: ConsumerArgs): Promise<ConsumerResult> {
     await words.next();
     const cpuAtGo = process.cpuUsage();
     const consumed = decode(args.count ?? 0);
-    const cpu = process.cpuUsage(cpuAtGo);
-    return { consumed, doneAt: clock(), cpuMs: (cpu.user + cpu.system) / 1000 };
+    return { consumed, doneAt: clock(), cpuMs: cpuMsSince(cpuAtGo) };
   } finally {
     await words.return?.();
   }
@@ -391,13 +395,10 @@ async function receiptRoundTrips(ctx: BenchContext, nodeA: MqlogNode, nodeB: Mql
   return times;
 }
 
-// Entry point of a consumer process: `node --import tsx bench/consume.bench.ts --consumer-child '<json>'`.
-if (runsAsChild(import.meta.url, CONSUMER_FLAG)) {
-  const result = await consumerChild(JSON.parse(process.argv[3] ?? '') as ConsumerArgs);
-  process.stdout.write(`${JSON.stringify(result)}\n`);
-}
-// Entry point of a process of the decode reference: `… --decode-child '<json>'`.
-if (runsAsChild(import.meta.url, DECODE_FLAG)) {
-  const result = await decodeChild(JSON.parse(process.argv[3] ?? '') as ConsumerArgs);
+// Entry point of a consumer process, `node --import tsx bench/consume.bench.ts --consumer-child '<json>'`,
+// and of a process of the decode reference (`--decode-child`).
+for (const [flag, child] of [[CONSUMER_FLAG, consumerChild], [DECODE_FLAG, decodeChild]] as const) {
+  if (!runsAsChild(import.meta.url, flag)) continue;
+  const result = await child(JSON.parse(process.argv[3] ?? '') as ConsumerArgs);
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }

@@ -8,6 +8,7 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import { statfs } from 'node:fs/promises';
+import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
 export const KiB = 1024;
@@ -62,6 +63,15 @@ export interface BenchContext {
 }
 
 export type BenchFn = (ctx: BenchContext) => Promise<void>;
+
+/**
+ * The arguments of node for `mqlog daemon --data DIR` from the built CLI, preceded by
+ * BENCH_DAEMON_NODE_ARGS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`) where it is set: the benches'
+ * daemons are profiled that way.
+ */
+export function daemonArgs(ctx: BenchContext, dataDir: string): string[] {
+  return [...(process.env.BENCH_DAEMON_NODE_ARGS?.split(' ').filter(Boolean) ?? []), join(ctx.root, 'dist', 'cli', 'main.js'), 'daemon', '--data', dataDir];
+}
 
 /**
  * True when the module at `moduleUrl` is this process's entry point, started as a module's child process

@@ -65,7 +65,7 @@ export async function bench(ctx: BenchContext): Promise<void> {
   const cli = join(ctx.root, 'dist', 'cli', 'main.js');
   const pair = await startPair(ctx, join(ctx.dir, 'pair'));
   const rss = new PeakRssSampler(50);
-  let transfer: { totalMs: number; sendMs: number; tailMs: number; cpu: Map<string, number | undefined> };
+  let transfer: { totalMs: number; sendMs: number; tailMs: number; cpu: { id: string; label: string; seconds: number | undefined }[] };
   try {
     rss.watch('daemon A', pair.a.pid);
     rss.watch('daemon B', pair.b.pid);
@@ -77,7 +77,11 @@ export async function bench(ctx: BenchContext): Promise<void> {
     const sendCpu = minus(cpuSeconds(), cpuBefore.children);
     await until(ctx, async () => (await pair.b.counter(RECEIVED)) > base, 'B to store the message', { intervalMs: 50 });
     const totalMs = performance.now() - startedMs;
-    const cpu = new Map([['send --file', sendCpu], ['daemon A', minus(cpuSeconds(pair.a.pid), cpuBefore.a)], ['daemon B', minus(cpuSeconds(pair.b.pid), cpuBefore.b)]]);
+    const cpu = [
+      { id: 'cpu.send', label: 'send --file', seconds: sendCpu },
+      { id: 'cpu.daemon_a', label: 'daemon A', seconds: minus(cpuSeconds(pair.a.pid), cpuBefore.a) },
+      { id: 'cpu.daemon_b', label: 'daemon B', seconds: minus(cpuSeconds(pair.b.pid), cpuBefore.b) },
+    ];
     ctx.progress('reading it back with tail --body-to');
     const tailStartedMs = performance.now();
     await runCli(ctx, cli, ['tail', '--data', pair.b.node.dir, '--limit', '1', '--ack', '--json', '--body-to', join(ctx.dir, 'out')], (pid) => rss.watch('tail --body-to', pid));
@@ -118,11 +122,10 @@ export async function bench(ctx: BenchContext): Promise<void> {
 
   // Where the transfer is bound when the disk is not: the CPU each process spent on it, against the
   // two vCPUs' worth of the time it took.
-  const cpuTotal = [...transfer.cpu.values()].reduce<number | undefined>((sum, s) => (sum === undefined || s === undefined ? undefined : sum + s), 0);
-  if (cpuTotal !== undefined) {
+  if (transfer.cpu.every((c) => c.seconds !== undefined)) {
+    const cpuTotal = transfer.cpu.reduce((sum, c) => sum + (c.seconds as number), 0);
     ctx.section(`CPU time (user + system, all threads) spent on the transfer, from the start of send to the message stored at B`);
-    const ids: Record<string, string> = { 'send --file': 'cpu.send', 'daemon A': 'cpu.daemon_a', 'daemon B': 'cpu.daemon_b' };
-    for (const [label, seconds] of transfer.cpu) ctx.figure({ id: ids[label] ?? `cpu.${label}`, label: `${label} (info)`, value: seconds as number, unit: 's' });
+    for (const { id, label, seconds } of transfer.cpu) ctx.figure({ id, label: `${label} (info)`, value: seconds as number, unit: 's' });
     ctx.figure({ id: 'cpu.cores_busy', label: 'the three together ÷ the transfer\'s time: cores kept busy (info)', value: cpuTotal / (transfer.totalMs / 1000), unit: '×', detail: `(of ${availableParallelism()})` });
   }
 

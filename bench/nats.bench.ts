@@ -21,7 +21,7 @@
  *
  * Without nats-server (`/usr/sbin/nats-server`, or $NATS_SERVER) the module prints a `skipped:` note.
  * The daemons run from dist/ (`npm run bench` builds first).
- * BENCH_DAEMON_NODE_ARGS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`) is passed to the daemons' node.
+ * BENCH_DAEMON_NODE_ARGS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`) is passed to the daemons' node (harness.ts).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -33,7 +33,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { openNode } from '../dist/daemon/node.js';
-import { KiB, median, type BenchContext } from './harness.ts';
+import { KiB, daemonArgs, median, type BenchContext } from './harness.ts';
 
 const NATS_SERVER_BIN = process.env.NATS_SERVER ?? '/usr/sbin/nats-server';
 const BODY_BYTES = KiB;
@@ -231,7 +231,7 @@ class Daemon {
 
   /** Spawns `mqlog daemon --data dir` and waits until it listens. */
   static async start(ctx: BenchContext, dir: string): Promise<Daemon> {
-    const child = spawn(process.execPath, [...(process.env.BENCH_DAEMON_NODE_ARGS?.split(' ').filter(Boolean) ?? []), join(ctx.root, 'dist', 'cli', 'main.js'), 'daemon', '--data', dir], { cwd: ctx.root, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MQLOG_LOG_LEVEL: 'warn' } });
+    const child = spawn(process.execPath, daemonArgs(ctx, dir), { cwd: ctx.root, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MQLOG_LOG_LEVEL: 'warn' } });
     const output = { text: '' };
     child.stdout?.on('data', (b: Buffer) => (output.text += b.toString()));
     child.stderr?.on('data', (b: Buffer) => (output.text += b.toString()));

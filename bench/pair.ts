@@ -11,7 +11,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import type { MqlogNode } from '../dist/daemon/node.js';
 import type { SendOptions } from '../dist/queue/outbox.js';
-import { shared, type BenchContext } from './harness.ts';
+import { daemonArgs, shared, type BenchContext } from './harness.ts';
 
 /** Concurrent library callers in the throughput runs. */
 export const CONCURRENCY = 64;
@@ -39,12 +39,9 @@ export class BenchDaemon {
     return this.child?.pid;
   }
 
-  /**
-   * Starts `mqlog daemon` and resolves once it prints `listening on`. BENCH_DAEMON_NODE_ARGS (e.g.
-   * `--cpu-prof --cpu-prof-dir=/tmp/prof`) is passed to the daemon's node, as in the NATS bench.
-   */
+  /** Starts `mqlog daemon` (harness.ts daemonArgs) and resolves once it prints `listening on`. */
   async start(ctx: BenchContext): Promise<void> {
-    const child = spawn(process.execPath, [...(process.env.BENCH_DAEMON_NODE_ARGS?.split(' ').filter(Boolean) ?? []), join(ctx.root, 'dist', 'cli', 'main.js'), 'daemon', '--data', this.node.dir], {
+    const child = spawn(process.execPath, daemonArgs(ctx, this.node.dir), {
       cwd: ctx.root,
       stdio: ['ignore', 'pipe', 'pipe'],
       signal: ctx.signal,

@@ -8,7 +8,7 @@ import type { IncomingMessage } from 'node:http';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { ERRORS, MqlogError, isErrorCode } from '../errors.js';
 import type { BatchSink } from './transport.js';
-import { RequestBodies, type RequestBody } from './request-bodies.js';
+import { RequestBodies, requestTooLarge, type RequestBody } from './request-bodies.js';
 import { CONTENT_TYPE, decodeBatch } from './wire.js';
 
 export const DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024;
@@ -43,9 +43,9 @@ export function registerHttpReceiver(app: FastifyInstance, options: HttpReceiver
   void app.register(async (scope) => {
     scope.removeAllContentTypeParsers();
     // Large bodies are read into reused buffers, handed back once the handler settled (request-bodies.ts).
-    scope.addContentTypeParser('*', { bodyLimit: maxRequestBytes }, (request: FastifyRequest, payload: IncomingMessage) => bodies.read(payload, Number(request.headers['content-length'] ?? Number.NaN)));
+    scope.addContentTypeParser('*', (request: FastifyRequest, payload: IncomingMessage) => bodies.read(payload, Number(request.headers['content-length'] ?? Number.NaN)));
+    // No bodyLimit here: fastify applies it in its own body parsers only; RequestBodies enforces the limit.
     scope.post('/v1/messages', {
-      bodyLimit: maxRequestBytes,
       // Before any body is read: a peer gets only so many requests in flight, uploads included, and a
       // body declared larger than the limit is refused at once.
       onRequest: async (request, reply) => {
@@ -54,7 +54,7 @@ export function registerHttpReceiver(app: FastifyInstance, options: HttpReceiver
           // Answer at once, but read the body to its end before the connection may close: a sender still
           // writing would otherwise see a broken pipe instead of this answer.
           request.raw.resume();
-          throw new MqlogError('ERR_REQUEST_TOO_LARGE', `request body of ${declared} bytes is larger than the limit of ${maxRequestBytes}`);
+          throw requestTooLarge(declared, maxRequestBytes);
         }
         const claimed = request.headers['x-mqlog-peer'];
         const who = `${request.ip}|${typeof claimed === 'string' ? claimed.slice(0, 64) : ''}`;
@@ -70,7 +70,8 @@ export function registerHttpReceiver(app: FastifyInstance, options: HttpReceiver
         });
       },
     }, async (request, reply) => {
-      const received = isRequestBody(request.body) ? request.body : EMPTY;
+      // The only parser of this scope gives a RequestBody; a request without a body has none.
+      const received = (request.body as RequestBody | undefined) ?? EMPTY;
       try {
         return await answer(request, reply, received.bytes);
       } finally {
@@ -97,10 +98,6 @@ export function registerHttpReceiver(app: FastifyInstance, options: HttpReceiver
     const ok = options.healthy?.() ?? true;
     return reply.code(ok ? 200 : 503).send({ ok });
   });
-}
-
-function isRequestBody(value: unknown): value is RequestBody {
-  return typeof value === 'object' && value !== null && Buffer.isBuffer((value as RequestBody).bytes);
 }
 
 /**

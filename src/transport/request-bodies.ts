@@ -14,8 +14,8 @@
  * every frame. Whatever must outlive the request copies its bytes. Not calling `release()` is safe: the
  * buffer is then collected like any other.
  *
- * Spares are kept at most `keep` at a time and dropped after `idleMs` without a large request, so an idle
- * node does not hold them. Single-threaded, like all of Node.js.
+ * Two spares are kept at most, dropped after 10 s without a large request, so an idle node does not
+ * hold them. Single-threaded, like all of Node.js.
  */
 import type { Readable } from 'node:stream';
 import { MqlogError } from '../errors.js';
@@ -31,38 +31,37 @@ export interface RequestBodiesOptions {
   readonly maxBytes: number;
   /** Bodies declared at least this large are read into reused buffers (default 1 MiB). */
   readonly pooledFromBytes?: number;
-  /** Spare buffers kept (default 2). */
-  readonly keep?: number;
-  /** Spares are dropped after this long without a large request (default 10 s). */
-  readonly idleMs?: number;
 }
+
+/** Spare buffers kept at most, and how long without a large request before they are dropped. */
+const SPARES = 2;
+const SPARES_IDLE_MS = 10_000;
 
 const NOTHING_TO_RELEASE = (): void => undefined;
 
 export class RequestBodies {
-  private readonly spare: Buffer[] = [];
-  private maxBytes: number;
+  private readonly maxBytes: number;
   private readonly pooledFromBytes: number;
-  private readonly keep: number;
-  private readonly idleMs: number;
+  /** Buffers of maxBytes each: any body accepted fits one. */
+  private readonly spare: Buffer[] = [];
   private idle: NodeJS.Timeout | undefined;
 
   constructor(options: RequestBodiesOptions) {
     this.maxBytes = options.maxBytes;
     this.pooledFromBytes = options.pooledFromBytes ?? 1024 * 1024;
-    this.keep = options.keep ?? 2;
-    this.idleMs = options.idleMs ?? 10_000;
   }
 
   /**
-   * Reads `payload` to its end.
+   * Reads `payload` to its end; `declared` is its Content-Length (NaN when it has none).
    * @throws ERR_REQUEST_TOO_LARGE past the limit, ERR_BAD_REQUEST when the body's length differs from
    *   its Content-Length, and the stream's own error (a connection cut mid-body).
    */
   read(payload: Readable, declared: number): Promise<RequestBody> {
-    if (declared > this.maxBytes) return Promise.reject(tooLarge(declared, this.maxBytes));
-    const pooled = Number.isSafeInteger(declared) && declared >= this.pooledFromBytes;
-    const buffer = pooled ? this.take(declared) : undefined;
+    if (declared > this.maxBytes) return Promise.reject(requestTooLarge(declared, this.maxBytes));
+    const known = Number.isSafeInteger(declared);
+    // A body may not pass its declared length, nor the limit.
+    const limit = known ? declared : this.maxBytes;
+    const buffer = known && declared >= this.pooledFromBytes ? (this.spare.pop() ?? Buffer.allocUnsafeSlow(this.maxBytes)) : undefined;
     const chunks: Buffer[] = [];
     let received = 0;
     return new Promise<RequestBody>((resolve, reject) => {
@@ -73,27 +72,21 @@ export class RequestBodies {
         if (err !== undefined) {
           if (buffer !== undefined) this.give(buffer);
           reject(err);
-          return;
-        }
-        if (buffer !== undefined) {
+        } else if (buffer !== undefined) {
           let released = false;
-          resolve({
-            bytes: buffer.subarray(0, received),
-            release: () => {
-              if (released) return;
-              released = true;
-              this.give(buffer);
-            },
-          });
-          return;
+          const release = (): void => {
+            if (!released) this.give(buffer);
+            released = true;
+          };
+          resolve({ bytes: buffer.subarray(0, received), release });
+        } else {
+          resolve({ bytes: chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, received), release: NOTHING_TO_RELEASE });
         }
-        resolve({ bytes: chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, received), release: NOTHING_TO_RELEASE });
       };
       const onData = (chunk: Buffer | string): void => {
         const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
-        const limit = Number.isSafeInteger(declared) ? declared : this.maxBytes;
         if (received + bytes.length > limit) {
-          finish(Number.isSafeInteger(declared) ? lengthMismatch(declared, 'more') : tooLarge(received + bytes.length, this.maxBytes));
+          finish(known ? lengthMismatch(declared, 'more') : requestTooLarge(received + bytes.length, this.maxBytes));
           return;
         }
         if (buffer !== undefined) bytes.copy(buffer, received);
@@ -105,7 +98,7 @@ export class RequestBodies {
         if (!(typeof err.statusCode === 'number' && err.statusCode >= 400)) err.statusCode = 400;
         finish(err);
       };
-      const onEnd = (): void => finish(Number.isSafeInteger(declared) && received !== declared ? lengthMismatch(declared, 'fewer') : undefined);
+      const onEnd = (): void => finish(known && received !== declared ? lengthMismatch(declared, 'fewer') : undefined);
       payload.on('data', onData);
       payload.on('end', onEnd);
       payload.on('error', onError);
@@ -113,30 +106,19 @@ export class RequestBodies {
     });
   }
 
-  /** A new limit (a reloaded configuration); spares too small for it are dropped as they come back. */
-  setMaxBytes(maxBytes: number): void {
-    this.maxBytes = maxBytes;
-  }
-
-  private take(bytes: number): Buffer {
-    const index = this.spare.findIndex((b) => b.length >= bytes);
-    if (index >= 0) return this.spare.splice(index, 1)[0] as Buffer;
-    // Sized for the largest body, so any later one fits; pages never written are never made resident.
-    return Buffer.allocUnsafeSlow(Math.max(bytes, this.maxBytes));
-  }
-
   private give(buffer: Buffer): void {
-    if (this.spare.length >= this.keep || buffer.length < this.maxBytes) return;
+    if (this.spare.length >= SPARES) return;
     this.spare.push(buffer);
     this.idle?.refresh();
     this.idle ??= setTimeout(() => {
       this.spare.length = 0;
       this.idle = undefined;
-    }, this.idleMs).unref();
+    }, SPARES_IDLE_MS).unref();
   }
 }
 
-function tooLarge(bytes: number, maxBytes: number): MqlogError {
+/** The refusal of a body larger than the receiver takes (declared, or as it came). */
+export function requestTooLarge(bytes: number, maxBytes: number): MqlogError {
   return new MqlogError('ERR_REQUEST_TOO_LARGE', `request body of ${bytes} bytes is larger than the limit of ${maxBytes}`);
 }
 
