@@ -10,7 +10,10 @@
  * 1. Throughput: N × 1 KiB messages, timed from the first append to the moment B has stored the last
  *    one, compared with local durable append (the same 64 callers, the same N, a fresh node directory
  *    without daemon) measured in the same round. Rounds alternate local and end-to-end; figures are
- *    medians over the rounds, ratios taken within a round. Target: ≥ 0.5×.
+ *    medians over the rounds, ratios taken within a round. Target: ≥ 0.5×. For information, where that
+ *    rate is bound: the CPU time a message (user + system, all threads) of this process and of each
+ *    daemon over the end-to-end runs, and the rate the three would reach together on this machine's
+ *    cores at that cost (every message is appended, forwarded and stored on the same machine).
  * 2. Latency of a lone message on an idle pair: one send, wait until a library consumer on B (a process
  *    of its own, as B's application: `openNode({ data: B }).tail({ follow: true })`) is handed it (it
  *    acks it then), pause, repeat; p50 (target < 5 ms) and p99 (target < 20 ms). The messages go to a
@@ -24,13 +27,14 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { openNode, type MqlogNode } from '../dist/daemon/node.js';
 import { KiB, median, nextLine, runsAsChild, type BenchContext } from './harness.ts';
 import { hopsFloor } from './hops.ts';
-import { CONCURRENCY, endToEnd, percentile, sendCount, startPair, syncDir, type BenchDaemon } from './pair.ts';
+import { CONCURRENCY, endToEnd, percentile, sendCount, startPair, syncDir, type BenchDaemon, type EndToEndCpu } from './pair.ts';
 
 /** The discard port: send() never touches the network, nothing listens there. */
 const NOWHERE = 'http://127.0.0.1:9';
@@ -64,14 +68,14 @@ export async function bench(ctx: BenchContext): Promise<void> {
     ctx.progress(`warm-up: ${plan.warmupMessages} messages A → B`);
     await endToEnd(ctx, sender, pair.b, plan.warmupMessages, body);
 
-    const rounds: { local: number; e2e: number; appendWhileForwarding: number }[] = [];
+    const rounds: { local: number; e2e: number; appendWhileForwarding: number; cpu: EndToEndCpu }[] = [];
     for (let i = 0; i < plan.rounds; i++) {
       const of = `round ${i + 1}/${plan.rounds}`;
       ctx.progress(`${of}: local durable append, ${plan.messages} messages`);
       const local = await localAppend(ctx, join(ctx.dir, `local-${i}`), plan.messages, body);
       ctx.progress(`${of}: end to end, ${plan.messages} messages`);
-      const e2e = await endToEnd(ctx, sender, pair.b, plan.messages, body);
-      rounds.push({ local, e2e: e2e.rate, appendWhileForwarding: e2e.appendRate });
+      const e2e = await endToEnd(ctx, sender, pair.b, plan.messages, body, {}, pair.a);
+      rounds.push({ local, e2e: e2e.rate, appendWhileForwarding: e2e.appendRate, cpu: e2e.cpu });
     }
 
     ctx.progress(`latency: ${plan.latencySamples} lone messages`);
@@ -89,6 +93,20 @@ export async function bench(ctx: BenchContext): Promise<void> {
     ctx.figure({ id: 'e2e.append_rate', label: 'appends into A while A forwards (info)', value: median(appendRate), unit: 'msgs/s', runs: appendRate });
     const ratio = rounds.map((r) => r.e2e / r.local);
     ctx.figure({ id: 'e2e.ratio', label: 'end to end ÷ local durable append', value: median(ratio), unit: '×', runs: ratio, target: { op: '>=', value: RATIO_TARGET } });
+    // Where the end-to-end rate is bound on this machine: the CPU each process spends a message, and
+    // what the three together allow on its cores.
+    const cpuFigures = [
+      { id: 'cpu.send', label: 'CPU a message: the sending process (info)', of: (c: EndToEndCpu) => c.send },
+      { id: 'cpu.daemon_a', label: 'CPU a message: daemon A (info)', of: (c: EndToEndCpu) => c.a },
+      { id: 'cpu.daemon_b', label: 'CPU a message: daemon B (info)', of: (c: EndToEndCpu) => c.b },
+    ];
+    const perMessage = cpuFigures.map((f) => rounds.map((r) => f.of(r.cpu)));
+    if (perMessage.every((runs) => runs.every((v) => v !== undefined))) {
+      const medians = perMessage.map((runs) => median(runs));
+      cpuFigures.forEach((f, i) => ctx.figure({ id: f.id, label: f.label, value: medians[i] as number, unit: 'µs', runs: perMessage[i] }));
+      const total = medians.reduce((sum, v) => sum + v, 0);
+      ctx.figure({ id: 'cpu.ceiling', label: `the three on ${availableParallelism()} cores at that CPU a message (info)`, value: (availableParallelism() * 1e6) / total, unit: 'msgs/s' });
+    }
 
     ctx.section(`latency of a lone message on an idle pair, send() on A to a library consumer on B; ${latency.total.length} samples`);
     ctx.figure({ id: 'latency.p50', label: 'send() → handed to the consumer on B, p50', value: percentile(latency.total, 50), unit: 'ms', target: { op: '<', value: P50_TARGET_MS } });

@@ -227,18 +227,31 @@ export async function sendCount(node: MqlogNode, to: string, concurrency: number
   });
 }
 
+/** CPU time a message (µs) of the sending process and of daemons A and B over one `endToEnd`; undefined where /proc cannot tell. */
+export interface EndToEndCpu {
+  readonly send: number;
+  readonly a: number | undefined;
+  readonly b: number | undefined;
+}
+
 /**
  * Sends `count` messages to B and waits until B stored them all. B's counter is not polled while the
  * sends run (none of them can be the last), then every 50 ms (each GET /metrics costs B about 1 ms of CPU).
+ * With `a`, also the CPU a message each process spent from the first send to the last message stored.
  */
-export async function endToEnd(ctx: BenchContext, sender: MqlogNode, b: BenchDaemon, count: number, body: Buffer, options: SendOptions = {}): Promise<{ rate: number; appendRate: number }> {
+export async function endToEnd(ctx: BenchContext, sender: MqlogNode, b: BenchDaemon, count: number, body: Buffer, options: SendOptions = {}, a?: BenchDaemon): Promise<{ rate: number; appendRate: number; cpu: EndToEndCpu }> {
   const base = await b.counter(RECEIVED);
+  const daemonCpu = (d: BenchDaemon | undefined): number | undefined => (d?.pid === undefined ? undefined : cpuSeconds(d.pid));
+  const before = { send: process.cpuUsage(), a: daemonCpu(a), b: daemonCpu(b) };
   const startedMs = performance.now();
   await sendCount(sender, 'b', CONCURRENCY, count, body, options);
   const appendedMs = performance.now() - startedMs;
   await until(ctx, async () => (await b.counter(RECEIVED)) >= base + count, `B to store ${count} messages`, { intervalMs: 50 });
   const ms = performance.now() - startedMs;
-  return { rate: count / (ms / 1000), appendRate: count / (appendedMs / 1000) };
+  const sendUsage = process.cpuUsage(before.send);
+  const perMessage = (after: number | undefined, was: number | undefined): number | undefined => (after === undefined || was === undefined ? undefined : ((after - was) * 1e6) / count);
+  const cpu = { send: (sendUsage.user + sendUsage.system) / count, a: perMessage(daemonCpu(a), before.a), b: perMessage(daemonCpu(b), before.b) };
+  return { rate: count / (ms / 1000), appendRate: count / (appendedMs / 1000), cpu };
 }
 
 /** fsync a directory, so that removals in it are committed (and paid for) now. */
