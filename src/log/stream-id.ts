@@ -11,6 +11,11 @@ export function streamName(key: string, slot: number): string {
   return `${key}.w${slot}`;
 }
 
+/** Whether `name` is a stream's name (parseStreamName without building its parts: a check per frame received). */
+export function isStreamName(name: string): boolean {
+  return STREAM.test(name);
+}
+
 export function parseStreamName(name: string): StreamId | undefined {
   const match = STREAM.exec(name);
   if (match === null) return undefined;

@@ -17,7 +17,7 @@ import { MqlogError, isMqlogError } from '../errors.js';
 import { FrameType, decodeFrame, payloadLength, tailCrc, withKnownCrc } from '../log/frame.js';
 import type { AppendResult, LogStore } from '../log/log-store.js';
 import type { Payload } from '../log/frame.js';
-import { parseStreamName } from '../log/stream-id.js';
+import { isStreamName } from '../log/stream-id.js';
 import { digestStreamedBody } from './body.js';
 import { InboxCopyFields, checkGivenMeta, decodeChunk, decodeMeta, encodeMessage, inboxCopyMessage, inboxCopyPayload, type ChunkMeta, type GivenMeta, type MessageMeta, type Origin } from './codec.js';
 import { DedupTable, dedupKey, transferKey } from './dedup-table.js';
@@ -210,7 +210,7 @@ export class Intake {
   private check(batch: IncomingFrames, wire: IncomingFrame | IncomingMessage, index: number, keys: Map<string, string>): Checked {
     const limits = batch.limits ?? this.options;
     try {
-      if (parseStreamName(wire.stream) === undefined) throw new MqlogError('ERR_BAD_REQUEST', `stream name ${JSON.stringify(wire.stream)} is not valid`);
+      if (!isStreamName(wire.stream)) throw new MqlogError('ERR_BAD_REQUEST', `stream name ${JSON.stringify(wire.stream)} is not valid`);
       if ('message' in wire) return this.checkMessage(batch, wire, index, this.keyOf(batch, wire.stream, keys), limits);
       const decoded = decodeFrame(wire.frame, 0, limits.maxFrameBytes);
       if (!decoded.ok) {

@@ -85,6 +85,7 @@ export class BlockBuilder {
   private readonly done: MessageBlock[] = [];
   private open: SummarisedMessage[] = [];
   private openBytes = 0;
+  private tally = new BlockTally();
   private last: LastMessage | undefined;
   private undecodable = 0;
   /** `last` and `undecodable` as they were when the last block was finished. */
@@ -131,10 +132,11 @@ export class BlockBuilder {
   add(message: SummarisedMessage, bytes: number, at: LastMessage): void {
     this.open.push(message);
     this.openBytes += bytes;
+    this.tally.add(message.meta);
     this.last = at;
     const carried = this.carried;
     if (this.open.length + (carried?.messages ?? 0) >= BLOCK_MESSAGES || this.openBytes + (carried?.bytes ?? 0) >= BLOCK_BYTES) {
-      const block = blockOf(this.open, this.openBytes);
+      const block = this.tally.block(this.open, this.openBytes);
       if (carried === undefined) {
         this.done.push(block);
         this.onFinished?.(block, this.open);
@@ -143,6 +145,7 @@ export class BlockBuilder {
       this.finishes++;
       this.open = [];
       this.openBytes = 0;
+      this.tally = new BlockTally();
       this.doneLast = this.last;
       this.doneUndecodable = this.undecodable;
     }
@@ -164,7 +167,7 @@ export class BlockBuilder {
   summary(id?: string): SegmentMessages {
     const blocks = [...this.done];
     if (this.open.length > 0) {
-      const block = blockOf(this.open, this.openBytes);
+      const block = this.tally.block(this.open, this.openBytes);
       if (this.carried === undefined) blocks.push(block);
       else blocks[blocks.length - 1] = mergeBlocks(this.carried, block);
     }
@@ -180,18 +183,24 @@ export class BlockBuilder {
   }
 }
 
-function blockOf(messages: readonly SummarisedMessage[], bytes: number): MessageBlock {
-  const groups = new Map<string, OpenGroup>();
-  let receipts = 0;
-  let streamed = 0;
-  let maxTs = 0;
-  for (const { meta } of messages) {
+/**
+ * The counts of the block being filled, kept up as its messages are added: a look at it (summary(),
+ * several times a second while the outbox is followed) costs its groups, not a pass over its messages.
+ */
+class BlockTally {
+  private readonly groups = new Map<string, OpenGroup>();
+  private receipts = 0;
+  private streamed = 0;
+  private maxTs = 0;
+
+  add(meta: SummarisedMessage['meta']): void {
     const to = destinationSet(meta.to);
-    const key = JSON.stringify(to);
-    let group = groups.get(key);
+    // One destination is its own key, unless it could be taken for a list's JSON.
+    const key = to.length === 1 && !(to[0] as string).startsWith('[') ? (to[0] as string) : JSON.stringify(to);
+    let group = this.groups.get(key);
     if (group === undefined) {
       group = { to, messages: 0, ttl: 0, minExpiresAt: 0, maxExpiresAt: 0 };
-      groups.set(key, group);
+      this.groups.set(key, group);
     }
     group.messages++;
     if (meta.expiresAt !== undefined) {
@@ -199,13 +208,18 @@ function blockOf(messages: readonly SummarisedMessage[], bytes: number): Message
       group.maxExpiresAt = group.ttl === 0 ? meta.expiresAt : Math.max(group.maxExpiresAt, meta.expiresAt);
       group.ttl++;
     }
-    if (meta.receipt === true) receipts++;
-    if (meta.streamed) streamed++;
-    maxTs = Math.max(maxTs, meta.ts);
+    if (meta.receipt === true) this.receipts++;
+    if (meta.streamed) this.streamed++;
+    this.maxTs = Math.max(this.maxTs, meta.ts);
   }
-  const first = messages[0] as SummarisedMessage;
-  const last = messages[messages.length - 1] as SummarisedMessage;
-  return { from: first.offset, to: last.offset + 1, messages: messages.length, bytes, receipts, streamed, maxTs, groups: [...groups.values()] };
+
+  /** The block of `messages` (those added, in order), its groups as they are now. */
+  block(messages: readonly SummarisedMessage[], bytes: number): MessageBlock {
+    const first = messages[0] as SummarisedMessage;
+    const last = messages[messages.length - 1] as SummarisedMessage;
+    const groups = [...this.groups.values()].map((g) => ({ ...g }));
+    return { from: first.offset, to: last.offset + 1, messages: messages.length, bytes, receipts: this.receipts, streamed: this.streamed, maxTs: this.maxTs, groups };
+  }
 }
 
 /** One block of the messages of two consecutive ones. */
@@ -239,7 +253,8 @@ function mergeBlocks(a: MessageBlock, b: MessageBlock): MessageBlock {
 
 /** A message's destinations as a set: sorted, each once. */
 export function destinationSet(to: readonly string[]): readonly string[] {
-  return [...new Set(to)].sort();
+  // Nearly every message names one destination: that list is already its set.
+  return to.length === 1 ? to : [...new Set(to)].sort();
 }
 
 const FILE_VERSION = 2;

@@ -71,8 +71,9 @@ export class HttpSender implements Transport {
         method: 'POST',
         path: MESSAGES_PATH,
         headers: { 'content-type': CONTENT_TYPE, 'content-length': String(length), ...this.options.sign?.('POST', MESSAGES_PATH, parts) },
-        // A small batch goes out in one write with its headers; a large one as a stream of its parts.
-        body: length <= WRITE_BYTES ? Buffer.concat(parts, length) : Readable.from(coalesce(parts, WRITE_BYTES), { objectMode: false }),
+        // Small frames go out in one write with the headers (they would be copied into writes anyway, and
+        // a stream costs more than the copy); a batch with large frames as a stream of its parts.
+        body: parts.every((p) => p.length < WRITE_BYTES) ? Buffer.concat(parts, length) : Readable.from(coalesce(parts, WRITE_BYTES), { objectMode: false }),
         ...(signal === undefined ? {} : { signal }),
       });
       statusCode = response.statusCode;
