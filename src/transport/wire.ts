@@ -51,16 +51,24 @@ export function encodeBatch(batch: OutgoingBatch): Buffer[] {
   prefix.write(WIRE_MAGIC, 0, 'latin1');
   prefix[4] = WIRE_VERSION;
   prefix.writeUInt32LE(header.length, 8);
-  let crc = crc32(header, crc32(prefix.subarray(0, CHECKED_PREFIX_BYTES)));
+  // Every record's prefix in one buffer, CRC'd in one pass (the CRC of the prefixes one after another).
+  const records = Buffer.allocUnsafe(RECORD_PREFIX_BYTES * batch.frames.length);
   const out: Buffer[] = [prefix, header];
+  let at = 0;
   for (const { stream, frame } of batch.frames) {
-    const parts = Buffer.isBuffer(frame) ? [frame] : frame;
-    const record = Buffer.allocUnsafe(RECORD_PREFIX_BYTES);
-    record.writeUInt16LE(index.get(stream) as number, 0);
-    record.writeUInt32LE(parts.reduce((n, p) => n + p.length, 0), 2);
-    crc = crc32(record, crc);
-    out.push(record, ...parts);
+    records.writeUInt16LE(index.get(stream) as number, at);
+    if (Buffer.isBuffer(frame)) {
+      records.writeUInt32LE(frame.length, at + 2);
+      out.push(records.subarray(at, at + RECORD_PREFIX_BYTES), frame);
+    } else {
+      records.writeUInt32LE(frame.reduce((n, p) => n + p.length, 0), at + 2);
+      out.push(records.subarray(at, at + RECORD_PREFIX_BYTES), ...frame);
+    }
+    at += RECORD_PREFIX_BYTES;
   }
+  const envelope = crc32(header, crc32(prefix.subarray(0, CHECKED_PREFIX_BYTES)));
+  // (zlib.crc32 of an empty buffer is 0 whatever the running value: no records, nothing to add.)
+  const crc = at === 0 ? envelope : crc32(records, envelope);
   prefix.writeUInt32LE(crc, CHECKED_PREFIX_BYTES);
   return out;
 }
