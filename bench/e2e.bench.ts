@@ -7,7 +7,7 @@
  * whose receiver answers only after its inbox fdatasync. Arrival is read from B's counter
  * `mqlog_received_messages_total` (GET /metrics), which moves after that fdatasync.
  *
- * 1. Throughput: N × 1 KiB messages, timed from the first append to the moment B has stored the last
+ * 1. Throughput (after a warm-up, see Plan): N × 1 KiB messages, timed from the first append to the moment B has stored the last
  *    one, compared with local durable append (the same 64 callers, the same N, a fresh node directory
  *    without daemon) measured in the same round. Rounds alternate local and end-to-end; figures are
  *    medians over the rounds, ratios taken within a round. Target: ≥ 0.5×. For information, where that
@@ -51,11 +51,16 @@ const SELF = fileURLToPath(import.meta.url);
 interface Plan {
   readonly rounds: number;
   readonly messages: number;
+  /**
+   * Sent A → B before anything is timed. The three processes' hot paths take that long to settle (the
+   * JIT's optimised code, heap sizes): after 5,000 messages, the next 50,000 still cost daemon A 26.6 µs
+   * a message and the ones after 15 µs; after 100,000, the first timed round ran as fast as the later ones.
+   */
   readonly warmupMessages: number;
   readonly latencySamples: number;
 }
 
-const FULL: Plan = { rounds: 3, messages: 50_000, warmupMessages: 5_000, latencySamples: 200 };
+const FULL: Plan = { rounds: 3, messages: 50_000, warmupMessages: 100_000, latencySamples: 200 };
 const QUICK: Plan = { rounds: 1, messages: 5_000, warmupMessages: 500, latencySamples: 30 };
 
 export async function bench(ctx: BenchContext): Promise<void> {
