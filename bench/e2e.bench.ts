@@ -7,9 +7,9 @@
  * whose receiver answers only after its inbox fdatasync. Arrival is read from B's counter
  * `mqlog_received_messages_total` (GET /metrics), which moves after that fdatasync.
  *
- * 1. Throughput (after a warm-up, see Plan): N × 1 KiB messages, timed from the first append to the moment B has stored the last
- *    one, compared with local durable append (the same 64 callers, the same N, a fresh node directory
- *    without daemon) measured in the same round. Rounds alternate local and end-to-end; figures are
+ * 1. Throughput (after a warm-up, see Plan): N × 1 KiB messages, timed from the first append to the
+ *    moment B has stored the last one, compared with local durable append (the same 64 callers, the
+ *    same N, a fresh node directory without daemon) measured in the same round. Rounds alternate local and end-to-end; figures are
  *    medians over the rounds, ratios taken within a round. Target: ≥ 0.5×. For information, where that
  *    rate is bound: the CPU time a message (user + system, all threads) of this process and of each
  *    daemon over the end-to-end runs, and the rate the three would reach together on this machine's

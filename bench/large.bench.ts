@@ -29,7 +29,7 @@ import { open, rm } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { GiB, MiB, formatBytes, freeBytes, writeFully, type BenchContext } from './harness.ts';
-import { PeakRssSampler, RECEIVED, cpuSeconds, startPair, syncDir, until } from './pair.ts';
+import { PeakRssSampler, RECEIVED, cpuSeconds, exitedChildrenCpuSeconds, minus, startPair, syncDir, until } from './pair.ts';
 
 const RATIO_TARGET = 0.5;
 const RSS_TARGET_MIB = 200;
@@ -71,10 +71,10 @@ export async function bench(ctx: BenchContext): Promise<void> {
     rss.watch('daemon B', pair.b.pid);
     const base = await pair.b.counter(RECEIVED);
     ctx.progress(`sending ${formatBytes(plan.bodyBytes)} A → B`);
-    const cpuBefore = { a: cpuSeconds(pair.a.pid), b: cpuSeconds(pair.b.pid), children: cpuSeconds() };
+    const cpuBefore = { a: cpuSeconds(pair.a.pid), b: cpuSeconds(pair.b.pid), children: exitedChildrenCpuSeconds() };
     const startedMs = performance.now();
     const sendMs = await runCli(ctx, cli, ['send', '--data', pair.a.node.dir, '--to', 'b', '--file', source], (pid) => rss.watch('send --file', pid)).then(() => performance.now() - startedMs);
-    const sendCpu = minus(cpuSeconds(), cpuBefore.children);
+    const sendCpu = minus(exitedChildrenCpuSeconds(), cpuBefore.children);
     await until(ctx, async () => (await pair.b.counter(RECEIVED)) > base, 'B to store the message', { intervalMs: 50 });
     const totalMs = performance.now() - startedMs;
     const cpu = [
@@ -134,10 +134,6 @@ export async function bench(ctx: BenchContext): Promise<void> {
   for (const [label, bytes] of rss.results()) {
     ctx.figure({ id: ids[label] ?? `rss.${label}`, label, value: bytes / MiB, unit: 'MiB', target: { op: '<', value: RSS_TARGET_MIB } });
   }
-}
-
-function minus(after: number | undefined, before: number | undefined): number | undefined {
-  return after === undefined || before === undefined ? undefined : after - before;
 }
 
 /** Runs a CLI command to completion; fails unless it exits 0. */

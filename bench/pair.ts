@@ -169,21 +169,32 @@ export function vmHWM(pid: number | undefined): number | undefined {
 /** Clock ticks a second of /proc's CPU times (USER_HZ: 100 on every Linux this runs on). */
 const TICKS_PER_SECOND = 100;
 
-/**
- * CPU time (user + system, every thread) of a live process, or with `pid` undefined, of this process's
- * children that exited and were waited for (/proc/self/stat cutime + cstime), in seconds; undefined
- * where /proc cannot tell.
- */
-export function cpuSeconds(pid?: number): number | undefined {
+/** CPU time (user + system, every thread) of a live process, in seconds; undefined where /proc cannot tell. */
+export function cpuSeconds(pid: number | undefined): number | undefined {
+  return pid === undefined ? undefined : procCpuSeconds(String(pid), 11);
+}
+
+/** CPU time of this process's children that exited and were waited for (cutime + cstime), in seconds. */
+export function exitedChildrenCpuSeconds(): number | undefined {
+  return procCpuSeconds('self', 13);
+}
+
+/** The two CPU-time fields of /proc/<pid>/stat from `field` on (counted after the command name), in seconds. */
+function procCpuSeconds(pid: string, field: number): number | undefined {
   try {
-    const stat = readFileSync(`/proc/${pid ?? 'self'}/stat`, 'utf8');
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     // The fields after the command name (which may hold spaces) in parentheses; utime is field 14.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
-    const [user, system] = pid === undefined ? [fields[13], fields[14]] : [fields[11], fields[12]];
+    const [user, system] = [fields[field], fields[field + 1]];
     return user === undefined || system === undefined ? undefined : (user + system) / TICKS_PER_SECOND;
   } catch {
     return undefined;
   }
+}
+
+/** `after − before`, undefined when either is. */
+export function minus(after: number | undefined, before: number | undefined): number | undefined {
+  return after === undefined || before === undefined ? undefined : after - before;
 }
 
 /** Keeps the last VmHWM read of each process, polled every `intervalMs` (the last reading before exit is its peak). */
@@ -241,16 +252,15 @@ export interface EndToEndCpu {
  */
 export async function endToEnd(ctx: BenchContext, sender: MqlogNode, b: BenchDaemon, count: number, body: Buffer, options: SendOptions = {}, a?: BenchDaemon): Promise<{ rate: number; appendRate: number; cpu: EndToEndCpu }> {
   const base = await b.counter(RECEIVED);
-  const daemonCpu = (d: BenchDaemon | undefined): number | undefined => (d?.pid === undefined ? undefined : cpuSeconds(d.pid));
-  const before = { send: process.cpuUsage(), a: daemonCpu(a), b: daemonCpu(b) };
+  const before = { send: process.cpuUsage(), a: cpuSeconds(a?.pid), b: cpuSeconds(b.pid) };
   const startedMs = performance.now();
   await sendCount(sender, 'b', CONCURRENCY, count, body, options);
   const appendedMs = performance.now() - startedMs;
   await until(ctx, async () => (await b.counter(RECEIVED)) >= base + count, `B to store ${count} messages`, { intervalMs: 50 });
   const ms = performance.now() - startedMs;
   const sendUsage = process.cpuUsage(before.send);
-  const perMessage = (after: number | undefined, was: number | undefined): number | undefined => (after === undefined || was === undefined ? undefined : ((after - was) * 1e6) / count);
-  const cpu = { send: (sendUsage.user + sendUsage.system) / count, a: perMessage(daemonCpu(a), before.a), b: perMessage(daemonCpu(b), before.b) };
+  const perMessage = (seconds: number | undefined): number | undefined => (seconds === undefined ? undefined : (seconds * 1e6) / count);
+  const cpu = { send: (sendUsage.user + sendUsage.system) / count, a: perMessage(minus(cpuSeconds(a?.pid), before.a)), b: perMessage(minus(cpuSeconds(b.pid), before.b)) };
   return { rate: count / (ms / 1000), appendRate: count / (appendedMs / 1000), cpu };
 }
 

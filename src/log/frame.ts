@@ -9,6 +9,7 @@
  */
 import { crc32 } from 'node:zlib';
 import { MqlogError } from '../errors.js';
+import { crcOn } from '../util/crc.js';
 import { crc32Combine, crc32Tail } from './crc-combine.js';
 
 /** First byte of every frame. Never 0x00: a zero byte where a frame should start means "no more data". */
@@ -193,14 +194,6 @@ function uint32At(bytes: Uint8Array, at: number): number {
 /** The CRC of the header at `at` up to its CRC field (its first 16 bytes): where a frame's CRC starts. */
 function headerCrc(bytes: Uint8Array, at = 0): number {
   return crc32(bytes.subarray(at, at + 16));
-}
-
-/**
- * Continues a CRC over more bytes. Empty input leaves it unchanged — zlib.crc32 of Node.js returns 0 for
- * an empty buffer without backing memory, whatever the running value.
- */
-function crcOn(bytes: Uint8Array, running: number): number {
-  return bytes.length === 0 ? running : crc32(bytes, running);
 }
 
 export type DecodeResult =

@@ -83,9 +83,7 @@ export class BlockBuilder {
   readonly stream: string;
   readonly base: number;
   private readonly done: MessageBlock[] = [];
-  private open: SummarisedMessage[] = [];
-  private openBytes = 0;
-  private tally = new BlockTally();
+  private open = new OpenBlock();
   private last: LastMessage | undefined;
   private undecodable = 0;
   /** `last` and `undecodable` as they were when the last block was finished. */
@@ -116,7 +114,7 @@ export class BlockBuilder {
 
   /** Messages (and undecodable message frames) added, in all. */
   get frames(): number {
-    return this.done.reduce((n, b) => n + b.messages, 0) + this.open.length + this.undecodable;
+    return this.done.reduce((n, b) => n + b.messages, 0) + this.open.messages.length + this.undecodable;
   }
 
   /** Grows each time a block is finished (new, or merged into the carried one): what finishedSummary() holds changed. */
@@ -126,26 +124,23 @@ export class BlockBuilder {
 
   /** Messages added since the last finished block. */
   get openCount(): number {
-    return this.open.length;
+    return this.open.messages.length;
   }
 
   add(message: SummarisedMessage, bytes: number, at: LastMessage): void {
-    this.open.push(message);
-    this.openBytes += bytes;
-    this.tally.add(message.meta);
+    const open = this.open;
+    open.add(message, bytes);
     this.last = at;
     const carried = this.carried;
-    if (this.open.length + (carried?.messages ?? 0) >= BLOCK_MESSAGES || this.openBytes + (carried?.bytes ?? 0) >= BLOCK_BYTES) {
-      const block = this.tally.block(this.open, this.openBytes);
+    if (open.messages.length + (carried?.messages ?? 0) >= BLOCK_MESSAGES || open.bytes + (carried?.bytes ?? 0) >= BLOCK_BYTES) {
+      const block = open.block();
       if (carried === undefined) {
         this.done.push(block);
-        this.onFinished?.(block, this.open);
+        this.onFinished?.(block, open.messages);
       } else this.done[this.done.length - 1] = mergeBlocks(carried, block);
       this.carried = undefined;
       this.finishes++;
-      this.open = [];
-      this.openBytes = 0;
-      this.tally = new BlockTally();
+      this.open = new OpenBlock();
       this.doneLast = this.last;
       this.doneUndecodable = this.undecodable;
     }
@@ -159,15 +154,16 @@ export class BlockBuilder {
 
   /** The messages of the block being filled, when `block` is it. */
   openMessages(block: MessageBlock): readonly SummarisedMessage[] | undefined {
-    const first = this.open[0];
-    return first !== undefined && first.offset === block.from && this.open.length === block.messages ? this.open : undefined;
+    const messages = this.open.messages;
+    const first = messages[0];
+    return first !== undefined && first.offset === block.from && messages.length === block.messages ? messages : undefined;
   }
 
   /** The summary of what was added: finished blocks and the one being filled. `id`: the segment is complete. */
   summary(id?: string): SegmentMessages {
     const blocks = [...this.done];
-    if (this.open.length > 0) {
-      const block = this.tally.block(this.open, this.openBytes);
+    if (this.open.messages.length > 0) {
+      const block = this.open.block();
       if (this.carried === undefined) blocks.push(block);
       else blocks[blocks.length - 1] = mergeBlocks(this.carried, block);
     }
@@ -184,61 +180,43 @@ export class BlockBuilder {
 }
 
 /**
- * The counts of the block being filled, kept up as its messages are added: a look at it (summary(),
- * several times a second while the outbox is followed) costs its groups, not a pass over its messages.
+ * The block being filled: its messages, and its counts kept up as they are added, so that a look at it
+ * (summary(), several times a second while the outbox is followed) costs its groups, not a pass over
+ * its messages.
  */
-class BlockTally {
+class OpenBlock {
+  readonly messages: SummarisedMessage[] = [];
+  /** Frame bytes of its messages. */
+  bytes = 0;
   private readonly groups = new Map<string, OpenGroup>();
   private receipts = 0;
   private streamed = 0;
   private maxTs = 0;
 
-  add(meta: SummarisedMessage['meta']): void {
-    const to = destinationSet(meta.to);
-    // One destination is its own key, unless it could be taken for a list's JSON.
-    const key = to.length === 1 && !(to[0] as string).startsWith('[') ? (to[0] as string) : JSON.stringify(to);
-    let group = this.groups.get(key);
-    if (group === undefined) {
-      group = { to, messages: 0, ttl: 0, minExpiresAt: 0, maxExpiresAt: 0 };
-      this.groups.set(key, group);
-    }
-    group.messages++;
-    if (meta.expiresAt !== undefined) {
-      group.minExpiresAt = group.ttl === 0 ? meta.expiresAt : Math.min(group.minExpiresAt, meta.expiresAt);
-      group.maxExpiresAt = group.ttl === 0 ? meta.expiresAt : Math.max(group.maxExpiresAt, meta.expiresAt);
-      group.ttl++;
-    }
+  add(message: SummarisedMessage, bytes: number): void {
+    this.messages.push(message);
+    this.bytes += bytes;
+    const { meta } = message;
+    const expiresAt = meta.expiresAt ?? 0;
+    addToGroup(groupOf(this.groups, destinationSet(meta.to)), 1, meta.expiresAt === undefined ? 0 : 1, expiresAt, expiresAt);
     if (meta.receipt === true) this.receipts++;
     if (meta.streamed) this.streamed++;
     this.maxTs = Math.max(this.maxTs, meta.ts);
   }
 
-  /** The block of `messages` (those added, in order), its groups as they are now. */
-  block(messages: readonly SummarisedMessage[], bytes: number): MessageBlock {
-    const first = messages[0] as SummarisedMessage;
-    const last = messages[messages.length - 1] as SummarisedMessage;
+  /** Its block as it is now (at least one message added). */
+  block(): MessageBlock {
+    const first = this.messages[0] as SummarisedMessage;
+    const last = this.messages[this.messages.length - 1] as SummarisedMessage;
     const groups = [...this.groups.values()].map((g) => ({ ...g }));
-    return { from: first.offset, to: last.offset + 1, messages: messages.length, bytes, receipts: this.receipts, streamed: this.streamed, maxTs: this.maxTs, groups };
+    return { from: first.offset, to: last.offset + 1, messages: this.messages.length, bytes: this.bytes, receipts: this.receipts, streamed: this.streamed, maxTs: this.maxTs, groups };
   }
 }
 
 /** One block of the messages of two consecutive ones. */
 function mergeBlocks(a: MessageBlock, b: MessageBlock): MessageBlock {
   const groups = new Map<string, OpenGroup>();
-  for (const g of [...a.groups, ...b.groups]) {
-    const key = JSON.stringify(g.to);
-    const group = groups.get(key);
-    if (group === undefined) {
-      groups.set(key, { ...g });
-      continue;
-    }
-    group.messages += g.messages;
-    if (g.ttl > 0) {
-      group.minExpiresAt = group.ttl === 0 ? g.minExpiresAt : Math.min(group.minExpiresAt, g.minExpiresAt);
-      group.maxExpiresAt = group.ttl === 0 ? g.maxExpiresAt : Math.max(group.maxExpiresAt, g.maxExpiresAt);
-      group.ttl += g.ttl;
-    }
-  }
+  for (const g of [...a.groups, ...b.groups]) addToGroup(groupOf(groups, g.to), g.messages, g.ttl, g.minExpiresAt, g.maxExpiresAt);
   return {
     from: a.from,
     to: b.to,
@@ -249,6 +227,27 @@ function mergeBlocks(a: MessageBlock, b: MessageBlock): MessageBlock {
     maxTs: Math.max(a.maxTs, b.maxTs),
     groups: [...groups.values()],
   };
+}
+
+/** The group of a set of destinations in `groups`, new (empty) when there is none yet. */
+function groupOf(groups: Map<string, OpenGroup>, to: readonly string[]): OpenGroup {
+  // One destination is its own key, unless it could be taken for a list's JSON.
+  const key = to.length === 1 && !(to[0] as string).startsWith('[') ? (to[0] as string) : JSON.stringify(to);
+  let group = groups.get(key);
+  if (group === undefined) {
+    group = { to, messages: 0, ttl: 0, minExpiresAt: 0, maxExpiresAt: 0 };
+    groups.set(key, group);
+  }
+  return group;
+}
+
+/** Adds `messages` to `group`, `ttl` of them with a time to live ending between the two times given. */
+function addToGroup(group: OpenGroup, messages: number, ttl: number, minExpiresAt: number, maxExpiresAt: number): void {
+  group.messages += messages;
+  if (ttl === 0) return;
+  group.minExpiresAt = group.ttl === 0 ? minExpiresAt : Math.min(group.minExpiresAt, minExpiresAt);
+  group.maxExpiresAt = group.ttl === 0 ? maxExpiresAt : Math.max(group.maxExpiresAt, maxExpiresAt);
+  group.ttl += ttl;
 }
 
 /** A message's destinations as a set: sorted, each once. */

@@ -13,6 +13,7 @@
 import { Packr } from 'msgpackr';
 import { crc32 } from 'node:zlib';
 import { MqlogError } from '../errors.js';
+import { crcOn } from '../util/crc.js';
 import type { OutgoingBatch, ReceivedFrame } from './transport.js';
 
 export const WIRE_MAGIC = 'MQLB';
@@ -57,19 +58,13 @@ export function encodeBatch(batch: OutgoingBatch): Buffer[] {
   let at = 0;
   for (const { stream, frame } of batch.frames) {
     records.writeUInt16LE(index.get(stream) as number, at);
-    if (Buffer.isBuffer(frame)) {
-      records.writeUInt32LE(frame.length, at + 2);
-      out.push(records.subarray(at, at + RECORD_PREFIX_BYTES), frame);
-    } else {
-      records.writeUInt32LE(frame.reduce((n, p) => n + p.length, 0), at + 2);
-      out.push(records.subarray(at, at + RECORD_PREFIX_BYTES), ...frame);
-    }
+    records.writeUInt32LE(Buffer.isBuffer(frame) ? frame.length : frame.reduce((n, p) => n + p.length, 0), at + 2);
+    out.push(records.subarray(at, at + RECORD_PREFIX_BYTES));
+    if (Buffer.isBuffer(frame)) out.push(frame);
+    else out.push(...frame);
     at += RECORD_PREFIX_BYTES;
   }
-  const envelope = crc32(header, crc32(prefix.subarray(0, CHECKED_PREFIX_BYTES)));
-  // (zlib.crc32 of an empty buffer is 0 whatever the running value: no records, nothing to add.)
-  const crc = at === 0 ? envelope : crc32(records, envelope);
-  prefix.writeUInt32LE(crc, CHECKED_PREFIX_BYTES);
+  prefix.writeUInt32LE(crcOn(records, crc32(header, crc32(prefix.subarray(0, CHECKED_PREFIX_BYTES)))), CHECKED_PREFIX_BYTES);
   return out;
 }
 
